@@ -1,0 +1,85 @@
+//! `fogconnect demo`: two nodes in one process, the original demo exchange.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fogconnect::{ConnectionEvent, Node, Transport};
+
+/// Arguments of `fogconnect demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory holding echo.wasm and demo.wasm (built by `make plugins`).
+    #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
+    plugins_dir: PathBuf,
+}
+
+/// Runs the demo and prints what happens.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let echo = args.plugins_dir.join("echo.wasm");
+    let demo = args.plugins_dir.join("demo.wasm");
+    for path in [&echo, &demo] {
+        if !path.exists() {
+            bail!("{} not found: build the plugins first (make plugins)", path.display());
+        }
+    }
+    let device = Node::builder()
+        .node_id("ee:34:a1:44:2c:1c")
+        .plugin(0, &echo)
+        .plugin(1, &demo)
+        .start()
+        .await
+        .context("cannot start the device node")?;
+    let app = Node::builder().node_id("app").start().await.context("cannot start the app node")?;
+    println!("device node {} on {} serving:", device.id(), device.local_addr());
+    for s in device.services() {
+        println!("  service {} -> {} (sha256 {})", s.service, s.name, &s.hash[..16]);
+    }
+    let result = exchange(&device, &app).await;
+    app.shutdown().await;
+    device.shutdown().await;
+    result
+}
+
+async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, 1).await.context("connect to service 1")?;
+    let connect_time = started.elapsed();
+    println!("app -> device: connected to {} (convention {}) in {:.1} ms", conn.peer_id(), conn.convention(), ms(connect_time));
+    let message = "I am fog data!";
+    conn.send(message.as_bytes().to_vec())?;
+    println!("app -> device: {message:?}");
+    let sent = Instant::now();
+    let reply = next_message(&mut conn).await?;
+    println!("device -> app: {:?} ({:.2} ms round trip)", String::from_utf8_lossy(&reply), ms(sent.elapsed()));
+
+    let mut echo = app.connect(device.local_addr(), Transport::Quic, 0).await.context("connect to service 0")?;
+    echo.send(b"hello fog".to_vec())?;
+    let reply = next_message(&mut echo).await?;
+    println!("echo service 0 answered {:?}", String::from_utf8_lossy(&reply));
+
+    match app.connect(device.local_addr(), Transport::Quic, 7).await {
+        Ok(_) => bail!("service 7 should not exist"),
+        Err(e) => println!("service 7: {e}"),
+    }
+
+    let stats = conn.stats();
+    println!();
+    println!("summary: connect {:.1} ms, path {:?}, rtt {} us, {} message(s) sent, {} received", ms(connect_time), stats.path, stats.rtt.as_micros(), stats.messages_sent, stats.messages_received);
+    conn.close();
+    echo.close();
+    Ok(())
+}
+
+async fn next_message(conn: &mut fogconnect::Connection) -> anyhow::Result<bytes::Bytes> {
+    match tokio::time::timeout(Duration::from_secs(10), conn.recv()).await {
+        Ok(ConnectionEvent::Message(data)) => Ok(data),
+        Ok(ConnectionEvent::Closed(reason)) => bail!("connection closed: {reason}"),
+        Err(_) => bail!("no reply within 10 s"),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

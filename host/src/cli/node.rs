@@ -1,0 +1,64 @@
+//! `fogconnect node`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fogconnect::Node;
+
+/// Arguments of `fogconnect node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// A plugin for a service number, as SERVICE=PATH (repeatable).
+    #[arg(long = "plugin", value_name = "SERVICE=PATH", value_parser = parse_plugin)]
+    plugins: Vec<(u8, PathBuf)>,
+    #[command(flatten)]
+    common: super::CommonNodeArgs,
+}
+
+fn parse_plugin(text: &str) -> Result<(u8, PathBuf), String> {
+    let (service, path) = text.split_once('=').ok_or_else(|| format!("expected SERVICE=PATH, got {text:?}"))?;
+    let service: u8 = service.trim().parse().map_err(|_| format!("service must be a number 0..=255, got {service:?}"))?;
+    if path.is_empty() {
+        return Err("plugin path is empty".into());
+    }
+    Ok((service, PathBuf::from(path)))
+}
+
+/// Runs a node until Ctrl-C or SIGTERM.
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (service, _) in &args.plugins {
+        if !seen.insert(*service) {
+            bail!("service {service} is given more than one plugin");
+        }
+    }
+    let mut builder = Node::builder().config(args.common.config()).listen(args.listen);
+    for (service, path) in &args.plugins {
+        builder = builder.plugin(*service, path);
+    }
+    let node = builder.start().await.context("cannot start the node")?;
+    println!("listening on {}", node.local_addr());
+    println!("node id {}", node.id());
+    println!("fingerprint {}", node.fingerprint());
+    for service in node.services() {
+        println!("service {} -> {} ({})", service.service, service.name, &service.hash[..16]);
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! fogconnect: a P2P transport host. Nodes talk QUIC to each other;
+//! application logic runs in sandboxed WebAssembly plugins selected per
+//! connection by the service number of the convention number.
+//!
+//! Layout:
+//! - [`convention`]: the convention number.
+//! - [`transport`]: socket facade, identity/TLS, framing, connection tasks.
+//! - [`runtime`]: the wasmtime plugin runtime and its supervisor.
+//! - [`node`]: the node that ties them together, and its Rust API.
+
+pub mod convention;
+pub mod node;
+pub mod runtime;
+pub mod transport;
+
+pub use convention::{Convention, ConventionError, Transport};
+pub use node::{ConnectError, Connection, ConnectionEvent, Node, NodeBuilder, NodeConfig, NodeError, ServiceInfo};
+pub use runtime::PluginError;
+pub use runtime::actor::{PluginEvent, PluginRunState};
+pub use runtime::state::PluginLimits;
+pub use runtime::supervisor::CrashPolicy;
+pub use transport::conn::{CloseKind, CloseReason, ConnStats, ConnectionId, PathKind, SendError};
+pub use transport::identity::Fingerprint;
+pub use transport::wire::RefuseCode;

@@ -1,0 +1,112 @@
+//! Connections owned by Rust code (the embedding application) rather than
+//! by a plugin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::convention::Convention;
+use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnShared, ConnStats, ConnectionId, SendError};
+
+/// What [`Connection::recv`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// One whole message, in order.
+    Message(Bytes),
+    /// The connection ended; every later `recv` returns the same reason.
+    Closed(CloseReason),
+}
+
+/// A connection opened with [`crate::Node::connect`]. Dropping it closes it.
+#[derive(Debug)]
+pub struct Connection {
+    shared: Arc<ConnShared>,
+    events: mpsc::Receiver<ConnEvent>,
+    ended: Option<CloseReason>,
+}
+
+impl Connection {
+    pub(super) fn new(shared: Arc<ConnShared>, events: mpsc::Receiver<ConnEvent>) -> Self {
+        Self { shared, events, ended: None }
+    }
+
+    /// Node-wide id of the connection.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.meta().id
+    }
+
+    /// The remote node's id.
+    pub fn peer_id(&self) -> &str {
+        &self.shared.meta().peer_id
+    }
+
+    /// The agreed convention number.
+    pub fn convention(&self) -> Convention {
+        self.shared.meta().convention
+    }
+
+    /// Always false: connections made with `connect` are active.
+    pub fn is_passive(&self) -> bool {
+        self.shared.meta().passive
+    }
+
+    /// The remote socket address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.shared.meta().remote
+    }
+
+    /// Counters and measurements.
+    pub fn stats(&self) -> ConnStats {
+        self.shared.stats()
+    }
+
+    /// Queues one message; it arrives as one message on the remote side.
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] above the maximum message size,
+    /// [`SendError::BufferFull`] when the send buffer is full,
+    /// [`SendError::Closed`] after the connection ended.
+    pub fn send(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.shared.send(data.into())
+    }
+
+    /// The next message, or the reason the connection ended. Messages that
+    /// arrived before the end are always yielded first.
+    pub async fn recv(&mut self) -> ConnectionEvent {
+        if let Some(reason) = &self.ended {
+            return match self.events.try_recv() {
+                Ok(ConnEvent::Message(_, data)) => ConnectionEvent::Message(data),
+                _ => ConnectionEvent::Closed(reason.clone()),
+            };
+        }
+        match self.events.recv().await {
+            Some(ConnEvent::Message(_, data)) => ConnectionEvent::Message(data),
+            Some(ConnEvent::Closed(_, reason)) | Some(ConnEvent::OpenFailed(_, reason)) => {
+                self.ended = Some(reason.clone());
+                ConnectionEvent::Closed(reason)
+            }
+            Some(ConnEvent::Opened(_)) | Some(ConnEvent::Shutdown) | None => {
+                let reason = CloseReason::new(CloseKind::Error, "connection state lost");
+                self.ended = Some(reason.clone());
+                ConnectionEvent::Closed(reason)
+            }
+        }
+    }
+
+    /// Closes the connection: queued messages are delivered first, then the
+    /// remote side sees end of file. Later `recv` calls drain what had
+    /// already arrived, then return [`CloseKind::Local`].
+    pub fn close(&mut self) {
+        if self.shared.close_local("closed by the application") && self.ended.is_none() {
+            self.ended = Some(CloseReason::new(CloseKind::Local, "closed by the application"));
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.close_local("closed by the application");
+    }
+}

@@ -1,0 +1,237 @@
+//! QUIC links between nodes and the connection handshake on top of them.
+//!
+//! A link is one QUIC connection to a remote node; every fogconnect
+//! connection between the two nodes is a bidirectional stream on it, so a
+//! second connection to the same node costs no handshake. Links are shared
+//! both ways: a link the remote node dialled is reused to dial it back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{ConnectError, NodeInner};
+use crate::convention::Convention;
+use crate::transport::conn::{self, ConnMeta, ConnShared, ConnectionId, LiveConnections, Owner};
+use crate::transport::identity::{Fingerprint, peer_fingerprint};
+use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError};
+
+type LinkSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// The node's links by remote address, and the count of live connections.
+#[derive(Default)]
+pub(super) struct Links {
+    slots: Mutex<HashMap<SocketAddr, LinkSlot>>,
+    pub(super) live: Arc<LiveConnections>,
+}
+
+impl Links {
+    fn slot(&self, addr: SocketAddr) -> LinkSlot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(addr).or_default().clone()
+    }
+
+    /// Records an incoming link unless a live one to that address exists.
+    async fn adopt(&self, conn: &quinn::Connection) {
+        let slot = self.slot(conn.remote_address());
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_none_or(|c| c.close_reason().is_some()) {
+            *guard = Some(conn.clone());
+        }
+    }
+
+    /// Forgets a closed link.
+    async fn forget(&self, conn: &quinn::Connection) {
+        let slot = self.slot(conn.remote_address());
+        let mut guard = slot.lock().await;
+        if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            *guard = None;
+        }
+    }
+}
+
+/// Returns a live link to `addr`, dialling one if needed.
+async fn link(inner: &Arc<NodeInner>, addr: SocketAddr, expected: Option<Fingerprint>) -> Result<quinn::Connection, ConnectError> {
+    let slot = inner.links.slot(addr);
+    let mut guard = slot.lock().await;
+    if let Some(conn) = guard.as_ref()
+        && conn.close_reason().is_none()
+    {
+        if let Some(expected) = expected
+            && peer_fingerprint(conn) != Some(expected)
+        {
+            return Err(ConnectError::Identity(format!("the node at {addr} does not present the pinned certificate {expected}")));
+        }
+        return Ok(conn.clone());
+    }
+    let config = inner.identity.client_config(expected, inner.transport.clone()).map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let connecting = inner
+        .endpoint
+        .connect_with(config, addr, "fogconnect")
+        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let conn = connecting.await.map_err(|e| match e {
+        quinn::ConnectionError::TransportError(t) if t.to_string().contains("fingerprint") => ConnectError::Identity(t.to_string()),
+        quinn::ConnectionError::TimedOut => ConnectError::Timeout(inner.config.idle_timeout),
+        other => ConnectError::Unreachable(other.to_string()),
+    })?;
+    *guard = Some(conn.clone());
+    tokio::spawn(serve_link(inner.clone(), conn.clone()));
+    Ok(conn)
+}
+
+/// Accepts incoming QUIC connections until the node shuts down.
+pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            incoming = inner.endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => {
+                    tracing::debug!(remote = %conn.remote_address(), "link accepted");
+                    inner.links.adopt(&conn).await;
+                    serve_link(inner, conn).await;
+                }
+                Err(e) => tracing::debug!("incoming link failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Accepts the streams (connect requests) the remote node opens on a link.
+async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
+    loop {
+        let stream = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            stream = quic.accept_bi() => stream,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                tokio::spawn(answer(inner.clone(), quic.clone(), send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(remote = %quic.remote_address(), "link ended: {e}");
+                break;
+            }
+        }
+    }
+    inner.links.forget(&quic).await;
+}
+
+/// Why reading a handshake frame failed.
+enum HandshakeError {
+    Wire(WireError),
+    Read(String),
+    Ended,
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Wire(e) => write!(f, "{e}"),
+            HandshakeError::Read(e) => f.write_str(e),
+            HandshakeError::Ended => f.write_str("stream ended before the handshake completed"),
+        }
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut Decoder) -> Result<Frame, HandshakeError> {
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(HandshakeError::Wire)? {
+            return Ok(frame);
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) => return Err(HandshakeError::Ended),
+            Err(e) => return Err(HandshakeError::Read(e.to_string())),
+        }
+    }
+}
+
+async fn refuse(mut send: quinn::SendStream, code: RefuseCode, message: String) {
+    tracing::debug!(?code, "refusing connect request: {message}");
+    let _ = send.write_all(&Frame::Refuse { code, message }.encode()).await;
+    let _ = send.finish();
+    // Give the refusal time to arrive before the stream is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+}
+
+/// Passive side of the handshake: validate the request, route it to the
+/// service's plugin, accept or refuse.
+async fn answer(inner: Arc<NodeInner>, quic: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut decoder = Decoder::new(inner.config.max_message_size);
+    let request = tokio::time::timeout(inner.config.connect_timeout, read_frame(&mut recv, &mut decoder)).await;
+    let (version, raw, peer_id) = match request {
+        Ok(Ok(Frame::Open { version, convention, peer_id })) => (version, convention, peer_id),
+        Ok(Ok(other)) => return refuse(send, RefuseCode::BadRequest, format!("expected an open frame, got {other:?}")).await,
+        Ok(Err(e)) => return refuse(send, RefuseCode::BadRequest, e.to_string()).await,
+        Err(_) => return refuse(send, RefuseCode::BadRequest, "no connect request within the connect timeout".into()).await,
+    };
+    if version != WIRE_VERSION {
+        return refuse(send, RefuseCode::VersionMismatch, format!("framing version {version} not supported (this node speaks {WIRE_VERSION})")).await;
+    }
+    let convention = match Convention::from_raw(raw) {
+        Ok(c) => c,
+        Err(e @ crate::convention::ConventionError::ReservedBits(_)) => return refuse(send, RefuseCode::ReservedBits, e.to_string()).await,
+        Err(e) => return refuse(send, RefuseCode::UnsupportedTransport, e.to_string()).await,
+    };
+    let owner = match inner.route(convention) {
+        Ok(owner) => owner,
+        Err((code, message)) => return refuse(send, code, message).await,
+    };
+    if send.write_all(&Frame::Accept { version: WIRE_VERSION, peer_id: inner.config.node_id.clone() }.encode()).await.is_err() {
+        return;
+    }
+    let meta = ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
+    tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
+    conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, true, inner.links.live.enter()).await;
+}
+
+/// Active side: dial (or reuse) the link, send the request, wait for the
+/// answer, and start the connection for `owner`. With `announce`, the owner
+/// also gets [`conn::ConnEvent::Opened`].
+pub(super) async fn open(
+    inner: &Arc<NodeInner>,
+    addr: SocketAddr,
+    raw_convention: u32,
+    expected: Option<Fingerprint>,
+    id: ConnectionId,
+    owner: Owner,
+    announce: bool,
+) -> Result<Arc<ConnShared>, ConnectError> {
+    let convention = Convention::from_raw(raw_convention);
+    if let Ok(c) = convention
+        && c.transport() != crate::convention::Transport::Quic
+    {
+        return Err(ConnectError::UnsupportedTransport(c.transport()));
+    }
+    if inner.shutdown.is_cancelled() {
+        return Err(ConnectError::ShuttingDown);
+    }
+    let timeout = inner.config.connect_timeout;
+    let handshake = async {
+        let quic = link(inner, addr, expected).await?;
+        let (mut send, mut recv) = quic.open_bi().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        let request = Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
+        send.write_all(&request.encode()).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        let mut decoder = Decoder::new(inner.config.max_message_size);
+        let peer_id = match read_frame(&mut recv, &mut decoder).await {
+            Ok(Frame::Accept { peer_id, .. }) => peer_id,
+            Ok(Frame::Refuse { code, message }) => return Err(ConnectError::Refused { code, message }),
+            Ok(other) => return Err(ConnectError::Protocol(format!("expected accept or refuse, got {other:?}"))),
+            Err(HandshakeError::Read(e)) => return Err(ConnectError::Unreachable(e)),
+            Err(e) => return Err(ConnectError::Protocol(e.to_string())),
+        };
+        let convention = convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
+        Ok((quic, send, recv, decoder, peer_id, convention))
+    };
+    let (quic, send, recv, decoder, peer_id, convention) = tokio::select! {
+        _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
+        result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
+    };
+    let meta = ConnMeta { id, peer_id, passive: false, convention, remote: addr };
+    Ok(conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, announce, inner.links.live.enter()).await)
+}

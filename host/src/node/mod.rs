@@ -1,0 +1,604 @@
+//! The node: one UDP socket and QUIC endpoint, the plugins loaded per
+//! service number, and the dispatcher between them.
+
+mod connection;
+mod links;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use connection::{Connection, ConnectionEvent};
+
+use crate::convention::{Convention, ConventionError, Transport};
+use crate::runtime::PluginError;
+use crate::runtime::actor::{ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginEvent, PluginRunState};
+use crate::runtime::engine::PluginEngine;
+use crate::runtime::state::{HostServices, PluginContext, PluginLimits};
+use crate::runtime::supervisor::CrashPolicy;
+use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
+use crate::transport::identity::{Fingerprint, Identity, IdentityError};
+use crate::transport::socket::{FogSocket, SocketCounters};
+use crate::transport::wire::RefuseCode;
+
+/// Largest message a node accepts by default: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+/// Configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's id (any string up to 255 bytes, e.g. a MAC address).
+    pub node_id: String,
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Largest message in bytes; larger sends are refused, larger incoming
+    /// frames end the connection with an error.
+    pub max_message_size: usize,
+    /// Most bytes queued for sending on one connection.
+    pub send_buffer: usize,
+    /// Longest a connect may take (QUIC handshake and accept).
+    pub connect_timeout: Duration,
+    /// Keep-alive interval of QUIC links.
+    pub keep_alive_interval: Duration,
+    /// A link silent this long is closed; its connections end with
+    /// reason timeout.
+    pub idle_timeout: Duration,
+    /// How long a closing side waits for the remote side to finish.
+    pub close_grace: Duration,
+    /// Limits for every plugin.
+    pub plugin_limits: PluginLimits,
+    /// Crash handling for every plugin.
+    pub crash_policy: CrashPolicy,
+    /// Directory of the precompiled plugin cache; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            send_buffer: 8 << 20,
+            connect_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            close_grace: Duration::from_secs(5),
+            plugin_limits: PluginLimits::default(),
+            crash_policy: CrashPolicy::default(),
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/fogconnect` or `$HOME/.cache/fogconnect`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("fogconnect"));
+    }
+    std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|home| PathBuf::from(home).join(".cache/fogconnect"))
+}
+
+/// Errors of starting a node or managing its plugins.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The UDP socket could not be bound or configured.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The node id is not acceptable.
+    #[error("invalid node id: {0}")]
+    InvalidId(String),
+    /// Identity or TLS setup failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A plugin could not be loaded.
+    #[error("service {service}: {source}")]
+    Plugin {
+        /// The service number.
+        service: u8,
+        /// What failed.
+        source: PluginError,
+    },
+    /// The plugin engine could not start.
+    #[error(transparent)]
+    Engine(PluginError),
+    /// No plugin is loaded for the service.
+    #[error("no plugin loaded for service {0}")]
+    NoSuchService(u8),
+}
+
+/// Errors of connecting to a node.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The convention number is invalid on this side already.
+    #[error(transparent)]
+    Convention(#[from] ConventionError),
+    /// The transport is not offered by this node.
+    #[error("transport {0} is not offered by this node")]
+    UnsupportedTransport(Transport),
+    /// The remote node refused the request.
+    #[error("refused by peer: {message}")]
+    Refused {
+        /// Stable reason code.
+        code: RefuseCode,
+        /// The peer's explanation, e.g. "no such service: 7".
+        message: String,
+    },
+    /// The connect did not complete within the connect timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer presented another certificate than the pinned one.
+    #[error("peer identity rejected: {0}")]
+    Identity(String),
+    /// The peer could not be reached or the QUIC connection failed.
+    #[error("cannot reach peer: {0}")]
+    Unreachable(String),
+    /// The peer answered with something that is not the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl ConnectError {
+    /// The close reason a plugin sees for this failure.
+    pub fn close_reason(&self) -> CloseReason {
+        let kind = match self {
+            ConnectError::Refused { .. } | ConnectError::Convention(_) | ConnectError::UnsupportedTransport(_) => {
+                CloseKind::Refused
+            }
+            ConnectError::Timeout(_) => CloseKind::Timeout,
+            ConnectError::ShuttingDown => CloseKind::Local,
+            _ => CloseKind::Error,
+        };
+        let message = match self {
+            ConnectError::Refused { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        CloseReason::new(kind, message)
+    }
+}
+
+/// What a service's plugin is and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Service number.
+    pub service: u8,
+    /// Plugin name (file stem or given name).
+    pub name: String,
+    /// Hex SHA-256 of the wasm.
+    pub hash: String,
+    /// Lifecycle state.
+    pub state: PluginRunState,
+    /// Open connections.
+    pub connections: u64,
+    /// Callbacks invoked.
+    pub calls: u64,
+    /// Failures.
+    pub crashes: u64,
+    /// Re-instantiations after failures.
+    pub restarts: u64,
+}
+
+struct LoadedService {
+    name: String,
+    hash: String,
+    actor: ActorHandle,
+}
+
+pub(crate) struct NodeInner {
+    config: NodeConfig,
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+    transport: Arc<quinn::TransportConfig>,
+    engine: PluginEngine,
+    services: RwLock<HashMap<u8, Arc<LoadedService>>>,
+    links: links::Links,
+    next_id: AtomicU64,
+    plugin_events: broadcast::Sender<PluginEvent>,
+    shutdown: CancellationToken,
+    conn_limits: ConnLimits,
+    socket_counters: Arc<SocketCounters>,
+    started: Instant,
+    runtime: tokio::runtime::Handle,
+    weak_self: Weak<NodeInner>,
+}
+
+/// A running fogconnect node.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> anyhow::Result<()> {
+/// use fogconnect::{Node, Transport};
+/// let server = Node::builder().node_id("server").plugin(0, "echo.wasm").start().await?;
+/// let client = Node::builder().node_id("client").start().await?;
+/// let mut conn = client.connect(server.local_addr(), Transport::Quic, 0).await?;
+/// conn.send(&b"hello"[..])?;
+/// let reply = conn.recv().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.inner.config.node_id).field("addr", &self.local_addr()).finish()
+    }
+}
+
+enum PluginSource {
+    Path(PathBuf),
+    Bytes { name: String, wasm: Vec<u8> },
+}
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    config: NodeConfig,
+    plugins: Vec<(u8, PluginSource)>,
+}
+
+impl NodeBuilder {
+    /// Sets the node id.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.config.node_id = id.into();
+        self
+    }
+
+    /// Sets the UDP address to bind (default `127.0.0.1:0`).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Loads the plugin at `path` for `service` when the node starts.
+    pub fn plugin(mut self, service: u8, path: impl Into<PathBuf>) -> Self {
+        self.plugins.push((service, PluginSource::Path(path.into())));
+        self
+    }
+
+    /// Loads a plugin from bytes for `service` when the node starts.
+    pub fn plugin_bytes(mut self, service: u8, name: impl Into<String>, wasm: Vec<u8>) -> Self {
+        self.plugins.push((service, PluginSource::Bytes { name: name.into(), wasm }));
+        self
+    }
+
+    /// Replaces the whole configuration (keeps plugins given so far).
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut NodeConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Binds the socket, starts the QUIC endpoint and loads the plugins.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`NodeError`] when the socket cannot be bound, the id is invalid or a
+    /// plugin cannot be loaded.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let NodeBuilder { mut config, plugins } = self;
+        let identity = Identity::generate()?;
+        if config.node_id.is_empty() {
+            config.node_id = format!("node-{}", &identity.fingerprint().to_string()[..12]);
+        }
+        if config.node_id.len() > crate::transport::wire::MAX_PEER_ID_LEN {
+            return Err(NodeError::InvalidId(format!("longer than {} bytes", crate::transport::wire::MAX_PEER_ID_LEN)));
+        }
+        let bind_err = |source| NodeError::Bind { addr: config.listen, source };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+        let (socket, mut side_rx) = FogSocket::new(socket).map_err(bind_err)?;
+        let socket_counters = socket.counters();
+
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(config.keep_alive_interval));
+        let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+            .map_err(|_| NodeError::InvalidId("idle timeout out of range".into()))?;
+        transport.max_idle_timeout(Some(idle));
+        transport.max_concurrent_bidi_streams(4096u32.into());
+        let transport = Arc::new(transport);
+        let server_config = identity.server_config(transport.clone())?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // The socket facade demultiplexes by the first byte, which needs
+        // QUIC's fixed bit: never ask peers to grease it (RFC 9287).
+        endpoint_config.grease_quic_bit(false);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
+
+        let engine = PluginEngine::new(config.cache_dir.clone()).map_err(NodeError::Engine)?;
+        let conn_limits = ConnLimits {
+            max_message_size: config.max_message_size,
+            send_buffer: config.send_buffer,
+            close_grace: config.close_grace,
+        };
+        let (plugin_events, _) = broadcast::channel(1024);
+        let inner = Arc::new_cyclic(|weak_self| NodeInner {
+            config,
+            identity,
+            endpoint,
+            transport,
+            engine,
+            services: RwLock::new(HashMap::new()),
+            links: links::Links::default(),
+            next_id: AtomicU64::new(1),
+            plugin_events,
+            shutdown: CancellationToken::new(),
+            conn_limits,
+            socket_counters,
+            started: Instant::now(),
+            runtime: tokio::runtime::Handle::current(),
+            weak_self: weak_self.clone(),
+        });
+        tokio::spawn(links::accept_loop(inner.clone()));
+        // STUN and TURN datagrams arrive here once NAT traversal and relay
+        // are built; until then they are counted and dropped.
+        tokio::spawn(async move {
+            while let Some(datagram) = side_rx.recv().await {
+                tracing::trace!(from = %datagram.from, kind = ?datagram.kind, "non-QUIC datagram ignored");
+            }
+        });
+        let node = Node { inner };
+        for (service, source) in plugins {
+            let result = match source {
+                PluginSource::Path(path) => node.load_plugin(service, &path).await,
+                PluginSource::Bytes { name, wasm } => node.load_plugin_bytes(service, &name, &wasm).await,
+            };
+            if let Err(e) = result {
+                node.shutdown().await;
+                return Err(e);
+            }
+        }
+        tracing::info!(id = %node.id(), addr = %node.local_addr(), fingerprint = %node.fingerprint(), "node started");
+        Ok(node)
+    }
+}
+
+impl Node {
+    /// A builder with the default configuration.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder { config: NodeConfig::default(), plugins: Vec::new() }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.endpoint.local_addr().unwrap_or(self.inner.config.listen)
+    }
+
+    /// The certificate fingerprint peers can pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.inner.identity.fingerprint()
+    }
+
+    /// Datagram counters of the node's socket.
+    pub fn socket_counters(&self) -> Arc<SocketCounters> {
+        self.inner.socket_counters.clone()
+    }
+
+    /// Subscribes to plugin crash, restart and disable events.
+    pub fn plugin_events(&self) -> broadcast::Receiver<PluginEvent> {
+        self.inner.plugin_events.subscribe()
+    }
+
+    /// Loads the plugin file at `path` for `service`.
+    ///
+    /// # Errors
+    /// [`NodeError::Plugin`] when the file cannot be read, does not compile,
+    /// does not fit the service world, fails to instantiate, or the service
+    /// already has a plugin.
+    pub async fn load_plugin(&self, service: u8, path: &Path) -> Result<(), NodeError> {
+        let wasm = tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
+            service,
+            source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
+        })?;
+        let name = path.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
+        self.load_plugin_bytes(service, &name, &wasm).await
+    }
+
+    /// Loads a plugin from wasm bytes for `service`.
+    ///
+    /// # Errors
+    /// As [`Node::load_plugin`].
+    pub async fn load_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<(), NodeError> {
+        let plugin_err = |source| NodeError::Plugin { service, source };
+        if self.service(service).is_some() {
+            return Err(plugin_err(PluginError::ServiceTaken(service)));
+        }
+        let inner = self.inner.clone();
+        let wasm = wasm.to_vec();
+        // Compilation is CPU work: keep it off the network tasks.
+        let prepared = tokio::task::spawn_blocking(move || inner.engine.prepare(&wasm))
+            .await
+            .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
+            .map_err(plugin_err)?;
+        tracing::info!(service, name, hash = %prepared.hash, from_cache = prepared.from_cache, load_ms = prepared.load_time.as_millis() as u64, "plugin compiled");
+        let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let ctx = Arc::new(PluginContext {
+            service,
+            limits: self.inner.config.plugin_limits,
+            host: Arc::new(NodeServices(self.inner.weak_self.clone())),
+            owner: tx,
+            epoch: self.inner.started,
+        });
+        let hash = prepared.hash.clone();
+        let spec = ActorSpec {
+            ctx,
+            prepared,
+            crash_policy: self.inner.config.crash_policy,
+            events: self.inner.plugin_events.clone(),
+        };
+        let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
+        let loaded = Arc::new(LoadedService { name: name.to_string(), hash, actor });
+        let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
+        if services.contains_key(&service) {
+            drop(services);
+            tokio::spawn(async move { loaded.actor.stop().await });
+            return Err(plugin_err(PluginError::ServiceTaken(service)));
+        }
+        services.insert(service, loaded);
+        Ok(())
+    }
+
+    fn service(&self, service: u8) -> Option<Arc<LoadedService>> {
+        self.inner.services.read().unwrap_or_else(|p| p.into_inner()).get(&service).cloned()
+    }
+
+    /// The loaded services, by service number.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        let services = self.inner.services.read().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<ServiceInfo> = services
+            .iter()
+            .map(|(&service, loaded)| {
+                let s = &loaded.actor.status;
+                ServiceInfo {
+                    service,
+                    name: loaded.name.clone(),
+                    hash: loaded.hash.clone(),
+                    state: s.state(),
+                    connections: s.connections.load(Ordering::Relaxed),
+                    calls: s.calls.load(Ordering::Relaxed),
+                    crashes: s.crashes.load(Ordering::Relaxed),
+                    restarts: s.restarts.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        list.sort_by_key(|s| s.service);
+        list
+    }
+
+    /// Connects to the node at `addr` for `service` over `transport`; the
+    /// returned connection is owned by the caller (not by a plugin).
+    ///
+    /// # Errors
+    /// [`ConnectError`]: refused by the peer (e.g. no plugin for the
+    /// service), timeout, unreachable, identity mismatch.
+    pub async fn connect(&self, addr: SocketAddr, transport: Transport, service: u8) -> Result<Connection, ConnectError> {
+        let convention = Convention::new(transport, service);
+        self.connect_raw(addr, convention.raw(), None).await
+    }
+
+    /// Like [`Node::connect`] with the raw convention number and an optional
+    /// pinned certificate fingerprint. The raw number is sent as given so
+    /// that the passive side's validation can be exercised; only the
+    /// transport must be one this node offers.
+    ///
+    /// # Errors
+    /// As [`Node::connect`], plus [`ConnectError::Identity`] when the peer's
+    /// certificate does not match `expected`.
+    pub async fn connect_raw(&self, addr: SocketAddr, convention: u32, expected: Option<Fingerprint>) -> Result<Connection, ConnectError> {
+        let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let id = self.inner.next_connection_id();
+        let shared = links::open(&self.inner, addr, convention, expected, id, tx, false).await?;
+        Ok(Connection::new(shared, rx))
+    }
+
+    /// Closes every connection (plugins see `on-close` with kind `local`,
+    /// peers see end of file), stops the plugins and the endpoint. Bounded
+    /// in time: peers that do not answer are not waited for.
+    pub async fn shutdown(&self) {
+        if self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        self.inner.shutdown.cancel();
+        let services: Vec<Arc<LoadedService>> =
+            self.inner.services.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+        for service in &services {
+            service.actor.stop().await;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for service in &services {
+                service.actor.join();
+            }
+        });
+        let _ = joined.await;
+        // Let the close frames leave, then close the endpoint.
+        self.inner.links.live.drained(Duration::from_millis(500)).await;
+        self.inner.endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl NodeInner {
+    fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The plugin actor for an incoming request, or the refusal.
+    fn route(&self, convention: Convention) -> Result<Owner, (RefuseCode, String)> {
+        if convention.transport() != Transport::Quic {
+            return Err((RefuseCode::UnsupportedTransport, format!("transport {} is not offered by this node", convention.transport())));
+        }
+        let services = self.services.read().unwrap_or_else(|p| p.into_inner());
+        let Some(service) = services.get(&convention.service()) else {
+            return Err((RefuseCode::NoSuchService, format!("no such service: {}", convention.service())));
+        };
+        match service.actor.status.state() {
+            PluginRunState::Disabled => Err((
+                RefuseCode::ServiceUnavailable,
+                format!("service {} is disabled after repeated plugin crashes", convention.service()),
+            )),
+            PluginRunState::Stopped => Err((RefuseCode::ServiceUnavailable, format!("service {} is stopping", convention.service()))),
+            _ => Ok(service.actor.tx.clone()),
+        }
+    }
+}
+
+/// The node as plugins see it; weak so plugins do not keep the node alive.
+struct NodeServices(Weak<NodeInner>);
+
+impl HostServices for NodeServices {
+    fn next_connection_id(&self) -> ConnectionId {
+        match self.0.upgrade() {
+            Some(inner) => inner.next_connection_id(),
+            None => ConnectionId(0),
+        }
+    }
+
+    fn connect(&self, peer: &str, convention: Convention, id: ConnectionId, owner: Owner) -> Result<(), String> {
+        let inner = self.0.upgrade().ok_or("node is shutting down")?;
+        let addr: SocketAddr = peer.parse().map_err(|_| {
+            format!("{peer:?} is not a socket address (host:port); connecting by peer id needs a signaling server, which this node has not joined")
+        })?;
+        // Called from a plugin thread: spawn on the node's runtime.
+        let runtime = inner.runtime.clone();
+        runtime.spawn(async move {
+            let result = links::open(&inner, addr, convention.raw(), None, id, owner.clone(), true).await;
+            if let Err(e) = result {
+                let _ = owner.send(ConnEvent::OpenFailed(id, e.close_reason())).await;
+            }
+        });
+        Ok(())
+    }
+}

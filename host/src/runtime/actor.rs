@@ -1,0 +1,444 @@
+//! The actor that owns a plugin's `Store`: one OS thread per loaded plugin,
+//! so a slow or spinning plugin never blocks the network tasks or other
+//! plugins. It takes connection events from a bounded channel, calls the
+//! plugin's callbacks one at a time under a deadline, and supervises crashes:
+//! a failing call drops the `Store` (its failure domain), ends every
+//! connection of the plugin with an error, and re-instantiates it after a
+//! backoff until the crash budget is spent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use wasmtime::{Store, Trap};
+
+use super::PluginError;
+use super::bindings::Service;
+use super::bindings::fogconnect::plugin::types;
+use super::engine::{EPOCH_TICK, PreparedPlugin};
+use super::state::{ConnEntry, PluginContext, PluginState, wit_reason};
+use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
+use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
+
+/// Capacity of a plugin's event channel; a full channel slows the senders
+/// down (QUIC flow control then reaches the remote side), nothing is dropped.
+pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// Lifecycle state of a loaded plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PluginRunState {
+    /// Instantiated and serving.
+    Running = 0,
+    /// Crashed; waiting for its backoff before re-instantiation.
+    Restarting = 1,
+    /// Crash budget spent: refuses new connections.
+    Disabled = 2,
+    /// The node shut it down.
+    Stopped = 3,
+}
+
+/// Events about plugins, broadcast to node subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginEvent {
+    /// A call failed; the plugin's connections were closed with an error.
+    Crashed {
+        /// Service number.
+        service: u8,
+        /// What failed.
+        message: String,
+        /// Crashes since the plugin was loaded.
+        crashes: u64,
+    },
+    /// The plugin was re-instantiated after a crash.
+    Restarted {
+        /// Service number.
+        service: u8,
+    },
+    /// The crash budget is spent; the plugin stays down.
+    Disabled {
+        /// Service number.
+        service: u8,
+        /// The last failure.
+        message: String,
+    },
+}
+
+/// Live counters of a plugin, readable from any thread.
+#[derive(Debug)]
+pub struct PluginStatus {
+    state: AtomicU8,
+    /// Callbacks invoked.
+    pub calls: AtomicU64,
+    /// Failed callbacks and instantiations.
+    pub crashes: AtomicU64,
+    /// Successful re-instantiations.
+    pub restarts: AtomicU64,
+    /// Connections currently open.
+    pub connections: AtomicU64,
+    shutdown: AtomicBool,
+}
+
+impl PluginStatus {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(PluginRunState::Running as u8),
+            calls: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// The current lifecycle state.
+    pub fn state(&self) -> PluginRunState {
+        match self.state.load(Ordering::Acquire) {
+            0 => PluginRunState::Running,
+            1 => PluginRunState::Restarting,
+            2 => PluginRunState::Disabled,
+            _ => PluginRunState::Stopped,
+        }
+    }
+
+    fn set_state(&self, state: PluginRunState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+}
+
+/// Everything an actor needs to run a plugin.
+pub struct ActorSpec {
+    /// The plugin's place in the node (service, limits, host services).
+    pub ctx: Arc<PluginContext>,
+    /// The compiled, pre-linked plugin.
+    pub prepared: PreparedPlugin,
+    /// Crash handling.
+    pub crash_policy: CrashPolicy,
+    /// Where plugin events are broadcast.
+    pub events: broadcast::Sender<PluginEvent>,
+}
+
+/// Handle of a running plugin actor.
+#[derive(Debug)]
+pub struct ActorHandle {
+    /// The plugin's event channel.
+    pub tx: mpsc::Sender<ConnEvent>,
+    /// Live counters.
+    pub status: Arc<PluginStatus>,
+    thread: std::thread::Thread,
+    join: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl ActorHandle {
+    /// Starts the actor thread and waits until the first instantiation
+    /// succeeded.
+    ///
+    /// # Errors
+    /// [`PluginError::Instantiate`] when the first instantiation fails,
+    /// [`PluginError::Actor`] when the thread cannot start.
+    pub async fn start(spec: ActorSpec, rx: mpsc::Receiver<ConnEvent>) -> Result<Self, PluginError> {
+        let tx = spec.ctx.owner.clone();
+        let status = Arc::new(PluginStatus::new());
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let actor_status = status.clone();
+        let service = spec.ctx.service;
+        let join = std::thread::Builder::new()
+            .name(format!("fogconnect-plugin-{service}"))
+            .spawn(move || Actor::new(spec, rx, actor_status).run(ready_tx))
+            .map_err(|e| PluginError::Actor(e.to_string()))?;
+        let thread = join.thread().clone();
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(Self { tx, status, thread, join: std::sync::Mutex::new(Some(join)) }),
+            Ok(Err(e)) => {
+                let _ = join.join();
+                Err(e)
+            }
+            Err(_) => Err(PluginError::Actor("plugin thread ended during start".into())),
+        }
+    }
+
+    /// Asks the actor to close the plugin's connections (each gets
+    /// `on-close` with kind `local`) and stop. Returns at once; use
+    /// [`ActorHandle::join`] to wait.
+    pub async fn stop(&self) {
+        self.status.shutdown.store(true, Ordering::Release);
+        self.thread.unpark();
+        let _ = self.tx.send(ConnEvent::Shutdown).await;
+    }
+
+    /// Waits for the actor thread to end.
+    pub fn join(&self) {
+        let handle = self.join.lock().ok().and_then(|mut guard| guard.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Instance {
+    store: Store<PluginState>,
+    bindings: Service,
+}
+
+/// A human-readable account of a failed call.
+fn describe(err: &wasmtime::Error, store: &Store<PluginState>) -> String {
+    let limits = store.data().ctx.limits;
+    if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+        return format!("call exceeded its deadline of {} ms", limits.call_deadline.as_millis());
+    }
+    if store.data().limiter.memory_refused {
+        return format!("memory cap of {} bytes exceeded: {err}", limits.memory_bytes);
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("trap: {trap}"),
+        None => format!("{err}"),
+    }
+}
+
+struct Actor {
+    spec: ActorSpec,
+    rx: mpsc::Receiver<ConnEvent>,
+    status: Arc<PluginStatus>,
+    supervisor: Supervisor,
+    instance: Option<Instance>,
+    deadline_ticks: u64,
+}
+
+impl Actor {
+    fn new(spec: ActorSpec, rx: mpsc::Receiver<ConnEvent>, status: Arc<PluginStatus>) -> Self {
+        let deadline = spec.ctx.limits.call_deadline;
+        let deadline_ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        let supervisor = Supervisor::new(spec.crash_policy);
+        Self { spec, rx, status, supervisor, instance: None, deadline_ticks }
+    }
+
+    fn service(&self) -> u8 {
+        self.spec.ctx.service
+    }
+
+    fn instantiate(&self) -> Result<Instance, String> {
+        let mut store = Store::new(self.spec.prepared.pre.engine(), PluginState::new(self.spec.ctx.clone()));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks);
+        let bindings = self.spec.prepared.pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
+        Ok(Instance { store, bindings })
+    }
+
+
+    /// Parks until `until` or shutdown; true when shutting down.
+    fn wait_until(&self, until: Instant) -> bool {
+        loop {
+            if self.status.shutdown.load(Ordering::Acquire) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            std::thread::park_timeout(until - now);
+        }
+    }
+
+    fn run(mut self, ready: oneshot::Sender<Result<(), PluginError>>) {
+        match self.instantiate() {
+            Ok(instance) => {
+                self.instance = Some(instance);
+                self.supervisor.started(Instant::now());
+                let _ = ready.send(Ok(()));
+            }
+            Err(message) => {
+                let _ = ready.send(Err(PluginError::Instantiate(message)));
+                return;
+            }
+        }
+        let mut restart_at: Option<Instant> = None;
+        loop {
+            if self.instance.is_none()
+                && let Some(at) = restart_at
+            {
+                if self.wait_until(at) {
+                    break;
+                }
+                match self.instantiate() {
+                    Ok(instance) => {
+                        self.instance = Some(instance);
+                        self.supervisor.started(Instant::now());
+                        self.status.restarts.fetch_add(1, Ordering::Relaxed);
+                        self.status.set_state(PluginRunState::Running);
+                        restart_at = None;
+                        tracing::info!(service = self.service(), "plugin restarted");
+                        let _ = self.spec.events.send(PluginEvent::Restarted { service: self.service() });
+                    }
+                    Err(message) => {
+                        restart_at = self.crashed(message);
+                        continue;
+                    }
+                }
+            }
+            let Some(event) = self.rx.blocking_recv() else { break };
+            if matches!(event, ConnEvent::Shutdown) {
+                self.shutdown();
+                break;
+            }
+            if let Err(message) = self.handle(event) {
+                restart_at = self.crashed(message);
+            }
+            self.status.connections.store(self.open_connections(), Ordering::Relaxed);
+        }
+        self.status.set_state(PluginRunState::Stopped);
+        self.status.connections.store(0, Ordering::Relaxed);
+    }
+
+    fn open_connections(&self) -> u64 {
+        self.instance.as_ref().map_or(0, |i| {
+            i.store.data().conns.values().filter(|e| matches!(e, ConnEntry::Open { .. })).count() as u64
+        })
+    }
+
+    /// Handles one event. `Err` carries the failure of a plugin call.
+    fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
+        let Some(instance) = self.instance.as_mut() else {
+            // Restarting or disabled: connections were ended on the crash;
+            // new ones cannot be served now.
+            if let ConnEvent::Opened(shared) = event {
+                let why = match self.status.state() {
+                    PluginRunState::Disabled => "service disabled after repeated plugin crashes",
+                    _ => "service plugin is restarting",
+                };
+                shared.fail(why);
+            }
+            return Ok(());
+        };
+        match event {
+            ConnEvent::Opened(shared) => {
+                let id = shared.meta().id.0;
+                let conns = &mut instance.store.data_mut().conns;
+                let pending = conns.get(&id).map(|e| matches!(e, ConnEntry::Pending { cancelled: true }));
+                if !shared.meta().passive && pending.is_none() {
+                    // A connect of a previous instance (it crashed since).
+                    shared.fail("the plugin that asked for this connection was restarted");
+                    return Ok(());
+                }
+                if pending == Some(true) {
+                    conns.remove(&id);
+                    if shared.close_local("closed by this plugin") {
+                        let reason = CloseReason::new(CloseKind::Local, "closed by this plugin before it connected");
+                        self.call_on_close(id, &reason)?;
+                    }
+                    return self.flush_deferred_closes();
+                }
+                let meta = shared.meta().clone();
+                conns.insert(id, ConnEntry::Open { shared, user_data: 0 });
+                let info = types::ConnectInfo {
+                    peer_id: meta.peer_id,
+                    passive: meta.passive,
+                    convention: meta.convention.raw(),
+                    remote_address: meta.remote.to_string(),
+                };
+                self.call(|b, s| b.fogconnect_plugin_handler().call_on_connect(s, id, &info))?;
+            }
+            ConnEvent::OpenFailed(ConnectionId(id), reason) => {
+                if instance.store.data_mut().conns.remove(&id).is_some() {
+                    self.call_on_close(id, &reason)?;
+                }
+            }
+            ConnEvent::Message(ConnectionId(id), data) => {
+                if matches!(instance.store.data().conns.get(&id), Some(ConnEntry::Open { .. })) {
+                    self.call(|b, s| b.fogconnect_plugin_handler().call_on_recv(s, id, &data))?;
+                }
+            }
+            ConnEvent::Closed(ConnectionId(id), reason) => {
+                if instance.store.data_mut().conns.remove(&id).is_some() {
+                    self.call_on_close(id, &reason)?;
+                }
+            }
+            ConnEvent::Shutdown => {}
+        }
+        self.flush_deferred_closes()
+    }
+
+    fn call_on_close(&mut self, id: u64, reason: &CloseReason) -> Result<(), String> {
+        let reason = wit_reason(reason);
+        self.call(|b, s| b.fogconnect_plugin_handler().call_on_close(s, id, &reason))
+    }
+
+    /// Reports the local closes the plugin made during its last calls.
+    fn flush_deferred_closes(&mut self) -> Result<(), String> {
+        loop {
+            let Some(instance) = self.instance.as_mut() else { return Ok(()) };
+            let deferred = std::mem::take(&mut instance.store.data_mut().deferred_closes);
+            if deferred.is_empty() {
+                return Ok(());
+            }
+            for (id, reason) in deferred {
+                if let Some(instance) = self.instance.as_mut() {
+                    instance.store.data_mut().conns.remove(&id);
+                }
+                self.call_on_close(id, &reason)?;
+            }
+        }
+    }
+
+    /// Calls the plugin under its deadline.
+    fn call(&mut self, f: impl FnOnce(&Service, &mut Store<PluginState>) -> wasmtime::Result<()>) -> Result<(), String> {
+        let Some(instance) = self.instance.as_mut() else { return Ok(()) };
+        self.status.calls.fetch_add(1, Ordering::Relaxed);
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        match f(&instance.bindings, &mut instance.store) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(describe(&e, &instance.store)),
+        }
+    }
+
+    /// Handles a failed call or instantiation: drops the store, ends the
+    /// plugin's connections, and decides when to restart. Returns the
+    /// restart time, or `None` when the plugin is disabled.
+    fn crashed(&mut self, message: String) -> Option<Instant> {
+        let service = self.service();
+        let crashes = self.status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(service, crashes, "plugin failed: {message}");
+        if let Some(mut instance) = self.instance.take() {
+            let conns = std::mem::take(&mut instance.store.data_mut().conns);
+            for entry in conns.into_values() {
+                if let ConnEntry::Open { shared, .. } = entry {
+                    shared.fail(format!("plugin of service {service} failed: {message}"));
+                }
+            }
+            // Pending connects complete later into a table that no longer
+            // knows them; `handle` then ends them.
+        }
+        let _ = self.spec.events.send(PluginEvent::Crashed { service, message: message.clone(), crashes });
+        match self.supervisor.crashed(Instant::now()) {
+            CrashDecision::RestartAfter(delay) => {
+                self.status.set_state(PluginRunState::Restarting);
+                Some(Instant::now() + delay)
+            }
+            CrashDecision::Disable => {
+                self.status.set_state(PluginRunState::Disabled);
+                tracing::error!(service, "plugin disabled: crash budget spent");
+                let _ = self.spec.events.send(PluginEvent::Disabled { service, message });
+                None
+            }
+        }
+    }
+
+    /// Node shutdown: every open connection is closed locally and reported.
+    fn shutdown(&mut self) {
+        let Some(instance) = self.instance.as_mut() else { return };
+        let ids: Vec<u64> = instance.store.data().conns.keys().copied().collect();
+        for id in ids {
+            let entry = self.instance.as_mut().and_then(|i| i.store.data_mut().conns.remove(&id));
+            if let Some(ConnEntry::Open { shared, .. }) = entry
+                && shared.close_local("peer node shutting down")
+            {
+                let reason = CloseReason::new(CloseKind::Local, "node shutting down");
+                if self.call_on_close(id, &reason).is_err() {
+                    break;
+                }
+            }
+        }
+        // Pending connects are abandoned; their tasks see the endpoint close.
+    }
+}

@@ -1,0 +1,49 @@
+//! The plugin runtime: wasmtime engine, per-plugin stores driven by actor
+//! threads, host imports, and crash supervision.
+
+pub mod actor;
+pub mod engine;
+pub mod state;
+pub mod supervisor;
+
+/// Bindings of the `fogconnect:plugin/service` world generated from `wit/`
+/// (documented there).
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "service",
+        path: "../wit",
+    });
+}
+
+/// Errors of loading and running plugins.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin file could not be read.
+    #[error("cannot read plugin {path}: {message}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// wasmtime refused the engine configuration.
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid WebAssembly component.
+    #[error("plugin does not compile: {0}")]
+    Compile(String),
+    /// The component does not fit the service world (missing exports,
+    /// unknown imports).
+    #[error("plugin does not fit the fogconnect service world: {0}")]
+    Link(String),
+    /// Instantiation failed (start function trapped, limits).
+    #[error("plugin failed to instantiate: {0}")]
+    Instantiate(String),
+    /// A plugin is already loaded for this service number.
+    #[error("service {0} already has a plugin")]
+    ServiceTaken(u8),
+    /// The plugin's thread could not be started or stopped unexpectedly.
+    #[error("plugin actor: {0}")]
+    Actor(String),
+}

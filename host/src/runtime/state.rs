@@ -1,0 +1,298 @@
+//! The data of one plugin `Store` and the host functions of the service
+//! world. Plain Rust, testable without wasm.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::fogconnect::plugin::{host, types};
+use crate::convention::{Convention, Transport};
+use crate::transport::conn::{CloseKind, CloseReason, ConnShared, ConnectionId, Owner, PathKind, SendError};
+
+/// Services of the node that plugins reach through their imports.
+pub trait HostServices: Send + Sync + 'static {
+    /// A fresh connection id, never reused by this node.
+    fn next_connection_id(&self) -> ConnectionId;
+    /// Starts connecting to `peer` (an address or a peer id) in the
+    /// background; the outcome is sent to `owner` as `Opened` or
+    /// `OpenFailed` for `id`.
+    ///
+    /// # Errors
+    /// A message when the peer cannot even be resolved.
+    fn connect(&self, peer: &str, convention: Convention, id: ConnectionId, owner: Owner) -> Result<(), String>;
+}
+
+/// Per-plugin resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Linear memory cap, in bytes.
+    pub memory_bytes: usize,
+    /// Longest a single callback may run.
+    pub call_deadline: std::time::Duration,
+    /// Whether the plugin may open connections with `connect-peer`.
+    pub allow_connect: bool,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self { memory_bytes: 64 << 20, call_deadline: std::time::Duration::from_secs(1), allow_connect: true }
+    }
+}
+
+/// What the plugin's store needs to know about its place in the node.
+pub struct PluginContext {
+    /// The service number the plugin serves.
+    pub service: u8,
+    /// Limits of the plugin.
+    pub limits: PluginLimits,
+    /// The node.
+    pub host: Arc<dyn HostServices>,
+    /// The plugin's own event channel (owner of its connections).
+    pub owner: Owner,
+    /// Origin of `monotonic-now`.
+    pub epoch: Instant,
+}
+
+/// One connection in a plugin's table.
+#[derive(Debug)]
+pub enum ConnEntry {
+    /// A `connect-peer` still in progress; `cancelled` when the plugin
+    /// closed it before it completed.
+    Pending {
+        /// The plugin called `close` on the pending handle.
+        cancelled: bool,
+    },
+    /// An established connection.
+    Open {
+        /// The connection.
+        shared: Arc<ConnShared>,
+        /// The plugin's user-data slot.
+        user_data: u64,
+    },
+}
+
+/// Memory limiter that remembers whether it refused a growth, so a trap can
+/// be reported as "memory cap exceeded".
+pub struct PluginLimiter {
+    inner: StoreLimits,
+    /// Set when a memory growth was refused.
+    pub memory_refused: bool,
+}
+
+impl ResourceLimiter for PluginLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let result = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(result, Ok(true)) {
+            self.memory_refused = true;
+        }
+        result
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_refused = true;
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// Data of one plugin store.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// The memory limiter.
+    pub limiter: PluginLimiter,
+    /// The plugin's place in the node.
+    pub ctx: Arc<PluginContext>,
+    /// The plugin's connections by handle.
+    pub conns: HashMap<u64, ConnEntry>,
+    /// Local closes made during the current callback, reported with
+    /// `on-close` once it returns.
+    pub deferred_closes: Vec<(u64, CloseReason)>,
+}
+
+/// Longest log line taken from a plugin.
+const MAX_LOG_LINE: usize = 4096;
+
+impl PluginState {
+    /// Fresh state: WASI with every capability denied (no preopened
+    /// directories, no environment, no arguments, no network, stdio closed).
+    pub fn new(ctx: Arc<PluginContext>) -> Self {
+        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(ctx.limits.memory_bytes)
+            .instances(32)
+            .tables(64)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: PluginLimiter { inner: limits, memory_refused: false },
+            ctx,
+            conns: HashMap::new(),
+            deferred_closes: Vec::new(),
+        }
+    }
+
+    fn open(&self, conn: u64) -> Result<&Arc<ConnShared>, types::ConnError> {
+        match self.conns.get(&conn) {
+            Some(ConnEntry::Open { shared, .. }) => Ok(shared),
+            _ => Err(types::ConnError::UnknownConnection),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Converts a close reason to its WIT form.
+pub fn wit_reason(reason: &CloseReason) -> types::CloseReason {
+    types::CloseReason {
+        kind: match reason.kind {
+            CloseKind::Eof => types::CloseKind::Eof,
+            CloseKind::Error => types::CloseKind::Error,
+            CloseKind::Timeout => types::CloseKind::Timeout,
+            CloseKind::Refused => types::CloseKind::Refused,
+            CloseKind::Local => types::CloseKind::Local,
+        },
+        message: reason.message.clone(),
+    }
+}
+
+fn clip_u32(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+impl types::Host for PluginState {}
+
+impl host::Host for PluginState {
+    fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<(), types::ConnError> {
+        self.open(conn)?.send(Bytes::from(data)).map_err(|e| match e {
+            SendError::Closed => types::ConnError::Closed,
+            SendError::TooLarge { max, .. } => types::ConnError::TooLarge(clip_u32(max)),
+            SendError::BufferFull { limit } => types::ConnError::BufferFull(clip_u32(limit)),
+        })
+    }
+
+    fn close(&mut self, conn: u64) -> Result<(), types::ConnError> {
+        match self.conns.get_mut(&conn) {
+            Some(ConnEntry::Open { shared, .. }) => {
+                if shared.close_local("closed by this plugin") {
+                    self.deferred_closes.push((conn, CloseReason::new(CloseKind::Local, "closed by this plugin")));
+                }
+                Ok(())
+            }
+            Some(ConnEntry::Pending { cancelled }) => {
+                *cancelled = true;
+                Ok(())
+            }
+            None => Err(types::ConnError::UnknownConnection),
+        }
+    }
+
+    fn convention(&mut self, conn: u64) -> Result<u32, types::ConnError> {
+        Ok(self.open(conn)?.meta().convention.raw())
+    }
+
+    fn is_passive(&mut self, conn: u64) -> Result<bool, types::ConnError> {
+        Ok(self.open(conn)?.meta().passive)
+    }
+
+    fn peer_id(&mut self, conn: u64) -> Result<String, types::ConnError> {
+        Ok(self.open(conn)?.meta().peer_id.clone())
+    }
+
+    fn user_data(&mut self, conn: u64) -> Result<u64, types::ConnError> {
+        match self.conns.get(&conn) {
+            Some(ConnEntry::Open { user_data, .. }) => Ok(*user_data),
+            _ => Err(types::ConnError::UnknownConnection),
+        }
+    }
+
+    fn set_user_data(&mut self, conn: u64, value: u64) -> Result<(), types::ConnError> {
+        match self.conns.get_mut(&conn) {
+            Some(ConnEntry::Open { user_data, .. }) => {
+                *user_data = value;
+                Ok(())
+            }
+            _ => Err(types::ConnError::UnknownConnection),
+        }
+    }
+
+    fn connect_peer(&mut self, peer: String, transport: types::Transport, service: u8) -> Result<u64, types::ConnectError> {
+        if !self.ctx.limits.allow_connect {
+            return Err(types::ConnectError::NotAllowed);
+        }
+        let transport = match transport {
+            types::Transport::Quic => Transport::Quic,
+            types::Transport::Kcp => return Err(types::ConnectError::UnsupportedTransport),
+        };
+        let id = self.ctx.host.next_connection_id();
+        self.ctx
+            .host
+            .connect(&peer, Convention::new(transport, service), id, self.ctx.owner.clone())
+            .map_err(types::ConnectError::InvalidPeer)?;
+        self.conns.insert(id.0, ConnEntry::Pending { cancelled: false });
+        Ok(id.0)
+    }
+
+    fn stats(&mut self, conn: u64) -> Result<types::ConnectionStats, types::ConnError> {
+        let s = self.open(conn)?.stats();
+        Ok(types::ConnectionStats {
+            rtt_us: u64::try_from(s.rtt.as_micros()).unwrap_or(u64::MAX),
+            path: match s.path {
+                PathKind::Lan => types::PathKind::Lan,
+                PathKind::Direct => types::PathKind::Direct,
+                PathKind::Relayed => types::PathKind::Relayed,
+            },
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            messages_sent: s.messages_sent,
+            messages_received: s.messages_received,
+        })
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) {
+        let mut end = message.len().min(MAX_LOG_LINE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let line = &message[..end];
+        let service = self.ctx.service;
+        match level {
+            types::LogLevel::Trace => tracing::trace!(target: "plugin", service, "{line}"),
+            types::LogLevel::Debug => tracing::debug!(target: "plugin", service, "{line}"),
+            types::LogLevel::Info => tracing::info!(target: "plugin", service, "{line}"),
+            types::LogLevel::Warn => tracing::warn!(target: "plugin", service, "{line}"),
+            types::LogLevel::Error => tracing::error!(target: "plugin", service, "{line}"),
+        }
+    }
+
+    fn monotonic_now(&mut self) -> u64 {
+        u64::try_from(self.ctx.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}

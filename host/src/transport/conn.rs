@@ -1,0 +1,510 @@
+//! One fogconnect connection: a QUIC bidirectional stream carrying framed
+//! messages, driven by a reader task and a writer task.
+//!
+//! The owner of a connection (a plugin actor or a native [`crate::Connection`])
+//! receives [`ConnEvent`]s on its channel. Every connection ends with exactly
+//! one `Closed` event to its owner, except when the owner ended it itself
+//! (then the owner reports the local close on its own). Which side ends it is
+//! decided by an atomic claim, so concurrent endings never double-report.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::convention::Convention;
+use crate::transport::wire::{CloseCode, Decoder, Frame, data_header};
+
+/// Node-wide unique id of a connection; also the handle plugins see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// The remote side closed in an orderly way.
+    Eof,
+    /// A failure (remote plugin crash, protocol violation, QUIC error, local
+    /// plugin restart).
+    Error,
+    /// The remote node stopped answering.
+    Timeout,
+    /// The remote node refused the connect request.
+    Refused,
+    /// This side closed it.
+    Local,
+}
+
+/// The reason a connection ended, with a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// Category.
+    pub kind: CloseKind,
+    /// Detail; may be empty.
+    pub message: String,
+}
+
+impl CloseReason {
+    /// A reason of `kind` with `message`.
+    pub fn new(kind: CloseKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            CloseKind::Eof => "eof",
+            CloseKind::Error => "error",
+            CloseKind::Timeout => "timeout",
+            CloseKind::Refused => "refused",
+            CloseKind::Local => "local",
+        };
+        if self.message.is_empty() { f.write_str(kind) } else { write!(f, "{kind}: {}", self.message) }
+    }
+}
+
+/// Errors of sending a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection has ended or is closing.
+    #[error("connection closed")]
+    Closed,
+    /// The message exceeds the maximum message size.
+    #[error("message of {len} bytes exceeds the maximum message size of {max} bytes")]
+    TooLarge {
+        /// Size of the refused message.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The send buffer is full.
+    #[error("send buffer full ({limit} bytes queued)")]
+    BufferFull {
+        /// The buffer limit in bytes.
+        limit: usize,
+    },
+}
+
+/// What the owner of a connection is told.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// A connection for this owner was established.
+    Opened(Arc<ConnShared>),
+    /// A connect started by this owner failed before it was established.
+    OpenFailed(ConnectionId, CloseReason),
+    /// One message arrived.
+    Message(ConnectionId, Bytes),
+    /// The connection ended (not sent for endings the owner caused itself).
+    Closed(ConnectionId, CloseReason),
+    /// The node is shutting down: close everything and stop.
+    Shutdown,
+}
+
+/// Where a connection's events go.
+pub type Owner = mpsc::Sender<ConnEvent>;
+
+/// Which way a connection's packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Loopback, private or link-local address.
+    Lan,
+    /// A public address.
+    Direct,
+    /// Through a TURN relay.
+    Relayed,
+}
+
+/// The path kind of a direct path to `addr`.
+pub fn path_of(addr: SocketAddr) -> PathKind {
+    let local = match addr.ip() {
+        IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    };
+    if local { PathKind::Lan } else { PathKind::Direct }
+}
+
+/// Static facts of a connection.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// Node-wide id (the plugin handle).
+    pub id: ConnectionId,
+    /// The remote node's id.
+    pub peer_id: String,
+    /// True when the remote node dialled.
+    pub passive: bool,
+    /// The agreed convention number.
+    pub convention: Convention,
+    /// Remote socket address.
+    pub remote: SocketAddr,
+}
+
+/// Counters and measurements of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Smoothed RTT of the QUIC path.
+    pub rtt: Duration,
+    /// Which way the packets travel.
+    pub path: PathKind,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Messages sent.
+    pub messages_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+}
+
+/// Limits applied to every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest message, in bytes.
+    pub max_message_size: usize,
+    /// Most bytes queued for sending on one connection.
+    pub send_buffer: usize,
+    /// How long a closing side waits for the remote side to finish too.
+    pub close_grace: Duration,
+}
+
+/// Counts connections whose writer task still runs, so a shutting-down
+/// node can wait (bounded) for their close frames to leave.
+#[derive(Debug, Default)]
+pub struct LiveConnections {
+    live: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl LiveConnections {
+    /// Counts one more connection until the guard is dropped.
+    pub fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        LiveGuard(self.clone())
+    }
+
+    /// Waits until no connection is live, at most `limit`.
+    pub async fn drained(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let changed = self.changed.notified();
+                if self.live.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Keeps a connection counted in [`LiveConnections`].
+#[derive(Debug)]
+pub struct LiveGuard(Arc<LiveConnections>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+enum Outbound {
+    Data(Bytes),
+    Close(CloseCode, String),
+    Finish,
+}
+
+/// State of one connection shared by its tasks and its owner.
+pub struct ConnShared {
+    meta: ConnMeta,
+    quic: quinn::Connection,
+    limits: ConnLimits,
+    owner: Owner,
+    closed: AtomicBool,
+    outbound: mpsc::UnboundedSender<Outbound>,
+    buffered: AtomicUsize,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for ConnShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnShared").field("meta", &self.meta).field("closed", &self.is_closed()).finish_non_exhaustive()
+    }
+}
+
+impl ConnShared {
+    /// Static facts of the connection.
+    pub fn meta(&self) -> &ConnMeta {
+        &self.meta
+    }
+
+    /// True once the connection has ended or is closing.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Claims the ending of the connection; true for exactly one caller.
+    fn claim_close(&self) -> bool {
+        !self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Queues one message.
+    ///
+    /// # Errors
+    /// [`SendError`] when the connection is closed, the message too large or
+    /// the send buffer full.
+    pub fn send(&self, data: Bytes) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let len = data.len();
+        if len > self.limits.max_message_size {
+            return Err(SendError::TooLarge { len, max: self.limits.max_message_size });
+        }
+        let queued = self.buffered.fetch_add(len, Ordering::AcqRel);
+        if queued > 0 && queued + len > self.limits.send_buffer {
+            self.buffered.fetch_sub(len, Ordering::AcqRel);
+            return Err(SendError::BufferFull { limit: self.limits.send_buffer });
+        }
+        self.outbound.send(Outbound::Data(data)).map_err(|_| {
+            self.buffered.fetch_sub(len, Ordering::AcqRel);
+            SendError::Closed
+        })
+    }
+
+    /// Closes the connection from this side in an orderly way: queued
+    /// messages go first, then the remote side sees end of file. Returns
+    /// false when the connection had already ended (nothing to report).
+    pub fn close_local(&self, message: impl Into<String>) -> bool {
+        self.end(CloseCode::Normal, message.into())
+    }
+
+    /// Ends the connection from this side with an error the remote side
+    /// sees with `message`. Returns false when it had already ended.
+    pub fn fail(&self, message: impl Into<String>) -> bool {
+        self.end(CloseCode::Error, message.into())
+    }
+
+    fn end(&self, code: CloseCode, message: String) -> bool {
+        if !self.claim_close() {
+            return false;
+        }
+        // The writer may already be gone when the QUIC connection died; the
+        // reader then reports nothing more since the close is claimed.
+        let _ = self.outbound.send(Outbound::Close(code, message));
+        true
+    }
+
+    /// Bytes queued but not yet written to QUIC.
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Acquire)
+    }
+
+    /// Counters and measurements.
+    pub fn stats(&self) -> ConnStats {
+        ConnStats {
+            rtt: self.quic.rtt(),
+            path: path_of(self.meta.remote),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reports an ending seen by the tasks (remote close, failure) to the
+    /// owner, unless the ending was already claimed.
+    async fn report_end(&self, reason: CloseReason) {
+        if self.claim_close() {
+            tracing::debug!(id = self.meta.id.0, %reason, "connection ended");
+            let _ = self.owner.send(ConnEvent::Closed(self.meta.id, reason)).await;
+        }
+        // Finish our half of the stream too; ignored if the writer is gone.
+        let _ = self.outbound.send(Outbound::Finish);
+    }
+}
+
+/// Starts the reader and writer tasks of an established connection.
+/// `decoder` holds any bytes already read after the handshake frames. With
+/// `announce`, the owner is sent [`ConnEvent::Opened`] before any message
+/// can reach it; if the owner is gone, the connection is failed at once.
+pub async fn establish(
+    meta: ConnMeta,
+    quic: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: Decoder,
+    limits: ConnLimits,
+    owner: Owner,
+    announce: bool,
+    live: LiveGuard,
+) -> Arc<ConnShared> {
+    let (outbound, outbound_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(ConnShared {
+        meta,
+        quic,
+        limits,
+        owner,
+        closed: AtomicBool::new(false),
+        outbound,
+        buffered: AtomicUsize::new(0),
+        bytes_sent: AtomicU64::new(0),
+        bytes_received: AtomicU64::new(0),
+        messages_sent: AtomicU64::new(0),
+        messages_received: AtomicU64::new(0),
+        cancel: CancellationToken::new(),
+    });
+    if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
+        shared.fail("service stopped");
+    }
+    tokio::spawn(read_loop(shared.clone(), recv, decoder));
+    tokio::spawn(write_loop(shared.clone(), send, outbound_rx, live));
+    shared
+}
+
+/// Maps a QUIC connection failure to a close reason.
+pub fn reason_of_connection_error(err: &quinn::ConnectionError) -> CloseReason {
+    match err {
+        quinn::ConnectionError::TimedOut => CloseReason::new(CloseKind::Timeout, "peer stopped answering"),
+        quinn::ConnectionError::LocallyClosed => CloseReason::new(CloseKind::Local, "node shut down"),
+        quinn::ConnectionError::ApplicationClosed(close) => CloseReason::new(
+            CloseKind::Error,
+            format!("peer node closed: {}", String::from_utf8_lossy(&close.reason)),
+        ),
+        other => CloseReason::new(CloseKind::Error, format!("QUIC: {other}")),
+    }
+}
+
+fn reason_of_read_error(err: &quinn::ReadError) -> CloseReason {
+    match err {
+        quinn::ReadError::ConnectionLost(e) => reason_of_connection_error(e),
+        quinn::ReadError::Reset(code) => CloseReason::new(CloseKind::Error, format!("peer reset the stream (code {code})")),
+        other => CloseReason::new(CloseKind::Error, format!("read: {other}")),
+    }
+}
+
+async fn read_loop(shared: Arc<ConnShared>, mut recv: quinn::RecvStream, mut decoder: Decoder) {
+    let reason = loop {
+        match decode_all(&shared, &mut decoder).await {
+            Ok(Some(reason)) => break Some(reason),
+            Ok(None) => {}
+            Err(reason) => break Some(reason),
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break None,
+            chunk = recv.read_chunk(64 * 1024, true) => match chunk {
+                Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+                Ok(None) => break Some(match decoder.finish() {
+                    Ok(()) => CloseReason::new(CloseKind::Eof, ""),
+                    Err(e) => CloseReason::new(CloseKind::Error, format!("protocol: {e}")),
+                }),
+                Err(e) => break Some(reason_of_read_error(&e)),
+            }
+        }
+    };
+    if let Some(reason) = reason {
+        shared.report_end(reason).await;
+    }
+    shared.cancel.cancel();
+}
+
+/// Delivers every whole frame in the decoder. Returns the ending the frames
+/// announce, if any.
+async fn decode_all(shared: &ConnShared, decoder: &mut Decoder) -> Result<Option<CloseReason>, CloseReason> {
+    loop {
+        match decoder.next_frame() {
+            Ok(None) => return Ok(None),
+            Ok(Some(Frame::Data(payload))) => {
+                if shared.is_closed() {
+                    continue; // this side is closing: late messages are dropped
+                }
+                shared.bytes_received.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                shared.messages_received.fetch_add(1, Ordering::Relaxed);
+                if shared.owner.send(ConnEvent::Message(shared.meta.id, payload)).await.is_err() {
+                    shared.fail("receiver gone");
+                    return Ok(None);
+                }
+            }
+            Ok(Some(Frame::Close { code, message })) => {
+                return Ok(Some(match code {
+                    CloseCode::Normal => CloseReason::new(CloseKind::Eof, message),
+                    CloseCode::Error => CloseReason::new(CloseKind::Error, format!("peer: {message}")),
+                }));
+            }
+            Ok(Some(other)) => {
+                let reason = format!("protocol: unexpected {other:?} frame");
+                shared.fail(reason.clone());
+                return Err(CloseReason::new(CloseKind::Error, reason));
+            }
+            Err(e) => {
+                let reason = format!("protocol: {e}");
+                shared.fail(reason.clone());
+                return Err(CloseReason::new(CloseKind::Error, reason));
+            }
+        }
+    }
+}
+
+async fn write_loop(shared: Arc<ConnShared>, mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Outbound>, _live: LiveGuard) {
+    loop {
+        let cmd = tokio::select! {
+            biased;
+            cmd = rx.recv() => cmd,
+            _ = shared.cancel.cancelled() => None,
+        };
+        let result = match cmd {
+            Some(Outbound::Data(payload)) => {
+                let len = payload.len();
+                let mut chunks = [Bytes::copy_from_slice(&data_header(len)), payload];
+                let r = send.write_all_chunks(&mut chunks).await;
+                shared.buffered.fetch_sub(len, Ordering::AcqRel);
+                if r.is_ok() {
+                    shared.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+                    shared.messages_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
+            Some(Outbound::Close(code, message)) => {
+                // A failed write means the remote side is gone; the ending
+                // is already claimed, so there is nothing more to report.
+                let _ = send.write_all(&Frame::Close { code, message }.encode()).await;
+                let _ = send.finish();
+                break_after_close(&shared).await;
+                return;
+            }
+            Some(Outbound::Finish) | None => {
+                let _ = send.finish();
+                return;
+            }
+        };
+        if let Err(e) = result {
+            let reason = match &e {
+                quinn::WriteError::ConnectionLost(c) => reason_of_connection_error(c),
+                quinn::WriteError::Stopped(code) => CloseReason::new(CloseKind::Error, format!("peer stopped reading (code {code})")),
+                other => CloseReason::new(CloseKind::Error, format!("write: {other}")),
+            };
+            shared.report_end(reason).await;
+            shared.cancel.cancel();
+            return;
+        }
+    }
+}
+
+/// After this side closed, wait (bounded) for the remote side to finish its
+/// half, then stop the reader.
+async fn break_after_close(shared: &ConnShared) {
+    tokio::select! {
+        _ = shared.cancel.cancelled() => {}
+        _ = tokio::time::sleep(shared.limits.close_grace) => shared.cancel.cancel(),
+    }
+}

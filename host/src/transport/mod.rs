@@ -1,0 +1,8 @@
+//! Everything between the UDP socket and a connection's messages: the socket
+//! facade under quinn, node identity and TLS, the connection framing, and
+//! the per-connection tasks.
+
+pub mod conn;
+pub mod identity;
+pub mod socket;
+pub mod wire;
