@@ -5,8 +5,8 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    cli::init_tracing();
     let args = cli::Cli::parse();
+    cli::init_tracing(args.default_log_level());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

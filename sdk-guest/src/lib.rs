@@ -32,14 +32,14 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_service_world",
         default_bindings_module: "fogconnect_guest::bindings",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
 use bindings::fogconnect::plugin::{host, types};
 
 pub use types::{
-    CloseKind, CloseReason, ConnError, ConnectError, ConnectInfo, ConnectionStats, LogLevel,
-    PathKind, Transport,
+    CloseKind, CloseReason, ConnError, ConnectError, ConnectInfo, ConnectionStats, LogLevel, PathKind, Transport,
 };
 
 /// One connection of this plugin's service.

@@ -46,7 +46,12 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut conn = app.connect(device.local_addr(), Transport::Quic, 1).await.context("connect to service 1")?;
     let connect_time = started.elapsed();
-    println!("app -> device: connected to {} (convention {}) in {:.1} ms", conn.peer_id(), conn.convention(), ms(connect_time));
+    println!(
+        "app -> device: connected to {} (convention {}) in {:.1} ms",
+        conn.peer_id(),
+        conn.convention(),
+        ms(connect_time)
+    );
     let message = "I am fog data!";
     conn.send(message.as_bytes().to_vec())?;
     println!("app -> device: {message:?}");
@@ -66,7 +71,14 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
 
     let stats = conn.stats();
     println!();
-    println!("summary: connect {:.1} ms, path {:?}, rtt {} us, {} message(s) sent, {} received", ms(connect_time), stats.path, stats.rtt.as_micros(), stats.messages_sent, stats.messages_received);
+    println!(
+        "summary: connect {:.1} ms, path {:?}, rtt {} us, {} message(s) sent, {} received",
+        ms(connect_time),
+        stats.path,
+        stats.rtt.as_micros(),
+        stats.messages_sent,
+        stats.messages_received
+    );
     conn.close();
     echo.close();
     Ok(())

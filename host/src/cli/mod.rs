@@ -72,10 +72,21 @@ impl CommonNodeArgs {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
+impl Cli {
+    /// Log level when `RUST_LOG` is not set: a node reports its life at
+    /// `info`; one-shot commands print their results and only warn.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Node(_) => "info",
+            Command::Send(_) | Command::Demo(_) => "warn",
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `default_level`).
+pub fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

@@ -22,7 +22,8 @@ pub struct NodeArgs {
 
 fn parse_plugin(text: &str) -> Result<(u8, PathBuf), String> {
     let (service, path) = text.split_once('=').ok_or_else(|| format!("expected SERVICE=PATH, got {text:?}"))?;
-    let service: u8 = service.trim().parse().map_err(|_| format!("service must be a number 0..=255, got {service:?}"))?;
+    let service: u8 =
+        service.trim().parse().map_err(|_| format!("service must be a number 0..=255, got {service:?}"))?;
     if path.is_empty() {
         return Err("plugin path is empty".into());
     }

@@ -44,14 +44,16 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         Some(text) => Some(Fingerprint::parse(text).ok_or_else(|| anyhow!("fingerprint must be 64 hex digits"))?),
         None => None,
     };
-    let node = Node::builder().configure(|c| c.cache_dir = None).start().await.context("cannot start the local node")?;
+    let node =
+        Node::builder().configure(|c| c.cache_dir = None).start().await.context("cannot start the local node")?;
     let result = exchange(&node, &args, expected).await;
     node.shutdown().await;
     result
 }
 
 async fn exchange(node: &Node, args: &SendArgs, expected: Option<Fingerprint>) -> anyhow::Result<()> {
-    let convention = args.convention.unwrap_or_else(|| fogconnect::Convention::new(Transport::Quic, args.service).raw());
+    let convention =
+        args.convention.unwrap_or_else(|| fogconnect::Convention::new(Transport::Quic, args.service).raw());
     let mut conn = node
         .connect_raw(args.addr, convention, expected)
         .await

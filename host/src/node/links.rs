@@ -51,7 +51,11 @@ impl Links {
 }
 
 /// Returns a live link to `addr`, dialling one if needed.
-async fn link(inner: &Arc<NodeInner>, addr: SocketAddr, expected: Option<Fingerprint>) -> Result<quinn::Connection, ConnectError> {
+async fn link(
+    inner: &Arc<NodeInner>,
+    addr: SocketAddr,
+    expected: Option<Fingerprint>,
+) -> Result<quinn::Connection, ConnectError> {
     let slot = inner.links.slot(addr);
     let mut guard = slot.lock().await;
     if let Some(conn) = guard.as_ref()
@@ -60,17 +64,24 @@ async fn link(inner: &Arc<NodeInner>, addr: SocketAddr, expected: Option<Fingerp
         if let Some(expected) = expected
             && peer_fingerprint(conn) != Some(expected)
         {
-            return Err(ConnectError::Identity(format!("the node at {addr} does not present the pinned certificate {expected}")));
+            return Err(ConnectError::Identity(format!(
+                "the node at {addr} does not present the pinned certificate {expected}"
+            )));
         }
         return Ok(conn.clone());
     }
-    let config = inner.identity.client_config(expected, inner.transport.clone()).map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let config = inner
+        .identity
+        .client_config(expected, inner.transport.clone())
+        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
     let connecting = inner
         .endpoint
         .connect_with(config, addr, "fogconnect")
         .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
     let conn = connecting.await.map_err(|e| match e {
-        quinn::ConnectionError::TransportError(t) if t.to_string().contains("fingerprint") => ConnectError::Identity(t.to_string()),
+        quinn::ConnectionError::TransportError(t) if t.to_string().contains("fingerprint") => {
+            ConnectError::Identity(t.to_string())
+        }
         quinn::ConnectionError::TimedOut => ConnectError::Timeout(inner.config.idle_timeout),
         other => ConnectError::Unreachable(other.to_string()),
     })?;
@@ -161,31 +172,52 @@ async fn refuse(mut send: quinn::SendStream, code: RefuseCode, message: String) 
 
 /// Passive side of the handshake: validate the request, route it to the
 /// service's plugin, accept or refuse.
-async fn answer(inner: Arc<NodeInner>, quic: quinn::Connection, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn answer(
+    inner: Arc<NodeInner>,
+    quic: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let mut decoder = Decoder::new(inner.config.max_message_size);
     let request = tokio::time::timeout(inner.config.connect_timeout, read_frame(&mut recv, &mut decoder)).await;
     let (version, raw, peer_id) = match request {
         Ok(Ok(Frame::Open { version, convention, peer_id })) => (version, convention, peer_id),
-        Ok(Ok(other)) => return refuse(send, RefuseCode::BadRequest, format!("expected an open frame, got {other:?}")).await,
+        Ok(Ok(other)) => {
+            return refuse(send, RefuseCode::BadRequest, format!("expected an open frame, got {other:?}")).await;
+        }
         Ok(Err(e)) => return refuse(send, RefuseCode::BadRequest, e.to_string()).await,
-        Err(_) => return refuse(send, RefuseCode::BadRequest, "no connect request within the connect timeout".into()).await,
+        Err(_) => {
+            return refuse(send, RefuseCode::BadRequest, "no connect request within the connect timeout".into()).await;
+        }
     };
     if version != WIRE_VERSION {
-        return refuse(send, RefuseCode::VersionMismatch, format!("framing version {version} not supported (this node speaks {WIRE_VERSION})")).await;
+        return refuse(
+            send,
+            RefuseCode::VersionMismatch,
+            format!("framing version {version} not supported (this node speaks {WIRE_VERSION})"),
+        )
+        .await;
     }
     let convention = match Convention::from_raw(raw) {
         Ok(c) => c,
-        Err(e @ crate::convention::ConventionError::ReservedBits(_)) => return refuse(send, RefuseCode::ReservedBits, e.to_string()).await,
+        Err(e @ crate::convention::ConventionError::ReservedBits(_)) => {
+            return refuse(send, RefuseCode::ReservedBits, e.to_string()).await;
+        }
         Err(e) => return refuse(send, RefuseCode::UnsupportedTransport, e.to_string()).await,
     };
     let owner = match inner.route(convention) {
         Ok(owner) => owner,
         Err((code, message)) => return refuse(send, code, message).await,
     };
-    if send.write_all(&Frame::Accept { version: WIRE_VERSION, peer_id: inner.config.node_id.clone() }.encode()).await.is_err() {
+    if send
+        .write_all(&Frame::Accept { version: WIRE_VERSION, peer_id: inner.config.node_id.clone() }.encode())
+        .await
+        .is_err()
+    {
         return;
     }
-    let meta = ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
+    let meta =
+        ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, true, inner.links.live.enter()).await;
 }
@@ -215,7 +247,8 @@ pub(super) async fn open(
     let handshake = async {
         let quic = link(inner, addr, expected).await?;
         let (mut send, mut recv) = quic.open_bi().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
-        let request = Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
+        let request =
+            Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
         send.write_all(&request.encode()).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
         let mut decoder = Decoder::new(inner.config.max_message_size);
         let peer_id = match read_frame(&mut recv, &mut decoder).await {
@@ -225,7 +258,8 @@ pub(super) async fn open(
             Err(HandshakeError::Read(e)) => return Err(ConnectError::Unreachable(e)),
             Err(e) => return Err(ConnectError::Protocol(e.to_string())),
         };
-        let convention = convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
+        let convention =
+            convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
         Ok((quic, send, recv, decoder, peer_id, convention))
     };
     let (quic, send, recv, decoder, peer_id, convention) = tokio::select! {
@@ -233,5 +267,6 @@ pub(super) async fn open(
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let meta = ConnMeta { id, peer_id, passive: false, convention, remote: addr };
-    Ok(conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, announce, inner.links.live.enter()).await)
+    Ok(conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, announce, inner.links.live.enter())
+        .await)
 }

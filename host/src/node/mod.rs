@@ -504,7 +504,12 @@ impl Node {
     /// # Errors
     /// [`ConnectError`]: refused by the peer (e.g. no plugin for the
     /// service), timeout, unreachable, identity mismatch.
-    pub async fn connect(&self, addr: SocketAddr, transport: Transport, service: u8) -> Result<Connection, ConnectError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        transport: Transport,
+        service: u8,
+    ) -> Result<Connection, ConnectError> {
         let convention = Convention::new(transport, service);
         self.connect_raw(addr, convention.raw(), None).await
     }
@@ -517,7 +522,12 @@ impl Node {
     /// # Errors
     /// As [`Node::connect`], plus [`ConnectError::Identity`] when the peer's
     /// certificate does not match `expected`.
-    pub async fn connect_raw(&self, addr: SocketAddr, convention: u32, expected: Option<Fingerprint>) -> Result<Connection, ConnectError> {
+    pub async fn connect_raw(
+        &self,
+        addr: SocketAddr,
+        convention: u32,
+        expected: Option<Fingerprint>,
+    ) -> Result<Connection, ConnectError> {
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let id = self.inner.next_connection_id();
         let shared = links::open(&self.inner, addr, convention, expected, id, tx, false).await?;
@@ -558,7 +568,10 @@ impl NodeInner {
     /// The plugin actor for an incoming request, or the refusal.
     fn route(&self, convention: Convention) -> Result<Owner, (RefuseCode, String)> {
         if convention.transport() != Transport::Quic {
-            return Err((RefuseCode::UnsupportedTransport, format!("transport {} is not offered by this node", convention.transport())));
+            return Err((
+                RefuseCode::UnsupportedTransport,
+                format!("transport {} is not offered by this node", convention.transport()),
+            ));
         }
         let services = self.services.read().unwrap_or_else(|p| p.into_inner());
         let Some(service) = services.get(&convention.service()) else {
@@ -569,7 +582,9 @@ impl NodeInner {
                 RefuseCode::ServiceUnavailable,
                 format!("service {} is disabled after repeated plugin crashes", convention.service()),
             )),
-            PluginRunState::Stopped => Err((RefuseCode::ServiceUnavailable, format!("service {} is stopping", convention.service()))),
+            PluginRunState::Stopped => {
+                Err((RefuseCode::ServiceUnavailable, format!("service {} is stopping", convention.service())))
+            }
             _ => Ok(service.actor.tx.clone()),
         }
     }

@@ -226,7 +226,6 @@ impl Actor {
         Ok(Instance { store, bindings })
     }
 
-
     /// Parks until `until` or shutdown; true when shutting down.
     fn wait_until(&self, until: Instant) -> bool {
         loop {
@@ -292,9 +291,9 @@ impl Actor {
     }
 
     fn open_connections(&self) -> u64 {
-        self.instance.as_ref().map_or(0, |i| {
-            i.store.data().conns.values().filter(|e| matches!(e, ConnEntry::Open { .. })).count() as u64
-        })
+        self.instance
+            .as_ref()
+            .map_or(0, |i| i.store.data().conns.values().filter(|e| matches!(e, ConnEntry::Open { .. })).count() as u64)
     }
 
     /// Handles one event. `Err` carries the failure of a plugin call.
@@ -382,7 +381,10 @@ impl Actor {
     }
 
     /// Calls the plugin under its deadline.
-    fn call(&mut self, f: impl FnOnce(&Service, &mut Store<PluginState>) -> wasmtime::Result<()>) -> Result<(), String> {
+    fn call(
+        &mut self,
+        f: impl FnOnce(&Service, &mut Store<PluginState>) -> wasmtime::Result<()>,
+    ) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
         self.status.calls.fetch_add(1, Ordering::Relaxed);
         instance.store.set_epoch_deadline(self.deadline_ticks);

@@ -243,7 +243,12 @@ impl host::Host for PluginState {
         }
     }
 
-    fn connect_peer(&mut self, peer: String, transport: types::Transport, service: u8) -> Result<u64, types::ConnectError> {
+    fn connect_peer(
+        &mut self,
+        peer: String,
+        transport: types::Transport,
+        service: u8,
+    ) -> Result<u64, types::ConnectError> {
         if !self.ctx.limits.allow_connect {
             return Err(types::ConnectError::NotAllowed);
         }

@@ -124,7 +124,10 @@ pub fn path_of(addr: SocketAddr) -> PathKind {
     let local = match addr.ip() {
         IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
         IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
+            ip.is_loopback()
+                || ip.is_unique_local()
+                || ip.is_unicast_link_local()
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
         }
     };
     if local { PathKind::Lan } else { PathKind::Direct }
@@ -238,7 +241,10 @@ pub struct ConnShared {
 
 impl std::fmt::Debug for ConnShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnShared").field("meta", &self.meta).field("closed", &self.is_closed()).finish_non_exhaustive()
+        f.debug_struct("ConnShared")
+            .field("meta", &self.meta)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
     }
 }
 
@@ -377,10 +383,9 @@ pub fn reason_of_connection_error(err: &quinn::ConnectionError) -> CloseReason {
     match err {
         quinn::ConnectionError::TimedOut => CloseReason::new(CloseKind::Timeout, "peer stopped answering"),
         quinn::ConnectionError::LocallyClosed => CloseReason::new(CloseKind::Local, "node shut down"),
-        quinn::ConnectionError::ApplicationClosed(close) => CloseReason::new(
-            CloseKind::Error,
-            format!("peer node closed: {}", String::from_utf8_lossy(&close.reason)),
-        ),
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            CloseReason::new(CloseKind::Error, format!("peer node closed: {}", String::from_utf8_lossy(&close.reason)))
+        }
         other => CloseReason::new(CloseKind::Error, format!("QUIC: {other}")),
     }
 }
@@ -388,7 +393,9 @@ pub fn reason_of_connection_error(err: &quinn::ConnectionError) -> CloseReason {
 fn reason_of_read_error(err: &quinn::ReadError) -> CloseReason {
     match err {
         quinn::ReadError::ConnectionLost(e) => reason_of_connection_error(e),
-        quinn::ReadError::Reset(code) => CloseReason::new(CloseKind::Error, format!("peer reset the stream (code {code})")),
+        quinn::ReadError::Reset(code) => {
+            CloseReason::new(CloseKind::Error, format!("peer reset the stream (code {code})"))
+        }
         other => CloseReason::new(CloseKind::Error, format!("read: {other}")),
     }
 }
@@ -455,7 +462,12 @@ async fn decode_all(shared: &ConnShared, decoder: &mut Decoder) -> Result<Option
     }
 }
 
-async fn write_loop(shared: Arc<ConnShared>, mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Outbound>, _live: LiveGuard) {
+async fn write_loop(
+    shared: Arc<ConnShared>,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    _live: LiveGuard,
+) {
     loop {
         let cmd = tokio::select! {
             biased;
@@ -490,7 +502,9 @@ async fn write_loop(shared: Arc<ConnShared>, mut send: quinn::SendStream, mut rx
         if let Err(e) = result {
             let reason = match &e {
                 quinn::WriteError::ConnectionLost(c) => reason_of_connection_error(c),
-                quinn::WriteError::Stopped(code) => CloseReason::new(CloseKind::Error, format!("peer stopped reading (code {code})")),
+                quinn::WriteError::Stopped(code) => {
+                    CloseReason::new(CloseKind::Error, format!("peer stopped reading (code {code})"))
+                }
                 other => CloseReason::new(CloseKind::Error, format!("write: {other}")),
             };
             shared.report_end(reason).await;

@@ -124,8 +124,8 @@ impl Identity {
             .with_client_cert_verifier(Arc::new(FingerprintVerifier { provider, expected: None }))
             .with_single_cert(chain, key)?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| IdentityError::Quic(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| IdentityError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(transport);
         Ok(config)
@@ -150,8 +150,8 @@ impl Identity {
             .with_custom_certificate_verifier(Arc::new(FingerprintVerifier { provider, expected }))
             .with_client_auth_cert(chain, key)?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| IdentityError::Quic(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| IdentityError::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport);
         Ok(config)

@@ -165,7 +165,12 @@ impl AsyncUdpSocket for FogSocket {
         self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), transmit))
     }
 
-    fn poll_recv(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<io::Result<usize>> {
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.io.poll_recv_ready(cx))?;
             if let Ok(count) = self.io.try_io(Interest::READABLE, || self.state.recv((&*self.io).into(), bufs, meta)) {

@@ -1,0 +1,44 @@
+# fogconnect build entry points. One target directory serves the host
+# (release profile) and the plugins (wasm32-wasip2, "plugin" profile), so the
+# workspace is built once and plugin builds stay incremental.
+
+CARGO       ?= cargo
+TARGET_DIR  ?= $(CURDIR)/target
+PLUGIN_DIR  := $(TARGET_DIR)/wasm32-wasip2/plugin
+PLUGINS     := echo demo test-spin test-memhog test-panic test-escape test-probe
+export CARGO_TARGET_DIR := $(TARGET_DIR)
+export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
+
+.PHONY: setup plugins build demo test lint bench clean
+
+## setup: install the toolchain pieces the build needs
+setup:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## plugins: build every plugin to $(PLUGIN_DIR)
+plugins: setup
+	$(CARGO) build --target wasm32-wasip2 --profile plugin $(addprefix -p ,$(PLUGINS))
+
+## build: the fogconnect binary and the plugins
+build: plugins
+	$(CARGO) build --release -p fogconnect
+
+## demo: two nodes on loopback, the demo plugins answering
+demo: build
+	$(TARGET_DIR)/release/fogconnect demo --plugins-dir $(PLUGIN_DIR)
+
+## test: build everything and run every test
+test: plugins
+	$(CARGO) test --release -p fogconnect --all-targets
+
+## lint: formatting and clippy with warnings denied
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: plugin dispatch against native, QUIC echo round trip
+bench: plugins
+	$(CARGO) bench -p fogconnect --bench dispatch
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use fogconnect::{CloseReason, Connection, ConnectionEvent, Node, NodeConfig};
+
+/// Upper bound for any single wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Path of a plugin built by `make plugins`.
+pub fn plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FOGCONNECT_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin"));
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} missing: build the plugins first (make plugins)", path.display());
+    path
+}
+
+/// A configuration for test nodes: loopback, no artifact cache.
+pub fn config() -> NodeConfig {
+    NodeConfig { cache_dir: None, ..NodeConfig::default() }
+}
+
+/// A node with the given plugins.
+pub async fn node_with(id: &str, plugins: &[(u8, &str)]) -> anyhow::Result<Node> {
+    node_with_config(id, plugins, config()).await
+}
+
+/// A node with the given plugins and configuration.
+pub async fn node_with_config(id: &str, plugins: &[(u8, &str)], config: NodeConfig) -> anyhow::Result<Node> {
+    let mut builder = Node::builder().config(config).node_id(id);
+    for (service, name) in plugins {
+        builder = builder.plugin(*service, plugin(name));
+    }
+    builder.start().await.with_context(|| format!("start node {id}"))
+}
+
+/// The next message, failing on close or after [`WAIT`].
+pub async fn message(conn: &mut Connection) -> anyhow::Result<Bytes> {
+    match tokio::time::timeout(WAIT, conn.recv()).await {
+        Ok(ConnectionEvent::Message(data)) => Ok(data),
+        Ok(ConnectionEvent::Closed(reason)) => bail!("closed instead of a message: {reason}"),
+        Err(_) => bail!("no message within {WAIT:?}"),
+    }
+}
+
+/// The next message as text.
+pub async fn text(conn: &mut Connection) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&message(conn).await?).into_owned())
+}
+
+/// Sends `request` and returns the reply as text.
+pub async fn ask(conn: &mut Connection, request: &str) -> anyhow::Result<String> {
+    conn.send(request.as_bytes().to_vec())?;
+    text(conn).await
+}
+
+/// Waits for the end of the connection, failing on a message or after `limit`.
+pub async fn closed_within(conn: &mut Connection, limit: Duration) -> anyhow::Result<CloseReason> {
+    match tokio::time::timeout(limit, conn.recv()).await {
+        Ok(ConnectionEvent::Closed(reason)) => Ok(reason),
+        Ok(ConnectionEvent::Message(data)) => bail!("message {data:?} instead of the close"),
+        Err(_) => bail!("not closed within {limit:?}"),
+    }
+}
+
+/// Polls `check` (cheaply, with short naps) until it is true or [`WAIT`]
+/// passes; for state that has no event to wait on.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what}: not reached within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
