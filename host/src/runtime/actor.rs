@@ -81,7 +81,7 @@ pub struct PluginStatus {
 }
 
 impl PluginStatus {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             state: AtomicU8::new(PluginRunState::Running as u8),
             calls: AtomicU64::new(0),
@@ -176,7 +176,7 @@ impl ActorHandle {
     }
 }
 
-struct Instance {
+pub(super) struct Instance {
     store: Store<PluginState>,
     bindings: Service,
 }
@@ -196,17 +196,17 @@ fn describe(err: &wasmtime::Error, store: &Store<PluginState>) -> String {
     }
 }
 
-struct Actor {
+pub(super) struct Actor {
     spec: ActorSpec,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
-    instance: Option<Instance>,
+    pub(super) instance: Option<Instance>,
     deadline_ticks: u64,
 }
 
 impl Actor {
-    fn new(spec: ActorSpec, rx: mpsc::Receiver<ConnEvent>, status: Arc<PluginStatus>) -> Self {
+    pub(super) fn new(spec: ActorSpec, rx: mpsc::Receiver<ConnEvent>, status: Arc<PluginStatus>) -> Self {
         let deadline = spec.ctx.limits.call_deadline;
         let deadline_ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
         let supervisor = Supervisor::new(spec.crash_policy);
@@ -217,7 +217,7 @@ impl Actor {
         self.spec.ctx.service
     }
 
-    fn instantiate(&self) -> Result<Instance, String> {
+    pub(super) fn instantiate(&self) -> Result<Instance, String> {
         let mut store = Store::new(self.spec.prepared.pre.engine(), PluginState::new(self.spec.ctx.clone()));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
@@ -297,7 +297,7 @@ impl Actor {
     }
 
     /// Handles one event. `Err` carries the failure of a plugin call.
-    fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
+    pub(super) fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else {
             // Restarting or disabled: connections were ended on the crash;
             // new ones cannot be served now.

@@ -118,13 +118,20 @@ impl PluginEngine {
         if let Some(path) = &cached
             && path.exists()
         {
-            // SAFETY: the artifact was written by `store_artifact` below from
-            // a component this engine compiled, into the node's own cache
-            // directory (which must be writable only by the node's user), and
-            // its name carries the engine compatibility hash.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cached artifact: {e}"),
+            // Read into memory rather than mmap the file: a cache file
+            // truncated or rewritten while the node runs must not fault the
+            // node (SIGBUS on a mapped page).
+            match std::fs::read(path) {
+                // SAFETY: the artifact was written by `store_artifact` below
+                // from a component this engine compiled, into the node's own
+                // cache directory (which must be writable only by the node's
+                // user), and its name carries the engine compatibility hash;
+                // wasmtime also checks its header and compatibility.
+                Ok(bytes) => match unsafe { Component::deserialize(&self.engine, &bytes) } {
+                    Ok(component) => return Ok((component, true)),
+                    Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cached artifact: {e}"),
+                },
+                Err(e) => tracing::warn!(path = %path.display(), "cannot read cached artifact: {e}"),
             }
         }
         let component = Component::new(&self.engine, wasm).map_err(|e| PluginError::Compile(format!("{e:#}")))?;

@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod engine;
+pub mod harness;
 pub mod state;
 pub mod supervisor;
 

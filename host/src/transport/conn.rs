@@ -226,7 +226,9 @@ enum Outbound {
 /// State of one connection shared by its tasks and its owner.
 pub struct ConnShared {
     meta: ConnMeta,
-    quic: quinn::Connection,
+    /// The QUIC connection carrying the stream; `None` for a detached
+    /// connection.
+    quic: Option<quinn::Connection>,
     limits: ConnLimits,
     owner: Owner,
     closed: AtomicBool,
@@ -319,7 +321,7 @@ impl ConnShared {
     /// Counters and measurements.
     pub fn stats(&self) -> ConnStats {
         ConnStats {
-            rtt: self.quic.rtt(),
+            rtt: self.quic.as_ref().map_or(Duration::ZERO, quinn::Connection::rtt),
             path: path_of(self.meta.remote),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
@@ -355,27 +357,88 @@ pub async fn establish(
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
-    let (outbound, outbound_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(ConnShared {
-        meta,
-        quic,
-        limits,
-        owner,
-        closed: AtomicBool::new(false),
-        outbound,
-        buffered: AtomicUsize::new(0),
-        bytes_sent: AtomicU64::new(0),
-        bytes_received: AtomicU64::new(0),
-        messages_sent: AtomicU64::new(0),
-        messages_received: AtomicU64::new(0),
-        cancel: CancellationToken::new(),
-    });
+    let (shared, outbound_rx) = ConnShared::new(meta, Some(quic), limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
     }
     tokio::spawn(read_loop(shared.clone(), recv, decoder));
     tokio::spawn(write_loop(shared.clone(), send, outbound_rx, live));
     shared
+}
+
+impl ConnShared {
+    fn new(
+        meta: ConnMeta,
+        quic: Option<quinn::Connection>,
+        limits: ConnLimits,
+        owner: Owner,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Outbound>) {
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(ConnShared {
+            meta,
+            quic,
+            limits,
+            owner,
+            closed: AtomicBool::new(false),
+            outbound,
+            buffered: AtomicUsize::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+        });
+        (shared, outbound_rx)
+    }
+}
+
+/// What a detached connection's owner sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachedOutput {
+    /// One message.
+    Message(Bytes),
+    /// The owner ended the connection (orderly when `error` is false).
+    Closed {
+        /// True for a failure ending.
+        error: bool,
+        /// The message sent with the ending.
+        message: String,
+    },
+}
+
+/// The network side of a detached connection: receives what the owner sends.
+#[derive(Debug)]
+pub struct Detached {
+    shared: Arc<ConnShared>,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+}
+
+impl Detached {
+    /// A connection without a network, for driving a plugin in-process
+    /// (plugin tests, benchmarks): what its owner sends is taken out with
+    /// [`Detached::try_take`].
+    pub fn new(meta: ConnMeta, limits: ConnLimits, owner: Owner) -> (Arc<ConnShared>, Detached) {
+        let (shared, rx) = ConnShared::new(meta, None, limits, owner);
+        (shared.clone(), Detached { shared, rx })
+    }
+
+    /// The next thing the owner sent, if any.
+    pub fn try_take(&mut self) -> Option<DetachedOutput> {
+        loop {
+            match self.rx.try_recv().ok()? {
+                Outbound::Data(data) => {
+                    self.shared.buffered.fetch_sub(data.len(), Ordering::AcqRel);
+                    self.shared.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.shared.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    return Some(DetachedOutput::Message(data));
+                }
+                Outbound::Close(code, message) => {
+                    return Some(DetachedOutput::Closed { error: code == CloseCode::Error, message });
+                }
+                Outbound::Finish => continue,
+            }
+        }
+    }
 }
 
 /// Maps a QUIC connection failure to a close reason.

@@ -1,0 +1,113 @@
+//! Drive a plugin in-process, without threads or network: the same dispatch
+//! code a node runs, with detached connections whose outgoing messages can
+//! be taken out. For plugin authors' tests and for benchmarks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc};
+
+use super::PluginError;
+use super::actor::{Actor, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginStatus};
+use super::engine::PluginEngine;
+use super::state::{HostServices, PluginContext, PluginLimits};
+use super::supervisor::CrashPolicy;
+use crate::convention::{Convention, Transport};
+use crate::transport::conn::{CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnectionId, Detached, Owner};
+
+/// Host services without a network: `connect-peer` is refused.
+struct NoNetwork {
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl HostServices for NoNetwork {
+    fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn connect(&self, _peer: &str, _convention: Convention, _id: ConnectionId, _owner: Owner) -> Result<(), String> {
+        Err("the plugin harness has no network".into())
+    }
+}
+
+/// One plugin instance driven synchronously.
+pub struct PluginHarness {
+    actor: Actor,
+    service: u8,
+    owner: Owner,
+    // Keeps the plugin's own event channel open (events the plugin causes
+    // for itself, e.g. connect outcomes, are not used by the harness).
+    _events: mpsc::Receiver<ConnEvent>,
+    next_id: u64,
+}
+
+impl PluginHarness {
+    /// Compiles and instantiates `wasm` for `service`.
+    ///
+    /// # Errors
+    /// [`PluginError`] when the plugin does not compile, link or instantiate.
+    pub fn new(engine: &PluginEngine, wasm: &[u8], service: u8, limits: PluginLimits) -> Result<Self, PluginError> {
+        let prepared = engine.prepare(wasm)?;
+        let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let ctx = Arc::new(PluginContext {
+            service,
+            limits,
+            host: Arc::new(NoNetwork { next: std::sync::atomic::AtomicU64::new(1 << 32) }),
+            owner: owner.clone(),
+            epoch: Instant::now(),
+        });
+        let (events_tx, _) = broadcast::channel(16);
+        let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };
+        let (_unused_tx, unused_rx) = mpsc::channel(1);
+        let mut actor = Actor::new(spec, unused_rx, Arc::new(PluginStatus::new()));
+        actor.instance = Some(actor.instantiate().map_err(PluginError::Instantiate)?);
+        Ok(Self { actor, service, owner, _events: events, next_id: 1 })
+    }
+
+    /// Opens a passive connection from `peer_id`; the plugin's `on-connect`
+    /// runs. Returns the handle and the network side of the connection.
+    ///
+    /// # Errors
+    /// The failure message when the plugin call fails.
+    pub fn open(&mut self, peer_id: &str, limits: ConnLimits) -> Result<(ConnectionId, Detached), String> {
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        let meta = ConnMeta {
+            id,
+            peer_id: peer_id.to_string(),
+            passive: true,
+            convention: Convention::new(Transport::Quic, self.service),
+            remote: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let (shared, detached) = Detached::new(meta, limits, self.owner.clone());
+        self.actor.handle(ConnEvent::Opened(shared))?;
+        Ok((id, detached))
+    }
+
+    /// Delivers one message; the plugin's `on-recv` runs.
+    ///
+    /// # Errors
+    /// The failure message when the plugin call fails.
+    pub fn recv(&mut self, id: ConnectionId, data: Bytes) -> Result<(), String> {
+        self.actor.handle(ConnEvent::Message(id, data))
+    }
+
+    /// Ends a connection from the remote side; the plugin's `on-close` runs.
+    ///
+    /// # Errors
+    /// The failure message when the plugin call fails.
+    pub fn close(&mut self, id: ConnectionId, reason: CloseReason) -> Result<(), String> {
+        self.actor.handle(ConnEvent::Closed(id, reason))
+    }
+}
+
+/// Connection limits suitable for the harness.
+pub fn harness_limits() -> ConnLimits {
+    ConnLimits {
+        max_message_size: crate::node::DEFAULT_MAX_MESSAGE_SIZE,
+        send_buffer: 8 << 20,
+        close_grace: Duration::ZERO,
+    }
+}
