@@ -1,3 +1,6 @@
+// criterion_group! generates functions without docs.
+#![allow(missing_docs)]
+
 //! Plugin dispatch cost against native Rust, and a QUIC echo round trip
 //! through a plugin on loopback.
 //!

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{ConnectError, NodeInner};
 use crate::convention::Convention;
-use crate::transport::conn::{self, ConnMeta, ConnShared, ConnectionId, LiveConnections, Owner};
+use crate::transport::conn::{self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner};
 use crate::transport::identity::{Fingerprint, peer_fingerprint};
 use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError};
 
@@ -40,12 +40,20 @@ impl Links {
         }
     }
 
-    /// Forgets a closed link.
+    /// Forgets a closed link, and its address unless a new link to it
+    /// was made meanwhile, so the table does not grow with every peer ever
+    /// seen.
     async fn forget(&self, conn: &quinn::Connection) {
-        let slot = self.slot(conn.remote_address());
+        let addr = conn.remote_address();
+        let slot = self.slot(addr);
         let mut guard = slot.lock().await;
         if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             *guard = None;
+        }
+        if guard.is_none() {
+            // A dial racing with this removal keeps its own slot and may
+            // create a second link; that costs a handshake, nothing else.
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
         }
     }
 }
@@ -219,7 +227,8 @@ async fn answer(
     let meta =
         ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
-    conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, true, inner.links.live.enter()).await;
+    let stream = HandshakenStream { quic, send, recv, decoder };
+    conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;
 }
 
 /// Active side: dial (or reuse) the link, send the request, wait for the
@@ -267,6 +276,6 @@ pub(super) async fn open(
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let meta = ConnMeta { id, peer_id, passive: false, convention, remote: addr };
-    Ok(conn::establish(meta, quic, send, recv, decoder, inner.conn_limits, owner, announce, inner.links.live.enter())
-        .await)
+    let stream = HandshakenStream { quic, send, recv, decoder };
+    Ok(conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await)
 }

@@ -342,21 +342,31 @@ impl ConnShared {
     }
 }
 
-/// Starts the reader and writer tasks of an established connection.
-/// `decoder` holds any bytes already read after the handshake frames. With
+/// The QUIC side of a connection whose handshake completed.
+#[derive(Debug)]
+pub struct HandshakenStream {
+    /// The link carrying the stream.
+    pub quic: quinn::Connection,
+    /// Sending half.
+    pub send: quinn::SendStream,
+    /// Receiving half.
+    pub recv: quinn::RecvStream,
+    /// Holds any bytes already read after the handshake frames.
+    pub decoder: Decoder,
+}
+
+/// Starts the reader and writer tasks of an established connection. With
 /// `announce`, the owner is sent [`ConnEvent::Opened`] before any message
 /// can reach it; if the owner is gone, the connection is failed at once.
 pub async fn establish(
     meta: ConnMeta,
-    quic: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: Decoder,
+    stream: HandshakenStream,
     limits: ConnLimits,
     owner: Owner,
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
+    let HandshakenStream { quic, send, recv, decoder } = stream;
     let (shared, outbound_rx) = ConnShared::new(meta, Some(quic), limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
