@@ -27,9 +27,13 @@ build: plugins
 demo: build
 	$(TARGET_DIR)/release/fogconnect demo --plugins-dir $(PLUGIN_DIR)
 
-## test: build everything and run every test
+## test: build everything and run every test (the integration tests last, so
+## the run ends on their summary)
 test: plugins
-	$(CARGO) test --release -p fogconnect --all-targets
+	$(CARGO) build --release -p fogconnect --examples
+	$(CARGO) test --release -p fogconnect --doc
+	$(CARGO) test --release -p fogconnect --benches
+	$(CARGO) test --release -p fogconnect --lib --bins --tests
 
 ## lint: formatting and clippy with warnings denied
 lint: setup

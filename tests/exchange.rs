@@ -257,3 +257,52 @@ async fn node_shutdown_closes_plugin_connections_as_eof_for_peers() -> anyhow::R
     client.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pinned_fingerprint_is_enforced() -> anyhow::Result<()> {
+    let server = node_with("server", &[(1, "demo")]).await?;
+    let impostor = node_with("impostor", &[(1, "demo")]).await?;
+    let client = node_with("client", &[]).await?;
+    // The impostor's address with the real server's fingerprint: refused.
+    match client.connect_raw(impostor.local_addr(), 0x11, Some(server.fingerprint())).await {
+        Err(ConnectError::Identity(message)) => ensure!(message.contains("fingerprint"), "{message}"),
+        other => anyhow::bail!("expected an identity error, got {other:?}"),
+    }
+    let mut conn = client.connect_raw(server.local_addr(), 0x11, Some(server.fingerprint())).await?;
+    assert_eq!(ask(&mut conn, "I am fog data!").await?, "I know!");
+    // An existing link is checked too.
+    match client.connect_raw(server.local_addr(), 0x11, Some(impostor.fingerprint())).await {
+        Err(ConnectError::Identity(_)) => {}
+        other => anyhow::bail!("expected an identity error, got {other:?}"),
+    }
+    client.shutdown().await;
+    impostor.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutting_down_the_callers_node_ends_its_connections_cleanly() -> anyhow::Result<()> {
+    let server = node_with("server", &[(5, "test-probe")]).await?;
+    let client = node_with("client", &[]).await?;
+    let mut conn = client.connect(server.local_addr(), Transport::Quic, 5).await?;
+    ask(&mut conn, "info").await?;
+    client.shutdown().await;
+    let reason = closed_within(&mut conn, WAIT).await?;
+    assert_eq!(reason.kind, CloseKind::Local, "{reason}");
+    // The server's plugin saw an orderly end.
+    let other = node_with("other", &[]).await?;
+    let mut observer = other.connect(server.local_addr(), Transport::Quic, 5).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let closes = ask(&mut observer, "closes").await?;
+        if closes.contains(":eof:peer node shutting down") {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "plugin saw {closes:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}

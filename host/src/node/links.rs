@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::{ConnectError, NodeInner};
@@ -18,14 +18,35 @@ use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError
 
 type LinkSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
-/// The node's links by remote address, and the count of live connections.
+/// The node's links by remote address, its connections, and the count of
+/// live connections.
 #[derive(Default)]
 pub(super) struct Links {
     slots: Mutex<HashMap<SocketAddr, LinkSlot>>,
+    connections: Mutex<HashMap<ConnectionId, Weak<ConnShared>>>,
     pub(super) live: Arc<LiveConnections>,
 }
 
 impl Links {
+    /// Remembers a connection so shutdown can close it.
+    fn register(&self, shared: &Arc<ConnShared>) {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() >= 64 && conns.len().is_power_of_two() {
+            conns.retain(|_, weak| weak.strong_count() > 0);
+        }
+        conns.insert(shared.meta().id, Arc::downgrade(shared));
+    }
+
+    /// Closes every connection still open (node shutdown).
+    pub(super) fn close_all(&self, message: &str) {
+        let conns: Vec<_> = self.connections.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (_, weak) in conns {
+            if let Some(shared) = weak.upgrade() {
+                shared.close_for_shutdown(message);
+            }
+        }
+    }
+
     fn slot(&self, addr: SocketAddr) -> LinkSlot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(addr).or_default().clone()
@@ -228,7 +249,8 @@ async fn answer(
         ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let stream = HandshakenStream { quic, send, recv, decoder };
-    conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;
+    let shared = conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;
+    inner.links.register(&shared);
 }
 
 /// Active side: dial (or reuse) the link, send the request, wait for the
@@ -277,5 +299,7 @@ pub(super) async fn open(
     };
     let meta = ConnMeta { id, peer_id, passive: false, convention, remote: addr };
     let stream = HandshakenStream { quic, send, recv, decoder };
-    Ok(conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await)
+    let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
+    inner.links.register(&shared);
+    Ok(shared)
 }

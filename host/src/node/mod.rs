@@ -534,9 +534,10 @@ impl Node {
         Ok(Connection::new(shared, rx))
     }
 
-    /// Closes every connection (plugins see `on-close` with kind `local`,
-    /// peers see end of file), stops the plugins and the endpoint. Bounded
-    /// in time: peers that do not answer are not waited for.
+    /// Closes every connection (plugins see `on-close` and Rust API
+    /// connections `Closed`, both with kind `local`; peers see end of file),
+    /// stops the plugins and the endpoint. Bounded in time: peers that do
+    /// not answer are not waited for.
     pub async fn shutdown(&self) {
         if self.inner.shutdown.is_cancelled() {
             return;
@@ -553,6 +554,8 @@ impl Node {
             }
         });
         let _ = joined.await;
+        // Connections not owned by plugins (the Rust API's) end too.
+        self.inner.links.close_all("peer node shutting down");
         // Let the close frames leave, then close the endpoint.
         self.inner.links.live.drained(Duration::from_millis(500)).await;
         self.inner.endpoint.close(0u32.into(), b"node shutting down");

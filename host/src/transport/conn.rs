@@ -303,6 +303,16 @@ impl ConnShared {
         self.end(CloseCode::Error, message.into())
     }
 
+    /// Ends the connection because this node shuts down: the remote side
+    /// sees end of file with `message`, and the owner is told (kind
+    /// `local`) without waiting, since it may be shutting down too.
+    pub fn close_for_shutdown(&self, message: &str) {
+        if self.end(CloseCode::Normal, message.to_string()) {
+            let reason = CloseReason::new(CloseKind::Local, message);
+            let _ = self.owner.try_send(ConnEvent::Closed(self.meta.id, reason));
+        }
+    }
+
     fn end(&self, code: CloseCode, message: String) -> bool {
         if !self.claim_close() {
             return false;
