@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use common::{WAIT, ask, closed_within, message, node_with};
+use common::{WAIT, ask, ask_until, closed_within, message, node_with};
 use fogconnect::{CloseKind, ConnectError, Node, RefuseCode, SendError, Transport};
 
 #[tokio::test]
@@ -92,14 +92,7 @@ async fn close_from_the_app_reaches_the_plugin_as_eof() -> anyhow::Result<()> {
     drop(first);
     let mut observer = client.connect(server.local_addr(), Transport::Quic, 5).await?;
     // The plugin's on-close may come after this connect: ask until it shows.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let closes = loop {
-        let closes = ask(&mut observer, "closes").await?;
-        if !closes.is_empty() || tokio::time::Instant::now() > deadline {
-            break closes;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let closes = ask_until(&mut observer, "closes", |c| !c.is_empty()).await?;
     ensure!(closes.contains(":eof:closed by the application"), "{closes} ({first_id:?})");
     client.shutdown().await;
     server.shutdown().await;
@@ -135,16 +128,11 @@ async fn plugin_connects_to_another_node_and_sees_refusals() -> anyhow::Result<(
     assert_eq!(ask(&mut conn, &format!("dial {} 9 nobody", echo_node.local_addr())).await?, "dialling");
     let reply = ask(&mut conn, "dial not-an-address 0 x").await?;
     ensure!(reply.contains("InvalidPeer") && reply.contains("not a socket address"), "{reply}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let log = ask(&mut conn, "dialed").await?;
-        if log.contains("reply:ping-through") && log.contains("closed:refused:no such service: 9") {
-            ensure!(log.contains("connected:echo-node:0x1"), "{log}");
-            break;
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "dial log incomplete: {log}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let log = ask_until(&mut conn, "dialed", |log| {
+        log.contains("reply:ping-through") && log.contains("closed:refused:no such service: 9")
+    })
+    .await?;
+    ensure!(log.contains("connected:echo-node:0x1"), "{log}");
     app.shutdown().await;
     prober.shutdown().await;
     echo_node.shutdown().await;
@@ -293,15 +281,7 @@ async fn shutting_down_the_callers_node_ends_its_connections_cleanly() -> anyhow
     // The server's plugin saw an orderly end.
     let other = node_with("other", &[]).await?;
     let mut observer = other.connect(server.local_addr(), Transport::Quic, 5).await?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let closes = ask(&mut observer, "closes").await?;
-        if closes.contains(":eof:peer node shutting down") {
-            break;
-        }
-        ensure!(tokio::time::Instant::now() < deadline, "plugin saw {closes:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ask_until(&mut observer, "closes", |c| c.contains(":eof:peer node shutting down")).await?;
     other.shutdown().await;
     server.shutdown().await;
     Ok(())

@@ -60,6 +60,22 @@ pub async fn ask(conn: &mut Connection, request: &str) -> anyhow::Result<String>
     text(conn).await
 }
 
+/// Asks `request` until the reply satisfies `done` (for plugin state that
+/// changes after events this side cannot observe), at most [`WAIT`].
+pub async fn ask_until(conn: &mut Connection, request: &str, done: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reply = ask(conn, request).await?;
+        if done(&reply) {
+            return Ok(reply);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{request:?}: last reply {reply:?} after {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits for the end of the connection, failing on a message or after `limit`.
 pub async fn closed_within(conn: &mut Connection, limit: Duration) -> anyhow::Result<CloseReason> {
     match tokio::time::timeout(limit, conn.recv()).await {
