@@ -99,6 +99,8 @@ async fn a_panicking_plugin_is_isolated_and_restarted() -> anyhow::Result<()> {
     let reason = closed_within(&mut victim, WAIT).await?;
     assert_eq!(reason.kind, CloseKind::Error);
     ensure!(reason.message.contains("plugin of service 8 failed: trap"), "{reason}");
+    // The guest's panic message is quoted from its standard error.
+    ensure!(reason.message.contains("test plugin asked to panic"), "{reason}");
     let reason = closed_within(&mut bystander, WAIT).await?;
     assert_eq!(reason.kind, CloseKind::Error, "{reason}");
     ensure!(matches!(next_event(&mut events).await?, PluginEvent::Crashed { service: 8, crashes: 1, .. }));

@@ -190,9 +190,13 @@ fn describe(err: &wasmtime::Error, store: &Store<PluginState>) -> String {
     if store.data().limiter.memory_refused {
         return format!("memory cap of {} bytes exceeded: {err}", limits.memory_bytes);
     }
-    match err.downcast_ref::<Trap>() {
+    let base = match err.downcast_ref::<Trap>() {
         Some(trap) => format!("trap: {trap}"),
         None => format!("{err}"),
+    };
+    match store.data().stderr.summary() {
+        Some(line) => format!("{base} (plugin stderr: {line})"),
+        None => base,
     }
 }
 

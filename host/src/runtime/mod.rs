@@ -5,6 +5,7 @@ pub mod actor;
 pub mod engine;
 pub mod harness;
 pub mod state;
+pub mod stderr_tail;
 pub mod supervisor;
 
 /// Bindings of the `fogconnect:plugin/service` world generated from `wit/`

@@ -11,6 +11,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::fogconnect::plugin::{host, types};
+use super::stderr_tail::StderrTail;
 use crate::convention::{Convention, Transport};
 use crate::transport::conn::{CloseKind, CloseReason, ConnShared, ConnectionId, Owner, PathKind, SendError};
 
@@ -118,6 +119,8 @@ impl ResourceLimiter for PluginLimiter {
 /// Data of one plugin store.
 pub struct PluginState {
     wasi: WasiCtx,
+    /// The newest bytes the plugin wrote to standard error.
+    pub stderr: StderrTail,
     table: ResourceTable,
     /// The memory limiter.
     pub limiter: PluginLimiter,
@@ -135,9 +138,17 @@ const MAX_LOG_LINE: usize = 4096;
 
 impl PluginState {
     /// Fresh state: WASI with every capability denied (no preopened
-    /// directories, no environment, no arguments, no network, stdio closed).
+    /// directories, no environment, no arguments, no network, stdin empty,
+    /// stdout discarded); standard error is kept as a short tail for crash
+    /// reports.
     pub fn new(ctx: Arc<PluginContext>) -> Self {
-        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let stderr = StderrTail::default();
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(ctx.limits.memory_bytes)
             .instances(32)
@@ -147,6 +158,7 @@ impl PluginState {
             .build();
         Self {
             wasi,
+            stderr,
             table: ResourceTable::new(),
             limiter: PluginLimiter { inner: limits, memory_refused: false },
             ctx,
