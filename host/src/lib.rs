@@ -11,6 +11,7 @@
 pub mod convention;
 pub mod node;
 pub mod runtime;
+pub mod signal;
 pub mod transport;
 
 pub use convention::{Convention, ConventionError, Transport};

@@ -2,9 +2,13 @@
 
 mod demo;
 mod node;
+mod peers;
 mod send;
+mod signal;
 
 use std::path::PathBuf;
+
+use anyhow::Context;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +30,38 @@ enum Command {
     Send(send::SendArgs),
     /// Run two nodes in this process and show the plugin exchange.
     Demo(demo::DemoArgs),
+    /// Run the signaling server, or issue a node's token (`signal token`).
+    Signal(signal::SignalArgs),
+    /// List the nodes registered with a signaling server.
+    Peers(peers::PeersArgs),
+}
+
+/// Joining a signaling server from a one-shot command.
+#[derive(Debug, Args)]
+pub struct SignalJoinArgs {
+    /// Signaling server URL, e.g. ws://host:7600/ws.
+    #[arg(long, value_name = "URL")]
+    signal: String,
+    /// This command's node id at the signaling server.
+    #[arg(long)]
+    id: String,
+    /// The token for --id (from `fogconnect signal token`).
+    #[arg(long, env = "FOGCONNECT_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl SignalJoinArgs {
+    /// A node on the wildcard address registered with the server.
+    async fn node(&self) -> anyhow::Result<fogconnect::Node> {
+        fogconnect::Node::builder()
+            .node_id(&self.id)
+            .listen(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            .configure(|c| c.cache_dir = None)
+            .signal(&self.signal, &self.token)
+            .start()
+            .await
+            .context("cannot start the local node")
+    }
 }
 
 /// Options every node-running command shares.
@@ -49,6 +85,13 @@ pub struct CommonNodeArgs {
     /// Connect timeout, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     connect_timeout_ms: u64,
+    /// Keep-alive interval, in milliseconds (the original's time_inter_s).
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    keep_alive_ms: u64,
+    /// Unanswered keep-alives before a peer is considered gone and its
+    /// connections end with reason timeout (the original's max_attempt_num).
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    keep_alive_attempts: u32,
 }
 
 impl CommonNodeArgs {
@@ -68,17 +111,20 @@ impl CommonNodeArgs {
             ..PluginLimits::default()
         };
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        config.keep_alive_interval = Duration::from_millis(self.keep_alive_ms.max(1));
+        config.keep_alive_attempts = self.keep_alive_attempts.max(1);
         config
     }
 }
 
 impl Cli {
-    /// Log level when `RUST_LOG` is not set: a node reports its life at
-    /// `info`; one-shot commands print their results and only warn.
+    /// Log level when `RUST_LOG` is not set: servers report their life at
+    /// `info`; one-shot commands print their results, and their failure as
+    /// one line.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Command::Node(_) => "info",
-            Command::Send(_) | Command::Demo(_) => "warn",
+            Command::Node(_) | Command::Signal(_) => "info",
+            Command::Send(_) | Command::Demo(_) | Command::Peers(_) => "error",
         }
     }
 }
@@ -96,5 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args).await,
         Command::Send(args) => send::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Signal(args) => signal::run(args).await,
+        Command::Peers(args) => peers::run(args).await,
     }
 }

@@ -16,6 +16,12 @@ pub struct NodeArgs {
     /// A plugin for a service number, as SERVICE=PATH (repeatable).
     #[arg(long = "plugin", value_name = "SERVICE=PATH", value_parser = parse_plugin)]
     plugins: Vec<(u8, PathBuf)>,
+    /// Signaling server to register with, e.g. ws://host:7600/ws.
+    #[arg(long, value_name = "URL", requires = "token")]
+    signal: Option<String>,
+    /// The token for --id at the signaling server.
+    #[arg(long, env = "FOGCONNECT_TOKEN", hide_env_values = true, requires = "signal")]
+    token: Option<String>,
     #[command(flatten)]
     common: super::CommonNodeArgs,
 }
@@ -39,6 +45,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     let mut builder = Node::builder().config(args.common.config()).listen(args.listen);
+    if let (Some(url), Some(token)) = (&args.signal, &args.token) {
+        if args.common.id.is_none() {
+            bail!("--signal needs --id: the id the token was issued for");
+        }
+        builder = builder.signal(url, token);
+    }
     for (service, path) in &args.plugins {
         builder = builder.plugin(*service, path);
     }
@@ -46,6 +58,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!("listening on {}", node.local_addr());
     println!("node id {}", node.id());
     println!("fingerprint {}", node.fingerprint());
+    if args.signal.is_some() {
+        match node.registered(std::time::Duration::from_secs(10)).await {
+            Ok(()) => println!("registered with {}", args.signal.as_deref().unwrap_or_default()),
+            Err(e) => tracing::warn!("not registered yet (retrying in the background): {e}"),
+        }
+    }
     for service in node.services() {
         println!("service {} -> {} ({})", service.service, service.name, &service.hash[..16]);
     }
@@ -55,7 +73,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,

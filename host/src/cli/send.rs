@@ -11,8 +11,20 @@ use fogconnect::{ConnectionEvent, Fingerprint, Node, Transport};
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Address of the node to connect to.
+    #[arg(long, required_unless_present = "peer", conflicts_with = "peer")]
+    addr: Option<SocketAddr>,
+    /// Id of the node to connect to, through the signaling server.
+    #[arg(long, requires_all = ["signal", "id", "token"])]
+    peer: Option<String>,
+    /// Signaling server URL, e.g. ws://host:7600/ws (with --peer).
+    #[arg(long, value_name = "URL")]
+    signal: Option<String>,
+    /// This command's node id at the signaling server (with --peer).
     #[arg(long)]
-    addr: SocketAddr,
+    id: Option<String>,
+    /// The token for --id (with --peer).
+    #[arg(long, env = "FOGCONNECT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Service number (selects the plugin on the remote node).
     #[arg(long, default_value_t = 0)]
     service: u8,
@@ -44,8 +56,16 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         Some(text) => Some(Fingerprint::parse(text).ok_or_else(|| anyhow!("fingerprint must be 64 hex digits"))?),
         None => None,
     };
-    let node =
-        Node::builder().configure(|c| c.cache_dir = None).start().await.context("cannot start the local node")?;
+    // Bind the wildcard of the target's family so any route to it works.
+    let local = match args.addr {
+        Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let mut builder = Node::builder().listen(local).configure(|c| c.cache_dir = None);
+    if let (Some(url), Some(id), Some(token)) = (&args.signal, &args.id, &args.token) {
+        builder = builder.node_id(id).signal(url, token);
+    }
+    let node = builder.start().await.context("cannot start the local node")?;
     let result = exchange(&node, &args, expected).await;
     node.shutdown().await;
     result
@@ -54,10 +74,20 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
 async fn exchange(node: &Node, args: &SendArgs, expected: Option<Fingerprint>) -> anyhow::Result<()> {
     let convention =
         args.convention.unwrap_or_else(|| fogconnect::Convention::new(Transport::Quic, args.service).raw());
-    let mut conn = node
-        .connect_raw(args.addr, convention, expected)
-        .await
-        .with_context(|| format!("cannot connect to {} (convention {convention:#x})", args.addr))?;
+    let mut conn = match (&args.addr, &args.peer) {
+        (Some(addr), _) => node
+            .connect_raw(*addr, convention, expected)
+            .await
+            .with_context(|| format!("cannot connect to {addr} (convention {convention:#x})"))?,
+        (None, Some(peer)) => {
+            node.registered(Duration::from_secs(10)).await.context("cannot register with signaling")?;
+            let transport = fogconnect::Convention::from_raw(convention)?.transport();
+            node.connect_peer(peer, transport, ((convention >> 4) & 0xFF) as u8)
+                .await
+                .with_context(|| format!("cannot connect to {peer} (convention {convention:#x})"))?
+        }
+        (None, None) => bail!("give --addr or --peer"),
+    };
     let timeout = Duration::from_millis(args.reply_timeout_ms);
     for message in &args.messages {
         conn.send(message.clone().into_bytes()).context("send failed")?;

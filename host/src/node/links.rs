@@ -80,7 +80,7 @@ impl Links {
 }
 
 /// Returns a live link to `addr`, dialling one if needed.
-async fn link(
+pub(super) async fn link(
     inner: &Arc<NodeInner>,
     addr: SocketAddr,
     expected: Option<Fingerprint>,
@@ -111,7 +111,7 @@ async fn link(
         quinn::ConnectionError::TransportError(t) if t.to_string().contains("fingerprint") => {
             ConnectError::Identity(t.to_string())
         }
-        quinn::ConnectionError::TimedOut => ConnectError::Timeout(inner.config.idle_timeout),
+        quinn::ConnectionError::TimedOut => ConnectError::Timeout(inner.config.idle_timeout()),
         other => ConnectError::Unreachable(other.to_string()),
     })?;
     *guard = Some(conn.clone());
@@ -234,6 +234,17 @@ async fn answer(
         }
         Err(e) => return refuse(send, RefuseCode::UnsupportedTransport, e.to_string()).await,
     };
+    // A peer id that signaling vouched for must come with its certificate.
+    if let Some(expected) = super::signaling::known_fingerprint(&inner, &peer_id)
+        && peer_fingerprint(&quic) != Some(expected)
+    {
+        return refuse(
+            send,
+            RefuseCode::BadRequest,
+            format!("{peer_id} presented another certificate than signaling announced"),
+        )
+        .await;
+    }
     let owner = match inner.route(convention) {
         Ok(owner) => owner,
         Err((code, message)) => return refuse(send, code, message).await,

@@ -3,12 +3,13 @@
 
 mod connection;
 mod links;
+mod signaling;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
@@ -22,6 +23,7 @@ use crate::runtime::actor::{ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, Plug
 use crate::runtime::engine::PluginEngine;
 use crate::runtime::state::{HostServices, PluginContext, PluginLimits};
 use crate::runtime::supervisor::CrashPolicy;
+use crate::signal::client::{SignalClient, SignalClientConfig, SignalStatus};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
 use crate::transport::identity::{Fingerprint, Identity, IdentityError};
 use crate::transport::socket::{FogSocket, SocketCounters};
@@ -44,11 +46,13 @@ pub struct NodeConfig {
     pub send_buffer: usize,
     /// Longest a connect may take (QUIC handshake and accept).
     pub connect_timeout: Duration,
-    /// Keep-alive interval of QUIC links.
+    /// Keep-alive interval of QUIC links and of the signaling session (the
+    /// original's `time_inter_s`).
     pub keep_alive_interval: Duration,
-    /// A link silent this long is closed; its connections end with
-    /// reason timeout.
-    pub idle_timeout: Duration,
+    /// Keep-alive intervals without any answer after which a peer is
+    /// considered gone (the original's `max_attempt_num`): its link closes
+    /// and its connections end with reason timeout.
+    pub keep_alive_attempts: u32,
     /// How long a closing side waits for the remote side to finish.
     pub close_grace: Duration,
     /// Limits for every plugin.
@@ -57,6 +61,9 @@ pub struct NodeConfig {
     pub crash_policy: CrashPolicy,
     /// Directory of the precompiled plugin cache; `None` disables it.
     pub cache_dir: Option<PathBuf>,
+    /// The signaling server to register with (its `id` is replaced by
+    /// `node_id`); `None` for a node reachable by address only.
+    pub signal: Option<SignalClientConfig>,
 }
 
 impl Default for NodeConfig {
@@ -68,12 +75,21 @@ impl Default for NodeConfig {
             send_buffer: 8 << 20,
             connect_timeout: Duration::from_secs(10),
             keep_alive_interval: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            keep_alive_attempts: 6,
             close_grace: Duration::from_secs(5),
             plugin_limits: PluginLimits::default(),
             crash_policy: CrashPolicy::default(),
             cache_dir: default_cache_dir(),
+            signal: None,
         }
+    }
+}
+
+impl NodeConfig {
+    /// How long a silent peer is waited for: keep-alive interval ×
+    /// attempts.
+    pub fn idle_timeout(&self) -> Duration {
+        self.keep_alive_interval * self.keep_alive_attempts.max(1)
     }
 }
 
@@ -99,6 +115,9 @@ pub enum NodeError {
     /// The node id is not acceptable.
     #[error("invalid node id: {0}")]
     InvalidId(String),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// Identity or TLS setup failed.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -113,6 +132,9 @@ pub enum NodeError {
     /// The plugin engine could not start.
     #[error(transparent)]
     Engine(PluginError),
+    /// The signaling client could not start.
+    #[error("signaling: {0}")]
+    Signal(String),
     /// No plugin is loaded for the service.
     #[error("no plugin loaded for service {0}")]
     NoSuchService(u8),
@@ -150,6 +172,9 @@ pub enum ConnectError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// Connecting by id needs signaling, and it failed or is not set up.
+    #[error("signaling: {0}")]
+    Signal(String),
 }
 
 impl ConnectError {
@@ -213,6 +238,10 @@ pub(crate) struct NodeInner {
     socket_counters: Arc<SocketCounters>,
     started: Instant,
     runtime: tokio::runtime::Handle,
+    signal: Option<SignalClient>,
+    /// Certificate fingerprints learned from signaling, by peer id: a link
+    /// claiming one of these ids must present that certificate.
+    peer_fingerprints: Mutex<HashMap<String, Fingerprint>>,
     weak_self: Weak<NodeInner>,
 }
 
@@ -276,6 +305,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Registers with the signaling server at `url` (e.g.
+    /// `ws://host:7600/ws`) using `token`, so peers can connect by id.
+    pub fn signal(mut self, url: impl Into<String>, token: impl Into<String>) -> Self {
+        self.config.signal = Some(SignalClientConfig::new(url, String::new(), token));
+        self
+    }
+
     /// Replaces the whole configuration (keeps plugins given so far).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
@@ -310,8 +346,8 @@ impl NodeBuilder {
 
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(config.keep_alive_interval));
-        let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
-            .map_err(|_| NodeError::InvalidId("idle timeout out of range".into()))?;
+        let idle = quinn::IdleTimeout::try_from(config.idle_timeout())
+            .map_err(|_| NodeError::InvalidConfig("keep-alive interval × attempts out of range".into()))?;
         transport.max_idle_timeout(Some(idle));
         transport.max_concurrent_bidi_streams(4096u32.into());
         let transport = Arc::new(transport);
@@ -335,6 +371,16 @@ impl NodeBuilder {
             close_grace: config.close_grace,
         };
         let (plugin_events, _) = broadcast::channel(1024);
+        let (incoming_tx, incoming_rx) = mpsc::channel(256);
+        let signal = match config.signal.clone() {
+            Some(mut signal_config) => {
+                signal_config.id = config.node_id.clone();
+                signal_config.keep_alive_interval = config.keep_alive_interval;
+                signal_config.keep_alive_attempts = config.keep_alive_attempts.max(1);
+                Some(SignalClient::start(signal_config, incoming_tx).map_err(|e| NodeError::Signal(e.to_string()))?)
+            }
+            None => None,
+        };
         let inner = Arc::new_cyclic(|weak_self| NodeInner {
             config,
             identity,
@@ -350,8 +396,13 @@ impl NodeBuilder {
             socket_counters,
             started: Instant::now(),
             runtime: tokio::runtime::Handle::current(),
+            signal,
+            peer_fingerprints: Mutex::new(HashMap::new()),
             weak_self: weak_self.clone(),
         });
+        if inner.signal.is_some() {
+            tokio::spawn(signaling::answer_requests(inner.clone(), incoming_rx));
+        }
         tokio::spawn(links::accept_loop(inner.clone()));
         // STUN and TURN datagrams arrive here once NAT traversal and relay
         // are built; until then they are counted and dropped.
@@ -534,6 +585,53 @@ impl Node {
         Ok(Connection::new(shared, rx))
     }
 
+    /// Connects to the node registered as `peer_id` with the signaling
+    /// server, for `service` over `transport`. The peer's certificate
+    /// fingerprint from signaling is pinned; its candidate addresses are
+    /// tried together and the first to answer wins.
+    ///
+    /// # Errors
+    /// [`ConnectError::Signal`] when the node has no signaling or the peer
+    /// is not online, plus the errors of [`Node::connect`].
+    pub async fn connect_peer(
+        &self,
+        peer_id: &str,
+        transport: Transport,
+        service: u8,
+    ) -> Result<Connection, ConnectError> {
+        let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let id = self.inner.next_connection_id();
+        let convention = Convention::new(transport, service).raw();
+        let shared = signaling::open_by_id(&self.inner, peer_id, convention, id, tx, false).await?;
+        Ok(Connection::new(shared, rx))
+    }
+
+    /// The ids registered with the signaling server.
+    ///
+    /// # Errors
+    /// [`ConnectError::Signal`] without signaling or when it fails.
+    pub async fn peers(&self) -> Result<Vec<String>, ConnectError> {
+        let signal =
+            self.inner.signal.as_ref().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
+        signal.peers().await.map_err(|e| ConnectError::Signal(e.to_string()))
+    }
+
+    /// The signaling status, `None` without signaling.
+    pub fn signal_status(&self) -> Option<SignalStatus> {
+        self.inner.signal.as_ref().map(SignalClient::status)
+    }
+
+    /// Waits until registered with the signaling server, at most `limit`.
+    ///
+    /// # Errors
+    /// [`ConnectError::Signal`] without signaling or when not registered
+    /// in time.
+    pub async fn registered(&self, limit: Duration) -> Result<(), ConnectError> {
+        let signal =
+            self.inner.signal.as_ref().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
+        signal.registered(limit).await.map_err(|e| ConnectError::Signal(e.to_string()))
+    }
+
     /// Closes every connection (plugins see `on-close` and Rust API
     /// connections `Closed`, both with kind `local`; peers see end of file),
     /// stops the plugins and the endpoint. Bounded in time: peers that do
@@ -543,6 +641,9 @@ impl Node {
             return;
         }
         self.inner.shutdown.cancel();
+        if let Some(signal) = &self.inner.signal {
+            signal.shutdown();
+        }
         let services: Vec<Arc<LoadedService>> =
             self.inner.services.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
         for service in &services {
@@ -593,6 +694,12 @@ impl NodeInner {
     }
 }
 
+/// Where a plugin's `connect-peer` goes.
+enum Target {
+    Address(SocketAddr),
+    Id(String),
+}
+
 /// The node as plugins see it; weak so plugins do not keep the node alive.
 struct NodeServices(Weak<NodeInner>);
 
@@ -606,13 +713,26 @@ impl HostServices for NodeServices {
 
     fn connect(&self, peer: &str, convention: Convention, id: ConnectionId, owner: Owner) -> Result<(), String> {
         let inner = self.0.upgrade().ok_or("node is shutting down")?;
-        let addr: SocketAddr = peer.parse().map_err(|_| {
-            format!("{peer:?} is not a socket address (host:port); connecting by peer id needs a signaling server, which this node has not joined")
-        })?;
+        let target = match peer.parse::<SocketAddr>() {
+            Ok(addr) => Target::Address(addr),
+            Err(_) if inner.signal.is_some() && !peer.is_empty() => Target::Id(peer.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "{peer:?} is not a socket address (host:port); connecting by peer id needs a signaling server, which this node has not joined"
+                ));
+            }
+        };
         // Called from a plugin thread: spawn on the node's runtime.
         let runtime = inner.runtime.clone();
         runtime.spawn(async move {
-            let result = links::open(&inner, addr, convention.raw(), None, id, owner.clone(), true).await;
+            let result = match target {
+                Target::Address(addr) => {
+                    links::open(&inner, addr, convention.raw(), None, id, owner.clone(), true).await
+                }
+                Target::Id(peer) => {
+                    signaling::open_by_id(&inner, &peer, convention.raw(), id, owner.clone(), true).await
+                }
+            };
             if let Err(e) = result {
                 let _ = owner.send(ConnEvent::OpenFailed(id, e.close_reason())).await;
             }

@@ -1,0 +1,105 @@
+//! `fogconnect signal` and `fogconnect signal token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+
+/// Arguments of `fogconnect signal`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SignalArgs {
+    #[command(subcommand)]
+    action: Option<SignalAction>,
+    /// TCP address to listen on (WebSocket on path /ws).
+    #[arg(long, default_value = "0.0.0.0:7600")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// PEM certificate chain for TLS (wss://); needs --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key for TLS; needs --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Most concurrent sessions.
+    #[arg(long, default_value_t = 100_000)]
+    max_clients: usize,
+    /// Close sessions silent for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_s: u64,
+}
+
+/// The secret registration tokens are signed with.
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// The secret, as text (prefer --secret-file or FOGCONNECT_SIGNAL_SECRET).
+    #[arg(long, env = "FOGCONNECT_SIGNAL_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// A file holding the secret.
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    fn load(&self) -> anyhow::Result<Vec<u8>> {
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(s), _) => s.as_bytes().to_vec(),
+            (None, Some(path)) => {
+                let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                text.trim_ascii().to_vec()
+            }
+            (None, None) => bail!("a secret is needed: --secret-file FILE, --secret, or FOGCONNECT_SIGNAL_SECRET"),
+        };
+        if secret.len() < 16 {
+            bail!("the secret must be at least 16 bytes");
+        }
+        Ok(secret)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SignalAction {
+    /// Issue the registration token for a node id.
+    Token(TokenArgs),
+}
+
+/// Arguments of `fogconnect signal token`.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The node id the token admits.
+    #[arg(long)]
+    id: String,
+    /// Days until the token expires.
+    #[arg(long, default_value_t = 365)]
+    valid_days: u64,
+    #[command(flatten)]
+    secret: SecretArgs,
+}
+
+/// Runs the server, or issues a token.
+pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
+    if let Some(SignalAction::Token(t)) = args.action {
+        let secret = t.secret.load()?;
+        if t.id.is_empty() || t.id.len() > 255 {
+            bail!("the id must be 1..=255 bytes");
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        println!("{}", token::issue(&secret, &t.id, now + t.valid_days * 86_400));
+        return Ok(());
+    }
+    let mut config = SignalServerConfig::new(args.listen, args.secret.load()?);
+    config.max_clients = args.max_clients;
+    config.idle_timeout = Duration::from_secs(args.idle_timeout_s.max(1));
+    config.tls = args.cert.zip(args.key);
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    let server = SignalServer::start(config).await.context("cannot start the signaling server")?;
+    println!("signaling on {scheme}://{}/ws", server.local_addr());
+    super::node::wait_for_signal().await?;
+    server.shutdown();
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The signaling client: an actor that keeps one WebSocket session to the
+//! server, registers, answers keep-alives, reconnects with backoff and
+//! jitter, and matches answers to requests. Requests waiting when the
+//! session is lost fail with a timeout at once; none is left hanging.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::SignalError;
+use super::backoff::Backoff;
+use super::protocol::{ClientMessage, ErrorCode, Offer, PROTOCOL_VERSION, ServerMessage};
+
+/// Configuration of a signaling client.
+#[derive(Debug, Clone)]
+pub struct SignalClientConfig {
+    /// `ws://host:port/ws` or `wss://...`.
+    pub url: String,
+    /// The node id to register.
+    pub id: String,
+    /// The credential for `id`.
+    pub token: String,
+    /// Interval of keep-alive pings (the original's `time_inter_s`).
+    pub keep_alive_interval: Duration,
+    /// Unanswered pings in a row after which the session is considered
+    /// lost and re-established (the original's `max_attempt_num`).
+    pub keep_alive_attempts: u32,
+    /// How long a request waits for its answer.
+    pub request_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl SignalClientConfig {
+    /// Defaults for `url`, `id` and `token`.
+    pub fn new(url: impl Into<String>, id: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            id: id.into(),
+            token: token.into(),
+            keep_alive_interval: Duration::from_secs(15),
+            keep_alive_attempts: 3,
+            request_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the client stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalStatus {
+    /// Connecting or reconnecting.
+    Connecting,
+    /// Registered; requests can be made.
+    Registered,
+    /// The server refused the registration; the client keeps retrying with
+    /// backoff (the credential may be renewed server-side).
+    Refused(String),
+    /// Stopped by [`SignalClient::shutdown`].
+    Stopped,
+}
+
+/// A connect request from another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingRequest {
+    /// Echo it in the answer.
+    pub request_id: u64,
+    /// The caller's id, authenticated by the server.
+    pub from: String,
+    /// The requested convention number.
+    pub convention: u32,
+    /// How to reach the caller.
+    pub offer: Offer,
+}
+
+enum Command {
+    Send(ClientMessage),
+    Connect { request_id: u64, message: ClientMessage, reply: oneshot::Sender<Result<Offer, SignalError>> },
+    List { reply: oneshot::Sender<Result<Vec<String>, SignalError>> },
+}
+
+/// Handle of the signaling client actor.
+#[derive(Debug, Clone)]
+pub struct SignalClient {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<SignalStatus>,
+    shutdown: CancellationToken,
+    request_timeout: Duration,
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // The system RNG failing is not recoverable in any useful way; fall
+    // back to the clock so ids stay distinct.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        return std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl SignalClient {
+    /// Starts the actor. Connect requests from other nodes are delivered
+    /// to `incoming`.
+    ///
+    /// # Errors
+    /// [`SignalError::InvalidUrl`] when the URL is not `ws://` or `wss://`.
+    pub fn start(config: SignalClientConfig, incoming: mpsc::Sender<IncomingRequest>) -> Result<Self, SignalError> {
+        if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
+            return Err(SignalError::InvalidUrl(config.url.clone(), "must start with ws:// or wss://".into()));
+        }
+        let (commands, commands_rx) = mpsc::channel(256);
+        let (status_tx, status) = watch::channel(SignalStatus::Connecting);
+        let shutdown = CancellationToken::new();
+        let request_timeout = config.request_timeout;
+        let actor = Actor { config, commands: commands_rx, incoming, status: status_tx, shutdown: shutdown.clone() };
+        tokio::spawn(actor.run());
+        Ok(Self { commands, status, shutdown, request_timeout })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SignalStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until registered, at most `limit`.
+    ///
+    /// # Errors
+    /// [`SignalError::Refused`] as soon as the server refuses the
+    /// registration, [`SignalError::Timeout`] when not registered in time.
+    pub async fn registered(&self, limit: Duration) -> Result<(), SignalError> {
+        let mut status = self.status.clone();
+        let wait = status.wait_for(|s| matches!(s, SignalStatus::Registered | SignalStatus::Refused(_)));
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(status)) => match &*status {
+                SignalStatus::Refused(why) => Err(SignalError::Refused(why.clone())),
+                _ => Ok(()),
+            },
+            _ => Err(SignalError::Timeout(format!("not registered within {limit:?}: {:?}", self.status()))),
+        }
+    }
+
+    /// Asks `to` for a connection; returns its offer.
+    ///
+    /// # Errors
+    /// [`SignalError::Rejected`] when the peer refused,
+    /// [`SignalError::Server`] e.g. when it is not online,
+    /// [`SignalError::Timeout`] when no answer came in time or the session
+    /// was lost, [`SignalError::Unavailable`] when not connected.
+    pub async fn connect(&self, to: &str, convention: u32, offer: Offer) -> Result<Offer, SignalError> {
+        let request_id = random_u64();
+        let message = ClientMessage::Connect { request_id, to: to.to_string(), convention, offer };
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Connect { request_id, message, reply }).await?;
+        self.await_reply(answer).await
+    }
+
+    /// Lists the ids online.
+    ///
+    /// # Errors
+    /// As [`SignalClient::connect`].
+    pub async fn peers(&self) -> Result<Vec<String>, SignalError> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::List { reply }).await?;
+        self.await_reply(answer).await
+    }
+
+    /// Accepts a connect request.
+    pub async fn answer(&self, request: &IncomingRequest, offer: Offer) {
+        let message = ClientMessage::Answer { request_id: request.request_id, to: request.from.clone(), offer };
+        let _ = self.command(Command::Send(message)).await;
+    }
+
+    /// Refuses a connect request.
+    pub async fn reject(&self, request: &IncomingRequest, code: u16, message: String) {
+        let message = ClientMessage::Reject { request_id: request.request_id, to: request.from.clone(), code, message };
+        let _ = self.command(Command::Send(message)).await;
+    }
+
+    /// Stops the actor and closes the session.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    async fn command(&self, command: Command) -> Result<(), SignalError> {
+        if self.status() != SignalStatus::Registered {
+            return Err(SignalError::Unavailable(format!("{:?}", self.status())));
+        }
+        self.commands.send(command).await.map_err(|_| SignalError::Unavailable("client stopped".into()))
+    }
+
+    async fn await_reply<T>(&self, answer: oneshot::Receiver<Result<T, SignalError>>) -> Result<T, SignalError> {
+        match tokio::time::timeout(self.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SignalError::Timeout("signaling client stopped".into())),
+            Err(_) => Err(SignalError::Timeout(format!("no answer within {:?}", self.request_timeout))),
+        }
+    }
+}
+
+struct Actor {
+    config: SignalClientConfig,
+    commands: mpsc::Receiver<Command>,
+    incoming: mpsc::Sender<IncomingRequest>,
+    status: watch::Sender<SignalStatus>,
+    shutdown: CancellationToken,
+}
+
+/// Requests waiting for their answers on the current session.
+#[derive(Default)]
+struct Pending {
+    connects: HashMap<u64, oneshot::Sender<Result<Offer, SignalError>>>,
+    lists: VecDeque<oneshot::Sender<Result<Vec<String>, SignalError>>>,
+}
+
+impl Pending {
+    fn fail_all(&mut self, why: &str) {
+        for (_, reply) in self.connects.drain() {
+            let _ = reply.send(Err(SignalError::Timeout(why.to_string())));
+        }
+        for reply in self.lists.drain(..) {
+            let _ = reply.send(Err(SignalError::Timeout(why.to_string())));
+        }
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Actor {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            let _ = self.status.send(SignalStatus::Connecting);
+            let outcome = match self.open().await {
+                Ok(ws) => {
+                    backoff.reset();
+                    let _ = self.status.send(SignalStatus::Registered);
+                    tracing::info!(url = %self.config.url, id = %self.config.id, "registered with signaling");
+                    self.session(ws).await
+                }
+                Err(e) => Err(e),
+            };
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            match outcome {
+                Ok(()) => tracing::info!("signaling session ended; reconnecting"),
+                Err(SignalError::Refused(why)) => {
+                    tracing::warn!("signaling registration refused: {why}");
+                    let _ = self.status.send(SignalStatus::Refused(why));
+                }
+                Err(e) => tracing::debug!("signaling: {e}"),
+            }
+            // Requests made while disconnected are refused by the handle;
+            // drop any that raced in.
+            while let Ok(command) = self.commands.try_recv() {
+                fail_command(command, "not connected to signaling");
+            }
+            let delay = backoff.next(random_unit());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        let _ = self.status.send(SignalStatus::Stopped);
+    }
+
+    /// Connects and registers.
+    async fn open(&self) -> Result<Socket, SignalError> {
+        let timeout = self.config.request_timeout;
+        let connect = tokio_tungstenite::connect_async(self.config.url.as_str());
+        let (mut ws, _) = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(SignalError::Unavailable("stopped".into())),
+            r = tokio::time::timeout(timeout, connect) => r
+                .map_err(|_| SignalError::Unavailable(format!("connect timed out after {timeout:?}")))?
+                .map_err(|e| SignalError::Unavailable(e.to_string()))?,
+        };
+        let register = ClientMessage::Register {
+            version: PROTOCOL_VERSION,
+            id: self.config.id.clone(),
+            token: self.config.token.clone(),
+        };
+        ws.send(Message::text(register.encode())).await.map_err(|e| SignalError::Unavailable(e.to_string()))?;
+        let reply = tokio::time::timeout(timeout, ws.next())
+            .await
+            .map_err(|_| SignalError::Unavailable("no answer to register".into()))?;
+        match reply {
+            Some(Ok(Message::Text(text))) => match ServerMessage::decode(text.as_str()) {
+                Ok(ServerMessage::Registered { .. }) => Ok(ws),
+                Ok(ServerMessage::Error { code, message, .. }) => {
+                    let _ = ws.close(None).await;
+                    if matches!(ErrorCode::from_code(code), Some(ErrorCode::Unauthorized | ErrorCode::VersionMismatch))
+                    {
+                        Err(SignalError::Refused(message))
+                    } else {
+                        Err(SignalError::Server { code, message })
+                    }
+                }
+                Ok(other) => Err(SignalError::Unavailable(format!("unexpected answer to register: {other:?}"))),
+                Err(e) => Err(SignalError::Unavailable(e.to_string())),
+            },
+            Some(Ok(other)) => Err(SignalError::Unavailable(format!("unexpected frame {other:?}"))),
+            Some(Err(e)) => Err(SignalError::Unavailable(e.to_string())),
+            None => Err(SignalError::Unavailable("server closed the session".into())),
+        }
+    }
+
+    /// Runs one registered session until it ends.
+    async fn session(&mut self, mut ws: Socket) -> Result<(), SignalError> {
+        let mut pending = Pending::default();
+        let mut ticker = tokio::time::interval(self.config.keep_alive_interval);
+        ticker.tick().await;
+        let mut unanswered = 0u32;
+        let result = loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    let _ = ws.close(None).await;
+                    break Ok(());
+                }
+                _ = ticker.tick() => {
+                    if unanswered >= self.config.keep_alive_attempts {
+                        break Err(SignalError::Timeout(format!("{unanswered} keep-alives unanswered")));
+                    }
+                    unanswered += 1;
+                    let ping = ClientMessage::Ping { nonce: random_u64() };
+                    if let Err(e) = ws.send(Message::text(ping.encode())).await {
+                        break Err(SignalError::Unavailable(e.to_string()));
+                    }
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { break Ok(()) };
+                    let message = match command {
+                        Command::Send(message) => message,
+                        Command::Connect { request_id, message, reply } => {
+                            pending.connects.insert(request_id, reply);
+                            message
+                        }
+                        Command::List { reply } => {
+                            pending.lists.push_back(reply);
+                            ClientMessage::List
+                        }
+                    };
+                    if let Err(e) = ws.send(Message::text(message.encode())).await {
+                        break Err(SignalError::Unavailable(e.to_string()));
+                    }
+                }
+                frame = ws.next() => {
+                    // Any traffic proves the session alive.
+                    unanswered = 0;
+                    match frame {
+                        Some(Ok(Message::Text(text))) => match ServerMessage::decode(text.as_str()) {
+                            Ok(ServerMessage::Replaced { message }) => {
+                                break Err(SignalError::Unavailable(format!("replaced: {message}")));
+                            }
+                            Ok(message) => self.dispatch(message, &mut pending).await,
+                            Err(e) => tracing::warn!("ignoring malformed signaling message: {e}"),
+                        },
+                        Some(Ok(Message::Close(_))) | None => break Ok(()),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => break Err(SignalError::Unavailable(e.to_string())),
+                    }
+                }
+            }
+        };
+        pending.fail_all("signaling connection lost");
+        result
+    }
+
+    async fn dispatch(&self, message: ServerMessage, pending: &mut Pending) {
+        match message {
+            ServerMessage::Answered { request_id, offer, .. } => {
+                if let Some(reply) = pending.connects.remove(&request_id) {
+                    let _ = reply.send(Ok(offer));
+                }
+            }
+            ServerMessage::Rejected { request_id, code, message, .. } => {
+                if let Some(reply) = pending.connects.remove(&request_id) {
+                    let _ = reply.send(Err(SignalError::Rejected { code, message }));
+                }
+            }
+            ServerMessage::Error { code, message, request_id: Some(request_id) } => {
+                if let Some(reply) = pending.connects.remove(&request_id) {
+                    let _ = reply.send(Err(SignalError::Server { code, message }));
+                }
+            }
+            ServerMessage::Error { code, message, request_id: None } => {
+                tracing::warn!(code, "signaling server error: {message}");
+            }
+            ServerMessage::Peers { peers } => {
+                if let Some(reply) = pending.lists.pop_front() {
+                    let _ = reply.send(Ok(peers));
+                }
+            }
+            ServerMessage::Incoming { request_id, from, convention, offer } => {
+                let request = IncomingRequest { request_id, from, convention, offer };
+                if self.incoming.try_send(request).is_err() {
+                    tracing::warn!("dropping a connect request: the node is not keeping up");
+                }
+            }
+            ServerMessage::Presence { id, online } => tracing::debug!(id, online, "presence"),
+            ServerMessage::Pong { .. } | ServerMessage::Registered { .. } | ServerMessage::Replaced { .. } => {}
+        }
+    }
+}
+
+fn fail_command(command: Command, why: &str) {
+    match command {
+        Command::Send(_) => {}
+        Command::Connect { reply, .. } => {
+            let _ = reply.send(Err(SignalError::Unavailable(why.to_string())));
+        }
+        Command::List { reply } => {
+            let _ = reply.send(Err(SignalError::Unavailable(why.to_string())));
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The signaling protocol: JSON messages in WebSocket text frames. See
+//! `PROTOCOL.md` next to this file for the full description.
+//!
+//! Pure encode/decode functions; unknown fields are ignored so later
+//! versions can add optional fields without breaking older peers.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the protocol, sent in `register`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Most candidates in one offer.
+pub const MAX_CANDIDATES: usize = 32;
+
+/// Stable error codes of the `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The message is not valid JSON or not a known message.
+    BadRequest = 1,
+    /// The credential is missing, malformed, expired or not for this id.
+    Unauthorized = 2,
+    /// The message needs a registered session.
+    NotRegistered = 3,
+    /// The message exceeds [`MAX_MESSAGE_BYTES`].
+    TooLarge = 4,
+    /// The client sends faster than its rate limit; the message was dropped.
+    RateLimited = 5,
+    /// The target peer is not online.
+    UnknownPeer = 6,
+    /// The server holds its maximum number of clients.
+    ServerFull = 7,
+    /// The client speaks another protocol version.
+    VersionMismatch = 8,
+    /// No message arrived within the idle timeout.
+    IdleTimeout = 9,
+    /// The target peer cannot take more messages now.
+    PeerBusy = 10,
+}
+
+impl ErrorCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a number, if known.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            1 => Self::BadRequest,
+            2 => Self::Unauthorized,
+            3 => Self::NotRegistered,
+            4 => Self::TooLarge,
+            5 => Self::RateLimited,
+            6 => Self::UnknownPeer,
+            7 => Self::ServerFull,
+            8 => Self::VersionMismatch,
+            9 => Self::IdleTimeout,
+            10 => Self::PeerBusy,
+            _ => return None,
+        })
+    }
+}
+
+/// How a candidate address was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CandidateKind {
+    /// An address of a local interface.
+    Host,
+    /// The public address a STUN server saw (server-reflexive).
+    ServerReflexive,
+    /// An address learned from a connectivity check (peer-reflexive).
+    PeerReflexive,
+    /// An address on a TURN relay.
+    Relayed,
+}
+
+/// An address a node may be reached at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// How the address was learned.
+    pub kind: CandidateKind,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+/// What one side tells the other so it can reach and authenticate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// SHA-256 fingerprint (hex) of the node's certificate; pinned in the
+    /// QUIC handshake.
+    pub fingerprint: String,
+    /// Addresses to try, best first.
+    pub candidates: Vec<Candidate>,
+}
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientMessage {
+    /// Join under `id`, proven by `token`. Must be the first message.
+    Register {
+        /// Protocol version of the client.
+        version: u32,
+        /// The node id.
+        id: String,
+        /// Credential issued for `id` (see `fogconnect signal token`).
+        token: String,
+    },
+    /// Ask for the ids online.
+    List,
+    /// Receive `presence` events from now on.
+    Subscribe,
+    /// Ask `to` for a connection.
+    Connect {
+        /// Chosen by the caller; the answer carries it back.
+        request_id: u64,
+        /// The callee's id.
+        to: String,
+        /// The convention number of the requested connection.
+        convention: u32,
+        /// How to reach the caller.
+        offer: Offer,
+    },
+    /// Accept a `connect` from `to`.
+    Answer {
+        /// The request being answered.
+        request_id: u64,
+        /// The caller's id.
+        to: String,
+        /// How to reach the callee.
+        offer: Offer,
+    },
+    /// Refuse a `connect` from `to`.
+    Reject {
+        /// The request being refused.
+        request_id: u64,
+        /// The caller's id.
+        to: String,
+        /// Reason code (the connection refuse codes).
+        code: u16,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping {
+        /// Echoed in the `pong`.
+        nonce: u64,
+    },
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage {
+    /// Registration succeeded.
+    Registered {
+        /// The registered id.
+        id: String,
+        /// Protocol version of the server.
+        version: u32,
+    },
+    /// Another session registered the same id; this one ends.
+    Replaced {
+        /// Detail.
+        message: String,
+    },
+    /// A request failed.
+    Error {
+        /// Stable code, see [`ErrorCode`].
+        code: u16,
+        /// Human-readable detail.
+        message: String,
+        /// The request it concerns, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<u64>,
+    },
+    /// The ids online, sorted.
+    Peers {
+        /// Ids.
+        peers: Vec<String>,
+    },
+    /// A peer came online or went offline (after `subscribe`).
+    Presence {
+        /// The peer.
+        id: String,
+        /// Online or not.
+        online: bool,
+    },
+    /// A peer asks for a connection.
+    Incoming {
+        /// Echo it in the answer.
+        request_id: u64,
+        /// The caller (authenticated by the server).
+        from: String,
+        /// Requested convention number.
+        convention: u32,
+        /// How to reach the caller.
+        offer: Offer,
+    },
+    /// The callee accepted.
+    Answered {
+        /// The request.
+        request_id: u64,
+        /// The callee (authenticated by the server).
+        from: String,
+        /// How to reach the callee.
+        offer: Offer,
+    },
+    /// The callee refused.
+    Rejected {
+        /// The request.
+        request_id: u64,
+        /// The callee.
+        from: String,
+        /// Reason code.
+        code: u16,
+        /// Reason.
+        message: String,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+}
+
+/// Errors of decoding a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than [`MAX_MESSAGE_BYTES`].
+    #[error("message of {0} bytes exceeds {MAX_MESSAGE_BYTES}")]
+    TooLarge(usize),
+    /// Not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// An offer with more than [`MAX_CANDIDATES`] candidates.
+    #[error("offer with more than {MAX_CANDIDATES} candidates")]
+    TooManyCandidates,
+}
+
+fn check_offer(offer: &Offer) -> Result<(), DecodeError> {
+    if offer.candidates.len() > MAX_CANDIDATES { Err(DecodeError::TooManyCandidates) } else { Ok(()) }
+}
+
+impl ClientMessage {
+    /// Encodes as JSON text.
+    pub fn encode(&self) -> String {
+        // Serializing these plain data types cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes JSON text.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for oversize, malformed or over-long input.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::TooLarge(text.len()));
+        }
+        let message: Self = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if let ClientMessage::Connect { offer, .. } | ClientMessage::Answer { offer, .. } = &message {
+            check_offer(offer)?;
+        }
+        Ok(message)
+    }
+}
+
+impl ServerMessage {
+    /// Encodes as JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Decodes JSON text.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for oversize, malformed or over-long input.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::TooLarge(text.len()));
+        }
+        let message: Self = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if let ServerMessage::Incoming { offer, .. } | ServerMessage::Answered { offer, .. } = &message {
+            check_offer(offer)?;
+        }
+        Ok(message)
+    }
+
+    /// An `error` message.
+    pub fn error(code: ErrorCode, message: impl Into<String>, request_id: Option<u64>) -> Self {
+        ServerMessage::Error { code: code.code(), message: message.into(), request_id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer() -> Offer {
+        Offer {
+            fingerprint: "ab".repeat(32),
+            candidates: vec![
+                Candidate { kind: CandidateKind::Host, addr: "10.0.0.2:7700".parse().expect("addr") },
+                Candidate { kind: CandidateKind::ServerReflexive, addr: "[2001:db8::1]:7700".parse().expect("addr") },
+            ],
+        }
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let all = vec![
+            ClientMessage::Register { version: 1, id: "ee:34:a1:44:2c:1c".into(), token: "v1.1.ab".into() },
+            ClientMessage::List,
+            ClientMessage::Subscribe,
+            ClientMessage::Connect { request_id: u64::MAX, to: "b".into(), convention: 0x11, offer: offer() },
+            ClientMessage::Answer { request_id: 7, to: "a".into(), offer: offer() },
+            ClientMessage::Reject { request_id: 7, to: "a".into(), code: 1, message: "no such service: 7".into() },
+            ClientMessage::Ping { nonce: 3 },
+        ];
+        for m in all {
+            assert_eq!(ClientMessage::decode(&m.encode()), Ok(m.clone()));
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let all = vec![
+            ServerMessage::Registered { id: "a".into(), version: 1 },
+            ServerMessage::Replaced { message: "x".into() },
+            ServerMessage::error(ErrorCode::Unauthorized, "bad token", None),
+            ServerMessage::error(ErrorCode::UnknownPeer, "b is offline", Some(9)),
+            ServerMessage::Peers { peers: vec!["a".into(), "b".into()] },
+            ServerMessage::Presence { id: "a".into(), online: false },
+            ServerMessage::Incoming { request_id: 1, from: "a".into(), convention: 0x11, offer: offer() },
+            ServerMessage::Answered { request_id: 1, from: "b".into(), offer: offer() },
+            ServerMessage::Rejected { request_id: 1, from: "b".into(), code: 1, message: "no".into() },
+            ServerMessage::Pong { nonce: 1 },
+        ];
+        for m in all {
+            assert_eq!(ServerMessage::decode(&m.encode()), Ok(m.clone()));
+        }
+    }
+
+    #[test]
+    fn golden_text() {
+        assert_eq!(ClientMessage::Ping { nonce: 5 }.encode(), r#"{"type":"ping","nonce":5}"#);
+        assert_eq!(
+            ServerMessage::error(ErrorCode::TooLarge, "too big", None).encode(),
+            r#"{"type":"error","code":4,"message":"too big"}"#
+        );
+        assert_eq!(ClientMessage::List.encode(), r#"{"type":"list"}"#);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        for text in
+            ["", "{", "null", "[]", r#"{"type":"nope"}"#, r#"{"type":"ping"}"#, r#"{"type":"register","id":"a"}"#]
+        {
+            assert!(matches!(ClientMessage::decode(text), Err(DecodeError::Malformed(_))), "{text}");
+        }
+        let big = format!(r#"{{"type":"ping","nonce":1,"pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
+        assert!(matches!(ClientMessage::decode(&big), Err(DecodeError::TooLarge(_))));
+        let many = Offer {
+            fingerprint: String::new(),
+            candidates: vec![Candidate { kind: CandidateKind::Host, addr: "1.2.3.4:5".parse().expect("addr") }; 33],
+        };
+        let text = ClientMessage::Answer { request_id: 1, to: "a".into(), offer: many }.encode();
+        assert_eq!(ClientMessage::decode(&text), Err(DecodeError::TooManyCandidates));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let text = r#"{"type":"ping","nonce":1,"future":"field"}"#;
+        assert_eq!(ClientMessage::decode(text), Ok(ClientMessage::Ping { nonce: 1 }));
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        for code in 1..=10u16 {
+            assert_eq!(ErrorCode::from_code(code).map(ErrorCode::code), Some(code));
+        }
+        assert_eq!(ErrorCode::from_code(0), None);
+        assert_eq!(ErrorCode::Unauthorized.code(), 2);
+    }
+}

@@ -1,0 +1,374 @@
+//! Signaling: registration, presence, connect by id, refusals of bad input,
+//! many clients, server restart, and identity pinning.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use common::{WAIT, ask, closed_within, config};
+use fogconnect::signal::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+use fogconnect::{CloseKind, ConnectError, Node, NodeConfig, RefuseCode, Transport};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &[u8] = b"signaling test secret";
+
+fn token_for(id: &str) -> String {
+    token::issue(SECRET, id, u64::MAX / 2)
+}
+
+async fn server() -> anyhow::Result<SignalServer> {
+    Ok(SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?)
+}
+
+async fn node(server_url: &str, id: &str, plugins: &[(u8, &str)]) -> anyhow::Result<Node> {
+    node_with(server_url, id, plugins, config()).await
+}
+
+async fn node_with(server_url: &str, id: &str, plugins: &[(u8, &str)], config: NodeConfig) -> anyhow::Result<Node> {
+    let mut builder = Node::builder().config(config).node_id(id).signal(server_url, token_for(id));
+    for (service, name) in plugins {
+        builder = builder.plugin(*service, common::plugin(name));
+    }
+    let node = builder.start().await?;
+    node.registered(WAIT).await?;
+    Ok(node)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw protocol client, to check the wire behaviour.
+struct Raw(Ws);
+
+impl Raw {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Raw(ws))
+    }
+
+    async fn send(&mut self, message: &ClientMessage) -> anyhow::Result<()> {
+        self.send_text(message.encode()).await
+    }
+
+    async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        Ok(self.0.send(Message::text(text)).await?)
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<ServerMessage> {
+        loop {
+            match tokio::time::timeout(WAIT, self.0.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return Ok(ServerMessage::decode(text.as_str())?),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => bail!("unexpected {other:?}"),
+                Err(_) => bail!("no message within {WAIT:?}"),
+            }
+        }
+    }
+
+    async fn register(url: &str, id: &str, token: &str) -> anyhow::Result<(Self, ServerMessage)> {
+        let mut raw = Raw::connect(url).await?;
+        raw.send(&ClientMessage::Register { version: PROTOCOL_VERSION, id: id.into(), token: token.into() }).await?;
+        let reply = raw.recv().await?;
+        Ok((raw, reply))
+    }
+
+    async fn expect_error(&mut self, code: ErrorCode) -> anyhow::Result<String> {
+        match self.recv().await? {
+            ServerMessage::Error { code: got, message, .. } if got == code.code() => Ok(message),
+            other => bail!("expected error {code:?}, got {other:?}"),
+        }
+    }
+
+    async fn ping(&mut self, nonce: u64) -> anyhow::Result<()> {
+        self.send(&ClientMessage::Ping { nonce }).await?;
+        match self.recv().await? {
+            ServerMessage::Pong { nonce: n } if n == nonce => Ok(()),
+            other => bail!("expected pong, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn register_list_and_presence() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let (mut watcher, reply) = Raw::register(&url, "watcher", &token_for("watcher")).await?;
+    assert_eq!(reply, ServerMessage::Registered { id: "watcher".into(), version: PROTOCOL_VERSION });
+    watcher.send(&ClientMessage::Subscribe).await?;
+    watcher.ping(1).await?;
+    let a = node(&url, "node-a", &[]).await?;
+    assert_eq!(watcher.recv().await?, ServerMessage::Presence { id: "node-a".into(), online: true });
+    let b = node(&url, "node-b", &[]).await?;
+    assert_eq!(watcher.recv().await?, ServerMessage::Presence { id: "node-b".into(), online: true });
+    assert_eq!(a.peers().await?, vec!["node-a", "node-b", "watcher"]);
+    b.shutdown().await;
+    assert_eq!(watcher.recv().await?, ServerMessage::Presence { id: "node-b".into(), online: false });
+    assert_eq!(a.peers().await?, vec!["node-a", "watcher"]);
+    a.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn connect_by_id_both_ways() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let device = node(&url, "ee:34:a1:44:2c:1c", &[(1, "demo"), (3, "test-probe")]).await?;
+    let app = node(&url, "app", &[(0, "echo")]).await?;
+    let mut conn = app.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 1).await?;
+    assert_eq!(conn.peer_id(), "ee:34:a1:44:2c:1c");
+    assert_eq!(ask(&mut conn, "I am fog data!").await?, "I know!");
+    // The other way, from a plugin on the device: connect-peer by id.
+    let mut probe = app.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 3).await?;
+    assert_eq!(ask(&mut probe, "dial app 0 back-by-id").await?, "dialling");
+    let log = common::ask_until(&mut probe, "dialed", |l| l.contains("reply:back-by-id")).await?;
+    ensure!(log.contains("connected:app:0x1"), "{log}");
+    // Refusals travel back through signaling with their codes.
+    match app.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 9).await {
+        Err(ConnectError::Refused { code: RefuseCode::NoSuchService, message }) => {
+            assert_eq!(message, "no such service: 9")
+        }
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    match app.connect_peer("nobody", Transport::Quic, 1).await {
+        Err(ConnectError::Signal(message)) => ensure!(message.contains("not online"), "{message}"),
+        other => bail!("expected a signaling error, got {other:?}"),
+    }
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_credentials_and_hijacks_are_refused() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let victim = node(&url, "victim", &[(1, "demo")]).await?;
+    // Someone else's token, a forged one, an expired one, garbage.
+    let expired = token::issue(SECRET, "victim", 1);
+    let foreign = token::issue(b"another secret entirely", "victim", u64::MAX / 2);
+    for bad in [token_for("attacker"), foreign, expired, "garbage".to_string()] {
+        let (mut raw, reply) = Raw::register(&url, "victim", &bad).await?;
+        match reply {
+            ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::Unauthorized.code()),
+            other => bail!("hijack with {bad:?} got {other:?}"),
+        }
+        // Not registered: nothing can be done with the session.
+        raw.send(&ClientMessage::List).await?;
+        raw.expect_error(ErrorCode::NotRegistered).await?;
+    }
+    // The victim is still registered and reachable.
+    let app = node(&url, "app", &[]).await?;
+    let mut conn = app.connect_peer("victim", Transport::Quic, 1).await?;
+    assert_eq!(ask(&mut conn, "still me?").await?, "I know!");
+    // A node with a bad token is told so at once.
+    let impostor =
+        Node::builder().config(config()).node_id("victim").signal(&url, token_for("attacker")).start().await?;
+    match impostor.registered(WAIT).await {
+        Err(ConnectError::Signal(message)) => ensure!(message.contains("not valid for this id"), "{message}"),
+        other => bail!("impostor registered: {other:?}"),
+    }
+    impostor.shutdown().await;
+    app.shutdown().await;
+    victim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_login_replaces_the_first() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let (mut first, _) = Raw::register(&url, "dup", &token_for("dup")).await?;
+    let (mut second, reply) = Raw::register(&url, "dup", &token_for("dup")).await?;
+    assert_eq!(reply, ServerMessage::Registered { id: "dup".into(), version: PROTOCOL_VERSION });
+    ensure!(matches!(first.recv().await?, ServerMessage::Replaced { .. }));
+    second.ping(7).await?;
+    assert_eq!(server.registered(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversize_and_malformed_input_get_their_codes_and_others_keep_working() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let (mut bystander, _) = Raw::register(&url, "bystander", &token_for("bystander")).await?;
+    let (mut sender, _) = Raw::register(&url, "sender", &token_for("sender")).await?;
+    sender.send_text(format!(r#"{{"type":"ping","nonce":1,"pad":"{}"}}"#, "x".repeat(20_000))).await?;
+    sender.expect_error(ErrorCode::TooLarge).await?;
+    for garbage in ["{", "[1,2]", r#"{"type":"launch-missiles"}"#, r#"{"type":"connect","to":"x"}"#] {
+        sender.send_text(garbage.to_string()).await?;
+        sender.expect_error(ErrorCode::BadRequest).await?;
+    }
+    sender.0.send(Message::binary(vec![1u8, 2, 3])).await?;
+    sender.expect_error(ErrorCode::BadRequest).await?;
+    // The same session still works, and so does everyone else's.
+    sender.ping(2).await?;
+    bystander.ping(3).await?;
+    // A message over the hard limit closes only that session.
+    sender.send_text("y".repeat(100_000)).await?;
+    sender.expect_error(ErrorCode::TooLarge).await?;
+    bystander.ping(4).await?;
+    // Other versions are refused with their code.
+    let mut old = Raw::connect(&url).await?;
+    old.send(&ClientMessage::Register { version: 99, id: "old".into(), token: token_for("old") }).await?;
+    old.expect_error(ErrorCode::VersionMismatch).await?;
+    // Unknown paths are not served.
+    let wrong = tokio_tungstenite::connect_async(format!("ws://{}/other", server.local_addr())).await;
+    ensure!(wrong.is_err(), "path /other was served");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limit_and_idle_timeout_are_enforced() -> anyhow::Result<()> {
+    let mut config = SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec());
+    config.rate_per_second = 1;
+    config.rate_burst = 5;
+    config.idle_timeout = Duration::from_millis(500);
+    let server = SignalServer::start(config).await?;
+    let (mut raw, _) = Raw::register(&server.url(), "chatty", &token_for("chatty")).await?;
+    for nonce in 0..10 {
+        raw.send(&ClientMessage::Ping { nonce }).await?;
+    }
+    let mut limited = 0;
+    for _ in 0..10 {
+        if let ServerMessage::Error { code, .. } = raw.recv().await?
+            && code == ErrorCode::RateLimited.code()
+        {
+            limited += 1;
+        }
+    }
+    ensure!(limited >= 5, "only {limited} of 10 rate-limited");
+    // Silence ends the session with its code.
+    raw.expect_error(ErrorCode::IdleTimeout).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_thousand_clients_register_concurrently() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let url = url.clone();
+        tasks.spawn(async move {
+            let id = format!("client-{i:04}");
+            let (raw, reply) = Raw::register(&url, &id, &token_for(&id)).await?;
+            ensure!(reply == ServerMessage::Registered { id: id.clone(), version: PROTOCOL_VERSION }, "{reply:?}");
+            anyhow::Ok(raw)
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        clients.push(result??);
+    }
+    assert_eq!(server.registered(), 1000);
+    let mut last = clients.pop().context("no clients")?;
+    last.send(&ClientMessage::List).await?;
+    match last.recv().await? {
+        ServerMessage::Peers { peers } => assert_eq!(peers.len(), 1000),
+        other => bail!("expected peers, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn nodes_re_register_after_a_server_restart_and_connections_keep_flowing() -> anyhow::Result<()> {
+    let addr: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let start = || SignalServer::start(SignalServerConfig::new(addr, SECRET.to_vec()));
+    let server = start().await?;
+    let url = server.url();
+    let fast = NodeConfig { keep_alive_interval: Duration::from_millis(200), keep_alive_attempts: 5, ..config() };
+    let device = node_with(&url, "device", &[(0, "echo")], fast.clone()).await?;
+    let app = node_with(&url, "app", &[], fast).await?;
+    let mut conn = app.connect_peer("device", Transport::Quic, 0).await?;
+    assert_eq!(ask(&mut conn, "before").await?, "before");
+    server.shutdown();
+    drop(server);
+    // Signaling is down: the P2P connection does not care.
+    let mut i = 0;
+    while app.signal_status() == Some(fogconnect::signal::client::SignalStatus::Registered) {
+        assert_eq!(ask(&mut conn, &format!("during {i}")).await?, format!("during {i}"));
+        i += 1;
+        ensure!(i < 10_000, "the node never noticed the server was gone");
+    }
+    assert_eq!(ask(&mut conn, "while down").await?, "while down");
+    let server = start().await?;
+    device.registered(WAIT).await?;
+    app.registered(WAIT).await?;
+    assert_eq!(ask(&mut conn, "after").await?, "after");
+    assert_eq!(app.peers().await?, vec!["app", "device"]);
+    let mut again = app.connect_peer("device", Transport::Quic, 0).await?;
+    assert_eq!(ask(&mut again, "new connection").await?, "new connection");
+    app.shutdown().await;
+    device.shutdown().await;
+    drop(server);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_liar_presenting_another_certificate_is_refused() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let device = node(&url, "device", &[(1, "demo")]).await?;
+    let app = node(&url, "app", &[(1, "demo")]).await?;
+    // device learns app's fingerprint through a connect by id.
+    let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
+    assert_eq!(ask(&mut conn, "hello").await?, "I know!");
+    // A liar without app's key claims to be app, by address.
+    let liar = Node::builder().config(config()).node_id("app").start().await?;
+    match liar.connect(device.local_addr(), Transport::Quic, 1).await {
+        Err(ConnectError::Refused { message, .. }) => ensure!(message.contains("another certificate"), "{message}"),
+        other => bail!("the liar got {other:?}"),
+    }
+    // The real app still gets through.
+    assert_eq!(ask(&mut conn, "still here").await?, "I know!");
+    liar.shutdown().await;
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_is_closed_with_timeout() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fogconnect"))
+        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--keep-alive-ms", "100", "--keep-alive-attempts", "5"])
+        .arg("--plugin")
+        .arg(format!("0={}", common::plugin("echo").display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().context("stdout")?;
+    let guard = Kill(child);
+    let first = BufReader::new(stdout).lines().next().context("no output")??;
+    let addr: SocketAddr = first.trim_start_matches("listening on ").parse()?;
+    let client = Node::builder()
+        .config(NodeConfig { keep_alive_interval: Duration::from_millis(100), keep_alive_attempts: 5, ..config() })
+        .start()
+        .await?;
+    let mut conn = client.connect(addr, Transport::Quic, 0).await?;
+    assert_eq!(ask(&mut conn, "alive").await?, "alive");
+    // Freeze the peer: it stops answering without closing anything.
+    let status = std::process::Command::new("kill").args(["-STOP", &guard.0.id().to_string()]).status()?;
+    ensure!(status.success());
+    let started = std::time::Instant::now();
+    let reason = closed_within(&mut conn, WAIT).await?;
+    assert_eq!(reason.kind, CloseKind::Timeout, "{reason}");
+    ensure!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    client.shutdown().await;
+    drop(guard);
+    Ok(())
+}
