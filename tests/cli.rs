@@ -97,11 +97,87 @@ fn refusals_and_bad_input_exit_non_zero_with_one_line() -> anyhow::Result<()> {
 
 #[test]
 fn help_is_available_everywhere() -> anyhow::Result<()> {
-    for args in [&["--help"][..], &["node", "--help"], &["send", "--help"], &["demo", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["node", "--help"],
+        &["send", "--help"],
+        &["demo", "--help"],
+        &["signal", "--help"],
+        &["signal", "token", "--help"],
+        &["peers", "--help"],
+    ] {
         let output = Command::new(BIN).args(args).output()?;
         if !output.status.success() || output.stdout.is_empty() {
             bail!("{args:?} --help failed");
         }
     }
     Ok(())
+}
+
+#[test]
+fn the_demo_runs_the_embedded_default() -> anyhow::Result<()> {
+    let dir = common::plugin("echo").parent().context("plugin dir")?.to_path_buf();
+    let output = Command::new(BIN).args(["demo", "--plugins-dir"]).arg(&dir).output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "demo failed: {}", String::from_utf8_lossy(&output.stderr));
+    ensure!(stdout.contains("device -> app: \"I know!\""), "{stdout}");
+    ensure!(stdout.contains("connected by id to ee:34:a1:44:2c:1c"), "{stdout}");
+    ensure!(stdout.contains("service 7: refused by peer: no such service: 7"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn signal_node_and_send_by_id_as_processes() -> anyhow::Result<()> {
+    let secret = [("FOGCONNECT_SIGNAL_SECRET", "cli test secret 0123456789")];
+    let issue = |id: &str| -> anyhow::Result<String> {
+        let out = Command::new(BIN).args(["signal", "token", "--id", id]).envs(secret).output()?;
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let signal_child = Command::new(BIN)
+        .args(["signal", "--listen", "127.0.0.1:0"])
+        .envs(secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut signal = Running(signal_child);
+    let first = BufReader::new(signal.0.stdout.take().context("stdout")?).lines().next().context("no output")??;
+    let url = first.strip_prefix("signaling on ").with_context(|| format!("unexpected {first:?}"))?.to_string();
+    let device_token = issue("ee:34:a1:44:2c:1c")?;
+    let node_child = Command::new(BIN)
+        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "ee:34:a1:44:2c:1c", "--signal", &url])
+        .args(["--token", &device_token, "--plugin"])
+        .arg(format!("1={}", common::plugin("demo").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut node = Running(node_child);
+    let lines: Vec<String> =
+        BufReader::new(node.0.stdout.take().context("stdout")?).lines().take(4).collect::<Result<_, _>>()?;
+    ensure!(lines.iter().any(|l| l.starts_with("registered with")), "{lines:?}");
+    let app_token = issue("app-1")?;
+    let peers = Command::new(BIN).args(["peers", "--signal", &url, "--id", "app-1", "--token", &app_token]).output()?;
+    assert_eq!(String::from_utf8_lossy(&peers.stdout), "app-1\nee:34:a1:44:2c:1c\n");
+    let send = Command::new(BIN)
+        .args(["send", "--peer", "ee:34:a1:44:2c:1c", "--service", "1", "--signal", &url, "--id", "app-1"])
+        .args(["--token", &app_token, "I am fog data!"])
+        .output()?;
+    ensure!(send.status.success(), "{}", String::from_utf8_lossy(&send.stderr));
+    assert_eq!(String::from_utf8_lossy(&send.stdout), "I know!\n");
+    // A token for another id is refused, in one line.
+    let bad = Command::new(BIN).args(["peers", "--signal", &url, "--id", "app-2", "--token", &app_token]).output()?;
+    ensure!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    ensure!(stderr.lines().count() == 1 && stderr.contains("not valid for this id"), "{stderr}");
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -372,3 +372,43 @@ async fn a_peer_that_stops_answering_is_closed_with_timeout() -> anyhow::Result<
     drop(guard);
     Ok(())
 }
+
+#[tokio::test]
+async fn signaling_over_tls() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let mut config = SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec());
+    config.tls = Some((cert.clone(), key));
+    let server = SignalServer::start(config).await?;
+    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
+    let device = Node::builder()
+        .config(common::config())
+        .node_id("device")
+        .plugin(1, common::plugin("demo"))
+        .signal(&url, token_for("device"))
+        .signal_ca(&cert)
+        .start()
+        .await?;
+    device.registered(WAIT).await?;
+    let app = Node::builder()
+        .config(common::config())
+        .node_id("app")
+        .signal(&url, token_for("app"))
+        .signal_ca(&cert)
+        .start()
+        .await?;
+    app.registered(WAIT).await?;
+    let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
+    assert_eq!(ask(&mut conn, "over tls").await?, "I know!");
+    // Without trusting the certificate, no registration.
+    let untrusting = Node::builder().config(common::config()).node_id("x").signal(&url, token_for("x")).start().await?;
+    ensure!(untrusting.registered(Duration::from_millis(500)).await.is_err());
+    untrusting.shutdown().await;
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}

@@ -1,10 +1,15 @@
-//! `fogconnect demo`: two nodes in one process, the original demo exchange.
+//! `fogconnect demo`: the embedded default in one process: a signaling
+//! server, a device node serving the demo plugins, an app node that finds
+//! the device by id, and the original demo exchange.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
 use fogconnect::{ConnectionEvent, Node, Transport};
 
 /// Arguments of `fogconnect demo`.
@@ -24,31 +29,52 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             bail!("{} not found: build the plugins first (make plugins)", path.display());
         }
     }
+    // A fresh secret per run: the demo's tokens are good for this run only.
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    let signal = SignalServer::start(SignalServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), secret.to_vec()))
+        .await
+        .context("cannot start the signaling server")?;
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+    println!("signaling server on {}", signal.url());
+    let device_id = "ee:34:a1:44:2c:1c";
     let device = Node::builder()
-        .node_id("ee:34:a1:44:2c:1c")
+        .node_id(device_id)
         .plugin(0, &echo)
         .plugin(1, &demo)
+        .signal(signal.url(), token::issue(&secret, device_id, expiry))
         .start()
         .await
         .context("cannot start the device node")?;
-    let app = Node::builder().node_id("app").start().await.context("cannot start the app node")?;
-    println!("device node {} on {} serving:", device.id(), device.local_addr());
+    let app = Node::builder()
+        .node_id("app")
+        .signal(signal.url(), token::issue(&secret, "app", expiry))
+        .start()
+        .await
+        .context("cannot start the app node")?;
+    device.registered(Duration::from_secs(10)).await?;
+    app.registered(Duration::from_secs(10)).await?;
+    println!("device node {} on {} registered, serving:", device.id(), device.local_addr());
     for s in device.services() {
         println!("  service {} -> {} (sha256 {})", s.service, s.name, &s.hash[..16]);
     }
+    println!("app node registered; peers online: {}", app.peers().await?.join(", "));
     let result = exchange(&device, &app).await;
     app.shutdown().await;
     device.shutdown().await;
+    signal.shutdown();
     result
 }
 
 async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut conn = app.connect(device.local_addr(), Transport::Quic, 1).await.context("connect to service 1")?;
+    let mut conn = app.connect_peer(device.id(), Transport::Quic, 1).await.context("connect to service 1")?;
     let connect_time = started.elapsed();
     println!(
-        "app -> device: connected to {} (convention {}) in {:.1} ms",
+        "app -> device: connected by id to {} at {} (convention {}) in {:.1} ms, signaling included",
         conn.peer_id(),
+        conn.remote_addr(),
         conn.convention(),
         ms(connect_time)
     );
@@ -59,12 +85,12 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     let reply = next_message(&mut conn).await?;
     println!("device -> app: {:?} ({:.2} ms round trip)", String::from_utf8_lossy(&reply), ms(sent.elapsed()));
 
-    let mut echo = app.connect(device.local_addr(), Transport::Quic, 0).await.context("connect to service 0")?;
+    let mut echo = app.connect_peer(device.id(), Transport::Quic, 0).await.context("connect to service 0")?;
     echo.send(b"hello fog".to_vec())?;
     let reply = next_message(&mut echo).await?;
     println!("echo service 0 answered {:?}", String::from_utf8_lossy(&reply));
 
-    match app.connect(device.local_addr(), Transport::Quic, 7).await {
+    match app.connect_peer(device.id(), Transport::Quic, 7).await {
         Ok(_) => bail!("service 7 should not exist"),
         Err(e) => println!("service 7: {e}"),
     }

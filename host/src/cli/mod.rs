@@ -48,19 +48,23 @@ pub struct SignalJoinArgs {
     /// The token for --id (from `fogconnect signal token`).
     #[arg(long, env = "FOGCONNECT_TOKEN", hide_env_values = true)]
     token: String,
+    /// PEM file of a CA (or self-signed certificate) to trust for wss://.
+    #[arg(long, value_name = "FILE")]
+    signal_ca: Option<PathBuf>,
 }
 
 impl SignalJoinArgs {
     /// A node on the wildcard address registered with the server.
     async fn node(&self) -> anyhow::Result<fogconnect::Node> {
-        fogconnect::Node::builder()
+        let mut builder = fogconnect::Node::builder()
             .node_id(&self.id)
             .listen(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
             .configure(|c| c.cache_dir = None)
-            .signal(&self.signal, &self.token)
-            .start()
-            .await
-            .context("cannot start the local node")
+            .signal(&self.signal, &self.token);
+        if let Some(ca) = &self.signal_ca {
+            builder = builder.signal_ca(ca);
+        }
+        builder.start().await.context("cannot start the local node")
     }
 }
 

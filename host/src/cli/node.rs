@@ -22,6 +22,9 @@ pub struct NodeArgs {
     /// The token for --id at the signaling server.
     #[arg(long, env = "FOGCONNECT_TOKEN", hide_env_values = true, requires = "signal")]
     token: Option<String>,
+    /// PEM file of a CA (or self-signed certificate) to trust for wss://.
+    #[arg(long, value_name = "FILE", requires = "signal")]
+    signal_ca: Option<PathBuf>,
     #[command(flatten)]
     common: super::CommonNodeArgs,
 }
@@ -50,6 +53,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             bail!("--signal needs --id: the id the token was issued for");
         }
         builder = builder.signal(url, token);
+        if let Some(ca) = &args.signal_ca {
+            builder = builder.signal_ca(ca);
+        }
     }
     for (service, path) in &args.plugins {
         builder = builder.plugin(*service, path);

@@ -25,6 +25,9 @@ pub struct SendArgs {
     /// The token for --id (with --peer).
     #[arg(long, env = "FOGCONNECT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of a CA (or self-signed certificate) to trust for wss://.
+    #[arg(long, value_name = "FILE")]
+    signal_ca: Option<std::path::PathBuf>,
     /// Service number (selects the plugin on the remote node).
     #[arg(long, default_value_t = 0)]
     service: u8,
@@ -64,6 +67,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let mut builder = Node::builder().listen(local).configure(|c| c.cache_dir = None);
     if let (Some(url), Some(id), Some(token)) = (&args.signal, &args.id, &args.token) {
         builder = builder.node_id(id).signal(url, token);
+        if let Some(ca) = &args.signal_ca {
+            builder = builder.signal_ca(ca);
+        }
     }
     let node = builder.start().await.context("cannot start the local node")?;
     let result = exchange(&node, &args, expected).await;

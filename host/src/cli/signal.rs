@@ -32,6 +32,12 @@ pub struct SignalArgs {
     /// Close sessions silent for this many seconds.
     #[arg(long, default_value_t = 60)]
     idle_timeout_s: u64,
+    /// Sustained messages per second allowed per client.
+    #[arg(long, default_value_t = 50)]
+    rate_per_second: u32,
+    /// Burst of messages allowed per client above the rate.
+    #[arg(long, default_value_t = 200)]
+    rate_burst: u32,
 }
 
 /// The secret registration tokens are signed with.
@@ -95,6 +101,8 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     let mut config = SignalServerConfig::new(args.listen, args.secret.load()?);
     config.max_clients = args.max_clients;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_s.max(1));
+    config.rate_per_second = args.rate_per_second;
+    config.rate_burst = args.rate_burst;
     config.tls = args.cert.zip(args.key);
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let server = SignalServer::start(config).await.context("cannot start the signaling server")?;

@@ -312,6 +312,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Trusts the certificate authority in the PEM file `path` for a
+    /// `wss://` signaling server (call after [`NodeBuilder::signal`]).
+    pub fn signal_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        if let Some(signal) = &mut self.config.signal {
+            signal.ca_file = Some(path.into());
+        }
+        self
+    }
+
     /// Replaces the whole configuration (keeps plugins given so far).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;

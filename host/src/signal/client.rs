@@ -35,6 +35,10 @@ pub struct SignalClientConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// PEM file of an extra certificate authority trusted for `wss://`
+    /// (e.g. a private CA or a self-signed server certificate), besides the
+    /// public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl SignalClientConfig {
@@ -49,6 +53,7 @@ impl SignalClientConfig {
             request_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }
@@ -259,6 +264,7 @@ impl Actor {
                     tracing::warn!("signaling registration refused: {why}");
                     let _ = self.status.send(SignalStatus::Refused(why));
                 }
+                Err(e @ SignalError::Tls(_)) => tracing::warn!("signaling: {e}"),
                 Err(e) => tracing::debug!("signaling: {e}"),
             }
             // Requests made while disconnected are refused by the handle;
@@ -278,7 +284,8 @@ impl Actor {
     /// Connects and registers.
     async fn open(&self) -> Result<Socket, SignalError> {
         let timeout = self.config.request_timeout;
-        let connect = tokio_tungstenite::connect_async(self.config.url.as_str());
+        let connector = if self.config.url.starts_with("wss://") { Some(tls_connector(&self.config)?) } else { None };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(self.config.url.as_str(), None, true, connector);
         let (mut ws, _) = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(SignalError::Unavailable("stopped".into())),
             r = tokio::time::timeout(timeout, connect) => r
@@ -411,6 +418,25 @@ impl Actor {
             ServerMessage::Pong { .. } | ServerMessage::Registered { .. } | ServerMessage::Replaced { .. } => {}
         }
     }
+}
+
+/// TLS for `wss://`: the public web roots plus the configured CA file.
+fn tls_connector(config: &SignalClientConfig) -> Result<tokio_tungstenite::Connector, SignalError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = &config.ca_file {
+        let file = std::fs::File::open(path).map_err(|e| SignalError::Tls(format!("{}: {e}", path.display())))?;
+        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
+            let cert = cert.map_err(|e| SignalError::Tls(format!("{}: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| SignalError::Tls(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SignalError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls)))
 }
 
 fn fail_command(command: Command, why: &str) {
