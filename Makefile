@@ -40,9 +40,10 @@ lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: plugin dispatch against native, QUIC echo round trip
+## bench: plugin dispatch against native, QUIC echo round trip, signaling
 bench: plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
+	$(CARGO) bench -p fogconnect --bench signal_server
 
 clean:
 	$(CARGO) clean

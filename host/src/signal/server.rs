@@ -241,7 +241,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Err(refusal)
         }
     };
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_WS_MESSAGE)).max_frame_size(Some(MAX_WS_MESSAGE));
+    // Small buffers: a server holds many mostly idle sessions (tungstenite's
+    // default read buffer alone is 128 KiB per session).
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
     let mut ws = match tokio::time::timeout(shared.config.idle_timeout, handshake).await {
         Ok(Ok(ws)) => ws,
@@ -265,44 +271,49 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         bucket: TokenBucket::new(shared.config.rate_per_second, shared.config.rate_burst, Instant::now()),
     };
     let idle = shared.config.idle_timeout;
-    loop {
+    // Idle means nothing received from the client, whatever is sent to it.
+    let mut idle_deadline = tokio::time::Instant::now() + idle;
+    let ending: String = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break "server shutting down".into(),
             outgoing = rx.recv() => {
-                let Some(outgoing) = outgoing else { break };
+                let Some(outgoing) = outgoing else { break "session dropped".into() };
                 let last = matches!(outgoing, ServerMessage::Replaced { .. });
-                if ws.send(Message::text(outgoing.encode())).await.is_err() || last {
-                    break;
+                if let Err(e) = ws.send(Message::text(outgoing.encode())).await {
+                    break format!("send failed: {e}");
+                }
+                if last {
+                    break "replaced by a newer session".into();
                 }
             }
-            incoming = tokio::time::timeout(idle, ws.next()) => {
+            incoming = tokio::time::timeout_at(idle_deadline, ws.next()) => {
+                idle_deadline = tokio::time::Instant::now() + idle;
                 let reply = match incoming {
                     Err(_) => {
                         let _ = ws.send(Message::text(ServerMessage::error(ErrorCode::IdleTimeout, "no message within the idle timeout", None).encode())).await;
-                        break;
+                        break "idle timeout".into();
                     }
-                    Ok(None) => break,
+                    Ok(None) => break "client went away".into(),
                     Ok(Some(Err(e))) => {
-                        let capacity = matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_));
-                        if capacity {
+                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             let _ = ws.send(Message::text(ServerMessage::error(ErrorCode::TooLarge, format!("message exceeds {MAX_WS_MESSAGE} bytes; closing"), None).encode())).await;
                         }
-                        tracing::debug!(%peer, "session ended: {e}");
-                        break;
+                        break format!("read failed: {e}");
                     }
                     Ok(Some(Ok(Message::Text(text)))) => session.handle(text.as_str()),
                     Ok(Some(Ok(Message::Binary(_)))) => Some(ServerMessage::error(ErrorCode::BadRequest, "binary frames are not part of the protocol", None)),
-                    Ok(Some(Ok(Message::Close(_)))) => break,
+                    Ok(Some(Ok(Message::Close(_)))) => break "client closed".into(),
                     Ok(Some(Ok(_))) => None, // ping/pong frames: tungstenite answers pings itself
                 };
                 if let Some(reply) = reply
-                    && ws.send(Message::text(reply.encode())).await.is_err()
+                    && let Err(e) = ws.send(Message::text(reply.encode())).await
                 {
-                    break;
+                    break format!("send failed: {e}");
                 }
             }
         }
-    }
+    };
+    tracing::debug!(%peer, id = ?session.id, "session ended: {ending}");
     session.leave();
     let _ = ws.close(None).await;
 }
