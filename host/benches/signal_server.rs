@@ -27,6 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 const SECRET: &str = "signaling bench secret 0123456789";
 const FORWARDED: usize = 20_000;
 const CONNECTS: usize = 200;
+/// Clients registering at once.
+const BATCH: usize = 500;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -66,7 +68,9 @@ fn token_for(id: &str) -> String {
 }
 
 async fn register(url: &str, id: &str) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // Small client buffers: thousands of clients live in this process.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     let register = ClientMessage::Register { version: PROTOCOL_VERSION, id: id.into(), token: token_for(id) };
     ws.send(Message::text(register.encode())).await?;
     match ws.next().await {
@@ -84,9 +88,9 @@ async fn clients_held(count: usize) -> anyhow::Result<()> {
     let idle = resident_kib(server.0.id())?;
     let started = Instant::now();
     let mut clients = Vec::with_capacity(count);
-    for chunk in 0..count.div_ceil(500) {
+    for chunk in 0..count.div_ceil(BATCH) {
         let mut batch = tokio::task::JoinSet::new();
-        for i in chunk * 500..((chunk + 1) * 500).min(count) {
+        for i in chunk * BATCH..((chunk + 1) * BATCH).min(count) {
             let url = server.1.clone();
             batch.spawn(async move { register(&url, &format!("client-{i}")).await });
         }
@@ -250,7 +254,7 @@ fn main() -> anyhow::Result<()> {
     let clients = if smoke {
         50
     } else {
-        std::env::var("FOGCONNECT_BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000)
+        std::env::var("FOGCONNECT_BENCH_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

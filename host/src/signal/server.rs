@@ -127,8 +127,7 @@ impl SignalServer {
             Some((cert, key)) => Some(load_tls(cert, key)?),
             None => None,
         };
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|e| SignalError::Bind(config.listen, e.to_string()))?;
+        let listener = bind(config.listen).map_err(|e| SignalError::Bind(config.listen, e.to_string()))?;
         let local_addr = listener.local_addr().map_err(|e| SignalError::Bind(config.listen, e.to_string()))?;
         let shared = Arc::new(Shared {
             config,
@@ -173,6 +172,17 @@ impl Drop for SignalServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Most pending TCP connections queued by the kernel: bursts of devices
+/// reconnecting together (e.g. after a server restart) must not overflow it.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(
