@@ -9,7 +9,7 @@ PLUGINS     := echo demo test-spin test-memhog test-panic test-escape test-probe
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
 
-.PHONY: setup plugins build demo test lint bench clean
+.PHONY: setup plugins build demo test lint bench fuzz clean
 
 ## setup: install the toolchain pieces the build needs
 setup:
@@ -33,6 +33,7 @@ test: plugins
 	$(CARGO) build --release -p fogconnect --examples
 	$(CARGO) test --release -p fogconnect --doc
 	$(CARGO) test --release -p fogconnect --benches
+	$(CARGO) test --release -p fogconnect-proto
 	$(CARGO) test --release -p fogconnect --lib --bins --tests
 
 ## lint: formatting and clippy with warnings denied
@@ -44,6 +45,15 @@ lint: setup
 bench: plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
+
+## fuzz: run each wire-format fuzz target for FUZZ_SECONDS (needs cargo-fuzz;
+## RUSTC_BOOTSTRAP lets the stable toolchain build with the sanitizer flags)
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for target in frame_decoder signal_messages; do \
+		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

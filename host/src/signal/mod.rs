@@ -4,7 +4,7 @@
 
 pub mod backoff;
 pub mod client;
-pub mod protocol;
+pub use fogconnect_proto::signal as protocol;
 pub mod rate;
 pub mod server;
 pub mod token;

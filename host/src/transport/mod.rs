@@ -5,4 +5,4 @@
 pub mod conn;
 pub mod identity;
 pub mod socket;
-pub mod wire;
+pub use fogconnect_proto::wire;

@@ -1,5 +1,5 @@
 //! The signaling protocol: JSON messages in WebSocket text frames. See
-//! `PROTOCOL.md` next to this file for the full description.
+//! `host/src/signal/PROTOCOL.md` for the full description.
 //!
 //! Pure encode/decode functions; unknown fields are ignored so later
 //! versions can add optional fields without breaking older peers.

@@ -1,0 +1,7 @@
+//! fogconnect's wire formats as pure encode/decode functions, with no I/O
+//! and no runtime: the framing of a connection on a QUIC stream ([`wire`])
+//! and the signaling messages ([`signal`]). Kept in their own crate so they
+//! can be fuzzed and reused without the host.
+
+pub mod signal;
+pub mod wire;
