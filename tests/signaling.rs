@@ -288,6 +288,7 @@ async fn nodes_re_register_after_a_server_restart_and_connections_keep_flowing()
     let app = node_with(&url, "app", &[], fast).await?;
     let mut conn = app.connect_peer("device", Transport::Quic, 0).await?;
     assert_eq!(ask(&mut conn, "before").await?, "before");
+    let mut presence = app.presence().await?;
     server.shutdown();
     drop(server);
     // Signaling is down: the P2P connection does not care.
@@ -305,6 +306,16 @@ async fn nodes_re_register_after_a_server_restart_and_connections_keep_flowing()
     assert_eq!(app.peers().await?, vec!["app", "device"]);
     let mut again = app.connect_peer("device", Transport::Quic, 0).await?;
     assert_eq!(ask(&mut again, "new connection").await?, "new connection");
+    // The presence subscription was renewed with the new session.
+    let late = node(&url, "late", &[]).await?;
+    loop {
+        let event = tokio::time::timeout(WAIT, presence.recv()).await??;
+        if event.id == "late" {
+            assert!(event.online);
+            break;
+        }
+    }
+    late.shutdown().await;
     app.shutdown().await;
     device.shutdown().await;
     drop(server);
@@ -410,5 +421,43 @@ async fn signaling_over_tls() -> anyhow::Result<()> {
     untrusting.shutdown().await;
     app.shutdown().await;
     device.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connect_in_flight_when_signaling_is_lost_fails_with_timeout_at_once() -> anyhow::Result<()> {
+    let server = server().await?;
+    let url = server.url();
+    let (mut silent, _) = Raw::register(&url, "silent", &token_for("silent")).await?;
+    let app = node(&url, "app", &[]).await?;
+    let pending = tokio::spawn({
+        let app = app.clone();
+        async move { app.connect_peer("silent", Transport::Quic, 0).await.map(|_| ()) }
+    });
+    // The request reached the silent peer, which never answers.
+    ensure!(matches!(silent.recv().await?, ServerMessage::Incoming { .. }));
+    let started = std::time::Instant::now();
+    server.shutdown();
+    match tokio::time::timeout(WAIT, pending).await?? {
+        Err(e @ ConnectError::SignalTimeout(_)) => {
+            ensure!(e.close_reason().kind == CloseKind::Timeout, "{e}");
+            ensure!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        }
+        other => bail!("expected a signaling timeout, got {other:?}"),
+    }
+    app.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_server_refuses_more_clients() -> anyhow::Result<()> {
+    let mut config = SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec());
+    config.max_clients = 2;
+    let server = SignalServer::start(config).await?;
+    let (mut first, _) = Raw::register(&server.url(), "one", &token_for("one")).await?;
+    let (_second, _) = Raw::register(&server.url(), "two", &token_for("two")).await?;
+    let mut third = Raw::connect(&server.url()).await?;
+    third.expect_error(ErrorCode::ServerFull).await?;
+    first.ping(1).await?;
     Ok(())
 }

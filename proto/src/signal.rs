@@ -88,6 +88,29 @@ pub struct Candidate {
     pub addr: SocketAddr,
 }
 
+/// How a NAT treats a behaviour (mapping or filtering), RFC 4787 terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatBehaviour {
+    /// The same for every remote endpoint.
+    EndpointIndependent,
+    /// Depends on the remote address.
+    AddressDependent,
+    /// Depends on the remote address and port.
+    AddressAndPortDependent,
+    /// Not determined.
+    Unknown,
+}
+
+/// A node's NAT classification, as far as it knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatInfo {
+    /// Mapping behaviour.
+    pub mapping: NatBehaviour,
+    /// Filtering behaviour.
+    pub filtering: NatBehaviour,
+}
+
 /// What one side tells the other so it can reach and authenticate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
@@ -96,6 +119,9 @@ pub struct Offer {
     pub fingerprint: String,
     /// Addresses to try, best first.
     pub candidates: Vec<Candidate>,
+    /// The node's NAT classification, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatInfo>,
 }
 
 /// Messages a client sends.
@@ -308,6 +334,10 @@ mod tests {
                 Candidate { kind: CandidateKind::Host, addr: "10.0.0.2:7700".parse().expect("addr") },
                 Candidate { kind: CandidateKind::ServerReflexive, addr: "[2001:db8::1]:7700".parse().expect("addr") },
             ],
+            nat: Some(NatInfo {
+                mapping: NatBehaviour::EndpointIndependent,
+                filtering: NatBehaviour::AddressAndPortDependent,
+            }),
         }
     }
 
@@ -366,6 +396,7 @@ mod tests {
         let big = format!(r#"{{"type":"ping","nonce":1,"pad":"{}"}}"#, "x".repeat(MAX_MESSAGE_BYTES));
         assert!(matches!(ClientMessage::decode(&big), Err(DecodeError::TooLarge(_))));
         let many = Offer {
+            nat: None,
             fingerprint: String::new(),
             candidates: vec![Candidate { kind: CandidateKind::Host, addr: "1.2.3.4:5".parse().expect("addr") }; 33],
         };

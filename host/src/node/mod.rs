@@ -23,7 +23,7 @@ use crate::runtime::actor::{ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, Plug
 use crate::runtime::engine::PluginEngine;
 use crate::runtime::state::{HostServices, PluginContext, PluginLimits};
 use crate::runtime::supervisor::CrashPolicy;
-use crate::signal::client::{SignalClient, SignalClientConfig, SignalStatus};
+use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
 use crate::transport::identity::{Fingerprint, Identity, IdentityError};
 use crate::transport::socket::{FogSocket, SocketCounters};
@@ -175,6 +175,10 @@ pub enum ConnectError {
     /// Connecting by id needs signaling, and it failed or is not set up.
     #[error("signaling: {0}")]
     Signal(String),
+    /// The peer did not answer through signaling in time, or the signaling
+    /// session was lost while waiting.
+    #[error("signaling: {0}")]
+    SignalTimeout(String),
 }
 
 impl ConnectError {
@@ -184,7 +188,7 @@ impl ConnectError {
             ConnectError::Refused { .. } | ConnectError::Convention(_) | ConnectError::UnsupportedTransport(_) => {
                 CloseKind::Refused
             }
-            ConnectError::Timeout(_) => CloseKind::Timeout,
+            ConnectError::Timeout(_) | ConnectError::SignalTimeout(_) => CloseKind::Timeout,
             ConnectError::ShuttingDown => CloseKind::Local,
             _ => CloseKind::Error,
         };
@@ -623,6 +627,17 @@ impl Node {
         let signal =
             self.inner.signal.as_ref().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
         signal.peers().await.map_err(|e| ConnectError::Signal(e.to_string()))
+    }
+
+    /// Presence events from the signaling server (peers online/offline),
+    /// kept up across reconnects.
+    ///
+    /// # Errors
+    /// [`ConnectError::Signal`] without signaling.
+    pub async fn presence(&self) -> Result<broadcast::Receiver<PresenceEvent>, ConnectError> {
+        let signal =
+            self.inner.signal.as_ref().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
+        Ok(signal.presence().await)
     }
 
     /// The signaling status, `None` without signaling.

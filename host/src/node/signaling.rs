@@ -41,7 +41,7 @@ pub(super) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
 
 fn offer(inner: &NodeInner) -> Offer {
     let local = inner.endpoint.local_addr().unwrap_or(inner.config.listen);
-    Offer { fingerprint: inner.identity.fingerprint().to_string(), candidates: host_candidates(local) }
+    Offer { fingerprint: inner.identity.fingerprint().to_string(), candidates: host_candidates(local), nat: None }
 }
 
 fn remember(inner: &NodeInner, peer: &str, fingerprint: Fingerprint) {
@@ -78,7 +78,7 @@ pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::R
 fn signal_error(peer: &str, e: SignalError) -> ConnectError {
     match e {
         SignalError::Rejected { code, message } => ConnectError::Refused { code: RefuseCode::from_u16(code), message },
-        SignalError::Timeout(why) => ConnectError::Signal(format!("no answer from {peer}: {why}")),
+        SignalError::Timeout(why) => ConnectError::SignalTimeout(format!("no answer from {peer}: {why}")),
         SignalError::Server { message, .. } => ConnectError::Signal(message),
         other => ConnectError::Signal(other.to_string()),
     }

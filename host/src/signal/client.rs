@@ -7,7 +7,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,15 @@ pub enum SignalStatus {
     Stopped,
 }
 
+/// A peer came online or went offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// The peer.
+    pub id: String,
+    /// Online or not.
+    pub online: bool,
+}
+
 /// A connect request from another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingRequest {
@@ -98,6 +110,8 @@ pub struct SignalClient {
     status: watch::Receiver<SignalStatus>,
     shutdown: CancellationToken,
     request_timeout: Duration,
+    presence: broadcast::Sender<PresenceEvent>,
+    subscribed: Arc<AtomicBool>,
 }
 
 fn random_u64() -> u64 {
@@ -128,9 +142,19 @@ impl SignalClient {
         let (status_tx, status) = watch::channel(SignalStatus::Connecting);
         let shutdown = CancellationToken::new();
         let request_timeout = config.request_timeout;
-        let actor = Actor { config, commands: commands_rx, incoming, status: status_tx, shutdown: shutdown.clone() };
+        let (presence, _) = broadcast::channel(1024);
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let actor = Actor {
+            config,
+            commands: commands_rx,
+            incoming,
+            status: status_tx,
+            shutdown: shutdown.clone(),
+            presence: presence.clone(),
+            subscribed: subscribed.clone(),
+        };
         tokio::spawn(actor.run());
-        Ok(Self { commands, status, shutdown, request_timeout })
+        Ok(Self { commands, status, shutdown, request_timeout, presence, subscribed })
     }
 
     /// The current status.
@@ -180,6 +204,17 @@ impl SignalClient {
         self.await_reply(answer).await
     }
 
+    /// Presence events (peers coming online and going offline) from now
+    /// on; the subscription is renewed on every reconnect.
+    pub async fn presence(&self) -> broadcast::Receiver<PresenceEvent> {
+        let receiver = self.presence.subscribe();
+        if !self.subscribed.swap(true, Ordering::AcqRel) {
+            // Not registered now: the next session subscribes on its own.
+            let _ = self.command(Command::Send(ClientMessage::Subscribe)).await;
+        }
+        receiver
+    }
+
     /// Accepts a connect request.
     pub async fn answer(&self, request: &IncomingRequest, offer: Offer) {
         let message = ClientMessage::Answer { request_id: request.request_id, to: request.from.clone(), offer };
@@ -219,6 +254,8 @@ struct Actor {
     incoming: mpsc::Sender<IncomingRequest>,
     status: watch::Sender<SignalStatus>,
     shutdown: CancellationToken,
+    presence: broadcast::Sender<PresenceEvent>,
+    subscribed: Arc<AtomicBool>,
 }
 
 /// Requests waiting for their answers on the current session.
@@ -298,6 +335,11 @@ impl Actor {
             token: self.config.token.clone(),
         };
         ws.send(Message::text(register.encode())).await.map_err(|e| SignalError::Unavailable(e.to_string()))?;
+        if self.subscribed.load(Ordering::Acquire) {
+            ws.send(Message::text(ClientMessage::Subscribe.encode()))
+                .await
+                .map_err(|e| SignalError::Unavailable(e.to_string()))?;
+        }
         let reply = tokio::time::timeout(timeout, ws.next())
             .await
             .map_err(|_| SignalError::Unavailable("no answer to register".into()))?;
@@ -414,7 +456,9 @@ impl Actor {
                     tracing::warn!("dropping a connect request: the node is not keeping up");
                 }
             }
-            ServerMessage::Presence { id, online } => tracing::debug!(id, online, "presence"),
+            ServerMessage::Presence { id, online } => {
+                let _ = self.presence.send(PresenceEvent { id, online });
+            }
             ServerMessage::Pong { .. } | ServerMessage::Registered { .. } | ServerMessage::Replaced { .. } => {}
         }
     }
