@@ -269,15 +269,50 @@ pub enum DecodeError {
     TooManyCandidates,
 }
 
-fn check_offer(offer: &Offer) -> Result<(), DecodeError> {
-    if offer.candidates.len() > MAX_CANDIDATES { Err(DecodeError::TooManyCandidates) } else { Ok(()) }
+/// Encoding and decoding shared by both directions.
+trait Json: Serialize + serde::de::DeserializeOwned {
+    /// The offer the message carries, if any (checked on decode).
+    fn offer(&self) -> Option<&Offer>;
+
+    fn to_json(&self) -> String {
+        // Serializing these plain data types cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn from_json(text: &str) -> Result<Self, DecodeError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::TooLarge(text.len()));
+        }
+        let message: Self = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        match message.offer() {
+            Some(offer) if offer.candidates.len() > MAX_CANDIDATES => Err(DecodeError::TooManyCandidates),
+            _ => Ok(message),
+        }
+    }
+}
+
+impl Json for ClientMessage {
+    fn offer(&self) -> Option<&Offer> {
+        match self {
+            ClientMessage::Connect { offer, .. } | ClientMessage::Answer { offer, .. } => Some(offer),
+            _ => None,
+        }
+    }
+}
+
+impl Json for ServerMessage {
+    fn offer(&self) -> Option<&Offer> {
+        match self {
+            ServerMessage::Incoming { offer, .. } | ServerMessage::Answered { offer, .. } => Some(offer),
+            _ => None,
+        }
+    }
 }
 
 impl ClientMessage {
     /// Encodes as JSON text.
     pub fn encode(&self) -> String {
-        // Serializing these plain data types cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        self.to_json()
     }
 
     /// Decodes JSON text.
@@ -285,21 +320,14 @@ impl ClientMessage {
     /// # Errors
     /// [`DecodeError`] for oversize, malformed or over-long input.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(DecodeError::TooLarge(text.len()));
-        }
-        let message: Self = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if let ClientMessage::Connect { offer, .. } | ClientMessage::Answer { offer, .. } = &message {
-            check_offer(offer)?;
-        }
-        Ok(message)
+        Self::from_json(text)
     }
 }
 
 impl ServerMessage {
     /// Encodes as JSON text.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        self.to_json()
     }
 
     /// Decodes JSON text.
@@ -307,14 +335,7 @@ impl ServerMessage {
     /// # Errors
     /// [`DecodeError`] for oversize, malformed or over-long input.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(DecodeError::TooLarge(text.len()));
-        }
-        let message: Self = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if let ServerMessage::Incoming { offer, .. } | ServerMessage::Answered { offer, .. } = &message {
-            check_offer(offer)?;
-        }
-        Ok(message)
+        Self::from_json(text)
     }
 
     /// An `error` message.
