@@ -295,9 +295,7 @@ impl Actor {
     }
 
     fn open_connections(&self) -> u64 {
-        self.instance
-            .as_ref()
-            .map_or(0, |i| i.store.data().conns.values().filter(|e| matches!(e, ConnEntry::Open { .. })).count() as u64)
+        self.instance.as_ref().map_or(0, |i| i.store.data().open_connections() as u64)
     }
 
     /// Handles one event. `Err` carries the failure of a plugin call.
@@ -317,15 +315,15 @@ impl Actor {
         match event {
             ConnEvent::Opened(shared) => {
                 let id = shared.meta().id.0;
-                let conns = &mut instance.store.data_mut().conns;
-                let pending = conns.get(&id).map(|e| matches!(e, ConnEntry::Pending { cancelled: true }));
+                let state = instance.store.data_mut();
+                let pending = state.conn(id).map(|e| matches!(e, ConnEntry::Pending { cancelled: true }));
                 if !shared.meta().passive && pending.is_none() {
                     // A connect of a previous instance (it crashed since).
                     shared.fail("the plugin that asked for this connection was restarted");
                     return Ok(());
                 }
                 if pending == Some(true) {
-                    conns.remove(&id);
+                    state.remove_conn(id);
                     if shared.close_local("closed by this plugin") {
                         let reason = CloseReason::new(CloseKind::Local, "closed by this plugin before it connected");
                         self.call_on_close(id, &reason)?;
@@ -333,7 +331,7 @@ impl Actor {
                     return self.flush_deferred_closes();
                 }
                 let meta = shared.meta().clone();
-                conns.insert(id, ConnEntry::Open { shared, user_data: 0 });
+                state.insert_open(id, shared);
                 let info = types::ConnectInfo {
                     peer_id: meta.peer_id,
                     passive: meta.passive,
@@ -343,17 +341,17 @@ impl Actor {
                 self.call(|b, s| b.fogconnect_plugin_handler().call_on_connect(s, id, &info))?;
             }
             ConnEvent::OpenFailed(ConnectionId(id), reason) => {
-                if instance.store.data_mut().conns.remove(&id).is_some() {
+                if instance.store.data_mut().remove_conn(id).is_some() {
                     self.call_on_close(id, &reason)?;
                 }
             }
             ConnEvent::Message(ConnectionId(id), data) => {
-                if matches!(instance.store.data().conns.get(&id), Some(ConnEntry::Open { .. })) {
+                if matches!(instance.store.data().conn(id), Some(ConnEntry::Open { .. })) {
                     self.call(|b, s| b.fogconnect_plugin_handler().call_on_recv(s, id, &data))?;
                 }
             }
             ConnEvent::Closed(ConnectionId(id), reason) => {
-                if instance.store.data_mut().conns.remove(&id).is_some() {
+                if instance.store.data_mut().remove_conn(id).is_some() {
                     self.call_on_close(id, &reason)?;
                 }
             }
@@ -377,7 +375,7 @@ impl Actor {
             }
             for (id, reason) in deferred {
                 if let Some(instance) = self.instance.as_mut() {
-                    instance.store.data_mut().conns.remove(&id);
+                    instance.store.data_mut().remove_conn(id);
                 }
                 self.call_on_close(id, &reason)?;
             }
@@ -406,7 +404,7 @@ impl Actor {
         let crashes = self.status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(service, crashes, "plugin failed: {message}");
         if let Some(mut instance) = self.instance.take() {
-            let conns = std::mem::take(&mut instance.store.data_mut().conns);
+            let conns = instance.store.data_mut().take_conns();
             for entry in conns.into_values() {
                 if let ConnEntry::Open { shared, .. } = entry {
                     shared.fail(format!("plugin of service {service} failed: {message}"));
@@ -433,9 +431,9 @@ impl Actor {
     /// Node shutdown: every open connection is closed locally and reported.
     fn shutdown(&mut self) {
         let Some(instance) = self.instance.as_mut() else { return };
-        let ids: Vec<u64> = instance.store.data().conns.keys().copied().collect();
+        let ids = instance.store.data().conn_ids();
         for id in ids {
-            let entry = self.instance.as_mut().and_then(|i| i.store.data_mut().conns.remove(&id));
+            let entry = self.instance.as_mut().and_then(|i| i.store.data_mut().remove_conn(id));
             if let Some(ConnEntry::Open { shared, .. }) = entry
                 && shared.close_local("peer node shutting down")
             {

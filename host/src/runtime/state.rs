@@ -126,8 +126,11 @@ pub struct PluginState {
     pub limiter: PluginLimiter,
     /// The plugin's place in the node.
     pub ctx: Arc<PluginContext>,
-    /// The plugin's connections by handle.
-    pub conns: HashMap<u64, ConnEntry>,
+    /// The plugin's connections by handle; changed only through the
+    /// methods below so `open_count` stays right.
+    conns: HashMap<u64, ConnEntry>,
+    /// How many entries of `conns` are open (not pending).
+    open_count: usize,
     /// Local closes made during the current callback, reported with
     /// `on-close` once it returns.
     pub deferred_closes: Vec<(u64, CloseReason)>,
@@ -163,8 +166,46 @@ impl PluginState {
             limiter: PluginLimiter { inner: limits, memory_refused: false },
             ctx,
             conns: HashMap::new(),
+            open_count: 0,
             deferred_closes: Vec::new(),
         }
+    }
+
+    /// The entry of a handle.
+    pub fn conn(&self, id: u64) -> Option<&ConnEntry> {
+        self.conns.get(&id)
+    }
+
+    /// Every handle in the table.
+    pub fn conn_ids(&self) -> Vec<u64> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Records an established connection.
+    pub fn insert_open(&mut self, id: u64, shared: Arc<ConnShared>) {
+        if !matches!(self.conns.insert(id, ConnEntry::Open { shared, user_data: 0 }), Some(ConnEntry::Open { .. })) {
+            self.open_count += 1;
+        }
+    }
+
+    /// Forgets a handle.
+    pub fn remove_conn(&mut self, id: u64) -> Option<ConnEntry> {
+        let entry = self.conns.remove(&id);
+        if matches!(entry, Some(ConnEntry::Open { .. })) {
+            self.open_count -= 1;
+        }
+        entry
+    }
+
+    /// Empties the table (the plugin instance is going away).
+    pub fn take_conns(&mut self) -> HashMap<u64, ConnEntry> {
+        self.open_count = 0;
+        std::mem::take(&mut self.conns)
+    }
+
+    /// Open (not pending) connections.
+    pub fn open_connections(&self) -> usize {
+        self.open_count
     }
 
     fn open(&self, conn: u64) -> Result<&Arc<ConnShared>, types::ConnError> {
