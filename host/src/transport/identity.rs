@@ -49,24 +49,15 @@ impl Fingerprint {
     /// Parses the lowercase or uppercase hex form (64 digits, colons allowed).
     pub fn parse(text: &str) -> Option<Self> {
         let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-        if digits.len() != 64 {
-            return None;
-        }
         let mut out = [0u8; 32];
-        for (i, pair) in digits.chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).ok()?;
-            out[i] = u8::from_str_radix(hex, 16).ok()?;
-        }
+        hex::decode_to_slice(digits, &mut out).ok()?;
         Some(Self(out))
     }
 }
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -282,6 +273,8 @@ mod tests {
         assert_eq!(Fingerprint::parse(&with_colons.join(":")), Some(fp));
         assert_eq!(Fingerprint::parse("abc"), None);
         assert_eq!(Fingerprint::parse(&"zz".repeat(32)), None);
+        // Signs are not hex digits.
+        assert_eq!(Fingerprint::parse(&"+f".repeat(32)), None);
     }
 
     #[test]
