@@ -323,6 +323,16 @@ impl ConnShared {
         true
     }
 
+    /// Accounts for one queued message of `len` bytes leaving the send
+    /// buffer; `delivered` when it was handed to the transport.
+    fn dequeued(&self, len: usize, delivered: bool) {
+        self.buffered.fetch_sub(len, Ordering::AcqRel);
+        if delivered {
+            self.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+            self.messages_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Bytes queued but not yet written to QUIC.
     pub fn buffered(&self) -> usize {
         self.buffered.load(Ordering::Acquire)
@@ -447,9 +457,7 @@ impl Detached {
         loop {
             match self.rx.try_recv().ok()? {
                 Outbound::Data(data) => {
-                    self.shared.buffered.fetch_sub(data.len(), Ordering::AcqRel);
-                    self.shared.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    self.shared.messages_sent.fetch_add(1, Ordering::Relaxed);
+                    self.shared.dequeued(data.len(), true);
                     return Some(DetachedOutput::Message(data));
                 }
                 Outbound::Close(code, message) => {
@@ -562,11 +570,7 @@ async fn write_loop(
                 let len = payload.len();
                 let mut chunks = [Bytes::copy_from_slice(&data_header(len)), payload];
                 let r = send.write_all_chunks(&mut chunks).await;
-                shared.buffered.fetch_sub(len, Ordering::AcqRel);
-                if r.is_ok() {
-                    shared.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
-                    shared.messages_sent.fetch_add(1, Ordering::Relaxed);
-                }
+                shared.dequeued(len, r.is_ok());
                 r
             }
             Some(Outbound::Close(code, message)) => {
