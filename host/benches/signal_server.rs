@@ -143,7 +143,7 @@ fn bare_relay() -> anyhow::Result<String> {
 async fn pump(sender: &mut Ws, receiver: &mut Ws, to: &str) -> anyhow::Result<Duration> {
     const WINDOW: usize = 128;
     let window = tokio::sync::Semaphore::new(WINDOW);
-    let offer = Offer { fingerprint: "ab".repeat(32), candidates: vec![], nat: None };
+    let offer = Offer { fingerprint: "ab".repeat(32), candidates: vec![], nat: None, checks: None };
     let started = Instant::now();
     let send = async {
         for i in 0..FORWARDED {

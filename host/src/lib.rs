@@ -6,9 +6,11 @@
 //! - [`convention`]: the convention number.
 //! - [`transport`]: socket facade, identity/TLS, framing, connection tasks.
 //! - [`runtime`]: the wasmtime plugin runtime and its supervisor.
+//! - [`nat`]: STUN, NAT classification, punching strategy and checks.
 //! - [`node`]: the node that ties them together, and its Rust API.
 
 pub mod convention;
+pub mod nat;
 pub mod node;
 pub mod runtime;
 pub mod signal;

@@ -102,6 +102,23 @@ pub enum NatBehaviour {
     Unknown,
 }
 
+/// How a NAT picks the public port of a new mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum PortAllocation {
+    /// The public port equals the local port.
+    Preserving,
+    /// Each new mapping gets the previous public port plus `delta`.
+    Sequential {
+        /// Step between consecutive mappings (may be negative).
+        delta: i32,
+    },
+    /// Ports are drawn at random.
+    Random,
+    /// Not determined.
+    Unknown,
+}
+
 /// A node's NAT classification, as far as it knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatInfo {
@@ -109,6 +126,27 @@ pub struct NatInfo {
     pub mapping: NatBehaviour,
     /// Filtering behaviour.
     pub filtering: NatBehaviour,
+    /// Port allocation of new mappings.
+    #[serde(default = "unknown_allocation")]
+    pub allocation: PortAllocation,
+    /// No UDP reached the STUN server: only a relay over TCP can help.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub udp_blocked: bool,
+}
+
+fn unknown_allocation() -> PortAllocation {
+    PortAllocation::Unknown
+}
+
+/// Short-term credentials of connectivity checks (ICE style): binding
+/// requests to a node carry `USERNAME` `<its ufrag>:<sender's ufrag>` and
+/// `MESSAGE-INTEGRITY` keyed with its `pwd`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCredentials {
+    /// User fragment, 4 to 64 characters.
+    pub ufrag: String,
+    /// Password, 22 to 128 characters.
+    pub pwd: String,
 }
 
 /// What one side tells the other so it can reach and authenticate it.
@@ -122,6 +160,10 @@ pub struct Offer {
     /// The node's NAT classification, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatInfo>,
+    /// Credentials for connectivity checks; without them the peer is
+    /// dialled directly on its candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<CheckCredentials>,
 }
 
 /// Messages a client sends.
@@ -358,8 +400,21 @@ mod tests {
             nat: Some(NatInfo {
                 mapping: NatBehaviour::EndpointIndependent,
                 filtering: NatBehaviour::AddressAndPortDependent,
+                allocation: PortAllocation::Sequential { delta: -2 },
+                udp_blocked: false,
             }),
+            checks: Some(CheckCredentials { ufrag: "abcd".into(), pwd: "p".repeat(22) }),
         }
+    }
+
+    #[test]
+    fn version_1_offers_without_new_fields_still_decode() {
+        let text = r#"{"type":"answer","request_id":1,"to":"a","offer":{"fingerprint":"ab","candidates":[],"nat":{"mapping":"endpoint-independent","filtering":"unknown"}}}"#;
+        let Ok(ClientMessage::Answer { offer, .. }) = ClientMessage::decode(text) else { panic!("decodes") };
+        let nat = offer.nat.expect("nat");
+        assert_eq!(nat.allocation, PortAllocation::Unknown);
+        assert!(!nat.udp_blocked);
+        assert_eq!(offer.checks, None);
     }
 
     #[test]
@@ -418,6 +473,7 @@ mod tests {
         assert!(matches!(ClientMessage::decode(&big), Err(DecodeError::TooLarge(_))));
         let many = Offer {
             nat: None,
+            checks: None,
             fingerprint: String::new(),
             candidates: vec![Candidate { kind: CandidateKind::Host, addr: "1.2.3.4:5".parse().expect("addr") }; 33],
         };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::traversal::TraversalReport;
 use crate::convention::Convention;
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnShared, ConnStats, ConnectionId, SendError};
 
@@ -25,11 +26,23 @@ pub struct Connection {
     shared: Arc<ConnShared>,
     events: mpsc::Receiver<ConnEvent>,
     ended: Option<CloseReason>,
+    traversal: Option<TraversalReport>,
 }
 
 impl Connection {
     pub(super) fn new(shared: Arc<ConnShared>, events: mpsc::Receiver<ConnEvent>) -> Self {
-        Self { shared, events, ended: None }
+        Self { shared, events, ended: None, traversal: None }
+    }
+
+    pub(super) fn with_traversal(mut self, traversal: Option<TraversalReport>) -> Self {
+        self.traversal = traversal;
+        self
+    }
+
+    /// How the path was found, for connections by id that ran
+    /// connectivity checks: the selected pair, the plan, probes used.
+    pub fn traversal(&self) -> Option<&TraversalReport> {
+        self.traversal.as_ref()
     }
 
     /// Node-wide id of the connection.

@@ -63,8 +63,8 @@ impl Links {
 
     /// Forgets a closed link, and its address unless a new link to it
     /// was made meanwhile, so the table does not grow with every peer ever
-    /// seen.
-    async fn forget(&self, conn: &quinn::Connection) {
+    /// seen. Returns whether no link to the address is left.
+    async fn forget(&self, conn: &quinn::Connection) -> bool {
         let addr = conn.remote_address();
         let slot = self.slot(addr);
         let mut guard = slot.lock().await;
@@ -75,7 +75,9 @@ impl Links {
             // A dial racing with this removal keeps its own slot and may
             // create a second link; that costs a handshake, nothing else.
             self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+            return true;
         }
+        false
     }
 }
 
@@ -158,7 +160,10 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
             }
         }
     }
-    inner.links.forget(&quic).await;
+    if inner.links.forget(&quic).await {
+        // An extra socket that carried this path is no longer needed.
+        inner.socket.unroute(quic.remote_address());
+    }
 }
 
 /// Why reading a handshake frame failed.

@@ -4,6 +4,7 @@
 mod connection;
 mod links;
 mod signaling;
+mod traversal;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +17,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionEvent};
+pub use traversal::TraversalReport;
 
 use crate::convention::{Convention, ConventionError, Transport};
+use crate::nat::checks::CheckConfig;
+use crate::nat::classify::NatReport;
+use crate::nat::transaction::RetransmitPolicy;
 use crate::runtime::PluginError;
 use crate::runtime::actor::{ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginEvent, PluginRunState};
 use crate::runtime::engine::PluginEngine;
@@ -64,6 +69,13 @@ pub struct NodeConfig {
     /// The signaling server to register with (its `id` is replaced by
     /// `node_id`); `None` for a node reachable by address only.
     pub signal: Option<SignalClientConfig>,
+    /// STUN server (`host:port`) for the public address and NAT
+    /// classification; `None`: host candidates only.
+    pub stun: Option<String>,
+    /// Retransmissions of STUN requests to the server.
+    pub stun_retransmit: RetransmitPolicy,
+    /// Connectivity checks: time budget, pacing, probe limits.
+    pub checks: CheckConfig,
 }
 
 impl Default for NodeConfig {
@@ -81,6 +93,9 @@ impl Default for NodeConfig {
             crash_policy: CrashPolicy::default(),
             cache_dir: default_cache_dir(),
             signal: None,
+            stun: None,
+            stun_retransmit: RetransmitPolicy::DISCOVERY,
+            checks: CheckConfig::default(),
         }
     }
 }
@@ -175,6 +190,10 @@ pub enum ConnectError {
     /// Connecting by id needs signaling, and it failed or is not set up.
     #[error("signaling: {0}")]
     Signal(String),
+    /// The connectivity checks found no direct path; the reason says why,
+    /// e.g. "relay required: symmetric × symmetric NATs with random ports".
+    #[error("no direct path: {0}")]
+    NoPath(String),
     /// The peer did not answer through signaling in time, or the signaling
     /// session was lost while waiting.
     #[error("signaling: {0}")]
@@ -239,6 +258,8 @@ pub(crate) struct NodeInner {
     plugin_events: broadcast::Sender<PluginEvent>,
     shutdown: CancellationToken,
     conn_limits: ConnLimits,
+    socket: Arc<FogSocket>,
+    traversal: Arc<traversal::Traversal>,
     socket_counters: Arc<SocketCounters>,
     started: Instant,
     runtime: tokio::runtime::Handle,
@@ -354,8 +375,17 @@ impl NodeBuilder {
         }
         let bind_err = |source| NodeError::Bind { addr: config.listen, source };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
-        let (socket, mut side_rx) = FogSocket::new(socket).map_err(bind_err)?;
+        let (socket, side_rx) = FogSocket::new(socket).map_err(bind_err)?;
         let socket_counters = socket.counters();
+        let stun = match &config.stun {
+            Some(server) => Some(
+                crate::nat::discovery::resolve(server)
+                    .await
+                    .map_err(|e| NodeError::InvalidConfig(format!("stun server: {e}")))?,
+            ),
+            None => None,
+        };
+        let traversal = traversal::Traversal::new(socket.clone(), stun, config.stun_retransmit, config.checks);
 
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(config.keep_alive_interval));
@@ -372,7 +402,7 @@ impl NodeBuilder {
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server_config),
-            socket,
+            socket.clone(),
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(bind_err)?;
@@ -406,6 +436,8 @@ impl NodeBuilder {
             plugin_events,
             shutdown: CancellationToken::new(),
             conn_limits,
+            socket,
+            traversal: traversal.clone(),
             socket_counters,
             started: Instant::now(),
             runtime: tokio::runtime::Handle::current(),
@@ -417,13 +449,8 @@ impl NodeBuilder {
             tokio::spawn(signaling::answer_requests(inner.clone(), incoming_rx));
         }
         tokio::spawn(links::accept_loop(inner.clone()));
-        // STUN and TURN datagrams arrive here once NAT traversal and relay
-        // are built; until then they are counted and dropped.
-        tokio::spawn(async move {
-            while let Some(datagram) = side_rx.recv().await {
-                tracing::trace!(from = %datagram.from, kind = ?datagram.kind, "non-QUIC datagram ignored");
-            }
-        });
+        tokio::spawn(traversal.clone().run_mux(side_rx));
+        tokio::spawn(traversal.classify());
         let node = Node { inner };
         for (service, source) in plugins {
             let result = match source {
@@ -464,6 +491,22 @@ impl Node {
     /// The certificate fingerprint peers can pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.inner.identity.fingerprint()
+    }
+
+    /// The NAT classification, once the STUN server answered (`None`
+    /// without a STUN server or before discovery finished).
+    pub fn nat_report(&self) -> Option<Arc<NatReport>> {
+        self.inner.traversal.nat().borrow().clone()
+    }
+
+    /// Waits up to `limit` for the NAT classification.
+    pub async fn nat_classified(&self, limit: Duration) -> Option<Arc<NatReport>> {
+        let mut watch = self.inner.traversal.nat();
+        let result = tokio::time::timeout(limit, watch.wait_for(|state| state.is_some())).await;
+        match result {
+            Ok(Ok(state)) => state.clone(),
+            _ => None,
+        }
     }
 
     /// Datagram counters of the node's socket.
@@ -615,8 +658,8 @@ impl Node {
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let id = self.inner.next_connection_id();
         let convention = Convention::new(transport, service).raw();
-        let shared = signaling::open_by_id(&self.inner, peer_id, convention, id, tx, false).await?;
-        Ok(Connection::new(shared, rx))
+        let (shared, traversal) = signaling::open_by_id(&self.inner, peer_id, convention, id, tx, false).await?;
+        Ok(Connection::new(shared, rx).with_traversal(traversal))
     }
 
     /// The ids registered with the signaling server.
@@ -753,9 +796,9 @@ impl HostServices for NodeServices {
                 Target::Address(addr) => {
                     links::open(&inner, addr, convention.raw(), None, id, owner.clone(), true).await
                 }
-                Target::Id(peer) => {
-                    signaling::open_by_id(&inner, &peer, convention.raw(), id, owner.clone(), true).await
-                }
+                Target::Id(peer) => signaling::open_by_id(&inner, &peer, convention.raw(), id, owner.clone(), true)
+                    .await
+                    .map(|(shared, _)| shared),
             };
             if let Err(e) = result {
                 let _ = owner.send(ConnEvent::OpenFailed(id, e.close_reason())).await;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::traversal::{Session, TraversalReport};
 use super::{ConnectError, NodeInner, links};
 use crate::convention::Convention;
 use crate::signal::SignalError;
@@ -39,9 +40,10 @@ pub(super) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
     ips.into_iter().take(MAX_CANDIDATES).map(candidate).collect()
 }
 
-fn offer(inner: &NodeInner) -> Offer {
+/// This node's offer for one connect, with the check session's credentials.
+async fn offer(inner: &NodeInner, session: &Session) -> Offer {
     let local = inner.endpoint.local_addr().unwrap_or(inner.config.listen);
-    Offer { fingerprint: inner.identity.fingerprint().to_string(), candidates: host_candidates(local), nat: None }
+    inner.traversal.offer(inner.identity.fingerprint().to_string(), host_candidates(local), session).await
 }
 
 fn remember(inner: &NodeInner, peer: &str, fingerprint: Fingerprint) {
@@ -56,22 +58,40 @@ pub(super) fn known_fingerprint(inner: &NodeInner, peer: &str) -> Option<Fingerp
 /// Answers connect requests from other nodes until signaling stops.
 pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::Receiver<IncomingRequest>) {
     while let Some(request) = requests.recv().await {
-        let Some(signal) = inner.signal.clone() else { return };
-        let Some(fingerprint) = Fingerprint::parse(&request.offer.fingerprint) else {
-            signal.reject(&request, RefuseCode::BadRequest as u16, "offer without a valid fingerprint".into()).await;
-            continue;
-        };
-        // Refuse early what the QUIC handshake would refuse anyway.
-        let route = Convention::from_raw(request.convention)
-            .map_err(|e| (RefuseCode::ReservedBits, e.to_string()))
-            .and_then(|c| inner.route(c).map(|_| ()));
-        match route {
-            Ok(()) => {
-                remember(&inner, &request.from, fingerprint);
-                signal.answer(&request, offer(&inner)).await;
-            }
-            Err((code, message)) => signal.reject(&request, code as u16, message).await,
-        }
+        tokio::spawn(answer_request(inner.clone(), request));
+    }
+}
+
+/// Answers one connect request and runs the checks for it (controlled
+/// side); the caller then dials QUIC on the pair it nominated.
+async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
+    let Some(signal) = inner.signal.clone() else { return };
+    let Some(fingerprint) = Fingerprint::parse(&request.offer.fingerprint) else {
+        signal.reject(&request, RefuseCode::BadRequest as u16, "offer without a valid fingerprint".into()).await;
+        return;
+    };
+    // Refuse early what the QUIC handshake would refuse anyway.
+    let route = Convention::from_raw(request.convention)
+        .map_err(|e| (RefuseCode::ReservedBits, e.to_string()))
+        .and_then(|c| inner.route(c).map(|_| ()));
+    if let Err((code, message)) = route {
+        signal.reject(&request, code as u16, message).await;
+        return;
+    }
+    remember(&inner, &request.from, fingerprint);
+    let session = inner.traversal.session();
+    let answer = offer(&inner, &session).await;
+    signal.answer(&request, answer).await;
+    let Some(remote_credentials) = request.offer.checks.clone() else { return };
+    match inner.traversal.run_checks(session, &request.offer, remote_credentials, false).await {
+        Ok(report) => tracing::debug!(
+            peer = %request.from,
+            remote = %report.selected.remote,
+            plan = %report.plan,
+            probes = report.stats.probes_sent,
+            "checks selected a pair"
+        ),
+        Err(reason) => tracing::info!(peer = %request.from, "no direct path: {reason}"),
     }
 }
 
@@ -85,8 +105,9 @@ fn signal_error(peer: &str, e: SignalError) -> ConnectError {
 }
 
 /// Connects to `peer` by id: asks through signaling, pins the answered
-/// fingerprint, races the candidates, and opens the connection on the
-/// first link that comes up.
+/// fingerprint, runs the connectivity checks (controlling side) and opens
+/// the connection on the selected pair. A peer whose answer carries no
+/// check credentials gets its candidates dialled directly.
 pub(super) async fn open_by_id(
     inner: &Arc<NodeInner>,
     peer: &str,
@@ -94,14 +115,28 @@ pub(super) async fn open_by_id(
     id: ConnectionId,
     owner: Owner,
     announce: bool,
-) -> Result<Arc<ConnShared>, ConnectError> {
+) -> Result<(Arc<ConnShared>, Option<TraversalReport>), ConnectError> {
     let signal = inner.signal.clone().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
-    let answer = signal.connect(peer, convention, offer(inner)).await.map_err(|e| signal_error(peer, e))?;
+    let session = inner.traversal.session();
+    let request = offer(inner, &session).await;
+    let answer = signal.connect(peer, convention, request).await.map_err(|e| signal_error(peer, e))?;
     let fingerprint = Fingerprint::parse(&answer.fingerprint)
         .ok_or_else(|| ConnectError::Protocol(format!("{peer} answered without a valid fingerprint")))?;
     remember(inner, peer, fingerprint);
-    let addr = race_candidates(inner, &answer.candidates, fingerprint).await?;
-    links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await
+    let (addr, report) = match answer.checks.clone() {
+        Some(remote_credentials) => {
+            let report = tokio::select! {
+                _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
+                report = inner.traversal.run_checks(session, &answer, remote_credentials, true) => {
+                    report.map_err(ConnectError::NoPath)?
+                }
+            };
+            (report.selected.remote, Some(report))
+        }
+        None => (race_candidates(inner, &answer.candidates, fingerprint).await?, None),
+    };
+    let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
+    Ok((shared, report))
 }
 
 /// Dials every candidate at once; the first link up wins (nearest first).

@@ -1,0 +1,329 @@
+//! NAT traversal on the node's socket: the STUN datagrams the socket facade
+//! sets aside, the node's public address and NAT classification, and the
+//! connectivity checks of each connect by id.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::nat::checks::{CheckAgent, CheckConfig, CheckStats, Outcome, Selected, SocketRef};
+use crate::nat::classify::NatReport;
+use crate::nat::message::{self, Binding, BindingRequest, TxId};
+use crate::nat::strategy::{self, Plan};
+use crate::nat::transaction::{RetransmitPolicy, Step, Transaction};
+use crate::nat::{NatError, discovery};
+use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials, Offer};
+use crate::transport::socket::{AuxId, FogSocket, PacketKind, SideDatagram};
+
+/// Capacity of one check session's inbox, in datagrams.
+const SESSION_INBOX: usize = 1024;
+
+/// The classification as it stands: `None` until discovery finished (or
+/// forever without a STUN server).
+pub(super) type NatState = Option<Arc<NatReport>>;
+
+/// What the checks of one connect found.
+#[derive(Debug, Clone)]
+pub struct TraversalReport {
+    /// The pair the checks settled on.
+    pub selected: Selected,
+    /// What this side did.
+    pub plan: Plan,
+    /// Checks and probes sent.
+    pub stats: CheckStats,
+    /// How long the checks took.
+    pub elapsed: Duration,
+}
+
+pub(super) struct Traversal {
+    socket: Arc<FogSocket>,
+    stun: Option<SocketAddr>,
+    policy: RetransmitPolicy,
+    config: CheckConfig,
+    nat: watch::Sender<NatState>,
+    pending: Mutex<HashMap<TxId, oneshot::Sender<(Binding, SocketAddr)>>>,
+    sessions: Mutex<HashMap<String, mpsc::Sender<SideDatagram>>>,
+}
+
+/// Removes a check session's inbox when the session ends.
+pub(super) struct Session {
+    traversal: Arc<Traversal>,
+    pub(super) credentials: CheckCredentials,
+    inbox: mpsc::Receiver<SideDatagram>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.traversal.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.credentials.ufrag);
+    }
+}
+
+fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = rand::rng();
+    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+impl Traversal {
+    pub(super) fn new(
+        socket: Arc<FogSocket>,
+        stun: Option<SocketAddr>,
+        policy: RetransmitPolicy,
+        config: CheckConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            socket,
+            stun,
+            policy,
+            config,
+            nat: watch::channel(None).0,
+            pending: Mutex::default(),
+            sessions: Mutex::default(),
+        })
+    }
+
+    /// Routes the STUN datagrams of the socket facade: requests to the
+    /// check session their USERNAME names, responses to the transaction
+    /// waiting for them, else to every session (checks match their own
+    /// transaction ids).
+    pub(super) async fn run_mux(self: Arc<Self>, mut side: mpsc::Receiver<SideDatagram>) {
+        while let Some(datagram) = side.recv().await {
+            if datagram.kind != PacketKind::Stun {
+                tracing::trace!(from = %datagram.from, kind = ?datagram.kind, "non-STUN side datagram ignored");
+                continue;
+            }
+            let Ok(binding) = message::decode(&datagram.data) else { continue };
+            match &binding {
+                Binding::Request { username: Some(username), .. } => {
+                    let ufrag = username.split(':').next().unwrap_or_default();
+                    let inbox = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(ufrag).cloned();
+                    if let Some(inbox) = inbox {
+                        let _ = inbox.try_send(datagram);
+                    }
+                }
+                Binding::Success { txid, .. } | Binding::Error { txid, .. } => {
+                    let waiter = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(txid);
+                    match waiter {
+                        Some(waiter) => {
+                            let _ = waiter.send((binding, datagram.from));
+                        }
+                        None => {
+                            let inboxes: Vec<_> =
+                                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                            for inbox in inboxes {
+                                let _ = inbox.try_send(datagram.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Classifies the NAT with the STUN server (if configured) and
+    /// publishes the report.
+    pub(super) async fn classify(self: Arc<Self>) {
+        let Some(server) = self.stun else { return };
+        match discovery::discover(server, self.policy).await {
+            Ok(report) => {
+                tracing::info!(
+                    kind = report.kind_name(),
+                    public = ?report.public,
+                    mapping = crate::nat::classify::behaviour_name(report.mapping),
+                    filtering = crate::nat::classify::behaviour_name(report.filtering),
+                    allocation = %crate::nat::classify::allocation_name(report.allocation),
+                    "nat classified"
+                );
+                self.nat.send_replace(Some(Arc::new(report)));
+            }
+            Err(e) => tracing::warn!("nat classification with {server} failed: {e}"),
+        }
+    }
+
+    /// Watches the classification.
+    pub(super) fn nat(&self) -> watch::Receiver<NatState> {
+        self.nat.subscribe()
+    }
+
+    /// The public address of the node's socket, asked from the STUN server
+    /// through that socket.
+    pub(super) async fn public_addr(&self) -> Option<SocketAddr> {
+        let server = self.stun?;
+        let txid = message::random_txid();
+        let request = message::binding_request(txid, &BindingRequest::default()).ok()?;
+        let (tx, mut rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(txid, tx);
+        let mut transaction = Transaction::new(txid, server, request, self.policy, Instant::now());
+        let result = loop {
+            let wake = match transaction.poll(Instant::now()) {
+                Step::Send(bytes, to) => {
+                    let _ = self.socket.send_raw(bytes, to).await;
+                    continue;
+                }
+                Step::WaitUntil(at) => at,
+                Step::TimedOut | Step::Done => break None,
+            };
+            tokio::select! {
+                reply = &mut rx => break reply.ok(),
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        };
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&txid);
+        match result {
+            Some((Binding::Success { mapped, .. }, _)) => mapped,
+            _ => None,
+        }
+    }
+
+    /// Opens a check session: fresh credentials and an inbox for the
+    /// requests that name them.
+    pub(super) fn session(self: &Arc<Self>) -> Session {
+        let credentials = CheckCredentials { ufrag: random_token(8), pwd: random_token(24) };
+        let (tx, inbox) = mpsc::channel(SESSION_INBOX);
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(credentials.ufrag.clone(), tx);
+        Session { traversal: self.clone(), credentials, inbox }
+    }
+
+    /// This node's offer: fingerprint, host and server-reflexive
+    /// candidates, NAT classification and the session's credentials.
+    pub(super) async fn offer(&self, fingerprint: String, host: Vec<Candidate>, session: &Session) -> Offer {
+        let mut candidates = host;
+        if let Some(public) = self.public_addr().await
+            && !candidates.iter().any(|c| c.addr == public)
+        {
+            candidates.push(Candidate { kind: CandidateKind::ServerReflexive, addr: public });
+        }
+        candidates.truncate(crate::signal::protocol::MAX_CANDIDATES);
+        let nat = self.nat.borrow().as_ref().map(|report| report.info());
+        Offer { fingerprint, candidates, nat, checks: Some(session.credentials.clone()) }
+    }
+
+    /// Runs the checks of `session` against the peer's `offer` until a pair
+    /// is selected or the budget is spent.
+    pub(super) async fn run_checks(
+        &self,
+        mut session: Session,
+        remote: &Offer,
+        remote_credentials: CheckCredentials,
+        controlling: bool,
+    ) -> Result<TraversalReport, String> {
+        let started = Instant::now();
+        let local_nat = self.nat.borrow().as_ref().map(|report| report.info());
+        let plan = strategy::plan(local_nat.as_ref(), remote.nat.as_ref(), self.config.birthday_sockets);
+        tracing::debug!(
+            %plan,
+            local = strategy::describe(local_nat.as_ref()),
+            remote = strategy::describe(remote.nat.as_ref()),
+            controlling,
+            "connectivity checks"
+        );
+        let aux = match plan {
+            Plan::Listen { sockets } => self.open_aux(sockets),
+            _ => Vec::new(),
+        };
+        let index_of: HashMap<AuxId, u16> = aux.iter().enumerate().map(|(i, &id)| (id, i as u16)).collect();
+        let mut agent = CheckAgent::new(
+            self.config,
+            controlling,
+            session.credentials.clone(),
+            remote_credentials,
+            &remote.candidates,
+            plan.clone(),
+            aux.len() as u16,
+            rand::random(),
+            started,
+        );
+        loop {
+            agent.handle_timeout(Instant::now());
+            while let Some(transmit) = agent.poll_transmit() {
+                let via = match transmit.socket {
+                    SocketRef::Main => None,
+                    SocketRef::Aux(i) => aux.get(usize::from(i)).copied(),
+                };
+                if let Err(e) = self.socket.send_raw_via(via, &transmit.bytes, transmit.to).await {
+                    tracing::trace!(to = %transmit.to, "check send failed: {e}");
+                }
+            }
+            if agent.outcome().is_some() {
+                break;
+            }
+            let wake = agent.poll_timeout().unwrap_or_else(Instant::now);
+            tokio::select! {
+                datagram = session.inbox.recv() => {
+                    let Some(datagram) = datagram else { break };
+                    let socket = match datagram.via {
+                        None => SocketRef::Main,
+                        Some(id) => match index_of.get(&id) {
+                            Some(&i) => SocketRef::Aux(i),
+                            None => continue,
+                        },
+                    };
+                    agent.handle_datagram(socket, datagram.from, &datagram.data, Instant::now());
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        let outcome = agent.outcome().cloned();
+        let keep: HashSet<AuxId> = match &outcome {
+            Some(Outcome::Selected(Selected { socket: SocketRef::Aux(i), remote, .. })) => {
+                let id = aux[usize::from(*i)];
+                self.socket.route(*remote, id);
+                HashSet::from([id])
+            }
+            _ => HashSet::new(),
+        };
+        if !aux.is_empty() {
+            // Late QUIC on another extra socket routes it and keeps it.
+            let socket = self.socket.clone();
+            let grace = self.config.nomination_wait * 4;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                socket.release_aux(&aux, &keep);
+            });
+        }
+        let stats = agent.stats();
+        match outcome {
+            Some(Outcome::Selected(selected)) => {
+                Ok(TraversalReport { selected, plan, stats, elapsed: started.elapsed() })
+            }
+            Some(Outcome::Failed(reason)) => Err(reason),
+            None => Err("checks ended without an outcome".into()),
+        }
+    }
+
+    /// Opens up to `count` extra sockets on the node's IP.
+    fn open_aux(&self, count: u16) -> Vec<AuxId> {
+        let ip = match self.socket_local_ip() {
+            Ok(ip) => ip,
+            Err(e) => {
+                tracing::warn!("cannot open extra sockets: {e}");
+                return Vec::new();
+            }
+        };
+        let mut ids = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let opened = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+                .map_err(|e| e.to_string())
+                .and_then(|s| self.socket.add_aux(s).map_err(|e| e.to_string()));
+            match opened {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    tracing::warn!(opened = ids.len(), "cannot open more extra sockets: {e}");
+                    break;
+                }
+            }
+        }
+        ids
+    }
+
+    fn socket_local_ip(&self) -> Result<std::net::IpAddr, NatError> {
+        use quinn::AsyncUdpSocket;
+        let local = self.socket.local_addr().map_err(|e| NatError::Io(e.to_string()))?;
+        Ok(local.ip())
+    }
+}
