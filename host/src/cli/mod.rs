@@ -1,10 +1,12 @@
 //! Command-line interface.
 
 mod demo;
+mod nat;
 mod node;
 mod peers;
 mod send;
 mod signal;
+mod stun;
 
 use std::path::PathBuf;
 
@@ -34,6 +36,10 @@ enum Command {
     Signal(signal::SignalArgs),
     /// List the nodes registered with a signaling server.
     Peers(peers::PeersArgs),
+    /// Run a STUN server (RFC 5389; RFC 5780 with --alt-addr).
+    Stun(stun::StunArgs),
+    /// Classify the local NAT against a STUN server.
+    Nat(nat::NatArgs),
 }
 
 /// Joining a signaling server from a one-shot command.
@@ -96,6 +102,40 @@ pub struct CommonNodeArgs {
     /// connections end with reason timeout (the original's max_attempt_num).
     #[arg(long, default_value_t = 6, value_name = "N")]
     keep_alive_attempts: u32,
+    #[command(flatten)]
+    traversal: TraversalArgs,
+}
+
+/// NAT traversal options of every node-running command.
+#[derive(Debug, Args)]
+pub struct TraversalArgs {
+    /// STUN server (host:port) for the public address and NAT
+    /// classification, e.g. one run by `fogconnect stun`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) stun: Option<String>,
+    /// Time budget of the connectivity checks of one connect, in ms.
+    #[arg(long, default_value_t = 8_000, value_name = "MS")]
+    punch_budget_ms: u64,
+    /// Extra sockets a symmetric-NAT side opens for birthday probing.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    birthday_sockets: u16,
+    /// Probes per second a spraying side sends.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    probe_rate: u32,
+    /// Most probes a spraying side sends in one connect.
+    #[arg(long, default_value_t = 5000, value_name = "N")]
+    max_probes: u32,
+}
+
+impl TraversalArgs {
+    /// Applies the options to a node configuration.
+    fn apply(&self, config: &mut NodeConfig) {
+        config.stun = self.stun.clone();
+        config.checks.budget = Duration::from_millis(self.punch_budget_ms.max(1));
+        config.checks.birthday_sockets = self.birthday_sockets;
+        config.checks.spray_rate = self.probe_rate.max(1);
+        config.checks.max_spray_probes = self.max_probes;
+    }
 }
 
 impl CommonNodeArgs {
@@ -117,6 +157,7 @@ impl CommonNodeArgs {
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
         config.keep_alive_interval = Duration::from_millis(self.keep_alive_ms.max(1));
         config.keep_alive_attempts = self.keep_alive_attempts.max(1);
+        self.traversal.apply(&mut config);
         config
     }
 }
@@ -127,8 +168,8 @@ impl Cli {
     /// one line.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Command::Node(_) | Command::Signal(_) => "info",
-            Command::Send(_) | Command::Demo(_) | Command::Peers(_) => "error",
+            Command::Node(_) | Command::Signal(_) | Command::Stun(_) => "info",
+            Command::Send(_) | Command::Demo(_) | Command::Peers(_) | Command::Nat(_) => "error",
         }
     }
 }
@@ -148,5 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Signal(args) => signal::run(args).await,
         Command::Peers(args) => peers::run(args).await,
+        Command::Stun(args) => stun::run(args).await,
+        Command::Nat(args) => nat::run(args).await,
     }
 }

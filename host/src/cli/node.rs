@@ -70,6 +70,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("not registered yet (retrying in the background): {e}"),
         }
     }
+    if node.config().stun.is_some() {
+        match node.nat_classified(std::time::Duration::from_secs(15)).await {
+            Some(report) => println!(
+                "nat: {}, public {}, mapping {}, filtering {}, allocation {}",
+                report.kind_name(),
+                report.public.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+                fogconnect::nat::classify::behaviour_name(report.mapping),
+                fogconnect::nat::classify::behaviour_name(report.filtering),
+                fogconnect::nat::classify::allocation_name(report.allocation)
+            ),
+            None => println!("nat: not classified (no answer from the STUN server in time)"),
+        }
+    }
     for service in node.services() {
         println!("service {} -> {} ({})", service.service, service.name, &service.hash[..16]);
     }

@@ -40,6 +40,12 @@ pub struct SendArgs {
     /// How long to wait for each reply, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     reply_timeout_ms: u64,
+    /// Print how the connection was made (path, plan, probes, times)
+    /// before the replies.
+    #[arg(long)]
+    info: bool,
+    #[command(flatten)]
+    traversal: super::TraversalArgs,
     /// The messages; each is sent and its reply printed on its own line.
     #[arg(required = true)]
     messages: Vec<String>,
@@ -64,7 +70,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
         _ => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let mut builder = Node::builder().listen(local).configure(|c| c.cache_dir = None);
+    let mut builder = Node::builder().listen(local).configure(|c| {
+        c.cache_dir = None;
+        args.traversal.apply(c);
+    });
     if let (Some(url), Some(id), Some(token)) = (&args.signal, &args.id, &args.token) {
         builder = builder.node_id(id).signal(url, token);
         if let Some(ca) = &args.signal_ca {
@@ -72,6 +81,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         }
     }
     let node = builder.start().await.context("cannot start the local node")?;
+    if args.traversal.stun.is_some() && node.nat_classified(Duration::from_secs(10)).await.is_none() {
+        tracing::warn!("NAT not classified; connecting without the classification");
+    }
     let result = exchange(&node, &args, expected).await;
     node.shutdown().await;
     result
@@ -80,6 +92,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
 async fn exchange(node: &Node, args: &SendArgs, expected: Option<Fingerprint>) -> anyhow::Result<()> {
     let convention =
         args.convention.unwrap_or_else(|| fogconnect::Convention::new(Transport::Quic, args.service).raw());
+    let started = std::time::Instant::now();
     let mut conn = match (&args.addr, &args.peer) {
         (Some(addr), _) => node
             .connect_raw(*addr, convention, expected)
@@ -94,6 +107,27 @@ async fn exchange(node: &Node, args: &SendArgs, expected: Option<Fingerprint>) -
         }
         (None, None) => bail!("give --addr or --peer"),
     };
+    if args.info {
+        let connect_ms = started.elapsed().as_secs_f64() * 1e3;
+        let stats = conn.stats();
+        let mut line = format!(
+            "connected to {} at {}: path {}, connect {connect_ms:.1} ms, rtt {:.2} ms",
+            conn.peer_id(),
+            conn.remote_addr(),
+            stats.path,
+            stats.rtt.as_secs_f64() * 1e3
+        );
+        if let Some(t) = conn.traversal() {
+            line.push_str(&format!(
+                ", plan {}, checks {}, probes {}, checks took {:.1} ms",
+                t.plan,
+                t.stats.checks_sent,
+                t.stats.probes_sent,
+                t.elapsed.as_secs_f64() * 1e3
+            ));
+        }
+        println!("{line}");
+    }
     let timeout = Duration::from_millis(args.reply_timeout_ms);
     for message in &args.messages {
         conn.send(message.clone().into_bytes()).context("send failed")?;

@@ -119,6 +119,16 @@ pub enum PathKind {
     Relayed,
 }
 
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathKind::Lan => "LAN",
+            PathKind::Direct => "direct WAN",
+            PathKind::Relayed => "relayed",
+        })
+    }
+}
+
 /// The path kind of a direct path to `addr`.
 pub fn path_of(addr: SocketAddr) -> PathKind {
     let local = match addr.ip() {

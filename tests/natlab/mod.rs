@@ -1,0 +1,380 @@
+//! The NAT lab: a simulated internet in network namespaces.
+//!
+//! Per lab: `inet` (a bridge on 203.0.113.0/24, TEST-NET-3), `srv` (the
+//! STUN server on 203.0.113.10 and .11, the signaling server), and per
+//! side `nat-a`/`nat-b` (a router whose WAN is 203.0.113.21/.22) with
+//! `host-a`/`host-b` behind it: on 10.0.1.0/24 and 10.0.2.0/24 when the
+//! router translates, on 198.51.100.0/25 and 198.51.100.128/25 (TEST-NET-2)
+//! when it is open. The router's NAT kind is set with nftables (DESIGN.md
+//! §7). Everything is torn down on drop, also when a test fails.
+//!
+//! Needs root, `ip` (iproute2) and `nft` (nftables); `make test` installs
+//! them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+
+/// The fogconnect binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_fogconnect");
+
+/// The secret of the lab's signaling server.
+pub const SECRET: &str = "nat lab signaling secret 0123456789";
+
+/// STUN primary and alternate address, signaling address.
+pub const STUN: &str = "203.0.113.10:3478";
+const STUN_ALT: &str = "203.0.113.11:3479";
+const SIGNAL: &str = "203.0.113.10:7600";
+
+/// How a lab router treats traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatKind {
+    /// No NAT, no filter: the host has a public address.
+    Open,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    AddressRestricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// A new random port per destination; address-and-port filtering.
+    Symmetric,
+    /// UDP dropped both ways.
+    UdpBlocked,
+}
+
+impl NatKind {
+    /// Every kind, in table order.
+    pub const ALL: [NatKind; 6] = [
+        NatKind::Open,
+        NatKind::FullCone,
+        NatKind::AddressRestricted,
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+        NatKind::UdpBlocked,
+    ];
+
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::Open => "open",
+            NatKind::FullCone => "full-cone",
+            NatKind::AddressRestricted => "addr-restr",
+            NatKind::PortRestricted => "port-restr",
+            NatKind::Symmetric => "symmetric",
+            NatKind::UdpBlocked => "udp-blocked",
+        }
+    }
+
+    /// Whether a direct path exists between hosts behind `self` and
+    /// `other` (the rest need a relay).
+    pub fn punchable_with(self, other: NatKind) -> bool {
+        !(self == NatKind::UdpBlocked
+            || other == NatKind::UdpBlocked
+            || (self == NatKind::Symmetric && other == NatKind::Symmetric))
+    }
+
+    fn translates(self) -> bool {
+        self != NatKind::Open
+    }
+}
+
+/// One side of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Router 203.0.113.21.
+    A,
+    /// Router 203.0.113.22.
+    B,
+}
+
+impl Side {
+    fn letter(self) -> char {
+        match self {
+            Side::A => 'a',
+            Side::B => 'b',
+        }
+    }
+
+    fn wan_ip(self) -> &'static str {
+        match self {
+            Side::A => "203.0.113.21",
+            Side::B => "203.0.113.22",
+        }
+    }
+
+    /// (router LAN address with prefix, host address with prefix, router
+    /// LAN IP) for the side.
+    fn lan(self, kind: NatKind) -> (&'static str, &'static str, &'static str) {
+        match (self, kind.translates()) {
+            (Side::A, true) => ("10.0.1.1/24", "10.0.1.2/24", "10.0.1.1"),
+            (Side::B, true) => ("10.0.2.1/24", "10.0.2.2/24", "10.0.2.1"),
+            (Side::A, false) => ("198.51.100.1/25", "198.51.100.2/25", "198.51.100.1"),
+            (Side::B, false) => ("198.51.100.129/25", "198.51.100.130/25", "198.51.100.129"),
+        }
+    }
+}
+
+/// The nftables ruleset of a router of `kind` with WAN address `wan_ip`.
+pub fn ruleset(kind: NatKind, wan_ip: &str) -> String {
+    let full_cone_map = "map fullcone { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 2m; }";
+    let full_cone_post = "oifname \"wan\" meta l4proto udp update @fullcone { udp sport : ip saddr . udp sport }";
+    let full_cone_pre = "iifname \"wan\" meta l4proto udp dnat ip to udp dport map @fullcone";
+    let established = "iifname \"wan\" ct state established,related accept\n    iifname \"wan\" drop";
+    let (sets, pre, post, forward) = match kind {
+        NatKind::Open => (String::new(), String::new(), String::new(), String::new()),
+        NatKind::FullCone => (
+            full_cone_map.to_string(),
+            full_cone_pre.to_string(),
+            format!("{full_cone_post}\n    oifname \"wan\" snat to {wan_ip}"),
+            String::new(),
+        ),
+        NatKind::AddressRestricted => (
+            format!(
+                "{full_cone_map}\n  set seen {{ type ipv4_addr . inet_service; flags dynamic,timeout; timeout 2m; }}"
+            ),
+            full_cone_pre.to_string(),
+            format!("{full_cone_post}\n    oifname \"wan\" snat to {wan_ip}"),
+            "iifname \"lan\" meta l4proto udp update @seen { ip daddr . udp sport }\n    \
+             iifname \"wan\" ct state established,related accept\n    \
+             iifname \"wan\" meta l4proto udp ip saddr . udp dport @seen accept\n    \
+             iifname \"wan\" drop"
+                .to_string(),
+        ),
+        NatKind::PortRestricted => {
+            (String::new(), String::new(), format!("oifname \"wan\" snat to {wan_ip}"), established.to_string())
+        }
+        NatKind::Symmetric => {
+            (String::new(), String::new(), "oifname \"wan\" masquerade random".to_string(), established.to_string())
+        }
+        NatKind::UdpBlocked => (
+            String::new(),
+            String::new(),
+            format!("oifname \"wan\" snat to {wan_ip}"),
+            format!("meta l4proto udp drop\n    {established}"),
+        ),
+    };
+    format!(
+        "table ip lab {{\n  {sets}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    {pre}\n  }}\n  \
+         chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {post}\n  }}\n  \
+         chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"wan\" drop\n  }}\n  \
+         chain forward {{\n    type filter hook forward priority filter; policy accept;\n    {forward}\n  }}\n}}\n"
+    )
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A running lab; dropping it kills its processes and deletes its
+/// namespaces.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    kinds: (NatKind, NatKind),
+    stun_started: bool,
+}
+
+/// A line-reading child process.
+pub struct Proc {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    /// Waits for a line starting with `prefix`, at most `limit`.
+    pub fn wait_line(&mut self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + limit;
+        if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return Ok(line.clone());
+        }
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!("no line starting with {prefix:?} within {limit:?}; got {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Lab {
+    /// Builds the namespaces, links and routers for a side A behind `a` and
+    /// a side B behind `b`.
+    pub fn new(a: NatKind, b: NatKind) -> anyhow::Result<Self> {
+        let prefix = format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
+        let mut lab = Lab { prefix, namespaces: Vec::new(), children: Vec::new(), kinds: (a, b), stun_started: false };
+        lab.build().with_context(|| format!("building the NAT lab {} × {}", a.name(), b.name()))?;
+        Ok(lab)
+    }
+
+    /// The namespace called `name` in this lab.
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn add_ns(&mut self, name: &str) -> anyhow::Result<String> {
+        let ns = self.ns(name);
+        ip(&["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-q", "-w", &format!("{key}={value}")])).map(|_| ())
+    }
+
+    /// A veth from `ns` (named `name`) to the bridge in `inet`.
+    fn wire_to_inet(&self, inet: &str, ns: &str, name: &str, peer: &str) -> anyhow::Result<()> {
+        ip(&["-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer, "netns", inet])?;
+        ip(&["-n", inet, "link", "set", peer, "master", "br0", "up"])?;
+        ip(&["-n", ns, "link", "set", name, "up"])
+    }
+
+    fn build(&mut self) -> anyhow::Result<()> {
+        let inet = self.add_ns("inet")?;
+        ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &inet, "link", "set", "br0", "up"])?;
+        let srv = self.add_ns("srv")?;
+        self.wire_to_inet(&inet, &srv, "eth0", "srv")?;
+        ip(&["-n", &srv, "addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
+        ip(&["-n", &srv, "addr", "add", "203.0.113.11/24", "dev", "eth0"])?;
+        let (ka, kb) = self.kinds;
+        for (side, kind) in [(Side::A, ka), (Side::B, kb)] {
+            let nat = self.add_ns(&format!("nat-{}", side.letter()))?;
+            let host = self.add_ns(&format!("host-{}", side.letter()))?;
+            self.wire_to_inet(&inet, &nat, "wan", &format!("nat{}", side.letter()))?;
+            ip(&["-n", &nat, "addr", "add", &format!("{}/24", side.wan_ip()), "dev", "wan"])?;
+            ip(&["-n", &nat, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", &host])?;
+            ip(&["-n", &nat, "link", "set", "lan", "up"])?;
+            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+            let (router_lan, host_addr, gateway) = side.lan(kind);
+            ip(&["-n", &nat, "addr", "add", router_lan, "dev", "lan"])?;
+            ip(&["-n", &host, "addr", "add", host_addr, "dev", "eth0"])?;
+            ip(&["-n", &host, "route", "add", "default", "via", gateway])?;
+            Self::sysctl(&nat, "net.ipv4.ip_forward", "1")?;
+            let rules = ruleset(kind, side.wan_ip());
+            let mut nft = Command::new("ip")
+                .args(["netns", "exec", &nat, "nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot run nft (install nftables)")?;
+            use std::io::Write;
+            nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
+            let out = nft.wait_with_output()?;
+            ensure!(out.status.success(), "nft failed: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
+        }
+        // Routes to the open sides' public host networks.
+        let routes = [("198.51.100.0/25", Side::A.wan_ip()), ("198.51.100.128/25", Side::B.wan_ip())];
+        for ns in [self.ns("srv"), self.ns("nat-a"), self.ns("nat-b")] {
+            for (net, via) in routes {
+                if ns.ends_with(&format!("nat-{}", if via == Side::A.wan_ip() { 'a' } else { 'b' })) {
+                    continue;
+                }
+                ip(&["-n", &ns, "route", "add", net, "via", via])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a process in namespace `ns` (a name like `host-a`), its
+    /// stdout read line by line.
+    pub fn spawn(&mut self, ns: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), BIN])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start fogconnect {args:?} in {ns}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        self.children.push(child);
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Proc { lines, seen: Vec::new() })
+    }
+
+    /// Runs a command to completion in namespace `ns`.
+    pub fn output(&self, ns: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), BIN])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .with_context(|| format!("cannot run fogconnect {args:?} in {ns}"))
+    }
+
+    /// Starts the RFC 5780 STUN server in `srv`.
+    pub fn start_stun(&mut self) -> anyhow::Result<()> {
+        let mut stun = self.spawn("srv", &["stun", "--listen", STUN, "--alt-addr", STUN_ALT], &[])?;
+        stun.wait_line("RFC 5780", Duration::from_secs(10))?;
+        self.stun_started = true;
+        Ok(())
+    }
+
+    /// Starts the STUN and signaling servers in `srv`; returns the
+    /// signaling URL.
+    pub fn start_servers(&mut self) -> anyhow::Result<String> {
+        self.start_stun()?;
+        let mut signal = self.spawn("srv", &["signal", "--listen", SIGNAL], &[("FOGCONNECT_SIGNAL_SECRET", SECRET)])?;
+        let line = signal.wait_line("signaling on ", Duration::from_secs(10))?;
+        Ok(line.trim_start_matches("signaling on ").to_string())
+    }
+
+    /// A registration token for `id`.
+    pub fn token(&self, id: &str) -> anyhow::Result<String> {
+        let out = run(Command::new(BIN)
+            .args(["signal", "token", "--id", id])
+            .env("FOGCONNECT_SIGNAL_SECRET", SECRET))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// Whether this process may build labs (root with `ip` and `nft`).
+pub fn lab_available() -> anyhow::Result<()> {
+    let uid = run(Command::new("id").arg("-u"))?;
+    ensure!(String::from_utf8_lossy(&uid.stdout).trim() == "0", "the NAT lab needs root");
+    run(Command::new("nft").arg("--version")).context("the NAT lab needs nft: apt-get install nftables")?;
+    run(Command::new("ip").arg("-V")).context("the NAT lab needs ip: apt-get install iproute2")?;
+    Ok(())
+}
