@@ -42,3 +42,52 @@ fn nat_command_classifies_every_lab_nat_kind() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Every ordered pair of lab NAT kinds: direct wherever the pair can be
+/// punched, a clear "relay required" otherwise. Prints the table.
+#[test]
+fn matrix_of_36_nat_pairs() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let pairs: Vec<(NatKind, NatKind)> =
+        NatKind::ALL.iter().flat_map(|&a| NatKind::ALL.iter().map(move |&b| (a, b))).collect();
+    // Labs are independent namespaces: run a few at once.
+    let queue = std::sync::Mutex::new(pairs.clone());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                loop {
+                    let Some((a, b)) = queue.lock().map(|mut q| q.pop()).ok().flatten() else { return };
+                    let run = natlab::connect_pair(a, b, &[]);
+                    results.lock().map(|mut r| r.push(((a, b), run))).ok();
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    results.sort_by_key(|((a, b), _)| (NatKind::ALL.iter().position(|k| k == a), NatKind::ALL.iter().position(|k| k == b)));
+    println!("{:<12} {:<12} {:<16} {:>10}  detail", "A", "B", "outcome", "connect ms");
+    let mut failures = Vec::new();
+    for ((a, b), run) in &results {
+        let run = run.as_ref().map_err(|e| anyhow::anyhow!("{} × {}: {e:#}", a.name(), b.name()))?;
+        let outcome = if run.direct() {
+            "direct"
+        } else if run.error.as_deref().is_some_and(|e| e.contains("relay required")) {
+            "relay required"
+        } else {
+            "FAILED"
+        };
+        let detail = run.info.clone().or(run.error.clone()).unwrap_or_default();
+        let ms = run.connect_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms:.0}"));
+        println!("{:<12} {:<12} {:<16} {:>10}  {detail}", a.name(), b.name(), outcome, ms);
+        let expected = if a.punchable_with(*b) { "direct" } else { "relay required" };
+        if outcome != expected {
+            failures.push(format!("{} × {}: expected {expected}, got {outcome}: {detail}", a.name(), b.name()));
+        }
+        if outcome == "direct" {
+            ensure!(run.reply.as_deref() == Some("hello through the NATs"), "{} × {}: reply {:?}", a.name(), b.name(), run.reply);
+        }
+    }
+    ensure!(failures.is_empty(), "{} pair(s) wrong:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}

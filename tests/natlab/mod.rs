@@ -378,3 +378,65 @@ pub fn lab_available() -> anyhow::Result<()> {
     run(Command::new("ip").arg("-V")).context("the NAT lab needs ip: apt-get install iproute2")?;
     Ok(())
 }
+
+/// What one connect from A to B in the lab gave.
+#[derive(Debug, Clone)]
+pub struct PairRun {
+    /// Side A's NAT.
+    pub a: NatKind,
+    /// Side B's NAT.
+    pub b: NatKind,
+    /// The `--info` line on success.
+    pub info: Option<String>,
+    /// The reply of B's echo plugin.
+    pub reply: Option<String>,
+    /// The error line on failure.
+    pub error: Option<String>,
+    /// Milliseconds from the start of the connect to the connection, as
+    /// `send --info` measured it.
+    pub connect_ms: Option<f64>,
+    /// Spray probes used by A, from the `--info` line.
+    pub probes: Option<u32>,
+}
+
+impl PairRun {
+    /// Whether A got B's reply over a direct path.
+    pub fn direct(&self) -> bool {
+        self.reply.is_some() && self.info.as_deref().is_some_and(|i| i.contains("path direct WAN"))
+    }
+}
+
+fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Builds a lab for `a` × `b`, runs a node with the echo plugin behind B
+/// and connects to it by id from behind A; `extra` goes to both sides.
+pub fn connect_pair(a: NatKind, b: NatKind, extra: &[&str]) -> anyhow::Result<PairRun> {
+    let mut lab = Lab::new(a, b)?;
+    let url = lab.start_servers()?;
+    let (token_a, token_b) = (lab.token("dev-a")?, lab.token("dev-b")?);
+    let echo = format!("0={}", crate::common::plugin("echo").display());
+    let mut args = vec!["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", &url];
+    args.extend(["--token", &token_b, "--stun", STUN, "--plugin", &echo]);
+    args.extend(extra);
+    let mut node = lab.spawn("host-b", &args, &[])?;
+    node.wait_line("registered with", Duration::from_secs(15))?;
+    node.wait_line("nat:", Duration::from_secs(20))?;
+    let mut args = vec!["send", "--peer", "dev-b", "--signal", &url, "--id", "dev-a", "--token", &token_a];
+    args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
+    args.extend(extra);
+    args.push("hello through the NATs");
+    let out = lab.output("host-a", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let info = lines.next().filter(|l| l.starts_with("connected to")).map(str::to_string);
+    let reply = lines.next().map(str::to_string);
+    let error = (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+    let connect_ms = info.as_deref().and_then(|i| field(i, "connect "));
+    let probes = info.as_deref().and_then(|i| field(i, "probes "));
+    Ok(PairRun { a, b, info, reply, error, connect_ms, probes })
+}
