@@ -5,9 +5,7 @@
 mod common;
 mod natlab;
 
-use std::time::Duration;
-
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use natlab::{Lab, NatKind, STUN};
 
 /// `fogconnect nat` from behind each kind of router reports that kind.
@@ -89,5 +87,53 @@ fn matrix_of_36_nat_pairs() -> anyhow::Result<()> {
         }
     }
     ensure!(failures.is_empty(), "{} pair(s) wrong:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}
+
+/// Runs `count` connects of `a` × `b` (alternating which side connects),
+/// `parallel` labs at a time.
+fn runs(a: NatKind, b: NatKind, count: usize, parallel: usize) -> Vec<anyhow::Result<natlab::PairRun>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    let (x, y) = if i % 2 == 0 { (a, b) } else { (b, a) };
+                    let run = natlab::connect_pair(x, y, &[]);
+                    results.lock().map(|mut r| r.push(run)).ok();
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_default()
+}
+
+/// Port-restricted cone × symmetric needs birthday probing: 256 sockets on
+/// the symmetric side, random probes from the other; direct in at least 19
+/// of 20 runs, with either side connecting.
+#[test]
+fn birthday_probing_connects_port_restricted_and_symmetric() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let results = runs(NatKind::PortRestricted, NatKind::Symmetric, 20, 4);
+    let mut direct = 0;
+    let mut probes = Vec::new();
+    for run in &results {
+        let run = run.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        if run.direct() {
+            direct += 1;
+        } else {
+            println!("{} × {} not direct: {:?}", run.a.name(), run.b.name(), run.error);
+        }
+        probes.extend(run.probes.filter(|&p| p > 0));
+    }
+    probes.sort_unstable();
+    println!("direct {direct}/20; probes of the spraying side (when it connected): {probes:?}");
+    ensure!(results.len() == 20, "{} runs", results.len());
+    ensure!(direct >= 19, "only {direct} of 20 runs direct");
     Ok(())
 }
