@@ -9,11 +9,23 @@ PLUGINS     := echo demo test-spin test-memhog test-panic test-escape test-probe
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
 
-.PHONY: setup plugins build demo test lint bench fuzz clean
+.PHONY: setup lab-deps plugins build demo test lint bench bench-nat fuzz clean
 
 ## setup: install the toolchain pieces the build needs
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## lab-deps: what the NAT lab tests need (root): ip, nft, and coturn's
+## RFC 5780 server and client for the interoperability tests
+LAB_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_natdiscovery:coturn
+lab-deps:
+	@missing=""; for tool in $(LAB_TOOLS); do \
+		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 ## plugins: build every plugin to $(PLUGIN_DIR)
 plugins: setup
@@ -29,7 +41,7 @@ demo: build
 
 ## test: build everything and run every test (the integration tests last, so
 ## the run ends on their summary)
-test: plugins
+test: lab-deps plugins
 	$(CARGO) build --release -p fogconnect --examples
 	$(CARGO) test --release -p fogconnect --doc
 	$(CARGO) test --release -p fogconnect --benches
@@ -46,12 +58,17 @@ bench: plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
 
+## bench-nat: time to connect per NAT pair in the NAT lab, and probes used by
+## birthday probing (root)
+bench-nat: lab-deps plugins
+	$(CARGO) bench -p fogconnect --bench nat_lab
+
 ## fuzz: run each wire-format fuzz target for FUZZ_SECONDS (needs cargo-fuzz;
 ## RUSTC_BOOTSTRAP lets the stable toolchain build with the sanitizer flags)
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in frame_decoder signal_messages; do \
+	cd fuzz && for target in frame_decoder signal_messages stun_messages; do \
 		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

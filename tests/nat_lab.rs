@@ -137,3 +137,60 @@ fn birthday_probing_connects_port_restricted_and_symmetric() -> anyhow::Result<(
     ensure!(direct >= 19, "only {direct} of 20 runs direct");
     Ok(())
 }
+
+/// Interoperability with coturn, a standard RFC 5780 implementation:
+/// `fogconnect nat` classifies against coturn's server, and coturn's
+/// `turnutils_natdiscovery` client classifies against `fogconnect stun`.
+#[test]
+fn rfc_5780_interoperates_with_coturn_both_ways() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    for (kind, mapping, filtering) in [
+        (NatKind::PortRestricted, "endpoint-independent", "address-and-port-dependent"),
+        (NatKind::Symmetric, "address-and-port-dependent", "address-and-port-dependent"),
+        (NatKind::AddressRestricted, "endpoint-independent", "address-dependent"),
+    ] {
+        // Our client against coturn.
+        let mut lab = Lab::new(kind, NatKind::Open)?;
+        let coturn = [
+            "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "203.0.113.10",
+            "--listening-ip", "203.0.113.11", "--listening-port", "3478", "--alt-listening-port", "3479",
+            "--log-file", "stdout", "--simple-log",
+        ];
+        let mut server = lab.spawn_program("srv", "turnserver", &coturn, &[])?;
+        server.wait_line("", std::time::Duration::from_secs(5))?;
+        let report = eventually_output(&lab, &["nat", "--stun", STUN])?;
+        println!("--- fogconnect nat against coturn, {}\n{report}", kind.name());
+        ensure!(report.contains(&format!("mapping:         {mapping}\n")), "{}: {report}", kind.name());
+        ensure!(report.contains(&format!("filtering:       {filtering}\n")), "{}: {report}", kind.name());
+        drop(lab);
+
+        // coturn's client against our server.
+        let mut lab = Lab::new(kind, NatKind::Open)?;
+        lab.start_stun()?;
+        let out = lab.output_program("host-a", "turnutils_natdiscovery", &["-m", "-f", "203.0.113.10"], &[])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        println!("--- turnutils_natdiscovery against fogconnect stun, {}\n{text}", kind.name());
+        let (want_mapping, want_filtering) = match kind {
+            NatKind::PortRestricted => ("Endpoint Independent Mapping", "Address and Port Dependent Filtering"),
+            NatKind::Symmetric => ("Address and Port Dependent Mapping", "Address and Port Dependent Filtering"),
+            _ => ("Endpoint Independent Mapping", "Address Dependent Filtering"),
+        };
+        ensure!(text.contains(want_mapping), "{}: expected {want_mapping}: {text}", kind.name());
+        ensure!(text.contains(want_filtering), "{}: expected {want_filtering}: {text}", kind.name());
+    }
+    Ok(())
+}
+
+/// Runs `fogconnect nat` until the server answers (it may still be
+/// starting), at most five times.
+fn eventually_output(lab: &Lab, args: &[&str]) -> anyhow::Result<String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = lab.output("host-a", args, &[])?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !last.contains("UDP blocked") {
+            return Ok(last);
+        }
+    }
+    anyhow::bail!("no answer from the server: {last}")
+}

@@ -301,14 +301,19 @@ impl Lab {
     /// Starts a process in namespace `ns` (a name like `host-a`), its
     /// stdout read line by line.
     pub fn spawn(&mut self, ns: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        self.spawn_program(ns, BIN, args, env)
+    }
+
+    /// Starts `program` in namespace `ns`, its stdout read line by line.
+    pub fn spawn_program(&mut self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns), BIN])
+            .args(["netns", "exec", &self.ns(ns), program])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("cannot start fogconnect {args:?} in {ns}"))?;
+            .with_context(|| format!("cannot start {program} {args:?} in {ns}"))?;
         let stdout = child.stdout.take().context("stdout")?;
         self.children.push(child);
         let (tx, lines) = mpsc::channel();
@@ -324,12 +329,17 @@ impl Lab {
 
     /// Runs a command to completion in namespace `ns`.
     pub fn output(&self, ns: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+        self.output_program(ns, BIN, args, env)
+    }
+
+    /// Runs `program` to completion in namespace `ns`.
+    pub fn output_program(&self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
         Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns), BIN])
+            .args(["netns", "exec", &self.ns(ns), program])
             .args(args)
             .envs(env.iter().copied())
             .output()
-            .with_context(|| format!("cannot run fogconnect {args:?} in {ns}"))
+            .with_context(|| format!("cannot run {program} {args:?} in {ns}"))
     }
 
     /// Starts the RFC 5780 STUN server in `srv`.

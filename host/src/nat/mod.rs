@@ -7,10 +7,14 @@
 //! to send and the next wake-up come out. [`discovery`] and [`server`] are
 //! the thin tokio layers; the node drives [`checks`] on its own socket.
 
+/// STUN binding messages (the codec lives in `fogconnect-proto`).
+pub mod message {
+    pub use fogconnect_proto::stun::*;
+}
+
 pub mod checks;
 pub mod classify;
 pub mod discovery;
-pub mod message;
 pub mod server;
 pub mod strategy;
 pub mod transaction;
@@ -22,12 +26,9 @@ pub use strategy::Plan;
 /// Errors of NAT traversal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NatError {
-    /// A datagram is not a well-formed STUN binding message.
-    #[error("malformed STUN message: {0}")]
-    Malformed(String),
-    /// A message could not be encoded (bad credentials or attribute).
-    #[error("cannot encode STUN message: {0}")]
-    Encode(String),
+    /// A STUN message could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] message::StunCodecError),
     /// A socket operation failed.
     #[error("{0}")]
     Io(String),

@@ -2,6 +2,17 @@
 //! responses with the RFC 5780 and ICE attributes, encoded and decoded by
 //! stun-rs. Pure functions, no I/O.
 
+/// Errors of encoding or decoding STUN messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StunCodecError {
+    /// A datagram is not a well-formed STUN binding message.
+    #[error("malformed STUN message: {0}")]
+    Malformed(String),
+    /// A message could not be encoded (bad credentials or attribute).
+    #[error("cannot encode STUN message: {0}")]
+    Encode(String),
+}
+
 use std::net::SocketAddr;
 
 use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin};
@@ -15,7 +26,6 @@ use stun_rs::{
     StunMessage, StunMessageBuilder, TransactionId,
 };
 
-use super::NatError;
 
 /// A STUN transaction id: 96 random bits.
 pub type TxId = [u8; 12];
@@ -97,26 +107,26 @@ impl Binding {
     }
 }
 
-fn encode(message: &StunMessage) -> Result<Vec<u8>, NatError> {
+fn encode(message: &StunMessage) -> Result<Vec<u8>, StunCodecError> {
     let mut buf = vec![0u8; MAX_STUN_MESSAGE];
     let size = MessageEncoderBuilder::default()
         .build()
         .encode(&mut buf, message)
-        .map_err(|e| NatError::Encode(format!("{e:?}")))?;
+        .map_err(|e| StunCodecError::Encode(format!("{e:?}")))?;
     buf.truncate(size);
     Ok(buf)
 }
 
-fn key(pwd: &str) -> Result<HMACKey, NatError> {
-    HMACKey::new_short_term(pwd).map_err(|e| NatError::Encode(format!("bad password: {e:?}")))
+fn key(pwd: &str) -> Result<HMACKey, StunCodecError> {
+    HMACKey::new_short_term(pwd).map_err(|e| StunCodecError::Encode(format!("bad password: {e:?}")))
 }
 
 /// Encodes a binding request.
 ///
 /// # Errors
-/// [`NatError::Encode`] for a username or password stun-rs refuses
+/// [`StunCodecError::Encode`] for a username or password stun-rs refuses
 /// (e.g. over 513 bytes).
-pub fn binding_request(txid: TxId, request: &BindingRequest<'_>) -> Result<Vec<u8>, NatError> {
+pub fn binding_request(txid: TxId, request: &BindingRequest<'_>) -> Result<Vec<u8>, StunCodecError> {
     let mut builder =
         StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(TransactionId::from(txid));
     let flags = match (request.change_ip, request.change_port) {
@@ -132,7 +142,7 @@ pub fn binding_request(txid: TxId, request: &BindingRequest<'_>) -> Result<Vec<u
         builder = builder.with_attribute(UseCandidate::default());
     }
     if let Some((username, pwd)) = request.auth {
-        let name = UserName::new(username).map_err(|e| NatError::Encode(format!("bad username: {e:?}")))?;
+        let name = UserName::new(username).map_err(|e| StunCodecError::Encode(format!("bad username: {e:?}")))?;
         builder = builder.with_attribute(name).with_attribute(MessageIntegrity::new(key(pwd)?));
         builder = builder.with_attribute(Fingerprint::default());
     }
@@ -157,8 +167,8 @@ pub struct SuccessResponse<'a> {
 /// Encodes a binding success response.
 ///
 /// # Errors
-/// [`NatError::Encode`] for a password stun-rs refuses.
-pub fn binding_success(txid: TxId, response: &SuccessResponse<'_>) -> Result<Vec<u8>, NatError> {
+/// [`StunCodecError::Encode`] for a password stun-rs refuses.
+pub fn binding_success(txid: TxId, response: &SuccessResponse<'_>) -> Result<Vec<u8>, StunCodecError> {
     let mut builder =
         StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse).with_transaction_id(TransactionId::from(txid));
     if let Some(mapped) = response.mapped {
@@ -188,9 +198,9 @@ pub fn binding_success(txid: TxId, response: &SuccessResponse<'_>) -> Result<Vec
 /// Encodes a binding error response, listing `unknown` attributes for 420.
 ///
 /// # Errors
-/// [`NatError::Encode`] for a code outside 300..=699.
-pub fn binding_error(txid: TxId, code: u16, reason: &str, unknown: &[u16]) -> Result<Vec<u8>, NatError> {
-    let error = stun_rs::ErrorCode::new(code, reason).map_err(|e| NatError::Encode(format!("{e:?}")))?;
+/// [`StunCodecError::Encode`] for a code outside 300..=699.
+pub fn binding_error(txid: TxId, code: u16, reason: &str, unknown: &[u16]) -> Result<Vec<u8>, StunCodecError> {
+    let error = stun_rs::ErrorCode::new(code, reason).map_err(|e| StunCodecError::Encode(format!("{e:?}")))?;
     let mut builder = StunMessageBuilder::new(BINDING, MessageClass::ErrorResponse)
         .with_transaction_id(TransactionId::from(txid))
         .with_attribute(ErrorCode::from(error));
@@ -207,13 +217,13 @@ pub fn binding_error(txid: TxId, code: u16, reason: &str, unknown: &[u16]) -> Re
 /// Decodes a binding message without checking MESSAGE-INTEGRITY.
 ///
 /// # Errors
-/// [`NatError::Malformed`] for anything that is not a well-formed STUN
+/// [`StunCodecError::Malformed`] for anything that is not a well-formed STUN
 /// binding message (garbage, truncated, other methods).
-pub fn decode(bytes: &[u8]) -> Result<Binding, NatError> {
+pub fn decode(bytes: &[u8]) -> Result<Binding, StunCodecError> {
     let (message, _) =
-        MessageDecoderBuilder::default().build().decode(bytes).map_err(|e| NatError::Malformed(format!("{e:?}")))?;
+        MessageDecoderBuilder::default().build().decode(bytes).map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
     if message.method() != BINDING {
-        return Err(NatError::Malformed(format!("not a binding message (method {:#x})", message.method().as_u16())));
+        return Err(StunCodecError::Malformed(format!("not a binding message (method {:#x})", message.method().as_u16())));
     }
     let txid = *message.transaction_id().as_bytes();
     Ok(match message.class() {
