@@ -1,6 +1,7 @@
 //! `fogconnect demo`: the embedded default in one process: a signaling
-//! server, a device node serving the demo plugins, an app node that finds
-//! the device by id, and the original demo exchange.
+//! server, a STUN server (RFC 5780, on 127.0.0.1 and 127.0.0.2), a device
+//! node serving the demo plugins, an app node that finds the device by id
+//! through connectivity checks, and the original demo exchange.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fogconnect::nat::server::{StunResponder, StunServer, StunServerLimits};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 use fogconnect::{ConnectionEvent, Node, Transport};
@@ -38,23 +40,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot start the signaling server")?;
     let expiry = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     println!("signaling server on {}", signal.url());
+    let responder =
+        StunResponder::new(SocketAddr::from(([127, 0, 0, 1], 0)), Some(SocketAddr::from(([127, 0, 0, 2], 0))))?;
+    let stun = StunServer::start(responder, StunServerLimits::default()).await.context("cannot start the STUN server")?;
+    let stun_addr = stun.addrs()[0].to_string();
+    println!("stun server on {} (RFC 5780 alternate {})", stun_addr, stun.addrs()[3]);
     let device_id = "ee:34:a1:44:2c:1c";
     let device = Node::builder()
         .node_id(device_id)
         .plugin(0, &echo)
         .plugin(1, &demo)
         .signal(signal.url(), token::issue(&secret, device_id, expiry))
+        .stun(&stun_addr)
         .start()
         .await
         .context("cannot start the device node")?;
     let app = Node::builder()
         .node_id("app")
         .signal(signal.url(), token::issue(&secret, "app", expiry))
+        .stun(&stun_addr)
         .start()
         .await
         .context("cannot start the app node")?;
     device.registered(Duration::from_secs(10)).await?;
     app.registered(Duration::from_secs(10)).await?;
+    for node in [&device, &app] {
+        match node.nat_classified(Duration::from_secs(10)).await {
+            Some(report) => println!(
+                "{}: nat {} (mapping {}, filtering {}), public address {}",
+                node.id(),
+                report.kind_name(),
+                fogconnect::nat::classify::behaviour_name(report.mapping),
+                fogconnect::nat::classify::behaviour_name(report.filtering),
+                node.public_addr().await.map_or_else(|| "unknown".into(), |p| p.to_string())
+            ),
+            None => println!("{}: nat not classified", node.id()),
+        }
+    }
     println!("device node {} on {} registered, serving:", device.id(), device.local_addr());
     for s in device.services() {
         println!("  service {} -> {} (sha256 {})", s.service, s.name, &s.hash[..16]);
@@ -64,6 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     app.shutdown().await;
     device.shutdown().await;
     signal.shutdown();
+    stun.stop().await;
     result
 }
 
@@ -78,6 +101,15 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
         conn.convention(),
         ms(connect_time)
     );
+    if let Some(t) = conn.traversal() {
+        println!(
+            "app -> device: connectivity checks chose {} ({}) in {:.1} ms, {} check(s)",
+            t.selected.remote,
+            t.plan,
+            ms(t.elapsed),
+            t.stats.checks_sent
+        );
+    }
     let message = "I am fog data!";
     conn.send(message.as_bytes().to_vec())?;
     println!("app -> device: {message:?}");
@@ -98,7 +130,7 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     let stats = conn.stats();
     println!();
     println!(
-        "summary: connect {:.1} ms, path {:?}, rtt {} us, {} message(s) sent, {} received",
+        "summary: connect {:.1} ms, path {}, rtt {} us, {} message(s) sent, {} received",
         ms(connect_time),
         stats.path,
         stats.rtt.as_micros(),

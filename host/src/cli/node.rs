@@ -73,9 +73,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if node.config().stun.is_some() {
         match node.nat_classified(std::time::Duration::from_secs(15)).await {
             Some(report) => println!(
-                "nat: {}, public {}, mapping {}, filtering {}, allocation {}",
+                "nat: {}, public address {}, mapping {}, filtering {}, allocation {}",
                 report.kind_name(),
-                report.public.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
+                node.public_addr().await.map_or_else(|| "unknown".to_string(), |p| p.to_string()),
                 fogconnect::nat::classify::behaviour_name(report.mapping),
                 fogconnect::nat::classify::behaviour_name(report.filtering),
                 fogconnect::nat::classify::allocation_name(report.allocation)

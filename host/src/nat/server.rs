@@ -45,16 +45,17 @@ impl StunResponder {
     /// with the primary, or the families differ.
     pub fn new(primary: SocketAddr, alternate: Option<SocketAddr>) -> Result<Self, NatError> {
         if let Some(alt) = alternate {
-            if alt.ip() == primary.ip() || alt.port() == primary.port() {
+            let both_free = alt.port() == 0 && primary.port() == 0;
+            if (alt.port() == 0) != (primary.port() == 0) {
+                return Err(NatError::Config("with an alternate address give both ports, or 0 for both".into()));
+            }
+            if alt.ip() == primary.ip() || (alt.port() == primary.port() && !both_free) {
                 return Err(NatError::Config(format!(
                     "the alternate address {alt} must differ from {primary} in both IP and port (RFC 5780)"
                 )));
             }
             if alt.is_ipv4() != primary.is_ipv4() {
                 return Err(NatError::Config(format!("{alt} and {primary} are of different address families")));
-            }
-            if alt.port() == 0 || primary.port() == 0 {
-                return Err(NatError::Config("with an alternate address both ports must be given, not 0".into()));
             }
             if alt.ip().is_unspecified() || primary.ip().is_unspecified() {
                 return Err(NatError::Config(
@@ -144,6 +145,44 @@ impl Default for StunServerLimits {
     }
 }
 
+/// Binds the four (or one) addresses. Port 0 picks free ports: with an
+/// alternate address the two ports are picked so that all four
+/// combinations can be bound (retried a few times).
+async fn bind_all(responder: StunResponder) -> Result<(StunResponder, HashMap<SocketAddr, Arc<UdpSocket>>), NatError> {
+    let bind = |addr: SocketAddr| async move {
+        UdpSocket::bind(addr).await.map_err(|e| NatError::Io(format!("cannot bind {addr}: {e}")))
+    };
+    let local = |socket: &UdpSocket| socket.local_addr().map_err(|e| NatError::Io(e.to_string()));
+    let Some(alt) = responder.alternate else {
+        let socket = bind(responder.primary).await?;
+        let primary = local(&socket)?;
+        return Ok((StunResponder { primary, alternate: None }, HashMap::from([(primary, Arc::new(socket))])));
+    };
+    let mut last = None;
+    for _ in 0..16 {
+        let attempt = async {
+            let first = bind(responder.primary).await?;
+            let primary = local(&first)?;
+            let second = bind(alt).await?;
+            let alternate = local(&second)?;
+            let responder = StunResponder { primary, alternate: Some(alternate) };
+            let mut sockets = HashMap::from([(primary, Arc::new(first)), (alternate, Arc::new(second))]);
+            for addr in [SocketAddr::new(primary.ip(), alternate.port()), SocketAddr::new(alternate.ip(), primary.port())]
+            {
+                sockets.insert(addr, Arc::new(bind(addr).await?));
+            }
+            Ok::<_, NatError>((responder, sockets))
+        };
+        match attempt.await {
+            Ok(bound) => return Ok(bound),
+            // Fixed ports fail the same way every time.
+            Err(e) if responder.primary.port() != 0 => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| NatError::Io("cannot bind the STUN addresses".into())))
+}
+
 /// A running STUN server.
 #[derive(Debug)]
 pub struct StunServer {
@@ -159,19 +198,8 @@ impl StunServer {
     /// # Errors
     /// [`NatError::Io`] when an address cannot be bound.
     pub async fn start(responder: StunResponder, limits: StunServerLimits) -> Result<Self, NatError> {
-        let mut sockets = HashMap::new();
-        let mut addrs = Vec::new();
-        for addr in responder.listen_addrs() {
-            let socket = UdpSocket::bind(addr).await.map_err(|e| NatError::Io(format!("cannot bind {addr}: {e}")))?;
-            let bound = socket.local_addr().map_err(|e| NatError::Io(e.to_string()))?;
-            addrs.push(bound);
-            sockets.insert(addr, Arc::new(socket));
-        }
-        let responder = if responder.alternate.is_none() {
-            StunResponder { primary: addrs[0], alternate: None }
-        } else {
-            responder
-        };
+        let (responder, sockets) = bind_all(responder).await?;
+        let addrs: Vec<SocketAddr> = responder.listen_addrs();
         let sockets = Arc::new(sockets);
         let stop = CancellationToken::new();
         let limiter = Arc::new(std::sync::Mutex::new(HashMap::<IpAddr, TokenBucket>::new()));
@@ -179,7 +207,6 @@ impl StunServer {
         for (&local, socket) in sockets.iter() {
             let (socket, sockets, responder, stop, limiter) =
                 (socket.clone(), sockets.clone(), responder.clone(), stop.clone(), limiter.clone());
-            let local = if responder.alternate.is_none() { responder.primary } else { local };
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 loop {
@@ -324,5 +351,29 @@ mod tests {
         assert!(StunResponder::new(a("198.51.100.1:3478"), Some(a("198.51.100.1:3479"))).is_err());
         assert!(StunResponder::new(a("198.51.100.1:3478"), Some(a("198.51.100.2:3478"))).is_err());
         assert!(StunResponder::new(a("0.0.0.0:3478"), Some(a("198.51.100.2:3479"))).is_err());
+        assert!(StunResponder::new(a("198.51.100.1:0"), Some(a("198.51.100.2:3479"))).is_err());
+        assert!(StunResponder::new(a("198.51.100.1:0"), Some(a("198.51.100.2:0"))).is_ok());
+    }
+
+    /// The whole procedure over real sockets on loopback: the server on
+    /// 127.0.0.1 and 127.0.0.2 with free ports, the client without NAT.
+    #[tokio::test]
+    async fn discovery_against_our_server_on_loopback_finds_no_nat() {
+        let responder = StunResponder::new(a("127.0.0.1:0"), Some(a("127.0.0.2:0"))).expect("valid");
+        let server = StunServer::start(responder, StunServerLimits::default()).await.expect("start");
+        let addrs = server.addrs().to_vec();
+        assert_eq!(addrs.len(), 4);
+        assert_eq!((addrs[1].ip(), addrs[1].port()), (addrs[0].ip(), addrs[3].port()));
+        let report = crate::nat::discovery::discover(addrs[0], crate::nat::transaction::RetransmitPolicy::DISCOVERY)
+            .await
+            .expect("discover");
+        assert!(report.rfc5780);
+        assert_eq!(report.behind_nat(), Some(false));
+        assert_eq!(report.public, Some(report.local));
+        assert_eq!(report.mapping, crate::signal::protocol::NatBehaviour::EndpointIndependent);
+        assert_eq!(report.filtering, crate::signal::protocol::NatBehaviour::EndpointIndependent);
+        assert_eq!(report.hairpinning, Some(true));
+        assert_eq!(report.kind_name(), "open internet");
+        server.stop().await;
     }
 }

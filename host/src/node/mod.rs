@@ -346,6 +346,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Uses the STUN server at `server` (`host:port`) for the public
+    /// address and NAT classification.
+    pub fn stun(mut self, server: impl Into<String>) -> Self {
+        self.config.stun = Some(server.into());
+        self
+    }
+
     /// Replaces the whole configuration (keeps plugins given so far).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
@@ -497,6 +504,13 @@ impl Node {
     /// without a STUN server or before discovery finished).
     pub fn nat_report(&self) -> Option<Arc<NatReport>> {
         self.inner.traversal.nat().borrow().clone()
+    }
+
+    /// The public address of the node's socket as the STUN server sees it
+    /// (its server-reflexive candidate); `None` without a STUN server or an
+    /// answer.
+    pub async fn public_addr(&self) -> Option<SocketAddr> {
+        self.inner.traversal.public_addr().await
     }
 
     /// Waits up to `limit` for the NAT classification.

@@ -193,7 +193,10 @@ impl Traversal {
     /// candidates, NAT classification and the session's credentials.
     pub(super) async fn offer(&self, fingerprint: String, host: Vec<Candidate>, session: &Session) -> Offer {
         let mut candidates = host;
-        if let Some(public) = self.public_addr().await
+        let blocked = self.nat.borrow().as_ref().is_some_and(|report| report.udp_blocked);
+        // Behind a UDP block the server cannot answer: do not wait for it.
+        let public = if blocked { None } else { self.public_addr().await };
+        if let Some(public) = public
             && !candidates.iter().any(|c| c.addr == public)
         {
             candidates.push(Candidate { kind: CandidateKind::ServerReflexive, addr: public });
