@@ -194,3 +194,18 @@ fn eventually_output(lab: &Lab, args: &[&str]) -> anyhow::Result<String> {
     }
     anyhow::bail!("no answer from the server: {last}")
 }
+
+/// Two devices behind the same symmetric NAT: no WAN path exists between
+/// them (symmetric × symmetric), but the LAN one does and is chosen.
+#[test]
+fn devices_behind_one_nat_connect_over_the_lan() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::Symmetric, NatKind::Symmetric)?;
+    lab.join_lan(natlab::Side::A, "host-a2", "10.0.1.3/24", "10.0.1.1")?;
+    let run = lab.connect("host-a", "host-a2", &[])?;
+    let info = run.info.clone().unwrap_or_default();
+    println!("{info}");
+    ensure!(run.reply.as_deref() == Some("hello through the NATs"), "{run:?}");
+    ensure!(info.contains("at 10.0.1.3:7700: path LAN"), "{info}");
+    Ok(())
+}

@@ -262,16 +262,15 @@ impl Lab {
         let (ka, kb) = self.kinds;
         for (side, kind) in [(Side::A, ka), (Side::B, kb)] {
             let nat = self.add_ns(&format!("nat-{}", side.letter()))?;
-            let host = self.add_ns(&format!("host-{}", side.letter()))?;
+            self.add_ns(&format!("host-{}", side.letter()))?;
             self.wire_to_inet(&inet, &nat, "wan", &format!("nat{}", side.letter()))?;
             ip(&["-n", &nat, "addr", "add", &format!("{}/24", side.wan_ip()), "dev", "wan"])?;
-            ip(&["-n", &nat, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", &host])?;
+            // The LAN is a bridge, so more hosts can join it.
+            ip(&["-n", &nat, "link", "add", "lan", "type", "bridge"])?;
             ip(&["-n", &nat, "link", "set", "lan", "up"])?;
-            ip(&["-n", &host, "link", "set", "eth0", "up"])?;
             let (router_lan, host_addr, gateway) = side.lan(kind);
             ip(&["-n", &nat, "addr", "add", router_lan, "dev", "lan"])?;
-            ip(&["-n", &host, "addr", "add", host_addr, "dev", "eth0"])?;
-            ip(&["-n", &host, "route", "add", "default", "via", gateway])?;
+            self.join_lan(side, &format!("host-{}", side.letter()), host_addr, gateway)?;
             Self::sysctl(&nat, "net.ipv4.ip_forward", "1")?;
             let rules = ruleset(kind, side.wan_ip());
             let mut nft = Command::new("ip")
@@ -296,6 +295,19 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Adds the host namespace `name` to `side`'s LAN with `addr` (with
+    /// prefix) and the router as default gateway `gateway`.
+    pub fn join_lan(&mut self, side: Side, name: &str, addr: &str, gateway: &str) -> anyhow::Result<()> {
+        let nat = self.ns(&format!("nat-{}", side.letter()));
+        let host = if self.namespaces.contains(&self.ns(name)) { self.ns(name) } else { self.add_ns(name)? };
+        let port = format!("p-{name}");
+        ip(&["-n", &nat, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host])?;
+        ip(&["-n", &nat, "link", "set", &port, "master", "lan", "up"])?;
+        ip(&["-n", &host, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &host, "addr", "add", addr, "dev", "eth0"])?;
+        ip(&["-n", &host, "route", "add", "default", "via", gateway])
     }
 
     /// Starts a process in namespace `ns` (a name like `host-a`), its
@@ -427,26 +439,35 @@ fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
 /// and connects to it by id from behind A; `extra` goes to both sides.
 pub fn connect_pair(a: NatKind, b: NatKind, extra: &[&str]) -> anyhow::Result<PairRun> {
     let mut lab = Lab::new(a, b)?;
-    let url = lab.start_servers()?;
-    let (token_a, token_b) = (lab.token("dev-a")?, lab.token("dev-b")?);
-    let echo = format!("0={}", crate::common::plugin("echo").display());
-    let mut args = vec!["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", &url];
-    args.extend(["--token", &token_b, "--stun", STUN, "--plugin", &echo]);
-    args.extend(extra);
-    let mut node = lab.spawn("host-b", &args, &[])?;
-    node.wait_line("registered with", Duration::from_secs(15))?;
-    node.wait_line("nat:", Duration::from_secs(20))?;
-    let mut args = vec!["send", "--peer", "dev-b", "--signal", &url, "--id", "dev-a", "--token", &token_a];
-    args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
-    args.extend(extra);
-    args.push("hello through the NATs");
-    let out = lab.output("host-a", &args, &[])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut lines = stdout.lines();
-    let info = lines.next().filter(|l| l.starts_with("connected to")).map(str::to_string);
-    let reply = lines.next().map(str::to_string);
-    let error = (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
-    let connect_ms = info.as_deref().and_then(|i| field(i, "connect "));
-    let probes = info.as_deref().and_then(|i| field(i, "probes "));
-    Ok(PairRun { a, b, info, reply, error, connect_ms, probes })
+    lab.connect("host-a", "host-b", extra)
+}
+
+impl Lab {
+    /// Starts the servers, a node with the echo plugin in `to_ns`, and
+    /// connects to it by id from `from_ns` with `fogconnect send --info`.
+    pub fn connect(&mut self, from_ns: &str, to_ns: &str, extra: &[&str]) -> anyhow::Result<PairRun> {
+        let url = self.start_servers()?;
+        let (token_a, token_b) = (self.token("dev-a")?, self.token("dev-b")?);
+        let echo = format!("0={}", crate::common::plugin("echo").display());
+        let mut args = vec!["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", &url];
+        args.extend(["--token", &token_b, "--stun", STUN, "--plugin", &echo]);
+        args.extend(extra);
+        let mut node = self.spawn(to_ns, &args, &[])?;
+        node.wait_line("registered with", Duration::from_secs(15))?;
+        node.wait_line("nat:", Duration::from_secs(20))?;
+        let mut args = vec!["send", "--peer", "dev-b", "--signal", &url, "--id", "dev-a", "--token", &token_a];
+        args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
+        args.extend(extra);
+        args.push("hello through the NATs");
+        let out = self.output(from_ns, &args, &[])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines();
+        let info = lines.next().filter(|l| l.starts_with("connected to")).map(str::to_string);
+        let reply = lines.next().map(str::to_string);
+        let error = (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+        let connect_ms = info.as_deref().and_then(|i| field(i, "connect "));
+        let probes = info.as_deref().and_then(|i| field(i, "probes "));
+        let (a, b) = self.kinds;
+        Ok(PairRun { a, b, info, reply, error, connect_ms, probes })
+    }
 }
