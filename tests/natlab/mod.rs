@@ -398,7 +398,21 @@ pub fn lab_available() -> anyhow::Result<()> {
     ensure!(String::from_utf8_lossy(&uid.stdout).trim() == "0", "the NAT lab needs root");
     run(Command::new("nft").arg("--version")).context("the NAT lab needs nft: apt-get install nftables")?;
     run(Command::new("ip").arg("-V")).context("the NAT lab needs ip: apt-get install iproute2")?;
+    remove_stale_labs();
     Ok(())
+}
+
+/// Deletes the namespaces of labs whose test process died without
+/// cleaning up (killed by a signal): `fcl<pid>x...` with no such process.
+fn remove_stale_labs() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name.strip_prefix("fcl").and_then(|rest| rest.split('x').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
 }
 
 /// What one connect from A to B in the lab gave.
