@@ -45,8 +45,10 @@ pub struct CheckConfig {
     pub check_interval: Duration,
     /// Largest interval between checks of one pair.
     pub max_check_interval: Duration,
-    /// After the first working pair, how long to wait for a better one
-    /// (LAN or lower RTT) before nominating.
+    /// After the first working pair, the longest wait for a better one (LAN
+    /// or lower RTT) before nominating. The wait is the first pair's RTT
+    /// (at least [`MIN_NOMINATION_WAIT`]): checks go out to every pair at
+    /// once, so a better pair has usually answered by then.
     pub nomination_wait: Duration,
     /// Extra sockets opened by the listening side of birthday probing.
     pub birthday_sockets: u16,
@@ -73,6 +75,9 @@ impl Default for CheckConfig {
         }
     }
 }
+
+/// Shortest wait for a better pair after the first working one.
+pub const MIN_NOMINATION_WAIT: Duration = Duration::from_millis(5);
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +154,8 @@ pub struct CheckAgent {
     in_flight: HashMap<TxId, (SocketRef, SocketAddr, Instant)>,
     spray: Option<Spray>,
     deadline: Instant,
-    first_valid_at: Option<Instant>,
+    /// When to nominate at the latest, once a pair worked.
+    nominate_at: Option<Instant>,
     outcome: Option<Outcome>,
     failure_reason: String,
     transmits: VecDeque<Transmit>,
@@ -195,7 +201,7 @@ impl CheckAgent {
             in_flight: HashMap::new(),
             spray: None,
             deadline: now + budget,
-            first_valid_at: None,
+            nominate_at: None,
             outcome: None,
             failure_reason: String::new(),
             transmits: VecDeque::new(),
@@ -328,10 +334,10 @@ impl CheckAgent {
             }
         }
         if self.controlling
-            && let Some(first) = self.first_valid_at
+            && let Some(nominate_at) = self.nominate_at
         {
             let lan_valid = self.pairs.iter().any(|p| p.lan && p.valid.is_some());
-            if lan_valid || now >= first + self.config.nomination_wait {
+            if lan_valid || now >= nominate_at {
                 self.nominate(now);
             }
         }
@@ -420,7 +426,11 @@ impl CheckAgent {
                 if self.pairs[i].valid.is_none() {
                     self.pairs[i].valid = Some(Some(now.saturating_duration_since(sent_at)));
                 }
-                self.first_valid_at.get_or_insert(now);
+                if self.nominate_at.is_none() {
+                    let rtt = now.saturating_duration_since(sent_at);
+                    let longest = self.config.nomination_wait.max(MIN_NOMINATION_WAIT);
+                    self.nominate_at = Some(now + rtt.clamp(MIN_NOMINATION_WAIT, longest));
+                }
                 if self.controlling {
                     self.handle_timeout(now);
                 }
@@ -454,9 +464,9 @@ impl CheckAgent {
             next = next.min(spray.next_at);
         }
         if self.controlling
-            && let Some(first) = self.first_valid_at
+            && let Some(nominate_at) = self.nominate_at
         {
-            next = next.min(first + self.config.nomination_wait);
+            next = next.min(nominate_at);
         }
         Some(next)
     }
@@ -613,11 +623,14 @@ mod tests {
             .expect("encode");
             agent.handle_datagram(t.socket, t.to, &response, at);
         };
-        // The WAN pair answers first, the LAN pair 30 ms later (within the
-        // nomination wait).
+        // The WAN pair answers first, the LAN pair 2 ms later (within the
+        // nomination wait: the first pair's RTT, at least 5 ms).
         answer(&sent[0], &mut a, t0 + Duration::from_millis(2));
         assert!(a.outcome().is_none(), "waits for a better pair");
-        answer(&sent[1], &mut a, t0 + Duration::from_millis(32));
+        a.handle_timeout(t0 + Duration::from_millis(3));
+        assert!(a.outcome().is_none(), "still within the wait");
+        assert_eq!(a.poll_timeout(), Some(t0 + Duration::from_millis(7)));
+        answer(&sent[1], &mut a, t0 + Duration::from_millis(4));
         let Some(Outcome::Selected(selected)) = a.outcome() else { panic!("{:?}", a.outcome()) };
         assert!(selected.lan);
         assert_eq!(selected.remote, "10.0.0.2:5000".parse::<SocketAddr>().expect("a"));
@@ -794,6 +807,7 @@ mod tests {
             probes.push(net.a.stats().probes_sent);
         }
         probes.sort_unstable();
+        println!("probes per run: {probes:?}");
         assert!(probes[19] <= cfg.max_spray_probes);
         assert!(probes[10] < 1000, "median probes {probes:?}");
     }

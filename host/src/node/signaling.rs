@@ -79,7 +79,8 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
         return;
     }
     remember(&inner, &request.from, fingerprint);
-    let session = inner.traversal.session();
+    let mut session = inner.traversal.session();
+    inner.traversal.prepare(&mut session, request.offer.nat.as_ref());
     let answer = offer(&inner, &session).await;
     signal.answer(&request, answer).await;
     let Some(remote_credentials) = request.offer.checks.clone() else { return };

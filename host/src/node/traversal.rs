@@ -15,7 +15,7 @@ use crate::nat::message::{self, Binding, BindingRequest, TxId};
 use crate::nat::strategy::{self, Plan};
 use crate::nat::transaction::{RetransmitPolicy, Step, Transaction};
 use crate::nat::{NatError, discovery};
-use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials, Offer};
+use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials, NatInfo, Offer};
 use crate::transport::socket::{AuxId, FogSocket, PacketKind, SideDatagram};
 
 /// Capacity of one check session's inbox, in datagrams.
@@ -53,11 +53,17 @@ pub(super) struct Session {
     traversal: Arc<Traversal>,
     pub(super) credentials: CheckCredentials,
     inbox: mpsc::Receiver<SideDatagram>,
+    /// Extra sockets opened ahead of the checks (birthday listening).
+    aux: Vec<AuxId>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.traversal.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.credentials.ufrag);
+        // Extra sockets the checks never took over.
+        if !self.aux.is_empty() {
+            self.traversal.socket.release_aux(&self.aux, &HashSet::new());
+        }
     }
 }
 
@@ -186,7 +192,24 @@ impl Traversal {
         let credentials = CheckCredentials { ufrag: random_token(8), pwd: random_token(24) };
         let (tx, inbox) = mpsc::channel(SESSION_INBOX);
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(credentials.ufrag.clone(), tx);
-        Session { traversal: self.clone(), credentials, inbox }
+        Session { traversal: self.clone(), credentials, inbox, aux: Vec::new() }
+    }
+
+    /// The plan toward a peer behind `remote`.
+    fn plan(&self, remote: Option<&NatInfo>) -> Plan {
+        let local = self.nat.borrow().as_ref().map(|report| report.info());
+        strategy::plan(local.as_ref(), remote, self.config.birthday_sockets)
+    }
+
+    /// Opens the extra sockets of birthday listening before the answer
+    /// goes out, when the plan toward `remote` needs them: the peer starts
+    /// probing as soon as it has the answer.
+    pub(super) fn prepare(&self, session: &mut Session, remote: Option<&NatInfo>) {
+        if let Plan::Listen { sockets } = self.plan(remote)
+            && session.aux.is_empty()
+        {
+            session.aux = self.open_aux(sockets);
+        }
     }
 
     /// This node's offer: fingerprint, host and server-reflexive
@@ -217,7 +240,7 @@ impl Traversal {
     ) -> Result<TraversalReport, String> {
         let started = Instant::now();
         let local_nat = self.nat.borrow().as_ref().map(|report| report.info());
-        let plan = strategy::plan(local_nat.as_ref(), remote.nat.as_ref(), self.config.birthday_sockets);
+        let plan = self.plan(remote.nat.as_ref());
         tracing::debug!(
             %plan,
             local = strategy::describe(local_nat.as_ref()),
@@ -226,8 +249,8 @@ impl Traversal {
             "connectivity checks"
         );
         let aux = match plan {
-            Plan::Listen { sockets } => self.open_aux(sockets),
-            _ => Vec::new(),
+            Plan::Listen { sockets } if session.aux.is_empty() => self.open_aux(sockets),
+            _ => std::mem::take(&mut session.aux),
         };
         let index_of: HashMap<AuxId, u16> = aux.iter().enumerate().map(|(i, &id)| (id, i as u16)).collect();
         let mut agent = CheckAgent::new(
