@@ -105,6 +105,8 @@ fn help_is_available_everywhere() -> anyhow::Result<()> {
         &["signal", "--help"],
         &["signal", "token", "--help"],
         &["peers", "--help"],
+        &["stun", "--help"],
+        &["nat", "--help"],
     ] {
         let output = Command::new(BIN).args(args).output()?;
         if !output.status.success() || output.stdout.is_empty() {
@@ -123,6 +125,48 @@ fn the_demo_runs_the_embedded_default() -> anyhow::Result<()> {
     ensure!(stdout.contains("device -> app: \"I know!\""), "{stdout}");
     ensure!(stdout.contains("connected by id to ee:34:a1:44:2c:1c"), "{stdout}");
     ensure!(stdout.contains("service 7: refused by peer: no such service: 7"), "{stdout}");
+    ensure!(stdout.contains("stun server on 127.0.0.1:"), "{stdout}");
+    ensure!(stdout.contains("app: nat open internet (mapping endpoint-independent"), "{stdout}");
+    ensure!(stdout.contains("connectivity checks chose"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn stun_server_and_nat_command_as_processes() -> anyhow::Result<()> {
+    // A plain RFC 5389 server (no alternate address).
+    let child = Command::new(BIN)
+        .args(["stun", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stun = Running(child);
+    let first = BufReader::new(stun.0.stdout.take().context("stdout")?).lines().next().context("no output")??;
+    let addr = first.strip_prefix("stun listening on ").with_context(|| format!("unexpected {first:?}"))?.to_string();
+    let out = Command::new(BIN).args(["nat", "--stun", &addr]).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("public address:  127.0.0.1:"), "{stdout}");
+    ensure!(stdout.contains("behind nat:      no"), "{stdout}");
+    ensure!(stdout.contains("does not support RFC 5780"), "{stdout}");
+    drop(stun);
+
+    // Nothing answers: reported, not an error.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let out = Command::new(BIN).args(["nat", "--rto-ms", "20", "--stun"]).arg(silent.local_addr()?.to_string()).output()?;
+    ensure!(out.status.success());
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("nat type:        UDP blocked"));
+
+    // Bad input: one line each.
+    for args in [
+        &["stun", "--listen", "127.0.0.1:3478", "--alt-addr", "127.0.0.1:3479"][..],
+        &["nat", "--stun", "no-such-host.invalid:3478"],
+        &["nat", "--stun", "not an address"],
+    ] {
+        let out = Command::new(BIN).args(args).output()?;
+        ensure!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(stderr.lines().count() == 1 && stderr.starts_with("fogconnect: "), "{args:?}: {stderr}");
+    }
     Ok(())
 }
 

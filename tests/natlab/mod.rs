@@ -9,7 +9,8 @@
 //! §7). Everything is torn down on drop, also when a test fails.
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables); `make test` installs
-//! them.
+//! them. `FOGCONNECT_LAB_LOG=FILE` (with e.g. `RUST_LOG=fogconnect=debug`)
+//! appends the lab processes' logs to FILE.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -323,7 +324,11 @@ impl Lab {
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("FOGCONNECT_LAB_LOG") {
+                // Debugging aid: children's logs appended to this file.
+                Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path)?.into(),
+                None => Stdio::null(),
+            })
             .spawn()
             .with_context(|| format!("cannot start {program} {args:?} in {ns}"))?;
         let stdout = child.stdout.take().context("stdout")?;

@@ -102,7 +102,9 @@ impl fmt::Display for NatReport {
         writeln!(f, "filtering:       {}", behaviour_name(self.filtering))?;
         writeln!(f, "port allocation: {}", allocation_name(self.allocation))?;
         write!(f, "hairpinning:     {}", yes_no(self.hairpinning))?;
-        if !self.rfc5780 && !self.udp_blocked {
+        if self.udp_blocked {
+            write!(f, "\nnote: no answer from the STUN server: UDP is blocked on this network, or the server is down")?;
+        } else if !self.rfc5780 {
             write!(f, "\nnote: the server does not support RFC 5780 (no OTHER-ADDRESS); mapping and filtering unknown")?;
         }
         Ok(())

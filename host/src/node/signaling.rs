@@ -78,6 +78,11 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
         signal.reject(&request, code as u16, message).await;
         return;
     }
+    if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
+        let message = "too many connects in progress; try again".to_string();
+        signal.reject(&request, RefuseCode::ServiceUnavailable as u16, message).await;
+        return;
+    }
     remember(&inner, &request.from, fingerprint);
     let mut session = inner.traversal.session();
     inner.traversal.prepare(&mut session, request.offer.nat.as_ref());

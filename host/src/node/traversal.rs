@@ -21,6 +21,14 @@ use crate::transport::socket::{AuxId, FogSocket, PacketKind, SideDatagram};
 /// Capacity of one check session's inbox, in datagrams.
 const SESSION_INBOX: usize = 1024;
 
+/// Most check sessions at once; connect requests beyond are refused, so a
+/// peer cannot make the node run unbounded checks.
+pub(super) const MAX_SESSIONS: usize = 64;
+
+/// Most extra sockets open at once over all sessions (birthday listening
+/// asks for 256 per connect).
+const MAX_AUX_SOCKETS: usize = 1024;
+
 /// The classification as it stands: `None` until discovery finished (or
 /// forever without a STUN server).
 pub(super) type NatState = Option<Arc<NatReport>>;
@@ -186,6 +194,11 @@ impl Traversal {
         }
     }
 
+    /// Check sessions running now.
+    pub(super) fn sessions(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Opens a check session: fresh credentials and an inbox for the
     /// requests that name them.
     pub(super) fn session(self: &Arc<Self>) -> Session {
@@ -324,6 +337,7 @@ impl Traversal {
 
     /// Opens up to `count` extra sockets on the node's IP.
     fn open_aux(&self, count: u16) -> Vec<AuxId> {
+        let count = count.min(MAX_AUX_SOCKETS.saturating_sub(self.socket.aux_count()) as u16);
         let ip = match self.socket_local_ip() {
             Ok(ip) => ip,
             Err(e) => {
