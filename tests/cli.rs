@@ -152,7 +152,8 @@ fn stun_server_and_nat_command_as_processes() -> anyhow::Result<()> {
 
     // Nothing answers: reported, not an error.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let out = Command::new(BIN).args(["nat", "--rto-ms", "20", "--stun"]).arg(silent.local_addr()?.to_string()).output()?;
+    let out =
+        Command::new(BIN).args(["nat", "--rto-ms", "20", "--stun"]).arg(silent.local_addr()?.to_string()).output()?;
     ensure!(out.status.success());
     ensure!(String::from_utf8_lossy(&out.stdout).contains("nat type:        UDP blocked"));
 

@@ -63,7 +63,9 @@ fn matrix_of_36_nat_pairs() -> anyhow::Result<()> {
         }
     });
     let mut results = results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    results.sort_by_key(|((a, b), _)| (NatKind::ALL.iter().position(|k| k == a), NatKind::ALL.iter().position(|k| k == b)));
+    results.sort_by_key(|((a, b), _)| {
+        (NatKind::ALL.iter().position(|k| k == a), NatKind::ALL.iter().position(|k| k == b))
+    });
     println!("{:<12} {:<12} {:<16} {:>10}  detail", "A", "B", "outcome", "connect ms");
     let mut failures = Vec::new();
     for ((a, b), run) in &results {
@@ -83,7 +85,13 @@ fn matrix_of_36_nat_pairs() -> anyhow::Result<()> {
             failures.push(format!("{} × {}: expected {expected}, got {outcome}: {detail}", a.name(), b.name()));
         }
         if outcome == "direct" {
-            ensure!(run.reply.as_deref() == Some("hello through the NATs"), "{} × {}: reply {:?}", a.name(), b.name(), run.reply);
+            ensure!(
+                run.reply.as_deref() == Some("hello through the NATs"),
+                "{} × {}: reply {:?}",
+                a.name(),
+                b.name(),
+                run.reply
+            );
         }
     }
     ensure!(failures.is_empty(), "{} pair(s) wrong:\n{}", failures.len(), failures.join("\n"));
@@ -103,7 +111,7 @@ fn runs(a: NatKind, b: NatKind, count: usize, parallel: usize) -> Vec<anyhow::Re
                     if i >= count {
                         return;
                     }
-                    let (x, y) = if i % 2 == 0 { (a, b) } else { (b, a) };
+                    let (x, y) = if i.is_multiple_of(2) { (a, b) } else { (b, a) };
                     let run = natlab::connect_pair(x, y, &[]);
                     results.lock().map(|mut r| r.push(run)).ok();
                 }
@@ -152,9 +160,22 @@ fn rfc_5780_interoperates_with_coturn_both_ways() -> anyhow::Result<()> {
         // Our client against coturn.
         let mut lab = Lab::new(kind, NatKind::Open)?;
         let coturn = [
-            "-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "203.0.113.10",
-            "--listening-ip", "203.0.113.11", "--listening-port", "3478", "--alt-listening-port", "3479",
-            "--log-file", "stdout", "--simple-log",
+            "-n",
+            "--stun-only",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--listening-ip",
+            "203.0.113.10",
+            "--listening-ip",
+            "203.0.113.11",
+            "--listening-port",
+            "3478",
+            "--alt-listening-port",
+            "3479",
+            "--log-file",
+            "stdout",
+            "--simple-log",
         ];
         let mut server = lab.spawn_program("srv", "turnserver", &coturn, &[])?;
         server.wait_line("", std::time::Duration::from_secs(5))?;

@@ -10,7 +10,6 @@
 //! `FOGCONNECT_BENCH_BIRTHDAY_RUNS` the birthday runs (default 20).
 
 #[path = "../../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../../tests/natlab/mod.rs"]
 mod natlab;
@@ -69,13 +68,7 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let (med, worst) = (median(times), times[times.len() - 1]);
-        println!(
-            "{:<12} {:<12} {:<15} {med:>10.1} {worst:>10.1} {:>8.2}",
-            a.name(),
-            b.name(),
-            outcome,
-            med / baseline
-        );
+        println!("{:<12} {:<12} {:<15} {med:>10.1} {worst:>10.1} {:>8.2}", a.name(), b.name(), outcome, med / baseline);
     }
 
     let birthday_runs = env_count("FOGCONNECT_BENCH_BIRTHDAY_RUNS", 20).max(1);

@@ -26,7 +26,6 @@ use stun_rs::{
     StunMessage, StunMessageBuilder, TransactionId,
 };
 
-
 /// A STUN transaction id: 96 random bits.
 pub type TxId = [u8; 12];
 
@@ -220,18 +219,21 @@ pub fn binding_error(txid: TxId, code: u16, reason: &str, unknown: &[u16]) -> Re
 /// [`StunCodecError::Malformed`] for anything that is not a well-formed STUN
 /// binding message (garbage, truncated, other methods).
 pub fn decode(bytes: &[u8]) -> Result<Binding, StunCodecError> {
-    let (message, _) =
-        MessageDecoderBuilder::default().build().decode(bytes).map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    let (message, _) = MessageDecoderBuilder::default()
+        .build()
+        .decode(bytes)
+        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
     if message.method() != BINDING {
-        return Err(StunCodecError::Malformed(format!("not a binding message (method {:#x})", message.method().as_u16())));
+        return Err(StunCodecError::Malformed(format!(
+            "not a binding message (method {:#x})",
+            message.method().as_u16()
+        )));
     }
     let txid = *message.transaction_id().as_bytes();
     Ok(match message.class() {
         MessageClass::Request => {
-            let username = message
-                .get::<UserName>()
-                .and_then(|a| a.as_user_name().ok())
-                .map(|name| name.as_str().to_string());
+            let username =
+                message.get::<UserName>().and_then(|a| a.as_user_name().ok()).map(|name| name.as_str().to_string());
             let flags = message.get::<ChangeRequest>().and_then(|a| a.as_change_request().ok()).map(|c| c.flags());
             let unknown = message
                 .attributes()
@@ -270,8 +272,8 @@ pub fn decode(bytes: &[u8]) -> Result<Binding, StunCodecError> {
         }
         MessageClass::ErrorResponse => {
             let error = message.get::<ErrorCode>().and_then(|a| a.as_error_code().ok());
-            let (code, reason) =
-                error.map_or((0, String::new()), |e| (e.error_code().error_code(), e.error_code().reason().to_string()));
+            let (code, reason) = error
+                .map_or((0, String::new()), |e| (e.error_code().error_code(), e.error_code().reason().to_string()));
             Binding::Error { txid, code, reason }
         }
         MessageClass::Indication => Binding::Indication,

@@ -123,7 +123,8 @@ impl Side {
 
 /// The nftables ruleset of a router of `kind` with WAN address `wan_ip`.
 pub fn ruleset(kind: NatKind, wan_ip: &str) -> String {
-    let full_cone_map = "map fullcone { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 2m; }";
+    let full_cone_map =
+        "map fullcone { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 2m; }";
     let full_cone_post = "oifname \"wan\" meta l4proto udp update @fullcone { udp sport : ip saddr . udp sport }";
     let full_cone_pre = "iifname \"wan\" meta l4proto udp dnat ip to udp dport map @fullcone";
     let established = "iifname \"wan\" ct state established,related accept\n    iifname \"wan\" drop";
@@ -318,7 +319,13 @@ impl Lab {
     }
 
     /// Starts `program` in namespace `ns`, its stdout read line by line.
-    pub fn spawn_program(&mut self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+    pub fn spawn_program(
+        &mut self,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns(ns), program])
             .args(args)
@@ -350,7 +357,13 @@ impl Lab {
     }
 
     /// Runs `program` to completion in namespace `ns`.
-    pub fn output_program(&self, ns: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
+    pub fn output_program(
+        &self,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Output> {
         Command::new("ip")
             .args(["netns", "exec", &self.ns(ns), program])
             .args(args)
@@ -378,9 +391,7 @@ impl Lab {
 
     /// A registration token for `id`.
     pub fn token(&self, id: &str) -> anyhow::Result<String> {
-        let out = run(Command::new(BIN)
-            .args(["signal", "token", "--id", id])
-            .env("FOGCONNECT_SIGNAL_SECRET", SECRET))?;
+        let out = run(Command::new(BIN).args(["signal", "token", "--id", id]).env("FOGCONNECT_SIGNAL_SECRET", SECRET))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }

@@ -42,7 +42,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("signaling server on {}", signal.url());
     let responder =
         StunResponder::new(SocketAddr::from(([127, 0, 0, 1], 0)), Some(SocketAddr::from(([127, 0, 0, 2], 0))))?;
-    let stun = StunServer::start(responder, StunServerLimits::default()).await.context("cannot start the STUN server")?;
+    let stun =
+        StunServer::start(responder, StunServerLimits::default()).await.context("cannot start the STUN server")?;
     let stun_addr = stun.addrs()[0].to_string();
     println!("stun server on {} (RFC 5780 alternate {})", stun_addr, stun.addrs()[3]);
     let device_id = "ee:34:a1:44:2c:1c";

@@ -24,7 +24,8 @@ pub struct StunArgs {
 /// Runs the STUN server until Ctrl-C or SIGTERM.
 pub async fn run(args: StunArgs) -> anyhow::Result<()> {
     let responder = StunResponder::new(args.listen, args.alt_addr)?;
-    let limits = StunServerLimits { per_ip_rate: args.rate.max(1), per_ip_burst: args.rate.max(1) * 2, ..Default::default() };
+    let limits =
+        StunServerLimits { per_ip_rate: args.rate.max(1), per_ip_burst: args.rate.max(1) * 2, ..Default::default() };
     let server = StunServer::start(responder, limits).await.context("cannot start the STUN server")?;
     for addr in server.addrs() {
         println!("stun listening on {addr}");

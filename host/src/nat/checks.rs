@@ -597,7 +597,11 @@ mod tests {
         let Some(Outcome::Selected(sb)) = net.b.outcome() else { panic!("{:?}", net.b.outcome()) };
         assert_eq!(sa.remote, b_addr);
         assert_eq!(sb.remote, a_addr);
-        assert!(sa.rtt.is_some_and(|rtt| rtt >= Duration::from_millis(10) && rtt <= Duration::from_millis(12)), "{:?}", sa.rtt);
+        assert!(
+            sa.rtt.is_some_and(|rtt| rtt >= Duration::from_millis(10) && rtt <= Duration::from_millis(12)),
+            "{:?}",
+            sa.rtt
+        );
     }
 
     #[test]
@@ -606,8 +610,7 @@ mod tests {
         let cfg = CheckConfig::default();
         let candidates =
             [cand(CandidateKind::ServerReflexive, "203.0.113.2:5000"), cand(CandidateKind::Host, "10.0.0.2:5000")];
-        let mut a =
-            CheckAgent::new(cfg, true, creds("aaaa"), creds("bbbb"), &candidates, Plan::Simultaneous, 0, 1, t0);
+        let mut a = CheckAgent::new(cfg, true, creds("aaaa"), creds("bbbb"), &candidates, Plan::Simultaneous, 0, 1, t0);
         let mut sent = Vec::new();
         a.handle_timeout(t0);
         while let Some(t) = a.poll_transmit() {
@@ -618,7 +621,11 @@ mod tests {
             let Ok(Binding::Request { txid, .. }) = message::decode(&t.bytes) else { panic!() };
             let response = message::binding_success(
                 txid,
-                &SuccessResponse { mapped: Some("1.1.1.1:1".parse().expect("a")), pwd: Some(&creds("bbbb").pwd), ..Default::default() },
+                &SuccessResponse {
+                    mapped: Some("1.1.1.1:1".parse().expect("a")),
+                    pwd: Some(&creds("bbbb").pwd),
+                    ..Default::default()
+                },
             )
             .expect("encode");
             agent.handle_datagram(t.socket, t.to, &response, at);

@@ -105,7 +105,10 @@ impl fmt::Display for NatReport {
         if self.udp_blocked {
             write!(f, "\nnote: no answer from the STUN server: UDP is blocked on this network, or the server is down")?;
         } else if !self.rfc5780 {
-            write!(f, "\nnote: the server does not support RFC 5780 (no OTHER-ADDRESS); mapping and filtering unknown")?;
+            write!(
+                f,
+                "\nnote: the server does not support RFC 5780 (no OTHER-ADDRESS); mapping and filtering unknown"
+            )?;
         }
         Ok(())
     }
@@ -173,10 +176,7 @@ mod tests {
         assert_eq!(mapping_behaviour(x1, Some(x1), None), NatBehaviour::EndpointIndependent);
         let x2 = a("203.0.113.1:5001");
         assert_eq!(mapping_behaviour(x1, Some(x2), Some(x2)), NatBehaviour::AddressDependent);
-        assert_eq!(
-            mapping_behaviour(x1, Some(x2), Some(a("203.0.113.1:5002"))),
-            NatBehaviour::AddressAndPortDependent
-        );
+        assert_eq!(mapping_behaviour(x1, Some(x2), Some(a("203.0.113.1:5002"))), NatBehaviour::AddressAndPortDependent);
         assert_eq!(mapping_behaviour(x1, None, None), NatBehaviour::Unknown);
         assert_eq!(mapping_behaviour(x1, Some(x2), None), NatBehaviour::Unknown);
     }
@@ -192,7 +192,10 @@ mod tests {
     #[test]
     fn allocation_kinds() {
         assert_eq!(port_allocation(&[(4000, 4000), (4001, 4001)]), PortAllocation::Preserving);
-        assert_eq!(port_allocation(&[(4000, 6000), (4000, 6002), (4000, 6004)]), PortAllocation::Sequential { delta: 2 });
+        assert_eq!(
+            port_allocation(&[(4000, 6000), (4000, 6002), (4000, 6004)]),
+            PortAllocation::Sequential { delta: 2 }
+        );
         assert_eq!(port_allocation(&[(1, 6000), (2, 5999), (3, 5998)]), PortAllocation::Sequential { delta: -1 });
         assert_eq!(port_allocation(&[(1, 6000), (2, 31337), (3, 1200)]), PortAllocation::Random);
         assert_eq!(port_allocation(&[(1, 6000), (2, 6001), (3, 6003)]), PortAllocation::Random);

@@ -133,10 +133,8 @@ async fn hairpin(socket: &UdpSocket, public: SocketAddr, policy: RetransmitPolic
 /// # Errors
 /// [`NatError::Resolve`] when the name does not resolve.
 pub async fn resolve(server: &str) -> Result<SocketAddr, NatError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
-        .await
-        .map_err(|e| NatError::Resolve(format!("{server}: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(server).await.map_err(|e| NatError::Resolve(format!("{server}: {e}")))?.collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())

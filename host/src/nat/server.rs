@@ -102,7 +102,11 @@ impl StunResponder {
             return None;
         };
         let error = |code: u16, reason: &str, attrs: &[u16]| {
-            message::binding_error(txid, code, reason, attrs).ok().map(|bytes| Response { from: local, to: from, bytes })
+            message::binding_error(txid, code, reason, attrs).ok().map(|bytes| Response {
+                from: local,
+                to: from,
+                bytes,
+            })
         };
         if !unknown.is_empty() {
             return error(420, "Unknown Attribute", &unknown);
@@ -167,7 +171,8 @@ async fn bind_all(responder: StunResponder) -> Result<(StunResponder, HashMap<So
             let alternate = local(&second)?;
             let responder = StunResponder { primary, alternate: Some(alternate) };
             let mut sockets = HashMap::from([(primary, Arc::new(first)), (alternate, Arc::new(second))]);
-            for addr in [SocketAddr::new(primary.ip(), alternate.port()), SocketAddr::new(alternate.ip(), primary.port())]
+            for addr in
+                [SocketAddr::new(primary.ip(), alternate.port()), SocketAddr::new(alternate.ip(), primary.port())]
             {
                 sockets.insert(addr, Arc::new(bind(addr).await?));
             }
@@ -232,7 +237,9 @@ impl StunServer {
                         continue;
                     }
                     let Some(response) = responder.respond(local, from, &buf[..len]) else { continue };
-                    let out = if response.from == local { &socket } else {
+                    let out = if response.from == local {
+                        &socket
+                    } else {
                         match sockets.get(&response.from) {
                             Some(out) => out,
                             None => continue,

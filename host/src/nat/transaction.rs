@@ -76,17 +76,7 @@ pub struct Transaction {
 impl Transaction {
     /// A transaction whose first send is due at `now`.
     pub fn new(txid: TxId, destination: SocketAddr, request: Vec<u8>, policy: RetransmitPolicy, now: Instant) -> Self {
-        Self {
-            txid,
-            destination,
-            request,
-            policy,
-            sends: 0,
-            next: now,
-            done: false,
-            first_sent: None,
-            last_sent: None,
-        }
+        Self { txid, destination, request, policy, sends: 0, next: now, done: false, first_sent: None, last_sent: None }
     }
 
     /// The transaction id.
