@@ -507,6 +507,20 @@ mod tests {
         CheckCredentials { ufrag: ufrag.into(), pwd: format!("{ufrag}-password-0123456789") }
     }
 
+    /// An agent: the controlling side is "aaaa", the controlled "bbbb".
+    fn agent(
+        cfg: CheckConfig,
+        controlling: bool,
+        candidates: &[Candidate],
+        plan: Plan,
+        aux: u16,
+        seed: u64,
+        t0: Instant,
+    ) -> CheckAgent {
+        let (local, remote) = if controlling { ("aaaa", "bbbb") } else { ("bbbb", "aaaa") };
+        CheckAgent::new(cfg, controlling, creds(local), creds(remote), candidates, plan, aux, seed, t0)
+    }
+
     fn cand(kind: CandidateKind, addr: &str) -> Candidate {
         Candidate { kind, addr: addr.parse().expect("addr") }
     }
@@ -557,22 +571,11 @@ mod tests {
         let a_addr: SocketAddr = "203.0.113.1:4000".parse().expect("addr");
         let b_addr: SocketAddr = "203.0.113.2:5000".parse().expect("addr");
         let cfg = CheckConfig::default();
-        let a = CheckAgent::new(
-            cfg,
-            true,
-            creds("aaaa"),
-            creds("bbbb"),
-            &[cand(CandidateKind::ServerReflexive, "203.0.113.2:5000")],
-            Plan::Simultaneous,
-            0,
-            1,
-            t0,
-        );
-        let b = CheckAgent::new(
+        let a =
+            agent(cfg, true, &[cand(CandidateKind::ServerReflexive, "203.0.113.2:5000")], Plan::Simultaneous, 0, 1, t0);
+        let b = agent(
             cfg,
             false,
-            creds("bbbb"),
-            creds("aaaa"),
             &[cand(CandidateKind::ServerReflexive, "203.0.113.1:4000")],
             Plan::Simultaneous,
             0,
@@ -610,7 +613,7 @@ mod tests {
         let cfg = CheckConfig::default();
         let candidates =
             [cand(CandidateKind::ServerReflexive, "203.0.113.2:5000"), cand(CandidateKind::Host, "10.0.0.2:5000")];
-        let mut a = CheckAgent::new(cfg, true, creds("aaaa"), creds("bbbb"), &candidates, Plan::Simultaneous, 0, 1, t0);
+        let mut a = agent(cfg, true, &candidates, Plan::Simultaneous, 0, 1, t0);
         let mut sent = Vec::new();
         a.handle_timeout(t0);
         while let Some(t) = a.poll_transmit() {
@@ -649,11 +652,9 @@ mod tests {
     #[test]
     fn requests_with_bad_credentials_or_garbage_are_dropped() {
         let t0 = Instant::now();
-        let mut b = CheckAgent::new(
+        let mut b = agent(
             CheckConfig::default(),
             false,
-            creds("bbbb"),
-            creds("aaaa"),
             &[cand(CandidateKind::Host, "10.0.0.1:1")],
             Plan::Simultaneous,
             0,
@@ -686,17 +687,8 @@ mod tests {
     fn budget_expiry_fails_with_the_reason() {
         let t0 = Instant::now();
         let cfg = CheckConfig { budget: Duration::from_millis(300), ..CheckConfig::default() };
-        let mut a = CheckAgent::new(
-            cfg,
-            true,
-            creds("aaaa"),
-            creds("bbbb"),
-            &[cand(CandidateKind::ServerReflexive, "203.0.113.2:5000")],
-            Plan::Simultaneous,
-            0,
-            1,
-            t0,
-        );
+        let mut a =
+            agent(cfg, true, &[cand(CandidateKind::ServerReflexive, "203.0.113.2:5000")], Plan::Simultaneous, 0, 1, t0);
         let mut now = t0;
         let mut sends = 0;
         while a.outcome().is_none() {
@@ -717,11 +709,9 @@ mod tests {
     fn relay_required_checks_lan_candidates_only_and_fails_fast() {
         let t0 = Instant::now();
         let plan = Plan::RelayRequired("symmetric × symmetric NATs with random ports".into());
-        let mut a = CheckAgent::new(
+        let mut a = agent(
             CheckConfig::default(),
             true,
-            creds("aaaa"),
-            creds("bbbb"),
             &[cand(CandidateKind::ServerReflexive, "203.0.113.2:5000"), cand(CandidateKind::Host, "10.0.0.2:1")],
             plan.clone(),
             0,
@@ -735,11 +725,9 @@ mod tests {
         a.handle_timeout(t0 + Duration::from_secs(1));
         let Some(Outcome::Failed(reason)) = a.outcome() else { panic!() };
         assert_eq!(reason, "relay required: symmetric × symmetric NATs with random ports");
-        let a = CheckAgent::new(
+        let a = agent(
             CheckConfig::default(),
             true,
-            creds("aaaa"),
-            creds("bbbb"),
             &[cand(CandidateKind::ServerReflexive, "203.0.113.2:5000")],
             plan,
             0,
@@ -768,22 +756,18 @@ mod tests {
             }
             mapped.insert(SocketRef::Main, rng.random_range(1024..=u16::MAX));
             let by_port: HashMap<u16, SocketRef> = mapped.iter().map(|(s, p)| (*p, *s)).collect();
-            let a = CheckAgent::new(
+            let a = agent(
                 cfg,
                 true,
-                creds("aaaa"),
-                creds("bbbb"),
                 &[cand(CandidateKind::ServerReflexive, "203.0.113.2:7000")],
                 Plan::Spray(SprayKind::Birthday),
                 0,
                 seed,
                 t0,
             );
-            let b = CheckAgent::new(
+            let b = agent(
                 cfg,
                 false,
-                creds("bbbb"),
-                creds("aaaa"),
                 &[cand(CandidateKind::ServerReflexive, "203.0.113.1:4000")],
                 Plan::Listen { sockets: 256 },
                 256,
