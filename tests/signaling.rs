@@ -120,19 +120,33 @@ async fn connect_by_id_both_ways() -> anyhow::Result<()> {
     let app = node(&url, "app", &[(0, "echo")]).await?;
     let mut conn = app.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 1).await?;
     assert_eq!(conn.peer_id(), "ee:34:a1:44:2c:1c");
+    let checks = conn.traversal().context("the first connect runs connectivity checks")?;
+    assert_eq!(checks.selected.remote, conn.remote_addr());
     assert_eq!(ask(&mut conn, "I am fog data!").await?, "I know!");
     // The other way, from a plugin on the device: connect-peer by id.
     let mut probe = app.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 3).await?;
+    // A second connect rides the live link: no signaling, no checks.
+    assert!(probe.traversal().is_none());
+    assert_eq!(probe.remote_addr(), conn.remote_addr());
     assert_eq!(ask(&mut probe, "dial app 0 back-by-id").await?, "dialling");
     let log = common::ask_until(&mut probe, "dialed", |l| l.contains("reply:back-by-id")).await?;
     ensure!(log.contains("connected:app:0x1"), "{log}");
-    // Refusals travel back through signaling with their codes.
+    // Refusals come back with their codes (here over the live link).
     match app.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 9).await {
         Err(ConnectError::Refused { code: RefuseCode::NoSuchService, message }) => {
             assert_eq!(message, "no such service: 9")
         }
         other => bail!("expected a refusal, got {other:?}"),
     }
+    // Without a link, the refusal travels back through signaling.
+    let fresh = node(&url, "app-2", &[]).await?;
+    match fresh.connect_peer("ee:34:a1:44:2c:1c", Transport::Quic, 9).await {
+        Err(ConnectError::Refused { code: RefuseCode::NoSuchService, message }) => {
+            assert_eq!(message, "no such service: 9")
+        }
+        other => bail!("expected a refusal through signaling, got {other:?}"),
+    }
+    fresh.shutdown().await;
     match app.connect_peer("nobody", Transport::Quic, 1).await {
         Err(ConnectError::Signal(message)) => ensure!(message.contains("not online"), "{message}"),
         other => bail!("expected a signaling error, got {other:?}"),

@@ -17,7 +17,10 @@ pub mod signal;
 pub mod transport;
 
 pub use convention::{Convention, ConventionError, Transport};
-pub use node::{ConnectError, Connection, ConnectionEvent, Node, NodeBuilder, NodeConfig, NodeError, ServiceInfo};
+pub use nat::NatReport;
+pub use node::{
+    ConnectError, Connection, ConnectionEvent, Node, NodeBuilder, NodeConfig, NodeError, ServiceInfo, TraversalReport,
+};
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState};
 pub use runtime::state::PluginLimits;

@@ -3,7 +3,7 @@
 //! connectivity checks.
 //!
 //! The protocol logic is sans-IO ([`message`], [`transaction`],
-//! [`classify`], [`strategy`], [`checks`]): input and `now` go in, datagrams
+//! [`procedure`], [`classify`], [`strategy`], [`checks`]): input and `now` go in, datagrams
 //! to send and the next wake-up come out. [`discovery`] and [`server`] are
 //! the thin tokio layers; the node drives [`checks`] on its own socket.
 
@@ -15,6 +15,7 @@ pub mod message {
 pub mod checks;
 pub mod classify;
 pub mod discovery;
+pub mod procedure;
 pub mod server;
 pub mod strategy;
 pub mod transaction;

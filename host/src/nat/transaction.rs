@@ -117,6 +117,12 @@ impl Transaction {
         Step::Send(&self.request, self.destination)
     }
 
+    /// When [`Transaction::poll`] has something to do next (a send or the
+    /// timeout); `None` once a response was accepted.
+    pub fn next_at(&self) -> Option<Instant> {
+        (!self.done).then_some(self.next)
+    }
+
     /// Accepts a response with `txid` if it is this transaction's; returns
     /// whether it was. Later duplicates are not accepted again.
     pub fn on_response(&mut self, txid: &TxId) -> bool {

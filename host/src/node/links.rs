@@ -47,6 +47,18 @@ impl Links {
         }
     }
 
+    /// The address of a live link whose peer presents `fingerprint`, if
+    /// one exists (slots busy with a dial are skipped).
+    pub(super) fn live_addr_of(&self, fingerprint: Fingerprint) -> Option<SocketAddr> {
+        let slots: Vec<(SocketAddr, LinkSlot)> =
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(a, s)| (*a, s.clone())).collect();
+        slots.into_iter().find_map(|(addr, slot)| {
+            let guard = slot.try_lock().ok()?;
+            let conn = guard.as_ref()?;
+            (conn.close_reason().is_none() && peer_fingerprint(conn) == Some(fingerprint)).then_some(addr)
+        })
+    }
+
     fn slot(&self, addr: SocketAddr) -> LinkSlot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(addr).or_default().clone()

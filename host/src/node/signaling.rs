@@ -123,6 +123,14 @@ pub(super) async fn open_by_id(
     announce: bool,
 ) -> Result<(Arc<ConnShared>, Option<TraversalReport>), ConnectError> {
     let signal = inner.signal.clone().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
+    // A live link to the peer carries the new connection: no signaling, no
+    // punching (the fingerprint check still applies).
+    if let Some(fingerprint) = known_fingerprint(inner, peer)
+        && let Some(addr) = inner.links.live_addr_of(fingerprint)
+    {
+        let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
+        return Ok((shared, None));
+    }
     let session = inner.traversal.session();
     let request = offer(inner, &session).await;
     let answer = signal.connect(peer, convention, request).await.map_err(|e| signal_error(peer, e))?;
