@@ -657,12 +657,17 @@ impl Node {
 
     /// Connects to the node registered as `peer_id` with the signaling
     /// server, for `service` over `transport`. The peer's certificate
-    /// fingerprint from signaling is pinned; its candidate addresses are
-    /// tried together and the first to answer wins.
+    /// fingerprint from signaling is pinned. Both nodes run connectivity
+    /// checks on their candidates with the plan their NAT pair needs
+    /// (see [`crate::nat`]); the best working pair (LAN first, then lowest
+    /// RTT) carries the connection, and [`Connection::traversal`] tells how
+    /// it was found. A live link to the peer is reused without signaling.
     ///
     /// # Errors
     /// [`ConnectError::Signal`] when the node has no signaling or the peer
-    /// is not online, plus the errors of [`Node::connect`].
+    /// is not online, [`ConnectError::NoPath`] when the checks found no
+    /// direct path (with the reason, e.g. "relay required: ..."), plus the
+    /// errors of [`Node::connect`].
     pub async fn connect_peer(
         &self,
         peer_id: &str,
