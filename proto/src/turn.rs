@@ -1,0 +1,429 @@
+//! TURN (RFC 8656) messages a client sends and the answers it reads, and
+//! the ChannelData framing: pure functions over stun-rs (`turn` feature),
+//! no I/O. The groundwork of the relay (issue 5); the client state machine
+//! builds on it.
+
+use std::net::SocketAddr;
+
+use stun_rs::attributes::stun::{ErrorCode, MessageIntegrity, Nonce, Realm, UserName, XorMappedAddress};
+use stun_rs::attributes::turn::{ChannelNumber, Data, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress};
+use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, DATA, REFRESH, SEND};
+use stun_rs::{
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, MessageMethod,
+    StunMessage, StunMessageBuilder, TransactionId,
+};
+
+use crate::stun::{StunCodecError, TxId};
+
+/// First channel number a client may bind (RFC 8656 section 12).
+pub const MIN_CHANNEL: u16 = 0x4000;
+/// Last channel number a client may bind.
+pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// Largest TURN message built or accepted here (a Send indication carries
+/// a whole datagram).
+pub const MAX_TURN_MESSAGE: usize = 65_535 + 64;
+
+/// A ChannelData message: application data on a bound channel, with a
+/// 4-byte header instead of a 36-byte Send or Data indication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelData {
+    /// The channel number, [`MIN_CHANNEL`]..=[`MAX_CHANNEL`].
+    pub channel: u16,
+    /// The application data.
+    pub data: Vec<u8>,
+}
+
+impl ChannelData {
+    /// Encodes the message; `padded` pads to a multiple of 4 bytes, which
+    /// TURN over TCP requires (over UDP it is optional).
+    ///
+    /// # Errors
+    /// [`StunCodecError::Encode`] for a channel out of range or data over
+    /// 65,535 bytes.
+    pub fn encode(&self, padded: bool) -> Result<Vec<u8>, StunCodecError> {
+        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&self.channel) {
+            return Err(StunCodecError::Encode(format!("channel {:#06x} out of range", self.channel)));
+        }
+        let len = u16::try_from(self.data.len())
+            .map_err(|_| StunCodecError::Encode(format!("{} bytes do not fit a channel", self.data.len())))?;
+        let mut out = Vec::with_capacity(4 + self.data.len() + 3);
+        out.extend_from_slice(&self.channel.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.data);
+        if padded {
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        Ok(out)
+    }
+
+    /// Decodes one message from the front of `bytes`; returns it and the
+    /// bytes it used (padding included when present, as over TCP).
+    ///
+    /// # Errors
+    /// [`StunCodecError::Malformed`] for a short buffer, a channel out of
+    /// range or a length beyond the buffer.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, usize), StunCodecError> {
+        let header: [u8; 4] = bytes
+            .get(..4)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| StunCodecError::Malformed("ChannelData shorter than its header".into()))?;
+        let channel = u16::from_be_bytes([header[0], header[1]]);
+        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&channel) {
+            return Err(StunCodecError::Malformed(format!("channel {channel:#06x} out of range")));
+        }
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let data = bytes
+            .get(4..4 + len)
+            .ok_or_else(|| StunCodecError::Malformed(format!("ChannelData length {len} beyond the datagram")))?;
+        let used = (4 + len).next_multiple_of(4).min(bytes.len());
+        Ok((Self { channel, data: data.to_vec() }, used))
+    }
+}
+
+/// Long-term credentials (RFC 8489 section 9.2) once the server told its
+/// realm and nonce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LongTermAuth {
+    /// User name (for coturn's `use-auth-secret`: `<expiry>:<user>`).
+    pub username: String,
+    /// The password.
+    pub password: String,
+    /// The realm from the server's 401.
+    pub realm: String,
+    /// The nonce from the server's 401 or 438.
+    pub nonce: String,
+}
+
+/// A TURN request or indication a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnRequest {
+    /// Allocate a relayed UDP address for `lifetime` seconds.
+    Allocate {
+        /// Requested lifetime in seconds (`None`: the server's default).
+        lifetime: Option<u32>,
+    },
+    /// Refresh the allocation; lifetime 0 deletes it.
+    Refresh {
+        /// Requested lifetime in seconds.
+        lifetime: u32,
+    },
+    /// Install permissions for these peers' IPs.
+    CreatePermission {
+        /// The peers (only their IPs matter).
+        peers: Vec<SocketAddr>,
+    },
+    /// Bind `channel` to `peer`.
+    ChannelBind {
+        /// The channel number.
+        channel: u16,
+        /// The peer.
+        peer: SocketAddr,
+    },
+}
+
+fn encode(message: &StunMessage, capacity: usize) -> Result<Vec<u8>, StunCodecError> {
+    let mut buf = vec![0u8; capacity];
+    let size = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, message)
+        .map_err(|e| StunCodecError::Encode(format!("{e:?}")))?;
+    buf.truncate(size);
+    Ok(buf)
+}
+
+fn long_term_key(auth: &LongTermAuth) -> Result<HMACKey, StunCodecError> {
+    HMACKey::new_long_term(&auth.username, &auth.realm, &auth.password, Algorithm::from(AlgorithmId::MD5))
+        .map_err(|e| StunCodecError::Encode(format!("bad credentials: {e:?}")))
+}
+
+/// Encodes a request; with `auth`, USERNAME, REALM, NONCE and
+/// MESSAGE-INTEGRITY are added (the first Allocate goes without, to learn
+/// realm and nonce from the 401).
+///
+/// # Errors
+/// [`StunCodecError::Encode`] for credentials stun-rs refuses.
+pub fn encode_request(
+    txid: TxId,
+    request: &TurnRequest,
+    auth: Option<&LongTermAuth>,
+) -> Result<Vec<u8>, StunCodecError> {
+    let method = match request {
+        TurnRequest::Allocate { .. } => ALLOCATE,
+        TurnRequest::Refresh { .. } => REFRESH,
+        TurnRequest::CreatePermission { .. } => CREATE_PERMMISSION,
+        TurnRequest::ChannelBind { .. } => CHANNEL_BIND,
+    };
+    let mut builder =
+        StunMessageBuilder::new(method, MessageClass::Request).with_transaction_id(TransactionId::from(txid));
+    match request {
+        TurnRequest::Allocate { lifetime } => {
+            builder = builder.with_attribute(RequestedTrasport::default());
+            if let Some(lifetime) = lifetime {
+                builder = builder.with_attribute(LifeTime::from(*lifetime));
+            }
+        }
+        TurnRequest::Refresh { lifetime } => builder = builder.with_attribute(LifeTime::from(*lifetime)),
+        TurnRequest::CreatePermission { peers } => {
+            for peer in peers {
+                builder = builder.with_attribute(XorPeerAddress::from(*peer));
+            }
+        }
+        TurnRequest::ChannelBind { channel, peer } => {
+            builder = builder.with_attribute(ChannelNumber::new(*channel)).with_attribute(XorPeerAddress::from(*peer));
+        }
+    }
+    if let Some(auth) = auth {
+        let bad = |what: &str, e: stun_rs::StunError| StunCodecError::Encode(format!("bad {what}: {e:?}"));
+        builder = builder
+            .with_attribute(UserName::new(&auth.username).map_err(|e| bad("username", e))?)
+            .with_attribute(Realm::new(&auth.realm).map_err(|e| bad("realm", e))?)
+            .with_attribute(Nonce::new(&auth.nonce).map_err(|e| bad("nonce", e))?)
+            .with_attribute(MessageIntegrity::new(long_term_key(auth)?));
+    }
+    encode(&builder.build(), 2048)
+}
+
+/// Encodes a Send indication carrying `data` to `peer`.
+///
+/// # Errors
+/// [`StunCodecError::Encode`] when the data does not fit a message.
+pub fn encode_send(txid: TxId, peer: SocketAddr, data: &[u8]) -> Result<Vec<u8>, StunCodecError> {
+    let message = StunMessageBuilder::new(SEND, MessageClass::Indication)
+        .with_transaction_id(TransactionId::from(txid))
+        .with_attribute(XorPeerAddress::from(peer))
+        .with_attribute(Data::from(data))
+        .build();
+    encode(&message, data.len() + 64)
+}
+
+/// What a TURN client reads from its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnResponse {
+    /// The allocation exists.
+    Allocated {
+        /// Transaction id.
+        txid: TxId,
+        /// The relayed address peers send to.
+        relayed: SocketAddr,
+        /// The client's address as the server sees it.
+        mapped: Option<SocketAddr>,
+        /// Seconds until the allocation expires without a refresh.
+        lifetime: u32,
+    },
+    /// A Refresh, CreatePermission or ChannelBind succeeded.
+    Success {
+        /// Transaction id.
+        txid: TxId,
+        /// The method answered.
+        method: u16,
+        /// LIFETIME, for Refresh.
+        lifetime: Option<u32>,
+    },
+    /// A request failed.
+    Error {
+        /// Transaction id.
+        txid: TxId,
+        /// The method answered.
+        method: u16,
+        /// The error code (e.g. 401, 438, 486).
+        code: u16,
+        /// The reason phrase.
+        reason: String,
+        /// REALM, with 401.
+        realm: Option<String>,
+        /// NONCE, with 401 and 438.
+        nonce: Option<String>,
+    },
+    /// Data a peer sent to the relayed address.
+    Data {
+        /// The peer.
+        peer: SocketAddr,
+        /// The data.
+        data: Vec<u8>,
+    },
+}
+
+/// Decodes a server's response or Data indication (no integrity check:
+/// see [`response_integrity_ok`]).
+///
+/// # Errors
+/// [`StunCodecError::Malformed`] for anything else or a message missing
+/// the attributes its kind needs.
+pub fn decode_response(bytes: &[u8]) -> Result<TurnResponse, StunCodecError> {
+    let malformed = |what: &str| StunCodecError::Malformed(what.to_string());
+    let (message, _) = MessageDecoderBuilder::default()
+        .build()
+        .decode(bytes)
+        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    let txid = *message.transaction_id().as_bytes();
+    let method: MessageMethod = message.method();
+    let lifetime = message.get::<LifeTime>().and_then(|a| a.as_life_time().ok()).map(|l| l.as_u32());
+    match message.class() {
+        MessageClass::Indication if method == DATA => {
+            let peer = message
+                .get::<XorPeerAddress>()
+                .and_then(|a| a.as_xor_peer_address().ok())
+                .map(|a| *a.socket_address())
+                .ok_or_else(|| malformed("Data indication without XOR-PEER-ADDRESS"))?;
+            let data = message
+                .get::<Data>()
+                .and_then(|a| a.as_data().ok())
+                .map(|d| d.as_bytes().to_vec())
+                .ok_or_else(|| malformed("Data indication without DATA"))?;
+            Ok(TurnResponse::Data { peer, data })
+        }
+        MessageClass::SuccessResponse if method == ALLOCATE => {
+            let relayed = message
+                .get::<XorRelayedAddress>()
+                .and_then(|a| a.as_xor_relayed_address().ok())
+                .map(|a| *a.socket_address())
+                .ok_or_else(|| malformed("Allocate success without XOR-RELAYED-ADDRESS"))?;
+            let mapped = message
+                .get::<XorMappedAddress>()
+                .and_then(|a| a.as_xor_mapped_address().ok())
+                .map(|a| *a.socket_address());
+            Ok(TurnResponse::Allocated { txid, relayed, mapped, lifetime: lifetime.unwrap_or(0) })
+        }
+        MessageClass::SuccessResponse if [REFRESH, CREATE_PERMMISSION, CHANNEL_BIND].contains(&method) => {
+            Ok(TurnResponse::Success { txid, method: method.as_u16(), lifetime })
+        }
+        MessageClass::ErrorResponse => {
+            let error = message.get::<ErrorCode>().and_then(|a| a.as_error_code().ok());
+            let (code, reason) = error
+                .map_or((0, String::new()), |e| (e.error_code().error_code(), e.error_code().reason().to_string()));
+            let realm =
+                message.get::<Realm>().and_then(|a| a.as_realm().ok()).map(|r| AsRef::<str>::as_ref(r).to_string());
+            let nonce = message.get::<Nonce>().and_then(|a| a.as_nonce().ok()).map(|n| n.as_str().to_string());
+            Ok(TurnResponse::Error { txid, method: method.as_u16(), code, reason, realm, nonce })
+        }
+        _ => Err(malformed("not a TURN response or Data indication")),
+    }
+}
+
+/// Whether a response carries a MESSAGE-INTEGRITY valid under `auth`.
+pub fn response_integrity_ok(bytes: &[u8], auth: &LongTermAuth) -> bool {
+    let Ok(key) = long_term_key(auth) else { return false };
+    let ctx = stun_rs::DecoderContextBuilder::default().with_key(key).with_validation().build();
+    match MessageDecoderBuilder::default().with_context(ctx).build().decode(bytes) {
+        Ok((message, _)) => message.get::<MessageIntegrity>().is_some(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(text: &str) -> SocketAddr {
+        text.parse().expect("addr")
+    }
+
+    #[test]
+    fn channel_data_round_trip_with_and_without_padding() {
+        for len in [0usize, 1, 3, 4, 5, 1200] {
+            let message = ChannelData { channel: 0x4001, data: vec![7; len] };
+            let plain = message.encode(false).expect("encode");
+            assert_eq!(plain.len(), 4 + len);
+            assert_eq!(ChannelData::decode(&plain).expect("decode"), (message.clone(), 4 + len));
+            let padded = message.encode(true).expect("encode");
+            assert_eq!(padded.len() % 4, 0);
+            assert_eq!(ChannelData::decode(&padded).expect("decode"), (message, padded.len()));
+        }
+    }
+
+    #[test]
+    fn channel_data_refuses_bad_channels_and_truncation() {
+        assert!(ChannelData { channel: 0x3FFF, data: vec![] }.encode(false).is_err());
+        assert!(ChannelData { channel: 0x5000, data: vec![] }.encode(false).is_err());
+        let good = ChannelData { channel: 0x4FFF, data: vec![1; 10] }.encode(false).expect("encode");
+        for cut in 0..good.len() {
+            assert!(ChannelData::decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(ChannelData::decode(&[0x00, 0x01, 0, 0]).is_err(), "STUN is not ChannelData");
+    }
+
+    #[test]
+    fn requests_encode_with_their_attributes_and_integrity() {
+        let auth = LongTermAuth {
+            username: "1700000000:dev".into(),
+            password: "secret".into(),
+            realm: "fog.example".into(),
+            nonce: "abcdef".into(),
+        };
+        for request in [
+            TurnRequest::Allocate { lifetime: Some(600) },
+            TurnRequest::Refresh { lifetime: 0 },
+            TurnRequest::CreatePermission { peers: vec![a("203.0.113.5:1000"), a("198.51.100.7:2")] },
+            TurnRequest::ChannelBind { channel: 0x4000, peer: a("203.0.113.5:1000") },
+        ] {
+            let bytes = encode_request([1; 12], &request, Some(&auth)).expect("encode");
+            assert!(crate::stun::looks_like_stun(&bytes));
+            assert!(response_integrity_ok(&bytes, &auth), "{request:?}");
+            let wrong = LongTermAuth { password: "other".into(), ..auth.clone() };
+            assert!(!response_integrity_ok(&bytes, &wrong));
+            let unauthenticated = encode_request([1; 12], &request, None).expect("encode");
+            assert!(!response_integrity_ok(&unauthenticated, &auth));
+        }
+    }
+
+    #[test]
+    fn server_answers_decode() {
+        let allocated = StunMessageBuilder::new(ALLOCATE, MessageClass::SuccessResponse)
+            .with_transaction_id(TransactionId::from([3; 12]))
+            .with_attribute(XorRelayedAddress::from(a("198.51.100.1:49152")))
+            .with_attribute(XorMappedAddress::from(a("203.0.113.9:4000")))
+            .with_attribute(LifeTime::from(600))
+            .build();
+        assert_eq!(
+            decode_response(&encode(&allocated, 512).expect("encode")).expect("decode"),
+            TurnResponse::Allocated {
+                txid: [3; 12],
+                relayed: a("198.51.100.1:49152"),
+                mapped: Some(a("203.0.113.9:4000")),
+                lifetime: 600
+            }
+        );
+        let unauthorized = StunMessageBuilder::new(ALLOCATE, MessageClass::ErrorResponse)
+            .with_transaction_id(TransactionId::from([4; 12]))
+            .with_attribute(ErrorCode::from(stun_rs::ErrorCode::new(401, "Unauthorized").expect("code")))
+            .with_attribute(Realm::new("fog.example").expect("realm"))
+            .with_attribute(Nonce::new("n0nce").expect("nonce"))
+            .build();
+        assert_eq!(
+            decode_response(&encode(&unauthorized, 512).expect("encode")).expect("decode"),
+            TurnResponse::Error {
+                txid: [4; 12],
+                method: ALLOCATE.as_u16(),
+                code: 401,
+                reason: "Unauthorized".into(),
+                realm: Some("fog.example".into()),
+                nonce: Some("n0nce".into())
+            }
+        );
+        let data = StunMessageBuilder::new(DATA, MessageClass::Indication)
+            .with_attribute(XorPeerAddress::from(a("203.0.113.5:1000")))
+            .with_attribute(Data::from(&b"hello"[..]))
+            .build();
+        assert_eq!(
+            decode_response(&encode(&data, 512).expect("encode")).expect("decode"),
+            TurnResponse::Data { peer: a("203.0.113.5:1000"), data: b"hello".to_vec() }
+        );
+        // An Allocate success without the relayed address is refused.
+        let incomplete = StunMessageBuilder::new(ALLOCATE, MessageClass::SuccessResponse).build();
+        assert!(decode_response(&encode(&incomplete, 512).expect("encode")).is_err());
+    }
+
+    #[test]
+    fn send_indication_and_garbage() {
+        let bytes = encode_send([2; 12], a("203.0.113.5:1000"), b"payload").expect("encode");
+        assert!(crate::stun::looks_like_stun(&bytes));
+        // A Send indication is not something a client reads.
+        assert!(decode_response(&bytes).is_err());
+        for garbage in [&b""[..], b"nope", &[0u8; 20], &[0x40, 0x00, 0x00, 0x01, 9]] {
+            assert!(decode_response(garbage).is_err());
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode_response(&bytes[..cut]).is_err());
+        }
+    }
+}
