@@ -7,11 +7,13 @@
 //! - [`transport`]: socket facade, identity/TLS, framing, connection tasks.
 //! - [`runtime`]: the wasmtime plugin runtime and its supervisor.
 //! - [`nat`]: STUN, NAT classification, punching strategy and checks.
+//! - [`relay`]: TURN (relay) client.
 //! - [`node`]: the node that ties them together, and its Rust API.
 
 pub mod convention;
 pub mod nat;
 pub mod node;
+pub mod relay;
 pub mod runtime;
 pub mod signal;
 pub mod transport;

@@ -196,6 +196,64 @@ pub fn encode_send(txid: TxId, peer: SocketAddr, data: &[u8]) -> Result<Vec<u8>,
     encode(&message, data.len() + 64)
 }
 
+/// Encodes a server's answer (the other side of [`decode_response`]);
+/// with `auth` the answer carries MESSAGE-INTEGRITY under that key. Error
+/// answers carry REALM and NONCE when given (401, 438).
+///
+/// # Errors
+/// [`StunCodecError::Encode`] for a code outside 300..=699, a realm or
+/// nonce stun-rs refuses, or data that does not fit.
+pub fn encode_response(response: &TurnResponse, auth: Option<&LongTermAuth>) -> Result<Vec<u8>, StunCodecError> {
+    let bad = |e: stun_rs::StunError| StunCodecError::Encode(format!("{e:?}"));
+    let method_of = |m: u16| MessageMethod::try_from(m).map_err(bad);
+    let builder = match response {
+        TurnResponse::Allocated { txid, relayed, mapped, lifetime } => {
+            let mut b = StunMessageBuilder::new(ALLOCATE, MessageClass::SuccessResponse)
+                .with_transaction_id(TransactionId::from(*txid))
+                .with_attribute(XorRelayedAddress::from(*relayed))
+                .with_attribute(LifeTime::from(*lifetime));
+            if let Some(mapped) = mapped {
+                b = b.with_attribute(XorMappedAddress::from(*mapped));
+            }
+            b
+        }
+        TurnResponse::Success { txid, method, lifetime } => {
+            let mut b = StunMessageBuilder::new(method_of(*method)?, MessageClass::SuccessResponse)
+                .with_transaction_id(TransactionId::from(*txid));
+            if let Some(lifetime) = lifetime {
+                b = b.with_attribute(LifeTime::from(*lifetime));
+            }
+            b
+        }
+        TurnResponse::Error { txid, method, code, reason, realm, nonce } => {
+            let mut b = StunMessageBuilder::new(method_of(*method)?, MessageClass::ErrorResponse)
+                .with_transaction_id(TransactionId::from(*txid))
+                .with_attribute(ErrorCode::from(stun_rs::ErrorCode::new(*code, reason).map_err(bad)?));
+            if let Some(realm) = realm {
+                b = b.with_attribute(Realm::new(realm).map_err(bad)?);
+            }
+            if let Some(nonce) = nonce {
+                b = b.with_attribute(Nonce::new(nonce).map_err(bad)?);
+            }
+            b
+        }
+        TurnResponse::Data { peer, data } => {
+            return encode(
+                &StunMessageBuilder::new(DATA, MessageClass::Indication)
+                    .with_attribute(XorPeerAddress::from(*peer))
+                    .with_attribute(Data::from(data.as_slice()))
+                    .build(),
+                data.len() + 64,
+            );
+        }
+    };
+    let builder = match auth {
+        Some(auth) => builder.with_attribute(MessageIntegrity::new(long_term_key(auth)?)),
+        None => builder,
+    };
+    encode(&builder.build(), 1024)
+}
+
 /// What a TURN client reads from its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnResponse {
@@ -363,6 +421,31 @@ mod tests {
             assert!(!response_integrity_ok(&bytes, &wrong));
             let unauthenticated = encode_request([1; 12], &request, None).expect("encode");
             assert!(!response_integrity_ok(&unauthenticated, &auth));
+        }
+    }
+
+    #[test]
+    fn encoded_answers_round_trip() {
+        let auth = LongTermAuth { username: "u".into(), password: "p".into(), realm: "r".into(), nonce: "n".into() };
+        for response in [
+            TurnResponse::Allocated { txid: [1; 12], relayed: a("198.51.100.1:50000"), mapped: None, lifetime: 600 },
+            TurnResponse::Success { txid: [2; 12], method: REFRESH.as_u16(), lifetime: Some(0) },
+            TurnResponse::Success { txid: [2; 12], method: CHANNEL_BIND.as_u16(), lifetime: None },
+            TurnResponse::Error {
+                txid: [3; 12],
+                method: ALLOCATE.as_u16(),
+                code: 486,
+                reason: "Allocation Quota Reached".into(),
+                realm: None,
+                nonce: None,
+            },
+            TurnResponse::Data { peer: a("203.0.113.5:9"), data: vec![1, 2, 3] },
+        ] {
+            let bytes = encode_response(&response, Some(&auth)).expect("encode");
+            assert_eq!(decode_response(&bytes).expect("decode"), response);
+            if !matches!(response, TurnResponse::Data { .. }) {
+                assert!(response_integrity_ok(&bytes, &auth));
+            }
         }
     }
 
