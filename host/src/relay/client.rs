@@ -138,6 +138,16 @@ impl TurnClient {
         }
     }
 
+    /// Whether the server confirmed a permission for `peer`'s IP.
+    pub fn is_permitted(&self, peer: SocketAddr) -> bool {
+        self.permissions.get(&peer.ip()).is_some_and(Option::is_some)
+    }
+
+    /// Whether the server confirmed a channel for `peer`.
+    pub fn is_bound(&self, peer: SocketAddr) -> bool {
+        self.channels.get(&peer).is_some_and(|(_, at)| at.is_some())
+    }
+
     /// Allows `peer`'s IP to send through the relay (CreatePermission).
     pub fn permit(&mut self, peer: SocketAddr, now: Instant) {
         if self.state == State::Closed || self.permissions.contains_key(&peer.ip()) {

@@ -1,0 +1,181 @@
+//! The TURN client against the real coturn (installed by `make test`):
+//! allocation with long-term credentials, a permission, data both ways as
+//! Send/Data indications and then over a channel.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use fogconnect::nat::transaction::RetransmitPolicy;
+use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
+use tokio::net::UdpSocket;
+
+/// coturn, killed when dropped.
+struct Coturn(Child);
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A UDP and TCP port free on loopback right now.
+fn free_port() -> anyhow::Result<u16> {
+    for _ in 0..20 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port")
+}
+
+fn start_coturn(port: u16) -> anyhow::Result<Coturn> {
+    let port = port.to_string();
+    let child = Command::new("turnserver")
+        .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", &port])
+        .args(["--lt-cred-mech", "--user", "dev:secret", "--realm", "fog.test", "--allow-loopback-peers"])
+        .args(["--no-tls", "--no-dtls", "--no-cli", "--min-port", "49152", "--max-port", "65535"])
+        .args(["--log-file", "stdout", "--simple-log"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start turnserver (apt-get install coturn; make test installs it)")?;
+    Ok(Coturn(child))
+}
+
+/// Drives the client over `socket` until `done` holds or `limit` passes.
+async fn drive(
+    client: &mut TurnClient,
+    socket: &UdpSocket,
+    server: SocketAddr,
+    events: &mut Vec<TurnEvent>,
+    limit: Duration,
+    mut done: impl FnMut(&TurnClient, &[TurnEvent]) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        client.handle_timeout(Instant::now());
+        while let Some(bytes) = client.poll_transmit() {
+            socket.send_to(&bytes, server).await?;
+        }
+        while let Some(event) = client.poll_event() {
+            if let TurnEvent::Failed(e) = &event {
+                bail!("relay failed: {e}");
+            }
+            events.push(event);
+        }
+        if done(client, events) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not done within {limit:?}; events {events:?}");
+        }
+        let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (len, from) = received?;
+                if from == server {
+                    client.handle_datagram(&buf[..len], Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+async fn recv_from(peer: &UdpSocket) -> anyhow::Result<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 2048];
+    let (len, from) =
+        tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf)).await.context("peer got nothing")??;
+    Ok((buf[..len].to_vec(), from))
+}
+
+#[tokio::test]
+async fn our_client_relays_through_coturn() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let _coturn = start_coturn(port)?;
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let peer = UdpSocket::bind("127.0.0.1:0").await?;
+    let peer_addr = peer.local_addr()?;
+    // coturn needs a moment to listen: the client's retransmissions (RFC
+    // 5389 schedule, 100 ms initial) cover it.
+    let config = TurnConfig {
+        server,
+        username: "dev".into(),
+        password: "secret".into(),
+        lifetime: 600,
+        retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 },
+    };
+    let mut client = TurnClient::new(config, Instant::now());
+    let mut events = Vec::new();
+    let limit = Duration::from_secs(10);
+    drive(&mut client, &socket, server, &mut events, limit, |c, _| c.relayed().is_some()).await?;
+    let relayed = client.relayed().context("relayed address")?;
+    ensure!(relayed.ip().is_loopback() && relayed.port() >= 49152, "{relayed}");
+
+    // Permission, then data both ways as indications.
+    client.permit(peer_addr, Instant::now());
+    drive(&mut client, &socket, server, &mut events, limit, |c, _| c.is_permitted(peer_addr)).await?;
+    client.send_to(peer_addr, b"via send indication")?;
+    drive(&mut client, &socket, server, &mut events, limit, |_, _| true).await?;
+    let (data, from) = recv_from(&peer).await?;
+    assert_eq!((data.as_slice(), from), (&b"via send indication"[..], relayed));
+    peer.send_to(b"back as data indication", relayed).await?;
+    drive(&mut client, &socket, server, &mut events, limit, |_, e| {
+        e.iter().any(|e| matches!(e, TurnEvent::Data { .. }))
+    })
+    .await?;
+    ensure!(
+        events.contains(&TurnEvent::Data { peer: peer_addr, data: b"back as data indication".to_vec() }),
+        "{events:?}"
+    );
+
+    // A channel, then data both ways as ChannelData.
+    events.clear();
+    client.bind_channel(peer_addr, Instant::now())?;
+    drive(&mut client, &socket, server, &mut events, limit, |c, _| c.is_bound(peer_addr)).await?;
+    client.send_to(peer_addr, b"over the channel")?;
+    drive(&mut client, &socket, server, &mut events, limit, |_, _| true).await?;
+    let (data, from) = recv_from(&peer).await?;
+    assert_eq!((data.as_slice(), from), (&b"over the channel"[..], relayed));
+    peer.send_to(b"channel back", relayed).await?;
+    drive(&mut client, &socket, server, &mut events, limit, |_, e| !e.is_empty()).await?;
+    assert_eq!(events, [TurnEvent::Data { peer: peer_addr, data: b"channel back".to_vec() }]);
+
+    client.close(Instant::now());
+    while let Some(bytes) = client.poll_transmit() {
+        socket.send_to(&bytes, server).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_password_and_unreachable_server_fail_clearly() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let _coturn = start_coturn(port)?;
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let retransmit = RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 };
+    let config = TurnConfig { server, username: "dev".into(), password: "wrong".into(), lifetime: 600, retransmit };
+    let mut client = TurnClient::new(config.clone(), Instant::now());
+    let mut events = Vec::new();
+    let result = drive(&mut client, &socket, server, &mut events, Duration::from_secs(10), |_, _| false).await;
+    let message = format!("{:#}", result.err().context("a wrong password must fail")?);
+    ensure!(message.contains("401") && message.contains("wrong user name or password"), "{message}");
+
+    // Nothing listens on this port.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let nowhere = silent.local_addr()?;
+    let quick = RetransmitPolicy { rto: Duration::from_millis(20), max_sends: 3, last_wait: 2 };
+    let mut client = TurnClient::new(TurnConfig { server: nowhere, retransmit: quick, ..config }, Instant::now());
+    let result = drive(&mut client, &socket, nowhere, &mut events, Duration::from_secs(5), |_, _| false).await;
+    let message = format!("{:#}", result.err().context("an unreachable server must fail")?);
+    ensure!(message.contains("unreachable"), "{message}");
+    Ok(())
+}
