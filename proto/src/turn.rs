@@ -358,6 +358,108 @@ pub fn decode_response(bytes: &[u8]) -> Result<TurnResponse, StunCodecError> {
     }
 }
 
+/// A client's request or indication as a TURN server reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingRequest {
+    /// Transaction id.
+    pub txid: TxId,
+    /// The method (see [`method`]).
+    pub method: u16,
+    /// Whether it is an indication (no answer expected).
+    pub indication: bool,
+    /// LIFETIME.
+    pub lifetime: Option<u32>,
+    /// REQUESTED-TRANSPORT protocol number (17 = UDP).
+    pub transport: Option<u8>,
+    /// XOR-PEER-ADDRESS attributes.
+    pub peers: Vec<SocketAddr>,
+    /// CHANNEL-NUMBER.
+    pub channel: Option<u16>,
+    /// DATA.
+    pub data: Option<Vec<u8>>,
+    /// USERNAME.
+    pub username: Option<String>,
+    /// NONCE.
+    pub nonce: Option<String>,
+    /// MESSAGE-INTEGRITY present (check it with [`response_integrity_ok`]
+    /// once the key is known).
+    pub has_integrity: bool,
+    /// Attributes a server must refuse (EVEN-PORT, RESERVATION-TOKEN,
+    /// DONT-FRAGMENT are not supported; unknown comprehension-required
+    /// ones), for a 420.
+    pub unsupported: Vec<u16>,
+}
+
+/// TURN method numbers.
+pub mod method {
+    /// Binding (STUN).
+    pub const BINDING: u16 = 0x001;
+    /// Allocate.
+    pub const ALLOCATE: u16 = 0x003;
+    /// Refresh.
+    pub const REFRESH: u16 = 0x004;
+    /// Send (indication).
+    pub const SEND: u16 = 0x006;
+    /// Data (indication).
+    pub const DATA: u16 = 0x007;
+    /// CreatePermission.
+    pub const CREATE_PERMISSION: u16 = 0x008;
+    /// ChannelBind.
+    pub const CHANNEL_BIND: u16 = 0x009;
+}
+
+/// Decodes a client's request or indication.
+///
+/// # Errors
+/// [`StunCodecError::Malformed`] for anything that is not a STUN request or
+/// indication.
+pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
+    use stun_rs::StunAttribute;
+    let (message, _) = MessageDecoderBuilder::default()
+        .build()
+        .decode(bytes)
+        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    let indication = match message.class() {
+        MessageClass::Request => false,
+        MessageClass::Indication => true,
+        _ => return Err(StunCodecError::Malformed("a response, not a request".into())),
+    };
+    let mut request = IncomingRequest {
+        txid: *message.transaction_id().as_bytes(),
+        method: message.method().as_u16(),
+        indication,
+        lifetime: None,
+        transport: None,
+        peers: Vec::new(),
+        channel: None,
+        data: None,
+        username: None,
+        nonce: None,
+        has_integrity: false,
+        unsupported: Vec::new(),
+    };
+    for attribute in message.attributes() {
+        match attribute {
+            StunAttribute::LifeTime(l) => request.lifetime = Some(l.as_u32()),
+            StunAttribute::RequestedTrasport(t) => request.transport = Some(t.protocol().as_u8()),
+            StunAttribute::XorPeerAddress(p) => request.peers.push(*p.socket_address()),
+            StunAttribute::ChannelNumber(c) => request.channel = Some(c.number()),
+            StunAttribute::Data(d) => request.data = Some(d.as_bytes().to_vec()),
+            StunAttribute::UserName(u) => request.username = Some(u.as_str().to_string()),
+            StunAttribute::Nonce(n) => request.nonce = Some(n.as_str().to_string()),
+            StunAttribute::MessageIntegrity(_) => request.has_integrity = true,
+            StunAttribute::EvenPort(_) | StunAttribute::ReservationToken(_) | StunAttribute::DontFragment(_) => {
+                request.unsupported.push(attribute.attribute_type().as_u16())
+            }
+            StunAttribute::Unknown(u) if u.attribute_type().is_comprehension_required() => {
+                request.unsupported.push(u.attribute_type().as_u16())
+            }
+            _ => {}
+        }
+    }
+    Ok(request)
+}
+
 /// Whether a response carries a MESSAGE-INTEGRITY valid under `auth`.
 pub fn response_integrity_ok(bytes: &[u8], auth: &LongTermAuth) -> bool {
     let Ok(key) = long_term_key(auth) else { return false };
@@ -494,6 +596,34 @@ mod tests {
         // An Allocate success without the relayed address is refused.
         let incomplete = StunMessageBuilder::new(ALLOCATE, MessageClass::SuccessResponse).build();
         assert!(decode_response(&encode(&incomplete, 512).expect("encode")).is_err());
+    }
+
+    #[test]
+    fn requests_decode_for_the_server() {
+        let auth = LongTermAuth { username: "u".into(), password: "p".into(), realm: "r".into(), nonce: "n".into() };
+        let bytes = encode_request(
+            [5; 12],
+            &TurnRequest::ChannelBind { channel: 0x4002, peer: a("203.0.113.5:1000") },
+            Some(&auth),
+        )
+        .expect("encode");
+        let request = decode_request(&bytes).expect("decode");
+        assert_eq!(request.method, method::CHANNEL_BIND);
+        assert_eq!(request.channel, Some(0x4002));
+        assert_eq!(request.peers, [a("203.0.113.5:1000")]);
+        assert_eq!((request.username.as_deref(), request.nonce.as_deref()), (Some("u"), Some("n")));
+        assert!(request.has_integrity && !request.indication && request.unsupported.is_empty());
+        let allocate =
+            decode_request(&encode_request([6; 12], &TurnRequest::Allocate { lifetime: Some(60) }, None).expect("enc"))
+                .expect("decode");
+        assert_eq!((allocate.method, allocate.transport, allocate.lifetime), (method::ALLOCATE, Some(17), Some(60)));
+        let send = decode_request(&encode_send([7; 12], a("203.0.113.5:1"), b"x").expect("enc")).expect("decode");
+        assert!(send.indication);
+        assert_eq!(send.data.as_deref(), Some(&b"x"[..]));
+        let answer =
+            encode_response(&TurnResponse::Success { txid: [1; 12], method: method::REFRESH, lifetime: None }, None)
+                .expect("enc");
+        assert!(decode_request(&answer).is_err(), "answers are not requests");
     }
 
     #[test]

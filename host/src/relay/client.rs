@@ -35,6 +35,9 @@ const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// Lifetime of a channel binding (600 s); refreshed a minute early.
 const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
 
+/// Challenges (401, 438) answered in a row before giving up.
+const AUTH_RETRIES: u32 = 2;
+
 /// What happened, for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnEvent {
@@ -98,7 +101,7 @@ impl TurnClient {
             config,
             state: State::Allocating,
             auth: None,
-            auth_retries: 2,
+            auth_retries: AUTH_RETRIES,
             relayed: None,
             refresh_at: None,
             permissions: HashMap::new(),
@@ -252,6 +255,10 @@ impl TurnClient {
             tracing::debug!("TURN answer without valid integrity ignored");
             self.pending.insert(txid, (transaction, purpose, request));
             return;
+        }
+        if !matches!(response, TurnResponse::Error { .. }) {
+            // Authenticated again: later stale nonces may be retried too.
+            self.auth_retries = AUTH_RETRIES;
         }
         match response {
             TurnResponse::Allocated { relayed, mapped, lifetime, .. } if purpose == Purpose::Allocate => {

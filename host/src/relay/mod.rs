@@ -1,8 +1,9 @@
-//! Relay through TURN servers (RFC 8656): the sans-IO client. The server,
-//! the relayed path in the socket facade and the fallback come with the
-//! rest of the relay work.
+//! Relay through TURN servers (RFC 8656): the sans-IO client and server
+//! cores. The socket drivers, the relayed path in the socket facade and
+//! the fallback come with the rest of the relay work.
 
 pub mod client;
+pub mod server;
 
 use std::net::SocketAddr;
 

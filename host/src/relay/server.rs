@@ -1,0 +1,842 @@
+//! A TURN server (RFC 8656) core, sans-IO: allocations keyed by the
+//! client's address, permissions, channels, lifetimes, quotas and
+//! authentication (long-term users, and the time-limited shared-secret
+//! scheme coturn calls `use-auth-secret`). The driver owns the sockets: it
+//! feeds client and peer datagrams in, opens a relay socket when asked
+//! ([`Output::OpenRelay`]) and reports it with [`TurnServerCore::relay_opened`],
+//! and sends what comes out.
+//!
+//! Never an open relay: every request but Binding needs valid credentials,
+//! peers need a permission, and by default peers on loopback, link-local,
+//! private and unspecified addresses are refused (no pivot into the
+//! operator's network).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use fogconnect_proto::stun::{self, SuccessResponse, TxId};
+use fogconnect_proto::turn::{
+    self, ChannelData, IncomingRequest, LongTermAuth, MAX_CHANNEL, MIN_CHANNEL, TurnResponse, method,
+};
+use ring::hmac;
+
+use crate::signal::rate::TokenBucket;
+
+/// Configuration of the server core.
+#[derive(Debug, Clone)]
+pub struct TurnServerConfig {
+    /// The realm announced in challenges.
+    pub realm: String,
+    /// Long-term users: name → password.
+    pub users: HashMap<String, String>,
+    /// Shared secret for time-limited credentials: user name
+    /// `<unix expiry>[:<anything>]`, password base64(HMAC-SHA1(secret,
+    /// user name)), as coturn's `use-auth-secret` and the signaling server
+    /// issue them.
+    pub auth_secret: Option<Vec<u8>>,
+    /// Relay to loopback, link-local and private peers too (labs only).
+    pub allow_private_peers: bool,
+    /// Lifetime granted when the client asks for none, in seconds.
+    pub default_lifetime: u32,
+    /// Longest lifetime granted, in seconds.
+    pub max_lifetime: u32,
+    /// Allocations one user may hold.
+    pub max_allocations_per_user: usize,
+    /// Allocations the server holds in all.
+    pub max_allocations: usize,
+    /// Bytes per second relayed per allocation each way; 0: unlimited.
+    pub bandwidth_per_allocation: u32,
+    /// How long a nonce stays valid (then 438 Stale Nonce).
+    pub nonce_lifetime: Duration,
+    /// Permissions and channels per allocation.
+    pub max_peers_per_allocation: usize,
+}
+
+impl Default for TurnServerConfig {
+    fn default() -> Self {
+        Self {
+            realm: "fogconnect".into(),
+            users: HashMap::new(),
+            auth_secret: None,
+            allow_private_peers: false,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            max_allocations_per_user: 16,
+            max_allocations: 10_000,
+            bandwidth_per_allocation: 0,
+            nonce_lifetime: Duration::from_secs(600),
+            max_peers_per_allocation: 256,
+        }
+    }
+}
+
+/// Permission lifetime (RFC 8656 section 9).
+const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Channel binding lifetime (RFC 8656 section 12).
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send to a client from the server's listening address.
+    ToClient {
+        /// The client.
+        client: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
+    /// Send to a peer from a relay socket.
+    ToPeer {
+        /// The relay socket's address.
+        relay: SocketAddr,
+        /// The peer.
+        peer: SocketAddr,
+        /// The data.
+        bytes: Vec<u8>,
+    },
+    /// Open a relay socket for `client`'s new allocation, then call
+    /// [`TurnServerCore::relay_opened`].
+    OpenRelay {
+        /// The client.
+        client: SocketAddr,
+    },
+    /// Close this relay socket (allocation ended).
+    CloseRelay {
+        /// The relay socket's address.
+        relay: SocketAddr,
+    },
+}
+
+#[derive(Debug)]
+struct Allocation {
+    username: String,
+    key: LongTermAuth,
+    relay: Option<SocketAddr>,
+    allocate_txid: TxId,
+    lifetime: u32,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    channel_of: HashMap<SocketAddr, u16>,
+    to_peers: Option<TokenBucket>,
+    to_client: Option<TokenBucket>,
+}
+
+/// Counters of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Allocations now.
+    pub allocations: usize,
+    /// Requests refused (any error answer).
+    pub refused: u64,
+    /// Datagrams relayed client → peer.
+    pub to_peers: u64,
+    /// Datagrams relayed peer → client.
+    pub to_clients: u64,
+    /// Datagrams dropped: no permission, over bandwidth, garbage.
+    pub dropped: u64,
+}
+
+/// The server core.
+pub struct TurnServerCore {
+    config: TurnServerConfig,
+    nonce_key: hmac::Key,
+    allocations: HashMap<SocketAddr, Allocation>,
+    by_relay: HashMap<SocketAddr, SocketAddr>,
+    per_user: HashMap<String, usize>,
+    outputs: VecDeque<Output>,
+    stats: ServerStats,
+}
+
+impl std::fmt::Debug for TurnServerCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnServerCore").field("allocations", &self.allocations.len()).finish_non_exhaustive()
+    }
+}
+
+/// Whether `ip` is only reachable inside the operator's network.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+                // Shared address space (RFC 6598, carrier-grade NAT).
+                || (v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]))
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// The password of a time-limited user name under `secret` (coturn's
+/// `use-auth-secret`, the TURN REST API).
+pub fn shared_secret_password(secret: &[u8], username: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, username.as_bytes()).as_ref())
+}
+
+impl TurnServerCore {
+    /// A server core; `nonce_secret` keys the stateless nonces (random per
+    /// process).
+    pub fn new(config: TurnServerConfig, nonce_secret: &[u8]) -> Self {
+        Self {
+            config,
+            nonce_key: hmac::Key::new(hmac::HMAC_SHA256, nonce_secret),
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_user: HashMap::new(),
+            outputs: VecDeque::new(),
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats { allocations: self.allocations.len(), ..self.stats }
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn nonce(&self, client: SocketAddr, unix_time: u64) -> String {
+        let tag = hmac::sign(&self.nonce_key, format!("{unix_time}|{}", client.ip()).as_bytes());
+        format!("{unix_time:x}-{}", hex::encode(&tag.as_ref()[..12]))
+    }
+
+    fn nonce_fresh(&self, nonce: &str, client: SocketAddr, unix_time: u64) -> bool {
+        let Some((time, _)) = nonce.split_once('-') else { return false };
+        let Ok(issued) = u64::from_str_radix(time, 16) else { return false };
+        issued <= unix_time
+            && unix_time - issued <= self.config.nonce_lifetime.as_secs()
+            && self.nonce(client, issued) == nonce
+    }
+
+    fn password(&self, username: &str, unix_time: u64) -> Option<String> {
+        if let Some(password) = self.config.users.get(username) {
+            return Some(password.clone());
+        }
+        let secret = self.config.auth_secret.as_ref()?;
+        let expiry: u64 = username.split(':').next()?.parse().ok()?;
+        (expiry > unix_time).then(|| shared_secret_password(secret, username))
+    }
+
+    fn respond(&mut self, client: SocketAddr, response: &TurnResponse, key: Option<&LongTermAuth>) {
+        if matches!(response, TurnResponse::Error { .. }) {
+            self.stats.refused += 1;
+        }
+        match turn::encode_response(response, key) {
+            Ok(bytes) => self.outputs.push_back(Output::ToClient { client, bytes }),
+            Err(e) => tracing::debug!("cannot encode a TURN answer: {e}"),
+        }
+    }
+
+    fn error(
+        &mut self,
+        client: SocketAddr,
+        request: &IncomingRequest,
+        code: u16,
+        reason: &str,
+        key: Option<&LongTermAuth>,
+    ) {
+        let response = TurnResponse::Error {
+            txid: request.txid,
+            method: request.method,
+            code,
+            reason: reason.into(),
+            realm: None,
+            nonce: None,
+        };
+        self.respond(client, &response, key);
+    }
+
+    fn challenge(&mut self, client: SocketAddr, request: &IncomingRequest, code: u16, unix_time: u64) {
+        let reason = if code == 438 { "Stale Nonce" } else { "Unauthorized" };
+        let response = TurnResponse::Error {
+            txid: request.txid,
+            method: request.method,
+            code,
+            reason: reason.into(),
+            realm: Some(self.config.realm.clone()),
+            nonce: Some(self.nonce(client, unix_time)),
+        };
+        self.respond(client, &response, None);
+    }
+
+    /// Feeds a datagram from `client` at `now`; `unix_time` (seconds) dates
+    /// nonces and time-limited credentials.
+    pub fn handle_client(&mut self, client: SocketAddr, bytes: &[u8], now: Instant, unix_time: u64) {
+        if bytes.first().is_some_and(|b| (0x40..=0x4F).contains(b)) {
+            return self.channel_data_from_client(client, bytes, now);
+        }
+        let Ok(request) = turn::decode_request(bytes) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if request.method == method::BINDING && !request.indication {
+            let response = SuccessResponse { mapped: Some(client), ..Default::default() };
+            if let Ok(bytes) = stun::binding_success(request.txid, &response) {
+                self.outputs.push_back(Output::ToClient { client, bytes });
+            }
+            return;
+        }
+        if request.indication {
+            if request.method == method::SEND {
+                self.send_indication(client, &request, now);
+            }
+            return;
+        }
+        // Authentication (RFC 8489 section 9.2.4).
+        if !request.has_integrity {
+            return self.challenge(client, &request, 401, unix_time);
+        }
+        let (Some(username), Some(nonce)) = (request.username.clone(), request.nonce.clone()) else {
+            return self.error(client, &request, 400, "Bad Request: USERNAME and NONCE required", None);
+        };
+        let Some(password) = self.password(&username, unix_time) else {
+            return self.challenge(client, &request, 401, unix_time);
+        };
+        let key = LongTermAuth { username: username.clone(), password, realm: self.config.realm.clone(), nonce };
+        if !turn::response_integrity_ok(bytes, &key) {
+            return self.challenge(client, &request, 401, unix_time);
+        }
+        if !self.nonce_fresh(&key.nonce, client, unix_time) {
+            return self.challenge(client, &request, 438, unix_time);
+        }
+        if !request.unsupported.is_empty() {
+            let response = TurnResponse::Error {
+                txid: request.txid,
+                method: request.method,
+                code: 420,
+                reason: format!("Unknown Attribute {:?}", request.unsupported),
+                realm: None,
+                nonce: None,
+            };
+            return self.respond(client, &response, Some(&key));
+        }
+        // A live allocation belongs to the user that made it (441).
+        if let Some(allocation) = self.allocations.get(&client)
+            && allocation.username != username
+        {
+            return self.error(client, &request, 441, "Wrong Credentials", Some(&key));
+        }
+        match request.method {
+            method::ALLOCATE => self.allocate(client, &request, key, now),
+            method::REFRESH => self.refresh(client, &request, &key, now),
+            method::CREATE_PERMISSION => self.create_permission(client, &request, &key, now),
+            method::CHANNEL_BIND => self.channel_bind(client, &request, &key, now),
+            _ => self.error(client, &request, 400, "Bad Request: unknown method", Some(&key)),
+        }
+    }
+
+    fn allocate(&mut self, client: SocketAddr, request: &IncomingRequest, key: LongTermAuth, now: Instant) {
+        if let Some(allocation) = self.allocations.get(&client) {
+            // A retransmission of the Allocate gets the same answer.
+            if allocation.allocate_txid == request.txid
+                && let Some(relay) = allocation.relay
+            {
+                let response = TurnResponse::Allocated {
+                    txid: request.txid,
+                    relayed: relay,
+                    mapped: Some(client),
+                    lifetime: allocation.lifetime,
+                };
+                return self.respond(client, &response, Some(&key));
+            }
+            if allocation.allocate_txid == request.txid {
+                return; // Still opening the relay socket.
+            }
+            return self.error(client, request, 437, "Allocation Mismatch", Some(&key));
+        }
+        match request.transport {
+            Some(17) => {}
+            Some(_) => return self.error(client, request, 442, "Unsupported Transport Protocol", Some(&key)),
+            None => return self.error(client, request, 400, "Bad Request: REQUESTED-TRANSPORT missing", Some(&key)),
+        }
+        if self.per_user.get(&key.username).copied().unwrap_or(0) >= self.config.max_allocations_per_user {
+            return self.error(client, request, 486, "Allocation Quota Reached", Some(&key));
+        }
+        if self.allocations.len() >= self.config.max_allocations {
+            return self.error(client, request, 508, "Insufficient Capacity", Some(&key));
+        }
+        let lifetime = self.lifetime(request.lifetime);
+        let bucket = |rate: u32| (rate > 0).then(|| TokenBucket::new(rate, rate, now));
+        *self.per_user.entry(key.username.clone()).or_default() += 1;
+        self.allocations.insert(
+            client,
+            Allocation {
+                username: key.username.clone(),
+                key,
+                relay: None,
+                allocate_txid: request.txid,
+                lifetime,
+                expires: now + Duration::from_secs(u64::from(lifetime)),
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_of: HashMap::new(),
+                to_peers: bucket(self.config.bandwidth_per_allocation),
+                to_client: bucket(self.config.bandwidth_per_allocation),
+            },
+        );
+        self.outputs.push_back(Output::OpenRelay { client });
+    }
+
+    fn lifetime(&self, asked: Option<u32>) -> u32 {
+        asked.unwrap_or(self.config.default_lifetime).min(self.config.max_lifetime)
+    }
+
+    /// The driver opened (or failed to open) the relay socket of
+    /// `client`'s allocation.
+    pub fn relay_opened(&mut self, client: SocketAddr, relay: Result<SocketAddr, String>) {
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            // The allocation ended meanwhile.
+            if let Ok(relay) = relay {
+                self.outputs.push_back(Output::CloseRelay { relay });
+            }
+            return;
+        };
+        match relay {
+            Ok(relay) => {
+                allocation.relay = Some(relay);
+                self.by_relay.insert(relay, client);
+                let response = TurnResponse::Allocated {
+                    txid: allocation.allocate_txid,
+                    relayed: relay,
+                    mapped: Some(client),
+                    lifetime: allocation.lifetime,
+                };
+                let key = allocation.key.clone();
+                self.respond(client, &response, Some(&key));
+            }
+            Err(e) => {
+                tracing::warn!(%client, "cannot open a relay socket: {e}");
+                let txid = allocation.allocate_txid;
+                let key = allocation.key.clone();
+                self.remove(client);
+                let response = TurnResponse::Error {
+                    txid,
+                    method: method::ALLOCATE,
+                    code: 508,
+                    reason: "Insufficient Capacity".into(),
+                    realm: None,
+                    nonce: None,
+                };
+                self.respond(client, &response, Some(&key));
+            }
+        }
+    }
+
+    fn remove(&mut self, client: SocketAddr) {
+        let Some(allocation) = self.allocations.remove(&client) else { return };
+        if let Some(count) = self.per_user.get_mut(&allocation.username) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_user.remove(&allocation.username);
+            }
+        }
+        if let Some(relay) = allocation.relay {
+            self.by_relay.remove(&relay);
+            self.outputs.push_back(Output::CloseRelay { relay });
+        }
+    }
+
+    fn refresh(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
+        let lifetime = self.lifetime(request.lifetime);
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            return self.error(client, request, 437, "Allocation Mismatch", Some(key));
+        };
+        if lifetime == 0 {
+            self.remove(client);
+        } else {
+            allocation.lifetime = lifetime;
+            allocation.expires = now + Duration::from_secs(u64::from(lifetime));
+        }
+        let response = TurnResponse::Success { txid: request.txid, method: method::REFRESH, lifetime: Some(lifetime) };
+        self.respond(client, &response, Some(key));
+    }
+
+    fn peer_refusal(&self, peers: &[SocketAddr]) -> Option<(u16, &'static str)> {
+        if peers.is_empty() {
+            return Some((400, "Bad Request: XOR-PEER-ADDRESS missing"));
+        }
+        for peer in peers {
+            if peer.ip().is_multicast() || (!self.config.allow_private_peers && is_internal(peer.ip())) {
+                return Some((403, "Forbidden: the server does not relay to that address"));
+            }
+        }
+        None
+    }
+
+    fn create_permission(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
+        if let Some((code, reason)) = self.peer_refusal(&request.peers) {
+            return self.error(client, request, code, reason, Some(key));
+        }
+        let limit = self.config.max_peers_per_allocation;
+        let Some(allocation) = self.allocations.get_mut(&client).filter(|a| a.relay.is_some()) else {
+            return self.error(client, request, 437, "Allocation Mismatch", Some(key));
+        };
+        let new = request.peers.iter().filter(|p| !allocation.permissions.contains_key(&p.ip())).count();
+        if allocation.permissions.len() + new > limit {
+            return self.error(client, request, 508, "Insufficient Capacity: too many permissions", Some(key));
+        }
+        for peer in &request.peers {
+            allocation.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
+        }
+        let response = TurnResponse::Success { txid: request.txid, method: method::CREATE_PERMISSION, lifetime: None };
+        self.respond(client, &response, Some(key));
+    }
+
+    fn channel_bind(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
+        let Some(channel) = request.channel.filter(|c| (MIN_CHANNEL..=MAX_CHANNEL).contains(c)) else {
+            return self.error(client, request, 400, "Bad Request: channel number out of range", Some(key));
+        };
+        if let Some((code, reason)) = self.peer_refusal(&request.peers) {
+            return self.error(client, request, code, reason, Some(key));
+        }
+        let peer = request.peers[0];
+        let limit = self.config.max_peers_per_allocation;
+        let Some(allocation) = self.allocations.get_mut(&client).filter(|a| a.relay.is_some()) else {
+            return self.error(client, request, 437, "Allocation Mismatch", Some(key));
+        };
+        let bound_elsewhere = allocation.channels.get(&channel).is_some_and(|(p, _)| *p != peer)
+            || allocation.channel_of.get(&peer).is_some_and(|c| *c != channel);
+        if bound_elsewhere {
+            return self.error(client, request, 400, "Bad Request: channel or peer bound otherwise", Some(key));
+        }
+        if !allocation.channels.contains_key(&channel) && allocation.channels.len() >= limit {
+            return self.error(client, request, 508, "Insufficient Capacity: too many channels", Some(key));
+        }
+        allocation.channels.insert(channel, (peer, now + CHANNEL_LIFETIME));
+        allocation.channel_of.insert(peer, channel);
+        allocation.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
+        let response = TurnResponse::Success { txid: request.txid, method: method::CHANNEL_BIND, lifetime: None };
+        self.respond(client, &response, Some(key));
+    }
+
+    fn relay_to_peer(&mut self, client: SocketAddr, peer: SocketAddr, data: Vec<u8>, now: Instant) {
+        let Some(allocation) = self.allocations.get_mut(&client) else { return self.stats.dropped += 1 };
+        let (Some(relay), true) = (allocation.relay, allocation.permissions.contains_key(&peer.ip())) else {
+            return self.stats.dropped += 1;
+        };
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if allocation.to_peers.as_mut().is_some_and(|b| !b.take_n(len, now)) {
+            return self.stats.dropped += 1;
+        }
+        self.stats.to_peers += 1;
+        self.outputs.push_back(Output::ToPeer { relay, peer, bytes: data });
+    }
+
+    fn send_indication(&mut self, client: SocketAddr, request: &IncomingRequest, now: Instant) {
+        match (request.peers.first(), &request.data) {
+            (Some(&peer), Some(data)) => self.relay_to_peer(client, peer, data.clone(), now),
+            _ => self.stats.dropped += 1,
+        }
+    }
+
+    fn channel_data_from_client(&mut self, client: SocketAddr, bytes: &[u8], now: Instant) {
+        let Ok((message, _)) = ChannelData::decode(bytes) else { return self.stats.dropped += 1 };
+        let peer = self.allocations.get(&client).and_then(|a| a.channels.get(&message.channel)).map(|(p, _)| *p);
+        match peer {
+            Some(peer) => self.relay_to_peer(client, peer, message.data, now),
+            None => self.stats.dropped += 1,
+        }
+    }
+
+    /// Feeds a datagram that `peer` sent to the relay socket `relay`.
+    pub fn handle_peer(&mut self, relay: SocketAddr, peer: SocketAddr, bytes: &[u8], now: Instant) {
+        let Some(&client) = self.by_relay.get(&relay) else { return self.stats.dropped += 1 };
+        let Some(allocation) = self.allocations.get_mut(&client) else { return self.stats.dropped += 1 };
+        if !allocation.permissions.contains_key(&peer.ip()) {
+            return self.stats.dropped += 1;
+        }
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        if allocation.to_client.as_mut().is_some_and(|b| !b.take_n(len, now)) {
+            return self.stats.dropped += 1;
+        }
+        let encoded = match allocation.channel_of.get(&peer) {
+            Some(&channel) => ChannelData { channel, data: bytes.to_vec() }.encode(false),
+            None => turn::encode_response(&TurnResponse::Data { peer, data: bytes.to_vec() }, None),
+        };
+        match encoded {
+            Ok(bytes) => {
+                self.stats.to_clients += 1;
+                self.outputs.push_back(Output::ToClient { client, bytes });
+            }
+            Err(_) => self.stats.dropped += 1,
+        }
+    }
+
+    /// Expires allocations, permissions and channels due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<SocketAddr> =
+            self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(c, _)| *c).collect();
+        for client in expired {
+            self.remove(client);
+        }
+        for allocation in self.allocations.values_mut() {
+            allocation.permissions.retain(|_, until| *until > now);
+            let gone: Vec<u16> = allocation.channels.iter().filter(|(_, (_, t))| *t <= now).map(|(c, _)| *c).collect();
+            for channel in gone {
+                if let Some((peer, _)) = allocation.channels.remove(&channel) {
+                    allocation.channel_of.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// When [`TurnServerCore::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.allocations
+            .values()
+            .flat_map(|a| {
+                std::iter::once(a.expires)
+                    .chain(a.permissions.values().copied())
+                    .chain(a.channels.values().map(|c| c.1))
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::transaction::RetransmitPolicy;
+    use crate::relay::RelayError;
+    use crate::relay::client::{TurnClient, TurnConfig, TurnEvent};
+
+    fn a(text: &str) -> SocketAddr {
+        text.parse().expect("addr")
+    }
+
+    const CLIENT: &str = "203.0.113.7:40000";
+    const RELAY: &str = "198.51.100.1:50000";
+    const UNIX: u64 = 1_800_000_000;
+
+    /// Our client against our server, without sockets.
+    struct Wire {
+        server: TurnServerCore,
+        client: TurnClient,
+        to_peers: Vec<(SocketAddr, Vec<u8>)>,
+        closed: Vec<SocketAddr>,
+        events: Vec<TurnEvent>,
+        unix: u64,
+    }
+
+    impl Wire {
+        fn new(config: TurnServerConfig, username: &str, password: &str, t0: Instant) -> Self {
+            let client_config = TurnConfig {
+                server: a("198.51.100.1:3478"),
+                username: username.into(),
+                password: password.into(),
+                lifetime: 600,
+                retransmit: RetransmitPolicy::DISCOVERY,
+            };
+            Self {
+                server: TurnServerCore::new(config, b"nonce secret"),
+                client: TurnClient::new(client_config, t0),
+                to_peers: Vec::new(),
+                closed: Vec::new(),
+                events: Vec::new(),
+                unix: UNIX,
+            }
+        }
+
+        fn run(&mut self, now: Instant) {
+            for _ in 0..100 {
+                self.client.handle_timeout(now);
+                let mut quiet = true;
+                while let Some(bytes) = self.client.poll_transmit() {
+                    quiet = false;
+                    self.server.handle_client(a(CLIENT), &bytes, now, self.unix);
+                }
+                while let Some(output) = self.server.poll_output() {
+                    quiet = false;
+                    match output {
+                        Output::ToClient { client, bytes } => {
+                            assert_eq!(client, a(CLIENT));
+                            self.client.handle_datagram(&bytes, now);
+                        }
+                        Output::OpenRelay { client } => self.server.relay_opened(client, Ok(a(RELAY))),
+                        Output::ToPeer { relay, peer, bytes } => {
+                            assert_eq!(relay, a(RELAY));
+                            self.to_peers.push((peer, bytes));
+                        }
+                        Output::CloseRelay { relay } => self.closed.push(relay),
+                    }
+                }
+                while let Some(event) = self.client.poll_event() {
+                    self.events.push(event);
+                }
+                if quiet {
+                    return;
+                }
+            }
+        }
+
+        fn failure(&self) -> Option<&RelayError> {
+            self.events.iter().find_map(|e| match e {
+                TurnEvent::Failed(error) => Some(error),
+                _ => None,
+            })
+        }
+    }
+
+    fn users() -> TurnServerConfig {
+        TurnServerConfig { users: HashMap::from([("dev".into(), "secret".into())]), ..TurnServerConfig::default() }
+    }
+
+    #[test]
+    fn our_client_allocates_permits_binds_and_relays_both_ways() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(users(), "dev", "secret", t0);
+        let peer = a("192.0.2.80:9000");
+        wire.client.permit(peer, t0);
+        wire.run(t0);
+        assert_eq!(wire.client.relayed(), Some(a(RELAY)));
+        assert!(wire.client.is_permitted(peer));
+        wire.client.send_to(peer, b"one").expect("send");
+        wire.run(t0);
+        assert_eq!(wire.to_peers, [(peer, b"one".to_vec())]);
+        wire.server.handle_peer(a(RELAY), peer, b"two", t0);
+        wire.run(t0);
+        assert!(wire.events.contains(&TurnEvent::Data { peer, data: b"two".to_vec() }));
+        // Channel: both ways as ChannelData.
+        wire.client.bind_channel(peer, t0).expect("bind");
+        wire.run(t0);
+        assert!(wire.client.is_bound(peer));
+        wire.client.send_to(peer, b"three").expect("send");
+        wire.run(t0);
+        assert_eq!(wire.to_peers.last(), Some(&(peer, b"three".to_vec())));
+        wire.server.handle_peer(a(RELAY), peer, b"four", t0);
+        wire.run(t0);
+        assert!(wire.events.contains(&TurnEvent::Data { peer, data: b"four".to_vec() }));
+        // Peers without permission are dropped both ways.
+        let stranger = a("192.0.2.99:1");
+        wire.server.handle_peer(a(RELAY), stranger, b"let me in", t0);
+        assert_eq!(wire.server.poll_output(), None);
+        assert_eq!(wire.server.stats().allocations, 1);
+        // Close: the relay socket goes.
+        wire.client.close(t0);
+        wire.run(t0);
+        assert_eq!(wire.closed, [a(RELAY)]);
+        assert_eq!(wire.server.stats().allocations, 0);
+    }
+
+    #[test]
+    fn time_limited_credentials_work_until_they_expire() {
+        let t0 = Instant::now();
+        let secret = b"shared with signaling".to_vec();
+        let config = TurnServerConfig { auth_secret: Some(secret.clone()), ..TurnServerConfig::default() };
+        let username = format!("{}:dev", UNIX + 3600);
+        let password = shared_secret_password(&secret, &username);
+        let mut wire = Wire::new(config.clone(), &username, &password, t0);
+        wire.run(t0);
+        assert!(wire.client.relayed().is_some(), "{:?}", wire.events);
+        let expired = format!("{}:dev", UNIX - 1);
+        let password = shared_secret_password(&secret, &expired);
+        let mut wire = Wire::new(config, &expired, &password, t0);
+        wire.run(t0);
+        assert!(matches!(wire.failure(), Some(RelayError::Refused { code: 401, .. })), "{:?}", wire.events);
+    }
+
+    #[test]
+    fn loopback_and_private_peers_are_refused_unless_allowed() {
+        let t0 = Instant::now();
+        for (peer, allowed) in [("127.0.0.1:80", false), ("10.1.2.3:80", false), ("169.254.1.1:1", false)] {
+            let mut wire = Wire::new(users(), "dev", "secret", t0);
+            wire.run(t0);
+            wire.client.permit(a(peer), t0);
+            wire.run(t0);
+            assert_eq!(wire.client.is_permitted(a(peer)), allowed, "{peer}");
+            assert!(wire.server.stats().refused >= 1);
+        }
+        let mut wire = Wire::new(TurnServerConfig { allow_private_peers: true, ..users() }, "dev", "secret", t0);
+        wire.run(t0);
+        wire.client.permit(a("127.0.0.1:80"), t0);
+        wire.run(t0);
+        assert!(wire.client.is_permitted(a("127.0.0.1:80")));
+    }
+
+    #[test]
+    fn unauthenticated_requests_and_wrong_passwords_get_nothing_relayed() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(users(), "dev", "not the password", t0);
+        wire.run(t0);
+        assert!(matches!(wire.failure(), Some(RelayError::Refused { code: 401, .. })));
+        assert_eq!(wire.server.stats().allocations, 0);
+        // A Send indication from a stranger is dropped.
+        let send = turn::encode_send([1; 12], a("192.0.2.80:9000"), b"spoof").expect("encode");
+        wire.server.handle_client(a("203.0.113.66:1"), &send, t0, UNIX);
+        assert_eq!(wire.server.poll_output(), None);
+        for garbage in [&b""[..], b"x", &[0x40, 0x00, 0x00, 0x09, 1], &[0u8; 20]] {
+            wire.server.handle_client(a("203.0.113.66:1"), garbage, t0, UNIX);
+        }
+        assert_eq!(wire.server.poll_output(), None);
+    }
+
+    #[test]
+    fn quota_and_stale_nonce() {
+        let t0 = Instant::now();
+        let config = TurnServerConfig { max_allocations_per_user: 1, ..users() };
+        let mut wire = Wire::new(config, "dev", "secret", t0);
+        wire.run(t0);
+        assert!(wire.client.relayed().is_some());
+        // A second client of the same user hits the quota.
+        let mut other = TurnClient::new(
+            TurnConfig {
+                server: a("198.51.100.1:3478"),
+                username: "dev".into(),
+                password: "secret".into(),
+                lifetime: 600,
+                retransmit: RetransmitPolicy::DISCOVERY,
+            },
+            t0,
+        );
+        for _ in 0..4 {
+            while let Some(bytes) = other.poll_transmit() {
+                wire.server.handle_client(a("203.0.113.8:1"), &bytes, t0, UNIX);
+            }
+            while let Some(output) = wire.server.poll_output() {
+                if let Output::ToClient { bytes, .. } = output {
+                    other.handle_datagram(&bytes, t0);
+                }
+            }
+            other.handle_timeout(t0);
+        }
+        assert_eq!(
+            other.poll_event(),
+            Some(TurnEvent::Failed(RelayError::Refused { code: 486, reason: "Allocation Quota Reached".into() }))
+        );
+        // Much later the nonce is stale: the refresh is challenged with
+        // 438 and retried with the new nonce.
+        wire.unix += 3600;
+        let later = t0 + Duration::from_secs(540);
+        wire.run(later);
+        assert!(wire.client.relayed().is_some(), "{:?}", wire.events);
+        assert_eq!(wire.failure(), None);
+        // And again an hour later: challenges are retried every time.
+        wire.unix += 3600;
+        wire.run(later + Duration::from_secs(540));
+        assert_eq!(wire.failure(), None);
+        assert_eq!(wire.server.stats().allocations, 1);
+    }
+
+    #[test]
+    fn allocations_expire_without_refresh() {
+        let t0 = Instant::now();
+        let mut wire = Wire::new(users(), "dev", "secret", t0);
+        wire.run(t0);
+        let expiry = wire.server.poll_timeout().expect("expiry");
+        assert_eq!(expiry - t0, Duration::from_secs(600));
+        wire.server.handle_timeout(expiry);
+        assert_eq!(wire.server.poll_output(), Some(Output::CloseRelay { relay: a(RELAY) }));
+        assert_eq!(wire.server.stats().allocations, 0);
+    }
+}
