@@ -107,6 +107,7 @@ fn help_is_available_everywhere() -> anyhow::Result<()> {
         &["peers", "--help"],
         &["stun", "--help"],
         &["nat", "--help"],
+        &["relay", "--help"],
     ] {
         let output = Command::new(BIN).args(args).output()?;
         if !output.status.success() || output.stdout.is_empty() {
@@ -162,6 +163,9 @@ fn stun_server_and_nat_command_as_processes() -> anyhow::Result<()> {
         &["stun", "--listen", "127.0.0.1:3478", "--alt-addr", "127.0.0.1:3479"][..],
         &["nat", "--stun", "no-such-host.invalid:3478"],
         &["nat", "--stun", "not an address"],
+        &["relay", "--listen", "127.0.0.1:0"],
+        &["relay", "--listen", "127.0.0.1:0", "--user", "no-password"],
+        &["relay", "--listen", "0.0.0.0:0", "--user", "a:b"],
     ] {
         let out = Command::new(BIN).args(args).output()?;
         ensure!(!out.status.success(), "{args:?} succeeded");

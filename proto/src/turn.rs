@@ -17,8 +17,12 @@ use crate::stun::{StunCodecError, TxId};
 
 /// First channel number a client may bind (RFC 8656 section 12).
 pub const MIN_CHANNEL: u16 = 0x4000;
-/// Last channel number a client may bind.
+/// Last channel number a client may bind (RFC 8656; its first byte stays
+/// in 64..=79, which the node's socket demultiplexes as ChannelData).
 pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// Last channel number of RFC 5766, which older clients still use; a
+/// server accepts it, our client never binds above [`MAX_CHANNEL`].
+pub const MAX_CHANNEL_RFC5766: u16 = 0x7FFF;
 /// Largest TURN message built or accepted here (a Send indication carries
 /// a whole datagram).
 pub const MAX_TURN_MESSAGE: usize = 65_535 + 64;
@@ -27,7 +31,7 @@ pub const MAX_TURN_MESSAGE: usize = 65_535 + 64;
 /// 4-byte header instead of a 36-byte Send or Data indication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelData {
-    /// The channel number, [`MIN_CHANNEL`]..=[`MAX_CHANNEL`].
+    /// The channel number, [`MIN_CHANNEL`]..=[`MAX_CHANNEL_RFC5766`].
     pub channel: u16,
     /// The application data.
     pub data: Vec<u8>,
@@ -41,7 +45,7 @@ impl ChannelData {
     /// [`StunCodecError::Encode`] for a channel out of range or data over
     /// 65,535 bytes.
     pub fn encode(&self, padded: bool) -> Result<Vec<u8>, StunCodecError> {
-        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&self.channel) {
+        if !(MIN_CHANNEL..=MAX_CHANNEL_RFC5766).contains(&self.channel) {
             return Err(StunCodecError::Encode(format!("channel {:#06x} out of range", self.channel)));
         }
         let len = u16::try_from(self.data.len())
@@ -68,7 +72,7 @@ impl ChannelData {
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| StunCodecError::Malformed("ChannelData shorter than its header".into()))?;
         let channel = u16::from_be_bytes([header[0], header[1]]);
-        if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&channel) {
+        if !(MIN_CHANNEL..=MAX_CHANNEL_RFC5766).contains(&channel) {
             return Err(StunCodecError::Malformed(format!("channel {channel:#06x} out of range")));
         }
         let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
@@ -377,6 +381,8 @@ pub struct IncomingRequest {
     pub channel: Option<u16>,
     /// DATA.
     pub data: Option<Vec<u8>>,
+    /// EVEN-PORT, with its reserve-next-port flag.
+    pub even_port: Option<bool>,
     /// USERNAME.
     pub username: Option<String>,
     /// NONCE.
@@ -384,7 +390,7 @@ pub struct IncomingRequest {
     /// MESSAGE-INTEGRITY present (check it with [`response_integrity_ok`]
     /// once the key is known).
     pub has_integrity: bool,
-    /// Attributes a server must refuse (EVEN-PORT, RESERVATION-TOKEN,
+    /// Attributes a server must refuse (RESERVATION-TOKEN and
     /// DONT-FRAGMENT are not supported; unknown comprehension-required
     /// ones), for a 420.
     pub unsupported: Vec<u16>,
@@ -433,6 +439,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
         peers: Vec::new(),
         channel: None,
         data: None,
+        even_port: None,
         username: None,
         nonce: None,
         has_integrity: false,
@@ -448,7 +455,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
             StunAttribute::UserName(u) => request.username = Some(u.as_str().to_string()),
             StunAttribute::Nonce(n) => request.nonce = Some(n.as_str().to_string()),
             StunAttribute::MessageIntegrity(_) => request.has_integrity = true,
-            StunAttribute::EvenPort(_) | StunAttribute::ReservationToken(_) | StunAttribute::DontFragment(_) => {
+            StunAttribute::EvenPort(e) => request.even_port = Some(e.reserve()),
+            StunAttribute::ReservationToken(_) | StunAttribute::DontFragment(_) => {
                 request.unsupported.push(attribute.attribute_type().as_u16())
             }
             StunAttribute::Unknown(u) if u.attribute_type().is_comprehension_required() => {
@@ -494,7 +502,7 @@ mod tests {
     #[test]
     fn channel_data_refuses_bad_channels_and_truncation() {
         assert!(ChannelData { channel: 0x3FFF, data: vec![] }.encode(false).is_err());
-        assert!(ChannelData { channel: 0x5000, data: vec![] }.encode(false).is_err());
+        assert!(ChannelData { channel: 0x8000, data: vec![] }.encode(false).is_err());
         let good = ChannelData { channel: 0x4FFF, data: vec![1; 10] }.encode(false).expect("encode");
         for cut in 0..good.len() {
             assert!(ChannelData::decode(&good[..cut]).is_err(), "cut at {cut}");

@@ -4,6 +4,7 @@ mod demo;
 mod nat;
 mod node;
 mod peers;
+mod relay;
 mod send;
 mod signal;
 mod stun;
@@ -40,6 +41,8 @@ enum Command {
     Stun(stun::StunArgs),
     /// Classify the local NAT against a STUN server.
     Nat(nat::NatArgs),
+    /// Run a TURN relay server (RFC 8656, coturn-compatible credentials).
+    Relay(relay::RelayArgs),
 }
 
 /// Joining a signaling server from a one-shot command.
@@ -168,7 +171,7 @@ impl Cli {
     /// one line.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Command::Node(_) | Command::Signal(_) | Command::Stun(_) => "info",
+            Command::Node(_) | Command::Signal(_) | Command::Stun(_) | Command::Relay(_) => "info",
             Command::Send(_) | Command::Demo(_) | Command::Peers(_) | Command::Nat(_) => "error",
         }
     }
@@ -191,5 +194,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(args) => peers::run(args).await,
         Command::Stun(args) => stun::run(args).await,
         Command::Nat(args) => nat::run(args).await,
+        Command::Relay(args) => relay::run(args).await,
     }
 }

@@ -1,9 +1,11 @@
 //! Relay through TURN servers (RFC 8656): the sans-IO client and server
-//! cores. The socket drivers, the relayed path in the socket facade and
-//! the fallback come with the rest of the relay work.
+//! cores, and the server's UDP driver (`fogconnect relay`). The relayed
+//! path in the socket facade, TCP/TLS and the fallback come with the rest
+//! of the relay work.
 
 pub mod client;
 pub mod server;
+pub mod udp;
 
 use std::net::SocketAddr;
 
@@ -33,6 +35,9 @@ pub enum RelayError {
     /// All 4,096 channel numbers are in use.
     #[error("all TURN channels are bound")]
     ChannelsExhausted,
+    /// A socket could not be bound or used.
+    #[error("{0}")]
+    Io(String),
     /// A message could not be encoded.
     #[error(transparent)]
     Codec(StunCodecError),

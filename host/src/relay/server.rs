@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use fogconnect_proto::stun::{self, SuccessResponse, TxId};
 use fogconnect_proto::turn::{
-    self, ChannelData, IncomingRequest, LongTermAuth, MAX_CHANNEL, MIN_CHANNEL, TurnResponse, method,
+    self, ChannelData, IncomingRequest, LongTermAuth, MAX_CHANNEL_RFC5766, MIN_CHANNEL, TurnResponse, method,
 };
 use ring::hmac;
 
@@ -101,6 +101,8 @@ pub enum Output {
     OpenRelay {
         /// The client.
         client: SocketAddr,
+        /// The client asked for an even port (EVEN-PORT).
+        even: bool,
     },
     /// Close this relay socket (allocation ended).
     CloseRelay {
@@ -273,7 +275,8 @@ impl TurnServerCore {
     /// Feeds a datagram from `client` at `now`; `unix_time` (seconds) dates
     /// nonces and time-limited credentials.
     pub fn handle_client(&mut self, client: SocketAddr, bytes: &[u8], now: Instant, unix_time: u64) {
-        if bytes.first().is_some_and(|b| (0x40..=0x4F).contains(b)) {
+        // ChannelData: first byte 0x40..=0x7F (RFC 5766 channel range).
+        if bytes.first().is_some_and(|b| (0x40..=0x7F).contains(b)) {
             return self.channel_data_from_client(client, bytes, now);
         }
         let Ok(request) = turn::decode_request(bytes) else {
@@ -355,6 +358,17 @@ impl TurnServerCore {
             }
             return self.error(client, request, 437, "Allocation Mismatch", Some(&key));
         }
+        if request.even_port == Some(true) {
+            // Reserving the next port for a second allocation is not
+            // supported (RFC 8656 section 7.2: 508 when it cannot be done).
+            return self.error(
+                client,
+                request,
+                508,
+                "Insufficient Capacity: port reservation not supported",
+                Some(&key),
+            );
+        }
         match request.transport {
             Some(17) => {}
             Some(_) => return self.error(client, request, 442, "Unsupported Transport Protocol", Some(&key)),
@@ -385,7 +399,7 @@ impl TurnServerCore {
                 to_client: bucket(self.config.bandwidth_per_allocation),
             },
         );
-        self.outputs.push_back(Output::OpenRelay { client });
+        self.outputs.push_back(Output::OpenRelay { client, even: request.even_port.is_some() });
     }
 
     fn lifetime(&self, asked: Option<u32>) -> u32 {
@@ -494,7 +508,7 @@ impl TurnServerCore {
     }
 
     fn channel_bind(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
-        let Some(channel) = request.channel.filter(|c| (MIN_CHANNEL..=MAX_CHANNEL).contains(c)) else {
+        let Some(channel) = request.channel.filter(|c| (MIN_CHANNEL..=MAX_CHANNEL_RFC5766).contains(c)) else {
             return self.error(client, request, 400, "Bad Request: channel number out of range", Some(key));
         };
         if let Some((code, reason)) = self.peer_refusal(&request.peers) {
@@ -663,7 +677,7 @@ mod tests {
                             assert_eq!(client, a(CLIENT));
                             self.client.handle_datagram(&bytes, now);
                         }
-                        Output::OpenRelay { client } => self.server.relay_opened(client, Ok(a(RELAY))),
+                        Output::OpenRelay { client, .. } => self.server.relay_opened(client, Ok(a(RELAY))),
                         Output::ToPeer { relay, peer, bytes } => {
                             assert_eq!(relay, a(RELAY));
                             self.to_peers.push((peer, bytes));

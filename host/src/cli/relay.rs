@@ -1,0 +1,73 @@
+//! `fogconnect relay`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fogconnect::relay::server::TurnServerConfig;
+use fogconnect::relay::udp::TurnServer;
+
+/// Arguments of `fogconnect relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// UDP address to listen on for clients.
+    #[arg(long, default_value = "0.0.0.0:3478")]
+    listen: SocketAddr,
+    /// The IP peers reach relayed addresses at (default: the --listen IP).
+    #[arg(long, value_name = "IP")]
+    relay_ip: Option<IpAddr>,
+    /// Realm announced to clients.
+    #[arg(long, default_value = "fogconnect")]
+    realm: String,
+    /// Shared secret for time-limited credentials (coturn's
+    /// use-auth-secret / static-auth-secret).
+    #[arg(long, env = "FOGCONNECT_TURN_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// A long-term user as NAME:PASSWORD (repeatable).
+    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    users: Vec<String>,
+    /// Also relay to loopback, link-local and private peers (labs only:
+    /// lets clients reach this host's internal network).
+    #[arg(long)]
+    allow_private_peers: bool,
+    /// Allocations one user may hold.
+    #[arg(long, default_value_t = 16)]
+    max_allocations_per_user: usize,
+    /// Allocations in all.
+    #[arg(long, default_value_t = 10_000)]
+    max_allocations: usize,
+    /// Bytes per second relayed per allocation each way (0: unlimited).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    bandwidth: u32,
+}
+
+/// Runs the TURN server until Ctrl-C or SIGTERM.
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    let mut users = HashMap::new();
+    for user in &args.users {
+        let Some((name, password)) = user.split_once(':').filter(|(n, p)| !n.is_empty() && !p.is_empty()) else {
+            bail!("--user takes NAME:PASSWORD, got {user:?}");
+        };
+        users.insert(name.to_string(), password.to_string());
+    }
+    if users.is_empty() && args.auth_secret.is_none() {
+        bail!("give --auth-secret or --user: the relay never runs without credentials");
+    }
+    let relay_ip = args.relay_ip.unwrap_or(args.listen.ip());
+    let config = TurnServerConfig {
+        realm: args.realm.clone(),
+        users,
+        auth_secret: args.auth_secret.map(String::into_bytes),
+        allow_private_peers: args.allow_private_peers,
+        max_allocations_per_user: args.max_allocations_per_user,
+        max_allocations: args.max_allocations,
+        bandwidth_per_allocation: args.bandwidth,
+        ..TurnServerConfig::default()
+    };
+    let server = TurnServer::start(args.listen, relay_ip, config).await.context("cannot start the relay")?;
+    println!("relay listening on {} (UDP), relaying on {relay_ip}, realm {}", server.addr(), args.realm);
+    super::node::wait_for_signal().await?;
+    server.stop().await;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The TURN server over UDP: the tokio driver of
+//! [`TurnServerCore`](super::server::TurnServerCore). One listening socket
+//! for clients, one relay socket per allocation.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::RelayError;
+use super::server::{Output, ServerStats, TurnServerConfig, TurnServerCore};
+
+/// Datagrams from peers waiting for the core, at most.
+const PEER_QUEUE: usize = 4096;
+
+/// A running TURN server.
+#[derive(Debug)]
+pub struct TurnServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    stats: tokio::sync::watch::Receiver<ServerStats>,
+}
+
+struct RelaySocket {
+    io: Arc<UdpSocket>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl TurnServer {
+    /// Listens on `listen`; relay sockets are opened on `relay_ip` (the
+    /// address peers reach, which relayed addresses carry).
+    ///
+    /// # Errors
+    /// [`RelayError::Io`] when the socket cannot be bound or `relay_ip` is
+    /// unspecified.
+    pub async fn start(listen: SocketAddr, relay_ip: IpAddr, config: TurnServerConfig) -> Result<Self, RelayError> {
+        if relay_ip.is_unspecified() {
+            return Err(RelayError::Io(format!(
+                "relay address {relay_ip} is unspecified: give the IP peers reach the relay at"
+            )));
+        }
+        let socket = UdpSocket::bind(listen).await.map_err(|e| RelayError::Io(format!("cannot bind {listen}: {e}")))?;
+        let addr = socket.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
+        let mut nonce_secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_secret)
+            .map_err(|_| RelayError::Io("no system randomness".into()))?;
+        let core = TurnServerCore::new(config, &nonce_secret);
+        let stop = CancellationToken::new();
+        let (stats_tx, stats) = tokio::sync::watch::channel(ServerStats::default());
+        let task = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), stats_tx));
+        Ok(Self { addr, stop, task, stats })
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters, as of the last datagram handled.
+    pub fn stats(&self) -> ServerStats {
+        *self.stats.borrow()
+    }
+
+    /// Stops serving; every allocation ends.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(
+    socket: UdpSocket,
+    relay_ip: IpAddr,
+    mut core: TurnServerCore,
+    stop: CancellationToken,
+    stats: tokio::sync::watch::Sender<ServerStats>,
+) {
+    let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
+    let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((len, client)) => core.handle_client(client, &buf[..len], Instant::now(), unix_time()),
+                Err(e) => tracing::debug!("turn recv: {e}"),
+            },
+            Some((relay, peer, data)) = peer_rx.recv() => core.handle_peer(relay, peer, &data, Instant::now()),
+            _ = tokio::time::sleep_until(wake.into()) => core.handle_timeout(Instant::now()),
+        }
+        while let Some(output) = core.poll_output() {
+            match output {
+                Output::ToClient { client, bytes } => {
+                    if let Err(e) = socket.send_to(&bytes, client).await {
+                        tracing::debug!(%client, "turn send: {e}");
+                    }
+                }
+                Output::ToPeer { relay, peer, bytes } => {
+                    if let Some(relay) = relays.get(&relay)
+                        && let Err(e) = relay.io.send_to(&bytes, peer).await
+                    {
+                        tracing::debug!(%peer, "relay send: {e}");
+                    }
+                }
+                Output::OpenRelay { client, even } => {
+                    let opened = open_relay(relay_ip, even, peer_tx.clone()).await;
+                    let result = opened.map(|(addr, relay)| {
+                        relays.insert(addr, relay);
+                        addr
+                    });
+                    core.relay_opened(client, result);
+                }
+                Output::CloseRelay { relay } => {
+                    relays.remove(&relay);
+                }
+            }
+        }
+        stats.send_replace(core.stats());
+    }
+}
+
+/// Opens a relay socket on `ip` (an even port when `even`: the system
+/// picks ports, so odd ones are closed again, at most 64 times).
+async fn open_relay(
+    ip: IpAddr,
+    even: bool,
+    to_core: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+) -> Result<(SocketAddr, RelaySocket), String> {
+    let mut attempts = 0;
+    let (io, addr) = loop {
+        let io = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| e.to_string())?;
+        let addr = io.local_addr().map_err(|e| e.to_string())?;
+        attempts += 1;
+        if !even || addr.port() % 2 == 0 {
+            break (Arc::new(io), addr);
+        }
+        if attempts >= 64 {
+            return Err("no even port found".into());
+        }
+    };
+    let reader_io = io.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match reader_io.recv_from(&mut buf).await {
+                Ok((len, peer)) => {
+                    // A full queue drops, like a congested link.
+                    let _ = to_core.try_send((addr, peer, buf[..len].to_vec()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(_) => return,
+            }
+        }
+    });
+    Ok((addr, RelaySocket { io, reader }))
+}
