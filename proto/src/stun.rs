@@ -107,7 +107,12 @@ impl Binding {
 }
 
 fn encode(message: &StunMessage) -> Result<Vec<u8>, StunCodecError> {
-    let mut buf = vec![0u8; MAX_STUN_MESSAGE];
+    encode_with_capacity(message, MAX_STUN_MESSAGE)
+}
+
+/// Encodes `message` into a buffer of `capacity` bytes.
+pub(crate) fn encode_with_capacity(message: &StunMessage, capacity: usize) -> Result<Vec<u8>, StunCodecError> {
+    let mut buf = vec![0u8; capacity];
     let size = MessageEncoderBuilder::default()
         .build()
         .encode(&mut buf, message)
@@ -283,7 +288,12 @@ pub fn decode(bytes: &[u8]) -> Result<Binding, StunCodecError> {
 /// Whether `bytes` carries a MESSAGE-INTEGRITY valid under the short-term
 /// password `pwd` (and a valid FINGERPRINT if it has one).
 pub fn integrity_ok(bytes: &[u8], pwd: &str) -> bool {
-    let Ok(key) = key(pwd) else { return false };
+    key(pwd).is_ok_and(|key| integrity_valid(bytes, key))
+}
+
+/// Whether `bytes` carries a MESSAGE-INTEGRITY valid under `key` (and a
+/// valid FINGERPRINT if it has one).
+pub(crate) fn integrity_valid(bytes: &[u8], key: HMACKey) -> bool {
     let ctx = DecoderContextBuilder::default().with_key(key).with_validation().build();
     match MessageDecoderBuilder::default().with_context(ctx).build().decode(bytes) {
         Ok((message, _)) => message.get::<MessageIntegrity>().is_some(),

@@ -9,8 +9,8 @@ use stun_rs::attributes::stun::{ErrorCode, MessageIntegrity, Nonce, Realm, UserN
 use stun_rs::attributes::turn::{ChannelNumber, Data, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress};
 use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, DATA, REFRESH, SEND};
 use stun_rs::{
-    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, MessageMethod,
-    StunMessage, StunMessageBuilder, TransactionId,
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageDecoderBuilder, MessageMethod, StunMessage,
+    StunMessageBuilder, TransactionId,
 };
 
 use crate::stun::{StunCodecError, TxId};
@@ -126,13 +126,7 @@ pub enum TurnRequest {
 }
 
 fn encode(message: &StunMessage, capacity: usize) -> Result<Vec<u8>, StunCodecError> {
-    let mut buf = vec![0u8; capacity];
-    let size = MessageEncoderBuilder::default()
-        .build()
-        .encode(&mut buf, message)
-        .map_err(|e| StunCodecError::Encode(format!("{e:?}")))?;
-    buf.truncate(size);
-    Ok(buf)
+    crate::stun::encode_with_capacity(message, capacity)
 }
 
 fn long_term_key(auth: &LongTermAuth) -> Result<HMACKey, StunCodecError> {
@@ -306,7 +300,7 @@ pub enum TurnResponse {
 }
 
 /// Decodes a server's response or Data indication (no integrity check:
-/// see [`response_integrity_ok`]).
+/// see [`long_term_integrity_ok`]).
 ///
 /// # Errors
 /// [`StunCodecError::Malformed`] for anything else or a message missing
@@ -387,7 +381,7 @@ pub struct IncomingRequest {
     pub username: Option<String>,
     /// NONCE.
     pub nonce: Option<String>,
-    /// MESSAGE-INTEGRITY present (check it with [`response_integrity_ok`]
+    /// MESSAGE-INTEGRITY present (check it with [`long_term_integrity_ok`]
     /// once the key is known).
     pub has_integrity: bool,
     /// Attributes a server must refuse (RESERVATION-TOKEN and
@@ -468,14 +462,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
     Ok(request)
 }
 
-/// Whether a response carries a MESSAGE-INTEGRITY valid under `auth`.
-pub fn response_integrity_ok(bytes: &[u8], auth: &LongTermAuth) -> bool {
-    let Ok(key) = long_term_key(auth) else { return false };
-    let ctx = stun_rs::DecoderContextBuilder::default().with_key(key).with_validation().build();
-    match MessageDecoderBuilder::default().with_context(ctx).build().decode(bytes) {
-        Ok((message, _)) => message.get::<MessageIntegrity>().is_some(),
-        Err(_) => false,
-    }
+/// Whether a request or answer carries a MESSAGE-INTEGRITY valid under
+/// the long-term credentials `auth`.
+pub fn long_term_integrity_ok(bytes: &[u8], auth: &LongTermAuth) -> bool {
+    long_term_key(auth).is_ok_and(|key| crate::stun::integrity_valid(bytes, key))
 }
 
 #[cfg(test)]
@@ -526,11 +516,11 @@ mod tests {
         ] {
             let bytes = encode_request([1; 12], &request, Some(&auth)).expect("encode");
             assert!(crate::stun::looks_like_stun(&bytes));
-            assert!(response_integrity_ok(&bytes, &auth), "{request:?}");
+            assert!(long_term_integrity_ok(&bytes, &auth), "{request:?}");
             let wrong = LongTermAuth { password: "other".into(), ..auth.clone() };
-            assert!(!response_integrity_ok(&bytes, &wrong));
+            assert!(!long_term_integrity_ok(&bytes, &wrong));
             let unauthenticated = encode_request([1; 12], &request, None).expect("encode");
-            assert!(!response_integrity_ok(&unauthenticated, &auth));
+            assert!(!long_term_integrity_ok(&unauthenticated, &auth));
         }
     }
 
@@ -554,7 +544,7 @@ mod tests {
             let bytes = encode_response(&response, Some(&auth)).expect("encode");
             assert_eq!(decode_response(&bytes).expect("decode"), response);
             if !matches!(response, TurnResponse::Data { .. }) {
-                assert!(response_integrity_ok(&bytes, &auth));
+                assert!(long_term_integrity_ok(&bytes, &auth));
             }
         }
     }

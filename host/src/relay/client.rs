@@ -250,7 +250,7 @@ impl TurnClient {
         // Once authenticated, answers must prove the server knows the key.
         if let Some(auth) = &self.auth
             && !matches!(response, TurnResponse::Error { code: 401 | 438, .. })
-            && !turn::response_integrity_ok(bytes, auth)
+            && !turn::long_term_integrity_ok(bytes, auth)
         {
             tracing::debug!("TURN answer without valid integrity ignored");
             self.pending.insert(txid, (transaction, purpose, request));
@@ -481,7 +481,7 @@ mod tests {
                 realm: Some("fog".into()),
                 nonce: Some("nonce-1".into()),
             };
-            let response = if !turn::response_integrity_ok(bytes, &auth) {
+            let response = if !turn::long_term_integrity_ok(bytes, &auth) {
                 error(401, "Unauthorized")
             } else if let Some((refused, code)) = self.refuse
                 && refused == method

@@ -307,7 +307,7 @@ impl TurnServerCore {
             return self.challenge(client, &request, 401, unix_time);
         };
         let key = LongTermAuth { username: username.clone(), password, realm: self.config.realm.clone(), nonce };
-        if !turn::response_integrity_ok(bytes, &key) {
+        if !turn::long_term_integrity_ok(bytes, &key) {
             return self.challenge(client, &request, 401, unix_time);
         }
         if !self.nonce_fresh(&key.nonce, client, unix_time) {
