@@ -53,10 +53,12 @@ lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: plugin dispatch against native, QUIC echo round trip, signaling
-bench: plugins
+## bench: plugin dispatch against native, QUIC echo round trip, signaling,
+## relay against coturn
+bench: lab-deps plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
+	$(CARGO) bench -p fogconnect --bench relay
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, and probes used by
 ## birthday probing (root)
