@@ -271,7 +271,15 @@ impl FogSocket {
         };
         let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
         for datagram in transmit.contents.chunks(segment) {
-            socket.try_send_to(datagram, transmit.destination)?;
+            match socket.try_send_to(datagram, transmit.destination) {
+                Ok(_) => {}
+                // quinn would wait for the node's socket, not this one, and
+                // retry at once: drop like a loss instead (QUIC recovers).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
