@@ -192,7 +192,8 @@ impl Drop for Running {
 
 /// coturn's own test client, `turnutils_uclient`, against `fogconnect
 /// relay`: static users and time-limited credentials, ChannelData and
-/// Send/Data indications, several clients at once; nothing lost.
+/// Send/Data indications, over UDP and TCP, several clients at once;
+/// nothing lost.
 #[test]
 fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
@@ -221,6 +222,8 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         ("channels, 4 clients", &["-u", "dev", "-w", "secret", "-m", "4"][..]),
         ("send/data indications", &["-u", "dev", "-w", "secret", "-s"]),
         ("time-limited credentials", &["-u", "dev", "-W", "rest secret"]),
+        ("TCP, channels, 3 clients", &["-t", "-u", "dev", "-w", "secret", "-m", "3"]),
+        ("TCP, send/data indications", &["-t", "-u", "dev", "-w", "secret", "-s"]),
     ] {
         let out = Command::new("turnutils_uclient").args(base).args(extra).arg("127.0.0.1").output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);

@@ -84,6 +84,31 @@ impl ChannelData {
     }
 }
 
+/// The length of the first complete frame at the front of a TURN-over-TCP
+/// stream (RFC 8656 section 12.5): a STUN message, or ChannelData padded to
+/// a multiple of 4 bytes; `None` while more bytes are needed.
+///
+/// # Errors
+/// [`StunCodecError::Malformed`] when the stream holds neither (the
+/// connection should be closed).
+pub fn tcp_frame_len(stream: &[u8]) -> Result<Option<usize>, StunCodecError> {
+    let Some(&first) = stream.first() else { return Ok(None) };
+    let Some(length) = stream.get(2..4).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+        return Ok(None);
+    };
+    let total = match first {
+        0x00..=0x3F => {
+            if length % 4 != 0 {
+                return Err(StunCodecError::Malformed(format!("STUN length {length} is not a multiple of 4")));
+            }
+            20 + length
+        }
+        0x40..=0x7F => (4 + length).next_multiple_of(4),
+        _ => return Err(StunCodecError::Malformed(format!("first byte {first:#04x} is neither STUN nor ChannelData"))),
+    };
+    Ok((stream.len() >= total).then_some(total))
+}
+
 /// Long-term credentials (RFC 8489 section 9.2) once the server told its
 /// realm and nonce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,6 +512,23 @@ mod tests {
             assert_eq!(padded.len() % 4, 0);
             assert_eq!(ChannelData::decode(&padded).expect("decode"), (message, padded.len()));
         }
+    }
+
+    #[test]
+    fn tcp_frames_are_delimited() {
+        let stun = encode_send([1; 12], a("203.0.113.5:1"), b"abc").expect("encode");
+        let channel = ChannelData { channel: 0x4001, data: vec![9; 5] }.encode(true).expect("encode");
+        let mut stream = stun.clone();
+        stream.extend_from_slice(&channel);
+        assert_eq!(tcp_frame_len(&stream), Ok(Some(stun.len())));
+        assert_eq!(tcp_frame_len(&stream[stun.len()..]), Ok(Some(12)));
+        for cut in 0..stun.len() {
+            assert_eq!(tcp_frame_len(&stun[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(tcp_frame_len(&channel[..9]), Ok(None), "padding is part of the frame");
+        assert!(tcp_frame_len(&[0x80, 0, 0, 4]).is_err());
+        assert!(tcp_frame_len(&[0xFF; 8]).is_err());
+        assert!(tcp_frame_len(&[0x00, 0x01, 0x00, 0x03]).is_err());
     }
 
     #[test]

@@ -5,13 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fogconnect::relay::net::TurnServer;
 use fogconnect::relay::server::TurnServerConfig;
-use fogconnect::relay::udp::TurnServer;
 
 /// Arguments of `fogconnect relay`.
 #[derive(Debug, Args)]
 pub struct RelayArgs {
-    /// UDP address to listen on for clients.
+    /// Address to listen on for clients (UDP and TCP).
     #[arg(long, default_value = "0.0.0.0:3478")]
     listen: SocketAddr,
     /// The IP peers reach relayed addresses at (default: the --listen IP).
@@ -66,7 +66,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         ..TurnServerConfig::default()
     };
     let server = TurnServer::start(args.listen, relay_ip, config).await.context("cannot start the relay")?;
-    println!("relay listening on {} (UDP), relaying on {relay_ip}, realm {}", server.addr(), args.realm);
+    println!("relay listening on {} (UDP and TCP), relaying on {relay_ip}, realm {}", server.addr(), args.realm);
     super::node::wait_for_signal().await?;
     server.stop().await;
     Ok(())

@@ -4,8 +4,8 @@
 //! of the relay work.
 
 pub mod client;
+pub mod net;
 pub mod server;
-pub mod udp;
 
 use std::net::SocketAddr;
 

@@ -77,13 +77,54 @@ const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// Channel binding lifetime (RFC 8656 section 12).
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 
+/// How a client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientTransport {
+    /// UDP datagrams.
+    Udp,
+    /// A TCP connection (RFC 8656 section 3.1): the allocation ends with it.
+    Tcp,
+}
+
+/// A client: its transport and address (the allocation's 5-tuple as far
+/// as the server tells clients apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Client {
+    /// The transport.
+    pub transport: ClientTransport,
+    /// The client's address.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let transport = match self.transport {
+            ClientTransport::Udp => "udp",
+            ClientTransport::Tcp => "tcp",
+        };
+        write!(f, "{transport}:{}", self.addr)
+    }
+}
+
+impl Client {
+    /// A UDP client at `addr`.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self { transport: ClientTransport::Udp, addr }
+    }
+
+    /// A TCP client at `addr`.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self { transport: ClientTransport::Tcp, addr }
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// Send to a client from the server's listening address.
     ToClient {
         /// The client.
-        client: SocketAddr,
+        client: Client,
         /// The datagram.
         bytes: Vec<u8>,
     },
@@ -100,7 +141,7 @@ pub enum Output {
     /// [`TurnServerCore::relay_opened`].
     OpenRelay {
         /// The client.
-        client: SocketAddr,
+        client: Client,
         /// The client asked for an even port (EVEN-PORT).
         even: bool,
     },
@@ -145,8 +186,8 @@ pub struct ServerStats {
 pub struct TurnServerCore {
     config: TurnServerConfig,
     nonce_key: hmac::Key,
-    allocations: HashMap<SocketAddr, Allocation>,
-    by_relay: HashMap<SocketAddr, SocketAddr>,
+    allocations: HashMap<Client, Allocation>,
+    by_relay: HashMap<SocketAddr, Client>,
     per_user: HashMap<String, usize>,
     outputs: VecDeque<Output>,
     stats: ServerStats,
@@ -208,12 +249,12 @@ impl TurnServerCore {
         self.outputs.pop_front()
     }
 
-    fn nonce(&self, client: SocketAddr, unix_time: u64) -> String {
-        let tag = hmac::sign(&self.nonce_key, format!("{unix_time}|{}", client.ip()).as_bytes());
+    fn nonce(&self, client: Client, unix_time: u64) -> String {
+        let tag = hmac::sign(&self.nonce_key, format!("{unix_time}|{}", client.addr.ip()).as_bytes());
         format!("{unix_time:x}-{}", hex::encode(&tag.as_ref()[..12]))
     }
 
-    fn nonce_fresh(&self, nonce: &str, client: SocketAddr, unix_time: u64) -> bool {
+    fn nonce_fresh(&self, nonce: &str, client: Client, unix_time: u64) -> bool {
         let Some((time, _)) = nonce.split_once('-') else { return false };
         let Ok(issued) = u64::from_str_radix(time, 16) else { return false };
         issued <= unix_time
@@ -230,7 +271,7 @@ impl TurnServerCore {
         (expiry > unix_time).then(|| shared_secret_password(secret, username))
     }
 
-    fn respond(&mut self, client: SocketAddr, response: &TurnResponse, key: Option<&LongTermAuth>) {
+    fn respond(&mut self, client: Client, response: &TurnResponse, key: Option<&LongTermAuth>) {
         if matches!(response, TurnResponse::Error { .. }) {
             self.stats.refused += 1;
         }
@@ -242,7 +283,7 @@ impl TurnServerCore {
 
     fn error(
         &mut self,
-        client: SocketAddr,
+        client: Client,
         request: &IncomingRequest,
         code: u16,
         reason: &str,
@@ -259,7 +300,7 @@ impl TurnServerCore {
         self.respond(client, &response, key);
     }
 
-    fn challenge(&mut self, client: SocketAddr, request: &IncomingRequest, code: u16, unix_time: u64) {
+    fn challenge(&mut self, client: Client, request: &IncomingRequest, code: u16, unix_time: u64) {
         let reason = if code == 438 { "Stale Nonce" } else { "Unauthorized" };
         let response = TurnResponse::Error {
             txid: request.txid,
@@ -274,7 +315,7 @@ impl TurnServerCore {
 
     /// Feeds a datagram from `client` at `now`; `unix_time` (seconds) dates
     /// nonces and time-limited credentials.
-    pub fn handle_client(&mut self, client: SocketAddr, bytes: &[u8], now: Instant, unix_time: u64) {
+    pub fn handle_client(&mut self, client: Client, bytes: &[u8], now: Instant, unix_time: u64) {
         // ChannelData: first byte 0x40..=0x7F (RFC 5766 channel range).
         if bytes.first().is_some_and(|b| (0x40..=0x7F).contains(b)) {
             return self.channel_data_from_client(client, bytes, now);
@@ -284,7 +325,7 @@ impl TurnServerCore {
             return;
         };
         if request.method == method::BINDING && !request.indication {
-            let response = SuccessResponse { mapped: Some(client), ..Default::default() };
+            let response = SuccessResponse { mapped: Some(client.addr), ..Default::default() };
             if let Ok(bytes) = stun::binding_success(request.txid, &response) {
                 self.outputs.push_back(Output::ToClient { client, bytes });
             }
@@ -339,7 +380,7 @@ impl TurnServerCore {
         }
     }
 
-    fn allocate(&mut self, client: SocketAddr, request: &IncomingRequest, key: LongTermAuth, now: Instant) {
+    fn allocate(&mut self, client: Client, request: &IncomingRequest, key: LongTermAuth, now: Instant) {
         if let Some(allocation) = self.allocations.get(&client) {
             // A retransmission of the Allocate gets the same answer.
             if allocation.allocate_txid == request.txid
@@ -348,7 +389,7 @@ impl TurnServerCore {
                 let response = TurnResponse::Allocated {
                     txid: request.txid,
                     relayed: relay,
-                    mapped: Some(client),
+                    mapped: Some(client.addr),
                     lifetime: allocation.lifetime,
                 };
                 return self.respond(client, &response, Some(&key));
@@ -408,7 +449,7 @@ impl TurnServerCore {
 
     /// The driver opened (or failed to open) the relay socket of
     /// `client`'s allocation.
-    pub fn relay_opened(&mut self, client: SocketAddr, relay: Result<SocketAddr, String>) {
+    pub fn relay_opened(&mut self, client: Client, relay: Result<SocketAddr, String>) {
         let Some(allocation) = self.allocations.get_mut(&client) else {
             // The allocation ended meanwhile.
             if let Ok(relay) = relay {
@@ -423,7 +464,7 @@ impl TurnServerCore {
                 let response = TurnResponse::Allocated {
                     txid: allocation.allocate_txid,
                     relayed: relay,
-                    mapped: Some(client),
+                    mapped: Some(client.addr),
                     lifetime: allocation.lifetime,
                 };
                 let key = allocation.key.clone();
@@ -447,7 +488,7 @@ impl TurnServerCore {
         }
     }
 
-    fn remove(&mut self, client: SocketAddr) {
+    fn remove(&mut self, client: Client) {
         let Some(allocation) = self.allocations.remove(&client) else { return };
         if let Some(count) = self.per_user.get_mut(&allocation.username) {
             *count = count.saturating_sub(1);
@@ -461,7 +502,7 @@ impl TurnServerCore {
         }
     }
 
-    fn refresh(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
+    fn refresh(&mut self, client: Client, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
         let lifetime = self.lifetime(request.lifetime);
         let Some(allocation) = self.allocations.get_mut(&client) else {
             return self.error(client, request, 437, "Allocation Mismatch", Some(key));
@@ -488,7 +529,7 @@ impl TurnServerCore {
         None
     }
 
-    fn create_permission(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
+    fn create_permission(&mut self, client: Client, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
         if let Some((code, reason)) = self.peer_refusal(&request.peers) {
             return self.error(client, request, code, reason, Some(key));
         }
@@ -507,7 +548,7 @@ impl TurnServerCore {
         self.respond(client, &response, Some(key));
     }
 
-    fn channel_bind(&mut self, client: SocketAddr, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
+    fn channel_bind(&mut self, client: Client, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
         let Some(channel) = request.channel.filter(|c| (MIN_CHANNEL..=MAX_CHANNEL_RFC5766).contains(c)) else {
             return self.error(client, request, 400, "Bad Request: channel number out of range", Some(key));
         };
@@ -534,7 +575,7 @@ impl TurnServerCore {
         self.respond(client, &response, Some(key));
     }
 
-    fn relay_to_peer(&mut self, client: SocketAddr, peer: SocketAddr, data: Vec<u8>, now: Instant) {
+    fn relay_to_peer(&mut self, client: Client, peer: SocketAddr, data: Vec<u8>, now: Instant) {
         let Some(allocation) = self.allocations.get_mut(&client) else { return self.stats.dropped += 1 };
         let (Some(relay), true) = (allocation.relay, allocation.permissions.contains_key(&peer.ip())) else {
             return self.stats.dropped += 1;
@@ -547,14 +588,14 @@ impl TurnServerCore {
         self.outputs.push_back(Output::ToPeer { relay, peer, bytes: data });
     }
 
-    fn send_indication(&mut self, client: SocketAddr, request: &IncomingRequest, now: Instant) {
+    fn send_indication(&mut self, client: Client, request: &IncomingRequest, now: Instant) {
         match (request.peers.first(), &request.data) {
             (Some(&peer), Some(data)) => self.relay_to_peer(client, peer, data.clone(), now),
             _ => self.stats.dropped += 1,
         }
     }
 
-    fn channel_data_from_client(&mut self, client: SocketAddr, bytes: &[u8], now: Instant) {
+    fn channel_data_from_client(&mut self, client: Client, bytes: &[u8], now: Instant) {
         let Ok((message, _)) = ChannelData::decode(bytes) else { return self.stats.dropped += 1 };
         let peer = self.allocations.get(&client).and_then(|a| a.channels.get(&message.channel)).map(|(p, _)| *p);
         match peer {
@@ -587,10 +628,14 @@ impl TurnServerCore {
         }
     }
 
+    /// The client's connection ended (TCP): its allocation ends too.
+    pub fn client_gone(&mut self, client: Client) {
+        self.remove(client);
+    }
+
     /// Expires allocations, permissions and channels due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<SocketAddr> =
-            self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(c, _)| *c).collect();
+        let expired: Vec<Client> = self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(c, _)| *c).collect();
         for client in expired {
             self.remove(client);
         }
@@ -668,13 +713,13 @@ mod tests {
                 let mut quiet = true;
                 while let Some(bytes) = self.client.poll_transmit() {
                     quiet = false;
-                    self.server.handle_client(a(CLIENT), &bytes, now, self.unix);
+                    self.server.handle_client(Client::udp(a(CLIENT)), &bytes, now, self.unix);
                 }
                 while let Some(output) = self.server.poll_output() {
                     quiet = false;
                     match output {
                         Output::ToClient { client, bytes } => {
-                            assert_eq!(client, a(CLIENT));
+                            assert_eq!(client, Client::udp(a(CLIENT)));
                             self.client.handle_datagram(&bytes, now);
                         }
                         Output::OpenRelay { client, .. } => self.server.relay_opened(client, Ok(a(RELAY))),
@@ -787,10 +832,10 @@ mod tests {
         assert_eq!(wire.server.stats().allocations, 0);
         // A Send indication from a stranger is dropped.
         let send = turn::encode_send([1; 12], a("192.0.2.80:9000"), b"spoof").expect("encode");
-        wire.server.handle_client(a("203.0.113.66:1"), &send, t0, UNIX);
+        wire.server.handle_client(Client::udp(a("203.0.113.66:1")), &send, t0, UNIX);
         assert_eq!(wire.server.poll_output(), None);
         for garbage in [&b""[..], b"x", &[0x40, 0x00, 0x00, 0x09, 1], &[0u8; 20]] {
-            wire.server.handle_client(a("203.0.113.66:1"), garbage, t0, UNIX);
+            wire.server.handle_client(Client::udp(a("203.0.113.66:1")), garbage, t0, UNIX);
         }
         assert_eq!(wire.server.poll_output(), None);
     }
@@ -815,7 +860,7 @@ mod tests {
         );
         for _ in 0..4 {
             while let Some(bytes) = other.poll_transmit() {
-                wire.server.handle_client(a("203.0.113.8:1"), &bytes, t0, UNIX);
+                wire.server.handle_client(Client::udp(a("203.0.113.8:1")), &bytes, t0, UNIX);
             }
             while let Some(output) = wire.server.poll_output() {
                 if let Output::ToClient { bytes, .. } = output {

@@ -1,24 +1,44 @@
-//! The TURN server over UDP: the tokio driver of
-//! [`TurnServerCore`](super::server::TurnServerCore). One listening socket
-//! for clients, one relay socket per allocation.
+//! The TURN server on the network: the tokio driver of
+//! [`TurnServerCore`](super::server::TurnServerCore). Clients come over UDP
+//! or TCP on the same port (TCP for networks that block UDP; an
+//! allocation ends with its connection); peers are relayed over UDP, one
+//! relay socket per allocation.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
-use super::server::{Output, ServerStats, TurnServerConfig, TurnServerCore};
+use super::server::{Client, ClientTransport, Output, ServerStats, TurnServerConfig, TurnServerCore};
 
 /// Datagrams from peers waiting for the core, at most.
 const PEER_QUEUE: usize = 4096;
 
 /// Datagrams taken per wake-up beyond the first.
 const BATCH: usize = 64;
+
+/// TCP client connections at once; more are closed at accept.
+const MAX_TCP_CLIENTS: usize = 10_000;
+
+/// Frames queued for one TCP client; a client that reads slower loses
+/// frames, as over UDP.
+const TCP_WRITE_QUEUE: usize = 1024;
+
+/// What the TCP connections tell the serving loop.
+enum TcpEvent {
+    /// A connection opened; frames for it go to this writer.
+    Opened(SocketAddr, mpsc::Sender<Vec<u8>>),
+    /// One frame (STUN message or ChannelData) from a client.
+    Frame(SocketAddr, Vec<u8>),
+    /// The connection ended.
+    Closed(SocketAddr),
+}
 
 /// Sends without a scheduler round trip when the socket has room.
 async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
@@ -70,17 +90,24 @@ impl TurnServer {
         }
         let socket = UdpSocket::bind(listen).await.map_err(|e| RelayError::Io(format!("cannot bind {listen}: {e}")))?;
         let addr = socket.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
+        let tcp = TcpListener::bind(addr).await.map_err(|e| RelayError::Io(format!("cannot bind TCP {addr}: {e}")))?;
         let mut nonce_secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_secret)
             .map_err(|_| RelayError::Io("no system randomness".into()))?;
         let core = TurnServerCore::new(config, &nonce_secret);
         let stop = CancellationToken::new();
         let (stats_tx, stats) = tokio::sync::watch::channel(ServerStats::default());
-        let task = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), stats_tx));
+        let (tcp_tx, tcp_rx) = mpsc::channel(PEER_QUEUE);
+        let accept = tokio::spawn(accept_tcp(tcp, tcp_tx, stop.clone()));
+        let serving = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), stats_tx, tcp_rx));
+        let task = tokio::spawn(async move {
+            let _ = serving.await;
+            accept.abort();
+        });
         Ok(Self { addr, stop, task, stats })
     }
 
-    /// The listening address.
+    /// The listening address (UDP and TCP).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -103,19 +130,33 @@ async fn serve(
     mut core: TurnServerCore,
     stop: CancellationToken,
     stats: tokio::sync::watch::Sender<ServerStats>,
+    mut tcp_rx: mpsc::Receiver<TcpEvent>,
 ) {
     let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
     let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
+    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
         let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             _ = stop.cancelled() => return,
             received = socket.recv_from(&mut buf) => match received {
-                Ok((len, client)) => core.handle_client(client, &buf[..len], Instant::now(), unix_time()),
+                Ok((len, from)) => core.handle_client(Client::udp(from), &buf[..len], Instant::now(), unix_time()),
                 Err(e) => tracing::debug!("turn recv: {e}"),
             },
             Some((relay, peer, data)) = peer_rx.recv() => core.handle_peer(relay, peer, &data, Instant::now()),
+            Some(event) = tcp_rx.recv() => match event {
+                TcpEvent::Opened(addr, writer) => {
+                    tcp_writers.insert(addr, writer);
+                }
+                TcpEvent::Frame(addr, frame) => {
+                    core.handle_client(Client::tcp(addr), &frame, Instant::now(), unix_time());
+                }
+                TcpEvent::Closed(addr) => {
+                    tcp_writers.remove(&addr);
+                    core.client_gone(Client::tcp(addr));
+                }
+            },
             _ = tokio::time::sleep_until(wake.into()) => core.handle_timeout(Instant::now()),
         }
         // Take what else is ready without going back to the scheduler.
@@ -123,8 +164,8 @@ async fn serve(
         let unix = unix_time();
         for _ in 0..BATCH {
             let mut progressed = false;
-            if let Ok((len, client)) = socket.try_recv_from(&mut buf) {
-                core.handle_client(client, &buf[..len], now, unix);
+            if let Ok((len, from)) = socket.try_recv_from(&mut buf) {
+                core.handle_client(Client::udp(from), &buf[..len], now, unix);
                 progressed = true;
             }
             if let Ok((relay, peer, data)) = peer_rx.try_recv() {
@@ -137,7 +178,14 @@ async fn serve(
         }
         while let Some(output) = core.poll_output() {
             match output {
-                Output::ToClient { client, bytes } => send(&socket, &bytes, client).await,
+                Output::ToClient { client, bytes } => match client.transport {
+                    ClientTransport::Udp => send(&socket, &bytes, client.addr).await,
+                    ClientTransport::Tcp => {
+                        if let Some(writer) = tcp_writers.get(&client.addr) {
+                            let _ = writer.try_send(bytes);
+                        }
+                    }
+                },
                 Output::ToPeer { relay, peer, bytes } => {
                     if let Some(relay) = relays.get(&relay) {
                         send(&relay.io, &bytes, peer).await;
@@ -194,4 +242,85 @@ async fn open_relay(
         }
     });
     Ok((addr, RelaySocket { io, reader }))
+}
+
+/// Accepts TCP clients until stopped.
+async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<TcpEvent>, stop: CancellationToken) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!("turn accept: {e}");
+                    continue;
+                }
+            },
+        };
+        if open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_TCP_CLIENTS {
+            continue; // Dropping the stream closes it.
+        }
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (events, open, stop) = (events.clone(), open.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tcp_client(stream, addr, &events) => {}
+            }
+            let _ = events.send(TcpEvent::Closed(addr)).await;
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
+/// Reads frames from one TCP client and writes the frames for it, until
+/// either side ends or the client sends something that is not TURN.
+async fn tcp_client(stream: TcpStream, addr: SocketAddr, events: &mpsc::Sender<TcpEvent>) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
+    if events.send(TcpEvent::Opened(addr, tx)).await.is_err() {
+        return;
+    }
+    let write = async move {
+        while let Some(mut frame) = rx.recv().await {
+            // ChannelData over TCP is padded to a multiple of 4 bytes.
+            if frame.first().is_some_and(|b| (0x40..=0x7F).contains(b)) {
+                frame.resize(frame.len().next_multiple_of(4), 0);
+            }
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    let read = async {
+        let mut stream_buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 65_536];
+        loop {
+            loop {
+                match fogconnect_proto::turn::tcp_frame_len(&stream_buf) {
+                    Ok(Some(len)) => {
+                        let frame: Vec<u8> = stream_buf.drain(..len).collect();
+                        if events.send(TcpEvent::Frame(addr, frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%addr, "closing TURN TCP client: {e}");
+                        return;
+                    }
+                }
+            }
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => stream_buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::select! {
+        _ = write => {}
+        _ = read => {}
+    }
 }
