@@ -148,7 +148,7 @@ async fn our_client_relays_through_coturn() -> anyhow::Result<()> {
     drive(&mut client, &socket, server, &mut events, limit, |_, e| !e.is_empty()).await?;
     assert_eq!(events, [TurnEvent::Data { peer: peer_addr, data: b"channel back".to_vec() }]);
 
-    client.close(Instant::now());
+    client.close();
     while let Some(bytes) = client.poll_transmit() {
         socket.send_to(&bytes, server).await?;
     }

@@ -13,7 +13,7 @@
 //! needs: one socket shared with QUIC, port prediction and birthday
 //! probing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -253,11 +253,6 @@ impl CheckAgent {
         agent
     }
 
-    /// The plan the agent follows.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
     /// Counters so far.
     pub fn stats(&self) -> CheckStats {
         self.stats
@@ -470,12 +465,6 @@ impl CheckAgent {
         }
         Some(next)
     }
-
-    /// The local sockets that took part in a working pair (kept open by the
-    /// caller; the others can be closed).
-    pub fn useful_sockets(&self) -> HashSet<SocketRef> {
-        self.pairs.iter().filter(|p| p.valid.is_some()).map(|p| p.socket).collect()
-    }
 }
 
 /// Ports to try for a sequential allocator: the next `span` allocations
@@ -501,6 +490,8 @@ pub fn predicted_ports(last: u16, delta: i32, span: u16) -> Vec<u16> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn creds(ufrag: &str) -> CheckCredentials {

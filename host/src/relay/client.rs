@@ -208,14 +208,13 @@ impl TurnClient {
     }
 
     /// Deletes the allocation (Refresh with lifetime 0); the client ends.
-    pub fn close(&mut self, now: Instant) {
+    pub fn close(&mut self) {
         if self.state == State::Allocated {
             let txid = random_txid();
             if let Ok(bytes) = turn::encode_request(txid, &TurnRequest::Refresh { lifetime: 0 }, self.auth.as_ref()) {
                 self.transmits.push_back(bytes);
             }
         }
-        let _ = now;
         self.state = State::Closed;
         self.pending.clear();
     }
@@ -566,7 +565,7 @@ mod tests {
         exchange(&mut client, &mut server, refresh_at);
         assert_eq!(server.requests.last(), Some(&REFRESH.as_u16()));
         assert!(client.relayed().is_some());
-        client.close(refresh_at);
+        client.close();
         assert!(client.poll_transmit().is_some(), "refresh with lifetime 0");
         assert_eq!(client.relayed(), None);
         assert_eq!(client.poll_timeout(), None);

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
-use super::server::{Client, ClientTransport, Output, ServerStats, TurnServerConfig, TurnServerCore};
+use super::server::{Client, ClientTransport, Output, TurnServerConfig, TurnServerCore};
 
 /// Datagrams from peers waiting for the core, at most.
 const PEER_QUEUE: usize = 4096;
@@ -57,7 +57,6 @@ pub struct TurnServer {
     addr: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    stats: tokio::sync::watch::Receiver<ServerStats>,
 }
 
 struct RelaySocket {
@@ -96,25 +95,19 @@ impl TurnServer {
             .map_err(|_| RelayError::Io("no system randomness".into()))?;
         let core = TurnServerCore::new(config, &nonce_secret);
         let stop = CancellationToken::new();
-        let (stats_tx, stats) = tokio::sync::watch::channel(ServerStats::default());
         let (tcp_tx, tcp_rx) = mpsc::channel(PEER_QUEUE);
         let accept = tokio::spawn(accept_tcp(tcp, tcp_tx, stop.clone()));
-        let serving = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), stats_tx, tcp_rx));
+        let serving = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), tcp_rx));
         let task = tokio::spawn(async move {
             let _ = serving.await;
             accept.abort();
         });
-        Ok(Self { addr, stop, task, stats })
+        Ok(Self { addr, stop, task })
     }
 
     /// The listening address (UDP and TCP).
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// Counters, as of the last datagram handled.
-    pub fn stats(&self) -> ServerStats {
-        *self.stats.borrow()
     }
 
     /// Stops serving; every allocation ends.
@@ -129,7 +122,6 @@ async fn serve(
     relay_ip: IpAddr,
     mut core: TurnServerCore,
     stop: CancellationToken,
-    stats: tokio::sync::watch::Sender<ServerStats>,
     mut tcp_rx: mpsc::Receiver<TcpEvent>,
 ) {
     let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
@@ -204,7 +196,6 @@ async fn serve(
                 }
             }
         }
-        stats.send_replace(core.stats());
     }
 }
 

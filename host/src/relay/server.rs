@@ -154,7 +154,7 @@ pub enum Output {
 
 #[derive(Debug)]
 struct Allocation {
-    username: String,
+    /// The credentials it was made with (`key.username` owns it).
     key: LongTermAuth,
     relay: Option<SocketAddr>,
     allocate_txid: TxId,
@@ -367,7 +367,7 @@ impl TurnServerCore {
         }
         // A live allocation belongs to the user that made it (441).
         if let Some(allocation) = self.allocations.get(&client)
-            && allocation.username != username
+            && allocation.key.username != username
         {
             return self.error(client, &request, 441, "Wrong Credentials", Some(&key));
         }
@@ -427,7 +427,6 @@ impl TurnServerCore {
         self.allocations.insert(
             client,
             Allocation {
-                username: key.username.clone(),
                 key,
                 relay: None,
                 allocate_txid: request.txid,
@@ -490,10 +489,10 @@ impl TurnServerCore {
 
     fn remove(&mut self, client: Client) {
         let Some(allocation) = self.allocations.remove(&client) else { return };
-        if let Some(count) = self.per_user.get_mut(&allocation.username) {
+        if let Some(count) = self.per_user.get_mut(&allocation.key.username) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                self.per_user.remove(&allocation.username);
+                self.per_user.remove(&allocation.key.username);
             }
         }
         if let Some(relay) = allocation.relay {
@@ -782,7 +781,7 @@ mod tests {
         assert_eq!(wire.server.poll_output(), None);
         assert_eq!(wire.server.stats().allocations, 1);
         // Close: the relay socket goes.
-        wire.client.close(t0);
+        wire.client.close();
         wire.run(t0);
         assert_eq!(wire.closed, [a(RELAY)]);
         assert_eq!(wire.server.stats().allocations, 0);
