@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail, ensure};
+use common::Running;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fogconnect");
 
@@ -219,14 +220,4 @@ fn signal_node_and_send_by_id_as_processes() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     ensure!(stderr.lines().count() == 1 && stderr.contains("not valid for this id"), "{stderr}");
     Ok(())
-}
-
-/// A child process killed when dropped.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -2,91 +2,18 @@
 //! allocation with long-term credentials, a permission, data both ways as
 //! Send/Data indications and then over a channel.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
+use common::Running;
+use common::turn::{drive, free_port, start_coturn, start_fogconnect_relay};
 use fogconnect::nat::transaction::RetransmitPolicy;
 use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
 use tokio::net::UdpSocket;
-
-/// coturn, killed when dropped.
-struct Coturn(Child);
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A UDP and TCP port free on loopback right now.
-fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..20 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
-fn start_coturn(port: u16) -> anyhow::Result<Coturn> {
-    let port = port.to_string();
-    let child = Command::new("turnserver")
-        .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", &port])
-        .args(["--lt-cred-mech", "--user", "dev:secret", "--realm", "fog.test", "--allow-loopback-peers"])
-        .args(["--no-tls", "--no-dtls", "--no-cli", "--min-port", "49152", "--max-port", "65535"])
-        .args(["--log-file", "stdout", "--simple-log"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start turnserver (apt-get install coturn; make test installs it)")?;
-    Ok(Coturn(child))
-}
-
-/// Drives the client over `socket` until `done` holds or `limit` passes.
-async fn drive(
-    client: &mut TurnClient,
-    socket: &UdpSocket,
-    server: SocketAddr,
-    events: &mut Vec<TurnEvent>,
-    limit: Duration,
-    mut done: impl FnMut(&TurnClient, &[TurnEvent]) -> bool,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        client.handle_timeout(Instant::now());
-        while let Some(bytes) = client.poll_transmit() {
-            socket.send_to(&bytes, server).await?;
-        }
-        while let Some(event) = client.poll_event() {
-            if let TurnEvent::Failed(e) = &event {
-                bail!("relay failed: {e}");
-            }
-            events.push(event);
-        }
-        if done(client, events) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("not done within {limit:?}; events {events:?}");
-        }
-        let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let (len, from) = received?;
-                if from == server {
-                    client.handle_datagram(&buf[..len], Instant::now());
-                }
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-    }
-}
 
 async fn recv_from(peer: &UdpSocket) -> anyhow::Result<(Vec<u8>, SocketAddr)> {
     let mut buf = vec![0u8; 2048];
@@ -180,35 +107,16 @@ async fn wrong_password_and_unreachable_server_fail_clearly() -> anyhow::Result<
     Ok(())
 }
 
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// coturn's own test client, `turnutils_uclient`, against `fogconnect
 /// relay`: static users and time-limited credentials, ChannelData and
 /// Send/Data indications, over UDP and TCP, several clients at once;
 /// nothing lost.
 #[test]
 fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader};
-    let port = free_port()?.to_string();
+    let relay_port = free_port()?;
+    let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret"])?;
+    let port = relay_port.to_string();
     let peer_port = free_port()?.to_string();
-    let mut relay = Running(
-        Command::new(env!("CARGO_BIN_EXE_fogconnect"))
-            .args(["relay", "--listen", &format!("127.0.0.1:{port}"), "--realm", "fog.test", "--user", "dev:secret"])
-            .args(["--auth-secret", "rest secret", "--allow-private-peers"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let line = BufReader::new(relay.0.stdout.take().context("stdout")?).lines().next().context("no output")??;
-    ensure!(line.starts_with("relay listening on 127.0.0.1:"), "{line}");
     let _peer = Running(
         Command::new("turnutils_peer")
             .args(["-L", "127.0.0.1", "-p", &peer_port])

@@ -10,96 +10,17 @@
 //! `cargo bench -p fogconnect --bench relay` (needs coturn: `make lab-deps`);
 //! `cargo test --benches` runs a short smoke pass.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use common::turn::{drive, free_port, spawn_fogconnect_relay, start_coturn};
 use fogconnect::nat::transaction::RetransmitPolicy;
 use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
 use tokio::net::UdpSocket;
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..20 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
-fn start(name: &str, port: u16) -> anyhow::Result<Running> {
-    let port = port.to_string();
-    let child = match name {
-        "coturn" => Command::new("turnserver")
-            .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1", "--listening-port", &port])
-            .args(["--lt-cred-mech", "--user", "dev:secret", "--realm", "bench", "--allow-loopback-peers"])
-            .args(["--no-tls", "--no-dtls", "--no-cli", "--log-file", "stdout", "--simple-log"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("turnserver (coturn) missing: make lab-deps")?,
-        _ => Command::new(env!("CARGO_BIN_EXE_fogconnect"))
-            .args(["relay", "--listen", &format!("127.0.0.1:{port}"), "--user", "dev:secret", "--realm", "bench"])
-            .arg("--allow-private-peers")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    };
-    Ok(Running(child))
-}
-
-/// Runs the client until `done`, at most 10 s.
-async fn drive(
-    client: &mut TurnClient,
-    socket: &UdpSocket,
-    server: SocketAddr,
-    mut done: impl FnMut(&TurnClient, &mut Vec<TurnEvent>) -> bool,
-) -> anyhow::Result<Vec<TurnEvent>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut events = Vec::new();
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        client.handle_timeout(Instant::now());
-        while let Some(bytes) = client.poll_transmit() {
-            socket.send_to(&bytes, server).await?;
-        }
-        while let Some(event) = client.poll_event() {
-            if let TurnEvent::Failed(e) = &event {
-                bail!("relay failed: {e}");
-            }
-            events.push(event);
-        }
-        if done(client, &mut events) {
-            return Ok(events);
-        }
-        if Instant::now() > deadline {
-            bail!("relay setup timed out");
-        }
-        let wake = client.poll_timeout().unwrap_or(deadline).min(deadline);
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let (len, from) = r?;
-                if from == server {
-                    client.handle_datagram(&buf[..len], Instant::now());
-                }
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-    }
-}
 
 struct Figures {
     rtt_us: f64,
@@ -131,7 +52,10 @@ async fn direct_rtt(pings: usize) -> anyhow::Result<f64> {
 
 async fn measure(name: &str, pings: usize, packets: usize) -> anyhow::Result<Figures> {
     let port = free_port()?;
-    let _server = start(name, port)?;
+    let _server = match name {
+        "coturn" => start_coturn(port)?,
+        _ => spawn_fogconnect_relay(port, &[])?,
+    };
     let server: SocketAddr = ([127, 0, 0, 1], port).into();
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let peer = UdpSocket::bind("127.0.0.1:0").await?;
@@ -139,10 +63,12 @@ async fn measure(name: &str, pings: usize, packets: usize) -> anyhow::Result<Fig
     let retransmit = RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 };
     let config = TurnConfig { server, username: "dev".into(), password: "secret".into(), lifetime: 600, retransmit };
     let mut client = TurnClient::new(config, Instant::now());
-    drive(&mut client, &socket, server, |c, _| c.relayed().is_some()).await?;
+    let mut events = Vec::new();
+    let limit = Duration::from_secs(10);
+    drive(&mut client, &socket, server, &mut events, limit, |c, _| c.relayed().is_some()).await?;
     let relayed = client.relayed().context("relayed")?;
     client.bind_channel(peer_addr, Instant::now())?;
-    drive(&mut client, &socket, server, |c, _| c.is_bound(peer_addr)).await?;
+    drive(&mut client, &socket, server, &mut events, limit, |c, _| c.is_bound(peer_addr)).await?;
 
     // Latency: one datagram each way per round trip.
     let mut buf = vec![0u8; 65_536];
@@ -155,7 +81,7 @@ async fn measure(name: &str, pings: usize, packets: usize) -> anyhow::Result<Fig
         }
         tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut buf)).await.context("ping lost")??;
         peer.send_to(&[2; 100], relayed).await?;
-        drive(&mut client, &socket, server, |_, e| {
+        drive(&mut client, &socket, server, &mut events, limit, |_, e| {
             let got = e.iter().any(|e| matches!(e, TurnEvent::Data { .. }));
             e.clear();
             got

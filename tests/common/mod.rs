@@ -1,12 +1,24 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod turn;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use fogconnect::{CloseReason, Connection, ConnectionEvent, Node, NodeConfig};
+
+/// A child process, killed when dropped (also when a test fails).
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Upper bound for any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);

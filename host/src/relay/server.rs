@@ -677,6 +677,17 @@ mod tests {
     const RELAY: &str = "198.51.100.1:50000";
     const UNIX: u64 = 1_800_000_000;
 
+    /// Our client's configuration for this server.
+    fn client_config(username: &str, password: &str) -> TurnConfig {
+        TurnConfig {
+            server: a("198.51.100.1:3478"),
+            username: username.into(),
+            password: password.into(),
+            lifetime: 600,
+            retransmit: RetransmitPolicy::DISCOVERY,
+        }
+    }
+
     /// Our client against our server, without sockets.
     struct Wire {
         server: TurnServerCore,
@@ -689,16 +700,9 @@ mod tests {
 
     impl Wire {
         fn new(config: TurnServerConfig, username: &str, password: &str, t0: Instant) -> Self {
-            let client_config = TurnConfig {
-                server: a("198.51.100.1:3478"),
-                username: username.into(),
-                password: password.into(),
-                lifetime: 600,
-                retransmit: RetransmitPolicy::DISCOVERY,
-            };
             Self {
                 server: TurnServerCore::new(config, b"nonce secret"),
-                client: TurnClient::new(client_config, t0),
+                client: TurnClient::new(client_config(username, password), t0),
                 to_peers: Vec::new(),
                 closed: Vec::new(),
                 events: Vec::new(),
@@ -847,16 +851,7 @@ mod tests {
         wire.run(t0);
         assert!(wire.client.relayed().is_some());
         // A second client of the same user hits the quota.
-        let mut other = TurnClient::new(
-            TurnConfig {
-                server: a("198.51.100.1:3478"),
-                username: "dev".into(),
-                password: "secret".into(),
-                lifetime: 600,
-                retransmit: RetransmitPolicy::DISCOVERY,
-            },
-            t0,
-        );
+        let mut other = TurnClient::new(client_config("dev", "secret"), t0);
         for _ in 0..4 {
             while let Some(bytes) = other.poll_transmit() {
                 wire.server.handle_client(Client::udp(a("203.0.113.8:1")), &bytes, t0, UNIX);
