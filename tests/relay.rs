@@ -13,6 +13,7 @@ use common::Running;
 use common::turn::{drive, free_port, start_coturn, start_fogconnect_relay};
 use fogconnect::nat::transaction::RetransmitPolicy;
 use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
+use fogconnect::relay::url::TurnTransport;
 use tokio::net::UdpSocket;
 
 async fn recv_from(peer: &UdpSocket) -> anyhow::Result<(Vec<u8>, SocketAddr)> {
@@ -38,6 +39,7 @@ async fn our_client_relays_through_coturn() -> anyhow::Result<()> {
         password: "secret".into(),
         lifetime: 600,
         retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 },
+        transport: TurnTransport::Udp,
     };
     let mut client = TurnClient::new(config, Instant::now());
     let mut events = Vec::new();
@@ -89,7 +91,14 @@ async fn wrong_password_and_unreachable_server_fail_clearly() -> anyhow::Result<
     let server: SocketAddr = ([127, 0, 0, 1], port).into();
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let retransmit = RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 };
-    let config = TurnConfig { server, username: "dev".into(), password: "wrong".into(), lifetime: 600, retransmit };
+    let config = TurnConfig {
+        server,
+        username: "dev".into(),
+        password: "wrong".into(),
+        lifetime: 600,
+        retransmit,
+        transport: TurnTransport::Udp,
+    };
     let mut client = TurnClient::new(config.clone(), Instant::now());
     let mut events = Vec::new();
     let result = drive(&mut client, &socket, server, &mut events, Duration::from_secs(10), |_, _| false).await;

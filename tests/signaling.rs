@@ -97,7 +97,10 @@ async fn register_list_and_presence() -> anyhow::Result<()> {
     let server = server().await?;
     let url = server.url();
     let (mut watcher, reply) = Raw::register(&url, "watcher", &token_for("watcher")).await?;
-    assert_eq!(reply, ServerMessage::Registered { id: "watcher".into(), version: PROTOCOL_VERSION });
+    assert_eq!(
+        reply,
+        ServerMessage::Registered { id: "watcher".into(), version: PROTOCOL_VERSION, relays: Vec::new() }
+    );
     watcher.send(&ClientMessage::Subscribe).await?;
     watcher.ping(1).await?;
     let a = node(&url, "node-a", &[]).await?;
@@ -197,7 +200,7 @@ async fn a_second_login_replaces_the_first() -> anyhow::Result<()> {
     let url = server.url();
     let (mut first, _) = Raw::register(&url, "dup", &token_for("dup")).await?;
     let (mut second, reply) = Raw::register(&url, "dup", &token_for("dup")).await?;
-    assert_eq!(reply, ServerMessage::Registered { id: "dup".into(), version: PROTOCOL_VERSION });
+    assert_eq!(reply, ServerMessage::Registered { id: "dup".into(), version: PROTOCOL_VERSION, relays: Vec::new() });
     ensure!(matches!(first.recv().await?, ServerMessage::Replaced { .. }));
     second.ping(7).await?;
     assert_eq!(server.registered(), 1);
@@ -270,7 +273,10 @@ async fn a_thousand_clients_register_concurrently() -> anyhow::Result<()> {
         tasks.spawn(async move {
             let id = format!("client-{i:04}");
             let (raw, reply) = Raw::register(&url, &id, &token_for(&id)).await?;
-            ensure!(reply == ServerMessage::Registered { id: id.clone(), version: PROTOCOL_VERSION }, "{reply:?}");
+            ensure!(
+                reply == ServerMessage::Registered { id: id.clone(), version: PROTOCOL_VERSION, relays: Vec::new() },
+                "{reply:?}"
+            );
             anyhow::Ok(raw)
         });
     }

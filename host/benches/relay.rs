@@ -20,6 +20,7 @@ use anyhow::Context;
 use common::turn::{drive, free_port, spawn_fogconnect_relay, start_coturn};
 use fogconnect::nat::transaction::RetransmitPolicy;
 use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
+use fogconnect::relay::url::TurnTransport;
 use tokio::net::UdpSocket;
 
 struct Figures {
@@ -61,7 +62,14 @@ async fn measure(name: &str, pings: usize, packets: usize) -> anyhow::Result<Fig
     let peer = UdpSocket::bind("127.0.0.1:0").await?;
     let peer_addr = peer.local_addr()?;
     let retransmit = RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 };
-    let config = TurnConfig { server, username: "dev".into(), password: "secret".into(), lifetime: 600, retransmit };
+    let config = TurnConfig {
+        server,
+        username: "dev".into(),
+        password: "secret".into(),
+        lifetime: 600,
+        retransmit,
+        transport: TurnTransport::Udp,
+    };
     let mut client = TurnClient::new(config, Instant::now());
     let mut events = Vec::new();
     let limit = Duration::from_secs(10);

@@ -21,7 +21,8 @@ pub mod transport;
 pub use convention::{Convention, ConventionError, Transport};
 pub use nat::NatReport;
 pub use node::{
-    ConnectError, Connection, ConnectionEvent, Node, NodeBuilder, NodeConfig, NodeError, ServiceInfo, TraversalReport,
+    ConnectError, Connection, ConnectionEvent, Node, NodeBuilder, NodeConfig, NodeError, RelayServer, RelayStatus,
+    ServiceInfo, TraversalReport,
 };
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState};

@@ -166,6 +166,22 @@ pub struct Offer {
     pub checks: Option<CheckCredentials>,
 }
 
+/// A TURN relay and time-limited credentials for it (coturn's
+/// `use-auth-secret` scheme: the user name is `<expiry>:<node id>`, the
+/// password the base64 HMAC-SHA1 of the user name under the secret the
+/// signaling server shares with the relay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCredentials {
+    /// TURN URL (RFC 7065), e.g. `turn:relay.example:3478?transport=udp`.
+    pub url: String,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Unix time (seconds) after which the relay refuses the credentials.
+    pub expires: u64,
+}
+
 /// Messages a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -231,6 +247,9 @@ pub enum ServerMessage {
         id: String,
         /// Protocol version of the server.
         version: u32,
+        /// TURN relays the node may use, with credentials issued for it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        relays: Vec<RelayCredentials>,
     },
     /// Another session registered the same id; this one ends.
     Replaced {
@@ -436,7 +455,7 @@ mod tests {
     #[test]
     fn server_messages_round_trip() {
         let all = vec![
-            ServerMessage::Registered { id: "a".into(), version: 1 },
+            ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new() },
             ServerMessage::Replaced { message: "x".into() },
             ServerMessage::error(ErrorCode::Unauthorized, "bad token", None),
             ServerMessage::error(ErrorCode::UnknownPeer, "b is offline", Some(9)),

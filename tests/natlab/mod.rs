@@ -31,6 +31,10 @@ pub const SECRET: &str = "nat lab signaling secret 0123456789";
 pub const STUN: &str = "203.0.113.10:3478";
 const STUN_ALT: &str = "203.0.113.11:3479";
 const SIGNAL: &str = "203.0.113.10:7600";
+/// The lab's TURN relay (UDP and TCP on one port).
+pub const RELAY: &str = "203.0.113.10:3480";
+/// The secret the signaling server shares with the relay.
+pub const RELAY_SECRET: &str = "nat lab relay secret 0123456789";
 
 /// How a lab router treats traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -380,11 +384,24 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the STUN and signaling servers in `srv`; returns the
-    /// signaling URL.
+    /// Starts the lab's TURN relay in `srv`.
+    pub fn start_relay(&mut self) -> anyhow::Result<Proc> {
+        let mut relay =
+            self.spawn("srv", &["relay", "--listen", RELAY], &[("FOGCONNECT_TURN_SECRET", RELAY_SECRET)])?;
+        relay.wait_line("relay listening", Duration::from_secs(10))?;
+        Ok(relay)
+    }
+
+    /// Starts the STUN, relay and signaling servers in `srv` (signaling
+    /// hands out the relay over UDP, then over TCP); returns the signaling
+    /// URL.
     pub fn start_servers(&mut self) -> anyhow::Result<String> {
         self.start_stun()?;
-        let mut signal = self.spawn("srv", &["signal", "--listen", SIGNAL], &[("FOGCONNECT_SIGNAL_SECRET", SECRET)])?;
+        self.start_relay()?;
+        let (udp, tcp) = (format!("turn:{RELAY}"), format!("turn:{RELAY}?transport=tcp"));
+        let args = ["signal", "--listen", SIGNAL, "--relay", &udp, "--relay", &tcp];
+        let env = [("FOGCONNECT_SIGNAL_SECRET", SECRET), ("FOGCONNECT_TURN_SECRET", RELAY_SECRET)];
+        let mut signal = self.spawn("srv", &args, &env)?;
         let line = signal.wait_line("signaling on ", Duration::from_secs(10))?;
         Ok(line.trim_start_matches("signaling on ").to_string())
     }
@@ -456,6 +473,11 @@ impl PairRun {
     pub fn direct(&self) -> bool {
         self.reply.is_some() && self.info.as_deref().is_some_and(|i| i.contains("path direct WAN"))
     }
+
+    /// Whether A got B's reply through the relay.
+    pub fn relayed(&self) -> bool {
+        self.reply.is_some() && self.info.as_deref().is_some_and(|i| i.contains("path relayed"))
+    }
 }
 
 fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
@@ -485,6 +507,7 @@ impl Lab {
         let mut node = self.spawn(to_ns, &args, &[])?;
         node.wait_line("registered with", Duration::from_secs(15))?;
         node.wait_line("nat:", Duration::from_secs(20))?;
+        node.wait_line("relay:", Duration::from_secs(20))?;
         let mut args = vec!["send", "--peer", "dev-b", "--signal", &url, "--id", "dev-a", "--token", &token_a];
         args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
         args.extend(extra);

@@ -128,21 +128,54 @@ pub struct TraversalArgs {
     /// Most probes a spraying side sends in one connect.
     #[arg(long, default_value_t = 5000, value_name = "N")]
     max_probes: u32,
+    /// TURN relay to allocate on, as a TURN URL
+    /// (turn:host:port[?transport=tcp], turns:host:port); repeatable, the
+    /// first that grants an allocation is used. Without it the node uses
+    /// the relays its signaling server hands out.
+    #[arg(long = "relay", value_name = "URL", requires = "relay_user")]
+    relays: Vec<String>,
+    /// User name on the --relay servers.
+    #[arg(long, value_name = "NAME", requires = "relay_password")]
+    relay_user: Option<String>,
+    /// Password on the --relay servers.
+    #[arg(long, env = "FOGCONNECT_RELAY_PASSWORD", hide_env_values = true)]
+    relay_password: Option<String>,
+    /// PEM file of a CA (or self-signed certificate) to trust for turns:.
+    #[arg(long, value_name = "FILE")]
+    relay_ca: Option<PathBuf>,
+    /// While a connection runs through a relay, rerun the checks for a
+    /// direct path this often, in ms.
+    #[arg(long, default_value_t = 15_000, value_name = "MS")]
+    recheck_ms: u64,
 }
 
 impl TraversalArgs {
     /// Applies the options to a node configuration.
-    fn apply(&self, config: &mut NodeConfig) {
+    ///
+    /// # Errors
+    /// A --relay that is not a TURN URL.
+    fn apply(&self, config: &mut NodeConfig) -> anyhow::Result<()> {
         config.stun = self.stun.clone();
         config.checks.budget = Duration::from_millis(self.punch_budget_ms.max(1));
         config.checks.birthday_sockets = self.birthday_sockets;
         config.checks.spray_rate = self.probe_rate.max(1);
         config.checks.max_spray_probes = self.max_probes;
+        config.relays.clear();
+        for url in &self.relays {
+            config.relays.push(fogconnect::RelayServer {
+                url: url.parse()?,
+                username: self.relay_user.clone().unwrap_or_default(),
+                password: self.relay_password.clone().unwrap_or_default(),
+            });
+        }
+        config.relay_ca = self.relay_ca.clone();
+        config.direct_recheck_interval = Duration::from_millis(self.recheck_ms.max(1));
+        Ok(())
     }
 }
 
 impl CommonNodeArgs {
-    fn config(&self) -> NodeConfig {
+    fn config(&self) -> anyhow::Result<NodeConfig> {
         let mut config = NodeConfig::default();
         if let Some(id) = &self.id {
             config.node_id = id.clone();
@@ -160,8 +193,8 @@ impl CommonNodeArgs {
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
         config.keep_alive_interval = Duration::from_millis(self.keep_alive_ms.max(1));
         config.keep_alive_attempts = self.keep_alive_attempts.max(1);
-        self.traversal.apply(&mut config);
-        config
+        self.traversal.apply(&mut config)?;
+        Ok(config)
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fogconnect::Node;
+use fogconnect::{Node, RelayStatus};
 
 /// Arguments of `fogconnect node`.
 #[derive(Debug, Args)]
@@ -47,7 +47,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             bail!("service {service} is given more than one plugin");
         }
     }
-    let mut builder = Node::builder().config(args.common.config()).listen(args.listen);
+    let mut builder = Node::builder().config(args.common.config()?).listen(args.listen);
     if let (Some(url), Some(token)) = (&args.signal, &args.token) {
         if args.common.id.is_none() {
             bail!("--signal needs --id: the id the token was issued for");
@@ -81,6 +81,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 fogconnect::nat::classify::allocation_name(report.allocation)
             ),
             None => println!("nat: not classified (no answer from the STUN server in time)"),
+        }
+    }
+    let expect_relay = !node.config().relays.is_empty() || !node.signal_relays().is_empty();
+    if let Some(mut relay) = node.relay_status().filter(|_| expect_relay) {
+        let settled = relay.wait_for(|s| matches!(s, RelayStatus::Allocated { .. } | RelayStatus::Failed(_)));
+        match tokio::time::timeout(std::time::Duration::from_secs(15), settled).await {
+            Ok(Ok(status)) => match &*status {
+                RelayStatus::Allocated { url, relayed } => println!("relay: allocated {relayed} on {url}"),
+                RelayStatus::Failed(why) => println!("relay: no allocation yet (retrying): {why}"),
+                _ => {}
+            },
+            _ => println!("relay: no allocation yet"),
         }
     }
     for service in node.services() {

@@ -70,10 +70,9 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
         _ => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
-    let mut builder = Node::builder().listen(local).configure(|c| {
-        c.cache_dir = None;
-        args.traversal.apply(c);
-    });
+    let mut config = fogconnect::NodeConfig { listen: local, cache_dir: None, ..Default::default() };
+    args.traversal.apply(&mut config)?;
+    let mut builder = Node::builder().config(config);
     if let (Some(url), Some(id), Some(token)) = (&args.signal, &args.id, &args.token) {
         builder = builder.node_id(id).signal(url, token);
         if let Some(ca) = &args.signal_ca {

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::relay::url::TurnUrl;
+use fogconnect::signal::server::{RelayGrant, SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 
 /// Arguments of `fogconnect signal`.
@@ -38,6 +39,18 @@ pub struct SignalArgs {
     /// Burst of messages allowed per client above the rate.
     #[arg(long, default_value_t = 200)]
     rate_burst: u32,
+    /// A TURN relay handed to every registered node, as a TURN URL
+    /// (turn:host:port[?transport=tcp], turns:host:port); repeatable.
+    /// Needs --relay-secret.
+    #[arg(long = "relay", value_name = "URL", requires = "relay_secret")]
+    relays: Vec<String>,
+    /// The secret shared with the relays (their --auth-secret, coturn's
+    /// static-auth-secret); nodes get time-limited credentials under it.
+    #[arg(long, env = "FOGCONNECT_TURN_SECRET", hide_env_values = true)]
+    relay_secret: Option<String>,
+    /// How long handed-out relay credentials stay valid, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    relay_ttl_s: u64,
 }
 
 /// The secret registration tokens are signed with.
@@ -104,6 +117,17 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     config.rate_per_second = args.rate_per_second;
     config.rate_burst = args.rate_burst;
     config.tls = args.cert.zip(args.key);
+    if !args.relays.is_empty() {
+        for url in &args.relays {
+            url.parse::<TurnUrl>()?;
+        }
+        let secret = args.relay_secret.context("--relay needs --relay-secret")?;
+        config.relays = Some(RelayGrant {
+            urls: args.relays,
+            secret: secret.into_bytes(),
+            ttl: Duration::from_secs(args.relay_ttl_s.max(60)),
+        });
+    }
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let server = SignalServer::start(config).await.context("cannot start the signaling server")?;
     println!("signaling on {scheme}://{}/ws", server.local_addr());

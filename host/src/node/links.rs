@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use super::{ConnectError, NodeInner};
 use crate::convention::Convention;
-use crate::transport::conn::{self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner};
+use crate::transport::conn::{
+    self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner, PathKind,
+};
 use crate::transport::identity::{Fingerprint, peer_fingerprint};
 use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError};
 
@@ -73,11 +75,10 @@ impl Links {
         }
     }
 
-    /// Forgets a closed link, and its address unless a new link to it
+    /// Forgets a closed link known at `addr`, and the address unless a new link to it
     /// was made meanwhile, so the table does not grow with every peer ever
     /// seen. Returns whether no link to the address is left.
-    async fn forget(&self, conn: &quinn::Connection) -> bool {
-        let addr = conn.remote_address();
+    async fn forget(&self, conn: &quinn::Connection, addr: SocketAddr) -> bool {
         let slot = self.slot(addr);
         let mut guard = slot.lock().await;
         if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
@@ -157,6 +158,7 @@ pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
 
 /// Accepts the streams (connect requests) the remote node opens on a link.
 async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
+    let first = quic.remote_address();
     loop {
         let stream = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
@@ -172,9 +174,24 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
             }
         }
     }
-    if inner.links.forget(&quic).await {
-        // An extra socket that carried this path is no longer needed.
-        inner.socket.unroute(quic.remote_address());
+    // The address the link was made or accepted at: the path may have
+    // moved since (relay to direct).
+    let current = quic.remote_address();
+    let relayed = inner.socket.path_kind(first) == PathKind::Relayed;
+    if inner.links.forget(&quic, first).await {
+        // Routes (extra sockets, relay) that carried this link are no
+        // longer needed.
+        inner.socket.unroute(first);
+        inner.socket.unroute(current);
+    }
+    if relayed
+        && matches!(quic.close_reason(), Some(quinn::ConnectionError::TimedOut))
+        && let Some(relay) = &inner.relay
+    {
+        // A relayed link went silent: make sure the allocation still
+        // exists (a restarted relay has lost it; the node then allocates
+        // again).
+        relay.verify();
     }
 }
 
@@ -276,7 +293,7 @@ async fn answer(
     let meta =
         ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
-    let stream = HandshakenStream { quic, send, recv, decoder };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;
     inner.links.register(&shared);
 }
@@ -326,7 +343,7 @@ pub(super) async fn open(
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let meta = ConnMeta { id, peer_id, passive: false, convention, remote: addr };
-    let stream = HandshakenStream { quic, send, recv, decoder };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
     inner.links.register(&shared);
     Ok(shared)

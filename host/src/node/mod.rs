@@ -3,6 +3,7 @@
 
 mod connection;
 mod links;
+mod relay;
 mod signaling;
 mod traversal;
 
@@ -17,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionEvent};
+pub use relay::{RelayServer, RelayStatus};
 pub use traversal::TraversalReport;
 
 use crate::convention::{Convention, ConventionError, Transport};
@@ -76,6 +78,16 @@ pub struct NodeConfig {
     pub stun_retransmit: RetransmitPolicy,
     /// Connectivity checks: time budget, pacing, probe limits.
     pub checks: CheckConfig,
+    /// TURN relays to allocate on (the first that grants an allocation);
+    /// when empty, the relays the signaling server hands out are used.
+    pub relays: Vec<RelayServer>,
+    /// PEM file of an extra certificate authority trusted for `turns:`
+    /// relays, besides the public web roots.
+    pub relay_ca: Option<PathBuf>,
+    /// While a connection this node dialled runs through a relay, how
+    /// often the connectivity checks are run again; when they find a
+    /// direct path the connection moves to it.
+    pub direct_recheck_interval: Duration,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +108,9 @@ impl Default for NodeConfig {
             stun: None,
             stun_retransmit: RetransmitPolicy::DISCOVERY,
             checks: CheckConfig::default(),
+            relays: Vec::new(),
+            relay_ca: None,
+            direct_recheck_interval: Duration::from_secs(15),
         }
     }
 }
@@ -260,6 +275,7 @@ pub(crate) struct NodeInner {
     conn_limits: ConnLimits,
     socket: Arc<FogSocket>,
     traversal: Arc<traversal::Traversal>,
+    relay: Option<relay::RelayAgent>,
     socket_counters: Arc<SocketCounters>,
     started: Instant,
     runtime: tokio::runtime::Handle,
@@ -353,6 +369,23 @@ impl NodeBuilder {
         self
     }
 
+    /// Allocates on the TURN server at `url` (e.g.
+    /// `turn:relay.example:3478`) with these long-term credentials; may be
+    /// called again for fallback relays.
+    ///
+    /// # Errors
+    /// The URL is not a TURN URL.
+    pub fn relay(
+        mut self,
+        url: &str,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, crate::relay::url::TurnUrlError> {
+        let url = url.parse()?;
+        self.config.relays.push(RelayServer { url, username: username.into(), password: password.into() });
+        Ok(self)
+    }
+
     /// Replaces the whole configuration (keeps plugins given so far).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
@@ -431,6 +464,10 @@ impl NodeBuilder {
             }
             None => None,
         };
+        let shutdown = CancellationToken::new();
+        let relay = relay_servers(&config, signal.as_ref()).map(|servers| {
+            relay::RelayAgent::start(socket.clone(), servers, config.relay_ca.clone(), shutdown.clone())
+        });
         let inner = Arc::new_cyclic(|weak_self| NodeInner {
             config,
             identity,
@@ -441,10 +478,11 @@ impl NodeBuilder {
             links: links::Links::default(),
             next_id: AtomicU64::new(1),
             plugin_events,
-            shutdown: CancellationToken::new(),
+            shutdown,
             conn_limits,
             socket,
             traversal: traversal.clone(),
+            relay,
             socket_counters,
             started: Instant::now(),
             runtime: tokio::runtime::Handle::current(),
@@ -472,6 +510,39 @@ impl NodeBuilder {
         tracing::info!(id = %node.id(), addr = %node.local_addr(), fingerprint = %node.fingerprint(), "node started");
         Ok(node)
     }
+}
+
+/// The relays the node allocates on: the configured ones, else those
+/// signaling hands out (kept current across re-registrations); `None`
+/// when there can be none.
+fn relay_servers(
+    config: &NodeConfig,
+    signal: Option<&SignalClient>,
+) -> Option<tokio::sync::watch::Receiver<Vec<RelayServer>>> {
+    if !config.relays.is_empty() {
+        return Some(tokio::sync::watch::channel(config.relays.clone()).1);
+    }
+    let mut granted = signal?.relays();
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(async move {
+        loop {
+            let servers: Vec<RelayServer> = granted
+                .borrow_and_update()
+                .iter()
+                .filter_map(|c| match RelayServer::from_credentials(c) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        tracing::warn!("signaling handed out a relay this node cannot use: {e}");
+                        None
+                    }
+                })
+                .collect();
+            if tx.send(servers).is_err() || granted.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Some(rx)
 }
 
 impl Node {
@@ -521,6 +592,19 @@ impl Node {
             Ok(Ok(state)) => state.clone(),
             _ => None,
         }
+    }
+
+    /// Where the node's relay allocation stands (`None` when the node has
+    /// neither configured relays nor signaling that could hand some out).
+    pub fn relay_status(&self) -> Option<tokio::sync::watch::Receiver<RelayStatus>> {
+        self.inner.relay.as_ref().map(relay::RelayAgent::status)
+    }
+
+    /// The relays and credentials the signaling server handed out at the
+    /// last registration (empty without signaling or when it hands out
+    /// none).
+    pub fn signal_relays(&self) -> Vec<crate::signal::protocol::RelayCredentials> {
+        self.inner.signal.as_ref().map(|s| s.relays().borrow().clone()).unwrap_or_default()
     }
 
     /// Datagram counters of the node's socket.

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::relay::RelayAgent;
 use super::traversal::{Session, TraversalReport};
 use super::{ConnectError, NodeInner, links};
 use crate::convention::Convention;
 use crate::signal::SignalError;
 use crate::signal::client::IncomingRequest;
 use crate::signal::protocol::{Candidate, CandidateKind, MAX_CANDIDATES, Offer};
-use crate::transport::conn::{ConnShared, ConnectionId, Owner};
+use crate::transport::conn::{ConnShared, ConnectionId, Owner, PathKind};
 use crate::transport::identity::Fingerprint;
+use crate::transport::socket::Route;
 use crate::transport::wire::RefuseCode;
 
 /// The addresses of this node's socket: the bound address, or every
@@ -40,10 +42,30 @@ pub(super) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
     ips.into_iter().take(MAX_CANDIDATES).map(candidate).collect()
 }
 
-/// This node's offer for one connect, with the check session's credentials.
+/// This node's offer for one connect, with the check session's credentials
+/// and the relayed candidate when the node holds an allocation.
 async fn offer(inner: &NodeInner, session: &Session) -> Offer {
     let local = inner.endpoint.local_addr().unwrap_or(inner.config.listen);
-    inner.traversal.offer(inner.identity.fingerprint().to_string(), host_candidates(local), session).await
+    let mut offer =
+        inner.traversal.offer(inner.identity.fingerprint().to_string(), host_candidates(local), session).await;
+    if let Some(relayed) = inner.relay.as_ref().and_then(RelayAgent::relayed) {
+        offer.candidates.truncate(MAX_CANDIDATES - 1);
+        offer.candidates.push(Candidate { kind: CandidateKind::Relayed, addr: relayed });
+    }
+    offer
+}
+
+/// Lets the peer behind `offer` reach this node through its relay: every
+/// public IP the peer may send from (its public host addresses, server-
+/// and peer-reflexive ones, its own relay's). Internal addresses are left
+/// out: relays refuse them.
+fn permit_through_relay(inner: &NodeInner, offer: &Offer) {
+    let Some(relay) = &inner.relay else { return };
+    let mut ips: Vec<IpAddr> =
+        offer.candidates.iter().map(|c| c.addr.ip()).filter(|&ip| !crate::relay::server::is_internal(ip)).collect();
+    ips.sort();
+    ips.dedup();
+    relay.permit(ips);
 }
 
 fn remember(inner: &NodeInner, peer: &str, fingerprint: Fingerprint) {
@@ -87,6 +109,7 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     let mut session = inner.traversal.session();
     inner.traversal.prepare(&mut session, request.offer.nat.as_ref());
     let answer = offer(&inner, &session).await;
+    permit_through_relay(&inner, &request.offer);
     signal.answer(&request, answer).await;
     let Some(remote_credentials) = request.offer.checks.clone() else { return };
     match inner.traversal.run_checks(session, &request.offer, remote_credentials, false).await {
@@ -131,26 +154,133 @@ pub(super) async fn open_by_id(
         let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
         return Ok((shared, None));
     }
+    let udp_blocked = inner.traversal.nat().borrow().as_ref().is_some_and(|report| report.udp_blocked);
+    if udp_blocked && let Some(relay) = &inner.relay {
+        // Only the relay can carry this connect: offer its address.
+        relay.settled(inner.config.connect_timeout).await;
+    }
     let session = inner.traversal.session();
     let request = offer(inner, &session).await;
     let answer = signal.connect(peer, convention, request).await.map_err(|e| signal_error(peer, e))?;
     let fingerprint = Fingerprint::parse(&answer.fingerprint)
         .ok_or_else(|| ConnectError::Protocol(format!("{peer} answered without a valid fingerprint")))?;
     remember(inner, peer, fingerprint);
-    let (addr, report) = match answer.checks.clone() {
+    permit_through_relay(inner, &answer);
+    let (addr, report, relayed) = match answer.checks.clone() {
         Some(remote_credentials) => {
-            let report = tokio::select! {
+            let checks = tokio::select! {
                 _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
-                report = inner.traversal.run_checks(session, &answer, remote_credentials, true) => {
-                    report.map_err(ConnectError::NoPath)?
-                }
+                checks = inner.traversal.run_checks(session, &answer, remote_credentials, true) => checks,
             };
-            (report.selected.remote, Some(report))
+            match checks {
+                Ok(report) => (report.selected.remote, Some(report), false),
+                Err(reason) => (relay_path(inner, peer, &answer, &reason).await?, None, true),
+            }
         }
-        None => (race_candidates(inner, &answer.candidates, fingerprint).await?, None),
+        None => (race_candidates(inner, &answer.candidates, fingerprint).await?, None, false),
     };
     let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
+    if relayed {
+        tracing::info!(%peer, relayed = %addr, "no direct path yet: connected through the relay");
+        tokio::spawn(direct_rechecks(inner.clone(), peer.to_string(), convention, addr, fingerprint));
+    }
     Ok((shared, report))
+}
+
+/// The way to `peer` through a relay when the checks found no direct path
+/// (`reason`): its relayed address, reached from this node's socket, or
+/// through this node's own allocation when this node cannot send UDP
+/// itself (UDP blocked, or its relay is reached over TCP/TLS).
+async fn relay_path(
+    inner: &Arc<NodeInner>,
+    peer: &str,
+    answer: &Offer,
+    reason: &str,
+) -> Result<SocketAddr, ConnectError> {
+    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
+        return Err(ConnectError::NoPath(format!(
+            "{reason}; {peer} offers no relayed candidate (it has no TURN relay allocation)"
+        )));
+    };
+    let udp_blocked = inner.traversal.nat().borrow().as_ref().is_some_and(|report| report.udp_blocked);
+    let own = inner.relay.as_ref().filter(|relay| relay.relayed().is_some());
+    let own_over_stream = own.and_then(RelayAgent::transport).is_some_and(|t| t.is_stream());
+    if udp_blocked || own_over_stream {
+        let Some(own) = own else {
+            return Err(ConnectError::NoPath(format!(
+                "{reason}; UDP is blocked here and this node has no relay allocation to reach {peer}'s relay"
+            )));
+        };
+        own.dial(target).await;
+    } else {
+        inner.socket.set_route(target, Route::PeerRelay);
+    }
+    Ok(target)
+}
+
+/// While the link to `peer` runs through the relay at `relayed`, runs the
+/// connectivity checks again every [`super::NodeConfig::direct_recheck_interval`]
+/// (through signaling, as for a connect); when they find a direct pair,
+/// the link's packets move to it. The peer's QUIC sees a new client
+/// address and migrates (path validation); no connection notices.
+async fn direct_rechecks(
+    inner: Arc<NodeInner>,
+    peer: String,
+    convention: u32,
+    relayed: SocketAddr,
+    fingerprint: Fingerprint,
+) {
+    let Some(signal) = inner.signal.clone() else { return };
+    let interval = inner.config.direct_recheck_interval;
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let still_relayed = inner.links.live_addr_of(fingerprint) == Some(relayed)
+            && inner.socket.path_kind(relayed) == PathKind::Relayed;
+        if !still_relayed {
+            return;
+        }
+        if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
+            continue;
+        }
+        let session = inner.traversal.session();
+        let request = offer(&inner, &session).await;
+        let answer = match signal.connect(&peer, convention, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(%peer, "direct path recheck not answered: {e}");
+                continue;
+            }
+        };
+        if answer.fingerprint != fingerprint.to_string() {
+            tracing::warn!(%peer, "direct path recheck answered with another certificate; stopping rechecks");
+            return;
+        }
+        let Some(remote_credentials) = answer.checks.clone() else { return };
+        let checks = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            checks = inner.traversal.run_checks(session, &answer, remote_credentials, true) => checks,
+        };
+        match checks {
+            Ok(report) => {
+                let direct = report.selected.remote;
+                let aux = match inner.socket.route_of(direct) {
+                    Some(Route::Aux(id)) => Some(id),
+                    _ => None,
+                };
+                inner.socket.set_route(relayed, Route::Moved { to: direct, aux });
+                if aux.is_some() {
+                    // The moved route keeps the extra socket open.
+                    inner.socket.unroute(direct);
+                }
+                tracing::info!(%peer, %relayed, %direct, plan = %report.plan, "link moved from the relay to a direct path");
+                return;
+            }
+            Err(reason) => tracing::debug!(%peer, "still no direct path: {reason}"),
+        }
+    }
 }
 
 /// Dials every candidate at once; the first link up wins (nearest first).

@@ -54,6 +54,8 @@ pub(super) struct Traversal {
     nat: watch::Sender<NatState>,
     pending: Mutex<HashMap<TxId, oneshot::Sender<(Binding, SocketAddr)>>>,
     sessions: Mutex<HashMap<String, mpsc::Sender<SideDatagram>>>,
+    /// The public address the last offer carried.
+    public: Mutex<Option<SocketAddr>>,
 }
 
 /// Removes a check session's inbox when the session ends.
@@ -97,6 +99,7 @@ impl Traversal {
             nat: watch::channel(None).0,
             pending: Mutex::default(),
             sessions: Mutex::default(),
+            public: Mutex::default(),
         })
     }
 
@@ -232,6 +235,7 @@ impl Traversal {
         let blocked = self.nat.borrow().as_ref().is_some_and(|report| report.udp_blocked);
         // Behind a UDP block the server cannot answer: do not wait for it.
         let public = if blocked { None } else { self.public_addr().await };
+        *self.public.lock().unwrap_or_else(|p| p.into_inner()) = public;
         if let Some(public) = public
             && !candidates.iter().any(|c| c.addr == public)
         {
@@ -266,12 +270,26 @@ impl Traversal {
             _ => std::mem::take(&mut session.aux),
         };
         let index_of: HashMap<AuxId, u16> = aux.iter().enumerate().map(|(i, &id)| (id, i as u16)).collect();
+        // Relayed candidates are reached through the relay, never checked.
+        let mut candidates: Vec<Candidate> =
+            remote.candidates.iter().filter(|c| c.kind != CandidateKind::Relayed).cloned().collect();
+        // Without a WAN path only a LAN one can help, and only when both
+        // sides may be behind the same NAT: not when their public IPs
+        // differ. The relay then takes over at once.
+        let remote_public = remote.candidates.iter().find(|c| c.kind == CandidateKind::ServerReflexive);
+        let local_public = *self.public.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(plan, Plan::RelayRequired(_))
+            && let (Some(local), Some(remote)) = (local_public, remote_public)
+            && local.ip() != remote.addr.ip()
+        {
+            candidates.clear();
+        }
         let mut agent = CheckAgent::new(
             self.config,
             controlling,
             session.credentials.clone(),
             remote_credentials,
-            &remote.candidates,
+            &candidates,
             plan.clone(),
             aux.len() as u16,
             rand::random(),

@@ -12,6 +12,7 @@ use fogconnect_proto::stun::{StunCodecError, TxId, random_txid};
 use fogconnect_proto::turn::{self, ChannelData, LongTermAuth, MAX_CHANNEL, MIN_CHANNEL, TurnRequest, TurnResponse};
 
 use super::RelayError;
+use super::url::TurnTransport;
 use crate::nat::transaction::{RetransmitPolicy, Step, Transaction};
 
 /// How to reach and authenticate with a TURN server.
@@ -25,8 +26,11 @@ pub struct TurnConfig {
     pub password: String,
     /// Allocation lifetime asked for, in seconds.
     pub lifetime: u32,
-    /// Retransmissions of requests.
+    /// Retransmissions of requests (over TCP and TLS: one send, and the
+    /// wait for the answer).
     pub retransmit: RetransmitPolicy,
+    /// How the messages travel; over a stream ChannelData is padded.
+    pub transport: TurnTransport,
 }
 
 /// Lifetime of a permission (RFC 8656 section 9: 300 s); refreshed a
@@ -196,7 +200,8 @@ impl TurnClient {
             return Err(RelayError::NotAllocated);
         }
         if let Some((channel, Some(_))) = self.channels.get(&peer) {
-            let bytes = ChannelData { channel: *channel, data: data.to_vec() }.encode(false)?;
+            let bytes =
+                ChannelData { channel: *channel, data: data.to_vec() }.encode(self.config.transport.is_stream())?;
             self.transmits.push_back(bytes);
             return Ok(());
         }
@@ -205,6 +210,18 @@ impl TurnClient {
         }
         self.transmits.push_back(turn::encode_send(random_txid(), peer, data)?);
         Ok(())
+    }
+
+    /// Refreshes the allocation now, e.g. to learn whether the server
+    /// still has it after a path through it went silent: a server that
+    /// lost it answers 437 and the client fails.
+    pub fn refresh_now(&mut self, now: Instant) {
+        let refreshing = self.pending.values().any(|(_, purpose, _)| *purpose == Purpose::Refresh);
+        if self.state == State::Allocated && !refreshing {
+            self.refresh_at = None;
+            let lifetime = self.config.lifetime;
+            self.request(TurnRequest::Refresh { lifetime }, Purpose::Refresh, now);
+        }
     }
 
     /// Deletes the allocation (Refresh with lifetime 0); the client ends.
@@ -446,6 +463,7 @@ mod tests {
             password: "secret".into(),
             lifetime: 600,
             retransmit: RetransmitPolicy::DISCOVERY,
+            transport: TurnTransport::Udp,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Relay through TURN servers (RFC 8656): the sans-IO client and server
-//! cores, and the server's UDP driver (`fogconnect relay`). The relayed
-//! path in the socket facade, TCP/TLS and the fallback come with the rest
-//! of the relay work.
+//! cores, TURN URLs, and the server's driver (`fogconnect relay`). A
+//! node's own allocation and the relayed path live in the node and the
+//! socket facade.
 
 pub mod client;
 pub mod net;
 pub mod server;
+pub mod url;
 
 use std::net::SocketAddr;
 

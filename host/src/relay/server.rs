@@ -685,6 +685,7 @@ mod tests {
             password: password.into(),
             lifetime: 600,
             retransmit: RetransmitPolicy::DISCOVERY,
+            transport: crate::relay::url::TurnTransport::Udp,
         }
     }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SignalError;
 use super::backoff::Backoff;
-use super::protocol::{ClientMessage, ErrorCode, Offer, PROTOCOL_VERSION, ServerMessage};
+use super::protocol::{ClientMessage, ErrorCode, Offer, PROTOCOL_VERSION, RelayCredentials, ServerMessage};
 
 /// Configuration of a signaling client.
 #[derive(Debug, Clone)]
@@ -108,6 +108,7 @@ enum Command {
 pub struct SignalClient {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<SignalStatus>,
+    relays: watch::Receiver<Vec<RelayCredentials>>,
     shutdown: CancellationToken,
     request_timeout: Duration,
     presence: broadcast::Sender<PresenceEvent>,
@@ -140,6 +141,7 @@ impl SignalClient {
         }
         let (commands, commands_rx) = mpsc::channel(256);
         let (status_tx, status) = watch::channel(SignalStatus::Connecting);
+        let (relays_tx, relays) = watch::channel(Vec::new());
         let shutdown = CancellationToken::new();
         let request_timeout = config.request_timeout;
         let (presence, _) = broadcast::channel(1024);
@@ -149,12 +151,19 @@ impl SignalClient {
             commands: commands_rx,
             incoming,
             status: status_tx,
+            relays: relays_tx,
             shutdown: shutdown.clone(),
             presence: presence.clone(),
             subscribed: subscribed.clone(),
         };
         tokio::spawn(actor.run());
-        Ok(Self { commands, status, shutdown, request_timeout, presence, subscribed })
+        Ok(Self { commands, status, relays, shutdown, request_timeout, presence, subscribed })
+    }
+
+    /// The TURN relays and credentials the server handed out at the last
+    /// registration (empty when it hands out none).
+    pub fn relays(&self) -> watch::Receiver<Vec<RelayCredentials>> {
+        self.relays.clone()
     }
 
     /// The current status.
@@ -253,6 +262,7 @@ struct Actor {
     commands: mpsc::Receiver<Command>,
     incoming: mpsc::Sender<IncomingRequest>,
     status: watch::Sender<SignalStatus>,
+    relays: watch::Sender<Vec<RelayCredentials>>,
     shutdown: CancellationToken,
     presence: broadcast::Sender<PresenceEvent>,
     subscribed: Arc<AtomicBool>,
@@ -345,7 +355,10 @@ impl Actor {
             .map_err(|_| SignalError::Unavailable("no answer to register".into()))?;
         match reply {
             Some(Ok(Message::Text(text))) => match ServerMessage::decode(text.as_str()) {
-                Ok(ServerMessage::Registered { .. }) => Ok(ws),
+                Ok(ServerMessage::Registered { relays, .. }) => {
+                    self.relays.send_replace(relays);
+                    Ok(ws)
+                }
                 Ok(ServerMessage::Error { code, message, .. }) => {
                     let _ = ws.close(None).await;
                     if matches!(ErrorCode::from_code(code), Some(ErrorCode::Unauthorized | ErrorCode::VersionMismatch))
@@ -466,20 +479,7 @@ impl Actor {
 
 /// TLS for `wss://`: the public web roots plus the configured CA file.
 fn tls_connector(config: &SignalClientConfig) -> Result<tokio_tungstenite::Connector, SignalError> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = &config.ca_file {
-        let file = std::fs::File::open(path).map_err(|e| SignalError::Tls(format!("{}: {e}", path.display())))?;
-        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(file)) {
-            let cert = cert.map_err(|e| SignalError::Tls(format!("{}: {e}", path.display())))?;
-            roots.add(cert).map_err(|e| SignalError::Tls(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| SignalError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let tls = crate::transport::trust::client_config(config.ca_file.as_deref()).map_err(SignalError::Tls)?;
     Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls)))
 }
 

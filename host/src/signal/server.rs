@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_util::sync::CancellationToken;
 
 use super::SignalError;
-use super::protocol::{ClientMessage, DecodeError, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ServerMessage};
+use super::protocol::{
+    ClientMessage, DecodeError, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, RelayCredentials, ServerMessage,
+};
 use super::rate::TokenBucket;
 use super::token;
 
@@ -51,6 +53,41 @@ pub struct SignalServerConfig {
     pub rate_burst: u32,
     /// PEM certificate chain and private key for TLS (`wss://`).
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// TURN relays handed to every node that registers, with
+    /// time-limited credentials.
+    pub relays: Option<RelayGrant>,
+}
+
+/// The TURN relays a signaling server hands out, and how it makes their
+/// credentials.
+#[derive(Debug, Clone)]
+pub struct RelayGrant {
+    /// TURN URLs (RFC 7065) of the relays.
+    pub urls: Vec<String>,
+    /// The secret shared with the relays (`fogconnect relay
+    /// --auth-secret`, coturn's `static-auth-secret`).
+    pub secret: Vec<u8>,
+    /// How long issued credentials stay valid.
+    pub ttl: Duration,
+}
+
+impl RelayGrant {
+    /// Credentials for `id` on every relay, valid from `now_unix` for the
+    /// grant's time to live.
+    pub fn credentials(&self, id: &str, now_unix: u64) -> Vec<RelayCredentials> {
+        let expires = now_unix.saturating_add(self.ttl.as_secs());
+        let username = format!("{expires}:{id}");
+        let password = crate::relay::server::shared_secret_password(&self.secret, &username);
+        self.urls
+            .iter()
+            .map(|url| RelayCredentials {
+                url: url.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                expires,
+            })
+            .collect()
+    }
 }
 
 impl SignalServerConfig {
@@ -64,6 +101,7 @@ impl SignalServerConfig {
             rate_per_second: 50,
             rate_burst: 200,
             tls: None,
+            relays: None,
         }
     }
 }
@@ -428,7 +466,8 @@ impl ClientSession {
         drop(sessions);
         self.id = Some(id.clone());
         tracing::debug!(id, "registered");
-        ServerMessage::Registered { id, version: PROTOCOL_VERSION }
+        let relays = self.shared.config.relays.as_ref().map(|g| g.credentials(&id, now_unix())).unwrap_or_default();
+        ServerMessage::Registered { id, version: PROTOCOL_VERSION, relays }
     }
 
     fn forward(&self, to: &str, request_id: u64, message: ServerMessage) -> Option<ServerMessage> {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::convention::Convention;
+use crate::transport::socket::FogSocket;
 use crate::transport::wire::{CloseCode, Decoder, Frame, data_header};
 
 /// Node-wide unique id of a connection; also the handle plugins see.
@@ -239,6 +240,9 @@ pub struct ConnShared {
     /// The QUIC connection carrying the stream; `None` for a detached
     /// connection.
     quic: Option<quinn::Connection>,
+    /// The socket facade under the link: it knows which way the link's
+    /// packets travel now.
+    socket: Option<Arc<FogSocket>>,
     limits: ConnLimits,
     owner: Owner,
     closed: AtomicBool,
@@ -352,7 +356,10 @@ impl ConnShared {
     pub fn stats(&self) -> ConnStats {
         ConnStats {
             rtt: self.quic.as_ref().map_or(Duration::ZERO, quinn::Connection::rtt),
-            path: path_of(self.meta.remote),
+            path: match (&self.quic, &self.socket) {
+                (Some(quic), Some(socket)) => socket.path_kind(quic.remote_address()),
+                _ => path_of(self.meta.remote),
+            },
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
@@ -377,6 +384,8 @@ impl ConnShared {
 pub struct HandshakenStream {
     /// The link carrying the stream.
     pub quic: quinn::Connection,
+    /// The socket facade under the link.
+    pub socket: Arc<FogSocket>,
     /// Sending half.
     pub send: quinn::SendStream,
     /// Receiving half.
@@ -396,8 +405,8 @@ pub async fn establish(
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
-    let HandshakenStream { quic, send, recv, decoder } = stream;
-    let (shared, outbound_rx) = ConnShared::new(meta, Some(quic), limits, owner);
+    let HandshakenStream { quic, socket, send, recv, decoder } = stream;
+    let (shared, outbound_rx) = ConnShared::new(meta, Some((quic, socket)), limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
     }
@@ -409,14 +418,16 @@ pub async fn establish(
 impl ConnShared {
     fn new(
         meta: ConnMeta,
-        quic: Option<quinn::Connection>,
+        link: Option<(quinn::Connection, Arc<FogSocket>)>,
         limits: ConnLimits,
         owner: Owner,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Outbound>) {
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let (quic, socket) = link.unzip();
         let shared = Arc::new(ConnShared {
             meta,
             quic,
+            socket,
             limits,
             owner,
             closed: AtomicBool::new(false),

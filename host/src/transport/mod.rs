@@ -5,4 +5,5 @@
 pub mod conn;
 pub mod identity;
 pub mod socket;
+pub mod trust;
 pub use fogconnect_proto::wire;

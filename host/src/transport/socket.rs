@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -22,6 +22,8 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
+
+use super::conn::{PathKind, path_of};
 
 /// What a received datagram is, judged by its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,34 +93,151 @@ impl Drop for AuxSocket {
     }
 }
 
-/// Which extra socket carries the path to each remote address.
+/// How QUIC datagrams quinn addresses to a remote address travel, when
+/// not plainly from the node's socket to that address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// From the extra socket with this id.
+    Aux(AuxId),
+    /// Through this node's TURN allocation to `peer` (the address quinn
+    /// names is then the peer's presented address, see
+    /// [`FogSocket::attach_relay`]).
+    Relay {
+        /// The peer's address as the relay sees it.
+        peer: SocketAddr,
+    },
+    /// As is from the node's socket; the address is a relayed address of
+    /// the peer's TURN allocation (recorded so the path is reported as
+    /// relayed).
+    PeerRelay,
+    /// To another address than quinn names, from the node's socket or an
+    /// extra one: the path moved under a QUIC connection (relay to direct),
+    /// and datagrams from `to` are presented to quinn as from the named
+    /// address.
+    Moved {
+        /// Where the datagrams go now.
+        to: SocketAddr,
+        /// The extra socket they leave from, if any.
+        aux: Option<AuxId>,
+    },
+}
+
+impl Route {
+    fn aux(self) -> Option<AuxId> {
+        match self {
+            Route::Aux(id) | Route::Moved { aux: Some(id), .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// How each remote address's datagrams travel, and the reverse names of
+/// moved paths.
 #[derive(Default)]
 struct Routes {
-    by_remote: Mutex<HashMap<SocketAddr, AuxId>>,
-    /// Entries in `by_remote`, read without the lock on the send path.
+    table: Mutex<RouteTable>,
+    /// Entries in `table` (both maps), read without the lock on the hot
+    /// paths.
     len: AtomicUsize,
 }
 
+#[derive(Default)]
+struct RouteTable {
+    by_remote: HashMap<SocketAddr, Route>,
+    /// Real source address → the address quinn knows it by.
+    presented: HashMap<SocketAddr, SocketAddr>,
+}
+
 impl Routes {
-    fn get(&self, remote: &SocketAddr) -> Option<AuxId> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, remote: &SocketAddr) -> Option<Route> {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        self.by_remote.lock().unwrap_or_else(|p| p.into_inner()).get(remote).copied()
+        self.lock().by_remote.get(remote).copied()
     }
 
-    fn set(&self, remote: SocketAddr, aux: AuxId) {
-        let mut routes = self.by_remote.lock().unwrap_or_else(|p| p.into_inner());
-        routes.insert(remote, aux);
-        self.len.store(routes.len(), Ordering::Relaxed);
+    /// The address quinn knows the sender `from` by.
+    fn presented(&self, from: SocketAddr) -> SocketAddr {
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return from;
+        }
+        self.lock().presented.get(&from).copied().unwrap_or(from)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RouteTable)) {
+        let mut table = self.lock();
+        f(&mut table);
+        self.len.store(table.by_remote.len() + table.presented.len(), Ordering::Relaxed);
+    }
+
+    fn set(&self, remote: SocketAddr, route: Route) {
+        self.update(|t| {
+            if let Some(Route::Moved { to, .. }) = t.by_remote.insert(remote, route) {
+                t.presented.remove(&to);
+            }
+            if let Route::Moved { to, .. } = route {
+                t.presented.insert(to, remote);
+            }
+        });
     }
 }
 
-/// A QUIC datagram received on an extra socket.
-type AuxDatagram = (SocketAddr, Bytes);
+/// A QUIC datagram that did not come from the node's socket (an extra
+/// socket, the relay), with the address quinn knows its sender by.
+type InjectedDatagram = (SocketAddr, Bytes);
 
-/// Capacity of the queue of QUIC datagrams from extra sockets.
-const AUX_QUEUE_CAPACITY: usize = 1024;
+/// Capacity of the queue of QUIC datagrams from extra sockets and the
+/// relay.
+const INJECTED_QUEUE_CAPACITY: usize = 1024;
+
+/// Capacity of each direction between the facade and a TURN allocation.
+const RELAY_QUEUE_CAPACITY: usize = 1024;
+
+/// The facade's end of a TURN allocation.
+struct RelayTap {
+    /// The relay's address when TURN runs over the node's UDP socket.
+    udp_server: Option<SocketAddr>,
+    from_server: mpsc::Sender<Bytes>,
+    to_peers: mpsc::Sender<(SocketAddr, Bytes)>,
+}
+
+/// The allocation's end of the facade (see [`FogSocket::attach_relay`]).
+#[derive(Debug)]
+pub struct RelayPort {
+    /// Datagrams the relay sent to the node's socket (TURN over UDP).
+    pub from_server: mpsc::Receiver<Bytes>,
+    /// QUIC datagrams for peers routed through the relay, by the peer's
+    /// address as the relay sees it.
+    pub to_peers: mpsc::Receiver<(SocketAddr, Bytes)>,
+}
+
+/// The address quinn knows the `index`-th peer reached through this node's
+/// relay allocation by. Relayed peers need names of their own: a peer's
+/// address as the relay sees it can equal its direct address (endpoint-
+/// independent NAT), and a move from relay to direct must look like a new
+/// address to QUIC. The names come from ranges no host uses: 240.0.0.0/4
+/// (reserved) and 100::/64 (discard-only, RFC 6666).
+pub fn presented_relay_addr(index: u32, port: u16, ipv6: bool) -> SocketAddr {
+    let [a, b, c, d] = index.to_be_bytes();
+    if ipv6 {
+        let ip = std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        SocketAddr::new(ip.into(), port)
+    } else {
+        SocketAddr::new(std::net::Ipv4Addr::new(240 | (a & 0x0f), b, c, d).into(), port)
+    }
+}
+
+/// Whether `addr` is a name given by [`presented_relay_addr`].
+pub fn is_presented_relay(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets()[0] >= 240 && !ip.is_broadcast(),
+        std::net::IpAddr::V6(ip) => ip.segments()[..4] == [0x100, 0, 0, 0],
+    }
+}
 
 /// The node's UDP socket facade under quinn.
 ///
@@ -134,8 +253,12 @@ pub struct FogSocket {
     aux: Mutex<HashMap<AuxId, AuxSocket>>,
     next_aux: AtomicU16,
     routes: Arc<Routes>,
-    aux_quic_tx: mpsc::Sender<AuxDatagram>,
-    aux_quic_rx: Mutex<mpsc::Receiver<AuxDatagram>>,
+    injected_tx: mpsc::Sender<InjectedDatagram>,
+    injected_rx: Mutex<mpsc::Receiver<InjectedDatagram>>,
+    relay: Mutex<Option<RelayTap>>,
+    /// Whether a relay exchanges datagrams with the node's socket (read on
+    /// every receive without the lock).
+    relay_on_socket: AtomicBool,
 }
 
 impl fmt::Debug for FogSocket {
@@ -158,7 +281,7 @@ impl FogSocket {
         let state = UdpSocketState::new((&socket).into())?;
         let io = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let (side, side_rx) = mpsc::channel(SIDE_CHANNEL_CAPACITY);
-        let (aux_quic_tx, aux_quic_rx) = mpsc::channel(AUX_QUEUE_CAPACITY);
+        let (injected_tx, injected_rx) = mpsc::channel(INJECTED_QUEUE_CAPACITY);
         let facade = Self {
             io,
             state,
@@ -167,8 +290,10 @@ impl FogSocket {
             aux: Mutex::default(),
             next_aux: AtomicU16::new(0),
             routes: Arc::default(),
-            aux_quic_tx,
-            aux_quic_rx: Mutex::new(aux_quic_rx),
+            injected_tx,
+            injected_rx: Mutex::new(injected_rx),
+            relay: Mutex::new(None),
+            relay_on_socket: AtomicBool::new(false),
         };
         Ok((Arc::new(facade), side_rx))
     }
@@ -185,7 +310,7 @@ impl FogSocket {
         let io = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let id = self.next_aux.fetch_add(1, Ordering::Relaxed);
         let (reader, side, quic, routes, counters) =
-            (io.clone(), self.side.clone(), self.aux_quic_tx.clone(), self.routes.clone(), self.counters.clone());
+            (io.clone(), self.side.clone(), self.injected_tx.clone(), self.routes.clone(), self.counters.clone());
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -197,10 +322,11 @@ impl FogSocket {
                 let data = Bytes::copy_from_slice(&buf[..len]);
                 let sent = match classify(data.first().copied().unwrap_or(0), false) {
                     PacketKind::Quic => {
-                        if routes.get(&from) != Some(id) {
-                            routes.set(from, id);
+                        let presented = routes.presented(from);
+                        if presented == from && routes.get(&from) != Some(Route::Aux(id)) {
+                            routes.set(from, Route::Aux(id));
                         }
-                        quic.try_send((from, data)).is_ok()
+                        quic.try_send((presented, data)).is_ok()
                     }
                     PacketKind::Unknown => false,
                     kind => side.try_send(SideDatagram { via: Some(id), from, kind, data }).is_ok(),
@@ -215,31 +341,105 @@ impl FogSocket {
 
     /// Sends QUIC to `remote` from the extra socket `aux` from now on.
     pub fn route(&self, remote: SocketAddr, aux: AuxId) {
-        self.routes.set(remote, aux);
+        self.routes.set(remote, Route::Aux(aux));
+    }
+
+    /// Sets how QUIC datagrams to `remote` travel from now on.
+    pub fn set_route(&self, remote: SocketAddr, route: Route) {
+        self.routes.set(remote, route);
+    }
+
+    /// How QUIC datagrams to `remote` travel, when not plainly.
+    pub fn route_of(&self, remote: SocketAddr) -> Option<Route> {
+        self.routes.get(&remote)
+    }
+
+    /// Which way QUIC datagrams to `remote` travel now.
+    pub fn path_kind(&self, remote: SocketAddr) -> PathKind {
+        match self.routes.get(&remote) {
+            Some(Route::Relay { .. } | Route::PeerRelay) => PathKind::Relayed,
+            Some(Route::Moved { to, .. }) => path_of(to),
+            _ if is_presented_relay(remote) => PathKind::Relayed,
+            _ => path_of(remote),
+        }
     }
 
     /// Forgets the route to `remote` and closes its extra socket when no
     /// other route uses it.
     pub fn unroute(&self, remote: SocketAddr) {
-        let still_used = {
-            let mut routes = self.routes.by_remote.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(aux) = routes.remove(&remote) else { return };
-            self.routes.len.store(routes.len(), Ordering::Relaxed);
-            routes.values().any(|&a| a == aux).then_some(()).ok_or(aux)
-        };
-        if let Err(aux) = still_used {
+        let mut orphan = None;
+        self.routes.update(|t| {
+            let Some(route) = t.by_remote.remove(&remote) else { return };
+            if let Route::Moved { to, .. } = route {
+                t.presented.remove(&to);
+            }
+            if let Some(aux) = route.aux()
+                && !t.by_remote.values().any(|r| r.aux() == Some(aux))
+            {
+                orphan = Some(aux);
+            }
+        });
+        if let Some(aux) = orphan {
             self.aux.lock().unwrap_or_else(|p| p.into_inner()).remove(&aux);
         }
     }
 
     /// Closes the extra sockets that are not in `keep` and carry no route.
     pub fn release_aux(&self, candidates: &[AuxId], keep: &HashSet<AuxId>) {
-        let routed: HashSet<AuxId> =
-            self.routes.by_remote.lock().unwrap_or_else(|p| p.into_inner()).values().copied().collect();
+        let routed: HashSet<AuxId> = self.routes.lock().by_remote.values().filter_map(|r| r.aux()).collect();
         let mut aux = self.aux.lock().unwrap_or_else(|p| p.into_inner());
         for id in candidates {
             if !keep.contains(id) && !routed.contains(id) {
                 aux.remove(id);
+            }
+        }
+    }
+
+    /// Connects a TURN allocation to the facade: datagrams from
+    /// `udp_server` (TURN over this socket) go to the returned port instead
+    /// of being demultiplexed, and QUIC for remotes with a
+    /// [`Route::Relay`] goes to the port for wrapping. Replaces an earlier
+    /// allocation's connection and its relay routes.
+    pub fn attach_relay(&self, udp_server: Option<SocketAddr>) -> RelayPort {
+        self.detach_relay();
+        let (from_server, from_server_rx) = mpsc::channel(RELAY_QUEUE_CAPACITY);
+        let (to_peers, to_peers_rx) = mpsc::channel(RELAY_QUEUE_CAPACITY);
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(RelayTap { udp_server, from_server, to_peers });
+        self.relay_on_socket.store(udp_server.is_some(), Ordering::Release);
+        RelayPort { from_server: from_server_rx, to_peers: to_peers_rx }
+    }
+
+    /// Disconnects the TURN allocation and forgets the routes through it.
+    pub fn detach_relay(&self) {
+        self.relay_on_socket.store(false, Ordering::Release);
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.routes.update(|t| t.by_remote.retain(|_, r| !matches!(r, Route::Relay { .. })));
+    }
+
+    /// Hands quinn a QUIC datagram that arrived another way than the
+    /// node's socket (through the relay), as sent by `from`. Dropped (like
+    /// a loss) when quinn is that far behind.
+    pub fn deliver(&self, from: SocketAddr, data: Bytes) {
+        let counter =
+            if self.injected_tx.try_send((from, data)).is_ok() { &self.counters.quic } else { &self.counters.dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether `from` is the relay TURN runs with over the node's socket.
+    fn is_relay_server(&self, from: SocketAddr) -> bool {
+        self.relay_on_socket.load(Ordering::Acquire)
+            && self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|t| t.udp_server) == Some(from)
+    }
+
+    fn send_relay(&self, peer: SocketAddr, transmit: &Transmit) {
+        let to_peers = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.to_peers.clone());
+        let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+        for datagram in transmit.contents.chunks(segment) {
+            // No relay or no room: a loss QUIC recovers from.
+            let sent =
+                to_peers.as_ref().is_some_and(|tx| tx.try_send((peer, Bytes::copy_from_slice(datagram))).is_ok());
+            if !sent {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -263,7 +463,7 @@ impl FogSocket {
         }
     }
 
-    fn try_send_aux(&self, id: AuxId, transmit: &Transmit) -> io::Result<()> {
+    fn try_send_aux(&self, id: AuxId, transmit: &Transmit, to: SocketAddr) -> io::Result<()> {
         let socket = self.aux.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|a| a.io.clone());
         let Some(socket) = socket else {
             // The extra socket is gone: its path is dead; drop like a loss.
@@ -271,7 +471,7 @@ impl FogSocket {
         };
         let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
         for datagram in transmit.contents.chunks(segment) {
-            match socket.try_send_to(datagram, transmit.destination) {
+            match socket.try_send_to(datagram, to) {
                 Ok(_) => {}
                 // quinn would wait for the node's socket, not this one, and
                 // retry at once: drop like a loss instead (QUIC recovers).
@@ -304,6 +504,10 @@ impl FogSocket {
         let mut kept = 0;
         for i in 0..count {
             let len = meta[i].len;
+            if self.is_relay_server(meta[i].addr) {
+                self.to_relay(&bufs[i][..len], meta[i].stride);
+                continue;
+            }
             let first = bufs[i].first().copied().unwrap_or(0);
             match classify(first, false) {
                 PacketKind::Quic => {
@@ -312,6 +516,7 @@ impl FogSocket {
                         front[kept][..len].copy_from_slice(&back[0][..len]);
                         meta[kept] = meta[i];
                     }
+                    meta[kept].addr = self.routes.presented(meta[kept].addr);
                     kept += 1;
                     self.counters.quic.fetch_add(1, Ordering::Relaxed);
                 }
@@ -335,6 +540,17 @@ impl FogSocket {
         }
         kept
     }
+
+    /// Hands the segments of a datagram batch from the relay to its
+    /// allocation.
+    fn to_relay(&self, batch: &[u8], stride: usize) {
+        let from_server = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.from_server.clone());
+        for segment in batch.chunks(stride.max(1)) {
+            let sent = from_server.as_ref().is_some_and(|tx| tx.try_send(Bytes::copy_from_slice(segment)).is_ok());
+            let counter = if sent { &self.counters.side } else { &self.counters.dropped };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl AsyncUdpSocket for FogSocket {
@@ -343,10 +559,21 @@ impl AsyncUdpSocket for FogSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if let Some(aux) = self.routes.get(&transmit.destination) {
-            return self.try_send_aux(aux, transmit);
+        match self.routes.get(&transmit.destination) {
+            Some(Route::Aux(aux)) => self.try_send_aux(aux, transmit, transmit.destination),
+            Some(Route::Moved { to, aux: Some(aux) }) => self.try_send_aux(aux, transmit, to),
+            Some(Route::Moved { to, aux: None }) => {
+                let moved = Transmit { destination: to, ..*transmit };
+                self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), &moved))
+            }
+            Some(Route::Relay { peer }) => {
+                self.send_relay(peer, transmit);
+                Ok(())
+            }
+            Some(Route::PeerRelay) | None => {
+                self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), transmit))
+            }
         }
-        self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), transmit))
     }
 
     fn poll_recv(
@@ -355,8 +582,9 @@ impl AsyncUdpSocket for FogSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        // QUIC from extra sockets first; polling registers the waker.
-        if let Ok(mut queue) = self.aux_quic_rx.try_lock()
+        // QUIC from extra sockets and the relay first; polling registers
+        // the waker.
+        if let Ok(mut queue) = self.injected_rx.try_lock()
             && let Poll::Ready(Some((addr, data))) = queue.poll_recv(cx)
             && let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut())
             && data.len() <= buf.len()

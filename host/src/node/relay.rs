@@ -1,0 +1,442 @@
+//! The node's TURN allocation: one allocation on the first relay that
+//! grants one, kept up (refreshed, re-made after a loss with backoff), over
+//! UDP from the node's own socket or over TCP/TLS for networks that block
+//! UDP. Its relayed address is offered to peers as a candidate, and the
+//! socket facade carries QUIC through it: peers that reach this node
+//! through the relay are given presented addresses of their own (see
+//! [`presented_relay_addr`]), so quinn sees them as ordinary remotes and a
+//! later move to a direct path is a QUIC path migration.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::nat::transaction::RetransmitPolicy;
+use crate::relay::client::{TurnClient, TurnConfig, TurnEvent};
+use crate::relay::url::{TurnTransport, TurnUrl};
+use crate::signal::protocol::RelayCredentials;
+use crate::transport::socket::{FogSocket, RelayPort, Route, presented_relay_addr};
+use fogconnect_proto::turn::tcp_frame_len;
+
+/// A TURN server a node may allocate on, with its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayServer {
+    /// Where and how to reach it.
+    pub url: TurnUrl,
+    /// User name (time-limited ones look like `<expiry>:<id>`).
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl RelayServer {
+    /// The relay described by credentials from signaling.
+    ///
+    /// # Errors
+    /// The URL is not a TURN URL.
+    pub fn from_credentials(credentials: &RelayCredentials) -> Result<Self, crate::relay::url::TurnUrlError> {
+        Ok(Self {
+            url: credentials.url.parse()?,
+            username: credentials.username.clone(),
+            password: credentials.password.clone(),
+        })
+    }
+}
+
+/// Where the node's allocation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayStatus {
+    /// No relay configured (yet).
+    Unconfigured,
+    /// Asking a relay for an allocation.
+    Allocating,
+    /// Peers reach this node at `relayed` through `url`.
+    Allocated {
+        /// The relay.
+        url: TurnUrl,
+        /// The relayed address (offered as a candidate).
+        relayed: SocketAddr,
+    },
+    /// The last attempt failed; another follows after a backoff.
+    Failed(String),
+}
+
+enum Command {
+    /// Let these IPs send to this node through the relay.
+    Permit(Vec<IpAddr>),
+    /// QUIC to `peer` goes through the allocation (this node cannot send
+    /// UDP itself), and the peer's answers are presented as from `peer`.
+    Dial(SocketAddr),
+    /// A path through the relay went silent: check the allocation still
+    /// exists.
+    Verify,
+}
+
+/// Allocation lifetime asked for, in seconds.
+const LIFETIME: u32 = 600;
+/// First wait after a failed allocation; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest wait for a TCP or TLS connection to a relay.
+const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Over a stream a request is sent once and its answer awaited this long.
+const STREAM_ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// Largest buffered partial message read from a TCP/TLS relay.
+const STREAM_BUFFER: usize = 128 * 1024;
+
+/// The node's handle on its allocation actor.
+pub(super) struct RelayAgent {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<RelayStatus>,
+}
+
+impl RelayAgent {
+    /// Starts the actor: it allocates on the first of `servers` that
+    /// grants one (the list may change, e.g. at re-registration) until
+    /// `shutdown`.
+    pub(super) fn start(
+        socket: Arc<FogSocket>,
+        servers: watch::Receiver<Vec<RelayServer>>,
+        ca_file: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (commands, commands_rx) = mpsc::channel(256);
+        let (status_tx, status) = watch::channel(RelayStatus::Unconfigured);
+        let actor = Actor { socket, servers, ca_file, commands: commands_rx, status: status_tx, shutdown };
+        tokio::spawn(actor.run());
+        Self { commands, status }
+    }
+
+    /// Where the allocation stands.
+    pub(super) fn status(&self) -> watch::Receiver<RelayStatus> {
+        self.status.clone()
+    }
+
+    /// The relayed address, when allocated.
+    pub(super) fn relayed(&self) -> Option<SocketAddr> {
+        match &*self.status.borrow() {
+            RelayStatus::Allocated { relayed, .. } => Some(*relayed),
+            _ => None,
+        }
+    }
+
+    /// Waits up to `limit` for the allocation to exist or fail.
+    pub(super) async fn settled(&self, limit: Duration) {
+        let mut status = self.status.clone();
+        let settled = status.wait_for(|s| matches!(s, RelayStatus::Allocated { .. } | RelayStatus::Failed(_)));
+        let _ = tokio::time::timeout(limit, settled).await;
+    }
+
+    /// The transport of the allocation, when allocated.
+    pub(super) fn transport(&self) -> Option<TurnTransport> {
+        match &*self.status.borrow() {
+            RelayStatus::Allocated { url, .. } => Some(url.transport),
+            _ => None,
+        }
+    }
+
+    /// Lets `ips` send to this node through the relay.
+    pub(super) fn permit(&self, ips: Vec<IpAddr>) {
+        if !ips.is_empty() {
+            let _ = self.commands.try_send(Command::Permit(ips));
+        }
+    }
+
+    /// Carries QUIC to `peer` through the allocation.
+    pub(super) async fn dial(&self, peer: SocketAddr) {
+        let _ = self.commands.send(Command::Dial(peer)).await;
+    }
+
+    /// Asks the relay whether the allocation still exists.
+    pub(super) fn verify(&self) {
+        let _ = self.commands.try_send(Command::Verify);
+    }
+}
+
+struct Actor {
+    socket: Arc<FogSocket>,
+    servers: watch::Receiver<Vec<RelayServer>>,
+    ca_file: Option<PathBuf>,
+    commands: mpsc::Receiver<Command>,
+    status: watch::Sender<RelayStatus>,
+    shutdown: CancellationToken,
+}
+
+/// A byte stream to a relay (TCP or TLS).
+trait RelayStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> RelayStream for T {}
+
+/// How the allocation's messages travel.
+enum Channel {
+    /// From the node's socket; the relay's datagrams come through the
+    /// facade.
+    Udp { server: SocketAddr },
+    /// A TCP or TLS connection.
+    Stream { stream: Box<dyn RelayStream>, buffer: Vec<u8> },
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let servers = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                servers = self.servers.wait_for(|s| !s.is_empty()) => match servers {
+                    Ok(servers) => servers.clone(),
+                    Err(_) => return,
+                },
+            };
+            let mut failures = Vec::new();
+            for server in &servers {
+                self.status.send_replace(RelayStatus::Allocating);
+                let started = Instant::now();
+                let reason = self.allocation(server).await;
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(url = %server.url, "relay allocation ended: {reason}");
+                // An allocation that lived a while earns a quick retry.
+                if started.elapsed() > BACKOFF_MAX {
+                    backoff = BACKOFF_INITIAL;
+                }
+                failures.push(format!("{}: {reason}", server.url));
+            }
+            self.status.send_replace(RelayStatus::Failed(failures.join("; ")));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+                // New credentials (re-registration): try them at once.
+                _ = self.servers.changed() => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Opens the channel to the relay.
+    async fn connect(&self, url: &TurnUrl) -> Result<(Channel, SocketAddr), String> {
+        let server = tokio::net::lookup_host(url.authority())
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", url.authority()))?
+            .find(|a| a.is_ipv4() == self.local_is_ipv4() || url.transport.is_stream())
+            .ok_or_else(|| format!("{} has no address of this node's family", url.host))?;
+        if url.transport == TurnTransport::Udp {
+            return Ok((Channel::Udp { server }, server));
+        }
+        let tcp = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server))
+            .await
+            .map_err(|_| format!("TCP connect to {server} timed out"))?
+            .map_err(|e| format!("TCP connect to {server}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn RelayStream> = if url.transport == TurnTransport::Tls {
+            let config = crate::transport::trust::client_config(self.ca_file.as_deref())?;
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| format!("{} is not a TLS server name: {e}", url.host))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let stream = tokio::time::timeout(STREAM_CONNECT_TIMEOUT, tls.connect(name, tcp))
+                .await
+                .map_err(|_| format!("TLS handshake with {server} timed out"))?
+                .map_err(|e| format!("TLS handshake with {server}: {e}"))?;
+            Box::new(stream)
+        } else {
+            Box::new(tcp)
+        };
+        Ok((Channel::Stream { stream, buffer: Vec::new() }, server))
+    }
+
+    fn local_is_ipv4(&self) -> bool {
+        use quinn::AsyncUdpSocket;
+        self.socket.local_addr().map_or(true, |a| a.is_ipv4())
+    }
+
+    /// Allocates on `server` and serves the allocation until it ends;
+    /// returns why it ended.
+    async fn allocation(&mut self, server: &RelayServer) -> String {
+        let (mut channel, addr) = match self.connect(&server.url).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let retransmit = if server.url.transport.is_stream() {
+            RetransmitPolicy { rto: STREAM_ANSWER_WAIT, max_sends: 1, last_wait: 1 }
+        } else {
+            RetransmitPolicy::DISCOVERY
+        };
+        let config = TurnConfig {
+            server: addr,
+            username: server.username.clone(),
+            password: server.password.clone(),
+            lifetime: LIFETIME,
+            retransmit,
+            transport: server.url.transport,
+        };
+        let port = self.socket.attach_relay(match channel {
+            Channel::Udp { server } => Some(server),
+            Channel::Stream { .. } => None,
+        });
+        let mut session = Session {
+            client: TurnClient::new(config, Instant::now()),
+            socket: self.socket.clone(),
+            url: server.url.clone(),
+            presented: HashMap::new(),
+            next_index: 0,
+        };
+        let reason = self.serve(&mut session, &mut channel, port).await;
+        self.socket.detach_relay();
+        reason
+    }
+
+    async fn serve(&mut self, session: &mut Session, channel: &mut Channel, mut port: RelayPort) -> String {
+        let mut read_buf = vec![0u8; 64 * 1024];
+        let over_socket = matches!(channel, Channel::Udp { .. });
+        loop {
+            if let Err(e) = session.flush(channel).await {
+                return e;
+            }
+            if let Some(reason) = session.events(&self.status) {
+                return reason;
+            }
+            let wake = session.client.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let now = Instant::now();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    session.client.close();
+                    let _ = session.flush(channel).await;
+                    return "node shutting down".into();
+                }
+                _ = tokio::time::sleep_until(wake.into()) => session.client.handle_timeout(Instant::now()),
+                command = self.commands.recv() => match command {
+                    Some(command) => session.command(command, now),
+                    None => return "node gone".into(),
+                },
+                outgoing = port.to_peers.recv() => match outgoing {
+                    Some((peer, data)) => session.send(peer, &data, now),
+                    None => return "socket gone".into(),
+                },
+                incoming = port.from_server.recv(), if over_socket => match incoming {
+                    Some(datagram) => session.client.handle_datagram(&datagram, now),
+                    None => return "socket gone".into(),
+                },
+                read = read_stream(channel, &mut read_buf) => match read {
+                    Ok(frames) => {
+                        for frame in frames {
+                            session.client.handle_datagram(&frame, Instant::now());
+                        }
+                    }
+                    Err(e) => return e,
+                },
+            }
+        }
+    }
+}
+
+/// Reads from a stream channel and splits whole messages off; pends
+/// forever for a UDP channel.
+async fn read_stream(channel: &mut Channel, read_buf: &mut [u8]) -> Result<Vec<Vec<u8>>, String> {
+    let Channel::Stream { stream, buffer } = channel else { return std::future::pending().await };
+    let n = stream.read(read_buf).await.map_err(|e| format!("relay connection failed: {e}"))?;
+    if n == 0 {
+        return Err("the relay closed the connection".into());
+    }
+    buffer.extend_from_slice(&read_buf[..n]);
+    let mut frames = Vec::new();
+    loop {
+        match tcp_frame_len(buffer) {
+            Ok(Some(len)) if len <= buffer.len() => frames.push(buffer.drain(..len).collect()),
+            Ok(_) if buffer.len() > STREAM_BUFFER => return Err("the relay sent an oversized message".into()),
+            Ok(_) => return Ok(frames),
+            Err(e) => return Err(format!("the relay sent garbage: {e}")),
+        }
+    }
+}
+
+/// One allocation's state besides the client core.
+struct Session {
+    client: TurnClient,
+    socket: Arc<FogSocket>,
+    url: TurnUrl,
+    /// Peer address as the relay sees it → the address quinn knows it by.
+    presented: HashMap<SocketAddr, SocketAddr>,
+    next_index: u32,
+}
+
+impl Session {
+    fn command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Permit(ips) => {
+                for ip in ips {
+                    self.client.permit(SocketAddr::new(ip, 0), now);
+                }
+            }
+            Command::Dial(peer) => {
+                self.presented.insert(peer, peer);
+                self.socket.set_route(peer, Route::Relay { peer });
+                if let Err(e) = self.client.bind_channel(peer, now) {
+                    tracing::debug!(%peer, "relay channel: {e}");
+                }
+            }
+            Command::Verify => self.client.refresh_now(now),
+        }
+    }
+
+    /// Wraps QUIC for `peer`: over a channel once bound (asked for on the
+    /// first datagram), as a Send indication until then.
+    fn send(&mut self, peer: SocketAddr, data: &[u8], now: Instant) {
+        if let Err(e) = self.client.bind_channel(peer, now) {
+            tracing::trace!(%peer, "relay channel: {e}");
+        }
+        if let Err(e) = self.client.send_to(peer, data) {
+            tracing::trace!(%peer, "relayed datagram dropped: {e}");
+        }
+    }
+
+    /// Handles the client's events; returns why the allocation ended, if
+    /// it did.
+    fn events(&mut self, status: &watch::Sender<RelayStatus>) -> Option<String> {
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                TurnEvent::Allocated { relayed, mapped } => {
+                    tracing::info!(url = %self.url, %relayed, ?mapped, "relay allocated");
+                    status.send_replace(RelayStatus::Allocated { url: self.url.clone(), relayed });
+                }
+                TurnEvent::Data { peer, data } => {
+                    let presented = match self.presented.get(&peer) {
+                        Some(&presented) => presented,
+                        None => {
+                            self.next_index = self.next_index.wrapping_add(1);
+                            let presented = presented_relay_addr(self.next_index, peer.port(), peer.is_ipv6());
+                            self.presented.insert(peer, presented);
+                            self.socket.set_route(presented, Route::Relay { peer });
+                            tracing::debug!(%peer, %presented, "peer reached this node through the relay");
+                            presented
+                        }
+                    };
+                    self.socket.deliver(presented, data.into());
+                }
+                TurnEvent::Failed(e) => return Some(e.to_string()),
+            }
+        }
+        None
+    }
+
+    /// Sends what the client queued.
+    async fn flush(&mut self, channel: &mut Channel) -> Result<(), String> {
+        while let Some(bytes) = self.client.poll_transmit() {
+            match channel {
+                Channel::Udp { server } => {
+                    if let Err(e) = self.socket.send_raw(&bytes, *server).await {
+                        tracing::debug!(server = %server, "send to relay failed: {e}");
+                    }
+                }
+                Channel::Stream { stream, .. } => {
+                    stream.write_all(&bytes).await.map_err(|e| format!("relay connection failed: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
