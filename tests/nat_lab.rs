@@ -232,3 +232,87 @@ fn devices_behind_one_nat_connect_over_the_lan() -> anyhow::Result<()> {
     ensure!(info.contains("at 10.0.1.3:7700: path LAN"), "{info}");
     Ok(())
 }
+
+/// The numbered messages `send --repeat` got back, in arrival order.
+fn numbered_replies(lines: &[String], message: &str) -> Vec<String> {
+    lines.iter().filter(|l| l.starts_with(&format!("{message} #"))).cloned().collect()
+}
+
+/// A pair that starts relayed (a firewall on A's router drops UDP between
+/// the two NATs) moves to a direct path when the rule is removed, while
+/// numbered messages keep flowing on the one connection: none lost, none
+/// duplicated, order kept, no close.
+#[test]
+fn relayed_connection_moves_to_direct_when_a_path_opens() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    lab.block_direct_path()?;
+    let url = lab.start_servers()?;
+    let fast = ["--punch-budget-ms", "1000", "--recheck-ms", "300"];
+    lab.start_echo_node("host-b", &url, &fast)?;
+    let count = 300;
+    let repeat = count.to_string();
+    let mut extra = vec!["--repeat", &repeat, "--interval-ms", "20"];
+    extra.extend(fast);
+    let args = lab.send_args(&url, &extra, &["numbered"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = lab.spawn("host-a", &args, &[])?;
+    let connected = client.wait_line("connected to", std::time::Duration::from_secs(20))?;
+    println!("{connected}");
+    ensure!(connected.contains("path relayed"), "expected a relayed start: {connected}");
+    client.wait_line("numbered #10", std::time::Duration::from_secs(10))?;
+    lab.unblock_direct_path()?;
+    let lines = client.rest(std::time::Duration::from_secs(60))?;
+    let status = lab.exit_status(client.pid)?;
+    ensure!(status.success(), "send failed: {:?}", client.error_lines());
+    let replies = numbered_replies(&lines, "numbered");
+    let expected: Vec<String> = (0..count).map(|i| format!("numbered #{i}")).collect();
+    ensure!(replies == expected, "replies lost, duplicated or out of order: {replies:?}");
+    let finished = lines.iter().find(|l| l.starts_with("finished:")).cloned().unwrap_or_default();
+    println!("{finished}");
+    ensure!(finished.contains("path direct WAN"), "the connection did not move to the direct path: {finished}");
+    Ok(())
+}
+
+/// The relay restarts under a relayed connection: the connection ends
+/// with a clear reason within the keep-alive bound (never hangs), the node
+/// behind the relay notices and allocates again, and a new connect goes
+/// through the restarted relay.
+#[test]
+fn relay_restart_ends_the_relayed_connection_clearly_and_nodes_allocate_again() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::Symmetric, NatKind::Symmetric)?;
+    let url = lab.start_servers()?;
+    // Peers silent for 4 × 250 ms are gone.
+    let fast = ["--keep-alive-ms", "250", "--keep-alive-attempts", "4"];
+    let mut node = lab.start_echo_node("host-b", &url, &fast)?;
+    let mut extra = vec!["--repeat", "100000", "--interval-ms", "20"];
+    extra.extend(fast);
+    let args = lab.send_args(&url, &extra, &["numbered"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = lab.spawn("host-a", &args, &[])?;
+    let connected = client.wait_line("connected to", std::time::Duration::from_secs(20))?;
+    ensure!(connected.contains("path relayed"), "expected a relayed connection: {connected}");
+    client.wait_line("numbered #10", std::time::Duration::from_secs(10))?;
+    lab.restart_relay()?;
+    let started = std::time::Instant::now();
+    // Bounded: the keep-alive gives up after one second; the rest is slack.
+    client.rest(std::time::Duration::from_secs(20))?;
+    let ended_after = started.elapsed();
+    let status = lab.exit_status(client.pid)?;
+    let errors = client.error_lines().join("\n");
+    println!("client ended after {ended_after:?}: {errors}");
+    ensure!(!status.success(), "the relayed connection survived a relay restart without a path");
+    ensure!(errors.contains("connection closed before a reply: timeout"), "unclear ending: {errors}");
+    // The node behind the relay allocates again on the new relay.
+    let again = node.wait_error_line("relay allocated", 2, std::time::Duration::from_secs(30))?;
+    println!("node: {again}");
+    ensure!(!again.contains("transport=tcp"), "the node should allocate over UDP again first: {again}");
+    let args = lab.send_args(&url, &[], &["after the restart"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.output("host-a", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("path relayed") && stdout.contains("\nafter the restart"), "{stdout}");
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::Running;
-use common::turn::{drive, free_port, start_coturn, start_fogconnect_relay};
+use common::turn::{drive, free_port, start_bare_fogconnect_relay, start_coturn, start_fogconnect_relay};
 use fogconnect::nat::transaction::RetransmitPolicy;
 use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
 use fogconnect::relay::url::TurnTransport;
@@ -153,5 +153,60 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         });
         ensure!(sent_and_received, "{what}: {summary:?}");
     }
+    Ok(())
+}
+
+/// `fogconnect relay` over real sockets, as a deployment runs it (time-
+/// limited credentials, one allocation per user, internal peers refused):
+/// expired credentials get 401, a second allocation of the same user gets
+/// 486, and a permission to relay to 127.0.0.1 gets 403 while the
+/// allocation goes on.
+#[tokio::test]
+async fn our_relay_refuses_expired_credentials_over_quota_and_loopback_peers() -> anyhow::Result<()> {
+    const SECRET: &str = "relay test secret 0123456789";
+    let port = free_port()?;
+    let options = ["--auth-secret", SECRET, "--max-allocations-per-user", "1"];
+    let _relay = start_bare_fogconnect_relay(port, &options)?;
+    let server: SocketAddr = ([127, 0, 0, 1], port).into();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let credentials = |expiry: u64| {
+        let username = format!("{expiry}:dev");
+        let password = fogconnect::relay::server::shared_secret_password(SECRET.as_bytes(), &username);
+        TurnConfig {
+            server,
+            username,
+            password,
+            lifetime: 600,
+            retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 5, last_wait: 4 },
+            transport: TurnTransport::Udp,
+        }
+    };
+    let mut events = Vec::new();
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut expired = TurnClient::new(credentials(now - 60), Instant::now());
+    let result = drive(&mut expired, &socket, server, &mut events, Duration::from_secs(5), |_, _| false).await;
+    let message = format!("{:#}", result.err().context("expired credentials must be refused")?);
+    ensure!(message.contains("401"), "{message}");
+
+    let mut valid = TurnClient::new(credentials(now + 600), Instant::now());
+    drive(&mut valid, &socket, server, &mut events, Duration::from_secs(5), |c, _| c.relayed().is_some()).await?;
+
+    let other = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut second = TurnClient::new(credentials(now + 600), Instant::now());
+    let result = drive(&mut second, &other, server, &mut events, Duration::from_secs(5), |_, _| false).await;
+    let message = format!("{:#}", result.err().context("the user's second allocation must be refused")?);
+    ensure!(message.contains("486") && message.contains("quota"), "{message}");
+
+    let loopback: SocketAddr = ([127, 0, 0, 1], 9).into();
+    valid.permit(loopback, Instant::now());
+    events.clear();
+    let refused = |_: &TurnClient, events: &mut Vec<TurnEvent>| {
+        events.iter().any(|e| matches!(e, TurnEvent::PeerRefused { peer, .. } if peer.ip() == loopback.ip()))
+    };
+    drive(&mut valid, &socket, server, &mut events, Duration::from_secs(5), refused).await?;
+    let refusal = format!("{events:?}");
+    ensure!(refusal.contains("403"), "{refusal}");
+    ensure!(!valid.is_permitted(loopback) && valid.relayed().is_some(), "the allocation must go on");
     Ok(())
 }

@@ -41,14 +41,25 @@ pub fn start_coturn(port: u16) -> anyhow::Result<Running> {
     Ok(Running(child))
 }
 
-/// The command line of `fogconnect relay` on `127.0.0.1:port` with
-/// `extra` options, loopback peers allowed.
+/// The options of the test relays: realm `fog.test`, user `dev:secret`,
+/// loopback peers allowed.
+const TEST_RELAY_OPTIONS: [&str; 5] = ["--realm", "fog.test", "--user", "dev:secret", "--allow-private-peers"];
+
+/// The command line of `fogconnect relay` on `127.0.0.1:port` with the
+/// test options and `extra` ones.
 fn relay_command(port: u16, extra: &[&str]) -> Command {
+    let mut command = bare_relay_command(port, &TEST_RELAY_OPTIONS);
+    command.args(extra);
+    command
+}
+
+/// The command line of `fogconnect relay` on `127.0.0.1:port` with only
+/// `options`.
+fn bare_relay_command(port: u16, options: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fogconnect"));
     command
-        .args(["relay", "--listen", &format!("127.0.0.1:{port}"), "--realm", "fog.test", "--user", "dev:secret"])
-        .arg("--allow-private-peers")
-        .args(extra)
+        .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+        .args(options)
         .env("RUST_LOG", "error")
         .stderr(Stdio::null());
     command
@@ -56,7 +67,17 @@ fn relay_command(port: u16, extra: &[&str]) -> Command {
 
 /// `fogconnect relay` (see [`relay_command`]); returns once it listens.
 pub fn start_fogconnect_relay(port: u16, extra: &[&str]) -> anyhow::Result<Running> {
-    let mut relay = Running(relay_command(port, extra).stdout(Stdio::piped()).spawn()?);
+    started(relay_command(port, extra))
+}
+
+/// `fogconnect relay` on `127.0.0.1:port` with only `options` (no test
+/// user, internal peers refused); returns once it listens.
+pub fn start_bare_fogconnect_relay(port: u16, options: &[&str]) -> anyhow::Result<Running> {
+    started(bare_relay_command(port, options))
+}
+
+fn started(mut command: Command) -> anyhow::Result<Running> {
+    let mut relay = Running(command.stdout(Stdio::piped()).spawn()?);
     let line = BufReader::new(relay.0.stdout.take().context("stdout")?).lines().next().context("no output")??;
     ensure!(line.starts_with("relay listening on 127.0.0.1:"), "{line}");
     Ok(relay)

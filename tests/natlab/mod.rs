@@ -193,15 +193,58 @@ pub struct Lab {
     children: Vec<Child>,
     kinds: (NatKind, NatKind),
     stun_started: bool,
+    relay_pid: Option<u32>,
 }
 
 /// A line-reading child process.
 pub struct Proc {
+    /// Its process id.
+    pub pid: u32,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    errors: mpsc::Receiver<String>,
+    seen_errors: Vec<String>,
 }
 
 impl Proc {
+    /// Collects stdout lines until the process closes its stdout (exits),
+    /// at most `limit`; returns every line seen, also earlier ones.
+    pub fn rest(&mut self, limit: Duration) -> anyhow::Result<Vec<String>> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(self.seen.clone()),
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!("still running after {limit:?}; got {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the `nth` (from 1) stderr line containing `needle`, at
+    /// most `limit`.
+    pub fn wait_error_line(&mut self, needle: &str, nth: usize, limit: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(line) = self.seen_errors.iter().filter(|l| l.contains(needle)).nth(nth.saturating_sub(1)) {
+                return Ok(line.clone());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.errors.recv_timeout(left) {
+                Ok(line) => self.seen_errors.push(line),
+                Err(_) => bail!("no stderr line #{nth} with {needle:?} within {limit:?}"),
+            }
+        }
+    }
+
+    /// The stderr lines received so far.
+    pub fn error_lines(&mut self) -> Vec<String> {
+        while let Ok(line) = self.errors.try_recv() {
+            self.seen_errors.push(line);
+        }
+        self.seen_errors.clone()
+    }
+
     /// Waits for a line starting with `prefix`, at most `limit`.
     pub fn wait_line(&mut self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
         let deadline = std::time::Instant::now() + limit;
@@ -228,7 +271,14 @@ impl Lab {
     /// a side B behind `b`.
     pub fn new(a: NatKind, b: NatKind) -> anyhow::Result<Self> {
         let prefix = format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
-        let mut lab = Lab { prefix, namespaces: Vec::new(), children: Vec::new(), kinds: (a, b), stun_started: false };
+        let mut lab = Lab {
+            prefix,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            kinds: (a, b),
+            stun_started: false,
+            relay_pid: None,
+        };
         lab.build().with_context(|| format!("building the NAT lab {} × {}", a.name(), b.name()))?;
         Ok(lab)
     }
@@ -335,14 +385,12 @@ impl Lab {
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("FOGCONNECT_LAB_LOG") {
-                // Debugging aid: children's logs appended to this file.
-                Some(path) => std::fs::OpenOptions::new().create(true).append(true).open(path)?.into(),
-                None => Stdio::null(),
-            })
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {program} {args:?} in {ns}"))?;
         let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let pid = child.id();
         self.children.push(child);
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -352,7 +400,68 @@ impl Lab {
                 }
             }
         });
-        Ok(Proc { lines, seen: Vec::new() })
+        // Debugging aid: children's logs also appended to this file.
+        let mut log = match std::env::var_os("FOGCONNECT_LAB_LOG") {
+            Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            None => None,
+        };
+        let (tx, errors) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(log) = &mut log {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                }
+                // Keep draining after the receiver is gone: the child must
+                // never block on a full pipe.
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Proc { pid, lines, seen: Vec::new(), errors, seen_errors: Vec::new() })
+    }
+
+    /// Kills the lab process `pid` and reaps it.
+    pub fn kill(&mut self, pid: u32) -> anyhow::Result<()> {
+        let index = self.children.iter().position(|c| c.id() == pid).context("no such lab process")?;
+        let mut child = self.children.remove(index);
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// The exit status of the lab process `pid`, which has closed its
+    /// stdout (see [`Proc::rest`]).
+    pub fn exit_status(&mut self, pid: u32) -> anyhow::Result<std::process::ExitStatus> {
+        let index = self.children.iter().position(|c| c.id() == pid).context("no such lab process")?;
+        let mut child = self.children.remove(index);
+        Ok(child.wait()?)
+    }
+
+    /// Drops UDP between the two NAT routers (a firewall on A's router):
+    /// no direct path, STUN and the relay still reachable.
+    pub fn block_direct_path(&self) -> anyhow::Result<()> {
+        let b = Side::B.wan_ip();
+        let rules = format!(
+            "table ip block {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    \
+             ip daddr {b} meta l4proto udp drop\n    ip saddr {b} meta l4proto udp drop\n  }}\n}}\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.ns("nat-a"), "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run nft")?;
+        use std::io::Write;
+        nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
+        let out = nft.wait_with_output()?;
+        ensure!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    /// Removes the rule of [`Lab::block_direct_path`].
+    pub fn unblock_direct_path(&self) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["netns", "exec", &self.ns("nat-a"), "nft", "delete", "table", "ip", "block"]))?;
+        Ok(())
     }
 
     /// Runs a command to completion in namespace `ns`.
@@ -389,7 +498,16 @@ impl Lab {
         let mut relay =
             self.spawn("srv", &["relay", "--listen", RELAY], &[("FOGCONNECT_TURN_SECRET", RELAY_SECRET)])?;
         relay.wait_line("relay listening", Duration::from_secs(10))?;
+        self.relay_pid = Some(relay.pid);
         Ok(relay)
+    }
+
+    /// Kills the lab's TURN relay and starts a new one on its address: all
+    /// allocations are lost.
+    pub fn restart_relay(&mut self) -> anyhow::Result<Proc> {
+        let pid = self.relay_pid.take().context("no relay running")?;
+        self.kill(pid)?;
+        self.start_relay()
     }
 
     /// Starts the STUN, relay and signaling servers in `srv` (signaling
@@ -499,19 +617,9 @@ impl Lab {
     /// connects to it by id from `from_ns` with `fogconnect send --info`.
     pub fn connect(&mut self, from_ns: &str, to_ns: &str, extra: &[&str]) -> anyhow::Result<PairRun> {
         let url = self.start_servers()?;
-        let (token_a, token_b) = (self.token("dev-a")?, self.token("dev-b")?);
-        let echo = format!("0={}", crate::common::plugin("echo").display());
-        let mut args = vec!["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", &url];
-        args.extend(["--token", &token_b, "--stun", STUN, "--plugin", &echo]);
-        args.extend(extra);
-        let mut node = self.spawn(to_ns, &args, &[])?;
-        node.wait_line("registered with", Duration::from_secs(15))?;
-        node.wait_line("nat:", Duration::from_secs(20))?;
-        node.wait_line("relay:", Duration::from_secs(20))?;
-        let mut args = vec!["send", "--peer", "dev-b", "--signal", &url, "--id", "dev-a", "--token", &token_a];
-        args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
-        args.extend(extra);
-        args.push("hello through the NATs");
+        self.start_echo_node(to_ns, &url, extra)?;
+        let args = self.send_args(&url, extra, &["hello through the NATs"])?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.output(from_ns, &args, &[])?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let mut lines = stdout.lines();
@@ -522,5 +630,32 @@ impl Lab {
         let probes = info.as_deref().and_then(|i| field(i, "probes "));
         let (a, b) = self.kinds;
         Ok(PairRun { a, b, info, reply, error, connect_ms, probes })
+    }
+
+    /// Starts node `dev-b` with the echo plugin on service 0 in `ns`,
+    /// registered at `url`, and waits until it is classified and has its
+    /// relay allocation; `extra` goes to its command line.
+    pub fn start_echo_node(&mut self, ns: &str, url: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        let token = self.token("dev-b")?;
+        let echo = format!("0={}", crate::common::plugin("echo").display());
+        let mut args = vec!["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", url];
+        args.extend(["--token", &token, "--stun", STUN, "--plugin", &echo]);
+        args.extend(extra);
+        let mut node = self.spawn(ns, &args, &[])?;
+        node.wait_line("registered with", Duration::from_secs(15))?;
+        node.wait_line("nat:", Duration::from_secs(20))?;
+        node.wait_line("relay:", Duration::from_secs(20))?;
+        Ok(node)
+    }
+
+    /// The command line of `fogconnect send --info` from `dev-a` to `dev-b`
+    /// through signaling at `url`, with `extra` options and `messages`.
+    pub fn send_args(&self, url: &str, extra: &[&str], messages: &[&str]) -> anyhow::Result<Vec<String>> {
+        let token = self.token("dev-a")?;
+        let mut args = vec!["send", "--peer", "dev-b", "--signal", url, "--id", "dev-a", "--token", &token];
+        args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
+        args.extend(extra);
+        args.extend(messages);
+        Ok(args.into_iter().map(String::from).collect())
     }
 }

@@ -98,6 +98,15 @@ pub struct CommonNodeArgs {
     /// Connect timeout, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     connect_timeout_ms: u64,
+    #[command(flatten)]
+    keep_alive: KeepAliveArgs,
+    #[command(flatten)]
+    traversal: TraversalArgs,
+}
+
+/// How quickly a silent peer is given up.
+#[derive(Debug, Args)]
+pub struct KeepAliveArgs {
     /// Keep-alive interval, in milliseconds (the original's time_inter_s).
     #[arg(long, default_value_t = 5_000, value_name = "MS")]
     keep_alive_ms: u64,
@@ -105,8 +114,14 @@ pub struct CommonNodeArgs {
     /// connections end with reason timeout (the original's max_attempt_num).
     #[arg(long, default_value_t = 6, value_name = "N")]
     keep_alive_attempts: u32,
-    #[command(flatten)]
-    traversal: TraversalArgs,
+}
+
+impl KeepAliveArgs {
+    /// Applies the options to a node configuration.
+    fn apply(&self, config: &mut NodeConfig) {
+        config.keep_alive_interval = Duration::from_millis(self.keep_alive_ms.max(1));
+        config.keep_alive_attempts = self.keep_alive_attempts.max(1);
+    }
 }
 
 /// NAT traversal options of every node-running command.
@@ -191,8 +206,7 @@ impl CommonNodeArgs {
             ..PluginLimits::default()
         };
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
-        config.keep_alive_interval = Duration::from_millis(self.keep_alive_ms.max(1));
-        config.keep_alive_attempts = self.keep_alive_attempts.max(1);
+        self.keep_alive.apply(&mut config);
         self.traversal.apply(&mut config)?;
         Ok(config)
     }

@@ -44,6 +44,15 @@ pub struct SendArgs {
     /// before the replies.
     #[arg(long)]
     info: bool,
+    /// Send each message this many times, numbered ("<message> #<i>"),
+    /// each after the previous reply.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: u32,
+    /// Pause between sends, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    interval_ms: u64,
+    #[command(flatten)]
+    keep_alive: super::KeepAliveArgs,
     #[command(flatten)]
     traversal: super::TraversalArgs,
     /// The messages; each is sent and its reply printed on its own line.
@@ -71,6 +80,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         _ => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
     let mut config = fogconnect::NodeConfig { listen: local, cache_dir: None, ..Default::default() };
+    args.keep_alive.apply(&mut config);
     args.traversal.apply(&mut config)?;
     let mut builder = Node::builder().config(config);
     if let (Some(url), Some(id), Some(token)) = (&args.signal, &args.id, &args.token) {
@@ -128,13 +138,30 @@ async fn exchange(node: &Node, args: &SendArgs, expected: Option<Fingerprint>) -
         println!("{line}");
     }
     let timeout = Duration::from_millis(args.reply_timeout_ms);
+    let numbered = args.repeat > 1;
     for message in &args.messages {
-        conn.send(message.clone().into_bytes()).context("send failed")?;
-        match tokio::time::timeout(timeout, conn.recv()).await {
-            Ok(ConnectionEvent::Message(reply)) => println!("{}", String::from_utf8_lossy(&reply)),
-            Ok(ConnectionEvent::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
-            Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
+        for i in 0..args.repeat {
+            if args.interval_ms > 0 && (i > 0 || numbered) {
+                tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+            }
+            let text = if numbered { format!("{message} #{i}") } else { message.clone() };
+            conn.send(text.into_bytes()).context("send failed")?;
+            match tokio::time::timeout(timeout, conn.recv()).await {
+                Ok(ConnectionEvent::Message(reply)) => println!("{}", String::from_utf8_lossy(&reply)),
+                Ok(ConnectionEvent::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
+                Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
+            }
         }
+    }
+    if args.info && numbered {
+        let stats = conn.stats();
+        println!(
+            "finished: path {}, rtt {:.2} ms, {} messages sent, {} received",
+            stats.path,
+            stats.rtt.as_secs_f64() * 1e3,
+            stats.messages_sent,
+            stats.messages_received
+        );
     }
     conn.close();
     Ok(())

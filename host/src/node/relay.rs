@@ -193,21 +193,27 @@ impl Actor {
                 },
             };
             let mut failures = Vec::new();
+            let mut lost = false;
             for server in &servers {
                 self.status.send_replace(RelayStatus::Allocating);
-                let started = Instant::now();
-                let reason = self.allocation(server).await;
+                let (reason, allocated) = self.allocation(server).await;
                 if self.shutdown.is_cancelled() {
                     return;
                 }
                 tracing::warn!(url = %server.url, "relay allocation ended: {reason}");
-                // An allocation that lived a while earns a quick retry.
-                if started.elapsed() > BACKOFF_MAX {
-                    backoff = BACKOFF_INITIAL;
-                }
                 failures.push(format!("{}: {reason}", server.url));
+                if allocated {
+                    // A lost allocation (e.g. the relay restarted): start
+                    // over with the preferred relay at once.
+                    lost = true;
+                    break;
+                }
             }
             self.status.send_replace(RelayStatus::Failed(failures.join("; ")));
+            if lost {
+                backoff = BACKOFF_INITIAL;
+                continue;
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -255,11 +261,11 @@ impl Actor {
     }
 
     /// Allocates on `server` and serves the allocation until it ends;
-    /// returns why it ended.
-    async fn allocation(&mut self, server: &RelayServer) -> String {
+    /// returns why it ended and whether an allocation existed.
+    async fn allocation(&mut self, server: &RelayServer) -> (String, bool) {
         let (mut channel, addr) = match self.connect(&server.url).await {
             Ok(c) => c,
-            Err(e) => return e,
+            Err(e) => return (e, false),
         };
         let retransmit = if server.url.transport.is_stream() {
             RetransmitPolicy { rto: STREAM_ANSWER_WAIT, max_sends: 1, last_wait: 1 }
@@ -284,10 +290,11 @@ impl Actor {
             url: server.url.clone(),
             presented: HashMap::new(),
             next_index: 0,
+            allocated: false,
         };
         let reason = self.serve(&mut session, &mut channel, port).await;
         self.socket.detach_relay();
-        reason
+        (reason, session.allocated)
     }
 
     async fn serve(&mut self, session: &mut Session, channel: &mut Channel, mut port: RelayPort) -> String {
@@ -362,6 +369,8 @@ struct Session {
     /// Peer address as the relay sees it → the address quinn knows it by.
     presented: HashMap<SocketAddr, SocketAddr>,
     next_index: u32,
+    /// Whether the relay granted the allocation.
+    allocated: bool,
 }
 
 impl Session {
@@ -401,6 +410,7 @@ impl Session {
             match event {
                 TurnEvent::Allocated { relayed, mapped } => {
                     tracing::info!(url = %self.url, %relayed, ?mapped, "relay allocated");
+                    self.allocated = true;
                     status.send_replace(RelayStatus::Allocated { url: self.url.clone(), relayed });
                 }
                 TurnEvent::Data { peer, data } => {
@@ -416,6 +426,9 @@ impl Session {
                         }
                     };
                     self.socket.deliver(presented, data.into());
+                }
+                TurnEvent::PeerRefused { peer, error } => {
+                    tracing::info!(url = %self.url, %peer, "relay refused a peer: {error}");
                 }
                 TurnEvent::Failed(e) => return Some(e.to_string()),
             }

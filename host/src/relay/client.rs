@@ -59,6 +59,14 @@ pub enum TurnEvent {
         /// The data.
         data: Vec<u8>,
     },
+    /// The server refused a permission or channel for `peer` (e.g. 403
+    /// for an internal address); the allocation goes on.
+    PeerRefused {
+        /// The peer (port 0 for a permission, which covers the IP).
+        peer: SocketAddr,
+        /// The server's answer.
+        error: RelayError,
+    },
     /// The allocation is gone or could not be made; the reason says why.
     Failed(RelayError),
 }
@@ -328,12 +336,14 @@ impl TurnClient {
                 Purpose::Allocate | Purpose::Refresh => self.fail(RelayError::Refused { code, reason }),
                 Purpose::Permission(ip) => {
                     self.permissions.remove(&ip);
-                    tracing::debug!(%ip, code, "TURN permission refused: {reason}");
+                    let error = RelayError::Refused { code, reason };
+                    self.events.push_back(TurnEvent::PeerRefused { peer: SocketAddr::new(ip, 0), error });
                 }
                 Purpose::Channel(peer, channel) => {
                     self.channels.remove(&peer);
                     self.by_channel.remove(&channel);
-                    tracing::debug!(%peer, code, "TURN channel refused: {reason}");
+                    let error = RelayError::Refused { code, reason };
+                    self.events.push_back(TurnEvent::PeerRefused { peer, error });
                 }
             },
             _ => {}
