@@ -424,9 +424,9 @@ impl Lab {
     pub fn kill(&mut self, pid: u32) -> anyhow::Result<()> {
         let index = self.children.iter().position(|c| c.id() == pid).context("no such lab process")?;
         let mut child = self.children.remove(index);
-        child.kill()?;
+        let killed = child.kill();
         child.wait()?;
-        Ok(())
+        Ok(killed?)
     }
 
     /// The exit status of the lab process `pid`, which has closed its
