@@ -316,3 +316,81 @@ fn relay_restart_ends_the_relayed_connection_clearly_and_nodes_allocate_again() 
     ensure!(stdout.contains("path relayed") && stdout.contains("\nafter the restart"), "{stdout}");
     Ok(())
 }
+
+/// Nodes can be given any TURN server instead of the ones signaling hands
+/// out: symmetric × symmetric through coturn (long-term credentials), and
+/// UDP blocked on both sides over TLS (`turns:`) to `fogconnect relay`
+/// with a certificate the nodes trust through `--relay-ca`.
+#[test]
+fn nodes_relay_through_coturn_and_over_tls() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let wait = std::time::Duration::from_secs(20);
+
+    let mut lab = Lab::new(NatKind::Symmetric, NatKind::Symmetric)?;
+    let url = lab.start_servers()?;
+    let coturn = [
+        "-n",
+        "--listening-ip",
+        "203.0.113.10",
+        "--relay-ip",
+        "203.0.113.10",
+        "--listening-port",
+        "3481",
+        "--lt-cred-mech",
+        "--user",
+        "dev:secret",
+        "--realm",
+        "fog.test",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file",
+        "stdout",
+        "--simple-log",
+    ];
+    let mut server = lab.spawn_program("srv", "turnserver", &coturn, &[])?;
+    server.wait_line("", std::time::Duration::from_secs(5))?;
+    let flags = ["--relay", "turn:203.0.113.10:3481", "--relay-user", "dev", "--relay-password", "secret"];
+    let mut node = lab.start_echo_node("host-b", &url, &flags)?;
+    // coturn may still have been starting: the node retries until it has
+    // its allocation.
+    let allocated = node.wait_error_line("relay allocated", 1, wait)?;
+    ensure!(allocated.contains("turn:203.0.113.10:3481"), "{allocated}");
+    let args = lab.send_args(&url, &flags, &["through coturn"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.output("host-a", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("coturn: {stdout}");
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("path relayed") && stdout.contains("\nthrough coturn"), "{stdout}");
+    drop(lab);
+
+    let mut lab = Lab::new(NatKind::UdpBlocked, NatKind::UdpBlocked)?;
+    let url = lab.start_servers()?;
+    let dir = tempfile::tempdir()?;
+    let certified = rcgen::generate_simple_self_signed(vec!["203.0.113.10".to_string()])?;
+    let (cert, key) = (dir.path().join("relay.pem"), dir.path().join("relay.key"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let relay = ["relay", "--listen", "203.0.113.10:3482", "--user", "dev:secret", "--tls-listen", "203.0.113.10:5349"];
+    let mut relay: Vec<&str> = relay.to_vec();
+    relay.extend(["--cert", &cert, "--key", &key]);
+    let mut tls_relay = lab.spawn("srv", &relay, &[])?;
+    let ready = tls_relay.wait_line("relay listening", wait)?;
+    ensure!(ready.contains("TLS on 203.0.113.10:5349"), "{ready}");
+    let flags = ["--relay", "turns:203.0.113.10", "--relay-user", "dev", "--relay-password", "secret"];
+    let mut flags = flags.to_vec();
+    flags.extend(["--relay-ca", &cert]);
+    let mut node = lab.start_echo_node("host-b", &url, &flags)?;
+    let allocated = node.wait_error_line("relay allocated", 1, wait)?;
+    ensure!(allocated.contains("turns:203.0.113.10:5349"), "{allocated}");
+    let args = lab.send_args(&url, &flags, &["over TLS"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.output("host-a", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("TLS: {stdout}");
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("path relayed") && stdout.contains("\nover TLS"), "{stdout}");
+    Ok(())
+}

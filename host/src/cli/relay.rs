@@ -2,10 +2,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fogconnect::relay::net::TurnServer;
+use fogconnect::relay::net::{TlsListen, TurnServer};
 use fogconnect::relay::server::TurnServerConfig;
 
 /// Arguments of `fogconnect relay`.
@@ -40,6 +41,16 @@ pub struct RelayArgs {
     /// Bytes per second relayed per allocation each way (0: unlimited).
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     bandwidth: u32,
+    /// Also serve TURN over TLS (turns:) on this address; needs --cert
+    /// and --key.
+    #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
+    tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for --tls-listen.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --tls-listen.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    key: Option<PathBuf>,
 }
 
 /// Runs the TURN server until Ctrl-C or SIGTERM.
@@ -65,8 +76,14 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         bandwidth_per_allocation: args.bandwidth,
         ..TurnServerConfig::default()
     };
-    let server = TurnServer::start(args.listen, relay_ip, config).await.context("cannot start the relay")?;
-    println!("relay listening on {} (UDP and TCP), relaying on {relay_ip}, realm {}", server.addr(), args.realm);
+    let tls = match (args.tls_listen, args.cert, args.key) {
+        (Some(listen), Some(cert), Some(key)) => Some(TlsListen { listen, cert, key }),
+        _ => None,
+    };
+    let server =
+        TurnServer::start_with_tls(args.listen, relay_ip, config, tls).await.context("cannot start the relay")?;
+    let tls = server.tls_addr().map(|addr| format!(", TLS on {addr}")).unwrap_or_default();
+    println!("relay listening on {} (UDP and TCP){tls}, relaying on {relay_ip}, realm {}", server.addr(), args.realm);
     super::node::wait_for_signal().await?;
     server.stop().await;
     Ok(())

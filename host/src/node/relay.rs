@@ -447,6 +447,8 @@ impl Session {
                 }
                 Channel::Stream { stream, .. } => {
                     stream.write_all(&bytes).await.map_err(|e| format!("relay connection failed: {e}"))?;
+                    // TLS holds written bytes until flushed.
+                    stream.flush().await.map_err(|e| format!("relay connection failed: {e}"))?;
                 }
             }
         }

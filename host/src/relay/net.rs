@@ -1,8 +1,9 @@
 //! The TURN server on the network: the tokio driver of
 //! [`TurnServerCore`](super::server::TurnServerCore). Clients come over UDP
-//! or TCP on the same port (TCP for networks that block UDP; an
-//! allocation ends with its connection); peers are relayed over UDP, one
-//! relay socket per allocation.
+//! or TCP on the same port (TCP for networks that block UDP), and over TLS
+//! on another port when given a certificate; an allocation over TCP or TLS
+//! ends with its connection. Peers are relayed over UDP, one relay socket
+//! per allocation.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -51,10 +52,25 @@ async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     }
 }
 
+/// Where and with which certificate to serve TURN over TLS.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// TCP address for TLS clients (5349 is the `turns:` default).
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+}
+
+/// Longest a TLS client may take for its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running TURN server.
 #[derive(Debug)]
 pub struct TurnServer {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -82,6 +98,21 @@ impl TurnServer {
     /// [`RelayError::Io`] when the socket cannot be bound or `relay_ip` is
     /// unspecified.
     pub async fn start(listen: SocketAddr, relay_ip: IpAddr, config: TurnServerConfig) -> Result<Self, RelayError> {
+        Self::start_with_tls(listen, relay_ip, config, None).await
+    }
+
+    /// Like [`TurnServer::start`], and with `tls` also serves TURN over TLS
+    /// (`turns:`) on its address.
+    ///
+    /// # Errors
+    /// As [`TurnServer::start`], and [`RelayError::Io`] when the TLS
+    /// address cannot be bound or the certificate or key cannot be used.
+    pub async fn start_with_tls(
+        listen: SocketAddr,
+        relay_ip: IpAddr,
+        config: TurnServerConfig,
+        tls: Option<TlsListen>,
+    ) -> Result<Self, RelayError> {
         if relay_ip.is_unspecified() {
             return Err(RelayError::Io(format!(
                 "relay address {relay_ip} is unspecified: give the IP peers reach the relay at"
@@ -96,18 +127,42 @@ impl TurnServer {
         let core = TurnServerCore::new(config, &nonce_secret);
         let stop = CancellationToken::new();
         let (tcp_tx, tcp_rx) = mpsc::channel(PEER_QUEUE);
-        let accept = tokio::spawn(accept_tcp(tcp, tcp_tx, stop.clone()));
+        let tls = match tls {
+            Some(tls) => {
+                let config = crate::transport::trust::server_config(&tls.cert, &tls.key).map_err(RelayError::Io)?;
+                let listener = TcpListener::bind(tls.listen)
+                    .await
+                    .map_err(|e| RelayError::Io(format!("cannot bind TLS {}: {e}", tls.listen)))?;
+                let tls_addr = listener.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
+                Some((listener, tokio_rustls::TlsAcceptor::from(Arc::new(config)), tls_addr))
+            }
+            None => None,
+        };
+        let tls_addr = tls.as_ref().map(|(_, _, addr)| *addr);
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accept = tokio::spawn(accept_tcp(tcp, None, tcp_tx.clone(), open.clone(), stop.clone()));
+        let accept_tls = tls.map(|(listener, acceptor, _)| {
+            tokio::spawn(accept_tcp(listener, Some(acceptor), tcp_tx, open, stop.clone()))
+        });
         let serving = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), tcp_rx));
         let task = tokio::spawn(async move {
             let _ = serving.await;
             accept.abort();
+            if let Some(accept_tls) = accept_tls {
+                accept_tls.abort();
+            }
         });
-        Ok(Self { addr, stop, task })
+        Ok(Self { addr, tls_addr, stop, task })
     }
 
     /// The listening address (UDP and TCP).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listening address, when serving TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Stops serving; every allocation ends.
@@ -235,9 +290,15 @@ async fn open_relay(
     Ok((addr, RelaySocket { io, reader }))
 }
 
-/// Accepts TCP clients until stopped.
-async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<TcpEvent>, stop: CancellationToken) {
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// Accepts TCP clients (TLS ones with `tls`) until stopped; `open`
+/// counts the connections of every listener.
+async fn accept_tcp(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    events: mpsc::Sender<TcpEvent>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -253,11 +314,22 @@ async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<TcpEvent>, stop:
             continue; // Dropping the stream closes it.
         }
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (events, open, stop) = (events.clone(), open.clone(), stop.clone());
+        let (events, open, stop, tls) = (events.clone(), open.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let serve = async {
+                match tls {
+                    None => stream_client(stream, addr, &events).await,
+                    Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => stream_client(stream, addr, &events).await,
+                        Ok(Err(e)) => tracing::debug!(%addr, "TURN TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%addr, "TURN TLS handshake timed out"),
+                    },
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = tcp_client(stream, addr, &events) => {}
+                _ = serve => {}
             }
             let _ = events.send(TcpEvent::Closed(addr)).await;
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -265,11 +337,13 @@ async fn accept_tcp(listener: TcpListener, events: mpsc::Sender<TcpEvent>, stop:
     }
 }
 
-/// Reads frames from one TCP client and writes the frames for it, until
-/// either side ends or the client sends something that is not TURN.
-async fn tcp_client(stream: TcpStream, addr: SocketAddr, events: &mpsc::Sender<TcpEvent>) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+/// Reads frames from one TCP or TLS client and writes the frames for it,
+/// until either side ends or the client sends something that is not TURN.
+async fn stream_client<S>(stream: S, addr: SocketAddr, events: &mpsc::Sender<TcpEvent>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
     if events.send(TcpEvent::Opened(addr, tx)).await.is_err() {
         return;
@@ -280,7 +354,8 @@ async fn tcp_client(stream: TcpStream, addr: SocketAddr, events: &mpsc::Sender<T
             if frame.first().is_some_and(|b| (0x40..=0x7F).contains(b)) {
                 frame.resize(frame.len().next_multiple_of(4), 0);
             }
-            if writer.write_all(&frame).await.is_err() {
+            // TLS holds written bytes until flushed.
+            if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
         }

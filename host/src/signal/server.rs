@@ -134,23 +134,7 @@ impl std::fmt::Debug for SignalServer {
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, SignalError> {
-    let tls_err = |what: &str, e: &dyn std::fmt::Display| SignalError::Tls(format!("{what}: {e}"));
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).map_err(|e| tls_err(&cert.display().to_string(), &e))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| tls_err("certificate", &e))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).map_err(|e| tls_err(&key.display().to_string(), &e))?,
-    ))
-    .map_err(|e| tls_err("private key", &e))?
-    .ok_or_else(|| SignalError::Tls("no private key in the key file".into()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("TLS", &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_err("certificate", &e))?;
+    let config = crate::transport::trust::server_config(cert, key).map_err(SignalError::Tls)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -1,7 +1,8 @@
 //! The server certificates a node trusts on TLS connections to its
 //! infrastructure (`wss://` signaling, `turns:` relays): the public web
 //! roots, plus the certificate authorities of an optional PEM file (a
-//! private CA or a self-signed server certificate).
+//! private CA or a self-signed server certificate); and the server side of
+//! such TLS from PEM files.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,4 +27,27 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// A rustls server configuration from a PEM certificate chain and private
+/// key (for `wss://` signaling and `turns:` relays).
+///
+/// # Errors
+/// A message naming the file when it cannot be read or used.
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let open = |path: &Path| {
+        std::fs::File::open(path).map(std::io::BufReader::new).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let certs = rustls_pemfile::certs(&mut open(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut open(key)?)
+        .map_err(|e| format!("private key {}: {e}", key.display()))?
+        .ok_or_else(|| format!("no private key in {}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))
 }
