@@ -1,6 +1,6 @@
-//! Time from connect to connection per NAT pair in the NAT lab (median and
-//! worst of several runs, as a ratio to the open × open pair measured in
-//! the same run), and the probes birthday probing uses between a
+//! Time from connect to connection per NAT pair in the NAT lab, direct or
+//! through the lab's relay (median and worst of several runs, as a ratio to
+//! the open × open pair measured in the same run), and the probes birthday probing uses between a
 //! port-restricted cone and a symmetric NAT.
 //!
 //! Needs root, `ip` and `nft` (`make bench-nat` installs them). Each run
@@ -37,18 +37,22 @@ fn main() -> anyhow::Result<()> {
     for a in NatKind::ALL {
         for b in NatKind::ALL {
             let mut times = Vec::new();
-            let mut outcome = String::from("direct");
+            let mut outcome = String::new();
             for _ in 0..runs {
                 let run: PairRun = natlab::connect_pair(a, b, &[])?;
-                match (run.direct(), run.connect_ms) {
-                    (true, Some(ms)) => times.push(ms),
-                    _ => {
-                        outcome = if run.error.as_deref().is_some_and(|e| e.contains("relay required")) {
-                            "relay required".into()
-                        } else {
-                            format!("failed: {:?}", run.error)
-                        };
-                    }
+                let path = if run.direct() {
+                    "direct"
+                } else if run.relayed() {
+                    "relayed"
+                } else {
+                    outcome = format!("failed: {:?}", run.error);
+                    continue;
+                };
+                times.extend(run.connect_ms);
+                if outcome.is_empty() {
+                    outcome = path.into();
+                } else if outcome != path && !outcome.starts_with("failed") {
+                    outcome = "direct/relayed".into();
                 }
             }
             times.sort_by(f64::total_cmp);

@@ -18,6 +18,39 @@ use crate::nat::{NatError, discovery};
 use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials, NatInfo, Offer};
 use crate::transport::socket::{AuxId, FogSocket, PacketKind, SideDatagram};
 
+/// The addresses and subnets of this host's interfaces.
+struct LocalSubnets(Option<Vec<if_addrs::Interface>>);
+
+impl LocalSubnets {
+    fn read() -> Self {
+        Self(if_addrs::get_if_addrs().ok())
+    }
+
+    /// Whether `ip` is on one of the subnets (true when the interfaces
+    /// could not be read: the checks then find out).
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use if_addrs::IfAddr;
+        use std::net::IpAddr;
+        let Some(interfaces) = &self.0 else { return true };
+        interfaces.iter().any(|interface| match (&interface.addr, ip) {
+            (IfAddr::V4(own), IpAddr::V4(ip)) => {
+                let mask = u32::from(own.netmask);
+                u32::from(own.ip) & mask == u32::from(ip) & mask
+            }
+            (IfAddr::V6(own), IpAddr::V6(ip)) => {
+                let mask = u128::from(own.netmask);
+                u128::from(own.ip) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// Whether `ip` is an address of this host.
+    fn is_own_address(&self, ip: std::net::IpAddr) -> bool {
+        self.0.as_ref().is_some_and(|interfaces| interfaces.iter().any(|interface| interface.ip() == ip))
+    }
+}
+
 /// Capacity of one check session's inbox, in datagrams.
 const SESSION_INBOX: usize = 1024;
 
@@ -54,8 +87,6 @@ pub(super) struct Traversal {
     nat: watch::Sender<NatState>,
     pending: Mutex<HashMap<TxId, oneshot::Sender<(Binding, SocketAddr)>>>,
     sessions: Mutex<HashMap<String, mpsc::Sender<SideDatagram>>>,
-    /// The public address the last offer carried.
-    public: Mutex<Option<SocketAddr>>,
 }
 
 /// Removes a check session's inbox when the session ends.
@@ -99,7 +130,6 @@ impl Traversal {
             nat: watch::channel(None).0,
             pending: Mutex::default(),
             sessions: Mutex::default(),
-            public: Mutex::default(),
         })
     }
 
@@ -235,7 +265,6 @@ impl Traversal {
         let blocked = self.nat.borrow().as_ref().is_some_and(|report| report.udp_blocked);
         // Behind a UDP block the server cannot answer: do not wait for it.
         let public = if blocked { None } else { self.public_addr().await };
-        *self.public.lock().unwrap_or_else(|p| p.into_inner()) = public;
         if let Some(public) = public
             && !candidates.iter().any(|c| c.addr == public)
         {
@@ -273,16 +302,17 @@ impl Traversal {
         // Relayed candidates are reached through the relay, never checked.
         let mut candidates: Vec<Candidate> =
             remote.candidates.iter().filter(|c| c.kind != CandidateKind::Relayed).cloned().collect();
-        // Without a WAN path only a LAN one can help, and only when both
-        // sides may be behind the same NAT: not when their public IPs
-        // differ. The relay then takes over at once.
-        let remote_public = remote.candidates.iter().find(|c| c.kind == CandidateKind::ServerReflexive);
-        let local_public = *self.public.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(plan, Plan::RelayRequired(_))
-            && let (Some(local), Some(remote)) = (local_public, remote_public)
-            && local.ip() != remote.addr.ip()
-        {
-            candidates.clear();
+        // Without a WAN path only a LAN one can help: the peer's addresses
+        // on this host's own subnets (loopback only when the peer runs on
+        // this host). Without any, the relay takes over at once.
+        if matches!(plan, Plan::RelayRequired(_)) {
+            let subnets = LocalSubnets::read();
+            let same_host =
+                candidates.iter().any(|c| !c.addr.ip().is_loopback() && subnets.is_own_address(c.addr.ip()));
+            candidates.retain(|c| {
+                c.kind == CandidateKind::Host
+                    && if c.addr.ip().is_loopback() { same_host } else { subnets.contains(c.addr.ip()) }
+            });
         }
         let mut agent = CheckAgent::new(
             self.config,
