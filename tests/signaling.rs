@@ -481,3 +481,45 @@ async fn a_full_server_refuses_more_clients() -> anyhow::Result<()> {
     first.ping(1).await?;
     Ok(())
 }
+
+/// A signaling server configured with a relay hands every node that
+/// registers time-limited credentials for it (coturn's use-auth-secret
+/// scheme), and the node allocates on the relay with them.
+#[tokio::test]
+async fn signaling_hands_out_relay_credentials_and_nodes_allocate_with_them() -> anyhow::Result<()> {
+    const RELAY_SECRET: &str = "signaling relay secret 0123456789";
+    let port = common::turn::free_port()?;
+    let _relay = common::turn::start_bare_fogconnect_relay(port, &["--auth-secret", RELAY_SECRET])?;
+    let url = format!("turn:127.0.0.1:{port}");
+    let mut config = SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec());
+    config.relays = Some(fogconnect::signal::server::RelayGrant {
+        urls: vec![url.clone()],
+        secret: RELAY_SECRET.as_bytes().to_vec(),
+        ttl: Duration::from_secs(3600),
+    });
+    let server = SignalServer::start(config).await?;
+    let signal_url = format!("ws://{}/ws", server.local_addr());
+    let node = node(&signal_url, "relayed-node", &[]).await?;
+
+    let granted = node.signal_relays();
+    ensure!(granted.len() == 1 && granted[0].url == url, "{granted:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let (expiry, id) = granted[0].username.split_once(':').context("user name <expiry>:<id>")?;
+    let expiry: u64 = expiry.parse()?;
+    ensure!(id == "relayed-node" && (now + 3500..=now + 3700).contains(&expiry), "{granted:?}");
+    ensure!(granted[0].expires == expiry, "{granted:?}");
+    let password = fogconnect::relay::server::shared_secret_password(RELAY_SECRET.as_bytes(), &granted[0].username);
+    ensure!(granted[0].password == password, "password not the HMAC of the user name");
+
+    let mut status = node.relay_status().context("a node with signaling has a relay agent")?;
+    let allocated =
+        tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s, fogconnect::RelayStatus::Allocated { .. })))
+            .await
+            .context("no allocation in time")??
+            .clone();
+    let fogconnect::RelayStatus::Allocated { relayed, .. } = allocated else { bail!("not allocated") };
+    ensure!(relayed.ip().is_loopback(), "{relayed}");
+    node.shutdown().await;
+    server.shutdown();
+    Ok(())
+}

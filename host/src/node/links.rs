@@ -290,8 +290,10 @@ async fn answer(
     {
         return;
     }
-    let meta =
-        ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote: quic.remote_address() };
+    // A peer reached through the relay is known to quinn by a presented
+    // address; the connection reports its real one.
+    let remote = inner.socket.peer_address(quic.remote_address());
+    let meta = ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;

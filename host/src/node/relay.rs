@@ -87,6 +87,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Over a stream a request is sent once and its answer awaited this long.
 const STREAM_ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// Peers remembered with their presented addresses before the ones
+/// whose links ended are forgotten.
+const MAX_PRESENTED: usize = 4096;
 /// Largest buffered partial message read from a TCP/TLS relay.
 const STREAM_BUFFER: usize = 128 * 1024;
 
@@ -414,17 +417,7 @@ impl Session {
                     status.send_replace(RelayStatus::Allocated { url: self.url.clone(), relayed });
                 }
                 TurnEvent::Data { peer, data } => {
-                    let presented = match self.presented.get(&peer) {
-                        Some(&presented) => presented,
-                        None => {
-                            self.next_index = self.next_index.wrapping_add(1);
-                            let presented = presented_relay_addr(self.next_index, peer.port(), peer.is_ipv6());
-                            self.presented.insert(peer, presented);
-                            self.socket.set_route(presented, Route::Relay { peer });
-                            tracing::debug!(%peer, %presented, "peer reached this node through the relay");
-                            presented
-                        }
-                    };
+                    let presented = self.presented_for(peer);
                     self.socket.deliver(presented, data.into());
                 }
                 TurnEvent::PeerRefused { peer, error } => {
@@ -434,6 +427,28 @@ impl Session {
             }
         }
         None
+    }
+
+    /// The address quinn knows `peer` by, named on its first datagram;
+    /// the facade route is made again if a link's end removed it.
+    fn presented_for(&mut self, peer: SocketAddr) -> SocketAddr {
+        if let Some(&presented) = self.presented.get(&peer) {
+            if presented != peer && self.socket.route_of(presented).is_none() {
+                self.socket.set_route(presented, Route::Relay { peer });
+            }
+            return presented;
+        }
+        if self.presented.len() >= MAX_PRESENTED {
+            // Forget the peers whose links ended.
+            let socket = self.socket.clone();
+            self.presented.retain(|_, presented| socket.route_of(*presented).is_some());
+        }
+        self.next_index = self.next_index.wrapping_add(1);
+        let presented = presented_relay_addr(self.next_index, peer.port(), peer.is_ipv6());
+        self.presented.insert(peer, presented);
+        self.socket.set_route(presented, Route::Relay { peer });
+        tracing::debug!(%peer, %presented, "peer reached this node through the relay");
+        presented
     }
 
     /// Sends what the client queued.

@@ -634,4 +634,55 @@ mod tests {
         };
         assert!(server.requests.len() <= 3, "bounded retries: {:?}", server.requests);
     }
+
+    #[test]
+    fn refused_permissions_are_reported_and_the_allocation_goes_on() {
+        let t0 = Instant::now();
+        let mut server = FakeServer { refuse: Some((CREATE_PERMMISSION.as_u16(), 403)), requests: Vec::new() };
+        let mut client = TurnClient::new(config(), t0);
+        exchange(&mut client, &mut server, t0);
+        assert!(matches!(client.poll_event(), Some(TurnEvent::Allocated { .. })));
+        let peer = a("127.0.0.1:9");
+        client.permit(peer, t0);
+        exchange(&mut client, &mut server, t0);
+        let Some(TurnEvent::PeerRefused { peer: refused, error }) = client.poll_event() else {
+            panic!("refusal expected")
+        };
+        assert_eq!(refused.ip(), peer.ip());
+        assert!(error.to_string().contains("403") && error.to_string().contains("forbidden"), "{error}");
+        assert!(!client.is_permitted(peer));
+        assert_eq!(client.relayed(), Some(a(RELAYED)));
+    }
+
+    #[test]
+    fn refresh_now_learns_that_the_server_lost_the_allocation() {
+        let t0 = Instant::now();
+        let mut server = FakeServer { refuse: None, requests: Vec::new() };
+        let mut client = TurnClient::new(config(), t0);
+        exchange(&mut client, &mut server, t0);
+        assert!(matches!(client.poll_event(), Some(TurnEvent::Allocated { .. })));
+        // A restarted server knows nothing of it.
+        server.refuse = Some((REFRESH.as_u16(), 437));
+        client.refresh_now(t0);
+        client.refresh_now(t0);
+        exchange(&mut client, &mut server, t0);
+        assert_eq!(server.requests.iter().filter(|&&m| m == REFRESH.as_u16()).count(), 1, "one refresh at a time");
+        let Some(TurnEvent::Failed(error)) = client.poll_event() else { panic!("failure expected") };
+        assert!(error.to_string().contains("437"), "{error}");
+    }
+
+    #[test]
+    fn over_a_stream_channel_data_is_padded() {
+        let t0 = Instant::now();
+        let mut server = FakeServer { refuse: None, requests: Vec::new() };
+        let mut client = TurnClient::new(TurnConfig { transport: TurnTransport::Tcp, ..config() }, t0);
+        exchange(&mut client, &mut server, t0);
+        let peer = a("203.0.113.50:7000");
+        client.bind_channel(peer, t0).expect("channel");
+        exchange(&mut client, &mut server, t0);
+        client.send_to(peer, b"abcde").expect("send");
+        let bytes = client.poll_transmit().expect("channel data");
+        assert_eq!(bytes.len(), 12, "4-byte header, 5 bytes, 3 bytes padding");
+        assert_eq!(u16::from_be_bytes([bytes[2], bytes[3]]), 5);
+    }
 }

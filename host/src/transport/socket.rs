@@ -354,6 +354,17 @@ impl FogSocket {
         self.routes.get(&remote)
     }
 
+    /// The address the datagrams quinn sends to `remote` reach: the peer's
+    /// address as the relay sees it for a presented address, the new
+    /// address of a moved path, else `remote` itself.
+    pub fn peer_address(&self, remote: SocketAddr) -> SocketAddr {
+        match self.routes.get(&remote) {
+            Some(Route::Relay { peer }) => peer,
+            Some(Route::Moved { to, .. }) => to,
+            _ => remote,
+        }
+    }
+
     /// Which way QUIC datagrams to `remote` travel now.
     pub fn path_kind(&self, remote: SocketAddr) -> PathKind {
         match self.routes.get(&remote) {
@@ -667,5 +678,108 @@ mod tests {
         assert_eq!(classify(191, true), PacketKind::Unknown);
         assert_eq!(classify(192, false), PacketKind::Quic);
         assert_eq!(classify(255, true), PacketKind::Quic);
+    }
+
+    #[test]
+    fn presented_relay_addresses_are_distinct_and_recognised() {
+        let a = presented_relay_addr(1, 5000, false);
+        let b = presented_relay_addr(2, 5000, false);
+        let c = presented_relay_addr(1, 5000, true);
+        assert_ne!(a, b);
+        assert!(is_presented_relay(a) && is_presented_relay(b) && is_presented_relay(c));
+        assert_eq!(a.port(), 5000);
+        for real in ["203.0.113.7:7700", "10.0.0.1:1", "255.255.255.255:1", "[2001:db8::1]:7700"] {
+            assert!(!is_presented_relay(real.parse().expect("addr")), "{real}");
+        }
+    }
+
+    async fn facade() -> (Arc<FogSocket>, SocketAddr) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let (facade, _side) = FogSocket::new(socket).expect("facade");
+        // quinn waits for writability before its first send; so do we.
+        facade.io.writable().await.expect("writable");
+        (facade, addr)
+    }
+
+    /// What quinn would receive next: (sender as quinn sees it, data).
+    async fn quinn_receives(facade: &FogSocket) -> (SocketAddr, Vec<u8>) {
+        let mut storage = vec![0u8; 2048];
+        let mut meta = [RecvMeta::default()];
+        let count = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| {
+                let mut bufs = [IoSliceMut::new(&mut storage)];
+                facade.poll_recv(cx, &mut bufs, &mut meta)
+            }),
+        )
+        .await
+        .expect("quinn got nothing")
+        .expect("recv");
+        assert_eq!(count, 1);
+        (meta[0].addr, storage[..meta[0].len].to_vec())
+    }
+
+    fn transmit(to: SocketAddr, contents: &[u8]) -> Transmit<'_> {
+        Transmit { destination: to, ecn: None, contents, segment_size: None, src_ip: None }
+    }
+
+    #[tokio::test]
+    async fn a_moved_path_is_hidden_from_quinn_both_ways() {
+        let (facade, facade_addr) = facade().await;
+        let direct = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let direct_addr = direct.local_addr().expect("addr");
+        let named: SocketAddr = "198.51.100.9:3478".parse().expect("addr");
+        facade.set_route(named, Route::Moved { to: direct_addr, aux: None });
+        assert_eq!(facade.peer_address(named), direct_addr);
+        assert_eq!(facade.path_kind(named), PathKind::Lan);
+
+        facade.try_send(&transmit(named, &[0x41, 1, 2, 3])).expect("send");
+        let mut buf = [0u8; 64];
+        let (len, from) = direct.recv_from(&mut buf).await.expect("recv");
+        assert_eq!((&buf[..len], from), (&[0x41, 1, 2, 3][..], facade_addr));
+
+        direct.send_to(&[0x42, 9], facade_addr).await.expect("send");
+        assert_eq!(quinn_receives(&facade).await, (named, vec![0x42, 9]));
+
+        facade.unroute(named);
+        direct.send_to(&[0x43], facade_addr).await.expect("send");
+        assert_eq!(quinn_receives(&facade).await, (direct_addr, vec![0x43]));
+    }
+
+    #[tokio::test]
+    async fn relayed_peers_go_through_the_allocation_under_presented_addresses() {
+        let (facade, facade_addr) = facade().await;
+        let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let relay_addr = relay.local_addr().expect("addr");
+        let mut port = facade.attach_relay(Some(relay_addr));
+        let peer: SocketAddr = "203.0.113.22:40000".parse().expect("addr");
+        let presented = presented_relay_addr(1, peer.port(), false);
+        facade.set_route(presented, Route::Relay { peer });
+        assert_eq!(facade.path_kind(presented), PathKind::Relayed);
+        assert_eq!(facade.peer_address(presented), peer);
+
+        // quinn's datagrams to the presented address go to the allocation.
+        facade.try_send(&transmit(presented, &[0x40, 7])).expect("send");
+        let (to, data) = port.to_peers.recv().await.expect("to peers");
+        assert_eq!((to, &data[..]), (peer, &[0x40, 7][..]));
+
+        // What the allocation delivers reaches quinn from the presented
+        // address.
+        facade.deliver(presented, Bytes::from_static(&[0x44, 1]));
+        assert_eq!(quinn_receives(&facade).await, (presented, vec![0x44, 1]));
+
+        // Everything the relay sends (here ChannelData, which looks like a
+        // QUIC short header) goes to the allocation, not to quinn.
+        relay.send_to(&[0x40, 0x00, 0x00, 0x02, 0x44, 2], facade_addr).await.expect("send");
+        let from_relay = tokio::select! {
+            received = port.from_server.recv() => received.expect("open"),
+            wrong = quinn_receives(&facade) => panic!("quinn got the relay's datagram: {wrong:?}"),
+        };
+        assert_eq!(&from_relay[..], &[0x40, 0x00, 0x00, 0x02, 0x44, 2]);
+
+        facade.detach_relay();
+        assert_eq!(facade.route_of(presented), None);
+        assert_eq!(facade.path_kind(presented), PathKind::Relayed);
     }
 }
