@@ -308,11 +308,7 @@ fn relay_restart_ends_the_relayed_connection_clearly_and_nodes_allocate_again() 
     let again = node.wait_error_line("relay allocated", 2, std::time::Duration::from_secs(30))?;
     println!("node: {again}");
     ensure!(!again.contains("transport=tcp"), "the node should allocate over UDP again first: {again}");
-    let args = lab.send_args(&url, &[], &["after the restart"])?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lab.output("host-a", &args, &[])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = lab.send_once(&url, &[], "after the restart")?;
     ensure!(stdout.contains("path relayed") && stdout.contains("\nafter the restart"), "{stdout}");
     Ok(())
 }
@@ -356,12 +352,8 @@ fn nodes_relay_through_coturn_and_over_tls() -> anyhow::Result<()> {
     // its allocation.
     let allocated = node.wait_error_line("relay allocated", 1, wait)?;
     ensure!(allocated.contains("turn:203.0.113.10:3481"), "{allocated}");
-    let args = lab.send_args(&url, &flags, &["through coturn"])?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lab.output("host-a", &args, &[])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = lab.send_once(&url, &flags, "through coturn")?;
     println!("coturn: {stdout}");
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ensure!(stdout.contains("path relayed") && stdout.contains("\nthrough coturn"), "{stdout}");
     drop(lab);
 
@@ -385,12 +377,8 @@ fn nodes_relay_through_coturn_and_over_tls() -> anyhow::Result<()> {
     let mut node = lab.start_echo_node("host-b", &url, &flags)?;
     let allocated = node.wait_error_line("relay allocated", 1, wait)?;
     ensure!(allocated.contains("turns:203.0.113.10:5349"), "{allocated}");
-    let args = lab.send_args(&url, &flags, &["over TLS"])?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lab.output("host-a", &args, &[])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = lab.send_once(&url, &flags, "over TLS")?;
     println!("TLS: {stdout}");
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ensure!(stdout.contains("path relayed") && stdout.contains("\nover TLS"), "{stdout}");
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The NAT lab: a simulated internet in network namespaces.
 //!
 //! Per lab: `inet` (a bridge on 203.0.113.0/24, TEST-NET-3), `srv` (the
-//! STUN server on 203.0.113.10 and .11, the signaling server), and per
+//! STUN server on 203.0.113.10 and .11, the TURN relay on
+//! 203.0.113.10:3480, the signaling server handing it out), and per
 //! side `nat-a`/`nat-b` (a router whose WAN is 203.0.113.21/.22) with
 //! `host-a`/`host-b` behind it: on 10.0.1.0/24 and 10.0.2.0/24 when the
 //! router translates, on 198.51.100.0/25 and 198.51.100.128/25 (TEST-NET-2)
@@ -173,6 +174,21 @@ pub fn ruleset(kind: NatKind, wan_ip: &str) -> String {
     )
 }
 
+/// Loads the nftables `rules` in namespace `ns`.
+fn nft(ns: &str, rules: &str) -> anyhow::Result<()> {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run nft (install nftables)")?;
+    use std::io::Write;
+    nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
+    let out = nft.wait_with_output()?;
+    ensure!(out.status.success(), "nft failed: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
     ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -328,17 +344,7 @@ impl Lab {
             ip(&["-n", &nat, "addr", "add", router_lan, "dev", "lan"])?;
             self.join_lan(side, &format!("host-{}", side.letter()), host_addr, gateway)?;
             Self::sysctl(&nat, "net.ipv4.ip_forward", "1")?;
-            let rules = ruleset(kind, side.wan_ip());
-            let mut nft = Command::new("ip")
-                .args(["netns", "exec", &nat, "nft", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("cannot run nft (install nftables)")?;
-            use std::io::Write;
-            nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
-            let out = nft.wait_with_output()?;
-            ensure!(out.status.success(), "nft failed: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
+            nft(&nat, &ruleset(kind, side.wan_ip()))?;
         }
         // Routes to the open sides' public host networks.
         let routes = [("198.51.100.0/25", Side::A.wan_ip()), ("198.51.100.128/25", Side::B.wan_ip())];
@@ -445,17 +451,7 @@ impl Lab {
             "table ip block {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    \
              ip daddr {b} meta l4proto udp drop\n    ip saddr {b} meta l4proto udp drop\n  }}\n}}\n"
         );
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", &self.ns("nat-a"), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run nft")?;
-        use std::io::Write;
-        nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
-        let out = nft.wait_with_output()?;
-        ensure!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
+        nft(&self.ns("nat-a"), &rules)
     }
 
     /// Removes the rule of [`Lab::block_direct_path`].
@@ -646,6 +642,17 @@ impl Lab {
         node.wait_line("nat:", Duration::from_secs(20))?;
         node.wait_line("relay:", Duration::from_secs(20))?;
         Ok(node)
+    }
+
+    /// Runs `fogconnect send --info` from `dev-a` in `host-a` to `dev-b`
+    /// through signaling at `url` with `extra` options and one `message`;
+    /// returns its output, or its error.
+    pub fn send_once(&self, url: &str, extra: &[&str], message: &str) -> anyhow::Result<String> {
+        let args = self.send_args(url, extra, &[message])?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.output("host-a", &args, &[])?;
+        ensure!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The command line of `fogconnect send --info` from `dev-a` to `dev-b`

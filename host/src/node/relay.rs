@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::nat::transaction::RetransmitPolicy;
@@ -68,8 +68,9 @@ pub enum RelayStatus {
 }
 
 enum Command {
-    /// Let these IPs send to this node through the relay.
-    Permit(Vec<IpAddr>),
+    /// Let these IPs send to this node through the relay; tell `done`
+    /// when the relay answered for all of them.
+    Permit(Vec<IpAddr>, Option<oneshot::Sender<()>>),
     /// QUIC to `peer` goes through the allocation (this node cannot send
     /// UDP itself), and the peer's answers are presented as from `peer`.
     Dial(SocketAddr),
@@ -147,7 +148,20 @@ impl RelayAgent {
     /// Lets `ips` send to this node through the relay.
     pub(super) fn permit(&self, ips: Vec<IpAddr>) {
         if !ips.is_empty() {
-            let _ = self.commands.try_send(Command::Permit(ips));
+            let _ = self.commands.try_send(Command::Permit(ips, None));
+        }
+    }
+
+    /// Lets `ips` send to this node through the relay and waits, at most
+    /// `limit`, until the relay has installed (or refused) the
+    /// permissions: a peer that sends at once is not dropped.
+    pub(super) async fn permit_now(&self, ips: Vec<IpAddr>, limit: Duration) {
+        if ips.is_empty() || self.relayed().is_none() {
+            return;
+        }
+        let (done, answered) = oneshot::channel();
+        if self.commands.try_send(Command::Permit(ips, Some(done))).is_ok() {
+            let _ = tokio::time::timeout(limit, answered).await;
         }
     }
 
@@ -294,6 +308,7 @@ impl Actor {
             presented: HashMap::new(),
             next_index: 0,
             allocated: false,
+            permit_waiters: Vec::new(),
         };
         let reason = self.serve(&mut session, &mut channel, port).await;
         self.socket.detach_relay();
@@ -310,6 +325,7 @@ impl Actor {
             if let Some(reason) = session.events(&self.status) {
                 return reason;
             }
+            session.answer_permit_waiters();
             let wake = session.client.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let now = Instant::now();
             tokio::select! {
@@ -374,14 +390,19 @@ struct Session {
     next_index: u32,
     /// Whether the relay granted the allocation.
     allocated: bool,
+    /// Who waits for permissions to be answered.
+    permit_waiters: Vec<(Vec<IpAddr>, oneshot::Sender<()>)>,
 }
 
 impl Session {
     fn command(&mut self, command: Command, now: Instant) {
         match command {
-            Command::Permit(ips) => {
-                for ip in ips {
+            Command::Permit(ips, done) => {
+                for &ip in &ips {
                     self.client.permit(SocketAddr::new(ip, 0), now);
+                }
+                if let Some(done) = done {
+                    self.permit_waiters.push((ips, done));
                 }
             }
             Command::Dial(peer) => {
@@ -404,6 +425,14 @@ impl Session {
         if let Err(e) = self.client.send_to(peer, data) {
             tracing::trace!(%peer, "relayed datagram dropped: {e}");
         }
+    }
+
+    /// Tells the waiters whose permissions the relay has answered.
+    fn answer_permit_waiters(&mut self) {
+        let client = &self.client;
+        self.permit_waiters
+            .retain(|(ips, _)| ips.iter().any(|&ip| client.is_permission_pending(SocketAddr::new(ip, 0))));
+        // Dropped senders wake their waiters.
     }
 
     /// Handles the client's events; returns why the allocation ended, if

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -11,6 +12,7 @@ use super::relay::RelayAgent;
 use super::traversal::{Session, TraversalReport};
 use super::{ConnectError, NodeInner, links};
 use crate::convention::Convention;
+use crate::nat::strategy::Plan;
 use crate::signal::SignalError;
 use crate::signal::client::IncomingRequest;
 use crate::signal::protocol::{Candidate, CandidateKind, MAX_CANDIDATES, Offer};
@@ -55,17 +57,26 @@ async fn offer(inner: &NodeInner, session: &Session) -> Offer {
     offer
 }
 
-/// Lets the peer behind `offer` reach this node through its relay: every
-/// public IP the peer may send from (its public host addresses, server-
-/// and peer-reflexive ones, its own relay's). Internal addresses are left
-/// out: relays refuse them.
-fn permit_through_relay(inner: &NodeInner, offer: &Offer) {
-    let Some(relay) = &inner.relay else { return };
+/// Most a connect answer waits for the relay to install the caller's
+/// permissions.
+const PERMIT_WAIT: Duration = Duration::from_millis(500);
+
+/// The public IPs the peer behind `offer` may send from (its public host
+/// addresses, server- and peer-reflexive ones, its own relay's); internal
+/// addresses are left out: relays refuse them.
+fn public_ips(offer: &Offer) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> =
         offer.candidates.iter().map(|c| c.addr.ip()).filter(|&ip| !crate::relay::server::is_internal(ip)).collect();
     ips.sort();
     ips.dedup();
-    relay.permit(ips);
+    ips
+}
+
+/// Lets the peer behind `offer` reach this node through its relay.
+fn permit_through_relay(inner: &NodeInner, offer: &Offer) {
+    if let Some(relay) = &inner.relay {
+        relay.permit(public_ips(offer));
+    }
 }
 
 fn remember(inner: &NodeInner, peer: &str, fingerprint: Fingerprint) {
@@ -109,7 +120,12 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     let mut session = inner.traversal.session();
     inner.traversal.prepare(&mut session, request.offer.nat.as_ref());
     let answer = offer(&inner, &session).await;
-    permit_through_relay(&inner, &request.offer);
+    match (&inner.relay, inner.traversal.plan(request.offer.nat.as_ref())) {
+        // The caller goes to the relay as soon as it has the answer: the
+        // permission must be there before its first packet.
+        (Some(relay), Plan::RelayRequired(_)) => relay.permit_now(public_ips(&request.offer), PERMIT_WAIT).await,
+        _ => permit_through_relay(&inner, &request.offer),
+    }
     signal.answer(&request, answer).await;
     let Some(remote_credentials) = request.offer.checks.clone() else { return };
     match inner.traversal.run_checks(session, &request.offer, remote_credentials, false).await {
@@ -182,7 +198,13 @@ pub(super) async fn open_by_id(
     let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
     if relayed {
         tracing::info!(%peer, relayed = %addr, "no direct path yet: connected through the relay");
-        tokio::spawn(direct_rechecks(inner.clone(), peer.to_string(), convention, addr, fingerprint));
+        if let Plan::RelayRequired(why) = inner.traversal.plan(answer.nat.as_ref()) {
+            // Both classifications rule a direct path out; they are made
+            // once, so checking again cannot change that.
+            tracing::debug!(%peer, "not rechecking for a direct path: relay required: {why}");
+        } else {
+            tokio::spawn(direct_rechecks(inner.clone(), peer.to_string(), convention, addr, fingerprint));
+        }
     }
     Ok((shared, report))
 }

@@ -242,7 +242,7 @@ impl Traversal {
     }
 
     /// The plan toward a peer behind `remote`.
-    fn plan(&self, remote: Option<&NatInfo>) -> Plan {
+    pub(super) fn plan(&self, remote: Option<&NatInfo>) -> Plan {
         let local = self.nat.borrow().as_ref().map(|report| report.info());
         strategy::plan(local.as_ref(), remote, self.config.birthday_sockets)
     }

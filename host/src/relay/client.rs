@@ -158,6 +158,12 @@ impl TurnClient {
         self.permissions.get(&peer.ip()).is_some_and(Option::is_some)
     }
 
+    /// Whether a permission for `peer`'s IP was asked for and the server
+    /// has not answered yet.
+    pub fn is_permission_pending(&self, peer: SocketAddr) -> bool {
+        self.state != State::Closed && self.permissions.get(&peer.ip()).is_some_and(Option::is_none)
+    }
+
     /// Whether the server confirmed a channel for `peer`.
     pub fn is_bound(&self, peer: SocketAddr) -> bool {
         self.channels.get(&peer).is_some_and(|(_, at)| at.is_some())
