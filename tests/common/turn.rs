@@ -83,14 +83,6 @@ fn started(mut command: Command) -> anyhow::Result<Running> {
     Ok(relay)
 }
 
-/// `fogconnect relay` (see [`relay_command`]) without waiting for it: its
-/// clients' retransmissions cover the start. The relay benchmark starts it
-/// this way: waiting for the ready line made the measured round trip
-/// 150 µs instead of 17 µs, for a reason not found yet.
-pub fn spawn_fogconnect_relay(port: u16, extra: &[&str]) -> anyhow::Result<Running> {
-    Ok(Running(relay_command(port, extra).stdout(Stdio::null()).spawn()?))
-}
-
 /// Drives `client` over `socket` until `done` holds or `limit` passes;
 /// events go to `events`, a failure is an error.
 pub async fn drive(
