@@ -523,3 +523,35 @@ async fn signaling_hands_out_relay_credentials_and_nodes_allocate_with_them() ->
     server.shutdown();
     Ok(())
 }
+
+/// Nodes ask for fresh relay credentials before theirs expire, over the
+/// same signaling session.
+#[tokio::test]
+async fn relay_credentials_are_renewed_before_they_expire() -> anyhow::Result<()> {
+    let mut config = SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec());
+    config.relays = Some(fogconnect::signal::server::RelayGrant {
+        urls: vec!["turn:127.0.0.1:3478".into()],
+        secret: b"renewal secret 0123456789".to_vec(),
+        ttl: Duration::from_secs(4),
+    });
+    let server = SignalServer::start(config).await?;
+    let client = fogconnect::signal::client::SignalClient::start(
+        fogconnect::signal::client::SignalClientConfig::new(
+            format!("ws://{}/ws", server.local_addr()),
+            "renewing",
+            token_for("renewing"),
+        ),
+        tokio::sync::mpsc::channel(1).0,
+    )?;
+    client.registered(WAIT).await?;
+    let mut relays = client.relays();
+    let first = relays.borrow_and_update().first().map(|r| r.expires).context("credentials at registration")?;
+    // Renewed at half of the 4 s: a later expiry, the session unchanged.
+    tokio::time::timeout(WAIT, relays.wait_for(|r| r.first().is_some_and(|r| r.expires > first)))
+        .await
+        .context("credentials not renewed")??;
+    ensure!(client.status() == fogconnect::signal::client::SignalStatus::Registered);
+    client.shutdown();
+    server.shutdown();
+    Ok(())
+}

@@ -230,6 +230,9 @@ pub enum ClientMessage {
         /// Human-readable reason.
         message: String,
     },
+    /// Ask for fresh relay credentials (before the ones from `registered`
+    /// expire); answered with `relays`.
+    Relays,
     /// Keep-alive; answered with `pong`.
     Ping {
         /// Echoed in the `pong`.
@@ -308,6 +311,12 @@ pub enum ServerMessage {
         code: u16,
         /// Reason.
         message: String,
+    },
+    /// Fresh relay credentials, the answer to `relays` (empty when the
+    /// server hands out none).
+    Relays {
+        /// The relays with credentials issued now.
+        relays: Vec<RelayCredentials>,
     },
     /// Answer to `ping`.
     Pong {
@@ -445,6 +454,7 @@ mod tests {
             ClientMessage::Connect { request_id: u64::MAX, to: "b".into(), convention: 0x11, offer: offer() },
             ClientMessage::Answer { request_id: 7, to: "a".into(), offer: offer() },
             ClientMessage::Reject { request_id: 7, to: "a".into(), code: 1, message: "no such service: 7".into() },
+            ClientMessage::Relays,
             ClientMessage::Ping { nonce: 3 },
         ];
         for m in all {
@@ -456,6 +466,9 @@ mod tests {
     fn server_messages_round_trip() {
         let all = vec![
             ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new() },
+            ServerMessage::Registered { id: "a".into(), version: 1, relays: vec![relay()] },
+            ServerMessage::Relays { relays: vec![relay()] },
+            ServerMessage::Relays { relays: Vec::new() },
             ServerMessage::Replaced { message: "x".into() },
             ServerMessage::error(ErrorCode::Unauthorized, "bad token", None),
             ServerMessage::error(ErrorCode::UnknownPeer, "b is offline", Some(9)),
@@ -471,6 +484,15 @@ mod tests {
         }
     }
 
+    fn relay() -> RelayCredentials {
+        RelayCredentials {
+            url: "turn:relay.example:3478?transport=tcp".into(),
+            username: "1795000000:a".into(),
+            password: "c2VjcmV0".into(),
+            expires: 1_795_000_000,
+        }
+    }
+
     #[test]
     fn golden_text() {
         assert_eq!(ClientMessage::Ping { nonce: 5 }.encode(), r#"{"type":"ping","nonce":5}"#);
@@ -479,6 +501,12 @@ mod tests {
             r#"{"type":"error","code":4,"message":"too big"}"#
         );
         assert_eq!(ClientMessage::List.encode(), r#"{"type":"list"}"#);
+        assert_eq!(ClientMessage::Relays.encode(), r#"{"type":"relays"}"#);
+        // Without relays, `registered` is what version 1 servers sent.
+        assert_eq!(
+            ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new() }.encode(),
+            r#"{"type":"registered","id":"a","version":1}"#
+        );
     }
 
     #[test]

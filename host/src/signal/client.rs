@@ -383,8 +383,22 @@ impl Actor {
         let mut ticker = tokio::time::interval(self.config.keep_alive_interval);
         ticker.tick().await;
         let mut unanswered = 0u32;
+        let mut renew_at = renewal_time(&self.relays.borrow());
         let result = loop {
+            let renew = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = renew => {
+                    // Asked again only if the answer does not come.
+                    renew_at = Some(tokio::time::Instant::now() + self.config.request_timeout);
+                    if let Err(e) = ws.send(Message::text(ClientMessage::Relays.encode())).await {
+                        break Err(SignalError::Unavailable(e.to_string()));
+                    }
+                }
                 _ = self.shutdown.cancelled() => {
                     let _ = ws.close(None).await;
                     break Ok(());
@@ -423,6 +437,11 @@ impl Actor {
                         Some(Ok(Message::Text(text))) => match ServerMessage::decode(text.as_str()) {
                             Ok(ServerMessage::Replaced { message }) => {
                                 break Err(SignalError::Unavailable(format!("replaced: {message}")));
+                            }
+                            Ok(ServerMessage::Relays { relays }) => {
+                                renew_at = renewal_time(&relays);
+                                tracing::debug!(relays = relays.len(), "relay credentials renewed");
+                                self.relays.send_replace(relays);
                             }
                             Ok(message) => self.dispatch(message, &mut pending).await,
                             Err(e) => tracing::warn!("ignoring malformed signaling message: {e}"),
@@ -472,7 +491,10 @@ impl Actor {
             ServerMessage::Presence { id, online } => {
                 let _ = self.presence.send(PresenceEvent { id, online });
             }
-            ServerMessage::Pong { .. } | ServerMessage::Registered { .. } | ServerMessage::Replaced { .. } => {}
+            ServerMessage::Pong { .. }
+            | ServerMessage::Registered { .. }
+            | ServerMessage::Replaced { .. }
+            | ServerMessage::Relays { .. } => {}
         }
     }
 }
@@ -481,6 +503,17 @@ impl Actor {
 fn tls_connector(config: &SignalClientConfig) -> Result<tokio_tungstenite::Connector, SignalError> {
     let tls = crate::transport::trust::client_config(config.ca_file.as_deref()).map_err(SignalError::Tls)?;
     Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(tls)))
+}
+
+/// When to ask for fresh relay credentials: when a fifth of the earliest
+/// one's validity is left, at least a minute before it expires, and never
+/// before half of it has passed; `None` without relays.
+fn renewal_time(relays: &[RelayCredentials]) -> Option<tokio::time::Instant> {
+    let expires = relays.iter().map(|r| r.expires).min()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let left = Duration::from_secs(expires.saturating_sub(now));
+    let wait = left.saturating_sub((left / 5).max(Duration::from_secs(60))).max(left / 2);
+    Some(tokio::time::Instant::now() + wait)
 }
 
 fn fail_command(command: Command, why: &str) {

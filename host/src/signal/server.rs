@@ -67,7 +67,8 @@ pub struct RelayGrant {
     /// The secret shared with the relays (`fogconnect relay
     /// --auth-secret`, coturn's `static-auth-secret`).
     pub secret: Vec<u8>,
-    /// How long issued credentials stay valid.
+    /// How long issued credentials stay valid; nodes ask for fresh ones
+    /// before they expire.
     pub ttl: Duration,
 }
 
@@ -389,6 +390,7 @@ impl ClientSession {
                 peers.sort();
                 Some(ServerMessage::Peers { peers })
             }
+            ClientMessage::Relays => Some(ServerMessage::Relays { relays: self.relay_credentials(&me) }),
             ClientMessage::Subscribe => {
                 if let Some(s) = self.sessions().get_mut(&me) {
                     s.subscribed = true;
@@ -450,8 +452,13 @@ impl ClientSession {
         drop(sessions);
         self.id = Some(id.clone());
         tracing::debug!(id, "registered");
-        let relays = self.shared.config.relays.as_ref().map(|g| g.credentials(&id, now_unix())).unwrap_or_default();
+        let relays = self.relay_credentials(&id);
         ServerMessage::Registered { id, version: PROTOCOL_VERSION, relays }
+    }
+
+    /// Credentials for `id` on the configured relays, issued now.
+    fn relay_credentials(&self, id: &str) -> Vec<RelayCredentials> {
+        self.shared.config.relays.as_ref().map(|g| g.credentials(id, now_unix())).unwrap_or_default()
     }
 
     fn forward(&self, to: &str, request_id: u64, message: ServerMessage) -> Option<ServerMessage> {
