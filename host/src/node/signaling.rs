@@ -195,7 +195,12 @@ pub(super) async fn open_by_id(
         }
         None => (race_candidates(inner, &answer.candidates, fingerprint).await?, None, false),
     };
-    let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
+    let opened = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await;
+    if relayed && opened.is_err() && inner.links.live_addr_of(fingerprint) != Some(addr) {
+        // No link came up through the relay: forget the route to it.
+        inner.socket.unroute(addr);
+    }
+    let shared = opened?;
     if relayed {
         tracing::info!(%peer, relayed = %addr, "no direct path yet: connected through the relay");
         if let Plan::RelayRequired(why) = inner.traversal.plan(answer.nat.as_ref()) {
