@@ -7,7 +7,8 @@
 //! - [`transport`]: socket facade, identity/TLS, framing, connection tasks.
 //! - [`runtime`]: the wasmtime plugin runtime and its supervisor.
 //! - [`nat`]: STUN, NAT classification, punching strategy and checks.
-//! - [`relay`]: TURN (relay) client.
+//! - [`relay`]: TURN (relay) client and server.
+//! - [`stream`]: stream plugins (watermark core so far).
 //! - [`node`]: the node that ties them together, and its Rust API.
 
 pub mod convention;
@@ -16,6 +17,7 @@ pub mod node;
 pub mod relay;
 pub mod runtime;
 pub mod signal;
+pub mod stream;
 pub mod transport;
 
 pub use convention::{Convention, ConventionError, Transport};
