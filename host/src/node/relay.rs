@@ -213,16 +213,17 @@ impl Actor {
             let mut lost = false;
             for server in &servers {
                 self.status.send_replace(RelayStatus::Allocating);
-                let (reason, allocated) = self.allocation(server).await;
+                let (reason, lived) = self.allocation(server).await;
                 if self.shutdown.is_cancelled() {
                     return;
                 }
                 tracing::warn!(url = %server.url, "relay allocation ended: {reason}");
                 failures.push(format!("{}: {reason}", server.url));
-                if allocated {
+                if let Some(lived) = lived {
                     // A lost allocation (e.g. the relay restarted): start
-                    // over with the preferred relay at once.
-                    lost = true;
+                    // over with the preferred relay, at once if it had
+                    // lived a while (one lost at once waits like a failure).
+                    lost = lived >= BACKOFF_MAX;
                     break;
                 }
             }
@@ -278,11 +279,12 @@ impl Actor {
     }
 
     /// Allocates on `server` and serves the allocation until it ends;
-    /// returns why it ended and whether an allocation existed.
-    async fn allocation(&mut self, server: &RelayServer) -> (String, bool) {
+    /// returns why it ended and, if the relay granted it, how long it
+    /// lived.
+    async fn allocation(&mut self, server: &RelayServer) -> (String, Option<Duration>) {
         let (mut channel, addr) = match self.connect(&server.url).await {
             Ok(c) => c,
-            Err(e) => return (e, false),
+            Err(e) => return (e, None),
         };
         let retransmit = if server.url.transport.is_stream() {
             RetransmitPolicy { rto: STREAM_ANSWER_WAIT, max_sends: 1, last_wait: 1 }
@@ -307,12 +309,12 @@ impl Actor {
             url: server.url.clone(),
             presented: HashMap::new(),
             next_index: 0,
-            allocated: false,
+            allocated_at: None,
             permit_waiters: Vec::new(),
         };
         let reason = self.serve(&mut session, &mut channel, port).await;
         self.socket.detach_relay();
-        (reason, session.allocated)
+        (reason, session.allocated_at.map(|at| at.elapsed()))
     }
 
     async fn serve(&mut self, session: &mut Session, channel: &mut Channel, mut port: RelayPort) -> String {
@@ -388,8 +390,8 @@ struct Session {
     /// Peer address as the relay sees it → the address quinn knows it by.
     presented: HashMap<SocketAddr, SocketAddr>,
     next_index: u32,
-    /// Whether the relay granted the allocation.
-    allocated: bool,
+    /// When the relay granted the allocation.
+    allocated_at: Option<Instant>,
     /// Who waits for permissions to be answered.
     permit_waiters: Vec<(Vec<IpAddr>, oneshot::Sender<()>)>,
 }
@@ -442,7 +444,7 @@ impl Session {
             match event {
                 TurnEvent::Allocated { relayed, mapped } => {
                     tracing::info!(url = %self.url, %relayed, ?mapped, "relay allocated");
-                    self.allocated = true;
+                    self.allocated_at = Some(Instant::now());
                     status.send_replace(RelayStatus::Allocated { url: self.url.clone(), relayed });
                 }
                 TurnEvent::Data { peer, data } => {
