@@ -347,14 +347,9 @@ fn nodes_relay_through_coturn_and_over_tls() -> anyhow::Result<()> {
     let mut server = lab.spawn_program("srv", "turnserver", &coturn, &[])?;
     server.wait_line("", std::time::Duration::from_secs(5))?;
     let flags = ["--relay", "turn:203.0.113.10:3481", "--relay-user", "dev", "--relay-password", "secret"];
-    let mut node = lab.start_echo_node("host-b", &url, &flags)?;
     // coturn may still have been starting: the node retries until it has
     // its allocation.
-    let allocated = node.wait_error_line("relay allocated", 1, wait)?;
-    ensure!(allocated.contains("turn:203.0.113.10:3481"), "{allocated}");
-    let stdout = lab.send_once(&url, &flags, "through coturn")?;
-    println!("coturn: {stdout}");
-    ensure!(stdout.contains("path relayed") && stdout.contains("\nthrough coturn"), "{stdout}");
+    connect_through(&mut lab, &url, &flags, "turn:203.0.113.10:3481", "through coturn")?;
     drop(lab);
 
     let mut lab = Lab::new(NatKind::UdpBlocked, NatKind::UdpBlocked)?;
@@ -374,11 +369,18 @@ fn nodes_relay_through_coturn_and_over_tls() -> anyhow::Result<()> {
     let flags = ["--relay", "turns:203.0.113.10", "--relay-user", "dev", "--relay-password", "secret"];
     let mut flags = flags.to_vec();
     flags.extend(["--relay-ca", &cert]);
-    let mut node = lab.start_echo_node("host-b", &url, &flags)?;
-    let allocated = node.wait_error_line("relay allocated", 1, wait)?;
-    ensure!(allocated.contains("turns:203.0.113.10:5349"), "{allocated}");
-    let stdout = lab.send_once(&url, &flags, "over TLS")?;
-    println!("TLS: {stdout}");
-    ensure!(stdout.contains("path relayed") && stdout.contains("\nover TLS"), "{stdout}");
+    connect_through(&mut lab, &url, &flags, "turns:203.0.113.10:5349", "over TLS")
+}
+
+/// Starts the echo node behind B with `flags`, waits for its allocation on
+/// `relay`, and connects from A with the same flags: the reply must come
+/// through the relay.
+fn connect_through(lab: &mut Lab, url: &str, flags: &[&str], relay: &str, message: &str) -> anyhow::Result<()> {
+    let mut node = lab.start_echo_node("host-b", url, flags)?;
+    let allocated = node.wait_error_line("relay allocated", 1, std::time::Duration::from_secs(20))?;
+    ensure!(allocated.contains(relay), "{allocated}");
+    let stdout = lab.send_once(url, flags, message)?;
+    println!("{relay}: {stdout}");
+    ensure!(stdout.contains("path relayed") && stdout.contains(&format!("\n{message}")), "{stdout}");
     Ok(())
 }
