@@ -274,20 +274,22 @@ fn relayed_connection_moves_to_direct_when_a_path_opens() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The relay restarts under a relayed connection: the connection ends
-/// with a clear reason within the keep-alive bound (never hangs), the node
-/// behind the relay notices and allocates again, and a new connect goes
-/// through the restarted relay.
+/// The relay restarts under a relayed connection while numbered messages
+/// flow: the node behind the relay allocates again, the caller notices its
+/// silent link, asks for the new relayed address and moves the link there;
+/// the connection goes on with none lost, none repeated, order kept.
 #[test]
-fn relay_restart_ends_the_relayed_connection_clearly_and_nodes_allocate_again() -> anyhow::Result<()> {
+fn a_relayed_connection_survives_a_relay_restart() -> anyhow::Result<()> {
     natlab::lab_available()?;
     let mut lab = Lab::new(NatKind::Symmetric, NatKind::Symmetric)?;
     let url = lab.start_servers()?;
-    // Peers silent for 4 × 250 ms are gone.
-    let fast = ["--keep-alive-ms", "250", "--keep-alive-attempts", "4"];
-    let mut node = lab.start_echo_node("host-b", &url, &fast)?;
-    let mut extra = vec!["--repeat", "100000", "--interval-ms", "20"];
-    extra.extend(fast);
+    // Peers silent for 8 × 500 ms are gone: the move must be quicker.
+    let keep_alive = ["--keep-alive-ms", "500", "--keep-alive-attempts", "8"];
+    let mut node = lab.start_echo_node("host-b", &url, &keep_alive)?;
+    let count = 300;
+    let repeat = count.to_string();
+    let mut extra = vec!["--repeat", &repeat, "--interval-ms", "20"];
+    extra.extend(keep_alive);
     let args = lab.send_args(&url, &extra, &["numbered"])?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut client = lab.spawn("host-a", &args, &[])?;
@@ -295,21 +297,19 @@ fn relay_restart_ends_the_relayed_connection_clearly_and_nodes_allocate_again() 
     ensure!(connected.contains("path relayed"), "expected a relayed connection: {connected}");
     client.wait_line("numbered #10", std::time::Duration::from_secs(10))?;
     lab.restart_relay()?;
-    let started = std::time::Instant::now();
-    // Bounded: the keep-alive gives up after one second; the rest is slack.
-    client.rest(std::time::Duration::from_secs(20))?;
-    let ended_after = started.elapsed();
+    let lines = client.rest(std::time::Duration::from_secs(60))?;
     let status = lab.exit_status(client.pid)?;
-    let errors = client.error_lines().join("\n");
-    println!("client ended after {ended_after:?}: {errors}");
-    ensure!(!status.success(), "the relayed connection survived a relay restart without a path");
-    ensure!(errors.contains("connection closed before a reply: timeout"), "unclear ending: {errors}");
-    // The node behind the relay allocates again on the new relay.
-    let again = node.wait_error_line("relay allocated", 2, std::time::Duration::from_secs(30))?;
+    ensure!(status.success(), "the connection did not survive: {:?}", client.error_lines());
+    let replies = numbered_replies(&lines, "numbered");
+    let expected: Vec<String> = (0..count).map(|i| format!("numbered #{i}")).collect();
+    ensure!(replies == expected, "replies lost, duplicated or out of order: {replies:?}");
+    let finished = lines.iter().find(|l| l.starts_with("finished:")).cloned().unwrap_or_default();
+    println!("{finished}");
+    ensure!(finished.contains("path relayed"), "{finished}");
+    // The node behind the relay allocated again, over UDP first.
+    let again = node.wait_error_line("relay allocated", 2, std::time::Duration::from_secs(10))?;
     println!("node: {again}");
     ensure!(!again.contains("transport=tcp"), "the node should allocate over UDP again first: {again}");
-    let stdout = lab.send_once(&url, &[], "after the restart")?;
-    ensure!(stdout.contains("path relayed") && stdout.contains("\nafter the restart"), "{stdout}");
     Ok(())
 }
 

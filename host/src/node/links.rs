@@ -61,6 +61,13 @@ impl Links {
         })
     }
 
+    /// The live link known at `addr`, if any (not while a dial holds it).
+    pub(super) fn connection_at(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).cloned()?;
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().filter(|conn| conn.close_reason().is_none()).cloned()
+    }
+
     fn slot(&self, addr: SocketAddr) -> LinkSlot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(addr).or_default().clone()

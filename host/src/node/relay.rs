@@ -71,12 +71,18 @@ enum Command {
     /// Let these IPs send to this node through the relay; tell `done`
     /// when the relay answered for all of them.
     Permit(Vec<IpAddr>, Option<oneshot::Sender<()>>),
-    /// QUIC to `peer` goes through the allocation (this node cannot send
-    /// UDP itself), and the peer's answers are presented as from `peer`.
-    Dial(SocketAddr),
-    /// A path through the relay went silent: check the allocation still
-    /// exists.
-    Verify,
+    /// QUIC quinn sends to `presented` goes to `peer` through the
+    /// allocation (this node cannot send UDP itself), and the peer's
+    /// answers are presented as from `presented`.
+    Dial {
+        /// The peer's address as the relay sees it.
+        peer: SocketAddr,
+        /// The address quinn knows the peer by.
+        presented: SocketAddr,
+    },
+    /// Check the allocation still exists (a path through the relay went
+    /// silent); tell `done` when the relay answered.
+    Verify(Option<oneshot::Sender<()>>),
 }
 
 /// Allocation lifetime asked for, in seconds.
@@ -84,6 +90,8 @@ const LIFETIME: u32 = 600;
 /// First wait after a failed allocation; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// An allocation lost after living this long is made again at once.
+const LIVED_FOR_QUICK_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait for a TCP or TLS connection to a relay.
 const STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Over a stream a request is sent once and its answer awaited this long.
@@ -165,14 +173,30 @@ impl RelayAgent {
         }
     }
 
-    /// Carries QUIC to `peer` through the allocation.
-    pub(super) async fn dial(&self, peer: SocketAddr) {
-        let _ = self.commands.send(Command::Dial(peer)).await;
+    /// Carries the QUIC quinn sends to `presented` to `peer` through the
+    /// allocation.
+    pub(super) async fn dial(&self, peer: SocketAddr, presented: SocketAddr) {
+        let _ = self.commands.send(Command::Dial { peer, presented }).await;
     }
 
     /// Asks the relay whether the allocation still exists.
     pub(super) fn verify(&self) {
-        let _ = self.commands.try_send(Command::Verify);
+        let _ = self.commands.try_send(Command::Verify(None));
+    }
+
+    /// Asks the relay whether the allocation still exists and waits, at
+    /// most `limit`, until it is confirmed, or made again after a loss.
+    pub(super) async fn verified(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        if self.relayed().is_some() {
+            let (done, answered) = oneshot::channel();
+            if self.commands.try_send(Command::Verify(Some(done))).is_ok() {
+                let _ = tokio::time::timeout_at(deadline, answered).await;
+            }
+        }
+        let mut status = self.status.clone();
+        let allocated = status.wait_for(|s| matches!(s, RelayStatus::Allocated { .. }));
+        let _ = tokio::time::timeout_at(deadline, allocated).await;
     }
 }
 
@@ -223,7 +247,7 @@ impl Actor {
                     // A lost allocation (e.g. the relay restarted): start
                     // over with the preferred relay, at once if it had
                     // lived a while (one lost at once waits like a failure).
-                    lost = lived >= BACKOFF_MAX;
+                    lost = lived >= LIVED_FOR_QUICK_RETRY;
                     break;
                 }
             }
@@ -311,6 +335,7 @@ impl Actor {
             next_index: 0,
             allocated_at: None,
             permit_waiters: Vec::new(),
+            verify_waiters: Vec::new(),
         };
         let reason = self.serve(&mut session, &mut channel, port).await;
         self.socket.detach_relay();
@@ -328,6 +353,7 @@ impl Actor {
                 return reason;
             }
             session.answer_permit_waiters();
+            session.answer_verify_waiters();
             let wake = session.client.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let now = Instant::now();
             tokio::select! {
@@ -394,6 +420,8 @@ struct Session {
     allocated_at: Option<Instant>,
     /// Who waits for permissions to be answered.
     permit_waiters: Vec<(Vec<IpAddr>, oneshot::Sender<()>)>,
+    /// Who waits for a verification of the allocation.
+    verify_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Session {
@@ -407,14 +435,19 @@ impl Session {
                     self.permit_waiters.push((ips, done));
                 }
             }
-            Command::Dial(peer) => {
-                self.presented.insert(peer, peer);
-                self.socket.set_route(peer, Route::Relay { peer });
+            Command::Dial { peer, presented } => {
+                self.presented.insert(peer, presented);
+                self.socket.set_route(presented, Route::Relay { peer });
                 if let Err(e) = self.client.bind_channel(peer, now) {
                     tracing::debug!(%peer, "relay channel: {e}");
                 }
             }
-            Command::Verify => self.client.refresh_now(now),
+            Command::Verify(done) => {
+                self.client.refresh_now(now);
+                if let Some(done) = done {
+                    self.verify_waiters.push(done);
+                }
+            }
         }
     }
 
@@ -426,6 +459,14 @@ impl Session {
         }
         if let Err(e) = self.client.send_to(peer, data) {
             tracing::trace!(%peer, "relayed datagram dropped: {e}");
+        }
+    }
+
+    /// Tells the waiters for a verification once the refresh is answered
+    /// (an allocation that fails drops them, which wakes them too).
+    fn answer_verify_waiters(&mut self) {
+        if !self.client.is_refresh_pending() {
+            self.verify_waiters.clear();
         }
     }
 

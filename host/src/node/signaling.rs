@@ -61,6 +61,10 @@ async fn offer(inner: &NodeInner, session: &Session) -> Offer {
 /// permissions.
 const PERMIT_WAIT: Duration = Duration::from_millis(500);
 
+/// Most a relay-required connect answer waits for the relay to confirm the
+/// allocation, or for a lost one to be made again.
+const VERIFY_WAIT: Duration = Duration::from_secs(3);
+
 /// The public IPs the peer behind `offer` may send from (its public host
 /// addresses, server- and peer-reflexive ones, its own relay's); internal
 /// addresses are left out: relays refuse them.
@@ -119,10 +123,18 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     remember(&inner, &request.from, fingerprint);
     let mut session = inner.traversal.session();
     inner.traversal.prepare(&mut session, request.offer.nat.as_ref());
+    let plan = inner.traversal.plan(request.offer.nat.as_ref());
+    if let (Some(relay), Plan::RelayRequired(_)) = (&inner.relay, &plan)
+        && relay.relayed().is_some()
+    {
+        relay.verified(VERIFY_WAIT).await;
+    }
     let answer = offer(&inner, &session).await;
-    match (&inner.relay, inner.traversal.plan(request.offer.nat.as_ref())) {
+    match (&inner.relay, plan) {
         // The caller goes to the relay as soon as it has the answer: the
-        // permission must be there before its first packet.
+        // allocation must still exist (a caller whose relayed link went
+        // silent asks again after a relay restart) and the permission be
+        // there before its first packet.
         (Some(relay), Plan::RelayRequired(_)) => relay.permit_now(public_ips(&request.offer), PERMIT_WAIT).await,
         _ => permit_through_relay(&inner, &request.offer),
     }
@@ -203,13 +215,11 @@ pub(super) async fn open_by_id(
     let shared = opened?;
     if relayed {
         tracing::info!(%peer, relayed = %addr, "no direct path yet: connected through the relay");
-        if let Plan::RelayRequired(why) = inner.traversal.plan(answer.nat.as_ref()) {
-            // Both classifications rule a direct path out; they are made
-            // once, so checking again cannot change that.
-            tracing::debug!(%peer, "not rechecking for a direct path: relay required: {why}");
-        } else {
-            tokio::spawn(direct_rechecks(inner.clone(), peer.to_string(), convention, addr, fingerprint));
-        }
+        // Both classifications may rule a direct path out; they are made
+        // once, so checking again cannot change that.
+        let recheck = !matches!(inner.traversal.plan(answer.nat.as_ref()), Plan::RelayRequired(_));
+        let link = RelayedLink { peer: peer.to_string(), convention, named: addr, target: addr, fingerprint, recheck };
+        tokio::spawn(supervise_relayed_link(inner.clone(), link));
     }
     Ok((shared, report))
 }
@@ -229,83 +239,170 @@ async fn relay_path(
             "{reason}; {peer} offers no relayed candidate (it has no TURN relay allocation)"
         )));
     };
+    route_through_relay(inner, target, target)
+        .await
+        .map_err(|why| ConnectError::NoPath(format!("{reason}; {why} to reach {peer}'s relay")))?;
+    Ok(target)
+}
+
+/// Sends the QUIC quinn addresses to `named` to the peer's relayed address
+/// `target`: from this node's socket, or through this node's own
+/// allocation when it cannot send UDP itself.
+async fn route_through_relay(inner: &Arc<NodeInner>, target: SocketAddr, named: SocketAddr) -> Result<(), String> {
     let udp_blocked = inner.traversal.nat().borrow().as_ref().is_some_and(|report| report.udp_blocked);
     let own = inner.relay.as_ref().filter(|relay| relay.relayed().is_some());
     let own_over_stream = own.and_then(RelayAgent::transport).is_some_and(|t| t.is_stream());
     if udp_blocked || own_over_stream {
-        let Some(own) = own else {
-            return Err(ConnectError::NoPath(format!(
-                "{reason}; UDP is blocked here and this node has no relay allocation to reach {peer}'s relay"
-            )));
-        };
-        own.dial(target).await;
+        let own = own.ok_or("UDP is blocked here and this node has no relay allocation")?;
+        own.dial(target, named).await;
+    } else if target == named {
+        inner.socket.set_route(named, Route::PeerRelay);
     } else {
-        inner.socket.set_route(target, Route::PeerRelay);
+        inner.socket.set_route(named, Route::Moved { to: target, aux: None, relayed: true });
     }
-    Ok(target)
+    Ok(())
 }
 
-/// While the link to `peer` runs through the relay at `relayed`, runs the
-/// connectivity checks again every [`super::NodeConfig::direct_recheck_interval`]
-/// (through signaling, as for a connect); when they find a direct pair,
-/// the link's packets move to it. The peer's QUIC sees a new client
-/// address and migrates (path validation); no connection notices.
-async fn direct_rechecks(
-    inner: Arc<NodeInner>,
+/// A link this node dialled through the peer's relay.
+struct RelayedLink {
     peer: String,
     convention: u32,
-    relayed: SocketAddr,
+    /// The address quinn knows the link by (the first relayed address).
+    named: SocketAddr,
+    /// The peer's relayed address the link's packets go to now.
+    target: SocketAddr,
     fingerprint: Fingerprint,
-) {
+    /// Whether to look for a direct path again.
+    recheck: bool,
+}
+
+/// Looks after a link this node dialled through the peer's relay, until it
+/// ends or moves to a direct path:
+/// - every keep-alive interval it checks that the link still receives;
+///   after two silent intervals (the relay restarted and lost the peer's
+///   allocation) it asks the peer through signaling for its relayed address
+///   again (the peer verifies and, if needed, remakes its allocation before
+///   answering) and sends the link's packets there: the peer's QUIC sees
+///   the new path and migrates, the connections go on;
+/// - every [`super::NodeConfig::direct_recheck_interval`] (unless both
+///   classifications rule it out) it runs the connectivity checks again;
+///   when they find a direct pair the link's packets move to it.
+async fn supervise_relayed_link(inner: Arc<NodeInner>, mut link: RelayedLink) {
     let Some(signal) = inner.signal.clone() else { return };
-    let interval = inner.config.direct_recheck_interval;
+    let tick = inner.config.keep_alive_interval;
+    let mut next_recheck = tokio::time::Instant::now() + inner.config.direct_recheck_interval;
+    let mut last_received = None;
+    let mut silent = 0u32;
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
-        let still_relayed = inner.links.live_addr_of(fingerprint) == Some(relayed)
-            && inner.socket.path_kind(relayed) == PathKind::Relayed;
-        if !still_relayed {
+        let Some(quic) = inner.links.connection_at(link.named) else { return };
+        if inner.socket.path_kind(link.named) != PathKind::Relayed {
             return;
         }
-        if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
+        let received = quic.stats().udp_rx.datagrams;
+        if last_received == Some(received) {
+            silent += 1;
+        } else {
+            (last_received, silent) = (Some(received), 0);
+        }
+        if silent >= 2 {
+            silent = 0;
+            if let Some(own) = &inner.relay {
+                // This node's own allocation may be gone too.
+                own.verify();
+            }
+            follow_the_peer_relay(&inner, &signal, &mut link).await;
             continue;
         }
-        let session = inner.traversal.session();
-        let request = offer(&inner, &session).await;
-        let answer = match signal.connect(&peer, convention, request).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::debug!(%peer, "direct path recheck not answered: {e}");
-                continue;
-            }
-        };
-        if answer.fingerprint != fingerprint.to_string() {
-            tracing::warn!(%peer, "direct path recheck answered with another certificate; stopping rechecks");
-            return;
-        }
-        let Some(remote_credentials) = answer.checks.clone() else { return };
-        let checks = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            checks = inner.traversal.run_checks(session, &answer, remote_credentials, true) => checks,
-        };
-        match checks {
-            Ok(report) => {
-                let direct = report.selected.remote;
-                let aux = match inner.socket.route_of(direct) {
-                    Some(Route::Aux(id)) => Some(id),
-                    _ => None,
-                };
-                inner.socket.set_route(relayed, Route::Moved { to: direct, aux });
-                if aux.is_some() {
-                    // The moved route keeps the extra socket open.
-                    inner.socket.unroute(direct);
-                }
-                tracing::info!(%peer, %relayed, %direct, plan = %report.plan, "link moved from the relay to a direct path");
+        if link.recheck && tokio::time::Instant::now() >= next_recheck {
+            next_recheck = tokio::time::Instant::now() + inner.config.direct_recheck_interval;
+            if try_direct_path(&inner, &signal, &link).await {
                 return;
             }
-            Err(reason) => tracing::debug!(%peer, "still no direct path: {reason}"),
+        }
+    }
+}
+
+/// Asks the peer for its offer (as a connect does) on the link's behalf.
+async fn ask_again(
+    inner: &Arc<NodeInner>,
+    signal: &crate::signal::client::SignalClient,
+    link: &RelayedLink,
+) -> Option<(Session, Offer)> {
+    if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
+        return None;
+    }
+    let session = inner.traversal.session();
+    let request = offer(inner, &session).await;
+    match signal.connect(&link.peer, link.convention, request).await {
+        Ok(answer) if answer.fingerprint == link.fingerprint.to_string() => Some((session, answer)),
+        Ok(_) => {
+            tracing::warn!(peer = %link.peer, "the peer answered with another certificate");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(peer = %link.peer, "no answer for the relayed link: {e}");
+            None
+        }
+    }
+}
+
+/// Moves a silent relayed link to the peer's current relayed address.
+async fn follow_the_peer_relay(
+    inner: &Arc<NodeInner>,
+    signal: &crate::signal::client::SignalClient,
+    link: &mut RelayedLink,
+) {
+    let Some((_session, answer)) = ask_again(inner, signal, link).await else { return };
+    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
+        tracing::info!(peer = %link.peer, "the peer has no relay allocation now; the link may end");
+        return;
+    };
+    if target == link.target && inner.socket.route_of(link.named).is_some() {
+        return;
+    }
+    match route_through_relay(inner, target, link.named).await {
+        Ok(()) => {
+            tracing::info!(peer = %link.peer, from = %link.target, to = %target, "relayed link follows the peer's new relay allocation");
+            link.target = target;
+        }
+        Err(why) => tracing::info!(peer = %link.peer, "cannot follow the peer's relay: {why}"),
+    }
+}
+
+/// Runs the checks again; moves the link to the direct pair they find.
+async fn try_direct_path(
+    inner: &Arc<NodeInner>,
+    signal: &crate::signal::client::SignalClient,
+    link: &RelayedLink,
+) -> bool {
+    let Some((session, answer)) = ask_again(inner, signal, link).await else { return false };
+    let Some(remote_credentials) = answer.checks.clone() else { return false };
+    let checks = tokio::select! {
+        _ = inner.shutdown.cancelled() => return true,
+        checks = inner.traversal.run_checks(session, &answer, remote_credentials, true) => checks,
+    };
+    match checks {
+        Ok(report) => {
+            let direct = report.selected.remote;
+            let aux = match inner.socket.route_of(direct) {
+                Some(Route::Aux(id)) => Some(id),
+                _ => None,
+            };
+            inner.socket.set_route(link.named, Route::Moved { to: direct, aux, relayed: false });
+            if aux.is_some() {
+                // The moved route keeps the extra socket open.
+                inner.socket.unroute(direct);
+            }
+            tracing::info!(peer = %link.peer, relayed = %link.named, %direct, plan = %report.plan, "link moved from the relay to a direct path");
+            true
+        }
+        Err(reason) => {
+            tracing::debug!(peer = %link.peer, "still no direct path: {reason}");
+            false
         }
     }
 }

@@ -164,6 +164,11 @@ impl TurnClient {
         self.state != State::Closed && self.permissions.get(&peer.ip()).is_some_and(Option::is_none)
     }
 
+    /// Whether a refresh of the allocation is waiting for its answer.
+    pub fn is_refresh_pending(&self) -> bool {
+        self.pending.values().any(|(_, purpose, _)| *purpose == Purpose::Refresh)
+    }
+
     /// Whether the server confirmed a channel for `peer`.
     pub fn is_bound(&self, peer: SocketAddr) -> bool {
         self.channels.get(&peer).is_some_and(|(_, at)| at.is_some())

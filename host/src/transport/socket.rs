@@ -111,14 +111,16 @@ pub enum Route {
     /// relayed).
     PeerRelay,
     /// To another address than quinn names, from the node's socket or an
-    /// extra one: the path moved under a QUIC connection (relay to direct),
-    /// and datagrams from `to` are presented to quinn as from the named
-    /// address.
+    /// extra one: the path moved under a QUIC connection (relay to direct,
+    /// or to the peer's new relayed address), and datagrams from `to` are
+    /// presented to quinn as from the named address.
     Moved {
         /// Where the datagrams go now.
         to: SocketAddr,
         /// The extra socket they leave from, if any.
         aux: Option<AuxId>,
+        /// Whether `to` is a relayed address of the peer's allocation.
+        relayed: bool,
     },
 }
 
@@ -369,6 +371,7 @@ impl FogSocket {
     pub fn path_kind(&self, remote: SocketAddr) -> PathKind {
         match self.routes.get(&remote) {
             Some(Route::Relay { .. } | Route::PeerRelay) => PathKind::Relayed,
+            Some(Route::Moved { relayed: true, .. }) => PathKind::Relayed,
             Some(Route::Moved { to, .. }) => path_of(to),
             _ if is_presented_relay(remote) => PathKind::Relayed,
             _ => path_of(remote),
@@ -572,8 +575,8 @@ impl AsyncUdpSocket for FogSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         match self.routes.get(&transmit.destination) {
             Some(Route::Aux(aux)) => self.try_send_aux(aux, transmit, transmit.destination),
-            Some(Route::Moved { to, aux: Some(aux) }) => self.try_send_aux(aux, transmit, to),
-            Some(Route::Moved { to, aux: None }) => {
+            Some(Route::Moved { to, aux: Some(aux), .. }) => self.try_send_aux(aux, transmit, to),
+            Some(Route::Moved { to, aux: None, .. }) => {
                 let moved = Transmit { destination: to, ..*transmit };
                 self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), &moved))
             }
@@ -730,7 +733,7 @@ mod tests {
         let direct = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let direct_addr = direct.local_addr().expect("addr");
         let named: SocketAddr = "198.51.100.9:3478".parse().expect("addr");
-        facade.set_route(named, Route::Moved { to: direct_addr, aux: None });
+        facade.set_route(named, Route::Moved { to: direct_addr, aux: None, relayed: false });
         assert_eq!(facade.peer_address(named), direct_addr);
         assert_eq!(facade.path_kind(named), PathKind::Lan);
 
