@@ -233,9 +233,37 @@ fn devices_behind_one_nat_connect_over_the_lan() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The numbered messages `send --repeat` got back, in arrival order.
-fn numbered_replies(lines: &[String], message: &str) -> Vec<String> {
-    lines.iter().filter(|l| l.starts_with(&format!("{message} #"))).cloned().collect()
+/// Sends 300 numbered messages from A to B's echo plugin over a
+/// connection that starts relayed, runs `event` after the tenth reply, and
+/// checks every reply came back once and in order on the one connection;
+/// returns the client's `finished:` line (the path at the end).
+fn numbered_messages_across(
+    lab: &mut Lab,
+    url: &str,
+    options: &[&str],
+    event: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let count = 300;
+    let repeat = count.to_string();
+    let mut extra = vec!["--repeat", &repeat, "--interval-ms", "20"];
+    extra.extend(options);
+    let args = lab.send_args(url, &extra, &["numbered"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = lab.spawn("host-a", &args, &[])?;
+    let connected = client.wait_line("connected to", std::time::Duration::from_secs(20))?;
+    println!("{connected}");
+    ensure!(connected.contains("path relayed"), "expected a relayed start: {connected}");
+    client.wait_line("numbered #10", std::time::Duration::from_secs(10))?;
+    event(lab)?;
+    let lines = client.rest(std::time::Duration::from_secs(60))?;
+    let status = lab.exit_status(client.pid)?;
+    ensure!(status.success(), "the connection did not go on: {:?}", client.error_lines());
+    let replies: Vec<&String> = lines.iter().filter(|l| l.starts_with("numbered #")).collect();
+    let expected: Vec<String> = (0..count).map(|i| format!("numbered #{i}")).collect();
+    ensure!(replies.iter().copied().eq(expected.iter()), "replies lost, duplicated or out of order: {replies:?}");
+    let finished = lines.iter().find(|l| l.starts_with("finished:")).cloned().unwrap_or_default();
+    println!("{finished}");
+    Ok(finished)
 }
 
 /// A pair that starts relayed (a firewall on A's router drops UDP between
@@ -250,26 +278,7 @@ fn relayed_connection_moves_to_direct_when_a_path_opens() -> anyhow::Result<()> 
     let url = lab.start_servers()?;
     let fast = ["--punch-budget-ms", "1000", "--recheck-ms", "300"];
     lab.start_echo_node("host-b", &url, &fast)?;
-    let count = 300;
-    let repeat = count.to_string();
-    let mut extra = vec!["--repeat", &repeat, "--interval-ms", "20"];
-    extra.extend(fast);
-    let args = lab.send_args(&url, &extra, &["numbered"])?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut client = lab.spawn("host-a", &args, &[])?;
-    let connected = client.wait_line("connected to", std::time::Duration::from_secs(20))?;
-    println!("{connected}");
-    ensure!(connected.contains("path relayed"), "expected a relayed start: {connected}");
-    client.wait_line("numbered #10", std::time::Duration::from_secs(10))?;
-    lab.unblock_direct_path()?;
-    let lines = client.rest(std::time::Duration::from_secs(60))?;
-    let status = lab.exit_status(client.pid)?;
-    ensure!(status.success(), "send failed: {:?}", client.error_lines());
-    let replies = numbered_replies(&lines, "numbered");
-    let expected: Vec<String> = (0..count).map(|i| format!("numbered #{i}")).collect();
-    ensure!(replies == expected, "replies lost, duplicated or out of order: {replies:?}");
-    let finished = lines.iter().find(|l| l.starts_with("finished:")).cloned().unwrap_or_default();
-    println!("{finished}");
+    let finished = numbered_messages_across(&mut lab, &url, &fast, |lab| lab.unblock_direct_path())?;
     ensure!(finished.contains("path direct WAN"), "the connection did not move to the direct path: {finished}");
     Ok(())
 }
@@ -286,25 +295,7 @@ fn a_relayed_connection_survives_a_relay_restart() -> anyhow::Result<()> {
     // Peers silent for 8 × 500 ms are gone: the move must be quicker.
     let keep_alive = ["--keep-alive-ms", "500", "--keep-alive-attempts", "8"];
     let mut node = lab.start_echo_node("host-b", &url, &keep_alive)?;
-    let count = 300;
-    let repeat = count.to_string();
-    let mut extra = vec!["--repeat", &repeat, "--interval-ms", "20"];
-    extra.extend(keep_alive);
-    let args = lab.send_args(&url, &extra, &["numbered"])?;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut client = lab.spawn("host-a", &args, &[])?;
-    let connected = client.wait_line("connected to", std::time::Duration::from_secs(20))?;
-    ensure!(connected.contains("path relayed"), "expected a relayed connection: {connected}");
-    client.wait_line("numbered #10", std::time::Duration::from_secs(10))?;
-    lab.restart_relay()?;
-    let lines = client.rest(std::time::Duration::from_secs(60))?;
-    let status = lab.exit_status(client.pid)?;
-    ensure!(status.success(), "the connection did not survive: {:?}", client.error_lines());
-    let replies = numbered_replies(&lines, "numbered");
-    let expected: Vec<String> = (0..count).map(|i| format!("numbered #{i}")).collect();
-    ensure!(replies == expected, "replies lost, duplicated or out of order: {replies:?}");
-    let finished = lines.iter().find(|l| l.starts_with("finished:")).cloned().unwrap_or_default();
-    println!("{finished}");
+    let finished = numbered_messages_across(&mut lab, &url, &keep_alive, |lab| lab.restart_relay().map(drop))?;
     ensure!(finished.contains("path relayed"), "{finished}");
     // The node behind the relay allocated again, over UDP first.
     let again = node.wait_error_line("relay allocated", 2, std::time::Duration::from_secs(10))?;
