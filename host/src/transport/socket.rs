@@ -138,9 +138,10 @@ impl Route {
 #[derive(Default)]
 struct Routes {
     table: Mutex<RouteTable>,
-    /// Entries in `table` (both maps), read without the lock on the hot
-    /// paths.
-    len: AtomicUsize,
+    /// Entries of `by_remote`, read without the lock on the send path.
+    routed: AtomicUsize,
+    /// Entries of `presented`, read without the lock on the receive path.
+    moved: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -156,7 +157,7 @@ impl Routes {
     }
 
     fn get(&self, remote: &SocketAddr) -> Option<Route> {
-        if self.len.load(Ordering::Relaxed) == 0 {
+        if self.routed.load(Ordering::Relaxed) == 0 {
             return None;
         }
         self.lock().by_remote.get(remote).copied()
@@ -164,7 +165,7 @@ impl Routes {
 
     /// The address quinn knows the sender `from` by.
     fn presented(&self, from: SocketAddr) -> SocketAddr {
-        if self.len.load(Ordering::Relaxed) == 0 {
+        if self.moved.load(Ordering::Relaxed) == 0 {
             return from;
         }
         self.lock().presented.get(&from).copied().unwrap_or(from)
@@ -173,7 +174,8 @@ impl Routes {
     fn update(&self, f: impl FnOnce(&mut RouteTable)) {
         let mut table = self.lock();
         f(&mut table);
-        self.len.store(table.by_remote.len() + table.presented.len(), Ordering::Relaxed);
+        self.routed.store(table.by_remote.len(), Ordering::Relaxed);
+        self.moved.store(table.presented.len(), Ordering::Relaxed);
     }
 
     fn set(&self, remote: SocketAddr, route: Route) {
@@ -439,10 +441,14 @@ impl FogSocket {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether `from` is the relay TURN runs with over the node's socket.
-    fn is_relay_server(&self, from: SocketAddr) -> bool {
-        self.relay_on_socket.load(Ordering::Acquire)
-            && self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|t| t.udp_server) == Some(from)
+    /// Where datagrams from `from` go when it is the relay TURN runs with
+    /// over the node's socket.
+    fn relay_sink(&self, from: SocketAddr) -> Option<mpsc::Sender<Bytes>> {
+        if !self.relay_on_socket.load(Ordering::Acquire) {
+            return None;
+        }
+        let relay = self.relay.lock().unwrap_or_else(|p| p.into_inner());
+        relay.as_ref().filter(|t| t.udp_server == Some(from)).map(|t| t.from_server.clone())
     }
 
     fn send_relay(&self, peer: SocketAddr, transmit: &Transmit) {
@@ -518,8 +524,8 @@ impl FogSocket {
         let mut kept = 0;
         for i in 0..count {
             let len = meta[i].len;
-            if self.is_relay_server(meta[i].addr) {
-                self.to_relay(&bufs[i][..len], meta[i].stride);
+            if let Some(sink) = self.relay_sink(meta[i].addr) {
+                self.to_relay(&sink, &bufs[i][..len], meta[i].stride);
                 continue;
             }
             let first = bufs[i].first().copied().unwrap_or(0);
@@ -557,10 +563,9 @@ impl FogSocket {
 
     /// Hands the segments of a datagram batch from the relay to its
     /// allocation.
-    fn to_relay(&self, batch: &[u8], stride: usize) {
-        let from_server = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.from_server.clone());
+    fn to_relay(&self, sink: &mpsc::Sender<Bytes>, batch: &[u8], stride: usize) {
         for segment in batch.chunks(stride.max(1)) {
-            let sent = from_server.as_ref().is_some_and(|tx| tx.try_send(Bytes::copy_from_slice(segment)).is_ok());
+            let sent = sink.try_send(Bytes::copy_from_slice(segment)).is_ok();
             let counter = if sent { &self.counters.side } else { &self.counters.dropped };
             counter.fetch_add(1, Ordering::Relaxed);
         }
