@@ -182,7 +182,7 @@ pub(super) async fn open_by_id(
         let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
         return Ok((shared, None));
     }
-    let udp_blocked = inner.traversal.nat().borrow().as_ref().is_some_and(|report| report.udp_blocked);
+    let udp_blocked = inner.traversal.udp_blocked();
     if udp_blocked && let Some(relay) = &inner.relay {
         // Only the relay can carry this connect: offer its address.
         relay.settled(inner.config.connect_timeout).await;
@@ -249,7 +249,7 @@ async fn relay_path(
 /// `target`: from this node's socket, or through this node's own
 /// allocation when it cannot send UDP itself.
 async fn route_through_relay(inner: &Arc<NodeInner>, target: SocketAddr, named: SocketAddr) -> Result<(), String> {
-    let udp_blocked = inner.traversal.nat().borrow().as_ref().is_some_and(|report| report.udp_blocked);
+    let udp_blocked = inner.traversal.udp_blocked();
     let own = inner.relay.as_ref().filter(|relay| relay.relayed().is_some());
     let own_over_stream = own.and_then(RelayAgent::transport).is_some_and(|t| t.is_stream());
     if udp_blocked || own_over_stream {

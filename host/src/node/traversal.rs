@@ -192,6 +192,11 @@ impl Traversal {
         }
     }
 
+    /// Whether the classification found UDP blocked.
+    pub(super) fn udp_blocked(&self) -> bool {
+        self.nat.borrow().as_ref().is_some_and(|report| report.udp_blocked)
+    }
+
     /// Watches the classification.
     pub(super) fn nat(&self) -> watch::Receiver<NatState> {
         self.nat.subscribe()
@@ -262,7 +267,7 @@ impl Traversal {
     /// candidates, NAT classification and the session's credentials.
     pub(super) async fn offer(&self, fingerprint: String, host: Vec<Candidate>, session: &Session) -> Offer {
         let mut candidates = host;
-        let blocked = self.nat.borrow().as_ref().is_some_and(|report| report.udp_blocked);
+        let blocked = self.udp_blocked();
         // Behind a UDP block the server cannot answer: do not wait for it.
         let public = if blocked { None } else { self.public_addr().await };
         if let Some(public) = public
