@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::Running;
-use common::turn::{drive, free_port, start_bare_fogconnect_relay, start_coturn, start_fogconnect_relay};
+use common::turn::{
+    drive, free_port, start_bare_fogconnect_relay, start_coturn, start_fogconnect_relay, test_client_config,
+};
 use fogconnect::nat::transaction::RetransmitPolicy;
 use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
-use fogconnect::relay::url::TurnTransport;
 use tokio::net::UdpSocket;
 
 async fn recv_from(peer: &UdpSocket) -> anyhow::Result<(Vec<u8>, SocketAddr)> {
@@ -33,15 +34,7 @@ async fn our_client_relays_through_coturn() -> anyhow::Result<()> {
     let peer_addr = peer.local_addr()?;
     // coturn needs a moment to listen: the client's retransmissions (RFC
     // 5389 schedule, 100 ms initial) cover it.
-    let config = TurnConfig {
-        server,
-        username: "dev".into(),
-        password: "secret".into(),
-        lifetime: 600,
-        retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 },
-        transport: TurnTransport::Udp,
-    };
-    let mut client = TurnClient::new(config, Instant::now());
+    let mut client = TurnClient::new(test_client_config(server), Instant::now());
     let mut events = Vec::new();
     let limit = Duration::from_secs(10);
     drive(&mut client, &socket, server, &mut events, limit, |c, _| c.relayed().is_some()).await?;
@@ -90,15 +83,7 @@ async fn wrong_password_and_unreachable_server_fail_clearly() -> anyhow::Result<
     let _coturn = start_coturn(port)?;
     let server: SocketAddr = ([127, 0, 0, 1], port).into();
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
-    let retransmit = RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 };
-    let config = TurnConfig {
-        server,
-        username: "dev".into(),
-        password: "wrong".into(),
-        lifetime: 600,
-        retransmit,
-        transport: TurnTransport::Udp,
-    };
+    let config = TurnConfig { password: "wrong".into(), ..test_client_config(server) };
     let mut client = TurnClient::new(config.clone(), Instant::now());
     let mut events = Vec::new();
     let result = drive(&mut client, &socket, server, &mut events, Duration::from_secs(10), |_, _| false).await;
@@ -173,12 +158,10 @@ async fn our_relay_refuses_expired_credentials_over_quota_and_loopback_peers() -
         let username = format!("{expiry}:dev");
         let password = fogconnect::relay::server::shared_secret_password(SECRET.as_bytes(), &username);
         TurnConfig {
-            server,
             username,
             password,
-            lifetime: 600,
             retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 5, last_wait: 4 },
-            transport: TurnTransport::Udp,
+            ..test_client_config(server)
         }
     };
     let mut events = Vec::new();

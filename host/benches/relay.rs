@@ -17,10 +17,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use common::turn::{drive, free_port, start_coturn, start_fogconnect_relay};
-use fogconnect::nat::transaction::RetransmitPolicy;
-use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
-use fogconnect::relay::url::TurnTransport;
+use common::turn::{drive, free_port, start_coturn, start_fogconnect_relay, test_client_config};
+use fogconnect::relay::client::{TurnClient, TurnEvent};
 use tokio::net::UdpSocket;
 
 /// Quiet time between the allocation and the measured round trips. Round
@@ -68,16 +66,7 @@ async fn measure(name: &str, pings: usize, packets: usize) -> anyhow::Result<Fig
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let peer = UdpSocket::bind("127.0.0.1:0").await?;
     let peer_addr = peer.local_addr()?;
-    let retransmit = RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 };
-    let config = TurnConfig {
-        server,
-        username: "dev".into(),
-        password: "secret".into(),
-        lifetime: 600,
-        retransmit,
-        transport: TurnTransport::Udp,
-    };
-    let mut client = TurnClient::new(config, Instant::now());
+    let mut client = TurnClient::new(test_client_config(server), Instant::now());
     let mut events = Vec::new();
     let limit = Duration::from_secs(10);
     drive(&mut client, &socket, server, &mut events, limit, |c, _| c.relayed().is_some()).await?;

@@ -8,10 +8,26 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use fogconnect::relay::client::{TurnClient, TurnEvent};
+use fogconnect::nat::transaction::RetransmitPolicy;
+use fogconnect::relay::client::{TurnClient, TurnConfig, TurnEvent};
+use fogconnect::relay::url::TurnTransport;
 use tokio::net::UdpSocket;
 
 use super::Running;
+
+/// Our TURN client's configuration for the test user `dev:secret` on
+/// `server` over UDP: 100 ms initial RTO and seven sends, which cover a
+/// server that is still starting.
+pub fn test_client_config(server: SocketAddr) -> TurnConfig {
+    TurnConfig {
+        server,
+        username: "dev".into(),
+        password: "secret".into(),
+        lifetime: 600,
+        retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 },
+        transport: TurnTransport::Udp,
+    }
+}
 
 /// A UDP and TCP port free on loopback right now.
 pub fn free_port() -> anyhow::Result<u16> {
