@@ -70,7 +70,7 @@ bench-nat: lab-deps plugins
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in frame_decoder signal_messages stun_messages turn_messages; do \
+	cd fuzz && for target in frame_decoder signal_messages stream_messages stun_messages turn_messages; do \
 		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
