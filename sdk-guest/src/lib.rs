@@ -20,6 +20,12 @@
 //!
 //! export_service!(Echo);
 //! ```
+//!
+//! Stream plugins (the device SDK's push model with watermark congestion
+//! control) implement [`stream::StreamPlugin`] instead and export it with
+//! [`export_stream!`].
+
+pub mod stream;
 
 /// Generated bindings of the `fogconnect:plugin/service` world. Plugins do not
 /// need them directly; they are public for the [`export_service!`] macro.

@@ -45,6 +45,11 @@ impl Connection {
         self.traversal.as_ref()
     }
 
+    /// The connection's shared state (for the stream session).
+    pub(crate) fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+
     /// Node-wide id of the connection.
     pub fn id(&self) -> ConnectionId {
         self.shared.meta().id

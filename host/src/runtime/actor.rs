@@ -16,7 +16,9 @@ use wasmtime::{Store, Trap};
 use super::PluginError;
 use super::bindings::Service;
 use super::bindings::fogconnect::plugin::types;
-use super::engine::{EPOCH_TICK, PreparedPlugin};
+use super::bindings::ServicePre;
+use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld};
+use super::stream_actor::StreamActor;
 use super::state::{ConnEntry, PluginContext, PluginState, wit_reason};
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
@@ -77,7 +79,7 @@ pub struct PluginStatus {
     pub restarts: AtomicU64,
     /// Connections currently open.
     pub connections: AtomicU64,
-    shutdown: AtomicBool,
+    pub(super) shutdown: AtomicBool,
 }
 
 impl PluginStatus {
@@ -102,7 +104,7 @@ impl PluginStatus {
         }
     }
 
-    fn set_state(&self, state: PluginRunState) {
+    pub(super) fn set_state(&self, state: PluginRunState) {
         self.state.store(state as u8, Ordering::Release);
     }
 }
@@ -143,9 +145,15 @@ impl ActorHandle {
         let (ready_tx, ready_rx) = oneshot::channel();
         let actor_status = status.clone();
         let service = spec.ctx.service;
+        let runtime = tokio::runtime::Handle::current();
         let join = std::thread::Builder::new()
             .name(format!("fogconnect-plugin-{service}"))
-            .spawn(move || Actor::new(spec, rx, actor_status).run(ready_tx))
+            .spawn(move || match spec.prepared.world.clone() {
+                PreparedWorld::Service(pre) => Actor::new(spec, pre, rx, actor_status).run(ready_tx),
+                PreparedWorld::Stream(pre) => {
+                    StreamActor::new(spec, pre, rx, actor_status, runtime).run(ready_tx);
+                }
+            })
             .map_err(|e| PluginError::Actor(e.to_string()))?;
         let thread = join.thread().clone();
         match ready_rx.await {
@@ -181,27 +189,71 @@ pub(super) struct Instance {
     bindings: Service,
 }
 
+/// Epoch ticks of a call deadline (rounded up, plus one for the tick in
+/// progress).
+pub(super) fn deadline_ticks(deadline: std::time::Duration) -> u64 {
+    (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
 /// A human-readable account of a failed call.
 fn describe(err: &wasmtime::Error, store: &Store<PluginState>) -> String {
-    let limits = store.data().ctx.limits;
+    let state = store.data();
+    describe_failure(err, &state.ctx, state.limiter.memory_refused, &state.stderr)
+}
+
+/// A human-readable account of a failed call of any plugin: deadline,
+/// memory cap, or trap with the plugin's last standard error line.
+pub(super) fn describe_failure(
+    err: &wasmtime::Error,
+    ctx: &PluginContext,
+    memory_refused: bool,
+    stderr: &super::stderr_tail::StderrTail,
+) -> String {
+    let limits = ctx.limits;
     if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
         return format!("call exceeded its deadline of {} ms", limits.call_deadline.as_millis());
     }
-    if store.data().limiter.memory_refused {
+    if memory_refused {
         return format!("memory cap of {} bytes exceeded: {err}", limits.memory_bytes);
     }
     let base = match err.downcast_ref::<Trap>() {
         Some(trap) => format!("trap: {trap}"),
         None => format!("{err}"),
     };
-    match store.data().stderr.summary() {
+    match stderr.summary() {
         Some(line) => format!("{base} (plugin stderr: {line})"),
         None => base,
     }
 }
 
+/// Reports a crash (the `crashes`-th) and decides, by the crash budget, when
+/// the plugin restarts; `None` when it is disabled.
+pub(super) fn decide_after_crash(
+    spec: &ActorSpec,
+    status: &PluginStatus,
+    supervisor: &mut Supervisor,
+    message: String,
+    crashes: u64,
+) -> Option<Instant> {
+    let service = spec.ctx.service;
+    let _ = spec.events.send(PluginEvent::Crashed { service, message: message.clone(), crashes });
+    match supervisor.crashed(Instant::now()) {
+        CrashDecision::RestartAfter(delay) => {
+            status.set_state(PluginRunState::Restarting);
+            Some(Instant::now() + delay)
+        }
+        CrashDecision::Disable => {
+            status.set_state(PluginRunState::Disabled);
+            tracing::error!(service, "plugin disabled: crash budget spent");
+            let _ = spec.events.send(PluginEvent::Disabled { service, message });
+            None
+        }
+    }
+}
+
 pub(super) struct Actor {
     spec: ActorSpec,
+    pre: ServicePre<PluginState>,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
@@ -210,11 +262,15 @@ pub(super) struct Actor {
 }
 
 impl Actor {
-    pub(super) fn new(spec: ActorSpec, rx: mpsc::Receiver<ConnEvent>, status: Arc<PluginStatus>) -> Self {
-        let deadline = spec.ctx.limits.call_deadline;
-        let deadline_ticks = (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+    pub(super) fn new(
+        spec: ActorSpec,
+        pre: ServicePre<PluginState>,
+        rx: mpsc::Receiver<ConnEvent>,
+        status: Arc<PluginStatus>,
+    ) -> Self {
+        let deadline_ticks = deadline_ticks(spec.ctx.limits.call_deadline);
         let supervisor = Supervisor::new(spec.crash_policy);
-        Self { spec, rx, status, supervisor, instance: None, deadline_ticks }
+        Self { spec, pre, rx, status, supervisor, instance: None, deadline_ticks }
     }
 
     fn service(&self) -> u8 {
@@ -222,11 +278,11 @@ impl Actor {
     }
 
     pub(super) fn instantiate(&self) -> Result<Instance, String> {
-        let mut store = Store::new(self.spec.prepared.pre.engine(), PluginState::new(self.spec.ctx.clone()));
+        let mut store = Store::new(self.pre.engine(), PluginState::new(self.spec.ctx.clone()));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = self.spec.prepared.pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
         Ok(Instance { store, bindings })
     }
 
@@ -413,19 +469,7 @@ impl Actor {
             // Pending connects complete later into a table that no longer
             // knows them; `handle` then ends them.
         }
-        let _ = self.spec.events.send(PluginEvent::Crashed { service, message: message.clone(), crashes });
-        match self.supervisor.crashed(Instant::now()) {
-            CrashDecision::RestartAfter(delay) => {
-                self.status.set_state(PluginRunState::Restarting);
-                Some(Instant::now() + delay)
-            }
-            CrashDecision::Disable => {
-                self.status.set_state(PluginRunState::Disabled);
-                tracing::error!(service, "plugin disabled: crash budget spent");
-                let _ = self.spec.events.send(PluginEvent::Disabled { service, message });
-                None
-            }
-        }
+        decide_after_crash(&self.spec, &self.status, &mut self.supervisor, message, crashes)
     }
 
     /// Node shutdown: every open connection is closed locally and reported.

@@ -15,15 +15,26 @@ use wasmtime::{Config, Engine};
 use super::PluginError;
 use super::bindings::{Service, ServicePre};
 use super::state::PluginState;
+use super::stream_bindings::{StreamPlugin, StreamPluginPre};
+use super::stream_state::StreamState;
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Which world a plugin implements, pre-linked: instantiating it is cheap.
+#[derive(Clone)]
+pub enum PreparedWorld {
+    /// A service plugin (`fogconnect:plugin/service`).
+    Service(ServicePre<PluginState>),
+    /// A stream plugin (`fogconnect:streaming/stream-plugin`).
+    Stream(StreamPluginPre<StreamState>),
+}
+
 /// Result of preparing a plugin: ready to instantiate.
 #[derive(Clone)]
 pub struct PreparedPlugin {
-    /// Pre-linked component; instantiating it is cheap.
-    pub pre: ServicePre<PluginState>,
+    /// The pre-linked component.
+    pub world: PreparedWorld,
     /// Hex SHA-256 of the wasm bytes.
     pub hash: String,
     /// Whether the compiled artifact came from the cache.
@@ -36,6 +47,7 @@ pub struct PreparedPlugin {
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<PluginState>,
+    stream_linker: Linker<StreamState>,
     cache_dir: Option<PathBuf>,
     compat_key: String,
     ticker_stop: Arc<AtomicBool>,
@@ -66,6 +78,10 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         Service::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut stream_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut stream_linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        StreamPlugin::add_to_linker::<StreamState, HasSelf<StreamState>>(&mut stream_linker, |state| state)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -87,7 +103,7 @@ impl PluginEngine {
             })
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
 
-        Ok(Self { engine, linker, cache_dir, compat_key, ticker_stop })
+        Ok(Self { engine, linker, stream_linker, cache_dir, compat_key, ticker_stop })
     }
 
     /// The wasmtime engine.
@@ -95,18 +111,33 @@ impl PluginEngine {
         &self.engine
     }
 
-    /// Compiles (or loads from the cache) and pre-links a plugin.
+    /// Compiles (or loads from the cache) and pre-links a plugin for the
+    /// world it implements: the service world, or else the stream world.
     ///
     /// # Errors
     /// [`PluginError::Compile`] when the bytes are not a valid component,
-    /// [`PluginError::Link`] when it does not fit the service world.
+    /// [`PluginError::Link`] when it fits neither world.
     pub fn prepare(&self, wasm: &[u8]) -> Result<PreparedPlugin, PluginError> {
         let started = Instant::now();
         let hash = hex_sha256(wasm);
         let (component, from_cache) = self.component(wasm, &hash)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let pre = ServicePre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        Ok(PreparedPlugin { pre, hash, from_cache, load_time: started.elapsed() })
+        let service = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ServicePre::new)
+            .map(PreparedWorld::Service);
+        let world = match service {
+            Ok(world) => world,
+            Err(service_err) => self
+                .stream_linker
+                .instantiate_pre(&component)
+                .and_then(StreamPluginPre::new)
+                .map(PreparedWorld::Stream)
+                .map_err(|stream_err| {
+                    PluginError::Link(format!("as a service plugin: {service_err:#}; as a stream plugin: {stream_err:#}"))
+                })?,
+        };
+        Ok(PreparedPlugin { world, hash, from_cache, load_time: started.elapsed() })
     }
 
     fn cache_path(&self, hash: &str) -> Option<PathBuf> {

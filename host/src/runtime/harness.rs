@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::PluginError;
 use super::actor::{Actor, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginStatus};
-use super::engine::PluginEngine;
+use super::engine::{PluginEngine, PreparedWorld};
 use super::state::{HostServices, PluginContext, PluginLimits};
 use super::supervisor::CrashPolicy;
 use crate::convention::{Convention, Transport};
@@ -50,6 +50,9 @@ impl PluginHarness {
     /// [`PluginError`] when the plugin does not compile, link or instantiate.
     pub fn new(engine: &PluginEngine, wasm: &[u8], service: u8, limits: PluginLimits) -> Result<Self, PluginError> {
         let prepared = engine.prepare(wasm)?;
+        let PreparedWorld::Service(pre) = prepared.world.clone() else {
+            return Err(PluginError::Link("the harness drives service plugins; this is a stream plugin".into()));
+        };
         let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let ctx = Arc::new(PluginContext {
             service,
@@ -61,7 +64,7 @@ impl PluginHarness {
         let (events_tx, _) = broadcast::channel(16);
         let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };
         let (_unused_tx, unused_rx) = mpsc::channel(1);
-        let mut actor = Actor::new(spec, unused_rx, Arc::new(PluginStatus::new()));
+        let mut actor = Actor::new(spec, pre, unused_rx, Arc::new(PluginStatus::new()));
         actor.instance = Some(actor.instantiate().map_err(PluginError::Instantiate)?);
         Ok(Self { actor, service, owner, _events: events, next_id: 1 })
     }

@@ -6,6 +6,8 @@ pub mod engine;
 pub mod harness;
 pub mod state;
 pub mod stderr_tail;
+pub mod stream_actor;
+pub mod stream_state;
 pub mod supervisor;
 
 /// Bindings of the `fogconnect:plugin/service` world generated from `wit/`
@@ -15,6 +17,16 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "service",
         path: "../wit",
+    });
+}
+
+/// Bindings of the `fogconnect:streaming/stream-plugin` world generated
+/// from `wit/stream` (documented there).
+#[allow(missing_docs)]
+pub mod stream_bindings {
+    wasmtime::component::bindgen!({
+        world: "stream-plugin",
+        path: "../wit/stream",
     });
 }
 
@@ -35,9 +47,9 @@ pub enum PluginError {
     /// The bytes are not a valid WebAssembly component.
     #[error("plugin does not compile: {0}")]
     Compile(String),
-    /// The component does not fit the service world (missing exports,
-    /// unknown imports).
-    #[error("plugin does not fit the fogconnect service world: {0}")]
+    /// The component fits neither the service world nor the stream world
+    /// (missing exports, unknown imports).
+    #[error("plugin fits neither the fogconnect service world nor the stream world: {0}")]
     Link(String),
     /// Instantiation failed (start function trapped, limits).
     #[error("plugin failed to instantiate: {0}")]

@@ -116,6 +116,28 @@ impl ResourceLimiter for PluginLimiter {
     }
 }
 
+/// The sandbox of a plugin store: WASI with every capability denied (no
+/// preopened directories, no environment, no arguments, no network, stdin
+/// empty, stdout discarded; standard error kept as a short tail for crash
+/// reports) and the memory limiter.
+pub(super) fn sandbox(limits: &PluginLimits) -> (WasiCtx, StderrTail, PluginLimiter) {
+    let stderr = StderrTail::default();
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes)
+        .instances(32)
+        .tables(64)
+        .memories(8)
+        .trap_on_grow_failure(true)
+        .build();
+    (wasi, stderr, PluginLimiter { inner: store_limits, memory_refused: false })
+}
+
 /// Data of one plugin store.
 pub struct PluginState {
     wasi: WasiCtx,
@@ -139,31 +161,31 @@ pub struct PluginState {
 /// Longest log line taken from a plugin.
 const MAX_LOG_LINE: usize = 4096;
 
+/// Writes a plugin's log line to the node's log (clipped to 4 KiB).
+pub(super) fn plugin_log(service: u8, level: tracing::Level, message: &str) {
+    let mut end = message.len().min(MAX_LOG_LINE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let line = &message[..end];
+    match level {
+        tracing::Level::TRACE => tracing::trace!(target: "plugin", service, "{line}"),
+        tracing::Level::DEBUG => tracing::debug!(target: "plugin", service, "{line}"),
+        tracing::Level::INFO => tracing::info!(target: "plugin", service, "{line}"),
+        tracing::Level::WARN => tracing::warn!(target: "plugin", service, "{line}"),
+        tracing::Level::ERROR => tracing::error!(target: "plugin", service, "{line}"),
+    }
+}
+
 impl PluginState {
-    /// Fresh state: WASI with every capability denied (no preopened
-    /// directories, no environment, no arguments, no network, stdin empty,
-    /// stdout discarded); standard error is kept as a short tail for crash
-    /// reports.
+    /// Fresh state in a [`sandbox`].
     pub fn new(ctx: Arc<PluginContext>) -> Self {
-        let stderr = StderrTail::default();
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(ctx.limits.memory_bytes)
-            .instances(32)
-            .tables(64)
-            .memories(8)
-            .trap_on_grow_failure(true)
-            .build();
+        let (wasi, stderr, limiter) = sandbox(&ctx.limits);
         Self {
             wasi,
             stderr,
             table: ResourceTable::new(),
-            limiter: PluginLimiter { inner: limits, memory_refused: false },
+            limiter,
             ctx,
             conns: HashMap::new(),
             open_count: 0,
@@ -335,19 +357,14 @@ impl host::Host for PluginState {
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) {
-        let mut end = message.len().min(MAX_LOG_LINE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let line = &message[..end];
-        let service = self.ctx.service;
-        match level {
-            types::LogLevel::Trace => tracing::trace!(target: "plugin", service, "{line}"),
-            types::LogLevel::Debug => tracing::debug!(target: "plugin", service, "{line}"),
-            types::LogLevel::Info => tracing::info!(target: "plugin", service, "{line}"),
-            types::LogLevel::Warn => tracing::warn!(target: "plugin", service, "{line}"),
-            types::LogLevel::Error => tracing::error!(target: "plugin", service, "{line}"),
-        }
+        let level = match level {
+            types::LogLevel::Trace => tracing::Level::TRACE,
+            types::LogLevel::Debug => tracing::Level::DEBUG,
+            types::LogLevel::Info => tracing::Level::INFO,
+            types::LogLevel::Warn => tracing::Level::WARN,
+            types::LogLevel::Error => tracing::Level::ERROR,
+        };
+        plugin_log(self.ctx.service, level, &message);
     }
 
     fn monotonic_now(&mut self) -> u64 {

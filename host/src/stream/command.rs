@@ -69,6 +69,22 @@ impl<C> CommandTable<C> {
         self.pending.remove(&id).map(|(_, _, caller)| caller)
     }
 
+    /// The caller waiting for the reply to `id`, left waiting.
+    pub fn caller(&self, id: CommandId) -> Option<&C> {
+        self.pending.get(&id).map(|(_, _, caller)| caller)
+    }
+
+    /// Ends the waiting commands whose caller matches (e.g. those of a
+    /// connection that closed), in id order.
+    pub fn drain_matching(&mut self, matches: impl Fn(&C) -> bool) -> Vec<(CommandId, C)> {
+        let ids: Vec<CommandId> =
+            self.pending.iter().filter(|(_, (_, _, caller))| matches(caller)).map(|(&id, _)| id).collect();
+        let mut out: Vec<_> =
+            ids.into_iter().filter_map(|id| self.pending.remove(&id).map(|(_, _, caller)| (id, caller))).collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
+    }
+
     /// Commands waiting for replies.
     pub fn len(&self) -> usize {
         self.pending.len()

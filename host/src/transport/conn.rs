@@ -253,6 +253,22 @@ pub struct ConnShared {
     messages_sent: AtomicU64,
     messages_received: AtomicU64,
     cancel: CancellationToken,
+    /// Signalled whenever a queued message left the send buffer.
+    drained: tokio::sync::Notify,
+}
+
+/// Measurements of a connection's QUIC path (shared by every connection
+/// on the same link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathSample {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window, in bytes.
+    pub cwnd: u64,
+    /// QUIC packets sent on the path.
+    pub packets_sent: u64,
+    /// QUIC packets declared lost on the path.
+    pub packets_lost: u64,
 }
 
 impl std::fmt::Debug for ConnShared {
@@ -341,15 +357,46 @@ impl ConnShared {
     /// buffer; `delivered` when it was handed to the transport.
     fn dequeued(&self, len: usize, delivered: bool) {
         self.buffered.fetch_sub(len, Ordering::AcqRel);
+        self.drained.notify_one();
         if delivered {
             self.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
             self.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// The largest message this connection sends or accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.limits.max_message_size
+    }
+
     /// Bytes queued but not yet written to QUIC.
     pub fn buffered(&self) -> usize {
         self.buffered.load(Ordering::Acquire)
+    }
+
+    /// Waits until fewer than `limit` bytes are queued, or the connection
+    /// ended (true while it is open).
+    pub async fn wait_buffered_below(&self, limit: usize) -> bool {
+        loop {
+            if self.is_closed() || self.cancel.is_cancelled() {
+                return false;
+            }
+            if self.buffered() < limit {
+                return true;
+            }
+            tokio::select! {
+                _ = self.drained.notified() => {}
+                _ = self.cancel.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Measurements of the QUIC path under the connection; `None` for a
+    /// detached connection.
+    pub fn path_sample(&self) -> Option<PathSample> {
+        let quic = self.quic.as_ref()?;
+        let path = quic.stats().path;
+        Some(PathSample { rtt: path.rtt, cwnd: path.cwnd, packets_sent: path.sent_packets, packets_lost: path.lost_packets })
     }
 
     /// Counters and measurements.
@@ -438,6 +485,7 @@ impl ConnShared {
             messages_sent: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             cancel: CancellationToken::new(),
+            drained: tokio::sync::Notify::new(),
         });
         (shared, outbound_rx)
     }

@@ -1,0 +1,577 @@
+//! The actor of a stream plugin: one OS thread per loaded plugin (like the
+//! service actor) running a small single-threaded tokio runtime, so it can
+//! wait for connection events and its timers at once: the 10 ms pull tick
+//! and the command timeouts. Per tick it checks every send stream's buffer
+//! against its watermarks (events once per crossing), pulls every stream
+//! that is not paused with one `send-get` call, and queues the chunks for
+//! the connection's pump task. Every handle a plugin instance returned from
+//! `send-init` gets exactly one `send-stop` from that instance, whichever
+//! way the stream ends (application stop, plugin end, connection loss,
+//! node shutdown); a crashed instance takes its streams with it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fogconnect_proto::stream::StreamMessage;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use wasmtime::Store;
+
+use super::PluginError;
+use super::actor::{
+    ActorSpec, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure,
+};
+use super::stream_bindings::fogconnect::streaming::types;
+use super::stream_bindings::{StreamPlugin, StreamPluginPre};
+use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
+use super::supervisor::Supervisor;
+use crate::stream::command::MAX_COMMAND_BYTES;
+use crate::stream::mux::WireStream;
+use crate::stream::pump::{MuxShared, pump};
+use crate::stream::status::SendMeter;
+use crate::stream::watermark::{WatermarkEvent, Watermarks};
+use crate::transport::conn::{ConnEvent, ConnShared};
+
+/// How often the send meters (rate, loss) are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+struct StreamInstance {
+    store: Store<StreamState>,
+    bindings: StreamPlugin,
+}
+
+/// How a send stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    /// The application asked (its `End`): queued data is discarded.
+    Application,
+    /// The plugin returned `pull.end`: queued data is sent first.
+    Finished,
+    /// The connection ended or is being closed: nothing more is sent.
+    Gone,
+}
+
+pub(super) struct StreamActor {
+    spec: ActorSpec,
+    pre: StreamPluginPre<StreamState>,
+    rx: mpsc::Receiver<ConnEvent>,
+    status: Arc<PluginStatus>,
+    supervisor: Supervisor,
+    instance: Option<StreamInstance>,
+    deadline_ticks: u64,
+    /// The node's runtime, where the pump tasks run.
+    runtime: tokio::runtime::Handle,
+    last_sample: Instant,
+}
+
+fn wit_event(event: WatermarkEvent) -> types::WatermarkEvent {
+    match event {
+        WatermarkEvent::Warn => types::WatermarkEvent::Warn,
+        WatermarkEvent::High => types::WatermarkEvent::High,
+        WatermarkEvent::Low => types::WatermarkEvent::Low,
+    }
+}
+
+impl StreamActor {
+    pub(super) fn new(
+        spec: ActorSpec,
+        pre: StreamPluginPre<StreamState>,
+        rx: mpsc::Receiver<ConnEvent>,
+        status: Arc<PluginStatus>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let deadline_ticks = deadline_ticks(spec.ctx.limits.call_deadline);
+        let supervisor = Supervisor::new(spec.crash_policy);
+        Self { spec, pre, rx, status, supervisor, instance: None, deadline_ticks, runtime, last_sample: Instant::now() }
+    }
+
+    fn service(&self) -> u8 {
+        self.spec.ctx.service
+    }
+
+    fn instantiate(&self) -> Result<StreamInstance, String> {
+        let mut store = Store::new(self.pre.engine(), StreamState::new(self.spec.ctx.clone()));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks);
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(StreamInstance { store, bindings }),
+            Err(e) => {
+                let state = store.data();
+                Err(describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr))
+            }
+        }
+    }
+
+    pub(super) fn run(self, ready: oneshot::Sender<Result<(), PluginError>>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = ready.send(Err(PluginError::Actor(format!("cannot start the stream actor's timers: {e}"))));
+                return;
+            }
+        };
+        runtime.block_on(self.run_async(ready));
+    }
+
+    async fn run_async(mut self, ready: oneshot::Sender<Result<(), PluginError>>) {
+        match self.instantiate() {
+            Ok(instance) => {
+                self.instance = Some(instance);
+                self.supervisor.started(Instant::now());
+                let _ = ready.send(Ok(()));
+            }
+            Err(message) => {
+                let _ = ready.send(Err(PluginError::Instantiate(message)));
+                return;
+            }
+        }
+        let mut restart_at: Option<Instant> = None;
+        loop {
+            if self.instance.is_none()
+                && let Some(at) = restart_at
+                && Instant::now() >= at
+            {
+                match self.instantiate() {
+                    Ok(instance) => {
+                        self.instance = Some(instance);
+                        self.supervisor.started(Instant::now());
+                        self.status.restarts.fetch_add(1, Ordering::Relaxed);
+                        self.status.set_state(PluginRunState::Running);
+                        restart_at = None;
+                        tracing::info!(service = self.service(), "stream plugin restarted");
+                        let _ = self.spec.events.send(super::actor::PluginEvent::Restarted { service: self.service() });
+                    }
+                    Err(message) => {
+                        restart_at = self.crashed(message);
+                        continue;
+                    }
+                }
+            }
+            let wake = match (&self.instance, restart_at) {
+                (Some(_), _) => self.next_wake(),
+                (None, at) => at,
+            };
+            let event = match wake {
+                Some(at) => tokio::select! {
+                    event = self.rx.recv() => Some(event),
+                    _ = tokio::time::sleep_until(at.into()) => None,
+                },
+                None => Some(self.rx.recv().await),
+            };
+            match event {
+                Some(None) => break,
+                Some(Some(ConnEvent::Shutdown)) => {
+                    self.shutdown();
+                    break;
+                }
+                Some(Some(event)) => {
+                    if let Err(message) = self.handle(event) {
+                        restart_at = self.crashed(message);
+                    }
+                }
+                None => {}
+            }
+            if self.instance.is_some()
+                && let Err(message) = self.on_timers(Instant::now())
+            {
+                restart_at = self.crashed(message);
+            }
+            let conns = self.instance.as_ref().map_or(0, |i| i.store.data().core.conns.len());
+            self.status.connections.store(conns as u64, Ordering::Relaxed);
+        }
+        self.status.set_state(PluginRunState::Stopped);
+        self.status.connections.store(0, Ordering::Relaxed);
+    }
+
+    /// The next pull tick or command timeout.
+    fn next_wake(&self) -> Option<Instant> {
+        let core = &self.instance.as_ref()?.store.data().core;
+        match (core.schedule.poll_timeout(), core.commands.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn core(&mut self) -> Option<&mut super::stream_state::StreamCore> {
+        self.instance.as_mut().map(|i| &mut i.store.data_mut().core)
+    }
+
+    /// Calls the plugin under its deadline.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&StreamPlugin, &mut Store<StreamState>) -> wasmtime::Result<R>,
+    ) -> Result<R, String> {
+        let Some(instance) = self.instance.as_mut() else {
+            return Err("the plugin instance is gone".into());
+        };
+        self.status.calls.fetch_add(1, Ordering::Relaxed);
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        f(&instance.bindings, &mut instance.store).map_err(|e| {
+            let state = instance.store.data();
+            describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr)
+        })
+    }
+
+    /// Handles one connection event. `Err` carries the failure of a plugin
+    /// call.
+    fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
+        if self.instance.is_none() {
+            if let ConnEvent::Opened(shared) = event {
+                let why = match self.status.state() {
+                    PluginRunState::Disabled => "service disabled after repeated plugin crashes",
+                    _ => "service plugin is restarting",
+                };
+                shared.fail(why);
+            }
+            return Ok(());
+        }
+        match event {
+            ConnEvent::Opened(shared) => self.register(shared),
+            ConnEvent::Message(id, data) => self.on_message(id.0, &data)?,
+            ConnEvent::Closed(id, _) => {
+                self.end_connection(id.0)?;
+            }
+            // Stream plugins open no connections; nothing else reaches here.
+            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown => {}
+        }
+        self.flush_events()
+    }
+
+    fn register(&mut self, shared: Arc<ConnShared>) {
+        let queues = MuxShared::new(shared.max_message_size());
+        let stop = CancellationToken::new();
+        self.runtime.spawn(pump(shared.clone(), queues.clone(), stop.clone()));
+        let id = shared.meta().id.0;
+        if let Some(core) = self.core() {
+            core.conns.insert(id, StreamConn { shared, queues, stop, streams: Default::default() });
+        }
+    }
+
+    fn send_now(&mut self, conn: u64, message: &StreamMessage) {
+        if let Some(c) = self.core().and_then(|core| core.conns.get(&conn)) {
+            c.send_now(message);
+        }
+    }
+
+    fn on_message(&mut self, conn: u64, data: &Bytes) -> Result<(), String> {
+        let message = match StreamMessage::decode(data) {
+            Ok(message) => message,
+            Err(e) => {
+                if let Some(c) = self.core().and_then(|core| core.conns.get(&conn)) {
+                    c.shared.fail(format!("protocol: {e}"));
+                }
+                return self.end_connection(conn).map(drop);
+            }
+        };
+        match message {
+            StreamMessage::Open { stream, params } => self.open_stream(conn, stream, &params, true),
+            StreamMessage::Talk { stream, params } => self.open_stream(conn, stream, &params, false),
+            StreamMessage::Data { stream, data } => {
+                let Some(handle) = self.handle_of(conn, stream) else { return Ok(()) };
+                let is_recv = self.core().and_then(|c| c.streams.get(&handle)).is_some_and(|e| {
+                    matches!(e.kind, StreamKind::Recv)
+                });
+                // An empty chunk would read as the end: the end is `End`.
+                if is_recv && !data.is_empty() {
+                    self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &data))?;
+                }
+                Ok(())
+            }
+            StreamMessage::End { stream, .. } => {
+                let Some(handle) = self.handle_of(conn, stream) else { return Ok(()) };
+                let is_send = self.core().and_then(|c| c.streams.get(&handle)).is_some_and(|e| {
+                    matches!(e.kind, StreamKind::Send { .. })
+                });
+                if is_send { self.stop_send(handle, StopCause::Application) } else { self.end_recv(handle) }
+            }
+            StreamMessage::Command { id, data } => {
+                let reply = self.call(|b, s| b.fogconnect_streaming_handler().call_on_command(s, conn, &data))?;
+                let message = match reply {
+                    Ok(reply) if reply.len() <= MAX_COMMAND_BYTES => StreamMessage::Reply { id, data: reply.into() },
+                    Ok(reply) => StreamMessage::ReplyError {
+                        id,
+                        reason: format!("the plugin's reply of {} bytes exceeds {MAX_COMMAND_BYTES}", reply.len()),
+                    },
+                    Err(reason) => StreamMessage::ReplyError { id, reason },
+                };
+                self.send_now(conn, &message);
+                Ok(())
+            }
+            StreamMessage::Reply { id, data } => self.command_reply(conn, id, Ok(data.to_vec())),
+            StreamMessage::ReplyError { id, reason } => {
+                self.command_reply(conn, id, Err(types::CommandError::Refused(reason)))
+            }
+            StreamMessage::Accepted { stream } | StreamMessage::Refused { stream, .. } => {
+                tracing::debug!(service = self.service(), conn, stream, "ignoring a device message from an application");
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_of(&mut self, conn: u64, stream: WireStream) -> Option<u64> {
+        self.core()?.conns.get(&conn)?.streams.get(&stream).copied()
+    }
+
+    fn command_reply(
+        &mut self,
+        conn: u64,
+        id: u32,
+        reply: Result<Vec<u8>, types::CommandError>,
+    ) -> Result<(), String> {
+        let Some(core) = self.core() else { return Ok(()) };
+        // Only the connection a command went to may answer it.
+        if core.commands.caller(u64::from(id)) != Some(&conn) {
+            return Ok(());
+        }
+        core.commands.reply(u64::from(id));
+        self.give_reply(u64::from(id), &reply)
+    }
+
+    /// `on-command-reply` for command `id`.
+    fn give_reply(&mut self, id: u64, reply: &Result<Vec<u8>, types::CommandError>) -> Result<(), String> {
+        let reply = reply.as_ref().map(Vec::as_slice);
+        self.call(|b, s| b.fogconnect_streaming_handler().call_on_command_reply(s, id, reply))
+    }
+
+    /// An application opens a send stream (`send`) or a talk-back stream.
+    fn open_stream(&mut self, conn: u64, wire: WireStream, params: &str, send: bool) -> Result<(), String> {
+        let Some(core) = self.core() else { return Ok(()) };
+        let Some(c) = core.conns.get(&conn) else { return Ok(()) };
+        if c.streams.contains_key(&wire) {
+            c.send_now(&StreamMessage::Refused {
+                stream: wire,
+                reason: format!("stream id {wire} is in use on this connection"),
+            });
+            return Ok(());
+        }
+        let result = if send {
+            self.call(|b, s| b.fogconnect_streaming_handler().call_send_init(s, conn, params))?
+        } else {
+            self.call(|b, s| b.fogconnect_streaming_handler().call_recv_init(s, conn, params))?
+        };
+        let Some(core) = self.core() else { return Ok(()) };
+        let handle = match result {
+            Ok(handle) if core.streams.contains_key(&handle) => {
+                tracing::warn!(service = self.service(), handle, "plugin returned a stream handle already in use");
+                self.send_now(
+                    conn,
+                    &StreamMessage::Refused { stream: wire, reason: format!("plugin error: stream handle {handle} is already in use") },
+                );
+                return Ok(());
+            }
+            Ok(handle) => handle,
+            Err(reason) => {
+                self.send_now(conn, &StreamMessage::Refused { stream: wire, reason });
+                return Ok(());
+            }
+        };
+        let Some(c) = core.conns.get_mut(&conn) else { return Ok(()) };
+        c.streams.insert(wire, handle);
+        let kind = if send {
+            c.queues.lock().open(wire);
+            core.schedule.add(handle, Watermarks::OFF);
+            StreamKind::Send { meter: SendMeter::new(super::stream_state::STATUS_WINDOW) }
+        } else {
+            StreamKind::Recv
+        };
+        core.streams.insert(handle, StreamEntry { conn, wire, kind });
+        self.send_now(conn, &StreamMessage::Accepted { stream: wire });
+        Ok(())
+    }
+
+    /// Ends a send stream and calls `send-stop` (once: the entry is gone
+    /// before the call).
+    fn stop_send(&mut self, handle: u64, cause: StopCause) -> Result<(), String> {
+        let Some(core) = self.core() else { return Ok(()) };
+        let Some(entry) = core.streams.remove(&handle) else { return Ok(()) };
+        core.schedule.remove(handle);
+        if let Some(c) = core.conns.get_mut(&entry.conn) {
+            c.streams.remove(&entry.wire);
+            let mut mux = c.queues.lock();
+            match cause {
+                StopCause::Finished => mux.finish(entry.wire, "the stream finished"),
+                StopCause::Application => mux.stop(entry.wire, "stopped by the application"),
+                StopCause::Gone => mux.remove(entry.wire).is_some(),
+            };
+            drop(mux);
+            c.queues.queued.notify_one();
+        }
+        self.call(|b, s| b.fogconnect_streaming_handler().call_send_stop(s, handle))
+    }
+
+    /// Ends a talk-back stream: `recv-data` with an empty chunk (once).
+    fn end_recv(&mut self, handle: u64) -> Result<(), String> {
+        let Some(core) = self.core() else { return Ok(()) };
+        let Some(entry) = core.streams.remove(&handle) else { return Ok(()) };
+        if let Some(c) = core.conns.get_mut(&entry.conn) {
+            c.streams.remove(&entry.wire);
+        }
+        self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &[]))
+    }
+
+    /// A connection ended (or this side ends it): its streams end, its
+    /// waiting commands get `closed`. Returns the connection.
+    fn end_connection(&mut self, conn: u64) -> Result<Option<Arc<ConnShared>>, String> {
+        let Some(core) = self.core() else { return Ok(None) };
+        let Some(c) = core.conns.remove(&conn) else { return Ok(None) };
+        c.stop.cancel();
+        let mut handles: Vec<(WireStream, u64)> = c.streams.iter().map(|(&w, &h)| (w, h)).collect();
+        handles.sort_unstable();
+        let shared = c.shared;
+        // The connection is out of the table: the stops below touch no queue.
+        for (_, handle) in handles {
+            let is_send = self
+                .core()
+                .and_then(|core| core.streams.get(&handle))
+                .map(|e| matches!(e.kind, StreamKind::Send { .. }));
+            match is_send {
+                Some(true) => self.stop_send(handle, StopCause::Gone)?,
+                Some(false) => self.end_recv(handle)?,
+                None => {}
+            }
+        }
+        let waiting = self.core().map(|core| core.commands.drain_matching(|c| *c == conn)).unwrap_or_default();
+        for (id, _) in waiting {
+            self.give_reply(id, &Err(types::CommandError::Closed))?;
+        }
+        Ok(Some(shared))
+    }
+
+    /// Delivers the watermark events `set-watermarks` caused.
+    fn flush_events(&mut self) -> Result<(), String> {
+        loop {
+            let Some(core) = self.core() else { return Ok(()) };
+            let events = std::mem::take(&mut core.pending_events);
+            if events.is_empty() {
+                return Ok(());
+            }
+            self.deliver(events)?;
+        }
+    }
+
+    fn deliver(&mut self, events: Vec<(u64, WatermarkEvent)>) -> Result<(), String> {
+        for (handle, event) in events {
+            let live = self.core().is_some_and(|core| core.streams.contains_key(&handle));
+            if live {
+                let event = wit_event(event);
+                self.call(|b, s| b.fogconnect_streaming_handler().call_on_event(s, handle, event))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Watermark events of every send stream at its current buffer level.
+    fn check_marks(&mut self, handles: &[u64]) -> Vec<(u64, WatermarkEvent)> {
+        let Some(core) = self.core() else { return Vec::new() };
+        let mut events = Vec::new();
+        for &handle in handles {
+            let Some(buffered) = core.buffered(handle) else { continue };
+            if let Ok(crossed) = core.schedule.buffered(handle, buffered) {
+                events.extend(crossed.into_iter().map(|e| (handle, e)));
+            }
+        }
+        events
+    }
+
+    /// Command timeouts and the pull tick due at `now`.
+    fn on_timers(&mut self, now: Instant) -> Result<(), String> {
+        let expired = self.core().map(|core| core.commands.handle_timeout(now)).unwrap_or_default();
+        for (id, _, err) in expired {
+            self.give_reply(id, &Err(wit_command_error(&err)))?;
+        }
+        let Some(core) = self.core() else { return Ok(()) };
+        if !core.schedule.poll_timeout().is_some_and(|at| at <= now) {
+            return Ok(());
+        }
+        let sample = now.duration_since(self.last_sample) >= SAMPLE_EVERY;
+        let Some(core) = self.core() else { return Ok(()) };
+        if sample {
+            core.sample_meters(now);
+        }
+        let mut sending: Vec<u64> =
+            core.streams.iter().filter(|(_, e)| matches!(e.kind, StreamKind::Send { .. })).map(|(&h, _)| h).collect();
+        sending.sort_unstable();
+        if sample {
+            self.last_sample = now;
+        }
+        let events = self.check_marks(&sending);
+        self.deliver(events)?;
+        self.flush_events()?;
+        let Some(core) = self.core() else { return Ok(()) };
+        let due: Vec<u64> = core
+            .schedule
+            .handle_timeout(now)
+            .into_iter()
+            .filter(|&h| core.buffered(h).is_some_and(|b| b < HARD_BUFFER_LIMIT))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let pulls = self.call(|b, s| b.fogconnect_streaming_handler().call_send_get(s, &due))?;
+        let mut finished = Vec::new();
+        if let Some(core) = self.core() {
+            for (&handle, pull) in due.iter().zip(pulls) {
+                match pull {
+                    types::Pull::Data(data) if data.is_empty() => {}
+                    types::Pull::Data(data) => {
+                        let Some(entry) = core.streams.get(&handle) else { continue };
+                        if let Some(c) = core.conns.get(&entry.conn) {
+                            c.queues.lock().push(entry.wire, &data);
+                            c.queues.queued.notify_one();
+                        }
+                    }
+                    types::Pull::End => finished.push(handle),
+                }
+            }
+        }
+        for handle in finished {
+            self.stop_send(handle, StopCause::Finished)?;
+        }
+        let events = self.check_marks(&due);
+        self.deliver(events)?;
+        self.flush_events()
+    }
+
+    /// Handles a failed call or instantiation: drops the store (its streams
+    /// go with it), fails the plugin's connections, and decides when to
+    /// restart.
+    fn crashed(&mut self, message: String) -> Option<Instant> {
+        let service = self.service();
+        let crashes = self.status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(service, crashes, "stream plugin failed: {message}");
+        if let Some(mut instance) = self.instance.take() {
+            for (_, c) in instance.store.data_mut().core.conns.drain() {
+                c.stop.cancel();
+                c.shared.fail(format!("plugin of service {service} failed: {message}"));
+            }
+        }
+        decide_after_crash(&self.spec, &self.status, &mut self.supervisor, message, crashes)
+    }
+
+    /// Node shutdown: every stream is stopped (`send-stop`, talk-back end),
+    /// waiting commands get `closed`, connections are closed locally.
+    fn shutdown(&mut self) {
+        let conns: Vec<u64> = self.core().map(|core| core.conns.keys().copied().collect()).unwrap_or_default();
+        for conn in conns {
+            match self.end_connection(conn) {
+                Ok(Some(shared)) => {
+                    shared.close_local("peer node shutting down");
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    tracing::warn!(service = self.service(), "stream plugin failed while shutting down: {message}");
+                    if let Some(mut instance) = self.instance.take() {
+                        for (_, c) in instance.store.data_mut().core.conns.drain() {
+                            c.stop.cancel();
+                            c.shared.close_local("peer node shutting down");
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Stream plugins: the device SDK's push model (see `wit/stream`).
+//!
+//! Implement [`StreamPlugin`] for a type with [`Default`] and export it with
+//! [`export_stream!`](crate::export_stream). The node calls
+//! [`StreamPlugin::send_init`] when an application asks for a stream, pulls
+//! its data with [`StreamPlugin::send_get`] every 10 ms while the stream's
+//! send buffer is under its high mark, and calls
+//! [`StreamPlugin::send_stop`] exactly once when it ends.
+//!
+//! ```ignore
+//! use fogconnect_guest::stream::{export_stream, Pull, Stream, StreamConnection, StreamPlugin};
+//!
+//! #[derive(Default)]
+//! struct Counter(u64);
+//!
+//! impl StreamPlugin for Counter {
+//!     fn send_init(&mut self, _conn: StreamConnection, _params: String) -> Result<Stream, String> {
+//!         self.0 += 1;
+//!         Ok(Stream::from_raw(self.0))
+//!     }
+//!     fn send_get(&mut self, _stream: Stream) -> Pull {
+//!         Pull::Data(b"tick".to_vec())
+//!     }
+//! }
+//!
+//! export_stream!(Counter);
+//! ```
+
+/// Generated bindings of the `fogconnect:streaming/stream-plugin` world. Plugins do
+/// not need them directly; they are public for the
+/// [`export_stream!`](crate::export_stream) macro.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "stream-plugin",
+        path: "../wit/stream",
+        pub_export_macro: true,
+        export_macro_name: "__export_stream_world",
+        default_bindings_module: "fogconnect_guest::stream::bindings",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+use bindings::fogconnect::streaming::host;
+
+pub use bindings::fogconnect::streaming::types::{
+    CommandError, LogLevel, Pull, SendStatistics, StreamError, WatermarkEvent,
+};
+
+/// One application connection to this plugin's service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamConnection(u64);
+
+impl StreamConnection {
+    /// Wraps a raw handle given by the node.
+    pub fn from_raw(handle: u64) -> Self {
+        Self(handle)
+    }
+
+    /// The raw handle.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Identifier of the application node (empty once the connection ended).
+    pub fn peer_id(self) -> String {
+        host::peer_id(self.0)
+    }
+
+    /// Sends a command to the application; exactly one
+    /// [`StreamPlugin::on_command_reply`] with the returned id follows.
+    ///
+    /// # Errors
+    /// [`CommandError`] when the command cannot be sent at all (unknown
+    /// connection, too large, too many waiting).
+    pub fn send_command(self, message: &[u8], timeout_ms: u32) -> Result<u64, CommandError> {
+        host::send_command(self.0, message, timeout_ms)
+    }
+}
+
+/// A stream handle chosen by the plugin (see `send_init` / `recv_init`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stream(u64);
+
+impl Stream {
+    /// A handle from a plugin-chosen number.
+    pub fn from_raw(handle: u64) -> Self {
+        Self(handle)
+    }
+
+    /// The raw handle.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Bytes of this send stream waiting in its send buffer.
+    ///
+    /// # Errors
+    /// [`StreamError::UnknownStream`] when it is not a live send stream.
+    pub fn buffered(self) -> Result<u64, StreamError> {
+        host::buffered(self.0)
+    }
+
+    /// Rate, bytes sent and buffered, and the path's rtt, loss and
+    /// congestion window.
+    ///
+    /// # Errors
+    /// [`StreamError::UnknownStream`] when it is not a live send stream.
+    pub fn send_status(self) -> Result<SendStatistics, StreamError> {
+        host::send_status(self.0)
+    }
+
+    /// Sets the send-buffer watermarks in bytes (`low <= warn <= high`; all
+    /// zero turns events and the pause off).
+    ///
+    /// # Errors
+    /// [`StreamError::UnknownStream`], [`StreamError::InvalidWatermarks`].
+    pub fn set_watermarks(self, low: u64, warn: u64, high: u64) -> Result<(), StreamError> {
+        host::set_watermarks(self.0, low, warn, high)
+    }
+}
+
+/// Writes a line to the node's log.
+pub fn log(level: LogLevel, message: &str) {
+    host::log(level, message)
+}
+
+/// Monotonic time in nanoseconds.
+pub fn monotonic_now() -> u64 {
+    host::monotonic_now()
+}
+
+/// The callbacks of a stream plugin. The node calls them one at a time.
+/// `send_init` and `send_get` must be written; the others default to
+/// refusing (talk-back, commands) or doing nothing.
+pub trait StreamPlugin: Default + 'static {
+    /// An application asks for a stream: return its handle, or a reason
+    /// to refuse.
+    fn send_init(&mut self, conn: StreamConnection, params: String) -> Result<Stream, String>;
+
+    /// The next data of a stream (called every 10 ms while its buffer is
+    /// under its high mark; one node call covers all streams due).
+    fn send_get(&mut self, stream: Stream) -> Pull;
+
+    /// The stream ended; exactly once per handle `send_init` returned.
+    fn send_stop(&mut self, stream: Stream) {
+        let _ = stream;
+    }
+
+    /// A watermark of a stream was crossed.
+    fn on_event(&mut self, stream: Stream, event: WatermarkEvent) {
+        let _ = (stream, event);
+    }
+
+    /// An application opens a talk-back stream.
+    fn recv_init(&mut self, conn: StreamConnection, params: String) -> Result<Stream, String> {
+        let _ = (conn, params);
+        Err("this plugin takes no talk-back".into())
+    }
+
+    /// Talk-back data; empty marks the end (the last call for the handle).
+    fn recv_data(&mut self, stream: Stream, data: Vec<u8>) {
+        let _ = (stream, data);
+    }
+
+    /// A command from the application: the reply, or a refusal.
+    fn on_command(&mut self, conn: StreamConnection, message: Vec<u8>) -> Result<Vec<u8>, String> {
+        let _ = (conn, message);
+        Err("this plugin takes no commands".into())
+    }
+
+    /// The outcome of a command this plugin sent.
+    fn on_command_reply(&mut self, id: u64, reply: Result<Vec<u8>, CommandError>) {
+        let _ = (id, reply);
+    }
+}
+
+/// Exports a [`StreamPlugin`] implementation as the plugin's callbacks.
+#[macro_export]
+macro_rules! export_stream {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __FogconnectStreamExport;
+
+        ::std::thread_local! {
+            static __FOGCONNECT_STREAM: ::std::cell::RefCell<$plugin> =
+                ::std::cell::RefCell::new(<$plugin as ::core::default::Default>::default());
+        }
+
+        impl $crate::stream::bindings::exports::fogconnect::streaming::handler::Guest for __FogconnectStreamExport {
+            fn send_init(conn: u64, params: ::std::string::String) -> ::core::result::Result<u64, ::std::string::String> {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::send_init(&mut *p.borrow_mut(), $crate::stream::StreamConnection::from_raw(conn), params)
+                        .map($crate::stream::Stream::raw)
+                })
+            }
+            fn send_get(streams: ::std::vec::Vec<u64>) -> ::std::vec::Vec<$crate::stream::Pull> {
+                __FOGCONNECT_STREAM.with(|p| {
+                    let mut plugin = p.borrow_mut();
+                    streams
+                        .into_iter()
+                        .map(|s| $crate::stream::StreamPlugin::send_get(&mut *plugin, $crate::stream::Stream::from_raw(s)))
+                        .collect()
+                })
+            }
+            fn send_stop(stream: u64) {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::send_stop(&mut *p.borrow_mut(), $crate::stream::Stream::from_raw(stream))
+                })
+            }
+            fn on_event(stream: u64, event: $crate::stream::WatermarkEvent) {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::on_event(&mut *p.borrow_mut(), $crate::stream::Stream::from_raw(stream), event)
+                })
+            }
+            fn recv_init(conn: u64, params: ::std::string::String) -> ::core::result::Result<u64, ::std::string::String> {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::recv_init(&mut *p.borrow_mut(), $crate::stream::StreamConnection::from_raw(conn), params)
+                        .map($crate::stream::Stream::raw)
+                })
+            }
+            fn recv_data(stream: u64, data: ::std::vec::Vec<u8>) {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::recv_data(&mut *p.borrow_mut(), $crate::stream::Stream::from_raw(stream), data)
+                })
+            }
+            fn on_command(conn: u64, message: ::std::vec::Vec<u8>) -> ::core::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::on_command(&mut *p.borrow_mut(), $crate::stream::StreamConnection::from_raw(conn), message)
+                })
+            }
+            fn on_command_reply(id: u64, reply: ::core::result::Result<::std::vec::Vec<u8>, $crate::stream::CommandError>) {
+                __FOGCONNECT_STREAM.with(|p| {
+                    $crate::stream::StreamPlugin::on_command_reply(&mut *p.borrow_mut(), id, reply)
+                })
+            }
+        }
+
+        $crate::stream::bindings::__export_stream_world!(__FogconnectStreamExport with_types_in $crate::stream::bindings);
+    };
+}
