@@ -8,7 +8,8 @@
 //! [`StreamPlugin::send_stop`] exactly once when it ends.
 //!
 //! ```ignore
-//! use fogconnect_guest::stream::{export_stream, Pull, Stream, StreamConnection, StreamPlugin};
+//! use fogconnect_guest::export_stream;
+//! use fogconnect_guest::stream::{Pull, Stream, StreamConnection, StreamPlugin};
 //!
 //! #[derive(Default)]
 //! struct Counter(u64);

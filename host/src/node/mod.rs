@@ -5,6 +5,7 @@ mod connection;
 mod links;
 mod relay;
 mod signaling;
+mod stream_client;
 mod traversal;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionEvent};
 pub use relay::{RelayServer, RelayStatus};
+pub use stream_client::{IncomingCommand, MediaEvent, MediaStream, StreamError, StreamSession, TalkBack};
 pub use traversal::TraversalReport;
 
 use crate::convention::{Convention, ConventionError, Transport};

@@ -348,13 +348,19 @@ impl StreamActor {
             return Ok(());
         }
         let result = if send {
-            self.call(|b, s| b.fogconnect_streaming_handler().call_send_init(s, conn, params))?
+            core.initializing = true;
+            let result = self.call(|b, s| b.fogconnect_streaming_handler().call_send_init(s, conn, params));
+            if let Some(core) = self.core() {
+                core.initializing = false;
+            }
+            result?
         } else {
             self.call(|b, s| b.fogconnect_streaming_handler().call_recv_init(s, conn, params))?
         };
         let Some(core) = self.core() else { return Ok(()) };
         let handle = match result {
             Ok(handle) if core.streams.contains_key(&handle) => {
+                core.early_marks.clear();
                 tracing::warn!(service = self.service(), handle, "plugin returned a stream handle already in use");
                 self.send_now(
                     conn,
@@ -364,15 +370,18 @@ impl StreamActor {
             }
             Ok(handle) => handle,
             Err(reason) => {
+                core.early_marks.clear();
                 self.send_now(conn, &StreamMessage::Refused { stream: wire, reason });
                 return Ok(());
             }
         };
+        let marks = core.early_marks.remove(&handle).unwrap_or(Watermarks::OFF);
+        core.early_marks.clear();
         let Some(c) = core.conns.get_mut(&conn) else { return Ok(()) };
         c.streams.insert(wire, handle);
         let kind = if send {
             c.queues.lock().open(wire);
-            core.schedule.add(handle, Watermarks::OFF);
+            core.schedule.add(handle, marks);
             StreamKind::Send { meter: SendMeter::new(super::stream_state::STATUS_WINDOW) }
         } else {
             StreamKind::Recv
@@ -412,16 +421,16 @@ impl StreamActor {
         self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &[]))
     }
 
-    /// A connection ended (or this side ends it): its streams end, its
-    /// waiting commands get `closed`. Returns the connection.
+    /// A connection ended (or this side ends it): its streams end, then its
+    /// waiting commands get `closed`. The connection stays in the table
+    /// while its streams stop, so a plugin may still send a last command on
+    /// it from `send-stop` (delivered when the node is the one closing).
+    /// Returns the connection.
     fn end_connection(&mut self, conn: u64) -> Result<Option<Arc<ConnShared>>, String> {
-        let Some(core) = self.core() else { return Ok(None) };
-        let Some(c) = core.conns.remove(&conn) else { return Ok(None) };
+        let Some(c) = self.core().and_then(|core| core.conns.get(&conn)) else { return Ok(None) };
         c.stop.cancel();
         let mut handles: Vec<(WireStream, u64)> = c.streams.iter().map(|(&w, &h)| (w, h)).collect();
         handles.sort_unstable();
-        let shared = c.shared;
-        // The connection is out of the table: the stops below touch no queue.
         for (_, handle) in handles {
             let is_send = self
                 .core()
@@ -433,11 +442,13 @@ impl StreamActor {
                 None => {}
             }
         }
-        let waiting = self.core().map(|core| core.commands.drain_matching(|c| *c == conn)).unwrap_or_default();
+        let Some(core) = self.core() else { return Ok(None) };
+        let Some(c) = core.conns.remove(&conn) else { return Ok(None) };
+        let waiting = core.commands.drain_matching(|caller| *caller == conn);
         for (id, _) in waiting {
             self.give_reply(id, &Err(types::CommandError::Closed))?;
         }
-        Ok(Some(shared))
+        Ok(Some(c.shared))
     }
 
     /// Delivers the watermark events `set-watermarks` caused.

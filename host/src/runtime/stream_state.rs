@@ -93,6 +93,11 @@ pub struct StreamCore {
     /// Watermark events caused by `set-watermarks`, delivered after the
     /// call that caused them.
     pub pending_events: Vec<(u64, WatermarkEvent)>,
+    /// True while `send-init` runs: `set-watermarks` for a handle not yet
+    /// known is then kept for the handle `send-init` returns.
+    pub initializing: bool,
+    /// Marks set during `send-init`, by handle.
+    pub early_marks: HashMap<u64, Watermarks>,
 }
 
 impl StreamCore {
@@ -103,6 +108,8 @@ impl StreamCore {
             schedule: PullSchedule::new(DEFAULT_PERIOD, now),
             commands: CommandTable::new(MAX_WAITING_COMMANDS),
             pending_events: Vec::new(),
+            initializing: false,
+            early_marks: HashMap::new(),
         }
     }
 
@@ -224,6 +231,10 @@ impl host::Host for StreamState {
     fn set_watermarks(&mut self, handle: u64, low: u64, warn: u64, high: u64) -> Result<(), types::StreamError> {
         let marks =
             Watermarks::new(low, warn, high).map_err(|e| types::StreamError::InvalidWatermarks(e.to_string()))?;
+        if self.core.initializing && !self.core.streams.contains_key(&handle) {
+            self.core.early_marks.insert(handle, marks);
+            return Ok(());
+        }
         self.core.send_entry(handle)?;
         let events = self.core.schedule.set_marks(handle, marks).map_err(|_| types::StreamError::UnknownStream)?;
         self.core.pending_events.extend(events.into_iter().map(|e| (handle, e)));

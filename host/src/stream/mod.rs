@@ -4,7 +4,7 @@
 //! schedule, send status meter, command table, send queues) and the task
 //! that pumps the queues into a connection; the plugin actor is
 //! [`crate::runtime::stream_actor`], the application side
-//! [`crate::node::stream_client`].
+//! [`crate::StreamSession`].
 
 pub mod command;
 pub mod mux;
