@@ -23,7 +23,7 @@ pub mod transport;
 pub use convention::{Convention, ConventionError, Transport};
 pub use nat::NatReport;
 pub use node::{
-    ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig,
+    Commander, ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig,
     NodeError, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, TalkBack, TraversalReport,
 };
 pub use runtime::PluginError;

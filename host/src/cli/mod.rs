@@ -7,7 +7,9 @@ mod peers;
 mod relay;
 mod send;
 mod signal;
+mod stream;
 mod stun;
+mod target;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Connect to a node, send one message per argument and print the replies.
     Send(send::SendArgs),
+    /// Ask a stream service for a stream and show the received rate live.
+    Stream(stream::StreamArgs),
     /// Run two nodes in this process and show the plugin exchange.
     Demo(demo::DemoArgs),
     /// Run the signaling server, or issue a node's token (`signal token`).
@@ -219,7 +223,7 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Node(_) | Command::Signal(_) | Command::Stun(_) | Command::Relay(_) => "info",
-            Command::Send(_) | Command::Demo(_) | Command::Peers(_) | Command::Nat(_) => "error",
+            Command::Send(_) | Command::Stream(_) | Command::Demo(_) | Command::Peers(_) | Command::Nat(_) => "error",
         }
     }
 }
@@ -236,6 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => node::run(args).await,
         Command::Send(args) => send::run(args).await,
+        Command::Stream(args) => stream::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Signal(args) => signal::run(args).await,
         Command::Peers(args) => peers::run(args).await,

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionEvent};
 pub use relay::{RelayServer, RelayStatus};
-pub use stream_client::{IncomingCommand, MediaEvent, MediaStream, StreamError, StreamSession, TalkBack};
+pub use stream_client::{Commander, IncomingCommand, MediaEvent, MediaStream, StreamError, StreamSession, TalkBack};
 pub use traversal::TraversalReport;
 
 use crate::convention::{Convention, ConventionError, Transport};
@@ -435,6 +435,7 @@ impl NodeBuilder {
             .map_err(|_| NodeError::InvalidConfig("keep-alive interval × attempts out of range".into()))?;
         transport.max_idle_timeout(Some(idle));
         transport.max_concurrent_bidi_streams(4096u32.into());
+        transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
         let transport = Arc::new(transport);
         let server_config = identity.server_config(transport.clone())?;
         let mut endpoint_config = quinn::EndpointConfig::default();

@@ -244,6 +244,48 @@ impl Drop for TalkBack {
     }
 }
 
+/// Sends commands on a [`StreamSession`] from any task.
+#[derive(Debug, Clone)]
+pub struct Commander(Arc<SessionShared>);
+
+impl Commander {
+    /// As [`StreamSession::command`].
+    ///
+    /// # Errors
+    /// As [`StreamSession::command`].
+    pub async fn command(&self, data: impl Into<Bytes>, timeout: Duration) -> Result<Bytes, StreamError> {
+        command(&self.0, data.into(), timeout).await
+    }
+}
+
+async fn command(shared: &SessionShared, data: Bytes, timeout: Duration) -> Result<Bytes, StreamError> {
+    if data.len() > MAX_COMMAND_BYTES {
+        return Err(StreamError::TooLarge(data.len()));
+    }
+    let id = shared.next_command.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut routes = shared.routes();
+        if let Some(reason) = &routes.ended {
+            return Err(StreamError::Closed(reason.clone()));
+        }
+        routes.commands.insert(id, tx);
+    }
+    if let Err(e) = shared.send(&StreamMessage::Command { id, data }) {
+        shared.routes().commands.remove(&id);
+        return Err(e);
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(StreamError::Closed("the session ended".into())),
+        Err(_) => {
+            // A late reply finds no caller and is dropped.
+            shared.routes().commands.remove(&id);
+            Err(StreamError::TimedOut(timeout))
+        }
+    }
+}
+
 /// An application's session with a stream service over one connection.
 /// Dropping it closes the connection (the device stops every stream).
 #[derive(Debug)]
@@ -339,32 +381,12 @@ impl StreamSession {
     /// refused it, [`StreamError::TooLarge`] above 16 KiB,
     /// [`StreamError::Closed`].
     pub async fn command(&self, data: impl Into<Bytes>, timeout: Duration) -> Result<Bytes, StreamError> {
-        let data = data.into();
-        if data.len() > MAX_COMMAND_BYTES {
-            return Err(StreamError::TooLarge(data.len()));
-        }
-        let id = self.shared.next_command.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut routes = self.shared.routes();
-            if let Some(reason) = &routes.ended {
-                return Err(StreamError::Closed(reason.clone()));
-            }
-            routes.commands.insert(id, tx);
-        }
-        if let Err(e) = self.shared.send(&StreamMessage::Command { id, data }) {
-            self.shared.routes().commands.remove(&id);
-            return Err(e);
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StreamError::Closed("the session ended".into())),
-            Err(_) => {
-                // A late reply finds no caller and is dropped.
-                self.shared.routes().commands.remove(&id);
-                Err(StreamError::TimedOut(timeout))
-            }
-        }
+        command(&self.shared, data.into(), timeout).await
+    }
+
+    /// A handle that sends commands on this session from another task.
+    pub fn commander(&self) -> Commander {
+        Commander(self.shared.clone())
     }
 
     /// The next command from the device's plugin; `None` once the

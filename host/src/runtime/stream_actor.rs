@@ -32,7 +32,7 @@ use crate::stream::mux::WireStream;
 use crate::stream::pump::{MuxShared, pump};
 use crate::stream::status::SendMeter;
 use crate::stream::watermark::{WatermarkEvent, Watermarks};
-use crate::transport::conn::{ConnEvent, ConnShared};
+use crate::transport::conn::{ConnEvent, ConnShared, LINK_SEND_WINDOW};
 
 /// How often the send meters (rate, loss) are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -444,6 +444,12 @@ impl StreamActor {
         }
         let Some(core) = self.core() else { return Ok(None) };
         let Some(c) = core.conns.remove(&conn) else { return Ok(None) };
+        // The link goes back to the node's send window when no other stream
+        // connection of this plugin uses it.
+        let link = c.shared.link_id();
+        if link.is_some() && !core.conns.values().any(|other| other.shared.link_id() == link) {
+            c.shared.set_send_window(LINK_SEND_WINDOW);
+        }
         let waiting = core.commands.drain_matching(|caller| *caller == conn);
         for (id, _) in waiting {
             self.give_reply(id, &Err(types::CommandError::Closed))?;

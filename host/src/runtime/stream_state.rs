@@ -32,6 +32,10 @@ pub const HARD_BUFFER_LIMIT: u64 = 8 << 20;
 /// Most commands of one plugin waiting for replies.
 pub const MAX_WAITING_COMMANDS: usize = 256;
 
+/// The smallest QUIC send window the node gives a link a stream plugin
+/// sends on.
+pub const MIN_STREAM_SEND_WINDOW: u64 = 64 * 1024;
+
 /// The window of a send stream's rate and loss.
 pub const STATUS_WINDOW: Duration = Duration::from_secs(1);
 
@@ -123,9 +127,23 @@ impl StreamCore {
         Some(conn.queues.lock().buffered(entry.wire))
     }
 
-    /// Records a sample of every send stream's counters (rate and loss).
+    /// Records a sample of every send stream's counters (rate and loss),
+    /// and sizes the QUIC send window of every link a stream is sent on to
+    /// twice its congestion window: QUIC then holds about one window of
+    /// data beyond what is in flight, and the rest of a backlog waits in
+    /// the streams' send buffers, where the watermarks see it (with QUIC's
+    /// default of 10 MB a slow link would hide seconds of media).
     pub fn sample_meters(&mut self, now: Instant) {
         let mut paths = HashMap::new();
+        for conn in self.conns.values() {
+            if conn.streams.is_empty() {
+                continue;
+            }
+            let path = conn.shared.path_sample();
+            if let Some(path) = path {
+                conn.shared.set_send_window(path.cwnd.saturating_mul(2).max(MIN_STREAM_SEND_WINDOW));
+            }
+        }
         for entry in self.streams.values_mut() {
             let StreamKind::Send { meter } = &mut entry.kind else { continue };
             let Some(conn) = self.conns.get(&entry.conn) else { continue };

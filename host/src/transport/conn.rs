@@ -257,6 +257,12 @@ pub struct ConnShared {
     drained: tokio::sync::Notify,
 }
 
+/// The QUIC send window of a link (bytes written to its streams and not yet
+/// acknowledged): quinn's default, 8 × its 1.25 MB stream receive window.
+/// While a stream plugin sends on a link the node sizes it to the path's
+/// congestion window instead (see [`ConnShared::set_send_window`]).
+pub const LINK_SEND_WINDOW: u64 = 10_000_000;
+
 /// Measurements of a connection's QUIC path (shared by every connection
 /// on the same link).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +395,21 @@ impl ConnShared {
                 _ = self.cancel.cancelled() => return false,
             }
         }
+    }
+
+    /// Sets the send window of the link under the connection (shared by
+    /// every connection on it): what QUIC holds, sent or not, before it is
+    /// acknowledged. Nothing for a detached connection.
+    pub fn set_send_window(&self, bytes: u64) {
+        if let Some(quic) = &self.quic {
+            quic.set_send_window(bytes);
+        }
+    }
+
+    /// Identifies the link under the connection (equal for connections
+    /// sharing it); `None` for a detached connection.
+    pub fn link_id(&self) -> Option<usize> {
+        self.quic.as_ref().map(quinn::Connection::stable_id)
     }
 
     /// Measurements of the QUIC path under the connection; `None` for a

@@ -6,11 +6,13 @@
 //!   default 10) — required;
 //! - `bitrate` initial bits per second (default 2,000,000), `min` (default
 //!   100,000) and `max` (default 50,000,000);
-//! - `control`: `events` (default) steers by watermark events: warn ×0.85,
-//!   high ×0.5, and +5% every 500 ms without a warn or high for 2 s while
-//!   the buffer is under the low mark; `status` turns the watermarks off and
-//!   steers from the buffer size and send rate; `none` turns them off and
-//!   keeps the bitrate (a plugin that ignores its buffer);
+//! - `control`: `events` (default) steers by watermark events and send
+//!   statistics: warn ×0.85, high ×0.5; every 500 ms, a buffer above the
+//!   low mark that grew since the last look sets the bitrate to 90% of the
+//!   rate the data leaves at, and after 2 s without such pressure a buffer
+//!   under the low mark raises it by 5%; `status` turns the watermarks off
+//!   and steers from the buffer size and send rate alone; `none` turns them
+//!   off and keeps the bitrate (a plugin that ignores its buffer);
 //! - `marks=low,warn,high` in bytes (default 32768,98304,196608);
 //! - `notify=stop`: when the stream stops, send the application the
 //!   command `stopped <handle>` (so it can check each stream stops once).
@@ -47,6 +49,7 @@ struct Source {
     max: u64,
     control: Control,
     low: u64,
+    last_buffered: u64,
     ends_at: Option<u64>,
     frame: u64,
     last_pull: Option<u64>,
@@ -134,6 +137,7 @@ impl AdaptiveSource {
             max,
             control,
             low: marks[0],
+            last_buffered: 0,
             ends_at,
             frame: 0,
             last_pull: None,
@@ -177,19 +181,31 @@ impl AdaptiveSource {
             return;
         }
         source.last_adjust = now;
+        let grew = buffered > source.last_buffered;
+        source.last_buffered = buffered;
+        let sending = || stream.send_status().map_or(0, |s| s.rate_bytes_per_second.saturating_mul(8));
         match source.control {
             Control::None => {}
             Control::Events => {
-                if now.saturating_sub(source.last_pressure) >= 2_000 * MS && buffered < source.low {
+                if buffered >= source.low && grew {
+                    // Producing faster than the link takes: just under the
+                    // rate the data actually leaves at.
+                    let rate = sending();
+                    if rate > 0 {
+                        source.bitrate = (source.bitrate.min(rate) * 9 / 10).max(source.min);
+                    }
+                    source.last_pressure = now;
+                } else if now.saturating_sub(source.last_pressure) >= 2_000 * MS && buffered < source.low {
                     source.bitrate = (source.bitrate + source.bitrate / 20).min(source.max);
                 }
             }
             Control::Status => {
-                let Ok(status) = stream.send_status() else { return };
-                if status.bytes_buffered > 65_536 {
-                    let sending = status.rate_bytes_per_second.saturating_mul(8);
-                    source.bitrate = (source.bitrate.min(sending) * 9 / 10).max(source.min);
-                } else if status.bytes_buffered < 16_384 {
+                if buffered > 65_536 && grew {
+                    let rate = sending();
+                    if rate > 0 {
+                        source.bitrate = (source.bitrate.min(rate) * 9 / 10).max(source.min);
+                    }
+                } else if buffered < 16_384 {
                     source.bitrate = (source.bitrate + source.bitrate / 20).min(source.max);
                 }
             }
@@ -249,6 +265,10 @@ impl StreamPlugin for AdaptiveSource {
     fn on_event(&mut self, stream: Stream, event: WatermarkEvent) {
         let Some(source) = self.sources.get_mut(&stream.raw()) else { return };
         let now = fogconnect_guest::stream::monotonic_now();
+        // Events come right after the pull that crossed a mark: with the
+        // levels seen at pulls this is the buffer's true maximum (nothing
+        // is pulled while it is above the high mark).
+        source.max_buffered = source.max_buffered.max(stream.buffered().unwrap_or(0));
         match event {
             WatermarkEvent::Warn => {
                 source.events[0] += 1;
