@@ -37,6 +37,12 @@ pub const RELAY: &str = "203.0.113.10:3480";
 /// The secret the signaling server shares with the relay.
 pub const RELAY_SECRET: &str = "nat lab relay secret 0123456789";
 
+/// The device side of a rate-limited link lab (see
+/// [`Lab::rate_limited_link`]).
+pub const LINK_DEVICE: &str = "198.51.100.1";
+/// The application side of a rate-limited link lab.
+pub const LINK_APP: &str = "198.51.100.2";
+
 /// How a lab router treats traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NatKind {
@@ -297,6 +303,37 @@ impl Lab {
         };
         lab.build().with_context(|| format!("building the NAT lab {} × {}", a.name(), b.name()))?;
         Ok(lab)
+    }
+
+    /// A lab of two namespaces, `dev` and `app`, joined by one veth link
+    /// on 198.51.100.0/24 (TEST-NET-2, [`LINK_DEVICE`] and [`LINK_APP`]),
+    /// no NAT; the device side sends at most `rate` (a `tc` rate such as
+    /// `4mbit`, token bucket with a 50 ms queue: this kernel has no netem).
+    pub fn rate_limited_link(rate: &str) -> anyhow::Result<Self> {
+        let prefix = format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
+        let mut lab = Lab {
+            prefix,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            kinds: (NatKind::Open, NatKind::Open),
+            stun_started: false,
+            relay_pid: None,
+        };
+        lab.build_link(rate).with_context(|| format!("building a {rate} link"))?;
+        Ok(lab)
+    }
+
+    fn build_link(&mut self, rate: &str) -> anyhow::Result<()> {
+        let dev = self.add_ns("dev")?;
+        let app = self.add_ns("app")?;
+        ip(&["-n", &dev, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &app])?;
+        ip(&["-n", &dev, "addr", "add", &format!("{LINK_DEVICE}/24"), "dev", "va"])?;
+        ip(&["-n", &app, "addr", "add", &format!("{LINK_APP}/24"), "dev", "vb"])?;
+        ip(&["-n", &dev, "link", "set", "va", "up"])?;
+        ip(&["-n", &app, "link", "set", "vb", "up"])?;
+        let tbf = ["-n", &dev, "qdisc", "add", "dev", "va", "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "50ms"];
+        run(Command::new("tc").args(tbf)).context("the link lab needs tc: apt-get install iproute2")?;
+        Ok(())
     }
 
     /// The namespace called `name` in this lab.
