@@ -7,13 +7,9 @@
 mod common;
 mod natlab;
 
-use std::time::Duration;
+use anyhow::Context;
+use natlab::link::{LINK, stream_over_link};
 
-use anyhow::{Context, ensure};
-use natlab::{LINK_DEVICE, Lab, lab_available};
-
-/// The link's rate: `tc` rate and bits per second.
-const LINK: (&str, f64) = ("4mbit", 4e6);
 /// The adaptive source's default high mark.
 const HIGH: u64 = 196_608;
 /// How far above the high mark the buffer may go: pulling pauses after the
@@ -21,75 +17,6 @@ const HIGH: u64 = 196_608;
 /// the 8 Mbit/s the tests start at, 100 ms after a pause from below the
 /// low mark). One such chunk, rounded up.
 const CROSSING: u64 = 32 * 1024;
-
-/// One report of `fogconnect stream`.
-#[derive(Debug, Clone, Copy)]
-struct Report {
-    secs: f64,
-    mbit: f64,
-}
-
-/// One `stream` line of the plugin's `stats`, after the report at `secs`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    secs: f64,
-    bitrate: u64,
-    buffered: u64,
-    max_buffered: u64,
-    warn: u64,
-    high: u64,
-    low: u64,
-}
-
-fn field(line: &str, key: &str) -> anyhow::Result<u64> {
-    let prefix = format!("{key}=");
-    let word = line.split_whitespace().find(|w| w.starts_with(&prefix)).with_context(|| format!("no {key} in {line:?}"))?;
-    Ok(word[prefix.len()..].parse()?)
-}
-
-/// Streams from the device to the application over the link for
-/// `seconds` with `params`; returns the reports, the stats and the summary.
-fn stream_over_link(params: &str, seconds: u64) -> anyhow::Result<(Vec<Report>, Vec<Stats>, String)> {
-    lab_available()?;
-    let mut lab = Lab::rate_limited_link(LINK.0)?;
-    let plugin = common::plugin("adaptive-source");
-    let listen = format!("{LINK_DEVICE}:7700");
-    let spec = format!("5={}", plugin.display());
-    let mut device = lab.spawn("dev", &["node", "--listen", &listen, "--id", "camera", "--no-cache", "--plugin", &spec], &[])?;
-    device.wait_line("listening on", Duration::from_secs(10))?;
-    let secs = seconds.to_string();
-    let args = [
-        "stream", "--addr", &listen, "--service", "5", "--params", params, "--seconds", &secs, "--report-ms", "500",
-        "--watch-command", "stats",
-    ];
-    let mut app = lab.spawn("app", &args, &[])?;
-    let lines = app.rest(Duration::from_secs(seconds + 20))?;
-    let mut reports = Vec::new();
-    let mut stats = Vec::new();
-    let mut summary = String::new();
-    for line in &lines {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["|", "stream", ..] = words[..] {
-            let secs = reports.last().map_or(0.0, |r: &Report| r.secs);
-            stats.push(Stats {
-                secs,
-                bitrate: field(line, "bitrate")?,
-                buffered: field(line, "buffered")?,
-                max_buffered: field(line, "max_buffered")?,
-                warn: field(line, "warn")?,
-                high: field(line, "high")?,
-                low: field(line, "low")?,
-            });
-        } else if let [secs, "s", mbit, "Mbit/s", ..] = words[..] {
-            reports.push(Report { secs: secs.parse()?, mbit: mbit.parse()? });
-        } else if line.starts_with("ended:") {
-            summary = line.clone();
-        }
-    }
-    ensure!(reports.len() as u64 >= seconds * 2 - 2, "too few reports: {lines:#?}");
-    ensure!(stats.len() as u64 >= seconds * 2 - 4, "too few stats: {lines:#?}");
-    Ok((reports, stats, summary))
-}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

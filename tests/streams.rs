@@ -8,7 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use common::{WAIT, node_with, node_with_config};
-use fogconnect::{MediaEvent, MediaStream, Node, NodeConfig, StreamError, StreamSession, Transport};
+use fogconnect::runtime::engine::PluginEngine;
+use fogconnect::runtime::stream_harness::StreamHarness;
+use fogconnect::transport::conn::{ConnectionId, Detached, DetachedOutput};
+use fogconnect::{MediaEvent, MediaStream, Node, NodeConfig, PluginLimits, StreamError, StreamSession, Transport};
+use fogconnect_proto::stream::StreamMessage;
 
 const SERVICE: u8 = 5;
 
@@ -302,5 +306,77 @@ async fn a_device_shutting_down_stops_every_stream_once() -> anyhow::Result<()> 
         let (reason, _) = until_end(stream).await?;
         assert!(reason.contains("connection closed"), "{reason}");
     }
+    Ok(())
+}
+
+/// The next message the harness's node sent on a connection at once.
+fn sent(wire: &mut Detached) -> anyhow::Result<StreamMessage> {
+    match wire.try_take() {
+        Some(DetachedOutput::Message(message)) => Ok(StreamMessage::decode(&message)?),
+        other => bail!("expected a message, got {other:?}"),
+    }
+}
+
+/// Runs the next pull tick.
+fn tick(harness: &mut StreamHarness) -> anyhow::Result<()> {
+    let due = harness.next_wake().context("the stream is scheduled")?;
+    harness.tick(due).map_err(anyhow::Error::msg)
+}
+
+fn harness_stats(harness: &mut StreamHarness, id: ConnectionId, wire: &mut Detached) -> anyhow::Result<String> {
+    harness.deliver(id, &StreamMessage::Command { id: 99, data: Bytes::from_static(b"stats") }).map_err(anyhow::Error::msg)?;
+    match sent(wire)? {
+        StreamMessage::Reply { id: 99, data } => Ok(String::from_utf8_lossy(&data).into_owned()),
+        other => bail!("expected the stats reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn watermark_events_fire_once_per_crossing_and_pulling_pauses_above_high() -> anyhow::Result<()> {
+    let engine = PluginEngine::new(None)?;
+    let wasm = std::fs::read(common::plugin("adaptive-source"))?;
+    let mut harness = StreamHarness::new(&engine, &wasm, SERVICE, PluginLimits::default())?;
+    let (id, mut wire) = harness.open("phone").map_err(anyhow::Error::msg)?;
+    // 10,000-byte frames against marks 15,000 / 35,000 / 55,000; nothing
+    // leaves the buffer until the test takes it out.
+    let open = StreamMessage::Open { stream: 1, params: "action=live&frame=10000&marks=15000,35000,55000".into() };
+    harness.deliver(id, &open).map_err(anyhow::Error::msg)?;
+    assert_eq!(sent(&mut wire)?, StreamMessage::Accepted { stream: 1 });
+    // 10k, 20k, 30k, 40k (warn), 50k, 60k (high: paused), then two paused ticks.
+    for _ in 0..8 {
+        tick(&mut harness)?;
+    }
+    let stats = harness_stats(&mut harness, id, &mut wire)?;
+    assert!(stats.contains("buffered=60000 ") && stats.contains("warn=1 high=1 low=0"), "{stats}");
+    let queued = harness.take_queued(id);
+    assert_eq!(queued.len(), 6, "six pulls, then paused above the high mark");
+    // Emptied: the next tick reports low once and pulls again.
+    tick(&mut harness)?;
+    tick(&mut harness)?;
+    let stats = harness_stats(&mut harness, id, &mut wire)?;
+    assert!(stats.contains("buffered=20000 ") && stats.contains("warn=1 high=1 low=1"), "{stats}");
+    // Rising again: warn and high once more, each once.
+    for _ in 0..6 {
+        tick(&mut harness)?;
+    }
+    let stats = harness_stats(&mut harness, id, &mut wire)?;
+    assert!(stats.contains("buffered=60000 ") && stats.contains("warn=2 high=2 low=1"), "{stats}");
+    Ok(())
+}
+
+#[test]
+fn with_all_marks_zero_no_event_fires_and_pulling_never_pauses() -> anyhow::Result<()> {
+    let engine = PluginEngine::new(None)?;
+    let wasm = std::fs::read(common::plugin("adaptive-source"))?;
+    let mut harness = StreamHarness::new(&engine, &wasm, SERVICE, PluginLimits::default())?;
+    let (id, mut wire) = harness.open("phone").map_err(anyhow::Error::msg)?;
+    let open = StreamMessage::Open { stream: 1, params: "action=live&frame=10000&control=none".into() };
+    harness.deliver(id, &open).map_err(anyhow::Error::msg)?;
+    assert_eq!(sent(&mut wire)?, StreamMessage::Accepted { stream: 1 });
+    for _ in 0..50 {
+        tick(&mut harness)?;
+    }
+    let stats = harness_stats(&mut harness, id, &mut wire)?;
+    assert!(stats.contains("buffered=500000 ") && stats.contains("warn=0 high=0 low=0"), "{stats}");
     Ok(())
 }

@@ -14,6 +14,8 @@
 //! appends the lab processes' logs to FILE.
 #![allow(dead_code)]
 
+pub mod link;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -151,7 +151,7 @@ impl ActorHandle {
             .spawn(move || match spec.prepared.world.clone() {
                 PreparedWorld::Service(pre) => Actor::new(spec, pre, rx, actor_status).run(ready_tx),
                 PreparedWorld::Stream(pre) => {
-                    StreamActor::new(spec, pre, rx, actor_status, runtime).run(ready_tx);
+                    StreamActor::new(spec, pre, rx, actor_status, Some(runtime)).run(ready_tx);
                 }
             })
             .map_err(|e| PluginError::Actor(e.to_string()))?;

@@ -18,8 +18,14 @@ use crate::convention::{Convention, Transport};
 use crate::transport::conn::{CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnectionId, Detached, Owner};
 
 /// Host services without a network: `connect-peer` is refused.
-struct NoNetwork {
+pub(super) struct NoNetwork {
     next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for NoNetwork {
+    fn default() -> Self {
+        Self { next: std::sync::atomic::AtomicU64::new(1 << 32) }
+    }
 }
 
 impl HostServices for NoNetwork {
@@ -57,7 +63,7 @@ impl PluginHarness {
         let ctx = Arc::new(PluginContext {
             service,
             limits,
-            host: Arc::new(NoNetwork { next: std::sync::atomic::AtomicU64::new(1 << 32) }),
+            host: Arc::new(NoNetwork::default()),
             owner: owner.clone(),
             epoch: Instant::now(),
         });

@@ -7,6 +7,7 @@ pub mod harness;
 pub mod state;
 pub mod stderr_tail;
 pub mod stream_actor;
+pub mod stream_harness;
 pub mod stream_state;
 pub mod supervisor;
 

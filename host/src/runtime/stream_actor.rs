@@ -37,6 +37,11 @@ use crate::transport::conn::{ConnEvent, ConnShared, LINK_SEND_WINDOW};
 /// How often the send meters (rate, loss) are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
+/// Most streams pulled in one `send-get` call: a tick with more streams
+/// makes several calls, so one call's work stays well inside the call
+/// deadline however many streams a plugin has.
+pub const PULL_BATCH: usize = 1024;
+
 struct StreamInstance {
     store: Store<StreamState>,
     bindings: StreamPlugin,
@@ -61,9 +66,12 @@ pub(super) struct StreamActor {
     supervisor: Supervisor,
     instance: Option<StreamInstance>,
     deadline_ticks: u64,
-    /// The node's runtime, where the pump tasks run.
-    runtime: tokio::runtime::Handle,
+    /// The node's runtime, where the pump tasks run; `None` in the
+    /// harness, which takes the queued messages out itself.
+    runtime: Option<tokio::runtime::Handle>,
     last_sample: Instant,
+    /// Most streams per `send-get` call.
+    pub(super) pull_batch: usize,
 }
 
 fn wit_event(event: WatermarkEvent) -> types::WatermarkEvent {
@@ -80,15 +88,31 @@ impl StreamActor {
         pre: StreamPluginPre<StreamState>,
         rx: mpsc::Receiver<ConnEvent>,
         status: Arc<PluginStatus>,
-        runtime: tokio::runtime::Handle,
+        runtime: Option<tokio::runtime::Handle>,
     ) -> Self {
         let deadline_ticks = deadline_ticks(spec.ctx.limits.call_deadline);
         let supervisor = Supervisor::new(spec.crash_policy);
-        Self { spec, pre, rx, status, supervisor, instance: None, deadline_ticks, runtime, last_sample: Instant::now() }
+        Self {
+            spec,
+            pre,
+            rx,
+            status,
+            supervisor,
+            instance: None,
+            deadline_ticks,
+            runtime,
+            last_sample: Instant::now(),
+            pull_batch: PULL_BATCH,
+        }
     }
 
     fn service(&self) -> u8 {
         self.spec.ctx.service
+    }
+
+    pub(super) fn instantiate_now(&mut self) -> Result<(), String> {
+        self.instance = Some(self.instantiate()?);
+        Ok(())
     }
 
     fn instantiate(&self) -> Result<StreamInstance, String> {
@@ -187,7 +211,7 @@ impl StreamActor {
     }
 
     /// The next pull tick or command timeout.
-    fn next_wake(&self) -> Option<Instant> {
+    pub(super) fn next_wake(&self) -> Option<Instant> {
         let core = &self.instance.as_ref()?.store.data().core;
         match (core.schedule.poll_timeout(), core.commands.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -195,7 +219,7 @@ impl StreamActor {
         }
     }
 
-    fn core(&mut self) -> Option<&mut super::stream_state::StreamCore> {
+    pub(super) fn core(&mut self) -> Option<&mut super::stream_state::StreamCore> {
         self.instance.as_mut().map(|i| &mut i.store.data_mut().core)
     }
 
@@ -217,7 +241,7 @@ impl StreamActor {
 
     /// Handles one connection event. `Err` carries the failure of a plugin
     /// call.
-    fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
+    pub(super) fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
         if self.instance.is_none() {
             if let ConnEvent::Opened(shared) = event {
                 let why = match self.status.state() {
@@ -243,7 +267,9 @@ impl StreamActor {
     fn register(&mut self, shared: Arc<ConnShared>) {
         let queues = MuxShared::new(shared.max_message_size());
         let stop = CancellationToken::new();
-        self.runtime.spawn(pump(shared.clone(), queues.clone(), stop.clone()));
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(pump(shared.clone(), queues.clone(), stop.clone()));
+        }
         let id = shared.meta().id.0;
         if let Some(core) = self.core() {
             core.conns.insert(id, StreamConn { shared, queues, stop, streams: Default::default() });
@@ -494,7 +520,7 @@ impl StreamActor {
     }
 
     /// Command timeouts and the pull tick due at `now`.
-    fn on_timers(&mut self, now: Instant) -> Result<(), String> {
+    pub(super) fn on_timers(&mut self, now: Instant) -> Result<(), String> {
         let expired = self.core().map(|core| core.commands.handle_timeout(now)).unwrap_or_default();
         for (id, _, err) in expired {
             self.give_reply(id, &Err(wit_command_error(&err)))?;
@@ -527,7 +553,13 @@ impl StreamActor {
         if due.is_empty() {
             return Ok(());
         }
-        let pulls = self.call(|b, s| b.fogconnect_streaming_handler().call_send_get(s, &due))?;
+        let mut pulls = Vec::with_capacity(due.len());
+        for batch in due.chunks(self.pull_batch.max(1)) {
+            let mut pulled = self.call(|b, s| b.fogconnect_streaming_handler().call_send_get(s, batch))?;
+            // Missing entries count as empty, extra ones are ignored.
+            pulled.resize_with(batch.len(), || types::Pull::Data(Vec::new()));
+            pulls.extend(pulled);
+        }
         let mut finished = Vec::new();
         if let Some(core) = self.core() {
             for (&handle, pull) in due.iter().zip(pulls) {

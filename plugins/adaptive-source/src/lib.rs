@@ -14,6 +14,9 @@
 //!   and steers from the buffer size and send rate alone; `none` turns them
 //!   off and keeps the bitrate (a plugin that ignores its buffer);
 //! - `marks=low,warn,high` in bytes (default 32768,98304,196608);
+//! - `frame=BYTES`: every pull yields one frame of exactly that size (at
+//!   least 16) instead of the bytes the bitrate makes due since the last
+//!   pull (for benchmarks of the pull itself);
 //! - `notify=stop`: when the stream stops, send the application the
 //!   command `stopped <handle>` (so it can check each stream stops once).
 //!
@@ -57,6 +60,13 @@ struct Source {
     last_adjust: u64,
     max_buffered: u64,
     events: [u64; 3],
+    frame_size: Option<usize>,
+    started: u64,
+    /// The buffer has been at or above the low mark.
+    overshot: bool,
+    /// Time from `send-init` until the buffer first fell below the low mark
+    /// after an overshoot: the source has found the link's rate.
+    settled_after: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -129,7 +139,15 @@ impl AdaptiveSource {
             Some("stop") => true,
             Some(other) => return Err(format!("unknown notify {other:?} (stop)")),
         };
+        let frame_size = match map.get("frame") {
+            Some(text) => Some(text.parse::<usize>().map_err(|_| format!("frame={text} is not a size in bytes"))?.max(16)),
+            None => None,
+        };
         let source = Source {
+            frame_size,
+            started: now,
+            overshot: false,
+            settled_after: None,
             conn,
             notify_stop,
             bitrate,
@@ -151,16 +169,20 @@ impl AdaptiveSource {
 
     /// The `stats` reply: `inits=… stops=… unknown_stops=…`, then one line
     /// per stream `stream <handle> bitrate=… buffered=… max_buffered=…
-    /// warn=… high=… low=…` (max_buffered since the previous `stats`), per
+    /// warn=… high=… low=… settled_ms=…` (max_buffered since the previous
+    /// `stats`; settled_ms the time from the stream's start until its
+    /// buffer first fell below the low mark after rising above it, `-`
+    /// before that), per
     /// talk-back `talk <handle> bytes=… chunks=… ended=…`, and per command
     /// sent `reply <id> <outcome>`.
     fn stats(&mut self) -> String {
         let mut out = format!("inits={} stops={} unknown_stops={}\n", self.inits, self.stops, self.unknown_stops);
         for (handle, source) in &mut self.sources {
             let buffered = Stream::from_raw(*handle).buffered().unwrap_or(0);
+            let settled = source.settled_after.map_or_else(|| "-".to_string(), |ns| (ns / MS).to_string());
             let _ = writeln!(
                 out,
-                "stream {handle} bitrate={} buffered={buffered} max_buffered={} warn={} high={} low={}",
+                "stream {handle} bitrate={} buffered={buffered} max_buffered={} warn={} high={} low={} settled_ms={settled}",
                 source.bitrate, source.max_buffered, source.events[0], source.events[1], source.events[2]
             );
             source.max_buffered = buffered;
@@ -177,6 +199,11 @@ impl AdaptiveSource {
     fn adapt(source: &mut Source, stream: Stream, now: u64) {
         let buffered = stream.buffered().unwrap_or(0);
         source.max_buffered = source.max_buffered.max(buffered);
+        if buffered >= source.low {
+            source.overshot = true;
+        } else if source.overshot && source.settled_after.is_none() {
+            source.settled_after = Some(now.saturating_sub(source.started));
+        }
         if now.saturating_sub(source.last_adjust) < 500 * MS {
             return;
         }
@@ -237,7 +264,10 @@ impl StreamPlugin for AdaptiveSource {
         // pause the source does not make up for lost time in a burst).
         let elapsed = source.last_pull.map_or(10 * MS, |last| now.saturating_sub(last)).min(100 * MS);
         source.last_pull = Some(now);
-        let due = (u128::from(source.bitrate) * u128::from(elapsed) / (8 * 1_000_000_000)) as usize;
+        let due = match source.frame_size {
+            Some(size) => size,
+            None => (u128::from(source.bitrate) * u128::from(elapsed) / (8 * 1_000_000_000)) as usize,
+        };
         if due < 16 {
             return Pull::Data(Vec::new());
         }
