@@ -380,3 +380,44 @@ fn with_all_marks_zero_no_event_fires_and_pulling_never_pauses() -> anyhow::Resu
     assert!(stats.contains("buffered=500000 ") && stats.contains("warn=0 high=0 low=0"), "{stats}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_application_breaking_the_protocol_is_cut_off_and_its_streams_stop() -> anyhow::Result<()> {
+    let (device, app) = device_and_app().await?;
+    let observer = session(&app, &device).await?;
+    let mut raw = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    raw.send(StreamMessage::Open { stream: 1, params: "action=live".into() }.encode())?;
+    let accepted = StreamMessage::decode(&common::message(&mut raw).await?)?;
+    assert_eq!(accepted, StreamMessage::Accepted { stream: 1 });
+    raw.send(&b"\x42 not a stream message"[..])?;
+    // Data of the stream may still be on its way; then the ending.
+    let reason = loop {
+        match tokio::time::timeout(WAIT, raw.recv()).await? {
+            fogconnect::ConnectionEvent::Message(_) => continue,
+            fogconnect::ConnectionEvent::Closed(reason) => break reason,
+        }
+    };
+    assert!(reason.message.contains("protocol: unknown stream message kind 0x42"), "{reason}");
+    let stats = stats_until(&observer, |s| s.starts_with("inits=1 stops=1")).await?;
+    assert!(stats.starts_with("inits=1 stops=1 unknown_stops=0"), "{stats}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_beyond_the_per_connection_limit_are_refused() -> anyhow::Result<()> {
+    let (device, app) = device_and_app().await?;
+    let session = session(&app, &device).await?;
+    let mut talks = Vec::new();
+    for _ in 0..256 {
+        talks.push(session.talk("codec=pcm").await?);
+    }
+    match session.talk("codec=pcm").await {
+        Err(StreamError::Refused(reason)) => assert!(reason.contains("too many streams"), "{reason}"),
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    // Finishing one frees a place.
+    talks.pop().context("a talk-back stream")?.finish();
+    session.command(&b"ping"[..], WAIT).await?;
+    session.talk("codec=pcm").await?;
+    Ok(())
+}

@@ -42,6 +42,10 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// deadline however many streams a plugin has.
 pub const PULL_BATCH: usize = 1024;
 
+/// Most streams (send and talk-back) open at once on one connection; more
+/// are refused, so one application cannot exhaust a device.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
+
 struct StreamInstance {
     store: Store<StreamState>,
     bindings: StreamPlugin,
@@ -366,11 +370,15 @@ impl StreamActor {
     fn open_stream(&mut self, conn: u64, wire: WireStream, params: &str, send: bool) -> Result<(), String> {
         let Some(core) = self.core() else { return Ok(()) };
         let Some(c) = core.conns.get(&conn) else { return Ok(()) };
-        if c.streams.contains_key(&wire) {
-            c.send_now(&StreamMessage::Refused {
-                stream: wire,
-                reason: format!("stream id {wire} is in use on this connection"),
-            });
+        let refusal = if c.streams.contains_key(&wire) {
+            Some(format!("stream id {wire} is in use on this connection"))
+        } else if c.streams.len() >= MAX_STREAMS_PER_CONNECTION {
+            Some(format!("too many streams on this connection (at most {MAX_STREAMS_PER_CONNECTION})"))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            c.send_now(&StreamMessage::Refused { stream: wire, reason });
             return Ok(());
         }
         let result = if send {
