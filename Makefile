@@ -54,16 +54,19 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: plugin dispatch against native, QUIC echo round trip, signaling,
-## relay against coturn
+## relay against coturn, stream plugins' pull tick
 bench: lab-deps plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
 	$(CARGO) bench -p fogconnect --bench relay
+	$(CARGO) bench -p fogconnect --bench streams
 
-## bench-nat: time to connect per NAT pair in the NAT lab, and probes used by
-## birthday probing (root)
+## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
+## birthday probing, and the adaptive stream plugin's settle time on a
+## rate-limited link (root)
 bench-nat: lab-deps plugins
 	$(CARGO) bench -p fogconnect --bench nat_lab
+	$(CARGO) bench -p fogconnect --bench stream_lab
 
 ## fuzz: run each wire-format fuzz target for FUZZ_SECONDS (needs cargo-fuzz;
 ## RUSTC_BOOTSTRAP lets the stable toolchain build with the sanitizer flags)

@@ -102,6 +102,7 @@ fn help_is_available_everywhere() -> anyhow::Result<()> {
         &["--help"][..],
         &["node", "--help"],
         &["send", "--help"],
+        &["stream", "--help"],
         &["demo", "--help"],
         &["signal", "--help"],
         &["signal", "token", "--help"],
@@ -130,6 +131,36 @@ fn the_demo_runs_the_embedded_default() -> anyhow::Result<()> {
     ensure!(stdout.contains("stun server on 127.0.0.1:"), "{stdout}");
     ensure!(stdout.contains("app: nat open internet (mapping endpoint-independent"), "{stdout}");
     ensure!(stdout.contains("connectivity checks chose"), "{stdout}");
+    ensure!(
+        stdout.contains("stream service 5 (action=playback") && stdout.contains("ended: the stream finished"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn stream_through_the_cli_shows_the_rate_and_the_end() -> anyhow::Result<()> {
+    let node = NodeProcess::start(&[(5, "adaptive-source")])?;
+    let addr = node.addr.to_string();
+    let params = "action=playback&seconds=1&bitrate=800000";
+    let args = ["stream", "--addr", &addr, "--service", "5", "--params", params, "--report-ms", "250"];
+    let output = Command::new(BIN).args(args).args(["--command", "ping"]).output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "stream failed: {}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(lines.first() == Some(&"reply to ping: pong"), "{stdout}");
+    ensure!(lines.get(1).is_some_and(|l| l.starts_with("stream 1 from cli-node (path LAN")), "{stdout}");
+    let reports = lines.iter().filter(|l| l.contains(" Mbit/s ") && l.contains(" chunks ")).count();
+    ensure!((2..=6).contains(&reports), "{reports} reports for 1 s at 250 ms: {stdout}");
+    let last = lines.last().context("no output")?;
+    ensure!(last.starts_with("ended: the stream finished; "), "{stdout}");
+
+    // A refusal: one line on stderr, exit status 1.
+    let args = ["stream", "--addr", &addr, "--service", "5", "--params", "action=rewind"];
+    let output = Command::new(BIN).args(args).output()?;
+    ensure!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(stderr.lines().count() == 1 && stderr.contains("unknown action \"rewind\""), "{stderr}");
     Ok(())
 }
 

@@ -242,11 +242,8 @@ async fn streams_stop_once_when_the_application_goes_away() -> anyhow::Result<()
 async fn streams_stop_once_when_the_application_vanishes() -> anyhow::Result<()> {
     // Short keep-alives on the device: a silent peer is declared lost in
     // about 300 ms.
-    let quick = NodeConfig {
-        keep_alive_interval: Duration::from_millis(100),
-        keep_alive_attempts: 3,
-        ..common::config()
-    };
+    let quick =
+        NodeConfig { keep_alive_interval: Duration::from_millis(100), keep_alive_attempts: 3, ..common::config() };
     let device = node_with_config("camera", &[(SERVICE, "adaptive-source")], quick).await?;
     let addr = device.local_addr();
     // The vanishing application runs on its own runtime, dropped without
@@ -324,7 +321,9 @@ fn tick(harness: &mut StreamHarness) -> anyhow::Result<()> {
 }
 
 fn harness_stats(harness: &mut StreamHarness, id: ConnectionId, wire: &mut Detached) -> anyhow::Result<String> {
-    harness.deliver(id, &StreamMessage::Command { id: 99, data: Bytes::from_static(b"stats") }).map_err(anyhow::Error::msg)?;
+    harness
+        .deliver(id, &StreamMessage::Command { id: 99, data: Bytes::from_static(b"stats") })
+        .map_err(anyhow::Error::msg)?;
     match sent(wire)? {
         StreamMessage::Reply { id: 99, data } => Ok(String::from_utf8_lossy(&data).into_owned()),
         other => bail!("expected the stats reply, got {other:?}"),

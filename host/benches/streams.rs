@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use fogconnect::runtime::engine::PluginEngine;
 use fogconnect::PluginLimits;
+use fogconnect::runtime::engine::PluginEngine;
 use fogconnect::runtime::stream_actor::PULL_BATCH;
 use fogconnect::runtime::stream_harness::StreamHarness;
 use fogconnect::transport::conn::{ConnectionId, Detached, DetachedOutput};

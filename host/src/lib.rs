@@ -23,8 +23,9 @@ pub mod transport;
 pub use convention::{Convention, ConventionError, Transport};
 pub use nat::NatReport;
 pub use node::{
-    Commander, ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig,
-    NodeError, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, TalkBack, TraversalReport,
+    Commander, ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder,
+    NodeConfig, NodeError, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, TalkBack,
+    TraversalReport,
 };
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState};

@@ -35,7 +35,8 @@ pub struct Stats {
 
 fn field(line: &str, key: &str) -> anyhow::Result<u64> {
     let prefix = format!("{key}=");
-    let word = line.split_whitespace().find(|w| w.starts_with(&prefix)).with_context(|| format!("no {key} in {line:?}"))?;
+    let word =
+        line.split_whitespace().find(|w| w.starts_with(&prefix)).with_context(|| format!("no {key} in {line:?}"))?;
     Ok(word[prefix.len()..].parse()?)
 }
 
@@ -47,12 +48,24 @@ pub fn stream_over_link(params: &str, seconds: u64) -> anyhow::Result<(Vec<Repor
     let plugin = crate::common::plugin("adaptive-source");
     let listen = format!("{LINK_DEVICE}:7700");
     let spec = format!("5={}", plugin.display());
-    let mut device = lab.spawn("dev", &["node", "--listen", &listen, "--id", "camera", "--no-cache", "--plugin", &spec], &[])?;
+    let mut device =
+        lab.spawn("dev", &["node", "--listen", &listen, "--id", "camera", "--no-cache", "--plugin", &spec], &[])?;
     device.wait_line("listening on", Duration::from_secs(10))?;
     let secs = seconds.to_string();
     let args = [
-        "stream", "--addr", &listen, "--service", "5", "--params", params, "--seconds", &secs, "--report-ms", "500",
-        "--watch-command", "stats",
+        "stream",
+        "--addr",
+        &listen,
+        "--service",
+        "5",
+        "--params",
+        params,
+        "--seconds",
+        &secs,
+        "--report-ms",
+        "500",
+        "--watch-command",
+        "stats",
     ];
     let mut app = lab.spawn("app", &args, &[])?;
     let lines = app.rest(Duration::from_secs(seconds + 20))?;
@@ -83,4 +96,3 @@ pub fn stream_over_link(params: &str, seconds: u64) -> anyhow::Result<(Vec<Repor
     ensure!(stats.len() as u64 >= seconds * 2 - 4, "too few stats: {lines:#?}");
     Ok((reports, stats, summary))
 }
-

@@ -333,7 +333,9 @@ impl Lab {
         ip(&["-n", &app, "addr", "add", &format!("{LINK_APP}/24"), "dev", "vb"])?;
         ip(&["-n", &dev, "link", "set", "va", "up"])?;
         ip(&["-n", &app, "link", "set", "vb", "up"])?;
-        let tbf = ["-n", &dev, "qdisc", "add", "dev", "va", "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "50ms"];
+        let tbf = [
+            "-n", &dev, "qdisc", "add", "dev", "va", "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "50ms",
+        ];
         run(Command::new("tc").args(tbf)).context("the link lab needs tc: apt-get install iproute2")?;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! `fogconnect demo`: the embedded default in one process: a signaling
 //! server, a STUN server (RFC 5780, on 127.0.0.1 and 127.0.0.2), a device
 //! node serving the demo plugins, an app node that finds the device by id
-//! through connectivity checks, and the original demo exchange.
+//! through connectivity checks, the original demo exchange, and a short
+//! playback from the device's stream plugin.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,12 +13,13 @@ use clap::Args;
 use fogconnect::nat::server::{StunResponder, StunServer, StunServerLimits};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
-use fogconnect::{ConnectionEvent, Node, Transport};
+use fogconnect::{ConnectionEvent, MediaEvent, Node, StreamSession, Transport};
 
 /// Arguments of `fogconnect demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Directory holding echo.wasm and demo.wasm (built by `make plugins`).
+    /// Directory holding echo.wasm, demo.wasm and adaptive_source.wasm
+    /// (built by `make plugins`).
     #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
     plugins_dir: PathBuf,
 }
@@ -26,7 +28,8 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let echo = args.plugins_dir.join("echo.wasm");
     let demo = args.plugins_dir.join("demo.wasm");
-    for path in [&echo, &demo] {
+    let source = args.plugins_dir.join("adaptive_source.wasm");
+    for path in [&echo, &demo, &source] {
         if !path.exists() {
             bail!("{} not found: build the plugins first (make plugins)", path.display());
         }
@@ -51,6 +54,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .node_id(device_id)
         .plugin(0, &echo)
         .plugin(1, &demo)
+        .plugin(STREAM_SERVICE, &source)
         .signal(signal.url(), token::issue(&secret, device_id, expiry))
         .stun(&stun_addr)
         .start()
@@ -91,6 +95,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The service of the demo's stream plugin.
+const STREAM_SERVICE: u8 = 5;
+
 async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut conn = app.connect_peer(device.id(), Transport::Quic, 1).await.context("connect to service 1")?;
@@ -128,6 +135,8 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
         Err(e) => println!("service 7: {e}"),
     }
 
+    stream(device, app).await?;
+
     let stats = conn.stats();
     println!();
     println!(
@@ -140,6 +149,36 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     );
     conn.close();
     echo.close();
+    Ok(())
+}
+
+/// A one-second playback from the device's stream plugin.
+async fn stream(device: &Node, app: &Node) -> anyhow::Result<()> {
+    let conn = app
+        .connect_peer(device.id(), Transport::Quic, STREAM_SERVICE)
+        .await
+        .context("connect to the stream service")?;
+    let session = StreamSession::new(conn);
+    let params = "action=playback&seconds=1&bitrate=2000000";
+    let started = Instant::now();
+    let mut playback = session.open(params).await.context("open a stream")?;
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), playback.recv()).await {
+            Ok(MediaEvent::Data(data)) => {
+                chunks += 1;
+                bytes += data.len() as u64;
+            }
+            Ok(MediaEvent::Ended(reason)) => break reason,
+            Err(_) => bail!("the stream stalled"),
+        }
+    };
+    let elapsed = started.elapsed();
+    println!(
+        "stream service {STREAM_SERVICE} ({params}): {chunks} chunks, {bytes} bytes in {:.2} s ({:.2} Mbit/s), ended: {ended}",
+        elapsed.as_secs_f64(),
+        bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
+    );
     Ok(())
 }
 

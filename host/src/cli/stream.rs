@@ -72,7 +72,7 @@ async fn receive(node: &Node, args: &StreamArgs) -> anyhow::Result<()> {
             .with_context(|| format!("command {command:?}"))?;
         println!("reply to {command}: {}", String::from_utf8_lossy(&reply).trim_end());
     }
-    let mut stream = session.open(&args.params).await.context("the device refused the stream")?;
+    let mut stream = session.open(&args.params).await.context("cannot open the stream")?;
     println!(
         "stream {} from {} (path {}, rtt {:.2} ms): {}",
         stream.id(),

@@ -183,7 +183,8 @@ impl MediaStream {
     pub fn stop(&mut self) {
         if !self.stopped && self.ended.is_none() {
             self.stopped = true;
-            let _ = self.session.send(&StreamMessage::End { stream: self.id, reason: "stopped by the application".into() });
+            let _ =
+                self.session.send(&StreamMessage::End { stream: self.id, reason: "stopped by the application".into() });
         }
     }
 }
@@ -316,7 +317,11 @@ impl StreamSession {
         &self.peer_id
     }
 
-    async fn open_any(&self, params: &str, send: bool) -> Result<(u32, Option<mpsc::Receiver<MediaEvent>>), StreamError> {
+    async fn open_any(
+        &self,
+        params: &str,
+        send: bool,
+    ) -> Result<(u32, Option<mpsc::Receiver<MediaEvent>>), StreamError> {
         let id = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let media = {
@@ -477,11 +482,7 @@ async fn read_loop(mut conn: Connection, shared: Arc<SessionShared>, commands: m
     let (opening, media, waiting) = {
         let mut routes = shared.routes();
         routes.ended = Some(reason.clone());
-        (
-            std::mem::take(&mut routes.opening),
-            std::mem::take(&mut routes.media),
-            std::mem::take(&mut routes.commands),
-        )
+        (std::mem::take(&mut routes.opening), std::mem::take(&mut routes.media), std::mem::take(&mut routes.commands))
     };
     for (_, tx) in opening {
         let _ = tx.send(Err(reason.clone()));

@@ -15,11 +15,11 @@ use wasmtime::{Store, Trap};
 
 use super::PluginError;
 use super::bindings::Service;
-use super::bindings::fogconnect::plugin::types;
 use super::bindings::ServicePre;
+use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld};
-use super::stream_actor::StreamActor;
 use super::state::{ConnEntry, PluginContext, PluginState, wit_reason};
+use super::stream_actor::StreamActor;
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
 

@@ -121,11 +121,7 @@ impl PluginEngine {
         let started = Instant::now();
         let hash = hex_sha256(wasm);
         let (component, from_cache) = self.component(wasm, &hash)?;
-        let service = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(ServicePre::new)
-            .map(PreparedWorld::Service);
+        let service = self.linker.instantiate_pre(&component).and_then(ServicePre::new).map(PreparedWorld::Service);
         let world = match service {
             Ok(world) => world,
             Err(service_err) => self
@@ -134,7 +130,9 @@ impl PluginEngine {
                 .and_then(StreamPluginPre::new)
                 .map(PreparedWorld::Stream)
                 .map_err(|stream_err| {
-                    PluginError::Link(format!("as a service plugin: {service_err:#}; as a stream plugin: {stream_err:#}"))
+                    PluginError::Link(format!(
+                        "as a service plugin: {service_err:#}; as a stream plugin: {stream_err:#}"
+                    ))
                 })?,
         };
         Ok(PreparedPlugin { world, hash, from_cache, load_time: started.elapsed() })

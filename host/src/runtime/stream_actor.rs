@@ -20,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 
 use super::PluginError;
-use super::actor::{
-    ActorSpec, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure,
-};
+use super::actor::{ActorSpec, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure};
 use super::stream_bindings::fogconnect::streaming::types;
 use super::stream_bindings::{StreamPlugin, StreamPluginPre};
 use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
@@ -301,9 +299,10 @@ impl StreamActor {
             StreamMessage::Talk { stream, params } => self.open_stream(conn, stream, &params, false),
             StreamMessage::Data { stream, data } => {
                 let Some(handle) = self.handle_of(conn, stream) else { return Ok(()) };
-                let is_recv = self.core().and_then(|c| c.streams.get(&handle)).is_some_and(|e| {
-                    matches!(e.kind, StreamKind::Recv)
-                });
+                let is_recv = self
+                    .core()
+                    .and_then(|c| c.streams.get(&handle))
+                    .is_some_and(|e| matches!(e.kind, StreamKind::Recv));
                 // An empty chunk would read as the end: the end is `End`.
                 if is_recv && !data.is_empty() {
                     self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &data))?;
@@ -312,9 +311,10 @@ impl StreamActor {
             }
             StreamMessage::End { stream, .. } => {
                 let Some(handle) = self.handle_of(conn, stream) else { return Ok(()) };
-                let is_send = self.core().and_then(|c| c.streams.get(&handle)).is_some_and(|e| {
-                    matches!(e.kind, StreamKind::Send { .. })
-                });
+                let is_send = self
+                    .core()
+                    .and_then(|c| c.streams.get(&handle))
+                    .is_some_and(|e| matches!(e.kind, StreamKind::Send { .. }));
                 if is_send { self.stop_send(handle, StopCause::Application) } else { self.end_recv(handle) }
             }
             StreamMessage::Command { id, data } => {
@@ -335,7 +335,12 @@ impl StreamActor {
                 self.command_reply(conn, id, Err(types::CommandError::Refused(reason)))
             }
             StreamMessage::Accepted { stream } | StreamMessage::Refused { stream, .. } => {
-                tracing::debug!(service = self.service(), conn, stream, "ignoring a device message from an application");
+                tracing::debug!(
+                    service = self.service(),
+                    conn,
+                    stream,
+                    "ignoring a device message from an application"
+                );
                 Ok(())
             }
         }
@@ -345,12 +350,7 @@ impl StreamActor {
         self.core()?.conns.get(&conn)?.streams.get(&stream).copied()
     }
 
-    fn command_reply(
-        &mut self,
-        conn: u64,
-        id: u32,
-        reply: Result<Vec<u8>, types::CommandError>,
-    ) -> Result<(), String> {
+    fn command_reply(&mut self, conn: u64, id: u32, reply: Result<Vec<u8>, types::CommandError>) -> Result<(), String> {
         let Some(core) = self.core() else { return Ok(()) };
         // Only the connection a command went to may answer it.
         if core.commands.caller(u64::from(id)) != Some(&conn) {
@@ -398,7 +398,10 @@ impl StreamActor {
                 tracing::warn!(service = self.service(), handle, "plugin returned a stream handle already in use");
                 self.send_now(
                     conn,
-                    &StreamMessage::Refused { stream: wire, reason: format!("plugin error: stream handle {handle} is already in use") },
+                    &StreamMessage::Refused {
+                        stream: wire,
+                        reason: format!("plugin error: stream handle {handle} is already in use"),
+                    },
                 );
                 return Ok(());
             }
@@ -534,7 +537,7 @@ impl StreamActor {
             self.give_reply(id, &Err(wit_command_error(&err)))?;
         }
         let Some(core) = self.core() else { return Ok(()) };
-        if !core.schedule.poll_timeout().is_some_and(|at| at <= now) {
+        if core.schedule.poll_timeout().is_none_or(|at| at > now) {
             return Ok(());
         }
         let sample = now.duration_since(self.last_sample) >= SAMPLE_EVERY;

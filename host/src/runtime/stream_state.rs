@@ -264,11 +264,8 @@ impl host::Host for StreamState {
             return Err(types::CommandError::UnknownConnection);
         };
         let timeout = if timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(u64::from(timeout_ms)) };
-        let id = self
-            .core
-            .commands
-            .send(message.len(), conn, timeout, Instant::now())
-            .map_err(|e| wit_command_error(&e))?;
+        let id =
+            self.core.commands.send(message.len(), conn, timeout, Instant::now()).map_err(|e| wit_command_error(&e))?;
         // Command ids count up from 1: they fit the wire's u32 for the
         // first 4 billion commands of an instance.
         let wire_id = u32::try_from(id).unwrap_or(u32::MAX);

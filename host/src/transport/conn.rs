@@ -417,7 +417,12 @@ impl ConnShared {
     pub fn path_sample(&self) -> Option<PathSample> {
         let quic = self.quic.as_ref()?;
         let path = quic.stats().path;
-        Some(PathSample { rtt: path.rtt, cwnd: path.cwnd, packets_sent: path.sent_packets, packets_lost: path.lost_packets })
+        Some(PathSample {
+            rtt: path.rtt,
+            cwnd: path.cwnd,
+            packets_sent: path.sent_packets,
+            packets_lost: path.lost_packets,
+        })
     }
 
     /// Counters and measurements.

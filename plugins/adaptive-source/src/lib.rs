@@ -123,7 +123,10 @@ impl AdaptiveSource {
         let marks = match map.get("marks") {
             None => [32_768, 98_304, 196_608],
             Some(text) => {
-                let parts: Vec<u64> = text.split(',').map(|p| p.trim().parse()).collect::<Result<_, _>>()
+                let parts: Vec<u64> = text
+                    .split(',')
+                    .map(|p| p.trim().parse())
+                    .collect::<Result<_, _>>()
                     .map_err(|_| format!("marks={text} is not low,warn,high"))?;
                 match parts[..] {
                     [low, warn, high] => [low, warn, high],
@@ -140,7 +143,9 @@ impl AdaptiveSource {
             Some(other) => return Err(format!("unknown notify {other:?} (stop)")),
         };
         let frame_size = match map.get("frame") {
-            Some(text) => Some(text.parse::<usize>().map_err(|_| format!("frame={text} is not a size in bytes"))?.max(16)),
+            Some(text) => {
+                Some(text.parse::<usize>().map_err(|_| format!("frame={text} is not a size in bytes"))?.max(16))
+            }
             None => None,
         };
         let source = Source {
