@@ -10,7 +10,9 @@
 //!
 //! `cargo bench -p fogconnect --bench streams` after `make plugins`.
 
-use std::path::PathBuf;
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -20,13 +22,6 @@ use fogconnect::runtime::stream_actor::PULL_BATCH;
 use fogconnect::runtime::stream_harness::StreamHarness;
 use fogconnect::transport::conn::{ConnectionId, Detached, DetachedOutput};
 use fogconnect_proto::stream::StreamMessage;
-
-fn plugin(name: &str) -> PathBuf {
-    std::env::var_os("FOGCONNECT_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin"))
-        .join(format!("{name}.wasm"))
-}
 
 /// Streams per application connection.
 const PER_CONNECTION: usize = 100;
@@ -62,7 +57,7 @@ fn harness_with(
 
 fn pull_tick(c: &mut Criterion) {
     let engine = PluginEngine::new(None).expect("engine");
-    let wasm = std::fs::read(plugin("adaptive_source")).expect("adaptive_source.wasm: run make plugins");
+    let wasm = std::fs::read(common::plugin("adaptive-source")).expect("read adaptive_source.wasm");
     let mut group = c.benchmark_group("pull_tick");
     group.measurement_time(Duration::from_secs(3));
     for streams in [1usize, 100, 1000] {

@@ -226,6 +226,15 @@ pub(super) fn describe_failure(
     }
 }
 
+/// Records and reports a successful re-instantiation after a crash.
+pub(super) fn report_restart(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) {
+    supervisor.started(Instant::now());
+    status.restarts.fetch_add(1, Ordering::Relaxed);
+    status.set_state(PluginRunState::Running);
+    tracing::info!(service = spec.ctx.service, "plugin restarted");
+    let _ = spec.events.send(PluginEvent::Restarted { service: spec.ctx.service });
+}
+
 /// Reports a crash (the `crashes`-th) and decides, by the crash budget, when
 /// the plugin restarts; `None` when it is disabled.
 pub(super) fn decide_after_crash(
@@ -323,12 +332,8 @@ impl Actor {
                 match self.instantiate() {
                     Ok(instance) => {
                         self.instance = Some(instance);
-                        self.supervisor.started(Instant::now());
-                        self.status.restarts.fetch_add(1, Ordering::Relaxed);
-                        self.status.set_state(PluginRunState::Running);
+                        report_restart(&self.spec, &self.status, &mut self.supervisor);
                         restart_at = None;
-                        tracing::info!(service = self.service(), "plugin restarted");
-                        let _ = self.spec.events.send(PluginEvent::Restarted { service: self.service() });
                     }
                     Err(message) => {
                         restart_at = self.crashed(message);

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::PluginError;
 use super::actor::{Actor, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginStatus};
-use super::engine::{PluginEngine, PreparedWorld};
+use super::engine::{PluginEngine, PreparedPlugin, PreparedWorld};
 use super::state::{HostServices, PluginContext, PluginLimits};
 use super::supervisor::CrashPolicy;
 use crate::convention::{Convention, Transport};
@@ -38,6 +38,45 @@ impl HostServices for NoNetwork {
     }
 }
 
+/// What a harness's actor is made of: its spec without a network, the
+/// plugin's own event channel (kept open; events the plugin causes for
+/// itself are not used by the harnesses), and an actor channel nobody
+/// sends on (the harness calls the actor directly).
+pub(super) struct HarnessParts {
+    pub(super) spec: ActorSpec,
+    pub(super) owner: Owner,
+    pub(super) events: mpsc::Receiver<ConnEvent>,
+    pub(super) unused_rx: mpsc::Receiver<ConnEvent>,
+}
+
+impl HarnessParts {
+    pub(super) fn new(prepared: PreparedPlugin, service: u8, limits: PluginLimits) -> Self {
+        let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let ctx = Arc::new(PluginContext {
+            service,
+            limits,
+            host: Arc::new(NoNetwork::default()),
+            owner: owner.clone(),
+            epoch: Instant::now(),
+        });
+        let (events_tx, _) = broadcast::channel(16);
+        let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };
+        let (_unused_tx, unused_rx) = mpsc::channel(1);
+        Self { spec, owner, events, unused_rx }
+    }
+}
+
+/// The facts of a harness connection: passive, from `peer_id`, over QUIC.
+pub(super) fn passive_meta(id: ConnectionId, peer_id: &str, service: u8) -> ConnMeta {
+    ConnMeta {
+        id,
+        peer_id: peer_id.to_string(),
+        passive: true,
+        convention: Convention::new(Transport::Quic, service),
+        remote: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
 /// One plugin instance driven synchronously.
 pub struct PluginHarness {
     actor: Actor,
@@ -59,17 +98,7 @@ impl PluginHarness {
         let PreparedWorld::Service(pre) = prepared.world.clone() else {
             return Err(PluginError::Link("the harness drives service plugins; this is a stream plugin".into()));
         };
-        let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let ctx = Arc::new(PluginContext {
-            service,
-            limits,
-            host: Arc::new(NoNetwork::default()),
-            owner: owner.clone(),
-            epoch: Instant::now(),
-        });
-        let (events_tx, _) = broadcast::channel(16);
-        let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };
-        let (_unused_tx, unused_rx) = mpsc::channel(1);
+        let HarnessParts { spec, owner, events, unused_rx } = HarnessParts::new(prepared, service, limits);
         let mut actor = Actor::new(spec, pre, unused_rx, Arc::new(PluginStatus::new()));
         actor.instance = Some(actor.instantiate().map_err(PluginError::Instantiate)?);
         Ok(Self { actor, service, owner, _events: events, next_id: 1 })
@@ -83,14 +112,7 @@ impl PluginHarness {
     pub fn open(&mut self, peer_id: &str, limits: ConnLimits) -> Result<(ConnectionId, Detached), String> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
-        let meta = ConnMeta {
-            id,
-            peer_id: peer_id.to_string(),
-            passive: true,
-            convention: Convention::new(Transport::Quic, self.service),
-            remote: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let (shared, detached) = Detached::new(meta, limits, self.owner.clone());
+        let (shared, detached) = Detached::new(passive_meta(id, peer_id, self.service), limits, self.owner.clone());
         self.actor.handle(ConnEvent::Opened(shared))?;
         Ok((id, detached))
     }

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 
 use super::PluginError;
-use super::actor::{ActorSpec, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure};
+use super::actor::{
+    ActorSpec, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure, report_restart,
+};
 use super::stream_bindings::fogconnect::streaming::types;
 use super::stream_bindings::{StreamPlugin, StreamPluginPre};
 use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
@@ -163,12 +165,8 @@ impl StreamActor {
                 match self.instantiate() {
                     Ok(instance) => {
                         self.instance = Some(instance);
-                        self.supervisor.started(Instant::now());
-                        self.status.restarts.fetch_add(1, Ordering::Relaxed);
-                        self.status.set_state(PluginRunState::Running);
+                        report_restart(&self.spec, &self.status, &mut self.supervisor);
                         restart_at = None;
-                        tracing::info!(service = self.service(), "stream plugin restarted");
-                        let _ = self.spec.events.send(super::actor::PluginEvent::Restarted { service: self.service() });
                     }
                     Err(message) => {
                         restart_at = self.crashed(message);
@@ -536,12 +534,11 @@ impl StreamActor {
         for (id, _, err) in expired {
             self.give_reply(id, &Err(wit_command_error(&err)))?;
         }
+        let sample = now.duration_since(self.last_sample) >= SAMPLE_EVERY;
         let Some(core) = self.core() else { return Ok(()) };
         if core.schedule.poll_timeout().is_none_or(|at| at > now) {
             return Ok(());
         }
-        let sample = now.duration_since(self.last_sample) >= SAMPLE_EVERY;
-        let Some(core) = self.core() else { return Ok(()) };
         if sample {
             core.sample_meters(now);
         }

@@ -3,23 +3,20 @@
 //! tick run at times the caller gives, and the queued stream messages taken
 //! out by the caller. For plugin authors' tests and for benchmarks.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use fogconnect_proto::stream::StreamMessage;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::PluginError;
-use super::actor::{ActorSpec, EVENT_CHANNEL_CAPACITY, PluginStatus};
+use super::actor::PluginStatus;
 use super::engine::{PluginEngine, PreparedWorld};
-use super::harness::NoNetwork;
-use super::state::{PluginContext, PluginLimits};
+use super::harness::{HarnessParts, harness_limits, passive_meta};
+use super::state::PluginLimits;
 use super::stream_actor::StreamActor;
-use super::supervisor::CrashPolicy;
-use crate::convention::{Convention, Transport};
-use crate::transport::conn::{ConnEvent, ConnMeta, ConnectionId, Detached};
+use crate::transport::conn::{ConnEvent, ConnectionId, Detached};
 
 /// One stream plugin instance driven synchronously.
 pub struct StreamHarness {
@@ -41,17 +38,7 @@ impl StreamHarness {
         let PreparedWorld::Stream(pre) = prepared.world.clone() else {
             return Err(PluginError::Link("the stream harness drives stream plugins; this is a service plugin".into()));
         };
-        let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let ctx = Arc::new(PluginContext {
-            service,
-            limits,
-            host: Arc::new(NoNetwork::default()),
-            owner: owner.clone(),
-            epoch: Instant::now(),
-        });
-        let (events_tx, _) = broadcast::channel(16);
-        let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };
-        let (_unused_tx, unused_rx) = mpsc::channel(1);
+        let HarnessParts { spec, owner, events, unused_rx } = HarnessParts::new(prepared, service, limits);
         let mut actor = StreamActor::new(spec, pre, unused_rx, Arc::new(PluginStatus::new()), None);
         actor.instantiate_now().map_err(PluginError::Instantiate)?;
         Ok(Self { actor, service, owner, _events: events, next_id: 1 })
@@ -73,14 +60,8 @@ impl StreamHarness {
     pub fn open(&mut self, peer_id: &str) -> Result<(ConnectionId, Detached), String> {
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
-        let meta = ConnMeta {
-            id,
-            peer_id: peer_id.to_string(),
-            passive: true,
-            convention: Convention::new(Transport::Quic, self.service),
-            remote: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let (shared, detached) = Detached::new(meta, super::harness::harness_limits(), self.owner.clone());
+        let meta = passive_meta(id, peer_id, self.service);
+        let (shared, detached) = Detached::new(meta, harness_limits(), self.owner.clone());
         self.actor.handle(ConnEvent::Opened(shared))?;
         Ok((id, detached))
     }
