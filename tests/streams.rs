@@ -94,6 +94,31 @@ async fn a_live_stream_delivers_numbered_frames_until_the_app_stops_it() -> anyh
 }
 
 #[tokio::test]
+async fn the_send_status_tells_the_plugin_how_its_data_leaves() -> anyhow::Result<()> {
+    let (device, app) = device_and_app().await?;
+    let session = session(&app, &device).await?;
+    let mut live = session.open("action=live&bitrate=1000000&max=1000000").await?;
+    let started = std::time::Instant::now();
+    let mut received = 0u64;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        received += chunk(&mut live).await?.len() as u64;
+    }
+    let stats = stats(&session).await?;
+    let line = stats.lines().find(|l| l.starts_with("stream ")).context("no stream line")?;
+    let value = |key: &str| -> anyhow::Result<u64> {
+        let word = line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))).context("missing")?;
+        Ok(word.parse()?)
+    };
+    // 1 Mbit/s of frames leaves at about 1 Mbit/s (rate over the last second).
+    let sent_bps = value("sent_bps")?;
+    assert!((700_000..=1_300_000).contains(&sent_bps), "{line}");
+    assert!(value("sent_bytes")? >= received, "everything received was counted as sent: {line}");
+    assert!(value("rtt_us")? > 0 && value("cwnd")? > 0, "{line}");
+    assert_eq!(value("loss_ppm")?, 0, "no loss on loopback: {line}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_playback_ends_by_itself_after_its_data() -> anyhow::Result<()> {
     let (device, app) = device_and_app().await?;
     let session = session(&app, &device).await?;

@@ -174,10 +174,11 @@ impl AdaptiveSource {
 
     /// The `stats` reply: `inits=… stops=… unknown_stops=…`, then one line
     /// per stream `stream <handle> bitrate=… buffered=… max_buffered=…
-    /// warn=… high=… low=… settled_ms=…` (max_buffered since the previous
-    /// `stats`; settled_ms the time from the stream's start until its
-    /// buffer first fell below the low mark after rising above it, `-`
-    /// before that), per
+    /// warn=… high=… low=… settled_ms=… sent_bps=… sent_bytes=… rtt_us=…
+    /// loss_ppm=… cwnd=…` (max_buffered since the previous `stats`;
+    /// settled_ms the time from the stream's start until its buffer first
+    /// fell below the low mark after rising above it, `-` before that; the
+    /// rest the node's send status), per
     /// talk-back `talk <handle> bytes=… chunks=… ended=…`, and per command
     /// sent `reply <id> <outcome>`.
     fn stats(&mut self) -> String {
@@ -185,10 +186,21 @@ impl AdaptiveSource {
         for (handle, source) in &mut self.sources {
             let buffered = Stream::from_raw(*handle).buffered().unwrap_or(0);
             let settled = source.settled_after.map_or_else(|| "-".to_string(), |ns| (ns / MS).to_string());
+            let status = Stream::from_raw(*handle).send_status().ok();
             let _ = writeln!(
                 out,
-                "stream {handle} bitrate={} buffered={buffered} max_buffered={} warn={} high={} low={} settled_ms={settled}",
-                source.bitrate, source.max_buffered, source.events[0], source.events[1], source.events[2]
+                "stream {handle} bitrate={} buffered={buffered} max_buffered={} warn={} high={} low={} settled_ms={settled} \
+                 sent_bps={} sent_bytes={} rtt_us={} loss_ppm={} cwnd={}",
+                source.bitrate,
+                source.max_buffered,
+                source.events[0],
+                source.events[1],
+                source.events[2],
+                status.as_ref().map_or(0, |s| s.rate_bytes_per_second * 8),
+                status.as_ref().map_or(0, |s| s.bytes_sent),
+                status.as_ref().map_or(0, |s| s.rtt_us),
+                status.as_ref().map_or(0, |s| s.loss_ppm),
+                status.as_ref().map_or(0, |s| s.congestion_window),
             );
             source.max_buffered = buffered;
         }
