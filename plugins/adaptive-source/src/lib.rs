@@ -8,11 +8,13 @@
 //!   100,000) and `max` (default 50,000,000);
 //! - `control`: `events` (default) steers by watermark events and send
 //!   statistics: warn ×0.85, high ×0.5; every 500 ms, a buffer above the
-//!   low mark that grew since the last look sets the bitrate to 90% of the
-//!   rate the data leaves at, and after 2 s without such pressure a buffer
-//!   under the low mark raises it by 5%; `status` turns the watermarks off
-//!   and steers from the buffer size and send rate alone; `none` turns them
-//!   off and keeps the bitrate (a plugin that ignores its buffer);
+//!   low mark that grew since the last look, or a round trip 25 ms above
+//!   the lowest seen (a queue filling on the path), sets the bitrate to 90%
+//!   of the rate the data leaves at, and after 2 s without such pressure a
+//!   buffer under the low mark and a round trip within 10 ms of the lowest
+//!   raise it by 5%; `status` turns the watermarks off and steers from the
+//!   buffer, send rate and round trip alone; `none` turns them off and
+//!   keeps the bitrate (a plugin that ignores its buffer);
 //! - `marks=low,warn,high` in bytes (default 32768,98304,196608);
 //! - `frame=BYTES`: every pull yields one frame of exactly that size (at
 //!   least 16) instead of the bytes the bitrate makes due since the last
@@ -35,6 +37,11 @@ use fogconnect_guest::export_stream;
 use fogconnect_guest::stream::{CommandError, Pull, Stream, StreamConnection, StreamPlugin, WatermarkEvent};
 
 const MS: u64 = 1_000_000;
+/// Queueing delay (round trip above the lowest seen) from which a queue on
+/// the path is building: the bitrate is not raised.
+const QUEUE_BUILDING_US: u64 = 10_000;
+/// Queueing delay from which the path's queue is filling: back off.
+const QUEUE_FULL_US: u64 = 25_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Control {
@@ -53,6 +60,7 @@ struct Source {
     control: Control,
     low: u64,
     last_buffered: u64,
+    min_rtt_us: u64,
     ends_at: Option<u64>,
     frame: u64,
     last_pull: Option<u64>,
@@ -161,6 +169,7 @@ impl AdaptiveSource {
             control,
             low: marks[0],
             last_buffered: 0,
+            min_rtt_us: u64::MAX,
             ends_at,
             frame: 0,
             last_pull: None,
@@ -227,29 +236,37 @@ impl AdaptiveSource {
         source.last_adjust = now;
         let grew = buffered > source.last_buffered;
         source.last_buffered = buffered;
-        let sending = || stream.send_status().map_or(0, |s| s.rate_bytes_per_second.saturating_mul(8));
+        let Ok(status) = stream.send_status() else { return };
+        // Queueing delay: how far the round trip is above the lowest seen.
+        if status.rtt_us > 0 {
+            source.min_rtt_us = source.min_rtt_us.min(status.rtt_us);
+        }
+        let queueing_us = status.rtt_us.saturating_sub(source.min_rtt_us);
+        let sending = status.rate_bytes_per_second.saturating_mul(8);
+        let back_off = |source: &mut Source| {
+            if sending > 0 {
+                source.bitrate = (source.bitrate.min(sending) * 9 / 10).max(source.min);
+            }
+        };
         match source.control {
             Control::None => {}
             Control::Events => {
-                if buffered >= source.low && grew {
+                if (buffered >= source.low && grew) || queueing_us > QUEUE_FULL_US {
                     // Producing faster than the link takes: just under the
                     // rate the data actually leaves at.
-                    let rate = sending();
-                    if rate > 0 {
-                        source.bitrate = (source.bitrate.min(rate) * 9 / 10).max(source.min);
-                    }
+                    back_off(source);
                     source.last_pressure = now;
-                } else if now.saturating_sub(source.last_pressure) >= 2_000 * MS && buffered < source.low {
+                } else if now.saturating_sub(source.last_pressure) >= 2_000 * MS
+                    && buffered < source.low
+                    && queueing_us < QUEUE_BUILDING_US
+                {
                     source.bitrate = (source.bitrate + source.bitrate / 20).min(source.max);
                 }
             }
             Control::Status => {
-                if buffered > 65_536 && grew {
-                    let rate = sending();
-                    if rate > 0 {
-                        source.bitrate = (source.bitrate.min(rate) * 9 / 10).max(source.min);
-                    }
-                } else if buffered < 16_384 {
+                if (buffered > 65_536 && grew) || queueing_us > QUEUE_FULL_US {
+                    back_off(source);
+                } else if buffered < 16_384 && queueing_us < QUEUE_BUILDING_US {
                     source.bitrate = (source.bitrate + source.bitrate / 20).min(source.max);
                 }
             }
