@@ -245,6 +245,8 @@ pub struct ServiceInfo {
     pub name: String,
     /// Hex SHA-256 of the wasm.
     pub hash: String,
+    /// The plugin generation serving: 1 when loaded, one more per swap.
+    pub generation: u64,
     /// Lifecycle state.
     pub state: PluginRunState,
     /// Open connections.
@@ -258,9 +260,15 @@ pub struct ServiceInfo {
 }
 
 struct LoadedService {
-    name: String,
-    hash: String,
+    /// Plugin name and wasm hash of the generation serving.
+    identity: Mutex<(String, String)>,
     actor: ActorHandle,
+}
+
+impl LoadedService {
+    fn identity(&self) -> (String, String) {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 pub(crate) struct NodeInner {
@@ -668,7 +676,7 @@ impl Node {
             events: self.inner.plugin_events.clone(),
         };
         let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
-        let loaded = Arc::new(LoadedService { name: name.to_string(), hash, actor });
+        let loaded = Arc::new(LoadedService { identity: Mutex::new((name.to_string(), hash)), actor });
         let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
         if services.contains_key(&service) {
             drop(services);
@@ -677,6 +685,59 @@ impl Node {
         }
         services.insert(service, loaded);
         Ok(())
+    }
+
+    /// Replaces the plugin of `service` with the plugin file at `path`,
+    /// live: see [`Node::swap_plugin_bytes`].
+    ///
+    /// # Errors
+    /// As [`Node::swap_plugin_bytes`], and [`NodeError::Plugin`] with
+    /// [`PluginError::Read`] when the file cannot be read.
+    pub async fn swap_plugin(&self, service: u8, path: &Path) -> Result<u64, NodeError> {
+        let wasm = tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
+            service,
+            source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
+        })?;
+        let name = path.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
+        self.swap_plugin_bytes(service, &name, &wasm).await
+    }
+
+    /// Replaces the plugin of `service` with a new generation built from
+    /// `wasm`, without closing its connections: the new plugin is compiled
+    /// (or taken from the cache) and instantiated first; then the
+    /// connections move to it, each announced with `on-connect`, and the
+    /// events that arrived meanwhile follow in order, none lost or
+    /// repeated. Returns the new generation's number.
+    ///
+    /// # Errors
+    /// [`NodeError::NoSuchService`] when the service has no plugin;
+    /// [`NodeError::Plugin`] when the new plugin does not compile, link or
+    /// instantiate, or fails in `on-connect` — the old generation then
+    /// keeps serving.
+    pub async fn swap_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<u64, NodeError> {
+        let plugin_err = |source| NodeError::Plugin { service, source };
+        let loaded = self.service(service).ok_or(NodeError::NoSuchService(service))?;
+        let inner = self.inner.clone();
+        let wasm = wasm.to_vec();
+        let prepared = tokio::task::spawn_blocking(move || inner.engine.prepare(&wasm))
+            .await
+            .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
+            .map_err(plugin_err)?;
+        let hash = prepared.hash.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let request = crate::runtime::actor::SwapRequest { prepared, done };
+        loaded
+            .actor
+            .tx
+            .send(ConnEvent::Swap(Box::new(request)))
+            .await
+            .map_err(|_| plugin_err(PluginError::Actor("the plugin has stopped".into())))?;
+        let generation = outcome
+            .await
+            .map_err(|_| plugin_err(PluginError::Actor("the plugin stopped during the swap".into())))?
+            .map_err(plugin_err)?;
+        *loaded.identity.lock().unwrap_or_else(|p| p.into_inner()) = (name.to_string(), hash);
+        Ok(generation)
     }
 
     fn service(&self, service: u8) -> Option<Arc<LoadedService>> {
@@ -690,10 +751,12 @@ impl Node {
             .iter()
             .map(|(&service, loaded)| {
                 let s = &loaded.actor.status;
+                let (name, hash) = loaded.identity();
                 ServiceInfo {
                     service,
-                    name: loaded.name.clone(),
-                    hash: loaded.hash.clone(),
+                    name,
+                    hash,
+                    generation: s.generation.load(Ordering::Relaxed),
                     state: s.state(),
                     connections: s.connections.load(Ordering::Relaxed),
                     calls: s.calls.load(Ordering::Relaxed),

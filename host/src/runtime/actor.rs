@@ -79,6 +79,8 @@ pub struct PluginStatus {
     pub restarts: AtomicU64,
     /// Connections currently open.
     pub connections: AtomicU64,
+    /// The plugin generation serving: 1 when loaded, one more per swap.
+    pub generation: AtomicU64,
     pub(super) shutdown: AtomicBool,
 }
 
@@ -90,6 +92,7 @@ impl PluginStatus {
             crashes: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            generation: AtomicU64::new(1),
             shutdown: AtomicBool::new(false),
         }
     }
@@ -106,6 +109,22 @@ impl PluginStatus {
 
     pub(super) fn set_state(&self, state: PluginRunState) {
         self.state.store(state as u8, Ordering::Release);
+    }
+}
+
+/// A request to replace a running plugin with a new generation.
+#[derive(Debug)]
+pub struct SwapRequest {
+    /// The new plugin, compiled and pre-linked.
+    pub prepared: PreparedPlugin,
+    /// Where the outcome goes: the new generation's number, or why the old
+    /// generation keeps serving.
+    pub done: oneshot::Sender<Result<u64, PluginError>>,
+}
+
+impl std::fmt::Debug for PreparedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedPlugin").field("hash", &self.hash).finish_non_exhaustive()
     }
 }
 
@@ -187,6 +206,16 @@ impl ActorHandle {
 pub(super) struct Instance {
     store: Store<PluginState>,
     bindings: Service,
+}
+
+/// What a plugin's `on-connect` is told about a connection.
+fn connect_info(meta: &crate::transport::conn::ConnMeta) -> types::ConnectInfo {
+    types::ConnectInfo {
+        peer_id: meta.peer_id.clone(),
+        passive: meta.passive,
+        convention: meta.convention.raw(),
+        remote_address: meta.remote.to_string(),
+    }
 }
 
 /// Epoch ticks of a call deadline (rounded up, plus one for the tick in
@@ -287,12 +316,63 @@ impl Actor {
     }
 
     pub(super) fn instantiate(&self) -> Result<Instance, String> {
-        let mut store = Store::new(self.pre.engine(), PluginState::new(self.spec.ctx.clone()));
+        self.instantiate_from(&self.pre)
+    }
+
+    fn instantiate_from(&self, pre: &ServicePre<PluginState>) -> Result<Instance, String> {
+        let mut store = Store::new(pre.engine(), PluginState::new(self.spec.ctx.clone()));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
+        let bindings = pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
         Ok(Instance { store, bindings })
+    }
+
+    /// Replaces the plugin with a new generation: instantiated first (a
+    /// failure leaves the old one serving), then the open connections and
+    /// pending connects move over, each open connection is announced to the
+    /// new generation with `on-connect` (the same info as before), and the
+    /// old instance is dropped. Events after the swap request go to the new
+    /// generation, in order. A plugin restarting or disabled after crashes
+    /// is replaced and serves again. Returns the new generation's number.
+    fn swap(&mut self, prepared: PreparedPlugin) -> Result<u64, PluginError> {
+        let PreparedWorld::Service(pre) = prepared.world.clone() else {
+            return Err(PluginError::Link("a service plugin can only be swapped for another service plugin".into()));
+        };
+        let mut fresh = self.instantiate_from(&pre).map_err(PluginError::Instantiate)?;
+        let conns = self.instance.as_mut().map(|old| old.store.data_mut().take_conns()).unwrap_or_default();
+        let mut open: Vec<(u64, Arc<crate::transport::conn::ConnShared>)> = conns
+            .iter()
+            .filter_map(|(&id, entry)| match entry {
+                ConnEntry::Open { shared, .. } => Some((id, shared.clone())),
+                ConnEntry::Pending { .. } => None,
+            })
+            .collect();
+        open.sort_by_key(|(id, _)| *id);
+        fresh.store.data_mut().put_conns(conns);
+        for (id, shared) in open {
+            let info = connect_info(shared.meta());
+            fresh.store.set_epoch_deadline(self.deadline_ticks);
+            let result = fresh.bindings.fogconnect_plugin_handler().call_on_connect(&mut fresh.store, id, &info);
+            if let Err(e) = result {
+                let message = describe(&e, &fresh.store);
+                // Back to the old generation, which keeps serving.
+                let conns = fresh.store.data_mut().take_conns();
+                if let Some(old) = self.instance.as_mut() {
+                    old.store.data_mut().put_conns(conns);
+                }
+                return Err(PluginError::Instantiate(format!("the new generation failed in on-connect: {message}")));
+            }
+        }
+        self.instance = Some(fresh);
+        self.pre = pre;
+        self.spec.prepared = prepared;
+        self.supervisor = Supervisor::new(self.spec.crash_policy);
+        self.supervisor.started(Instant::now());
+        self.status.set_state(PluginRunState::Running);
+        let generation = self.status.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(service = self.service(), generation, "plugin swapped");
+        Ok(generation)
     }
 
     /// Parks until `until` or shutdown; true when shutting down.
@@ -342,10 +422,23 @@ impl Actor {
                 }
             }
             let Some(event) = self.rx.blocking_recv() else { break };
-            if matches!(event, ConnEvent::Shutdown) {
-                self.shutdown();
-                break;
-            }
+            let event = match event {
+                ConnEvent::Shutdown => {
+                    self.shutdown();
+                    break;
+                }
+                ConnEvent::Swap(request) => {
+                    let SwapRequest { prepared, done } = *request;
+                    let outcome = self.swap(prepared);
+                    if outcome.is_ok() {
+                        restart_at = None;
+                    }
+                    let _ = done.send(outcome);
+                    self.status.connections.store(self.open_connections(), Ordering::Relaxed);
+                    continue;
+                }
+                event => event,
+            };
             if let Err(message) = self.handle(event) {
                 restart_at = self.crashed(message);
             }
@@ -391,14 +484,8 @@ impl Actor {
                     }
                     return self.flush_deferred_closes();
                 }
-                let meta = shared.meta().clone();
+                let info = connect_info(shared.meta());
                 state.insert_open(id, shared);
-                let info = types::ConnectInfo {
-                    peer_id: meta.peer_id,
-                    passive: meta.passive,
-                    convention: meta.convention.raw(),
-                    remote_address: meta.remote.to_string(),
-                };
                 self.call(|b, s| b.fogconnect_plugin_handler().call_on_connect(s, id, &info))?;
             }
             ConnEvent::OpenFailed(ConnectionId(id), reason) => {
@@ -417,6 +504,9 @@ impl Actor {
                 }
             }
             ConnEvent::Shutdown => {}
+            ConnEvent::Swap(request) => {
+                let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
+            }
         }
         self.flush_deferred_closes()
     }

@@ -225,6 +225,12 @@ impl PluginState {
         std::mem::take(&mut self.conns)
     }
 
+    /// Takes over a table emptied from another instance (a swap).
+    pub fn put_conns(&mut self, conns: HashMap<u64, ConnEntry>) {
+        self.open_count = conns.values().filter(|e| matches!(e, ConnEntry::Open { .. })).count();
+        self.conns = conns;
+    }
+
     /// Open (not pending) connections.
     pub fn open_connections(&self) -> usize {
         self.open_count

@@ -260,6 +260,11 @@ impl StreamActor {
             }
             // Stream plugins open no connections; nothing else reaches here.
             ConnEvent::OpenFailed(..) | ConnEvent::Shutdown => {}
+            ConnEvent::Swap(request) => {
+                let _ = request
+                    .done
+                    .send(Err(PluginError::Actor("swapping a stream plugin live is not supported yet".into())));
+            }
         }
         self.flush_events()
     }

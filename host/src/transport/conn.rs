@@ -104,6 +104,11 @@ pub enum ConnEvent {
     Closed(ConnectionId, CloseReason),
     /// The node is shutting down: close everything and stop.
     Shutdown,
+    /// Plugin actors only: replace the plugin with a new generation. Sent
+    /// through the same channel as the connection events, so the events
+    /// before it go to the old generation and those after it, in order,
+    /// to the new one.
+    Swap(Box<crate::runtime::actor::SwapRequest>),
 }
 
 /// Where a connection's events go.

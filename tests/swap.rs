@@ -1,0 +1,140 @@
+//! Live swaps of a service plugin on a running node (issue 7, first part):
+//! connections stay open, no message is lost or repeated, a plugin that
+//! cannot serve is rejected and the old generation keeps answering.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use anyhow::{Context, bail, ensure};
+use common::{WAIT, eventually, node_with};
+use fogconnect::{ConnectionEvent, NodeError, PluginError, Transport};
+
+const SERVICE: u8 = 3;
+const CONNECTIONS: usize = 6;
+/// Messages in flight per connection.
+const WINDOW: u64 = 16;
+const SWAPS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_loses_and_repeats_nothing() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-echo-v1")]).await?;
+    let app = node_with("app", &[]).await?;
+    let replies = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+        let (replies, stop) = (replies.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            // Numbered messages, WINDOW in flight, until told to stop; then
+            // the outstanding replies.
+            let mut next = 0u64;
+            let mut received = 0u64;
+            let mut prefixes = Vec::new();
+            loop {
+                while !stop.load(Ordering::Relaxed) && next < received + WINDOW {
+                    conn.send(format!("c{c} #{next}").into_bytes())?;
+                    next += 1;
+                }
+                if received == next {
+                    break;
+                }
+                let reply = match tokio::time::timeout(WAIT, conn.recv()).await {
+                    Ok(ConnectionEvent::Message(reply)) => String::from_utf8_lossy(&reply).into_owned(),
+                    Ok(ConnectionEvent::Closed(reason)) => bail!("connection {c} closed: {reason}"),
+                    Err(_) => bail!("connection {c}: no reply to #{received} within {WAIT:?}"),
+                };
+                let (prefix, text) = reply.split_once(':').with_context(|| format!("bad reply {reply:?}"))?;
+                ensure!(text == format!("c{c} #{received}"), "connection {c}: expected #{received}, got {reply:?}");
+                if prefixes.last().map(String::as_str) != Some(prefix) {
+                    prefixes.push(prefix.to_string());
+                }
+                received += 1;
+                replies.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok((conn, received, prefixes))
+        }));
+    }
+    for swap in 0..SWAPS {
+        // Let some traffic through between swaps.
+        let before = replies.load(Ordering::Relaxed);
+        eventually("traffic between swaps", || replies.load(Ordering::Relaxed) >= before + 100).await?;
+        let plugin = if swap % 2 == 0 { "test-echo-v2" } else { "test-echo-v1" };
+        let generation = device.swap_plugin(SERVICE, &common::plugin(plugin)).await?;
+        assert_eq!(generation, swap as u64 + 2);
+    }
+    let before = replies.load(Ordering::Relaxed);
+    eventually("traffic after the last swap", || replies.load(Ordering::Relaxed) >= before + 100).await?;
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        let (conn, received, prefixes) = sender.await??;
+        let stats = conn.stats();
+        assert_eq!((stats.messages_sent, stats.messages_received), (received, received), "every reply once");
+        // Replies switch prefix only at swaps, so alternately, at most once
+        // per swap; this connection's traffic went on through the swaps.
+        assert!((2..=SWAPS + 1).contains(&prefixes.len()), "{prefixes:?}");
+        for pair in prefixes.windows(2) {
+            assert_ne!(pair[0], pair[1]);
+        }
+    }
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!(
+        (info.generation, info.name.as_str(), info.connections),
+        (SWAPS as u64 + 1, "test_echo_v1", CONNECTIONS as u64)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plugin_that_cannot_serve_is_rejected_and_the_old_one_keeps_answering() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-echo-v1")]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "one").await?, "v1:one");
+
+    match device.swap_plugin_bytes(SERVICE, "garbage", b"\0asm not a component").await {
+        Err(NodeError::Plugin { source: PluginError::Compile(_), .. }) => {}
+        other => bail!("expected a compile error, got {other:?}"),
+    }
+    let stream_plugin = std::fs::read(common::plugin("adaptive-source"))?;
+    match device.swap_plugin_bytes(SERVICE, "adaptive_source", &stream_plugin).await {
+        Err(NodeError::Plugin { source: PluginError::Link(message), .. }) => {
+            assert!(message.contains("another service plugin"), "{message}")
+        }
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    match device.swap_plugin(9, &common::plugin("test-echo-v2")).await {
+        Err(NodeError::NoSuchService(9)) => {}
+        other => bail!("expected no such service, got {other:?}"),
+    }
+    assert_eq!(common::ask(&mut conn, "two").await?, "v1:two", "the same connection, the old generation");
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!((info.generation, info.name.as_str()), (1, "test_echo_v1"));
+
+    device.swap_plugin(SERVICE, &common::plugin("test-echo-v2")).await?;
+    assert_eq!(common::ask(&mut conn, "three").await?, "v2:three");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disabled_service_serves_again_after_a_swap() -> anyhow::Result<()> {
+    let config = fogconnect::NodeConfig {
+        crash_policy: fogconnect::CrashPolicy { max_crashes: 0, ..Default::default() },
+        ..common::config()
+    };
+    let device = common::node_with_config("device", &[(SERVICE, "test-panic")], config).await?;
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    conn.send(&b"panic"[..])?;
+    common::closed_within(&mut conn, WAIT).await?;
+    eventually("disabled", || {
+        device.services().iter().any(|s| s.service == SERVICE && s.state == fogconnect::PluginRunState::Disabled)
+    })
+    .await?;
+    device.swap_plugin(SERVICE, &common::plugin("test-echo-v2")).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "back").await?, "v2:back");
+    Ok(())
+}
