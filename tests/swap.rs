@@ -68,6 +68,7 @@ async fn swapping_under_load_loses_and_repeats_nothing() -> anyhow::Result<()> {
     let before = replies.load(Ordering::Relaxed);
     eventually("traffic after the last swap", || replies.load(Ordering::Relaxed) >= before + 100).await?;
     stop.store(true, Ordering::Relaxed);
+    let mut open = Vec::new();
     for sender in senders {
         let (conn, received, prefixes) = sender.await??;
         let stats = conn.stats();
@@ -78,6 +79,7 @@ async fn swapping_under_load_loses_and_repeats_nothing() -> anyhow::Result<()> {
         for pair in prefixes.windows(2) {
             assert_ne!(pair[0], pair[1]);
         }
+        open.push(conn);
     }
     let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
     assert_eq!(
@@ -136,5 +138,51 @@ async fn a_disabled_service_serves_again_after_a_swap() -> anyhow::Result<()> {
     device.swap_plugin(SERVICE, &common::plugin("test-echo-v2")).await?;
     let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
     assert_eq!(common::ask(&mut conn, "back").await?, "v2:back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unloading_closes_the_connections_with_the_reason_and_frees_the_service() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-echo-v1"), (5, "adaptive-source")]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+        assert_eq!(common::ask(&mut conn, "hi").await?, "v1:hi");
+        conns.push(conn);
+    }
+    device.unload_plugin(SERVICE).await?;
+    for conn in &mut conns {
+        let reason = common::closed_within(conn, WAIT).await?;
+        assert_eq!((reason.kind, reason.message.as_str()), (fogconnect::CloseKind::Eof, "service unloaded"));
+    }
+    match app.connect(device.local_addr(), Transport::Quic, SERVICE).await {
+        Err(e) => assert!(e.to_string().contains("no such service: 3"), "{e}"),
+        Ok(_) => bail!("connected to an unloaded service"),
+    }
+    match device.unload_plugin(SERVICE).await {
+        Err(NodeError::NoSuchService(SERVICE)) => {}
+        other => bail!("expected no such service, got {other:?}"),
+    }
+    // The number is free: load again; an occupied one is refused.
+    device.load_plugin(SERVICE, &common::plugin("test-echo-v2")).await?;
+    match device.load_plugin(SERVICE, &common::plugin("test-echo-v1")).await {
+        Err(NodeError::Plugin { source: PluginError::ServiceTaken(SERVICE), .. }) => {}
+        other => bail!("expected the service to be taken, got {other:?}"),
+    }
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "again").await?, "v2:again");
+
+    // A stream plugin unloads the same way: its streams end.
+    let session = fogconnect::StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
+    let mut live = session.open("action=live").await?;
+    device.unload_plugin(5).await?;
+    let ended = loop {
+        match tokio::time::timeout(WAIT, live.recv()).await? {
+            fogconnect::MediaEvent::Data(_) => continue,
+            fogconnect::MediaEvent::Ended(reason) => break reason,
+        }
+    };
+    assert!(ended.contains("service unloaded"), "{ended}");
     Ok(())
 }

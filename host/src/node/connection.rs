@@ -105,7 +105,11 @@ impl Connection {
                 self.ended = Some(reason.clone());
                 ConnectionEvent::Closed(reason)
             }
-            Some(ConnEvent::Opened(_)) | Some(ConnEvent::Shutdown) | Some(ConnEvent::Swap(_)) | None => {
+            Some(ConnEvent::Opened(_))
+            | Some(ConnEvent::Shutdown)
+            | Some(ConnEvent::Unload)
+            | Some(ConnEvent::Swap(_))
+            | None => {
                 let reason = CloseReason::new(CloseKind::Error, "connection state lost");
                 self.ended = Some(reason.clone());
                 ConnectionEvent::Closed(reason)

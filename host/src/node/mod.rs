@@ -740,6 +740,27 @@ impl Node {
         Ok(generation)
     }
 
+    /// Unloads the plugin of `service`: new connections to the service are
+    /// refused at once ("no such service"), its connections are closed
+    /// (the remote side sees end of file with "service unloaded", the
+    /// plugin `on-close` with kind `local`), and its actor stops. The
+    /// service number is free again when this returns.
+    ///
+    /// # Errors
+    /// [`NodeError::NoSuchService`] when the service has no plugin.
+    pub async fn unload_plugin(&self, service: u8) -> Result<(), NodeError> {
+        let loaded = self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&service)
+            .ok_or(NodeError::NoSuchService(service))?;
+        loaded.actor.unload().await;
+        let _ = tokio::task::spawn_blocking(move || loaded.actor.join()).await;
+        Ok(())
+    }
+
     fn service(&self, service: u8) -> Option<Arc<LoadedService>> {
         self.inner.services.read().unwrap_or_else(|p| p.into_inner()).get(&service).cloned()
     }

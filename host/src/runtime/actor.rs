@@ -194,6 +194,16 @@ impl ActorHandle {
         let _ = self.tx.send(ConnEvent::Shutdown).await;
     }
 
+    /// Asks the actor to close the plugin's connections with reason
+    /// "service unloaded" (the plugin gets `on-close` with kind `local`,
+    /// the remote side end of file with that message) and stop. Returns at
+    /// once; use [`ActorHandle::join`] to wait.
+    pub async fn unload(&self) {
+        self.status.shutdown.store(true, Ordering::Release);
+        self.thread.unpark();
+        let _ = self.tx.send(ConnEvent::Unload).await;
+    }
+
     /// Waits for the actor thread to end.
     pub fn join(&self) {
         let handle = self.join.lock().ok().and_then(|mut guard| guard.take());
@@ -206,6 +216,33 @@ impl ActorHandle {
 pub(super) struct Instance {
     store: Store<PluginState>,
     bindings: Service,
+}
+
+/// Why an actor closes every connection and stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ActorStop {
+    /// The node shuts down.
+    NodeShutdown,
+    /// The service was unloaded.
+    Unloaded,
+}
+
+impl ActorStop {
+    /// What the remote side is told (end of file with this message).
+    pub(super) fn remote_message(self) -> &'static str {
+        match self {
+            ActorStop::NodeShutdown => "peer node shutting down",
+            ActorStop::Unloaded => "service unloaded",
+        }
+    }
+
+    /// What the plugin's `on-close` (kind `local`) says.
+    pub(super) fn local_message(self) -> &'static str {
+        match self {
+            ActorStop::NodeShutdown => "node shutting down",
+            ActorStop::Unloaded => "service unloaded",
+        }
+    }
 }
 
 /// What a plugin's `on-connect` is told about a connection.
@@ -424,7 +461,11 @@ impl Actor {
             let Some(event) = self.rx.blocking_recv() else { break };
             let event = match event {
                 ConnEvent::Shutdown => {
-                    self.shutdown();
+                    self.shutdown(ActorStop::NodeShutdown);
+                    break;
+                }
+                ConnEvent::Unload => {
+                    self.shutdown(ActorStop::Unloaded);
                     break;
                 }
                 ConnEvent::Swap(request) => {
@@ -503,7 +544,7 @@ impl Actor {
                     self.call_on_close(id, &reason)?;
                 }
             }
-            ConnEvent::Shutdown => {}
+            ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }
@@ -567,19 +608,22 @@ impl Actor {
         decide_after_crash(&self.spec, &self.status, &mut self.supervisor, message, crashes)
     }
 
-    /// Node shutdown: every open connection is closed locally and reported.
-    fn shutdown(&mut self) {
+    /// Node shutdown or unload: every open connection is closed locally and
+    /// reported to the plugin; a plugin failing meanwhile is not called
+    /// again, but the remaining connections are closed all the same.
+    fn shutdown(&mut self, cause: ActorStop) {
         let Some(instance) = self.instance.as_mut() else { return };
-        let ids = instance.store.data().conn_ids();
+        let mut ids = instance.store.data().conn_ids();
+        ids.sort_unstable();
+        let mut plugin_ok = true;
         for id in ids {
             let entry = self.instance.as_mut().and_then(|i| i.store.data_mut().remove_conn(id));
             if let Some(ConnEntry::Open { shared, .. }) = entry
-                && shared.close_local("peer node shutting down")
+                && shared.close_local(cause.remote_message())
+                && plugin_ok
             {
-                let reason = CloseReason::new(CloseKind::Local, "node shutting down");
-                if self.call_on_close(id, &reason).is_err() {
-                    break;
-                }
+                let reason = CloseReason::new(CloseKind::Local, cause.local_message());
+                plugin_ok = self.call_on_close(id, &reason).is_ok();
             }
         }
         // Pending connects are abandoned; their tasks see the endpoint close.

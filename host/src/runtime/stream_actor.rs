@@ -21,7 +21,8 @@ use wasmtime::Store;
 
 use super::PluginError;
 use super::actor::{
-    ActorSpec, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure, report_restart,
+    ActorSpec, ActorStop, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure,
+    report_restart,
 };
 use super::stream_bindings::fogconnect::streaming::types;
 use super::stream_bindings::{StreamPlugin, StreamPluginPre};
@@ -188,7 +189,11 @@ impl StreamActor {
             match event {
                 Some(None) => break,
                 Some(Some(ConnEvent::Shutdown)) => {
-                    self.shutdown();
+                    self.shutdown(ActorStop::NodeShutdown);
+                    break;
+                }
+                Some(Some(ConnEvent::Unload)) => {
+                    self.shutdown(ActorStop::Unloaded);
                     break;
                 }
                 Some(Some(event)) => {
@@ -259,7 +264,7 @@ impl StreamActor {
                 self.end_connection(id.0)?;
             }
             // Stream plugins open no connections; nothing else reaches here.
-            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown => {}
+            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request
                     .done
@@ -613,14 +618,15 @@ impl StreamActor {
         decide_after_crash(&self.spec, &self.status, &mut self.supervisor, message, crashes)
     }
 
-    /// Node shutdown: every stream is stopped (`send-stop`, talk-back end),
-    /// waiting commands get `closed`, connections are closed locally.
-    fn shutdown(&mut self) {
+    /// Node shutdown or unload: every stream is stopped (`send-stop`,
+    /// talk-back end), waiting commands get `closed`, connections are
+    /// closed locally.
+    fn shutdown(&mut self, cause: ActorStop) {
         let conns: Vec<u64> = self.core().map(|core| core.conns.keys().copied().collect()).unwrap_or_default();
         for conn in conns {
             match self.end_connection(conn) {
                 Ok(Some(shared)) => {
-                    shared.close_local("peer node shutting down");
+                    shared.close_local(cause.remote_message());
                 }
                 Ok(None) => {}
                 Err(message) => {
@@ -628,7 +634,7 @@ impl StreamActor {
                     if let Some(mut instance) = self.instance.take() {
                         for (_, c) in instance.store.data_mut().core.conns.drain() {
                             c.stop.cancel();
-                            c.shared.close_local("peer node shutting down");
+                            c.shared.close_local(cause.remote_message());
                         }
                     }
                     return;

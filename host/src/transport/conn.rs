@@ -104,6 +104,9 @@ pub enum ConnEvent {
     Closed(ConnectionId, CloseReason),
     /// The node is shutting down: close everything and stop.
     Shutdown,
+    /// Plugin actors only: the service is unloaded: close its connections
+    /// (reason "service unloaded") and stop.
+    Unload,
     /// Plugin actors only: replace the plugin with a new generation. Sent
     /// through the same channel as the connection events, so the events
     /// before it go to the old generation and those after it, in order,
