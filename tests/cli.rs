@@ -103,6 +103,8 @@ fn help_is_available_everywhere() -> anyhow::Result<()> {
         &["node", "--help"],
         &["send", "--help"],
         &["stream", "--help"],
+        &["plugin", "--help"],
+        &["plugin", "swap", "--help"],
         &["demo", "--help"],
         &["signal", "--help"],
         &["signal", "token", "--help"],
@@ -250,5 +252,67 @@ fn signal_node_and_send_by_id_as_processes() -> anyhow::Result<()> {
     ensure!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     ensure!(stderr.lines().count() == 1 && stderr.contains("not valid for this id"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Result<()> {
+    let token = "cli-admin-token-0123456789";
+    let mut child = Command::new(BIN)
+        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "managed", "--admin", "127.0.0.1:0"])
+        .arg("--plugin")
+        .arg(format!("3={}", common::plugin("test-echo-v1").display()))
+        .env("FOGCONNECT_ADMIN_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let _node = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let node_addr: SocketAddr =
+        lines.next().context("no output")??.strip_prefix("listening on ").context("first line")?.parse()?;
+    let admin = loop {
+        let line = lines.next().context("the node ended before its admin API started")??;
+        if let Some(addr) = line.strip_prefix("admin API on ") {
+            break addr.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let plugin = |args: &[&str], with_token: bool| -> anyhow::Result<std::process::Output> {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("plugin").args(["--node", &admin]).args(args).env_remove("FOGCONNECT_ADMIN_TOKEN");
+        if with_token {
+            cmd.env("FOGCONNECT_ADMIN_TOKEN", token);
+        }
+        Ok(cmd.output()?)
+    };
+    let listed = plugin(&["list"], true)?;
+    ensure!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let text = String::from_utf8_lossy(&listed.stdout);
+    ensure!(text.lines().count() == 2 && text.contains("test_echo_v1") && text.contains("running"), "{text}");
+
+    let v2 = common::plugin("test-echo-v2");
+    let swapped = plugin(&["swap", "--service", "3", &v2.display().to_string()], true)?;
+    ensure!(swapped.status.success(), "{}", String::from_utf8_lossy(&swapped.stderr));
+    let text = String::from_utf8_lossy(&swapped.stdout);
+    ensure!(text.contains("test_echo_v2") && text.split_whitespace().any(|w| w == "2"), "{text}");
+    let output = send(node_addr, "3", &["hello"])?;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "v2:hello\n");
+
+    let loaded = plugin(&["load", "--service", "3", &v2.display().to_string()], true)?;
+    ensure!(!loaded.status.success());
+    let stderr = String::from_utf8_lossy(&loaded.stderr);
+    ensure!(
+        stderr.lines().count() == 1 && stderr.contains("already has a plugin") && stderr.contains("409"),
+        "{stderr}"
+    );
+
+    let unloaded = plugin(&["unload", "--service", "3"], true)?;
+    ensure!(String::from_utf8_lossy(&unloaded.stdout).contains("service 3 unloaded"));
+    let output = send(node_addr, "3", &["hello"])?;
+    ensure!(String::from_utf8_lossy(&output.stderr).contains("no such service: 3"));
+
+    let denied = plugin(&["list"], false)?;
+    ensure!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("admin token"));
     Ok(())
 }

@@ -186,3 +186,91 @@ async fn unloading_closes_the_connections_with_the_reason_and_frees_the_service(
     assert!(ended.contains("service unloaded"), "{ended}");
     Ok(())
 }
+
+const ADMIN_TOKEN: &str = "swap-test-admin-token-0123456789";
+
+#[tokio::test]
+async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow::Result<()> {
+    use fogconnect::admin::client::{AdminClient, AdminClientError};
+    use fogconnect::admin::{AdminConfig, AdminError, AdminServer};
+
+    let device = node_with("device", &[(SERVICE, "test-echo-v1")]).await?;
+    let local = "127.0.0.1:0".parse()?;
+    let weak = AdminConfig { listen: local, token: "short".into(), allow_remote: false };
+    assert!(matches!(AdminServer::start(device.clone(), weak).await, Err(AdminError::WeakToken)));
+    let remote = AdminConfig { listen: "0.0.0.0:0".parse()?, token: ADMIN_TOKEN.into(), allow_remote: false };
+    assert!(matches!(AdminServer::start(device.clone(), remote).await, Err(AdminError::NotLoopback(_))));
+    let admin = AdminServer::start(
+        device.clone(),
+        AdminConfig { listen: local, token: ADMIN_TOKEN.into(), allow_remote: false },
+    )
+    .await?;
+    let client = AdminClient::new(admin.local_addr(), ADMIN_TOKEN);
+
+    let intruder = AdminClient::new(admin.local_addr(), "not-the-admin-token-at-all");
+    match intruder.list().await {
+        Err(AdminClientError::Refused { status: 401, .. }) => {}
+        other => bail!("expected 401, got {other:?}"),
+    }
+    match intruder.unload(SERVICE).await {
+        Err(AdminClientError::Refused { status: 401, .. }) => {}
+        other => bail!("expected 401, got {other:?}"),
+    }
+
+    let listed = client.list().await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].service, listed[0].name.as_str(), listed[0].generation), (SERVICE, "test_echo_v1", 1));
+    assert_eq!(listed[0].state, "running");
+
+    let v1 = std::fs::read(common::plugin("test-echo-v1"))?;
+    let v2 = std::fs::read(common::plugin("test-echo-v2"))?;
+    match client.load(SERVICE, "test_echo_v1", v1.clone()).await {
+        Err(AdminClientError::Refused { status: 409, message }) => assert!(message.contains("already has a plugin")),
+        other => bail!("expected 409, got {other:?}"),
+    }
+    let loaded = client.load(4, "test_echo_v2", v2.clone()).await?;
+    assert_eq!((loaded.service, loaded.generation), (4, 1));
+
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "a").await?, "v1:a");
+    let swapped = client.swap(SERVICE, "test_echo_v2", v2).await?;
+    assert_eq!((swapped.name.as_str(), swapped.generation, swapped.connections), ("test_echo_v2", 2, 1));
+    assert_eq!(common::ask(&mut conn, "b").await?, "v2:b");
+    match client.swap(SERVICE, "broken", b"not wasm".to_vec()).await {
+        Err(AdminClientError::Refused { status: 422, message }) => {
+            assert!(message.contains("does not compile"), "{message}")
+        }
+        other => bail!("expected 422, got {other:?}"),
+    }
+    assert_eq!(common::ask(&mut conn, "c").await?, "v2:c");
+
+    client.unload(4).await?;
+    match client.unload(4).await {
+        Err(AdminClientError::Refused { status: 404, .. }) => {}
+        other => bail!("expected 404, got {other:?}"),
+    }
+    assert_eq!(client.list().await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_plugin_is_not_swapped_live_yet_and_keeps_streaming() -> anyhow::Result<()> {
+    let device = node_with("device", &[(5, "adaptive-source")]).await?;
+    let app = node_with("app", &[]).await?;
+    let session = fogconnect::StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
+    let mut live = session.open("action=live").await?;
+    match device.swap_plugin(5, &common::plugin("adaptive-source")).await {
+        Err(NodeError::Plugin { source: PluginError::Unsupported(what), .. }) => {
+            assert_eq!(what, "swapping a stream plugin live")
+        }
+        other => bail!("expected unsupported, got {other:?}"),
+    }
+    for _ in 0..5 {
+        match tokio::time::timeout(WAIT, live.recv()).await? {
+            fogconnect::MediaEvent::Data(_) => {}
+            fogconnect::MediaEvent::Ended(reason) => bail!("the stream ended: {reason}"),
+        }
+    }
+    Ok(())
+}

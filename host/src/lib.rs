@@ -11,6 +11,7 @@
 //! - [`stream`]: stream plugins (watermark core so far).
 //! - [`node`]: the node that ties them together, and its Rust API.
 
+pub mod admin;
 pub mod convention;
 pub mod nat;
 pub mod node;

@@ -4,6 +4,7 @@ mod demo;
 mod nat;
 mod node;
 mod peers;
+mod plugin;
 mod relay;
 mod send;
 mod signal;
@@ -33,6 +34,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Connect to a node, send one message per argument and print the replies.
     Send(send::SendArgs),
+    /// Manage the plugins of a running node (list, load, swap, unload).
+    Plugin(plugin::PluginArgs),
     /// Ask a stream service for a stream and show the received rate live.
     Stream(stream::StreamArgs),
     /// Run two nodes in this process and show the plugin exchange.
@@ -223,7 +226,12 @@ impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
             Command::Node(_) | Command::Signal(_) | Command::Stun(_) | Command::Relay(_) => "info",
-            Command::Send(_) | Command::Stream(_) | Command::Demo(_) | Command::Peers(_) | Command::Nat(_) => "error",
+            Command::Send(_)
+            | Command::Stream(_)
+            | Command::Plugin(_)
+            | Command::Demo(_)
+            | Command::Peers(_)
+            | Command::Nat(_) => "error",
         }
     }
 }
@@ -241,6 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args).await,
         Command::Send(args) => send::run(args).await,
         Command::Stream(args) => stream::run(args).await,
+        Command::Plugin(args) => plugin::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Signal(args) => signal::run(args).await,
         Command::Peers(args) => peers::run(args).await,

@@ -25,6 +25,17 @@ pub struct NodeArgs {
     /// PEM file of a CA (or self-signed certificate) to trust for wss://.
     #[arg(long, value_name = "FILE", requires = "signal")]
     signal_ca: Option<PathBuf>,
+    /// Offer the admin API (plugin list/load/swap/unload) on this TCP
+    /// address; loopback only unless --admin-allow-remote. Needs
+    /// --admin-token.
+    #[arg(long, value_name = "ADDR", requires = "admin_token")]
+    admin: Option<SocketAddr>,
+    /// The admin API's bearer token (at least 16 characters).
+    #[arg(long, env = "FOGCONNECT_ADMIN_TOKEN", hide_env_values = true, requires = "admin")]
+    admin_token: Option<String>,
+    /// Let the admin API listen on a non-loopback address.
+    #[arg(long, requires = "admin")]
+    admin_allow_remote: bool,
     #[command(flatten)]
     common: super::CommonNodeArgs,
 }
@@ -98,7 +109,25 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     for service in node.services() {
         println!("service {} -> {} ({})", service.service, service.name, &service.hash[..16]);
     }
+    let admin = match (args.admin, &args.admin_token) {
+        (Some(listen), Some(token)) => {
+            let config =
+                fogconnect::admin::AdminConfig { listen, token: token.clone(), allow_remote: args.admin_allow_remote };
+            let admin = fogconnect::admin::AdminServer::start(node.clone(), config).await;
+            let admin = match admin {
+                Ok(admin) => admin,
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e).context("cannot start the admin API");
+                }
+            };
+            println!("admin API on {}", admin.local_addr());
+            Some(admin)
+        }
+        _ => None,
+    };
     wait_for_signal().await?;
+    drop(admin);
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

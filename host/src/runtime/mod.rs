@@ -58,6 +58,10 @@ pub enum PluginError {
     /// A plugin is already loaded for this service number.
     #[error("service {0} already has a plugin")]
     ServiceTaken(u8),
+    /// The plugin cannot do this (yet), e.g. a live swap of a stream
+    /// plugin.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// The plugin's thread could not be started or stopped unexpectedly.
     #[error("plugin actor: {0}")]
     Actor(String),

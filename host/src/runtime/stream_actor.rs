@@ -266,9 +266,7 @@ impl StreamActor {
             // Stream plugins open no connections; nothing else reaches here.
             ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
-                let _ = request
-                    .done
-                    .send(Err(PluginError::Actor("swapping a stream plugin live is not supported yet".into())));
+                let _ = request.done.send(Err(PluginError::Unsupported("swapping a stream plugin live".into())));
             }
         }
         self.flush_events()

@@ -1,0 +1,169 @@
+//! A client of the admin API, used by the `fogconnect plugin` commands
+//! (HTTP/1.1 with hyper).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, header};
+use serde::Deserialize;
+
+/// How long one request may take (a swap includes a cold compile).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of admin requests.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    /// The node's admin API cannot be reached.
+    #[error("cannot reach the admin API at {addr}: {message}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// Why.
+        message: String,
+    },
+    /// The HTTP exchange failed.
+    #[error("admin request failed: {0}")]
+    Http(String),
+    /// The node refused the request; the message is its reason.
+    #[error("{message} (HTTP {status})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The node's reason.
+        message: String,
+    },
+    /// The answer is not what the API documents.
+    #[error("unexpected admin answer: {0}")]
+    BadAnswer(String),
+}
+
+/// One service as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServiceEntry {
+    /// Service number.
+    pub service: u8,
+    /// Plugin name.
+    pub name: String,
+    /// Hex SHA-256 of the plugin's wasm.
+    pub hash: String,
+    /// Plugin generation (1 when loaded, one more per swap).
+    pub generation: u64,
+    /// `running`, `restarting`, `disabled` or `stopped`.
+    pub state: String,
+    /// Open connections.
+    pub connections: u64,
+    /// Plugin calls made.
+    pub calls: u64,
+    /// Plugin failures.
+    pub crashes: u64,
+    /// Re-instantiations after failures.
+    pub restarts: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServiceList {
+    services: Vec<ServiceEntry>,
+}
+
+/// A client of one node's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    addr: SocketAddr,
+    token: String,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `addr`, authenticating with `token`.
+    pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
+        Self { addr, token: token.into() }
+    }
+
+    async fn request(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Bytes, AdminClientError> {
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| AdminClientError::Connect { addr: self.addr, message: e.to_string() })?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(io).await.map_err(|e| AdminClientError::Http(e.to_string()))?;
+            tokio::spawn(connection);
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::HOST, self.addr.to_string())
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| AdminClientError::Http(e.to_string()))?;
+            let response = sender.send_request(request).await.map_err(|e| AdminClientError::Http(e.to_string()))?;
+            let status = response.status();
+            let body =
+                response.into_body().collect().await.map_err(|e| AdminClientError::Http(e.to_string()))?.to_bytes();
+            if status.is_success() {
+                return Ok(body);
+            }
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            Err(AdminClientError::Refused { status: status.as_u16(), message })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| AdminClientError::Http(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+    }
+
+    fn entry(body: &[u8]) -> Result<ServiceEntry, AdminClientError> {
+        serde_json::from_slice(body).map_err(|e| AdminClientError::BadAnswer(e.to_string()))
+    }
+
+    /// The node's services.
+    ///
+    /// # Errors
+    /// [`AdminClientError`].
+    pub async fn list(&self) -> Result<Vec<ServiceEntry>, AdminClientError> {
+        let body = self.request(Method::GET, "/v1/services", Vec::new()).await?;
+        let list: ServiceList =
+            serde_json::from_slice(&body).map_err(|e| AdminClientError::BadAnswer(e.to_string()))?;
+        Ok(list.services)
+    }
+
+    /// Loads a plugin on a free service number.
+    ///
+    /// # Errors
+    /// [`AdminClientError::Refused`] with the node's reason (occupied,
+    /// does not compile, …).
+    pub async fn load(&self, service: u8, name: &str, wasm: Vec<u8>) -> Result<ServiceEntry, AdminClientError> {
+        let path = format!("/v1/services/{service}?name={}", query_value(name));
+        Self::entry(&self.request(Method::POST, &path, wasm).await?)
+    }
+
+    /// Swaps the plugin of a service for a new build, live.
+    ///
+    /// # Errors
+    /// [`AdminClientError::Refused`] with the node's reason; the old
+    /// plugin then keeps serving.
+    pub async fn swap(&self, service: u8, name: &str, wasm: Vec<u8>) -> Result<ServiceEntry, AdminClientError> {
+        let path = format!("/v1/services/{service}?name={}", query_value(name));
+        Self::entry(&self.request(Method::PUT, &path, wasm).await?)
+    }
+
+    /// Unloads the plugin of a service.
+    ///
+    /// # Errors
+    /// [`AdminClientError::Refused`] (e.g. no such service).
+    pub async fn unload(&self, service: u8) -> Result<(), AdminClientError> {
+        self.request(Method::DELETE, &format!("/v1/services/{service}"), Vec::new()).await.map(drop)
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,267 @@
+//! The admin API's HTTP server (axum).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::AdminError;
+use crate::node::{Node, NodeError};
+use crate::runtime::PluginError;
+use crate::runtime::actor::PluginRunState;
+
+/// Largest plugin upload, in bytes.
+pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+/// How the admin API is offered.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where to listen (loopback unless `allow_remote`).
+    pub listen: SocketAddr,
+    /// The bearer token every request must carry (at least 16 characters).
+    pub token: String,
+    /// Accept a non-loopback `listen` address.
+    pub allow_remote: bool,
+}
+
+#[derive(Clone)]
+struct AdminState {
+    node: Node,
+    token: String,
+}
+
+/// A running admin API; stopped when dropped.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl AdminServer {
+    /// Starts the admin API of `node`.
+    ///
+    /// # Errors
+    /// [`AdminError`] for a weak token, a non-loopback address not allowed,
+    /// or an address that cannot be bound.
+    pub async fn start(node: Node, config: AdminConfig) -> Result<Self, AdminError> {
+        if config.token.len() < 16 {
+            return Err(AdminError::WeakToken);
+        }
+        if !config.allow_remote && !config.listen.ip().is_loopback() {
+            return Err(AdminError::NotLoopback(config.listen));
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| AdminError::Bind { addr: config.listen, message: e.to_string() })?;
+        let addr =
+            listener.local_addr().map_err(|e| AdminError::Bind { addr: config.listen, message: e.to_string() })?;
+        let state = AdminState { node, token: config.token };
+        let router = Router::new()
+            .route("/v1/services", get(list))
+            .route("/v1/services/{service}", get(show).post(load).put(swap).delete(unload))
+            .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
+            .with_state(state);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!("admin API stopped: {e}");
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+
+    /// The address the API listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A refused request: its status and reason (a JSON `{"error": …}`).
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match &e {
+            NodeError::NoSuchService(_) => StatusCode::NOT_FOUND,
+            NodeError::Plugin { source: PluginError::ServiceTaken(_), .. } => StatusCode::CONFLICT,
+            NodeError::Plugin {
+                source: PluginError::Compile(_) | PluginError::Link(_) | PluginError::Instantiate(_),
+                ..
+            } => StatusCode::UNPROCESSABLE_ENTITY,
+            NodeError::Plugin { source: PluginError::Unsupported(_), .. } => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// Checks the bearer token. The SHA-256 digests are compared, not the
+/// tokens, so the comparison's timing tells nothing about the token.
+fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let digest = |text: &str| ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    if digest(given).as_ref() == digest(&state.token).as_ref() {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
+    }
+}
+
+fn state_name(state: PluginRunState) -> &'static str {
+    match state {
+        PluginRunState::Running => "running",
+        PluginRunState::Restarting => "restarting",
+        PluginRunState::Disabled => "disabled",
+        PluginRunState::Stopped => "stopped",
+    }
+}
+
+fn service_json(info: &crate::node::ServiceInfo) -> serde_json::Value {
+    json!({
+        "service": info.service,
+        "name": info.name,
+        "hash": info.hash,
+        "generation": info.generation,
+        "state": state_name(info.state),
+        "connections": info.connections,
+        "calls": info.calls,
+        "crashes": info.crashes,
+        "restarts": info.restarts,
+    })
+}
+
+fn service_number(text: &str) -> Result<u8, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{text:?} is not a service number (0-255)")))
+}
+
+/// The service's object, with `status`.
+fn service_answer(node: &Node, service: u8, status: StatusCode) -> Result<Response, ApiError> {
+    let services = node.services();
+    let info = services.iter().find(|s| s.service == service).ok_or(NodeError::NoSuchService(service))?;
+    Ok((status, axum::Json(service_json(info))).into_response())
+}
+
+async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorized(&state, &headers)?;
+    let services: Vec<_> = state.node.services().iter().map(service_json).collect();
+    Ok(axum::Json(json!({ "services": services })).into_response())
+}
+
+async fn show(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
+    authorized(&state, &headers)?;
+    service_answer(&state.node, service_number(&service)?, StatusCode::OK)
+}
+
+/// `?name=` of a load or swap: the plugin's name (default "plugin").
+#[derive(Debug, Deserialize)]
+struct PluginName {
+    name: Option<String>,
+}
+
+async fn load(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    Query(query): Query<PluginName>,
+    wasm: Bytes,
+) -> Result<Response, ApiError> {
+    upload(&state, &headers, &service, query, &wasm, Upload::Load).await
+}
+
+async fn swap(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    Query(query): Query<PluginName>,
+    wasm: Bytes,
+) -> Result<Response, ApiError> {
+    upload(&state, &headers, &service, query, &wasm, Upload::Swap).await
+}
+
+/// What an uploaded plugin is for.
+#[derive(Debug, Clone, Copy)]
+enum Upload {
+    /// A free service number.
+    Load,
+    /// Replacing the plugin of a service.
+    Swap,
+}
+
+async fn upload(
+    state: &AdminState,
+    headers: &HeaderMap,
+    service: &str,
+    query: PluginName,
+    wasm: &[u8],
+    upload: Upload,
+) -> Result<Response, ApiError> {
+    authorized(state, headers)?;
+    let service = service_number(service)?;
+    let name = query.name.unwrap_or_else(|| "plugin".into());
+    let status = match upload {
+        Upload::Load => {
+            state.node.load_plugin_bytes(service, &name, wasm).await?;
+            StatusCode::CREATED
+        }
+        Upload::Swap => {
+            state.node.swap_plugin_bytes(service, &name, wasm).await?;
+            StatusCode::OK
+        }
+    };
+    service_answer(&state.node, service, status)
+}
+
+async fn unload(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
+    authorized(&state, &headers)?;
+    state.node.unload_plugin(service_number(&service)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
