@@ -245,6 +245,26 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
     }
     assert_eq!(common::ask(&mut conn, "c").await?, "v2:c");
 
+    let metrics = client.metrics().await?;
+    let series = |name: &str| format!("{name}{{service=\"{SERVICE}\",plugin=\"test_echo_v2\"}} ");
+    let value = |name: &str| -> anyhow::Result<f64> {
+        let prefix = series(name);
+        let line =
+            metrics.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("no {prefix}: {metrics}"))?;
+        Ok(line[prefix.len()..].parse()?)
+    };
+    assert_eq!(value("fogconnect_plugin_swaps_total")?, 1.0);
+    assert_eq!(value("fogconnect_plugin_generation")?, 2.0);
+    assert_eq!(value("fogconnect_service_connections")?, 1.0);
+    assert_eq!(value("fogconnect_service_messages_received_total")?, 3.0, "a, b and c");
+    assert_eq!(value("fogconnect_service_sent_bytes_total")?, 12.0, "v1:a v2:b v2:c");
+    assert_eq!(value("fogconnect_plugin_swap_pause_seconds_count")?, 1.0, "the refused build never reached the plugin");
+    assert!(value("fogconnect_plugin_call_seconds_count")? >= 4.0);
+    match intruder.metrics().await {
+        Err(AdminClientError::Refused { status: 401, .. }) => {}
+        other => bail!("expected 401, got {other:?}"),
+    }
+
     client.unload(4).await?;
     match client.unload(4).await {
         Err(AdminClientError::Refused { status: 404, .. }) => {}

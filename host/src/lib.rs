@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod convention;
+pub mod metrics;
 pub mod nat;
 pub mod node;
 pub mod relay;

@@ -149,6 +149,15 @@ impl AdminClient {
         Self::entry(&self.request(Method::PUT, &path, wasm).await?)
     }
 
+    /// The node's metrics in the Prometheus text format.
+    ///
+    /// # Errors
+    /// [`AdminClientError`].
+    pub async fn metrics(&self) -> Result<String, AdminClientError> {
+        let body = self.request(Method::GET, "/metrics", Vec::new()).await?;
+        String::from_utf8(body.to_vec()).map_err(|e| AdminClientError::BadAnswer(e.to_string()))
+    }
+
     /// Unloads the plugin of a service.
     ///
     /// # Errors

@@ -66,6 +66,7 @@ impl AdminServer {
         let router = Router::new()
             .route("/v1/services", get(list))
             .route("/v1/services/{service}", get(show).post(load).put(swap).delete(unload))
+            .route("/metrics", get(metrics))
             .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
             .with_state(state);
         let stop = CancellationToken::new();
@@ -186,6 +187,12 @@ async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Res
     authorized(&state, &headers)?;
     let services: Vec<_> = state.node.services().iter().map(service_json).collect();
     Ok(axum::Json(json!({ "services": services })).into_response())
+}
+
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorized(&state, &headers)?;
+    let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    Ok((content_type, state.node.metrics()).into_response())
 }
 
 async fn show(

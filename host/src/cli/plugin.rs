@@ -1,5 +1,5 @@
-//! `fogconnect plugin list|load|swap|unload`: manage the plugins of a
-//! running node through its admin API.
+//! `fogconnect plugin list|load|swap|unload|metrics`: manage the plugins of
+//! a running node through its admin API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,8 @@ enum PluginAction {
         /// The new plugin's .wasm file.
         file: PathBuf,
     },
+    /// Print the node's metrics (Prometheus text format).
+    Metrics,
     /// Unload the plugin of a service (its connections close with "service unloaded").
     Unload {
         /// Service number.
@@ -98,6 +100,7 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             header();
             print_entry(&entry);
         }
+        PluginAction::Metrics => print!("{}", client.metrics().await?),
         PluginAction::Unload { service } => {
             client.unload(service).await?;
             println!("service {service} unloaded");

@@ -263,11 +263,29 @@ struct LoadedService {
     /// Plugin name and wasm hash of the generation serving.
     identity: Mutex<(String, String)>,
     actor: ActorHandle,
+    counters: Arc<crate::metrics::ServiceCounters>,
 }
 
 impl LoadedService {
     fn identity(&self) -> (String, String) {
         self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the service's plugin is and how it is doing.
+    fn info(&self, service: u8) -> ServiceInfo {
+        let s = &self.actor.status;
+        let (name, hash) = self.identity();
+        ServiceInfo {
+            service,
+            name,
+            hash,
+            generation: s.generation.load(Ordering::Relaxed),
+            state: s.state(),
+            connections: s.connections.load(Ordering::Relaxed),
+            calls: s.calls.load(Ordering::Relaxed),
+            crashes: s.crashes.load(Ordering::Relaxed),
+            restarts: s.restarts.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -661,12 +679,14 @@ impl Node {
             .map_err(plugin_err)?;
         tracing::info!(service, name, hash = %prepared.hash, from_cache = prepared.from_cache, load_ms = prepared.load_time.as_millis() as u64, "plugin compiled");
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let counters = Arc::new(crate::metrics::ServiceCounters::default());
         let ctx = Arc::new(PluginContext {
             service,
             limits: self.inner.config.plugin_limits,
             host: Arc::new(NodeServices(self.inner.weak_self.clone())),
             owner: tx,
             epoch: self.inner.started,
+            counters: counters.clone(),
         });
         let hash = prepared.hash.clone();
         let spec = ActorSpec {
@@ -676,7 +696,7 @@ impl Node {
             events: self.inner.plugin_events.clone(),
         };
         let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
-        let loaded = Arc::new(LoadedService { identity: Mutex::new((name.to_string(), hash)), actor });
+        let loaded = Arc::new(LoadedService { identity: Mutex::new((name.to_string(), hash)), actor, counters });
         let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
         if services.contains_key(&service) {
             drop(services);
@@ -768,26 +788,48 @@ impl Node {
     /// The loaded services, by service number.
     pub fn services(&self) -> Vec<ServiceInfo> {
         let services = self.inner.services.read().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<ServiceInfo> = services
+        let mut list: Vec<ServiceInfo> = services.iter().map(|(&service, loaded)| loaded.info(service)).collect();
+        list.sort_by_key(|s| s.service);
+        list
+    }
+
+    /// The services' metrics in the Prometheus text format: connections,
+    /// messages and bytes per service, plugin calls and their latency
+    /// histogram, traps, restarts, swaps and the swap pause histogram.
+    pub fn metrics(&self) -> String {
+        let services: Vec<(u8, Arc<LoadedService>)> = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(&service, loaded)| {
-                let s = &loaded.actor.status;
-                let (name, hash) = loaded.identity();
-                ServiceInfo {
-                    service,
-                    name,
-                    hash,
-                    generation: s.generation.load(Ordering::Relaxed),
-                    state: s.state(),
-                    connections: s.connections.load(Ordering::Relaxed),
-                    calls: s.calls.load(Ordering::Relaxed),
-                    crashes: s.crashes.load(Ordering::Relaxed),
-                    restarts: s.restarts.load(Ordering::Relaxed),
+            .map(|(&service, loaded)| (service, loaded.clone()))
+            .collect();
+        let mut snapshot: Vec<crate::metrics::ServiceMetrics> = services
+            .iter()
+            .map(|(service, loaded)| {
+                let info = loaded.info(*service);
+                let c = &loaded.counters;
+                crate::metrics::ServiceMetrics {
+                    service: info.service,
+                    plugin: info.name,
+                    connections: info.connections,
+                    messages_received: c.messages_received.load(Ordering::Relaxed),
+                    bytes_received: c.bytes_received.load(Ordering::Relaxed),
+                    messages_sent: c.messages_sent.load(Ordering::Relaxed),
+                    bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+                    calls: info.calls,
+                    traps: info.crashes,
+                    restarts: info.restarts,
+                    swaps: c.swaps.load(Ordering::Relaxed),
+                    generation: info.generation,
+                    call_seconds: c.call_seconds.snapshot(),
+                    swap_pause_seconds: c.swap_pause_seconds.snapshot(),
                 }
             })
             .collect();
-        list.sort_by_key(|s| s.service);
-        list
+        snapshot.sort_by_key(|s| s.service);
+        crate::metrics::render(&snapshot)
     }
 
     /// Connects to the node at `addr` for `service` over `transport`; the

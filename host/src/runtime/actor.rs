@@ -470,8 +470,12 @@ impl Actor {
                 }
                 ConnEvent::Swap(request) => {
                     let SwapRequest { prepared, done } = *request;
+                    let started = Instant::now();
                     let outcome = self.swap(prepared);
+                    let counters = &self.spec.ctx.counters;
+                    counters.swap_pause_seconds.observe(started.elapsed());
                     if outcome.is_ok() {
+                        counters.swaps.fetch_add(1, Ordering::Relaxed);
                         restart_at = None;
                     }
                     let _ = done.send(outcome);
@@ -536,6 +540,7 @@ impl Actor {
             }
             ConnEvent::Message(ConnectionId(id), data) => {
                 if matches!(instance.store.data().conn(id), Some(ConnEntry::Open { .. })) {
+                    self.spec.ctx.counters.received(data.len());
                     self.call(|b, s| b.fogconnect_plugin_handler().call_on_recv(s, id, &data))?;
                 }
             }
@@ -582,10 +587,10 @@ impl Actor {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
         self.status.calls.fetch_add(1, Ordering::Relaxed);
         instance.store.set_epoch_deadline(self.deadline_ticks);
-        match f(&instance.bindings, &mut instance.store) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(describe(&e, &instance.store)),
-        }
+        let started = Instant::now();
+        let result = f(&instance.bindings, &mut instance.store);
+        self.spec.ctx.counters.call_seconds.observe(started.elapsed());
+        result.map_err(|e| describe(&e, &instance.store))
     }
 
     /// Handles a failed call or instantiation: drops the store, ends the

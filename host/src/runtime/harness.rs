@@ -58,6 +58,7 @@ impl HarnessParts {
             host: Arc::new(NoNetwork::default()),
             owner: owner.clone(),
             epoch: Instant::now(),
+            counters: Default::default(),
         });
         let (events_tx, _) = broadcast::channel(16);
         let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };

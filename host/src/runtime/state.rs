@@ -57,6 +57,8 @@ pub struct PluginContext {
     pub owner: Owner,
     /// Origin of `monotonic-now`.
     pub epoch: Instant,
+    /// The service's traffic and call metrics.
+    pub counters: Arc<crate::metrics::ServiceCounters>,
 }
 
 /// One connection in a plugin's table.
@@ -272,7 +274,8 @@ impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
     fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<(), types::ConnError> {
-        self.open(conn)?.send(Bytes::from(data)).map_err(|e| match e {
+        let len = data.len();
+        self.open(conn)?.send(Bytes::from(data)).map(|()| self.ctx.counters.sent(len)).map_err(|e| match e {
             SendError::Closed => types::ConnError::Closed,
             SendError::TooLarge { max, .. } => types::ConnError::TooLarge(clip_u32(max)),
             SendError::BufferFull { limit } => types::ConnError::BufferFull(clip_u32(limit)),

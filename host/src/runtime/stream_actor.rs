@@ -238,7 +238,10 @@ impl StreamActor {
         };
         self.status.calls.fetch_add(1, Ordering::Relaxed);
         instance.store.set_epoch_deadline(self.deadline_ticks);
-        f(&instance.bindings, &mut instance.store).map_err(|e| {
+        let started = Instant::now();
+        let result = f(&instance.bindings, &mut instance.store);
+        self.spec.ctx.counters.call_seconds.observe(started.elapsed());
+        result.map_err(|e| {
             let state = instance.store.data();
             describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr)
         })
@@ -259,7 +262,10 @@ impl StreamActor {
         }
         match event {
             ConnEvent::Opened(shared) => self.register(shared),
-            ConnEvent::Message(id, data) => self.on_message(id.0, &data)?,
+            ConnEvent::Message(id, data) => {
+                self.spec.ctx.counters.received(data.len());
+                self.on_message(id.0, &data)?;
+            }
             ConnEvent::Closed(id, _) => {
                 self.end_connection(id.0)?;
             }
@@ -577,6 +583,7 @@ impl StreamActor {
             pulls.extend(pulled);
         }
         let mut finished = Vec::new();
+        let counters = self.spec.ctx.counters.clone();
         if let Some(core) = self.core() {
             for (&handle, pull) in due.iter().zip(pulls) {
                 match pull {
@@ -586,6 +593,7 @@ impl StreamActor {
                         if let Some(c) = core.conns.get(&entry.conn) {
                             c.queues.lock().push(entry.wire, &data);
                             c.queues.queued.notify_one();
+                            counters.sent(data.len());
                         }
                     }
                     types::Pull::End => finished.push(handle),

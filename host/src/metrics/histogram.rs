@@ -1,0 +1,78 @@
+//! A fixed-bucket histogram of durations, updated without locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the buckets, in seconds: 10 µs to 5 s, roughly ×2.5
+/// per step (plugin calls take microseconds; swaps up to a cold compile).
+pub const BUCKETS: [f64; 12] = [1e-5, 2.5e-5, 1e-4, 2.5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1.0, 5.0];
+
+/// Counts of durations per bucket, their sum and count.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound (not cumulative; the renderer
+    /// accumulates), and one more for above the last bound.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A copy of a histogram's values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Cumulative counts at or below each bound of [`BUCKETS`].
+    pub cumulative: Vec<u64>,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let index = BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The values now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let cumulative = self.buckets[..BUCKETS.len()]
+            .iter()
+            .map(|b| {
+                running += b.load(Ordering::Relaxed);
+                running
+            })
+            .collect();
+        HistogramSnapshot {
+            cumulative,
+            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_cumulative_buckets() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(5)); // ≤ 10 µs
+        h.observe(Duration::from_micros(10)); // on the bound: ≤ 10 µs
+        h.observe(Duration::from_millis(3)); // ≤ 10 ms
+        h.observe(Duration::from_secs(9)); // above every bound
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.cumulative[0], 2);
+        assert_eq!(s.cumulative[5], 2, "nothing between 10 µs and 2.5 ms");
+        assert_eq!(s.cumulative[6], 3);
+        assert_eq!(*s.cumulative.last().expect("buckets"), 3, "9 s is only in +Inf (the count)");
+        assert!((s.sum_seconds - 9.003_015).abs() < 1e-9, "{}", s.sum_seconds);
+    }
+}
