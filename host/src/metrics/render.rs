@@ -48,10 +48,16 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A counter or gauge family: name, type, help, and its value per service.
+type ScalarFamily = (&'static str, &'static str, &'static str, fn(&ServiceMetrics) -> u64);
+
+/// A histogram family: name, help, and its values per service.
+type HistogramFamily = (&'static str, &'static str, fn(&ServiceMetrics) -> &HistogramSnapshot);
+
 /// Renders the services' metrics.
 pub fn render(services: &[ServiceMetrics]) -> String {
     let mut out = String::new();
-    let scalars: [(&str, &str, &str, fn(&ServiceMetrics) -> u64); 11] = [
+    let scalars: [ScalarFamily; 11] = [
         ("fogconnect_service_connections", "gauge", "Open connections of the service.", |s| s.connections),
         ("fogconnect_service_messages_received_total", "counter", "Messages delivered to the plugin.", |s| {
             s.messages_received
@@ -76,7 +82,7 @@ pub fn render(services: &[ServiceMetrics]) -> String {
             let _ = writeln!(out, "{name}{{service=\"{}\",plugin=\"{}\"}} {}", s.service, label(&s.plugin), value(s));
         }
     }
-    let histograms: [(&str, &str, fn(&ServiceMetrics) -> &HistogramSnapshot); 2] = [
+    let histograms: [HistogramFamily; 2] = [
         ("fogconnect_plugin_call_seconds", "Duration of plugin calls.", |s| &s.call_seconds),
         ("fogconnect_plugin_swap_pause_seconds", "How long the service's events waited during a swap.", |s| {
             &s.swap_pause_seconds
