@@ -54,12 +54,13 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: plugin dispatch against native, QUIC echo round trip, signaling,
-## relay against coturn, stream plugins' pull tick
+## relay against coturn, stream plugins' pull tick, live swap pause
 bench: lab-deps plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
 	$(CARGO) bench -p fogconnect --bench relay
 	$(CARGO) bench -p fogconnect --bench streams
+	$(CARGO) bench -p fogconnect --bench swap
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
 ## birthday probing, and the adaptive stream plugin's settle time on a

@@ -62,8 +62,8 @@ async fn swapping_under_load_loses_and_repeats_nothing() -> anyhow::Result<()> {
         let before = replies.load(Ordering::Relaxed);
         eventually("traffic between swaps", || replies.load(Ordering::Relaxed) >= before + 100).await?;
         let plugin = if swap % 2 == 0 { "test-echo-v2" } else { "test-echo-v1" };
-        let generation = device.swap_plugin(SERVICE, &common::plugin(plugin)).await?;
-        assert_eq!(generation, swap as u64 + 2);
+        let report = device.swap_plugin(SERVICE, &common::plugin(plugin)).await?;
+        assert_eq!(report.generation, swap as u64 + 2);
     }
     let before = replies.load(Ordering::Relaxed);
     eventually("traffic after the last swap", || replies.load(Ordering::Relaxed) >= before + 100).await?;

@@ -26,7 +26,7 @@ pub use convention::{Convention, ConventionError, Transport};
 pub use nat::NatReport;
 pub use node::{
     Commander, ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder,
-    NodeConfig, NodeError, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, TalkBack,
+    NodeConfig, NodeError, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport, TalkBack,
     TraversalReport,
 };
 pub use runtime::PluginError;

@@ -236,6 +236,21 @@ impl ConnectError {
     }
 }
 
+/// What a live swap did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapReport {
+    /// The new generation's number.
+    pub generation: u64,
+    /// How long the service's events waited (instantiation and the
+    /// `on-connect` announcements).
+    pub pause: Duration,
+    /// Time spent compiling the new plugin or loading it from the
+    /// precompiled cache, while the old generation kept serving.
+    pub compile: Duration,
+    /// Whether the compiled plugin came from the cache.
+    pub from_cache: bool,
+}
+
 /// What a service's plugin is and how it is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -713,7 +728,7 @@ impl Node {
     /// # Errors
     /// As [`Node::swap_plugin_bytes`], and [`NodeError::Plugin`] with
     /// [`PluginError::Read`] when the file cannot be read.
-    pub async fn swap_plugin(&self, service: u8, path: &Path) -> Result<u64, NodeError> {
+    pub async fn swap_plugin(&self, service: u8, path: &Path) -> Result<SwapReport, NodeError> {
         let wasm = tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
             service,
             source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
@@ -727,14 +742,14 @@ impl Node {
     /// (or taken from the cache) and instantiated first; then the
     /// connections move to it, each announced with `on-connect`, and the
     /// events that arrived meanwhile follow in order, none lost or
-    /// repeated. Returns the new generation's number.
+    /// repeated. Returns the new generation's number and the times.
     ///
     /// # Errors
     /// [`NodeError::NoSuchService`] when the service has no plugin;
     /// [`NodeError::Plugin`] when the new plugin does not compile, link or
     /// instantiate, or fails in `on-connect` — the old generation then
     /// keeps serving.
-    pub async fn swap_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<u64, NodeError> {
+    pub async fn swap_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<SwapReport, NodeError> {
         let plugin_err = |source| NodeError::Plugin { service, source };
         let loaded = self.service(service).ok_or(NodeError::NoSuchService(service))?;
         let inner = self.inner.clone();
@@ -744,6 +759,7 @@ impl Node {
             .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
             .map_err(plugin_err)?;
         let hash = prepared.hash.clone();
+        let (compile, from_cache) = (prepared.load_time, prepared.from_cache);
         let (done, outcome) = tokio::sync::oneshot::channel();
         let request = crate::runtime::actor::SwapRequest { prepared, done };
         loaded
@@ -752,12 +768,12 @@ impl Node {
             .send(ConnEvent::Swap(Box::new(request)))
             .await
             .map_err(|_| plugin_err(PluginError::Actor("the plugin has stopped".into())))?;
-        let generation = outcome
+        let outcome = outcome
             .await
             .map_err(|_| plugin_err(PluginError::Actor("the plugin stopped during the swap".into())))?
             .map_err(plugin_err)?;
         *loaded.identity.lock().unwrap_or_else(|p| p.into_inner()) = (name.to_string(), hash);
-        Ok(generation)
+        Ok(SwapReport { generation: outcome.generation, pause: outcome.pause, compile, from_cache })
     }
 
     /// Unloads the plugin of `service`: new connections to the service are

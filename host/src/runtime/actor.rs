@@ -117,9 +117,20 @@ impl PluginStatus {
 pub struct SwapRequest {
     /// The new plugin, compiled and pre-linked.
     pub prepared: PreparedPlugin,
-    /// Where the outcome goes: the new generation's number, or why the old
-    /// generation keeps serving.
-    pub done: oneshot::Sender<Result<u64, PluginError>>,
+    /// Where the outcome goes: the new generation and the pause, or why
+    /// the old generation keeps serving.
+    pub done: oneshot::Sender<Result<SwapOutcome, PluginError>>,
+}
+
+/// What a swap did, as the actor saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapOutcome {
+    /// The new generation's number.
+    pub generation: u64,
+    /// How long the service's events waited: from taking the swap request
+    /// to the new generation serving (instantiation and the `on-connect`
+    /// announcements; compilation happened before).
+    pub pause: std::time::Duration,
 }
 
 impl std::fmt::Debug for PreparedPlugin {
@@ -472,13 +483,14 @@ impl Actor {
                     let SwapRequest { prepared, done } = *request;
                     let started = Instant::now();
                     let outcome = self.swap(prepared);
+                    let pause = started.elapsed();
                     let counters = &self.spec.ctx.counters;
-                    counters.swap_pause_seconds.observe(started.elapsed());
+                    counters.swap_pause_seconds.observe(pause);
                     if outcome.is_ok() {
                         counters.swaps.fetch_add(1, Ordering::Relaxed);
                         restart_at = None;
                     }
-                    let _ = done.send(outcome);
+                    let _ = done.send(outcome.map(|generation| SwapOutcome { generation, pause }));
                     self.status.connections.store(self.open_connections(), Ordering::Relaxed);
                     continue;
                 }
