@@ -294,3 +294,44 @@ async fn a_stream_plugin_is_not_swapped_live_yet_and_keeps_streaming() -> anyhow
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_swapped_in_plugin_that_keeps_crashing_is_rolled_back() -> anyhow::Result<()> {
+    let config = fogconnect::NodeConfig {
+        crash_policy: fogconnect::CrashPolicy { max_crashes: 1, ..Default::default() },
+        ..common::config()
+    };
+    let device = common::node_with_config("device", &[(SERVICE, "test-echo-v1")], config).await?;
+    let mut events = device.plugin_events();
+    let app = node_with("app", &[]).await?;
+    device.swap_plugin(SERVICE, &common::plugin("test-panic")).await?;
+    for attempt in 0..2 {
+        let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+        assert_eq!(common::ask(&mut conn, "echo").await?, "echo", "the panicking build serves (attempt {attempt})");
+        conn.send(&b"panic"[..])?;
+        let reason = common::closed_within(&mut conn, WAIT).await?;
+        assert_eq!(reason.kind, fogconnect::CloseKind::Error);
+        eventually("serving again", || {
+            device.services().iter().any(|s| s.service == SERVICE && s.state == fogconnect::PluginRunState::Running)
+        })
+        .await?;
+    }
+    let rolled_back = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(fogconnect::PluginEvent::RolledBack { service, message }) => break Ok((service, message)),
+                Ok(fogconnect::PluginEvent::Disabled { .. }) => break Err(anyhow::anyhow!("disabled instead")),
+                Ok(_) => continue,
+                Err(e) => break Err(anyhow::anyhow!("events: {e}")),
+            }
+        }
+    })
+    .await??;
+    assert_eq!(rolled_back.0, SERVICE);
+    assert!(rolled_back.1.contains("test plugin asked to panic"), "{}", rolled_back.1);
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!((info.name.as_str(), info.generation), ("test_echo_v1", 3));
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "back").await?, "v1:back");
+    Ok(())
+}

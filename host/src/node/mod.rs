@@ -275,21 +275,15 @@ pub struct ServiceInfo {
 }
 
 struct LoadedService {
-    /// Plugin name and wasm hash of the generation serving.
-    identity: Mutex<(String, String)>,
     actor: ActorHandle,
     counters: Arc<crate::metrics::ServiceCounters>,
 }
 
 impl LoadedService {
-    fn identity(&self) -> (String, String) {
-        self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     /// What the service's plugin is and how it is doing.
     fn info(&self, service: u8) -> ServiceInfo {
         let s = &self.actor.status;
-        let (name, hash) = self.identity();
+        let (name, hash) = s.identity();
         ServiceInfo {
             service,
             name,
@@ -711,7 +705,8 @@ impl Node {
             events: self.inner.plugin_events.clone(),
         };
         let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
-        let loaded = Arc::new(LoadedService { identity: Mutex::new((name.to_string(), hash)), actor, counters });
+        actor.status.set_identity(name, &hash);
+        let loaded = Arc::new(LoadedService { actor, counters });
         let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
         if services.contains_key(&service) {
             drop(services);
@@ -772,7 +767,7 @@ impl Node {
             .await
             .map_err(|_| plugin_err(PluginError::Actor("the plugin stopped during the swap".into())))?
             .map_err(plugin_err)?;
-        *loaded.identity.lock().unwrap_or_else(|p| p.into_inner()) = (name.to_string(), hash);
+        loaded.actor.status.set_identity(name, &hash);
         Ok(SwapReport { generation: outcome.generation, pause: outcome.pause, compile, from_cache })
     }
 

@@ -58,6 +58,14 @@ pub enum PluginEvent {
         /// Service number.
         service: u8,
     },
+    /// The crash budget of a swapped-in generation is spent: the previous
+    /// generation serves again.
+    RolledBack {
+        /// Service number.
+        service: u8,
+        /// The last failure of the generation given up.
+        message: String,
+    },
     /// The crash budget is spent; the plugin stays down.
     Disabled {
         /// Service number.
@@ -79,8 +87,11 @@ pub struct PluginStatus {
     pub restarts: AtomicU64,
     /// Connections currently open.
     pub connections: AtomicU64,
-    /// The plugin generation serving: 1 when loaded, one more per swap.
+    /// The plugin generation serving: 1 when loaded, one more per swap or
+    /// rollback.
     pub generation: AtomicU64,
+    /// Name and wasm hash of the plugin serving.
+    identity: std::sync::Mutex<(String, String)>,
     pub(super) shutdown: AtomicBool,
 }
 
@@ -93,6 +104,7 @@ impl PluginStatus {
             restarts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             generation: AtomicU64::new(1),
+            identity: std::sync::Mutex::new((String::new(), String::new())),
             shutdown: AtomicBool::new(false),
         }
     }
@@ -105,6 +117,16 @@ impl PluginStatus {
             2 => PluginRunState::Disabled,
             _ => PluginRunState::Stopped,
         }
+    }
+
+    /// Name and wasm hash of the plugin serving.
+    pub fn identity(&self) -> (String, String) {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the name and hash of the plugin serving.
+    pub fn set_identity(&self, name: &str, hash: &str) {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = (name.to_string(), hash.to_string());
     }
 
     pub(super) fn set_state(&self, state: PluginRunState) {
@@ -337,9 +359,17 @@ pub(super) fn decide_after_crash(
     }
 }
 
+/// The generation a swap replaced, kept for a rollback.
+struct PreviousGeneration {
+    prepared: PreparedPlugin,
+    pre: ServicePre<PluginState>,
+    identity: (String, String),
+}
+
 pub(super) struct Actor {
     spec: ActorSpec,
     pre: ServicePre<PluginState>,
+    previous: Option<PreviousGeneration>,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
@@ -356,7 +386,7 @@ impl Actor {
     ) -> Self {
         let deadline_ticks = deadline_ticks(spec.ctx.limits.call_deadline);
         let supervisor = Supervisor::new(spec.crash_policy);
-        Self { spec, pre, rx, status, supervisor, instance: None, deadline_ticks }
+        Self { spec, pre, previous: None, rx, status, supervisor, instance: None, deadline_ticks }
     }
 
     fn service(&self) -> u8 {
@@ -413,8 +443,10 @@ impl Actor {
             }
         }
         self.instance = Some(fresh);
-        self.pre = pre;
-        self.spec.prepared = prepared;
+        let old_pre = std::mem::replace(&mut self.pre, pre);
+        let old_prepared = std::mem::replace(&mut self.spec.prepared, prepared);
+        self.previous =
+            Some(PreviousGeneration { prepared: old_prepared, pre: old_pre, identity: self.status.identity() });
         self.supervisor = Supervisor::new(self.spec.crash_policy);
         self.supervisor.started(Instant::now());
         self.status.set_state(PluginRunState::Running);
@@ -622,7 +654,43 @@ impl Actor {
             // Pending connects complete later into a table that no longer
             // knows them; `handle` then ends them.
         }
+        if self.previous.is_some()
+            && self.supervisor.next_crash_disables(Instant::now())
+            && let Some(restart) = self.roll_back(&message, crashes)
+        {
+            return restart;
+        }
         decide_after_crash(&self.spec, &self.status, &mut self.supervisor, message, crashes)
+    }
+
+    /// Gives up a swapped-in generation whose crash budget is spent: the
+    /// previous generation is instantiated and serves again (its
+    /// connections were closed with the crash). `None` when the previous
+    /// generation cannot be instantiated either (then the crash is handled
+    /// as usual).
+    fn roll_back(&mut self, message: &str, crashes: u64) -> Option<Option<Instant>> {
+        let previous = self.previous.take()?;
+        let service = self.service();
+        match self.instantiate_from(&previous.pre) {
+            Ok(instance) => {
+                self.instance = Some(instance);
+                self.pre = previous.pre;
+                self.spec.prepared = previous.prepared;
+                self.status.set_identity(&previous.identity.0, &previous.identity.1);
+                self.supervisor = Supervisor::new(self.spec.crash_policy);
+                self.supervisor.started(Instant::now());
+                self.status.set_state(PluginRunState::Running);
+                let generation = self.status.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::warn!(service, generation, "plugin rolled back to the previous generation: {message}");
+                let _ = self.spec.events.send(PluginEvent::Crashed { service, message: message.to_string(), crashes });
+                let _ = self.spec.events.send(PluginEvent::RolledBack { service, message: message.to_string() });
+                Some(None)
+            }
+            Err(e) => {
+                tracing::error!(service, "cannot roll back to the previous generation: {e}");
+                None
+            }
+        }
     }
 
     /// Node shutdown or unload: every open connection is closed locally and

@@ -96,6 +96,12 @@ impl Supervisor {
         CrashDecision::RestartAfter(delay)
     }
 
+    /// Whether a crash at `now` would spend the budget (disable the plugin).
+    pub fn next_crash_disables(&self, now: Instant) -> bool {
+        let recent = self.recent.iter().filter(|&&at| now.saturating_duration_since(at) < self.policy.window).count();
+        recent + 1 > self.policy.max_crashes as usize
+    }
+
     /// Crashes since the plugin was loaded.
     pub fn total_crashes(&self) -> u64 {
         self.total_crashes
@@ -150,6 +156,19 @@ mod tests {
             let d = s.crashed(t0 + Duration::from_secs(4 * i));
             assert!(matches!(d, CrashDecision::RestartAfter(_)), "crash {i}: {d:?}");
         }
+    }
+
+    #[test]
+    fn the_crash_that_spends_the_budget_is_known_before() {
+        let mut s = Supervisor::new(policy());
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(!s.next_crash_disables(t0 + Duration::from_secs(i)));
+            s.crashed(t0 + Duration::from_secs(i));
+        }
+        assert!(s.next_crash_disables(t0 + Duration::from_secs(3)));
+        assert!(!s.next_crash_disables(t0 + Duration::from_secs(11)), "the first crash left the window");
+        assert_eq!(s.crashed(t0 + Duration::from_secs(3)), CrashDecision::Disable);
     }
 
     #[test]
