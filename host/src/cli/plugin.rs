@@ -74,8 +74,7 @@ fn header() {
 
 async fn read_plugin(file: &PathBuf) -> anyhow::Result<(String, Vec<u8>)> {
     let wasm = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
-    let name = file.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
-    Ok((name, wasm))
+    Ok((fogconnect::node::plugin_name(file), wasm))
 }
 
 /// Runs one plugin command.

@@ -29,7 +29,7 @@ use crate::nat::classify::NatReport;
 use crate::nat::transaction::RetransmitPolicy;
 use crate::runtime::PluginError;
 use crate::runtime::actor::{ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginEvent, PluginRunState};
-use crate::runtime::engine::PluginEngine;
+use crate::runtime::engine::{PluginEngine, PreparedPlugin};
 use crate::runtime::state::{HostServices, PluginContext, PluginLimits};
 use crate::runtime::supervisor::CrashPolicy;
 use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
@@ -234,6 +234,20 @@ impl ConnectError {
         };
         CloseReason::new(kind, message)
     }
+}
+
+/// The name a plugin file is known by: its file stem ("plugin" without
+/// one).
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Reads a plugin file for `service`.
+async fn read_plugin_file(service: u8, path: &Path) -> Result<Vec<u8>, NodeError> {
+    tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
+        service,
+        source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
+    })
 }
 
 /// What a live swap did.
@@ -662,12 +676,22 @@ impl Node {
     /// does not fit the service world, fails to instantiate, or the service
     /// already has a plugin.
     pub async fn load_plugin(&self, service: u8, path: &Path) -> Result<(), NodeError> {
-        let wasm = tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
-            service,
-            source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
-        })?;
-        let name = path.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
-        self.load_plugin_bytes(service, &name, &wasm).await
+        let wasm = read_plugin_file(service, path).await?;
+        self.load_plugin_bytes(service, &plugin_name(path), &wasm).await
+    }
+
+    /// Compiles (or loads from the cache) and pre-links a plugin for
+    /// `service`, off the network tasks (compilation is CPU work).
+    async fn prepare_plugin(&self, service: u8, wasm: &[u8]) -> Result<PreparedPlugin, NodeError> {
+        let plugin_err = |source| NodeError::Plugin { service, source };
+        let inner = self.inner.clone();
+        let wasm = wasm.to_vec();
+        let prepared = tokio::task::spawn_blocking(move || inner.engine.prepare(&wasm))
+            .await
+            .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
+            .map_err(plugin_err)?;
+        tracing::info!(service, hash = %prepared.hash, from_cache = prepared.from_cache, load_ms = prepared.load_time.as_millis() as u64, "plugin compiled");
+        Ok(prepared)
     }
 
     /// Loads a plugin from wasm bytes for `service`.
@@ -679,14 +703,7 @@ impl Node {
         if self.service(service).is_some() {
             return Err(plugin_err(PluginError::ServiceTaken(service)));
         }
-        let inner = self.inner.clone();
-        let wasm = wasm.to_vec();
-        // Compilation is CPU work: keep it off the network tasks.
-        let prepared = tokio::task::spawn_blocking(move || inner.engine.prepare(&wasm))
-            .await
-            .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
-            .map_err(plugin_err)?;
-        tracing::info!(service, name, hash = %prepared.hash, from_cache = prepared.from_cache, load_ms = prepared.load_time.as_millis() as u64, "plugin compiled");
+        let prepared = self.prepare_plugin(service, wasm).await?;
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let counters = Arc::new(crate::metrics::ServiceCounters::default());
         let ctx = Arc::new(PluginContext {
@@ -724,12 +741,8 @@ impl Node {
     /// As [`Node::swap_plugin_bytes`], and [`NodeError::Plugin`] with
     /// [`PluginError::Read`] when the file cannot be read.
     pub async fn swap_plugin(&self, service: u8, path: &Path) -> Result<SwapReport, NodeError> {
-        let wasm = tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
-            service,
-            source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
-        })?;
-        let name = path.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned());
-        self.swap_plugin_bytes(service, &name, &wasm).await
+        let wasm = read_plugin_file(service, path).await?;
+        self.swap_plugin_bytes(service, &plugin_name(path), &wasm).await
     }
 
     /// Replaces the plugin of `service` with a new generation built from
@@ -747,12 +760,7 @@ impl Node {
     pub async fn swap_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<SwapReport, NodeError> {
         let plugin_err = |source| NodeError::Plugin { service, source };
         let loaded = self.service(service).ok_or(NodeError::NoSuchService(service))?;
-        let inner = self.inner.clone();
-        let wasm = wasm.to_vec();
-        let prepared = tokio::task::spawn_blocking(move || inner.engine.prepare(&wasm))
-            .await
-            .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
-            .map_err(plugin_err)?;
+        let prepared = self.prepare_plugin(service, wasm).await?;
         let hash = prepared.hash.clone();
         let (compile, from_cache) = (prepared.load_time, prepared.from_cache);
         let (done, outcome) = tokio::sync::oneshot::channel();

@@ -134,8 +134,9 @@ impl StreamCore {
     /// the streams' send buffers, where the watermarks see it (with QUIC's
     /// default of 10 MB a slow link would hide seconds of media).
     pub fn sample_meters(&mut self, now: Instant) {
+        // One read of each connection's path per sample.
         let mut paths = HashMap::new();
-        for conn in self.conns.values() {
+        for (&id, conn) in &self.conns {
             if conn.streams.is_empty() {
                 continue;
             }
@@ -143,11 +144,12 @@ impl StreamCore {
             if let Some(path) = path {
                 conn.shared.set_send_window(path.cwnd.saturating_mul(2).max(MIN_STREAM_SEND_WINDOW));
             }
+            paths.insert(id, path);
         }
         for entry in self.streams.values_mut() {
             let StreamKind::Send { meter } = &mut entry.kind else { continue };
             let Some(conn) = self.conns.get(&entry.conn) else { continue };
-            let path = *paths.entry(entry.conn).or_insert_with(|| conn.shared.path_sample());
+            let path = paths.get(&entry.conn).copied().flatten();
             let (sent, buffered) = {
                 let mux = conn.queues.lock();
                 (mux.sent(entry.wire), mux.buffered(entry.wire))
