@@ -5,7 +5,7 @@
 CARGO       ?= cargo
 TARGET_DIR  ?= $(CURDIR)/target
 PLUGIN_DIR  := $(TARGET_DIR)/wasm32-wasip2/plugin
-PLUGINS     := echo demo adaptive-source test-echo-v1 test-echo-v2 test-spin test-memhog test-panic test-escape test-probe
+PLUGINS     := echo demo adaptive-source test-echo-v1 test-echo-v2 test-spin test-memhog test-panic test-escape test-probe test-counter test-oversized
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
 
@@ -74,7 +74,7 @@ bench-nat: lab-deps plugins
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in frame_decoder signal_messages stream_messages stun_messages turn_messages; do \
+	cd fuzz && for target in frame_decoder plugin_manifest signal_messages stream_messages stun_messages turn_messages; do \
 		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

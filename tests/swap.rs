@@ -1,6 +1,7 @@
-//! Live swaps of a service plugin on a running node (issue 7, first part):
-//! connections stay open, no message is lost or repeated, a plugin that
-//! cannot serve is rejected and the old generation keeps answering.
+//! Live swaps of a service plugin on a running node: connections stay open,
+//! no message is lost or repeated, state moves to the new generation, a
+//! plugin that cannot serve is rejected and the old generation keeps
+//! answering.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, bail, ensure};
 use common::{WAIT, eventually, node_with};
-use fogconnect::{ConnectionEvent, NodeError, PluginError, Transport};
+use fogconnect::{ConnectionEvent, NodeError, PluginBuild, PluginError, PluginManifest, StateHandoff, Transport};
 
 const SERVICE: u8 = 3;
 const CONNECTIONS: usize = 6;
@@ -117,6 +118,122 @@ async fn a_plugin_that_cannot_serve_is_rejected_and_the_old_one_keeps_answering(
 
     device.swap_plugin(SERVICE, &common::plugin("test-echo-v2")).await?;
     assert_eq!(common::ask(&mut conn, "three").await?, "v2:three");
+    Ok(())
+}
+
+/// Size of the counter plugin's state: its format tag and a u64.
+const COUNTER_STATE_BYTES: usize = "counter/1:".len() + 8;
+
+#[tokio::test]
+async fn a_counter_keeps_its_count_across_swaps() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-counter")]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut a = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    let mut b = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    for n in 1..=5 {
+        assert_eq!(common::ask(&mut a, "add").await?, n.to_string());
+    }
+    for n in 6..=8 {
+        assert_eq!(common::ask(&mut b, "add").await?, n.to_string());
+    }
+    let counter = common::plugin("test-counter");
+    let report = device.swap_plugin(SERVICE, &counter).await?;
+    assert_eq!((report.generation, &report.state), (2, &StateHandoff::Handed { bytes: COUNTER_STATE_BYTES }));
+    assert_eq!(common::ask(&mut a, "add").await?, "9", "the count went on, on the same connection");
+    assert_eq!(common::ask(&mut b, "add").await?, "10");
+    let report = device.swap_plugin(SERVICE, &counter).await?;
+    assert_eq!((report.generation, &report.state), (3, &StateHandoff::Handed { bytes: COUNTER_STATE_BYTES }));
+    assert_eq!(common::ask(&mut b, "add").await?, "11");
+
+    // A build without the handoff exports starts afresh, and so does the
+    // counter after it (nothing to take over).
+    let report = device.swap_plugin(SERVICE, &common::plugin("test-echo-v1")).await?;
+    assert_eq!(report.state, StateHandoff::Fresh);
+    assert_eq!(common::ask(&mut a, "add").await?, "v1:add");
+    let report = device.swap_plugin(SERVICE, &counter).await?;
+    assert_eq!(report.state, StateHandoff::Fresh);
+    assert_eq!(common::ask(&mut a, "add").await?, "1");
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!((info.generation, info.connections, info.crashes), (5, 2, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_state_the_new_generation_refuses_rejects_the_swap() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-counter")]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "add").await?, "1");
+    assert_eq!(common::ask(&mut conn, "add").await?, "2");
+    assert_eq!(common::ask(&mut conn, "spoil-snapshot").await?, "spoiled");
+    let counter = common::plugin("test-counter");
+    match device.swap_plugin(SERVICE, &counter).await {
+        Err(NodeError::Plugin { source: PluginError::Handoff(reason), .. }) => {
+            assert_eq!(reason, "not a counter/1 state (19 bytes)")
+        }
+        other => bail!("expected the state to be refused, got {other:?}"),
+    }
+    assert_eq!(common::ask(&mut conn, "add").await?, "3", "the old generation serves, with its count");
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!((info.generation, info.crashes), (1, 0));
+    let report = device.swap_plugin(SERVICE, &counter).await?;
+    assert_eq!(report.state, StateHandoff::Handed { bytes: COUNTER_STATE_BYTES });
+    assert_eq!(common::ask(&mut conn, "add").await?, "4");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_generation_that_traps_in_snapshot_is_swapped_without_its_state() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-counter")]).await?;
+    let mut events = device.plugin_events();
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "add").await?, "1");
+    assert_eq!(common::ask(&mut conn, "trap-snapshot").await?, "armed");
+    let report = device.swap_plugin(SERVICE, &common::plugin("test-counter")).await?;
+    match &report.state {
+        StateHandoff::Lost { reason } => assert!(reason.contains("snapshot asked to trap"), "{reason}"),
+        other => bail!("expected the state to be lost, got {other:?}"),
+    }
+    assert_eq!(common::ask(&mut conn, "add").await?, "1", "the connection was kept; the count starts afresh");
+    match tokio::time::timeout(WAIT, events.recv()).await?? {
+        fogconnect::PluginEvent::Crashed { service: SERVICE, message, crashes: 1 } => {
+            assert!(message.starts_with("snapshot failed: "), "{message}")
+        }
+        other => bail!("expected the crash of the old generation, got {other:?}"),
+    }
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!((info.generation, info.crashes, info.connections), (2, 1, 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plugin_that_fails_to_instantiate_is_rejected_until_its_manifest_allows_it() -> anyhow::Result<()> {
+    let device = node_with("device", &[(SERVICE, "test-echo-v1")]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
+    assert_eq!(common::ask(&mut conn, "one").await?, "v1:one");
+    // 80 MiB of initial memory against the node's default cap of 64 MiB.
+    let oversized = std::fs::read(common::plugin("test-oversized"))?;
+    match device.swap_plugin_bytes(SERVICE, "test_oversized", &oversized).await {
+        Err(NodeError::Plugin { source: PluginError::Instantiate(message), .. }) => {
+            assert!(message.contains("memory"), "{message}")
+        }
+        other => bail!("expected an instantiation failure, got {other:?}"),
+    }
+    assert_eq!(common::ask(&mut conn, "two").await?, "v1:two", "the old generation keeps answering");
+    match device.load_plugin_bytes(4, "test_oversized", &oversized).await {
+        Err(NodeError::Plugin { source: PluginError::Instantiate(_), .. }) => {}
+        other => bail!("expected an instantiation failure, got {other:?}"),
+    }
+    assert!(device.services().iter().all(|s| s.service != 4), "a failed load leaves the number free");
+
+    let roomy = PluginManifest { memory_mib: Some(96), ..PluginManifest::default() };
+    let build = PluginBuild::new("test_oversized", oversized).with_manifest(roomy);
+    device.swap_plugin_build(SERVICE, build).await?;
+    assert_eq!(common::ask(&mut conn, "three").await?, "big:three");
+    let info = device.services().into_iter().find(|s| s.service == SERVICE).context("service")?;
+    assert_eq!((info.generation, info.limits.memory_bytes), (2, 96 << 20));
     Ok(())
 }
 

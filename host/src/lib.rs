@@ -23,14 +23,15 @@ pub mod stream;
 pub mod transport;
 
 pub use convention::{Convention, ConventionError, Transport};
+pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{
     Commander, ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder,
-    NodeConfig, NodeError, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport, TalkBack,
-    TraversalReport,
+    NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport,
+    TalkBack, TraversalReport,
 };
 pub use runtime::PluginError;
-pub use runtime::actor::{PluginEvent, PluginRunState};
+pub use runtime::actor::{PluginEvent, PluginRunState, StateHandoff};
 pub use runtime::state::PluginLimits;
 pub use runtime::supervisor::CrashPolicy;
 pub use transport::conn::{CloseKind, CloseReason, ConnStats, ConnectionId, PathKind, SendError};

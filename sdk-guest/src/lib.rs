@@ -24,7 +24,12 @@
 //! Stream plugins (the device SDK's push model with watermark congestion
 //! control) implement [`stream::StreamPlugin`] instead and export it with
 //! [`export_stream!`].
+//!
+//! A service whose state should survive a live swap of its plugin also
+//! implements [`handoff::Handoff`] and is exported with
+//! `export_service!(Type, handoff)`.
 
+pub mod handoff;
 pub mod stream;
 
 /// Generated bindings of the `fogconnect:plugin/service` world. Plugins do not
@@ -179,8 +184,26 @@ pub trait Service: Default + 'static {
 ///
 /// One instance of the type is created with [`Default`] when the plugin is
 /// instantiated and lives as long as that instance.
+///
+/// `export_service!(Type, handoff)` also exports the type's
+/// [`handoff::Handoff`] implementation, so that its state moves to the next
+/// generation when the plugin is swapped live.
 #[macro_export]
 macro_rules! export_service {
+    ($service:ty, handoff) => {
+        $crate::export_service!($service);
+
+        impl $crate::handoff::bindings::exports::fogconnect::handoff::state::Guest for __FogconnectExport {
+            fn snapshot() -> ::std::vec::Vec<u8> {
+                __FOGCONNECT_SERVICE.with(|s| $crate::handoff::Handoff::snapshot(&mut *s.borrow_mut()))
+            }
+            fn restore(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
+                __FOGCONNECT_SERVICE.with(|s| $crate::handoff::Handoff::restore(&mut *s.borrow_mut(), state))
+            }
+        }
+
+        $crate::handoff::bindings::__export_handoff_world!(__FogconnectExport with_types_in $crate::handoff::bindings);
+    };
     ($service:ty) => {
         #[doc(hidden)]
         pub struct __FogconnectExport;

@@ -3,6 +3,7 @@
 
 mod connection;
 mod links;
+mod plugins;
 mod relay;
 mod signaling;
 mod stream_client;
@@ -10,7 +11,7 @@ mod traversal;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionEvent};
+pub use plugins::{PluginBuild, ServiceInfo, SwapReport, manifest_path, plugin_name};
 pub use relay::{RelayServer, RelayStatus};
 pub use stream_client::{Commander, IncomingCommand, MediaEvent, MediaStream, StreamError, StreamSession, TalkBack};
 pub use traversal::TraversalReport;
@@ -28,9 +30,9 @@ use crate::nat::checks::CheckConfig;
 use crate::nat::classify::NatReport;
 use crate::nat::transaction::RetransmitPolicy;
 use crate::runtime::PluginError;
-use crate::runtime::actor::{ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginEvent, PluginRunState};
-use crate::runtime::engine::{PluginEngine, PreparedPlugin};
-use crate::runtime::state::{HostServices, PluginContext, PluginLimits};
+use crate::runtime::actor::{EVENT_CHANNEL_CAPACITY, PluginEvent, PluginRunState};
+use crate::runtime::engine::PluginEngine;
+use crate::runtime::state::{HostServices, PluginLimits};
 use crate::runtime::supervisor::CrashPolicy;
 use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
@@ -236,89 +238,13 @@ impl ConnectError {
     }
 }
 
-/// The name a plugin file is known by: its file stem ("plugin" without
-/// one).
-pub fn plugin_name(path: &Path) -> String {
-    path.file_stem().map_or_else(|| "plugin".to_string(), |s| s.to_string_lossy().into_owned())
-}
-
-/// Reads a plugin file for `service`.
-async fn read_plugin_file(service: u8, path: &Path) -> Result<Vec<u8>, NodeError> {
-    tokio::fs::read(path).await.map_err(|e| NodeError::Plugin {
-        service,
-        source: PluginError::Read { path: path.display().to_string(), message: e.to_string() },
-    })
-}
-
-/// What a live swap did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SwapReport {
-    /// The new generation's number.
-    pub generation: u64,
-    /// How long the service's events waited (instantiation and the
-    /// `on-connect` announcements).
-    pub pause: Duration,
-    /// Time spent compiling the new plugin or loading it from the
-    /// precompiled cache, while the old generation kept serving.
-    pub compile: Duration,
-    /// Whether the compiled plugin came from the cache.
-    pub from_cache: bool,
-}
-
-/// What a service's plugin is and how it is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceInfo {
-    /// Service number.
-    pub service: u8,
-    /// Plugin name (file stem or given name).
-    pub name: String,
-    /// Hex SHA-256 of the wasm.
-    pub hash: String,
-    /// The plugin generation serving: 1 when loaded, one more per swap.
-    pub generation: u64,
-    /// Lifecycle state.
-    pub state: PluginRunState,
-    /// Open connections.
-    pub connections: u64,
-    /// Callbacks invoked.
-    pub calls: u64,
-    /// Failures.
-    pub crashes: u64,
-    /// Re-instantiations after failures.
-    pub restarts: u64,
-}
-
-struct LoadedService {
-    actor: ActorHandle,
-    counters: Arc<crate::metrics::ServiceCounters>,
-}
-
-impl LoadedService {
-    /// What the service's plugin is and how it is doing.
-    fn info(&self, service: u8) -> ServiceInfo {
-        let s = &self.actor.status;
-        let (name, hash) = s.identity();
-        ServiceInfo {
-            service,
-            name,
-            hash,
-            generation: s.generation.load(Ordering::Relaxed),
-            state: s.state(),
-            connections: s.connections.load(Ordering::Relaxed),
-            calls: s.calls.load(Ordering::Relaxed),
-            crashes: s.crashes.load(Ordering::Relaxed),
-            restarts: s.restarts.load(Ordering::Relaxed),
-        }
-    }
-}
-
 pub(crate) struct NodeInner {
     config: NodeConfig,
     identity: Identity,
     endpoint: quinn::Endpoint,
     transport: Arc<quinn::TransportConfig>,
     engine: PluginEngine,
-    services: RwLock<HashMap<u8, Arc<LoadedService>>>,
+    services: RwLock<HashMap<u8, Arc<plugins::LoadedService>>>,
     links: links::Links,
     next_id: AtomicU64,
     plugin_events: broadcast::Sender<PluginEvent>,
@@ -669,188 +595,6 @@ impl Node {
         self.inner.plugin_events.subscribe()
     }
 
-    /// Loads the plugin file at `path` for `service`.
-    ///
-    /// # Errors
-    /// [`NodeError::Plugin`] when the file cannot be read, does not compile,
-    /// does not fit the service world, fails to instantiate, or the service
-    /// already has a plugin.
-    pub async fn load_plugin(&self, service: u8, path: &Path) -> Result<(), NodeError> {
-        let wasm = read_plugin_file(service, path).await?;
-        self.load_plugin_bytes(service, &plugin_name(path), &wasm).await
-    }
-
-    /// Compiles (or loads from the cache) and pre-links a plugin for
-    /// `service`, off the network tasks (compilation is CPU work).
-    async fn prepare_plugin(&self, service: u8, wasm: &[u8]) -> Result<PreparedPlugin, NodeError> {
-        let plugin_err = |source| NodeError::Plugin { service, source };
-        let inner = self.inner.clone();
-        let wasm = wasm.to_vec();
-        let prepared = tokio::task::spawn_blocking(move || inner.engine.prepare(&wasm))
-            .await
-            .map_err(|e| plugin_err(PluginError::Actor(e.to_string())))?
-            .map_err(plugin_err)?;
-        tracing::info!(service, hash = %prepared.hash, from_cache = prepared.from_cache, load_ms = prepared.load_time.as_millis() as u64, "plugin compiled");
-        Ok(prepared)
-    }
-
-    /// Loads a plugin from wasm bytes for `service`.
-    ///
-    /// # Errors
-    /// As [`Node::load_plugin`].
-    pub async fn load_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<(), NodeError> {
-        let plugin_err = |source| NodeError::Plugin { service, source };
-        if self.service(service).is_some() {
-            return Err(plugin_err(PluginError::ServiceTaken(service)));
-        }
-        let prepared = self.prepare_plugin(service, wasm).await?;
-        let (tx, rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let counters = Arc::new(crate::metrics::ServiceCounters::default());
-        let ctx = Arc::new(PluginContext {
-            service,
-            limits: self.inner.config.plugin_limits,
-            host: Arc::new(NodeServices(self.inner.weak_self.clone())),
-            owner: tx,
-            epoch: self.inner.started,
-            counters: counters.clone(),
-        });
-        let hash = prepared.hash.clone();
-        let spec = ActorSpec {
-            ctx,
-            prepared,
-            crash_policy: self.inner.config.crash_policy,
-            events: self.inner.plugin_events.clone(),
-        };
-        let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
-        actor.status.set_identity(name, &hash);
-        let loaded = Arc::new(LoadedService { actor, counters });
-        let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
-        if services.contains_key(&service) {
-            drop(services);
-            tokio::spawn(async move { loaded.actor.stop().await });
-            return Err(plugin_err(PluginError::ServiceTaken(service)));
-        }
-        services.insert(service, loaded);
-        Ok(())
-    }
-
-    /// Replaces the plugin of `service` with the plugin file at `path`,
-    /// live: see [`Node::swap_plugin_bytes`].
-    ///
-    /// # Errors
-    /// As [`Node::swap_plugin_bytes`], and [`NodeError::Plugin`] with
-    /// [`PluginError::Read`] when the file cannot be read.
-    pub async fn swap_plugin(&self, service: u8, path: &Path) -> Result<SwapReport, NodeError> {
-        let wasm = read_plugin_file(service, path).await?;
-        self.swap_plugin_bytes(service, &plugin_name(path), &wasm).await
-    }
-
-    /// Replaces the plugin of `service` with a new generation built from
-    /// `wasm`, without closing its connections: the new plugin is compiled
-    /// (or taken from the cache) and instantiated first; then the
-    /// connections move to it, each announced with `on-connect`, and the
-    /// events that arrived meanwhile follow in order, none lost or
-    /// repeated. Returns the new generation's number and the times.
-    ///
-    /// # Errors
-    /// [`NodeError::NoSuchService`] when the service has no plugin;
-    /// [`NodeError::Plugin`] when the new plugin does not compile, link or
-    /// instantiate, or fails in `on-connect` — the old generation then
-    /// keeps serving.
-    pub async fn swap_plugin_bytes(&self, service: u8, name: &str, wasm: &[u8]) -> Result<SwapReport, NodeError> {
-        let plugin_err = |source| NodeError::Plugin { service, source };
-        let loaded = self.service(service).ok_or(NodeError::NoSuchService(service))?;
-        let prepared = self.prepare_plugin(service, wasm).await?;
-        let hash = prepared.hash.clone();
-        let (compile, from_cache) = (prepared.load_time, prepared.from_cache);
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        let request = crate::runtime::actor::SwapRequest { prepared, done };
-        loaded
-            .actor
-            .tx
-            .send(ConnEvent::Swap(Box::new(request)))
-            .await
-            .map_err(|_| plugin_err(PluginError::Actor("the plugin has stopped".into())))?;
-        let outcome = outcome
-            .await
-            .map_err(|_| plugin_err(PluginError::Actor("the plugin stopped during the swap".into())))?
-            .map_err(plugin_err)?;
-        loaded.actor.status.set_identity(name, &hash);
-        Ok(SwapReport { generation: outcome.generation, pause: outcome.pause, compile, from_cache })
-    }
-
-    /// Unloads the plugin of `service`: new connections to the service are
-    /// refused at once ("no such service"), its connections are closed
-    /// (the remote side sees end of file with "service unloaded", the
-    /// plugin `on-close` with kind `local`), and its actor stops. The
-    /// service number is free again when this returns.
-    ///
-    /// # Errors
-    /// [`NodeError::NoSuchService`] when the service has no plugin.
-    pub async fn unload_plugin(&self, service: u8) -> Result<(), NodeError> {
-        let loaded = self
-            .inner
-            .services
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&service)
-            .ok_or(NodeError::NoSuchService(service))?;
-        loaded.actor.unload().await;
-        let _ = tokio::task::spawn_blocking(move || loaded.actor.join()).await;
-        Ok(())
-    }
-
-    fn service(&self, service: u8) -> Option<Arc<LoadedService>> {
-        self.inner.services.read().unwrap_or_else(|p| p.into_inner()).get(&service).cloned()
-    }
-
-    /// The loaded services, by service number.
-    pub fn services(&self) -> Vec<ServiceInfo> {
-        let services = self.inner.services.read().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<ServiceInfo> = services.iter().map(|(&service, loaded)| loaded.info(service)).collect();
-        list.sort_by_key(|s| s.service);
-        list
-    }
-
-    /// The services' metrics in the Prometheus text format: connections,
-    /// messages and bytes per service, plugin calls and their latency
-    /// histogram, traps, restarts, swaps and the swap pause histogram.
-    pub fn metrics(&self) -> String {
-        let services: Vec<(u8, Arc<LoadedService>)> = self
-            .inner
-            .services
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(&service, loaded)| (service, loaded.clone()))
-            .collect();
-        let mut snapshot: Vec<crate::metrics::ServiceMetrics> = services
-            .iter()
-            .map(|(service, loaded)| {
-                let info = loaded.info(*service);
-                let c = &loaded.counters;
-                crate::metrics::ServiceMetrics {
-                    service: info.service,
-                    plugin: info.name,
-                    connections: info.connections,
-                    messages_received: c.messages_received.load(Ordering::Relaxed),
-                    bytes_received: c.bytes_received.load(Ordering::Relaxed),
-                    messages_sent: c.messages_sent.load(Ordering::Relaxed),
-                    bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
-                    calls: info.calls,
-                    traps: info.crashes,
-                    restarts: info.restarts,
-                    swaps: c.swaps.load(Ordering::Relaxed),
-                    generation: info.generation,
-                    call_seconds: c.call_seconds.snapshot(),
-                    swap_pause_seconds: c.swap_pause_seconds.snapshot(),
-                }
-            })
-            .collect();
-        snapshot.sort_by_key(|s| s.service);
-        crate::metrics::render(&snapshot)
-    }
-
     /// Connects to the node at `addr` for `service` over `transport`; the
     /// returned connection is owned by the caller (not by a plugin).
     ///
@@ -962,7 +706,7 @@ impl Node {
         if let Some(signal) = &self.inner.signal {
             signal.shutdown();
         }
-        let services: Vec<Arc<LoadedService>> =
+        let services: Vec<Arc<plugins::LoadedService>> =
             self.inner.services.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
         for service in &services {
             service.actor.stop().await;

@@ -15,10 +15,10 @@ use wasmtime::{Store, Trap};
 
 use super::PluginError;
 use super::bindings::Service;
-use super::bindings::ServicePre;
 use super::bindings::fogconnect::plugin::types;
-use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld};
-use super::state::{ConnEntry, PluginContext, PluginState, wit_reason};
+use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
+use super::handoff_bindings::Handoff;
+use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
 use super::stream_actor::StreamActor;
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
@@ -75,6 +75,17 @@ pub enum PluginEvent {
     },
 }
 
+/// Which build serves a service, and with which limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginIdentity {
+    /// The plugin's name.
+    pub name: String,
+    /// Hex SHA-256 of its wasm.
+    pub hash: String,
+    /// Its limits.
+    pub limits: PluginLimits,
+}
+
 /// Live counters of a plugin, readable from any thread.
 #[derive(Debug)]
 pub struct PluginStatus {
@@ -90,8 +101,8 @@ pub struct PluginStatus {
     /// The plugin generation serving: 1 when loaded, one more per swap or
     /// rollback.
     pub generation: AtomicU64,
-    /// Name and wasm hash of the plugin serving.
-    identity: std::sync::Mutex<(String, String)>,
+    /// Name, wasm hash and limits of the plugin serving.
+    identity: std::sync::Mutex<PluginIdentity>,
     pub(super) shutdown: AtomicBool,
 }
 
@@ -104,7 +115,7 @@ impl PluginStatus {
             restarts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             generation: AtomicU64::new(1),
-            identity: std::sync::Mutex::new((String::new(), String::new())),
+            identity: std::sync::Mutex::new(PluginIdentity::default()),
             shutdown: AtomicBool::new(false),
         }
     }
@@ -119,14 +130,14 @@ impl PluginStatus {
         }
     }
 
-    /// Name and wasm hash of the plugin serving.
-    pub fn identity(&self) -> (String, String) {
+    /// Name, wasm hash and limits of the plugin serving.
+    pub fn identity(&self) -> PluginIdentity {
         self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Records the name and hash of the plugin serving.
-    pub fn set_identity(&self, name: &str, hash: &str) {
-        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = (name.to_string(), hash.to_string());
+    /// Records the name, hash and limits of the plugin serving.
+    pub fn set_identity(&self, identity: PluginIdentity) {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = identity;
     }
 
     pub(super) fn set_state(&self, state: PluginRunState) {
@@ -139,20 +150,59 @@ impl PluginStatus {
 pub struct SwapRequest {
     /// The new plugin, compiled and pre-linked.
     pub prepared: PreparedPlugin,
+    /// The new generation's limits (memory cap, call deadline, whether it
+    /// may connect).
+    pub limits: PluginLimits,
     /// Where the outcome goes: the new generation and the pause, or why
     /// the old generation keeps serving.
     pub done: oneshot::Sender<Result<SwapOutcome, PluginError>>,
 }
 
 /// What a swap did, as the actor saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwapOutcome {
     /// The new generation's number.
     pub generation: u64,
     /// How long the service's events waited: from taking the swap request
-    /// to the new generation serving (instantiation and the `on-connect`
-    /// announcements; compilation happened before).
+    /// to the new generation serving (instantiation, state handoff and the
+    /// `on-connect` announcements; compilation happened before).
     pub pause: std::time::Duration,
+    /// What became of the state of the generation that served.
+    pub state: StateHandoff,
+}
+
+/// What became of a service plugin's state in a live swap (see
+/// `wit/handoff`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateHandoff {
+    /// Both generations export `fogconnect:handoff/state`: the snapshot of
+    /// the generation that served, this many bytes, was restored into the
+    /// new one.
+    Handed {
+        /// Size of the snapshot.
+        bytes: usize,
+    },
+    /// No handoff: the generation serving has no `snapshot`, the new one no
+    /// `restore`, or none was serving (restarting or disabled after
+    /// crashes). The new generation starts from its initial state.
+    Fresh,
+    /// The generation serving trapped in `snapshot` (counted as its crash):
+    /// the new generation starts from its initial state, the connections
+    /// were handed over all the same.
+    Lost {
+        /// Why the snapshot failed.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for StateHandoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateHandoff::Handed { bytes } => write!(f, "state handed over ({bytes} bytes)"),
+            StateHandoff::Fresh => f.write_str("no state handoff"),
+            StateHandoff::Lost { reason } => write!(f, "state lost: {reason}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for PreparedPlugin {
@@ -249,6 +299,10 @@ impl ActorHandle {
 pub(super) struct Instance {
     store: Store<PluginState>,
     bindings: Service,
+    /// The state handoff exports, when the plugin has them.
+    handoff: Option<Handoff>,
+    /// Epoch ticks of this generation's call deadline.
+    deadline_ticks: u64,
 }
 
 /// Why an actor closes every connection and stops.
@@ -292,6 +346,23 @@ fn connect_info(meta: &crate::transport::conn::ConnMeta) -> types::ConnectInfo {
 /// progress).
 pub(super) fn deadline_ticks(deadline: std::time::Duration) -> u64 {
     (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+/// Instantiates a service plugin in a fresh store (its failure domain) with
+/// the limits of `ctx`.
+fn instantiate(component: &ServiceComponent, ctx: &Arc<PluginContext>) -> Result<Instance, String> {
+    let deadline_ticks = deadline_ticks(ctx.limits.call_deadline);
+    let mut store = Store::new(component.pre.engine(), PluginState::new(ctx.clone()));
+    store.limiter(|state| &mut state.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks);
+    let instance = component.pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
+    let bindings = component.service.load(&mut store, &instance).map_err(|e| describe(&e, &store))?;
+    let handoff = match &component.handoff {
+        Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| describe(&e, &store))?),
+        None => None,
+    };
+    Ok(Instance { store, bindings, handoff, deadline_ticks })
 }
 
 /// A human-readable account of a failed call.
@@ -362,31 +433,31 @@ pub(super) fn decide_after_crash(
 /// The generation a swap replaced, kept for a rollback.
 struct PreviousGeneration {
     prepared: PreparedPlugin,
-    pre: ServicePre<PluginState>,
-    identity: (String, String),
+    component: ServiceComponent,
+    ctx: Arc<PluginContext>,
+    identity: PluginIdentity,
 }
 
 pub(super) struct Actor {
+    /// The generation serving: its context (limits) is `spec.ctx`.
     spec: ActorSpec,
-    pre: ServicePre<PluginState>,
+    component: ServiceComponent,
     previous: Option<PreviousGeneration>,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
     pub(super) instance: Option<Instance>,
-    deadline_ticks: u64,
 }
 
 impl Actor {
     pub(super) fn new(
         spec: ActorSpec,
-        pre: ServicePre<PluginState>,
+        component: ServiceComponent,
         rx: mpsc::Receiver<ConnEvent>,
         status: Arc<PluginStatus>,
     ) -> Self {
-        let deadline_ticks = deadline_ticks(spec.ctx.limits.call_deadline);
         let supervisor = Supervisor::new(spec.crash_policy);
-        Self { spec, pre, previous: None, rx, status, supervisor, instance: None, deadline_ticks }
+        Self { spec, component, previous: None, rx, status, supervisor, instance: None }
     }
 
     fn service(&self) -> u8 {
@@ -394,30 +465,26 @@ impl Actor {
     }
 
     pub(super) fn instantiate(&self) -> Result<Instance, String> {
-        self.instantiate_from(&self.pre)
-    }
-
-    fn instantiate_from(&self, pre: &ServicePre<PluginState>) -> Result<Instance, String> {
-        let mut store = Store::new(pre.engine(), PluginState::new(self.spec.ctx.clone()));
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
-        Ok(Instance { store, bindings })
+        instantiate(&self.component, &self.spec.ctx)
     }
 
     /// Replaces the plugin with a new generation: instantiated first (a
-    /// failure leaves the old one serving), then the open connections and
-    /// pending connects move over, each open connection is announced to the
-    /// new generation with `on-connect` (the same info as before), and the
-    /// old instance is dropped. Events after the swap request go to the new
-    /// generation, in order. A plugin restarting or disabled after crashes
-    /// is replaced and serves again. Returns the new generation's number.
-    fn swap(&mut self, prepared: PreparedPlugin) -> Result<u64, PluginError> {
-        let PreparedWorld::Service(pre) = prepared.world.clone() else {
+    /// failure leaves the old one serving), then given the old one's state
+    /// when both export `fogconnect:handoff/state` (a `restore` error
+    /// rejects the swap, the old one keeps serving), then the open
+    /// connections and pending connects move over, each open connection is
+    /// announced to the new generation with `on-connect` (the same info as
+    /// before), and the old instance is dropped. Events after the swap
+    /// request go to the new generation, in order. A plugin restarting or
+    /// disabled after crashes is replaced and serves again. Returns the new
+    /// generation's number and what became of the state.
+    fn swap(&mut self, prepared: PreparedPlugin, limits: PluginLimits) -> Result<(u64, StateHandoff), PluginError> {
+        let PreparedWorld::Service(component) = prepared.world.clone() else {
             return Err(PluginError::Link("a service plugin can only be swapped for another service plugin".into()));
         };
-        let mut fresh = self.instantiate_from(&pre).map_err(PluginError::Instantiate)?;
+        let ctx = Arc::new(self.spec.ctx.with_limits(limits));
+        let mut fresh = instantiate(&component, &ctx).map_err(PluginError::Instantiate)?;
+        let state = self.hand_state_over(&mut fresh)?;
         let conns = self.instance.as_mut().map(|old| old.store.data_mut().take_conns()).unwrap_or_default();
         let mut open: Vec<(u64, Arc<crate::transport::conn::ConnShared>)> = conns
             .iter()
@@ -430,7 +497,7 @@ impl Actor {
         fresh.store.data_mut().put_conns(conns);
         for (id, shared) in open {
             let info = connect_info(shared.meta());
-            fresh.store.set_epoch_deadline(self.deadline_ticks);
+            fresh.store.set_epoch_deadline(fresh.deadline_ticks);
             let result = fresh.bindings.fogconnect_plugin_handler().call_on_connect(&mut fresh.store, id, &info);
             if let Err(e) = result {
                 let message = describe(&e, &fresh.store);
@@ -443,16 +510,59 @@ impl Actor {
             }
         }
         self.instance = Some(fresh);
-        let old_pre = std::mem::replace(&mut self.pre, pre);
+        let old_component = std::mem::replace(&mut self.component, component);
         let old_prepared = std::mem::replace(&mut self.spec.prepared, prepared);
-        self.previous =
-            Some(PreviousGeneration { prepared: old_prepared, pre: old_pre, identity: self.status.identity() });
+        let old_ctx = std::mem::replace(&mut self.spec.ctx, ctx);
+        self.previous = Some(PreviousGeneration {
+            prepared: old_prepared,
+            component: old_component,
+            ctx: old_ctx,
+            identity: self.status.identity(),
+        });
         self.supervisor = Supervisor::new(self.spec.crash_policy);
         self.supervisor.started(Instant::now());
         self.status.set_state(PluginRunState::Running);
         let generation = self.status.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::info!(service = self.service(), generation, "plugin swapped");
-        Ok(generation)
+        tracing::info!(service = self.service(), generation, %state, "plugin swapped");
+        Ok((generation, state))
+    }
+
+    /// Moves the serving generation's state into `fresh` when both export
+    /// the handoff interface. A trap in `snapshot` is that generation's
+    /// crash (reported, the swap goes on without state); an error or trap
+    /// in `restore` rejects the swap.
+    fn hand_state_over(&mut self, fresh: &mut Instance) -> Result<StateHandoff, PluginError> {
+        let (Some(old), Some(restore)) = (self.instance.as_mut(), fresh.handoff.as_ref()) else {
+            return Ok(StateHandoff::Fresh);
+        };
+        let Some(snapshot) = old.handoff.as_ref() else { return Ok(StateHandoff::Fresh) };
+        let counters = &self.spec.ctx.counters;
+        self.status.calls.fetch_add(2, Ordering::Relaxed);
+        old.store.set_epoch_deadline(old.deadline_ticks);
+        let started = Instant::now();
+        let taken = snapshot.fogconnect_handoff_state().call_snapshot(&mut old.store);
+        counters.call_seconds.observe(started.elapsed());
+        let state = match taken {
+            Ok(state) => state,
+            Err(e) => {
+                let reason = describe(&e, &old.store);
+                let service = self.spec.ctx.service;
+                let crashes = self.status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(service, crashes, "plugin failed in snapshot, swapping without state: {reason}");
+                let message = format!("snapshot failed: {reason}");
+                let _ = self.spec.events.send(PluginEvent::Crashed { service, message, crashes });
+                return Ok(StateHandoff::Lost { reason });
+            }
+        };
+        fresh.store.set_epoch_deadline(fresh.deadline_ticks);
+        let started = Instant::now();
+        let restored = restore.fogconnect_handoff_state().call_restore(&mut fresh.store, &state);
+        counters.call_seconds.observe(started.elapsed());
+        match restored {
+            Ok(Ok(())) => Ok(StateHandoff::Handed { bytes: state.len() }),
+            Ok(Err(reason)) => Err(PluginError::Handoff(reason)),
+            Err(e) => Err(PluginError::Handoff(format!("restore failed: {}", describe(&e, &fresh.store)))),
+        }
     }
 
     /// Parks until `until` or shutdown; true when shutting down.
@@ -512,9 +622,9 @@ impl Actor {
                     break;
                 }
                 ConnEvent::Swap(request) => {
-                    let SwapRequest { prepared, done } = *request;
+                    let SwapRequest { prepared, limits, done } = *request;
                     let started = Instant::now();
-                    let outcome = self.swap(prepared);
+                    let outcome = self.swap(prepared, limits);
                     let pause = started.elapsed();
                     let counters = &self.spec.ctx.counters;
                     counters.swap_pause_seconds.observe(pause);
@@ -522,7 +632,7 @@ impl Actor {
                         counters.swaps.fetch_add(1, Ordering::Relaxed);
                         restart_at = None;
                     }
-                    let _ = done.send(outcome.map(|generation| SwapOutcome { generation, pause }));
+                    let _ = done.send(outcome.map(|(generation, state)| SwapOutcome { generation, pause, state }));
                     self.status.connections.store(self.open_connections(), Ordering::Relaxed);
                     continue;
                 }
@@ -630,7 +740,7 @@ impl Actor {
     ) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
         self.status.calls.fetch_add(1, Ordering::Relaxed);
-        instance.store.set_epoch_deadline(self.deadline_ticks);
+        instance.store.set_epoch_deadline(instance.deadline_ticks);
         let started = Instant::now();
         let result = f(&instance.bindings, &mut instance.store);
         self.spec.ctx.counters.call_seconds.observe(started.elapsed());
@@ -671,12 +781,13 @@ impl Actor {
     fn roll_back(&mut self, message: &str, crashes: u64) -> Option<Option<Instant>> {
         let previous = self.previous.take()?;
         let service = self.service();
-        match self.instantiate_from(&previous.pre) {
+        match instantiate(&previous.component, &previous.ctx) {
             Ok(instance) => {
                 self.instance = Some(instance);
-                self.pre = previous.pre;
+                self.component = previous.component;
+                self.spec.ctx = previous.ctx;
                 self.spec.prepared = previous.prepared;
-                self.status.set_identity(&previous.identity.0, &previous.identity.1);
+                self.status.set_identity(previous.identity);
                 self.supervisor = Supervisor::new(self.spec.crash_policy);
                 self.supervisor.started(Instant::now());
                 self.status.set_state(PluginRunState::Running);

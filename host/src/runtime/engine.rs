@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::PluginError;
-use super::bindings::{Service, ServicePre};
+use super::bindings::{Service, ServiceIndices};
+use super::handoff_bindings::HandoffIndices;
 use super::state::PluginState;
 use super::stream_bindings::{StreamPlugin, StreamPluginPre};
 use super::stream_state::StreamState;
@@ -21,11 +22,35 @@ use super::stream_state::StreamState;
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// A service plugin, pre-linked, with the indices of its exports: the
+/// service world's, and the optional state handoff's.
+#[derive(Clone)]
+pub struct ServiceComponent {
+    /// The pre-linked component.
+    pub pre: InstancePre<PluginState>,
+    /// Where the service world's exports are.
+    pub service: ServiceIndices,
+    /// Where the `fogconnect:handoff/state` exports are, when the plugin
+    /// has them.
+    pub handoff: Option<HandoffIndices>,
+}
+
+impl ServiceComponent {
+    fn new(pre: InstancePre<PluginState>) -> wasmtime::Result<Self> {
+        let service = ServiceIndices::new(&pre)?;
+        // Optional: a plugin without the handoff exports starts each
+        // generation afresh.
+        let handoff = HandoffIndices::new(&pre).ok();
+        Ok(Self { pre, service, handoff })
+    }
+}
+
 /// Which world a plugin implements, pre-linked: instantiating it is cheap.
 #[derive(Clone)]
 pub enum PreparedWorld {
-    /// A service plugin (`fogconnect:plugin/service`).
-    Service(ServicePre<PluginState>),
+    /// A service plugin (`fogconnect:plugin/service`), possibly with the
+    /// state handoff exports (`fogconnect:handoff/state`).
+    Service(ServiceComponent),
     /// A stream plugin (`fogconnect:streaming/stream-plugin`).
     Stream(StreamPluginPre<StreamState>),
 }
@@ -121,7 +146,8 @@ impl PluginEngine {
         let started = Instant::now();
         let hash = hex_sha256(wasm);
         let (component, from_cache) = self.component(wasm, &hash)?;
-        let service = self.linker.instantiate_pre(&component).and_then(ServicePre::new).map(PreparedWorld::Service);
+        let service =
+            self.linker.instantiate_pre(&component).and_then(ServiceComponent::new).map(PreparedWorld::Service);
         let world = match service {
             Ok(world) => world,
             Err(service_err) => self

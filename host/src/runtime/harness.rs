@@ -96,11 +96,11 @@ impl PluginHarness {
     /// [`PluginError`] when the plugin does not compile, link or instantiate.
     pub fn new(engine: &PluginEngine, wasm: &[u8], service: u8, limits: PluginLimits) -> Result<Self, PluginError> {
         let prepared = engine.prepare(wasm)?;
-        let PreparedWorld::Service(pre) = prepared.world.clone() else {
+        let PreparedWorld::Service(component) = prepared.world.clone() else {
             return Err(PluginError::Link("the harness drives service plugins; this is a stream plugin".into()));
         };
         let HarnessParts { spec, owner, events, unused_rx } = HarnessParts::new(prepared, service, limits);
-        let mut actor = Actor::new(spec, pre, unused_rx, Arc::new(PluginStatus::new()));
+        let mut actor = Actor::new(spec, component, unused_rx, Arc::new(PluginStatus::new()));
         actor.instance = Some(actor.instantiate().map_err(PluginError::Instantiate)?);
         Ok(Self { actor, service, owner, _events: events, next_id: 1 })
     }

@@ -21,6 +21,17 @@ pub mod bindings {
     });
 }
 
+/// Bindings of the optional `fogconnect:handoff/handoff` world generated
+/// from `wit/handoff` (documented there): a service plugin's state moving
+/// to its next generation on a live swap.
+#[allow(missing_docs)]
+pub mod handoff_bindings {
+    wasmtime::component::bindgen!({
+        world: "handoff",
+        path: "../wit/handoff",
+    });
+}
+
 /// Bindings of the `fogconnect:streaming/stream-plugin` world generated
 /// from `wit/stream` (documented there).
 #[allow(missing_docs)]
@@ -42,6 +53,14 @@ pub enum PluginError {
         /// The I/O error.
         message: String,
     },
+    /// The plugin's manifest is not valid.
+    #[error("plugin manifest {path}: {message}")]
+    Manifest {
+        /// Where the manifest came from.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// wasmtime refused the engine configuration.
     #[error("plugin engine: {0}")]
     Engine(String),
@@ -58,6 +77,10 @@ pub enum PluginError {
     /// A plugin is already loaded for this service number.
     #[error("service {0} already has a plugin")]
     ServiceTaken(u8),
+    /// The new generation refused the state of the one serving (its
+    /// `restore` returned an error or trapped): the swap was rejected.
+    #[error("the new generation refused the state handed over: {0}")]
+    Handoff(String),
     /// The plugin cannot do this (yet), e.g. a live swap of a stream
     /// plugin.
     #[error("not supported: {0}")]

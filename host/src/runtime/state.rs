@@ -39,6 +39,19 @@ pub struct PluginLimits {
     pub allow_connect: bool,
 }
 
+impl PluginLimits {
+    /// These limits with the values `manifest` gives in their place.
+    pub fn with_manifest(self, manifest: &fogconnect_proto::manifest::PluginManifest) -> Self {
+        Self {
+            memory_bytes: manifest.memory_mib.map_or(self.memory_bytes, |mib| (mib as usize) << 20),
+            call_deadline: manifest
+                .call_deadline_ms
+                .map_or(self.call_deadline, |ms| std::time::Duration::from_millis(u64::from(ms))),
+            allow_connect: manifest.connect_peer.unwrap_or(self.allow_connect),
+        }
+    }
+}
+
 impl Default for PluginLimits {
     fn default() -> Self {
         Self { memory_bytes: 64 << 20, call_deadline: std::time::Duration::from_secs(1), allow_connect: true }
@@ -59,6 +72,20 @@ pub struct PluginContext {
     pub epoch: Instant,
     /// The service's traffic and call metrics.
     pub counters: Arc<crate::metrics::ServiceCounters>,
+}
+
+impl PluginContext {
+    /// The same place in the node with other limits (a new generation's).
+    pub fn with_limits(&self, limits: PluginLimits) -> Self {
+        Self {
+            service: self.service,
+            limits,
+            host: self.host.clone(),
+            owner: self.owner.clone(),
+            epoch: self.epoch,
+            counters: self.counters.clone(),
+        }
+    }
 }
 
 /// One connection in a plugin's table.
