@@ -296,6 +296,7 @@ fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Resu
     ensure!(swapped.status.success(), "{}", String::from_utf8_lossy(&swapped.stderr));
     let text = String::from_utf8_lossy(&swapped.stdout);
     ensure!(text.contains("test_echo_v2") && text.split_whitespace().any(|w| w == "2"), "{text}");
+    ensure!(text.starts_with("swapped: generation 2, paused ") && text.contains("no state handoff"), "{text}");
     let output = send(node_addr, "3", &["hello"])?;
     assert_eq!(String::from_utf8_lossy(&output.stdout), "v2:hello\n");
 
@@ -306,6 +307,33 @@ fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Resu
         stderr.lines().count() == 1 && stderr.contains("already has a plugin") && stderr.contains("409"),
         "{stderr}"
     );
+
+    // Limits from a manifest beside the file, the flags over it.
+    let dir = tempfile::tempdir()?;
+    let counter = dir.path().join("counter.wasm");
+    std::fs::copy(common::plugin("test-counter"), &counter)?;
+    std::fs::write(
+        dir.path().join("counter.toml"),
+        "memory-mib = 24
+call-deadline-ms = 300
+",
+    )?;
+    let counter = counter.display().to_string();
+    let loaded =
+        plugin(&["load", "--service", "4", "--call-deadline-ms", "120", "--connect-peer", "false", &counter], true)?;
+    ensure!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let text = String::from_utf8_lossy(&loaded.stdout);
+    ensure!(text.contains("counter") && text.contains("24MiB 120ms no-connect"), "{text}");
+    let refused = plugin(&["swap", "--service", "4", "--memory-mib", "0", &counter], true)?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(!refused.status.success() && stderr.contains("memory-mib = 0 is out of range"), "{stderr}");
+    let output = send(node_addr, "4", &["add", "add"])?;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "1\n2\n");
+    let swapped = plugin(&["swap", "--service", "4", &counter], true)?;
+    let text = String::from_utf8_lossy(&swapped.stdout);
+    ensure!(text.contains("state handed over (18 bytes)") && text.contains("24MiB 300ms connect"), "{text}");
+    let output = send(node_addr, "4", &["add"])?;
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "3\n", "the count went on");
 
     let unloaded = plugin(&["unload", "--service", "3"], true)?;
     ensure!(String::from_utf8_lossy(&unloaded.stdout).contains("service 3 unloaded"));

@@ -178,3 +178,61 @@ async fn file_socket_and_environment_access_is_denied() -> anyhow::Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+/// Copies a built plugin into `dir` as `<name>.wasm` with `manifest` beside
+/// it as `<name>.toml`, and returns the wasm's path.
+fn with_manifest(
+    dir: &std::path::Path,
+    plugin: &str,
+    name: &str,
+    manifest: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let wasm = dir.join(format!("{name}.wasm"));
+    std::fs::copy(common::plugin(plugin), &wasm)?;
+    std::fs::write(dir.join(format!("{name}.toml")), manifest)?;
+    Ok(wasm)
+}
+
+#[tokio::test]
+async fn a_manifest_beside_the_plugin_sets_its_own_limits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spin = with_manifest(dir.path(), "test-spin", "spin", "call-deadline-ms = 50\n")?;
+    let probe = with_manifest(dir.path(), "test-probe", "probe", "connect-peer = false\nmemory-mib = 16\n")?;
+    let broken = with_manifest(dir.path(), "echo", "broken", "memory-mb = 16\n")?;
+    // The node's own limits are generous: the manifests tighten them.
+    let server = node_with_config("server", &[(0, "echo")], limits(5_000, 64)).await?;
+    server.load_plugin(2, &spin).await?;
+    server.load_plugin(3, &probe).await?;
+    match server.load_plugin(4, &broken).await {
+        Err(fogconnect::NodeError::Plugin {
+            service: 4,
+            source: fogconnect::PluginError::Manifest { path, message },
+        }) => {
+            ensure!(path.ends_with("broken.toml") && message.contains("memory-mb"), "{path}: {message}")
+        }
+        other => bail!("expected the manifest to be refused, got {other:?}"),
+    }
+    let services = server.services();
+    let limits_of = |service: u8| services.iter().find(|s| s.service == service).map(|s| s.limits);
+    let default = PluginLimits { call_deadline: Duration::from_millis(5_000), ..PluginLimits::default() };
+    assert_eq!(limits_of(0), Some(default), "no manifest: the node's limits");
+    assert_eq!(limits_of(2), Some(PluginLimits { call_deadline: Duration::from_millis(50), ..default }));
+    assert_eq!(
+        limits_of(3),
+        Some(PluginLimits { memory_bytes: 16 << 20, allow_connect: false, ..default }),
+        "the keys not given keep the node's values"
+    );
+    assert_eq!(limits_of(4), None, "a refused manifest loads nothing");
+
+    let client = node_with("client", &[]).await?;
+    let mut spinning = client.connect(server.local_addr(), Transport::Quic, 2).await?;
+    assert_eq!(ask(&mut spinning, "warm-up").await?, "warm-up");
+    spinning.send(b"spin".to_vec())?;
+    let reason = closed_within(&mut spinning, WAIT).await?;
+    ensure!(reason.message.contains("deadline of 50 ms"), "{reason}");
+
+    let mut probing = client.connect(server.local_addr(), Transport::Quic, 3).await?;
+    let reply = ask(&mut probing, &format!("dial {} 0 hello", server.local_addr())).await?;
+    assert_eq!(reply, "dial error: ConnectError::NotAllowed");
+    Ok(())
+}

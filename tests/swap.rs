@@ -341,20 +341,37 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
 
     let v1 = std::fs::read(common::plugin("test-echo-v1"))?;
     let v2 = std::fs::read(common::plugin("test-echo-v2"))?;
-    match client.load(SERVICE, "test_echo_v1", v1.clone()).await {
+    match client.load(SERVICE, PluginBuild::new("test_echo_v1", v1.clone())).await {
         Err(AdminClientError::Refused { status: 409, message }) => assert!(message.contains("already has a plugin")),
         other => bail!("expected 409, got {other:?}"),
     }
-    let loaded = client.load(4, "test_echo_v2", v2.clone()).await?;
+    let tight = PluginManifest { memory_mib: Some(8), call_deadline_ms: Some(250), connect_peer: Some(false) };
+    let loaded = client.load(4, PluginBuild::new("test_echo_v2", v2.clone()).with_manifest(tight)).await?;
     assert_eq!((loaded.service, loaded.generation), (4, 1));
+    assert_eq!(
+        (loaded.limits.memory_bytes, loaded.limits.call_deadline_ms, loaded.limits.connect_peer),
+        (8 << 20, 250, false),
+        "the manifest's limits"
+    );
+    assert_eq!(loaded.swap, None);
+    let out_of_range = PluginManifest { call_deadline_ms: Some(0), ..PluginManifest::default() };
+    match client.load(5, PluginBuild::new("test_echo_v2", v2.clone()).with_manifest(out_of_range)).await {
+        Err(AdminClientError::Refused { status: 400, message }) => {
+            assert!(message.contains("out of range"), "{message}")
+        }
+        other => bail!("expected 400, got {other:?}"),
+    }
 
     let app = node_with("app", &[]).await?;
     let mut conn = app.connect(device.local_addr(), Transport::Quic, SERVICE).await?;
     assert_eq!(common::ask(&mut conn, "a").await?, "v1:a");
-    let swapped = client.swap(SERVICE, "test_echo_v2", v2).await?;
+    let swapped = client.swap(SERVICE, PluginBuild::new("test_echo_v2", v2)).await?;
     assert_eq!((swapped.name.as_str(), swapped.generation, swapped.connections), ("test_echo_v2", 2, 1));
+    let swap = swapped.swap.context("the swap's report")?;
+    assert_eq!((swap.generation, swap.state.as_str(), swap.state_bytes), (2, "fresh", None));
+    assert!(swap.pause_ms > 0.0 && swap.compile_ms > 0.0, "{swap:?}");
     assert_eq!(common::ask(&mut conn, "b").await?, "v2:b");
-    match client.swap(SERVICE, "broken", b"not wasm".to_vec()).await {
+    match client.swap(SERVICE, PluginBuild::new("broken", b"not wasm".to_vec())).await {
         Err(AdminClientError::Refused { status: 422, message }) => {
             assert!(message.contains("does not compile"), "{message}")
         }

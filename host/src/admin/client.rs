@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, header};
 use serde::Deserialize;
 
+use crate::node::PluginBuild;
+
 /// How long one request may take (a swap includes a cold compile).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,7 +42,7 @@ pub enum AdminClientError {
 }
 
 /// One service as the admin API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ServiceEntry {
     /// Service number.
     pub service: u8,
@@ -48,6 +50,8 @@ pub struct ServiceEntry {
     pub name: String,
     /// Hex SHA-256 of the plugin's wasm.
     pub hash: String,
+    /// The limits the plugin runs with.
+    pub limits: LimitsEntry,
     /// Plugin generation (1 when loaded, one more per swap).
     pub generation: u64,
     /// `running`, `restarting`, `disabled` or `stopped`.
@@ -60,6 +64,52 @@ pub struct ServiceEntry {
     pub crashes: u64,
     /// Re-instantiations after failures.
     pub restarts: u64,
+    /// What the swap did (only in the answer to a swap).
+    #[serde(default)]
+    pub swap: Option<SwapEntry>,
+}
+
+/// A plugin's limits as the admin API lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LimitsEntry {
+    /// Linear memory cap, in bytes.
+    pub memory_bytes: u64,
+    /// Longest a single call may run, in milliseconds.
+    pub call_deadline_ms: u64,
+    /// Whether the plugin may open connections.
+    pub connect_peer: bool,
+}
+
+/// What a swap did, as the admin API reports it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SwapEntry {
+    /// The new generation.
+    pub generation: u64,
+    /// How long the service's events waited, in milliseconds.
+    pub pause_ms: f64,
+    /// Compile (or cache load) time, in milliseconds.
+    pub compile_ms: f64,
+    /// Whether the compiled plugin came from the cache.
+    pub from_cache: bool,
+    /// `handed`, `fresh` or `lost` (see `wit/handoff`).
+    pub state: String,
+    /// Size of the state handed over.
+    #[serde(default)]
+    pub state_bytes: Option<u64>,
+    /// Why the state was lost.
+    #[serde(default)]
+    pub state_error: Option<String>,
+}
+
+impl std::fmt::Display for SwapEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation {}, paused {:.3} ms, ", self.generation, self.pause_ms)?;
+        match (self.state.as_str(), self.state_bytes, &self.state_error) {
+            ("handed", Some(bytes), _) => write!(f, "state handed over ({bytes} bytes)"),
+            ("lost", _, Some(reason)) => write!(f, "state lost: {reason}"),
+            _ => f.write_str("no state handoff"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,24 +179,26 @@ impl AdminClient {
         Ok(list.services)
     }
 
-    /// Loads a plugin on a free service number.
+    /// Loads a plugin build (its limits from its manifest) on a free
+    /// service number.
     ///
     /// # Errors
     /// [`AdminClientError::Refused`] with the node's reason (occupied,
     /// does not compile, …).
-    pub async fn load(&self, service: u8, name: &str, wasm: Vec<u8>) -> Result<ServiceEntry, AdminClientError> {
-        let path = format!("/v1/services/{service}?name={}", query_value(name));
-        Self::entry(&self.request(Method::POST, &path, wasm).await?)
+    pub async fn load(&self, service: u8, build: PluginBuild) -> Result<ServiceEntry, AdminClientError> {
+        let path = upload_path(service, &build);
+        Self::entry(&self.request(Method::POST, &path, build.wasm).await?)
     }
 
-    /// Swaps the plugin of a service for a new build, live.
+    /// Swaps the plugin of a service for a new build (its limits from its
+    /// manifest), live; the answer's `swap` says what the swap did.
     ///
     /// # Errors
     /// [`AdminClientError::Refused`] with the node's reason; the old
     /// plugin then keeps serving.
-    pub async fn swap(&self, service: u8, name: &str, wasm: Vec<u8>) -> Result<ServiceEntry, AdminClientError> {
-        let path = format!("/v1/services/{service}?name={}", query_value(name));
-        Self::entry(&self.request(Method::PUT, &path, wasm).await?)
+    pub async fn swap(&self, service: u8, build: PluginBuild) -> Result<ServiceEntry, AdminClientError> {
+        let path = upload_path(service, &build);
+        Self::entry(&self.request(Method::PUT, &path, build.wasm).await?)
     }
 
     /// The node's metrics in the Prometheus text format.
@@ -165,6 +217,18 @@ impl AdminClient {
     pub async fn unload(&self, service: u8) -> Result<(), AdminClientError> {
         self.request(Method::DELETE, &format!("/v1/services/{service}"), Vec::new()).await.map(drop)
     }
+}
+
+/// The path of a load or swap: the service, the build's name and, when it
+/// sets any limit, its manifest.
+fn upload_path(service: u8, build: &PluginBuild) -> String {
+    let mut path = format!("/v1/services/{service}?name={}", query_value(&build.name));
+    let manifest = build.manifest.encode();
+    if !manifest.is_empty() {
+        path.push_str("&manifest=");
+        path.push_str(&query_value(&manifest));
+    }
+    path
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

@@ -13,9 +13,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::AdminError;
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, PluginBuild, SwapReport};
 use crate::runtime::PluginError;
-use crate::runtime::actor::PluginRunState;
+use crate::runtime::actor::{PluginRunState, StateHandoff};
+use fogconnect_proto::manifest::PluginManifest;
 
 /// Largest plugin upload, in bytes.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
@@ -122,9 +123,11 @@ impl From<NodeError> for ApiError {
             NodeError::NoSuchService(_) => StatusCode::NOT_FOUND,
             NodeError::Plugin { source: PluginError::ServiceTaken(_), .. } => StatusCode::CONFLICT,
             NodeError::Plugin {
-                source: PluginError::Compile(_) | PluginError::Link(_) | PluginError::Instantiate(_),
+                source:
+                    PluginError::Compile(_) | PluginError::Link(_) | PluginError::Instantiate(_) | PluginError::Handoff(_),
                 ..
             } => StatusCode::UNPROCESSABLE_ENTITY,
+            NodeError::Plugin { source: PluginError::Manifest { .. }, .. } => StatusCode::BAD_REQUEST,
             NodeError::Plugin { source: PluginError::Unsupported(_), .. } => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -162,6 +165,11 @@ fn service_json(info: &crate::node::ServiceInfo) -> serde_json::Value {
         "service": info.service,
         "name": info.name,
         "hash": info.hash,
+        "limits": {
+            "memory_bytes": info.limits.memory_bytes,
+            "call_deadline_ms": info.limits.call_deadline.as_millis() as u64,
+            "connect_peer": info.limits.allow_connect,
+        },
         "generation": info.generation,
         "state": state_name(info.state),
         "connections": info.connections,
@@ -176,11 +184,39 @@ fn service_number(text: &str) -> Result<u8, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{text:?} is not a service number (0-255)")))
 }
 
-/// The service's object, with `status`.
-fn service_answer(node: &Node, service: u8, status: StatusCode) -> Result<Response, ApiError> {
+/// What a swap did, as the `swap` member of its answer.
+fn swap_json(report: &SwapReport) -> serde_json::Value {
+    let mut swap = json!({
+        "generation": report.generation,
+        "pause_ms": report.pause.as_secs_f64() * 1e3,
+        "compile_ms": report.compile.as_secs_f64() * 1e3,
+        "from_cache": report.from_cache,
+    });
+    let state = match &report.state {
+        StateHandoff::Handed { bytes } => json!({ "state": "handed", "state_bytes": bytes }),
+        StateHandoff::Fresh => json!({ "state": "fresh" }),
+        StateHandoff::Lost { reason } => json!({ "state": "lost", "state_error": reason }),
+    };
+    if let (Some(swap), Some(state)) = (swap.as_object_mut(), state.as_object()) {
+        swap.extend(state.clone());
+    }
+    swap
+}
+
+/// The service's object, with `status` (and what a swap did).
+fn service_answer(
+    node: &Node,
+    service: u8,
+    status: StatusCode,
+    swap: Option<&SwapReport>,
+) -> Result<Response, ApiError> {
     let services = node.services();
     let info = services.iter().find(|s| s.service == service).ok_or(NodeError::NoSuchService(service))?;
-    Ok((status, axum::Json(service_json(info))).into_response())
+    let mut answer = service_json(info);
+    if let (Some(object), Some(report)) = (answer.as_object_mut(), swap) {
+        object.insert("swap".into(), swap_json(report));
+    }
+    Ok((status, axum::Json(answer)).into_response())
 }
 
 async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -201,20 +237,23 @@ async fn show(
     Path(service): Path<String>,
 ) -> Result<Response, ApiError> {
     authorized(&state, &headers)?;
-    service_answer(&state.node, service_number(&service)?, StatusCode::OK)
+    service_answer(&state.node, service_number(&service)?, StatusCode::OK, None)
 }
 
-/// `?name=` of a load or swap: the plugin's name (default "plugin").
+/// The query of a load or swap: `name`, the plugin's name (default
+/// "plugin"), and `manifest`, the plugin manifest's TOML text (default:
+/// the node's limits).
 #[derive(Debug, Deserialize)]
-struct PluginName {
+struct UploadQuery {
     name: Option<String>,
+    manifest: Option<String>,
 }
 
 async fn load(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path(service): Path<String>,
-    Query(query): Query<PluginName>,
+    Query(query): Query<UploadQuery>,
     wasm: Bytes,
 ) -> Result<Response, ApiError> {
     upload(&state, &headers, &service, query, &wasm, Upload::Load).await
@@ -224,7 +263,7 @@ async fn swap(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path(service): Path<String>,
-    Query(query): Query<PluginName>,
+    Query(query): Query<UploadQuery>,
     wasm: Bytes,
 ) -> Result<Response, ApiError> {
     upload(&state, &headers, &service, query, &wasm, Upload::Swap).await
@@ -243,24 +282,29 @@ async fn upload(
     state: &AdminState,
     headers: &HeaderMap,
     service: &str,
-    query: PluginName,
+    query: UploadQuery,
     wasm: &[u8],
     upload: Upload,
 ) -> Result<Response, ApiError> {
     authorized(state, headers)?;
     let service = service_number(service)?;
-    let name = query.name.unwrap_or_else(|| "plugin".into());
-    let status = match upload {
+    let manifest = match &query.manifest {
+        Some(text) => {
+            PluginManifest::decode(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?
+        }
+        None => PluginManifest::default(),
+    };
+    let build = PluginBuild::new(query.name.unwrap_or_else(|| "plugin".into()), wasm.to_vec()).with_manifest(manifest);
+    match upload {
         Upload::Load => {
-            state.node.load_plugin_bytes(service, &name, wasm).await?;
-            StatusCode::CREATED
+            state.node.load_plugin_build(service, build).await?;
+            service_answer(&state.node, service, StatusCode::CREATED, None)
         }
         Upload::Swap => {
-            state.node.swap_plugin_bytes(service, &name, wasm).await?;
-            StatusCode::OK
+            let report = state.node.swap_plugin_build(service, build).await?;
+            service_answer(&state.node, service, StatusCode::OK, Some(&report))
         }
-    };
-    service_answer(&state.node, service, status)
+    }
 }
 
 async fn unload(

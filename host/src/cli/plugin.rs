@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use fogconnect::admin::client::{AdminClient, ServiceEntry};
+use fogconnect::{PluginBuild, PluginManifest};
 
 /// Arguments of `fogconnect plugin`.
 #[derive(Debug, Args)]
@@ -26,21 +27,10 @@ enum PluginAction {
     /// List the services: plugin, generation, state, connections, calls, crashes.
     List,
     /// Load a plugin on a free service number.
-    Load {
-        /// Service number.
-        #[arg(long)]
-        service: u8,
-        /// The plugin's .wasm file.
-        file: PathBuf,
-    },
-    /// Swap the plugin of a service for a new build, keeping its connections.
-    Swap {
-        /// Service number.
-        #[arg(long)]
-        service: u8,
-        /// The new plugin's .wasm file.
-        file: PathBuf,
-    },
+    Load(UploadArgs),
+    /// Swap the plugin of a service for a new build, keeping its connections
+    /// (and its state, when both builds export snapshot/restore).
+    Swap(UploadArgs),
     /// Print the node's metrics (Prometheus text format).
     Metrics,
     /// Unload the plugin of a service (its connections close with "service unloaded").
@@ -51,11 +41,61 @@ enum PluginAction {
     },
 }
 
+/// A plugin to upload: its file and limits.
+#[derive(Debug, Args)]
+struct UploadArgs {
+    /// Service number.
+    #[arg(long)]
+    service: u8,
+    /// The plugin's .wasm file. Its manifest is read from the same path
+    /// with the extension .toml when that file exists.
+    file: PathBuf,
+    /// Read the manifest (limits) from this file instead.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Memory cap in MiB (over the manifest's).
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<u32>,
+    /// Longest one plugin call may run, in milliseconds (over the manifest's).
+    #[arg(long, value_name = "MS")]
+    call_deadline_ms: Option<u32>,
+    /// Whether the plugin may open connections (over the manifest's).
+    #[arg(long, value_name = "BOOL")]
+    connect_peer: Option<bool>,
+}
+
+impl UploadArgs {
+    /// The build: the file, its manifest, the flags over it.
+    async fn build(&self) -> anyhow::Result<PluginBuild> {
+        let mut build = PluginBuild::read(&self.file).await?;
+        if let Some(path) = &self.manifest {
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("cannot read the manifest {}", path.display()))?;
+            build.manifest = PluginManifest::decode(&text).with_context(|| format!("manifest {}", path.display()))?;
+        }
+        let flags = PluginManifest {
+            memory_mib: self.memory_mib,
+            call_deadline_ms: self.call_deadline_ms,
+            connect_peer: self.connect_peer,
+        };
+        flags.check()?;
+        build.manifest = flags.or(build.manifest);
+        Ok(build)
+    }
+}
+
 fn print_entry(entry: &ServiceEntry) {
     println!(
-        "{:>7}  {:<20} {:>10}  {:<10} {:>11} {:>10} {:>7}  {}",
+        "{:>7}  {:<20} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  {}",
         entry.service,
         entry.name,
+        format!(
+            "{}MiB {}ms {}",
+            entry.limits.memory_bytes >> 20,
+            entry.limits.call_deadline_ms,
+            if entry.limits.connect_peer { "connect" } else { "no-connect" }
+        ),
         entry.generation,
         entry.state,
         entry.connections,
@@ -67,14 +107,9 @@ fn print_entry(entry: &ServiceEntry) {
 
 fn header() {
     println!(
-        "{:>7}  {:<20} {:>10}  {:<10} {:>11} {:>10} {:>7}  hash",
-        "service", "plugin", "generation", "state", "connections", "calls", "crashes"
+        "{:>7}  {:<20} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  hash",
+        "service", "plugin", "limits", "generation", "state", "connections", "calls", "crashes"
     );
-}
-
-async fn read_plugin(file: &PathBuf) -> anyhow::Result<(String, Vec<u8>)> {
-    let wasm = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
-    Ok((fogconnect::node::plugin_name(file), wasm))
 }
 
 /// Runs one plugin command.
@@ -87,15 +122,16 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             header();
             services.iter().for_each(print_entry);
         }
-        PluginAction::Load { service, file } => {
-            let (name, wasm) = read_plugin(&file).await?;
-            let entry = client.load(service, &name, wasm).await?;
+        PluginAction::Load(upload) => {
+            let entry = client.load(upload.service, upload.build().await?).await?;
             header();
             print_entry(&entry);
         }
-        PluginAction::Swap { service, file } => {
-            let (name, wasm) = read_plugin(&file).await?;
-            let entry = client.swap(service, &name, wasm).await?;
+        PluginAction::Swap(upload) => {
+            let entry = client.swap(upload.service, upload.build().await?).await?;
+            if let Some(swap) = &entry.swap {
+                println!("swapped: {swap}");
+            }
             header();
             print_entry(&entry);
         }
