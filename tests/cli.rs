@@ -344,3 +344,37 @@ call-deadline-ms = 300
     ensure!(!denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("admin token"));
     Ok(())
 }
+
+#[test]
+fn a_node_serves_and_watches_its_plugin_directory() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(common::plugin("test-echo-v1"), dir.path().join("3-echo.wasm"))?;
+    let mut child = Command::new(BIN)
+        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "watching", "--plugin-scan-ms", "50"])
+        .arg("--plugin-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let _node = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let node_addr: SocketAddr =
+        lines.next().context("no output")??.strip_prefix("listening on ").context("first line")?.parse()?;
+    let mut next_directory_line = move || -> anyhow::Result<String> {
+        loop {
+            let line = lines.next().context("the node ended")??;
+            if let Some(event) = line.strip_prefix("plugin directory: ") {
+                return Ok(event.to_string());
+            }
+        }
+    };
+    assert_eq!(next_directory_line()?, "service 3: loaded 3-echo.wasm");
+    assert_eq!(String::from_utf8_lossy(&send(node_addr, "3", &["hello"])?.stdout), "v1:hello\n");
+    let tmp = dir.path().join("incoming");
+    std::fs::copy(common::plugin("test-echo-v2"), &tmp)?;
+    std::fs::rename(&tmp, dir.path().join("3-echo.wasm"))?;
+    assert_eq!(next_directory_line()?, "service 3: swapped to 3-echo.wasm (generation 2)");
+    assert_eq!(String::from_utf8_lossy(&send(node_addr, "3", &["hello"])?.stdout), "v2:hello\n");
+    Ok(())
+}

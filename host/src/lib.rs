@@ -16,6 +16,7 @@ pub mod convention;
 pub mod metrics;
 pub mod nat;
 pub mod node;
+pub mod plugin_dir;
 pub mod relay;
 pub mod runtime;
 pub mod signal;

@@ -16,6 +16,14 @@ pub struct NodeArgs {
     /// A plugin for a service number, as SERVICE=PATH (repeatable).
     #[arg(long = "plugin", value_name = "SERVICE=PATH", value_parser = parse_plugin)]
     plugins: Vec<(u8, PathBuf)>,
+    /// Load every plugin file in this directory (named SERVICE-NAME.wasm,
+    /// manifest SERVICE-NAME.toml beside it) and keep watching it: a
+    /// changed file swaps its service's plugin, a removed one unloads it.
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// Time between two scans of --plugin-dir, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000), requires = "plugin_dir")]
+    plugin_scan_ms: u64,
     /// Signaling server to register with, e.g. ws://host:7600/ws.
     #[arg(long, value_name = "URL", requires = "token")]
     signal: Option<String>,
@@ -106,6 +114,30 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             _ => println!("relay: no allocation yet"),
         }
     }
+    let directory = match &args.plugin_dir {
+        Some(dir) => {
+            let interval = std::time::Duration::from_millis(args.plugin_scan_ms);
+            match fogconnect::plugin_dir::PluginDirectory::start(node.clone(), dir, interval).await {
+                Ok((directory, initial)) => {
+                    for event in initial {
+                        println!("plugin directory: {event}");
+                    }
+                    let mut events = directory.events();
+                    tokio::spawn(async move {
+                        while let Ok(event) = events.recv().await {
+                            println!("plugin directory: {event}");
+                        }
+                    });
+                    Some(directory)
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e).context("cannot watch the plugin directory");
+                }
+            }
+        }
+        None => None,
+    };
     for service in node.services() {
         println!("service {} -> {} ({})", service.service, service.name, &service.hash[..16]);
     }
@@ -128,6 +160,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     wait_for_signal().await?;
     drop(admin);
+    drop(directory);
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
