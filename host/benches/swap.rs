@@ -2,7 +2,9 @@
 //! events wait) as median and p99, with the new plugin taken from the
 //! precompiled cache and from a cold compile, against the echo round trip
 //! on the same node measured in the same run (the wait a message has
-//! anyway); and the node's resident memory after 1,000 swaps.
+//! anyway); with a state handoff (the counter plugin's `snapshot` and
+//! `restore` in the pause); and the node's resident memory after 1,000
+//! swaps.
 //!
 //! Six connections stay open through every swap (each announced to the new
 //! generation). `cargo bench -p fogconnect --bench swap` after `make
@@ -31,20 +33,31 @@ fn resident_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn node(cache: Option<std::path::PathBuf>) -> anyhow::Result<Node> {
+async fn node(cache: Option<std::path::PathBuf>, plugin: &str) -> anyhow::Result<Node> {
     let config = NodeConfig { cache_dir: cache, ..common::config() };
-    common::node_with_config("device", &[(SERVICE, "test-echo-v1")], config).await
+    common::node_with_config("device", &[(SERVICE, plugin)], config).await
 }
 
-/// Swaps alternately to v2 and v1 `count` times; returns the pauses and
-/// the whole swap times (compile or cache load included).
+/// Swaps alternately to v2 and v1 of the echo `count` times; returns the
+/// pauses and the whole swap times (compile or cache load included).
 async fn swaps(device: &Node, count: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let v1 = std::fs::read(common::plugin("test-echo-v1"))?;
-    let v2 = std::fs::read(common::plugin("test-echo-v2"))?;
+    swaps_between(device, ["test-echo-v2", "test-echo-v1"], count).await
+}
+
+/// Swaps alternately to the two builds `count` times.
+async fn swaps_between(
+    device: &Node,
+    builds: [&str; 2],
+    count: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let builds = [
+        (builds[0], std::fs::read(common::plugin(builds[0]))?),
+        (builds[1], std::fs::read(common::plugin(builds[1]))?),
+    ];
     let mut pauses = Vec::with_capacity(count);
     let mut totals = Vec::with_capacity(count);
     for i in 0..count {
-        let (name, wasm) = if i % 2 == 0 { ("test_echo_v2", &v2) } else { ("test_echo_v1", &v1) };
+        let (name, wasm) = &builds[i % 2];
         let started = Instant::now();
         let report = device.swap_plugin_bytes(SERVICE, name, wasm).await?;
         totals.push(started.elapsed());
@@ -65,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             std::env::var("FOGCONNECT_BENCH_SWAPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
         };
         let cache = std::env::temp_dir().join(format!("fogconnect-swap-bench-{}", std::process::id()));
-        let device = node(Some(cache.clone())).await?;
+        let device = node(Some(cache.clone()), "test-echo-v1").await?;
         let app = common::node_with("app", &[]).await?;
         let mut conns = Vec::new();
         for _ in 0..6 {
@@ -87,14 +100,38 @@ fn main() -> anyhow::Result<()> {
         // Precompiled: both builds are in the cache after the first two swaps.
         swaps(&device, 2).await?;
         let (cached_pauses, cached_totals) = swaps(&device, count).await?;
-        let cold_device = node(None).await?;
+        let cold_device = node(None, "test-echo-v1").await?;
         let (cold_pauses, cold_totals) = swaps(&cold_device, count.min(50)).await?;
+        drop(cold_device);
 
-        // Memory: 1,000 more swaps from the cache.
+        // State handoff: the counter keeps its count through every swap.
+        let counting = node(Some(cache.clone()), "test-counter").await?;
+        let mut counted = app.connect(counting.local_addr(), Transport::Quic, SERVICE).await?;
+        for _ in 0..6 {
+            app.connect(counting.local_addr(), Transport::Quic, SERVICE).await.map(|c| conns.push(c))?;
+        }
+        counted.send(b"add".to_vec())?;
+        let _ = tokio::time::timeout(common::WAIT, counted.recv()).await?;
+        swaps_between(&counting, ["test-counter", "test-counter"], 2).await?;
+        let (handoff_pauses, handoff_totals) =
+            swaps_between(&counting, ["test-counter", "test-counter"], count).await?;
+        counted.send(b"add".to_vec())?;
+        match tokio::time::timeout(common::WAIT, counted.recv()).await {
+            Ok(ConnectionEvent::Message(reply)) if reply.as_ref() == b"2" => {}
+            other => anyhow::bail!("the count did not survive the swaps: {other:?}"),
+        }
+        conns.truncate(6);
+        drop(counting);
+
+        // Memory: three times 1,000 more swaps from the cache; growth would
+        // show in every round, the allocator settling only in the first.
         let before = resident_kib();
         let rounds = if smoke { 10 } else { 1_000 };
-        swaps(&device, rounds).await?;
-        let after = resident_kib();
+        let mut after = Vec::new();
+        for _ in 0..3 {
+            swaps(&device, rounds).await?;
+            after.push(resident_kib());
+        }
         for conn in &mut conns {
             conn.send(b"still here".to_vec())?;
             match tokio::time::timeout(common::WAIT, conn.recv()).await {
@@ -108,9 +145,11 @@ fn main() -> anyhow::Result<()> {
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!("echo round trip on the node (baseline): median {:.3} ms", ms(rtt));
-        for (mode, pauses, totals) in
-            [("precompiled", &cached_pauses, &cached_totals), ("cold compile", &cold_pauses, &cold_totals)]
-        {
+        for (mode, pauses, totals) in [
+            ("precompiled", &cached_pauses, &cached_totals),
+            ("cold compile", &cold_pauses, &cold_totals),
+            ("with handoff", &handoff_pauses, &handoff_totals),
+        ] {
             let (p50, p99) = (percentile(pauses, 0.5), percentile(pauses, 0.99));
             println!(
                 "{mode:12} ({} swaps): pause median {:.3} ms ({:.1}× the round trip), p99 {:.3} ms; whole swap median {:.2} ms, p99 {:.2} ms",
@@ -122,10 +161,8 @@ fn main() -> anyhow::Result<()> {
                 ms(percentile(totals, 0.99))
             );
         }
-        println!(
-            "resident memory: {before} KiB before {rounds} more swaps, {after} KiB after ({:+} KiB)",
-            after as i64 - before as i64
-        );
+        let after: Vec<String> = after.iter().map(|kib| format!("{kib} KiB ({:+})", *kib as i64 - before as i64)).collect();
+        println!("resident memory: {before} KiB, after each of three rounds of {rounds} more swaps: {}", after.join(", "));
         Ok(())
     })
 }
