@@ -312,18 +312,13 @@ fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let counter = dir.path().join("counter.wasm");
     std::fs::copy(common::plugin("test-counter"), &counter)?;
-    std::fs::write(
-        dir.path().join("counter.toml"),
-        "memory-mib = 24
-call-deadline-ms = 300
-",
-    )?;
+    std::fs::write(dir.path().join("counter.toml"), "version = \"7.1\"\nmemory-mib = 24\ncall-deadline-ms = 300\n")?;
     let counter = counter.display().to_string();
     let loaded =
         plugin(&["load", "--service", "4", "--call-deadline-ms", "120", "--connect-peer", "false", &counter], true)?;
     ensure!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
     let text = String::from_utf8_lossy(&loaded.stdout);
-    ensure!(text.contains("counter") && text.contains("24MiB 120ms no-connect"), "{text}");
+    ensure!(text.contains("counter") && text.contains(" 7.1 ") && text.contains("24MiB 120ms no-connect"), "{text}");
     let refused = plugin(&["swap", "--service", "4", "--memory-mib", "0", &counter], true)?;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     ensure!(!refused.status.success() && stderr.contains("memory-mib = 0 is out of range"), "{stderr}");

@@ -345,7 +345,12 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
         Err(AdminClientError::Refused { status: 409, message }) => assert!(message.contains("already has a plugin")),
         other => bail!("expected 409, got {other:?}"),
     }
-    let tight = PluginManifest { memory_mib: Some(8), call_deadline_ms: Some(250), connect_peer: Some(false) };
+    let tight = PluginManifest {
+        version: Some("2.0.1".into()),
+        memory_mib: Some(8),
+        call_deadline_ms: Some(250),
+        connect_peer: Some(false),
+    };
     let loaded = client.load(4, PluginBuild::new("test_echo_v2", v2.clone()).with_manifest(tight)).await?;
     assert_eq!((loaded.service, loaded.generation), (4, 1));
     assert_eq!(
@@ -353,7 +358,7 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
         (8 << 20, 250, false),
         "the manifest's limits"
     );
-    assert_eq!(loaded.swap, None);
+    assert_eq!((loaded.version.as_deref(), loaded.swap), (Some("2.0.1"), None));
     let out_of_range = PluginManifest { call_deadline_ms: Some(0), ..PluginManifest::default() };
     match client.load(5, PluginBuild::new("test_echo_v2", v2.clone()).with_manifest(out_of_range)).await {
         Err(AdminClientError::Refused { status: 400, message }) => {

@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! # echo.toml
+//! version = "1.4.2"        # shown in the service list
 //! memory-mib = 32          # linear memory cap
 //! call-deadline-ms = 200   # longest one plugin call may run
 //! connect-peer = false     # may the plugin open connections itself
@@ -22,12 +23,19 @@ pub const MAX_MEMORY_MIB: u32 = 4096;
 pub const MAX_CALL_DEADLINE_MS: u32 = 60_000;
 /// Longest manifest accepted, in bytes.
 pub const MAX_MANIFEST_LEN: usize = 16 * 1024;
+/// Longest version text, in characters.
+pub const MAX_VERSION_LEN: usize = 64;
 
 /// A plugin manifest. The default (every field `None`) leaves every limit at
 /// the node's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PluginManifest {
+    /// The build's version as its author names it (1 to
+    /// [`MAX_VERSION_LEN`] printable characters), shown in the service
+    /// list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Cap of the plugin's linear memory, in MiB (1 to [`MAX_MEMORY_MIB`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
@@ -50,6 +58,9 @@ pub enum ManifestError {
     /// Not TOML, an unknown key, or a value of the wrong type.
     #[error("manifest is not valid: {0}")]
     Syntax(String),
+    /// A version that is empty, too long or has control characters.
+    #[error("manifest version {0:?} is not 1 to 64 printable characters")]
+    BadVersion(String),
     /// A value outside its range.
     #[error("manifest {key} = {value} is out of range ({range})")]
     OutOfRange {
@@ -79,16 +90,24 @@ impl PluginManifest {
 
     /// Writes the manifest as TOML (only the keys given).
     pub fn encode(&self) -> String {
-        // Three optional scalar keys always serialize; an empty manifest is
-        // the empty document.
+        // Optional scalar keys always serialize; an empty manifest is the
+        // empty document.
         toml::to_string(self).unwrap_or_default()
     }
 
     /// Checks every value given against its range.
     ///
     /// # Errors
-    /// [`ManifestError::OutOfRange`] for the first value outside its range.
+    /// [`ManifestError::OutOfRange`] for the first value outside its range,
+    /// [`ManifestError::BadVersion`] for an unusable version.
     pub fn check(&self) -> Result<(), ManifestError> {
+        if let Some(version) = &self.version
+            && (version.is_empty()
+                || version.chars().count() > MAX_VERSION_LEN
+                || version.chars().any(char::is_control))
+        {
+            return Err(ManifestError::BadVersion(version.clone()));
+        }
         if let Some(value) = self.memory_mib
             && !(1..=MAX_MEMORY_MIB).contains(&value)
         {
@@ -106,6 +125,7 @@ impl PluginManifest {
     /// load command's flags over the manifest file).
     pub fn or(self, other: PluginManifest) -> PluginManifest {
         PluginManifest {
+            version: self.version.or(other.version),
             memory_mib: self.memory_mib.or(other.memory_mib),
             call_deadline_ms: self.call_deadline_ms.or(other.call_deadline_ms),
             connect_peer: self.connect_peer.or(other.connect_peer),
@@ -119,9 +139,14 @@ mod tests {
 
     #[test]
     fn full_manifest_round_trips() {
-        let manifest = PluginManifest { memory_mib: Some(32), call_deadline_ms: Some(200), connect_peer: Some(false) };
+        let manifest = PluginManifest {
+            version: Some("1.4.2 \"beta\"".into()),
+            memory_mib: Some(32),
+            call_deadline_ms: Some(200),
+            connect_peer: Some(false),
+        };
         let text = manifest.encode();
-        assert_eq!(text, "memory-mib = 32\ncall-deadline-ms = 200\nconnect-peer = false\n");
+        assert_eq!(text, "version = '1.4.2 \"beta\"'\nmemory-mib = 32\ncall-deadline-ms = 200\nconnect-peer = false\n");
         assert_eq!(PluginManifest::decode(&text), Ok(manifest));
     }
 
@@ -171,6 +196,16 @@ mod tests {
     }
 
     #[test]
+    fn unusable_versions_are_refused() {
+        for bad in ["", "1\n2", &"9".repeat(MAX_VERSION_LEN + 1)] {
+            let text = PluginManifest { version: Some(bad.to_string()), ..PluginManifest::default() }.encode();
+            assert_eq!(PluginManifest::decode(&text), Err(ManifestError::BadVersion(bad.to_string())), "{bad:?}");
+        }
+        let longest = "é".repeat(MAX_VERSION_LEN);
+        assert!(PluginManifest::decode(&format!("version = \"{longest}\"")).is_ok());
+    }
+
+    #[test]
     fn overlong_manifest_is_refused_before_parsing() {
         let text = "#".repeat(MAX_MANIFEST_LEN + 1);
         assert_eq!(PluginManifest::decode(&text), Err(ManifestError::TooLong(MAX_MANIFEST_LEN + 1)));
@@ -178,12 +213,22 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let file = PluginManifest { memory_mib: Some(32), call_deadline_ms: Some(200), connect_peer: None };
+        let file = PluginManifest {
+            version: Some("2".into()),
+            memory_mib: Some(32),
+            call_deadline_ms: Some(200),
+            connect_peer: None,
+        };
         let flags =
             PluginManifest { call_deadline_ms: Some(20), connect_peer: Some(false), ..PluginManifest::default() };
         assert_eq!(
             flags.or(file),
-            PluginManifest { memory_mib: Some(32), call_deadline_ms: Some(20), connect_peer: Some(false) }
+            PluginManifest {
+                version: Some("2".into()),
+                memory_mib: Some(32),
+                call_deadline_ms: Some(20),
+                connect_peer: Some(false)
+            }
         );
     }
 }

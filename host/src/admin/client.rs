@@ -50,6 +50,9 @@ pub struct ServiceEntry {
     pub name: String,
     /// Hex SHA-256 of the plugin's wasm.
     pub hash: String,
+    /// The plugin's version, when its manifest gives one.
+    #[serde(default)]
+    pub version: Option<String>,
     /// The limits the plugin runs with.
     pub limits: LimitsEntry,
     /// Plugin generation (1 when loaded, one more per swap).

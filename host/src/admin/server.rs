@@ -165,6 +165,7 @@ fn service_json(info: &crate::node::ServiceInfo) -> serde_json::Value {
         "service": info.service,
         "name": info.name,
         "hash": info.hash,
+        "version": info.version,
         "limits": {
             "memory_bytes": info.limits.memory_bytes,
             "call_deadline_ms": info.limits.call_deadline.as_millis() as u64,

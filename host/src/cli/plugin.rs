@@ -24,7 +24,7 @@ pub struct PluginArgs {
 
 #[derive(Debug, Subcommand)]
 enum PluginAction {
-    /// List the services: plugin, generation, state, connections, calls, crashes.
+    /// List the services: plugin, version, limits, generation, state, connections, calls, crashes.
     List,
     /// Load a plugin on a free service number.
     Load(UploadArgs),
@@ -62,6 +62,9 @@ struct UploadArgs {
     /// Whether the plugin may open connections (over the manifest's).
     #[arg(long, value_name = "BOOL")]
     connect_peer: Option<bool>,
+    /// The build's version, shown in the list (over the manifest's).
+    #[arg(long, value_name = "TEXT")]
+    plugin_version: Option<String>,
 }
 
 impl UploadArgs {
@@ -75,6 +78,7 @@ impl UploadArgs {
             build.manifest = PluginManifest::decode(&text).with_context(|| format!("manifest {}", path.display()))?;
         }
         let flags = PluginManifest {
+            version: self.plugin_version.clone(),
             memory_mib: self.memory_mib,
             call_deadline_ms: self.call_deadline_ms,
             connect_peer: self.connect_peer,
@@ -87,9 +91,10 @@ impl UploadArgs {
 
 fn print_entry(entry: &ServiceEntry) {
     println!(
-        "{:>7}  {:<20} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  {}",
+        "{:>7}  {:<20} {:<10} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  {}",
         entry.service,
         entry.name,
+        entry.version.as_deref().unwrap_or("-"),
         format!(
             "{}MiB {}ms {}",
             entry.limits.memory_bytes >> 20,
@@ -107,8 +112,8 @@ fn print_entry(entry: &ServiceEntry) {
 
 fn header() {
     println!(
-        "{:>7}  {:<20} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  hash",
-        "service", "plugin", "limits", "generation", "state", "connections", "calls", "crashes"
+        "{:>7}  {:<20} {:<10} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  hash",
+        "service", "plugin", "version", "limits", "generation", "state", "connections", "calls", "crashes"
     );
 }
 

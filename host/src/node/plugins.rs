@@ -105,6 +105,8 @@ pub struct ServiceInfo {
     pub name: String,
     /// Hex SHA-256 of the wasm.
     pub hash: String,
+    /// The plugin's version, when its manifest gives one.
+    pub version: Option<String>,
     /// The limits the plugin runs with.
     pub limits: PluginLimits,
     /// The plugin generation serving: 1 when loaded, one more per swap.
@@ -131,11 +133,12 @@ impl LoadedService {
     /// What the service's plugin is and how it is doing.
     fn info(&self, service: u8) -> ServiceInfo {
         let s = &self.actor.status;
-        let PluginIdentity { name, hash, limits } = s.identity();
+        let PluginIdentity { name, hash, version, limits } = s.identity();
         ServiceInfo {
             service,
             name,
             hash,
+            version,
             limits,
             generation: s.generation.load(Ordering::Relaxed),
             state: s.state(),
@@ -200,7 +203,7 @@ impl Node {
             events: self.inner.plugin_events.clone(),
         };
         let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
-        actor.status.set_identity(PluginIdentity { name: build.name, hash, limits });
+        actor.status.set_identity(PluginIdentity { name: build.name, hash, version: build.manifest.version, limits });
         let loaded = Arc::new(LoadedService { actor, counters });
         let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
         if services.contains_key(&service) {
@@ -282,7 +285,12 @@ impl Node {
             .await
             .map_err(|_| plugin_err(PluginError::Actor("the plugin stopped during the swap".into())))?
             .map_err(plugin_err)?;
-        loaded.actor.status.set_identity(PluginIdentity { name: build.name, hash, limits });
+        loaded.actor.status.set_identity(PluginIdentity {
+            name: build.name,
+            hash,
+            version: build.manifest.version,
+            limits,
+        });
         Ok(SwapReport {
             generation: outcome.generation,
             pause: outcome.pause,

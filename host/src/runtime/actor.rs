@@ -82,6 +82,8 @@ pub struct PluginIdentity {
     pub name: String,
     /// Hex SHA-256 of its wasm.
     pub hash: String,
+    /// Its version, when its manifest gives one.
+    pub version: Option<String>,
     /// Its limits.
     pub limits: PluginLimits,
 }
