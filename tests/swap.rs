@@ -414,22 +414,56 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
 }
 
 #[tokio::test]
-async fn a_stream_plugin_is_not_swapped_live_yet_and_keeps_streaming() -> anyhow::Result<()> {
-    let device = node_with("device", &[(5, "adaptive-source")]).await?;
+async fn a_stream_plugin_swapped_live_ends_its_streams_and_keeps_the_connection() -> anyhow::Result<()> {
+    use fogconnect::{MediaEvent, StreamError, StreamSession};
+
+    let device = node_with("device", &[(5, "adaptive-source"), (SERVICE, "test-echo-v1")]).await?;
     let app = node_with("app", &[]).await?;
-    let session = fogconnect::StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
+    let session = StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
     let mut live = session.open("action=live").await?;
-    match device.swap_plugin(5, &common::plugin("adaptive-source")).await {
-        Err(NodeError::Plugin { source: PluginError::Unsupported(what), .. }) => {
-            assert_eq!(what, "swapping a stream plugin live")
-        }
-        other => bail!("expected unsupported, got {other:?}"),
-    }
-    for _ in 0..5 {
+    let talk = session.talk("action=talk").await?;
+    talk.send(b"before the swap")?;
+    for _ in 0..3 {
         match tokio::time::timeout(WAIT, live.recv()).await? {
-            fogconnect::MediaEvent::Data(_) => {}
-            fogconnect::MediaEvent::Ended(reason) => bail!("the stream ended: {reason}"),
+            MediaEvent::Data(_) => {}
+            MediaEvent::Ended(reason) => bail!("the stream ended before the swap: {reason}"),
         }
+    }
+    let report = device.swap_plugin(5, &common::plugin("adaptive-source")).await?;
+    assert_eq!((report.generation, &report.state), (2, &StateHandoff::Fresh));
+    // The data queued before the swap arrives, then the end with the reason.
+    let ended = loop {
+        match tokio::time::timeout(WAIT, live.recv()).await? {
+            MediaEvent::Data(_) => continue,
+            MediaEvent::Ended(reason) => break reason,
+        }
+    };
+    assert_eq!(ended, "service plugin swapped");
+    eventually("the talk-back ended", || talk.ended().is_some()).await?;
+    match talk.send(b"after the swap") {
+        Err(StreamError::Ended(reason)) => assert_eq!(reason, "service plugin swapped"),
+        other => bail!("expected the talk-back to have ended, got {other:?}"),
+    }
+    // The same connection: the new generation serves a new stream.
+    let mut again = session.open("action=live").await?;
+    match tokio::time::timeout(WAIT, again.recv()).await? {
+        MediaEvent::Data(_) => {}
+        MediaEvent::Ended(reason) => bail!("the new stream ended: {reason}"),
+    }
+    assert!(session.ended().is_none());
+    let info = device.services().into_iter().find(|s| s.service == 5).context("service 5")?;
+    assert_eq!((info.generation, info.connections, info.crashes), (2, 1, 0));
+
+    // Worlds are not mixed.
+    match device.swap_plugin(5, &common::plugin("test-echo-v2")).await {
+        Err(NodeError::Plugin { source: PluginError::Link(message), .. }) => {
+            assert!(message.contains("another stream plugin"), "{message}")
+        }
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    match tokio::time::timeout(WAIT, again.recv()).await? {
+        MediaEvent::Data(_) => {}
+        MediaEvent::Ended(reason) => bail!("a refused swap ended the stream: {reason}"),
     }
     Ok(())
 }

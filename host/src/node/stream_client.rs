@@ -51,6 +51,10 @@ pub enum StreamError {
     /// The device answered a command with an error.
     #[error("the device refused the command: {0}")]
     Remote(String),
+    /// The device ended the talk-back stream (e.g. "service plugin
+    /// swapped"); open a new one.
+    #[error("the device ended the stream: {0}")]
+    Ended(String),
     /// The data could not be queued on the connection.
     #[error(transparent)]
     Send(#[from] SendError),
@@ -71,6 +75,8 @@ pub enum MediaEvent {
 struct Routes {
     opening: HashMap<u32, oneshot::Sender<Result<(), String>>>,
     media: HashMap<u32, mpsc::Sender<MediaEvent>>,
+    /// Open talk-back streams: `Some(reason)` once the device ended one.
+    talk: HashMap<u32, Option<String>>,
     commands: HashMap<u32, oneshot::Sender<Result<Bytes, StreamError>>>,
     ended: Option<String>,
 }
@@ -214,9 +220,13 @@ impl TalkBack {
     /// chunks are skipped (the end is [`TalkBack::finish`]).
     ///
     /// # Errors
+    /// [`StreamError::Ended`] when the device ended the stream,
     /// [`StreamError::Send`] when the connection's buffer is full or it
     /// ended.
     pub fn send(&self, data: &[u8]) -> Result<(), StreamError> {
+        if let Some(reason) = self.ended() {
+            return Err(StreamError::Ended(reason));
+        }
         if data.is_empty() {
             return Ok(());
         }
@@ -224,6 +234,11 @@ impl TalkBack {
         message.extend_from_slice(&StreamMessage::data_header(self.id));
         message.extend_from_slice(data);
         self.session.conn.send(Bytes::from(message)).map_err(StreamError::from)
+    }
+
+    /// Why the device ended the stream, once it did.
+    pub fn ended(&self) -> Option<String> {
+        self.session.routes().talk.get(&self.id).cloned().flatten()
     }
 
     /// Ends the stream: the plugin's `recv-data` gets the empty end chunk.
@@ -234,7 +249,10 @@ impl TalkBack {
     fn end(&mut self) {
         if !self.finished {
             self.finished = true;
-            let _ = self.session.send(&StreamMessage::End { stream: self.id, reason: "talk-back finished".into() });
+            let ended_by_device = self.session.routes().talk.remove(&self.id).flatten().is_some();
+            if !ended_by_device {
+                let _ = self.session.send(&StreamMessage::End { stream: self.id, reason: "talk-back finished".into() });
+            }
         }
     }
 }
@@ -330,6 +348,11 @@ impl StreamSession {
                 return Err(StreamError::Closed(reason.clone()));
             }
             routes.opening.insert(id, tx);
+            if !send {
+                // Before the request: the device may end it right after
+                // accepting it.
+                routes.talk.insert(id, None);
+            }
             send.then(|| {
                 let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
                 routes.media.insert(id, media_tx);
@@ -351,6 +374,7 @@ impl StreamSession {
                 let mut routes = self.shared.routes();
                 routes.opening.remove(&id);
                 routes.media.remove(&id);
+                routes.talk.remove(&id);
                 Err(match &routes.ended {
                     Some(ended) => StreamError::Closed(ended.clone()),
                     None => StreamError::Refused(reason),
@@ -446,7 +470,13 @@ async fn read_loop(mut conn: Connection, shared: Arc<SessionShared>, commands: m
                 }
             }
             StreamMessage::End { stream, reason } => {
-                let tx = shared.routes().media.remove(&stream);
+                let tx = {
+                    let mut routes = shared.routes();
+                    if let Some(talk) = routes.talk.get_mut(&stream) {
+                        talk.get_or_insert(reason.clone());
+                    }
+                    routes.media.remove(&stream)
+                };
                 if let Some(tx) = tx {
                     let _ = tx.send(MediaEvent::Ended(reason)).await;
                 }

@@ -432,19 +432,47 @@ pub(super) fn decide_after_crash(
     }
 }
 
-/// The generation a swap replaced, kept for a rollback.
-struct PreviousGeneration {
-    prepared: PreparedPlugin,
-    component: ServiceComponent,
-    ctx: Arc<PluginContext>,
+/// The generation a swap replaced, kept for a rollback: its build (`C`,
+/// the pre-linked component of its world), context and identity.
+pub(super) struct PreviousGeneration<C> {
+    pub(super) prepared: PreparedPlugin,
+    pub(super) component: C,
+    pub(super) ctx: Arc<PluginContext>,
+    pub(super) identity: PluginIdentity,
+}
+
+/// Records that a new generation serves (after a swap or a rollback): a
+/// fresh crash budget, running, one generation more (returned).
+pub(super) fn new_generation_serves(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) -> u64 {
+    *supervisor = Supervisor::new(spec.crash_policy);
+    supervisor.started(Instant::now());
+    status.set_state(PluginRunState::Running);
+    status.generation.fetch_add(1, Ordering::AcqRel) + 1
+}
+
+/// Records and reports a rollback to `previous`'s identity after the
+/// `crashes`-th crash.
+pub(super) fn report_rollback(
+    spec: &ActorSpec,
+    status: &PluginStatus,
+    supervisor: &mut Supervisor,
     identity: PluginIdentity,
+    message: &str,
+    crashes: u64,
+) {
+    let service = spec.ctx.service;
+    status.set_identity(identity);
+    let generation = new_generation_serves(spec, status, supervisor);
+    tracing::warn!(service, generation, "plugin rolled back to the previous generation: {message}");
+    let _ = spec.events.send(PluginEvent::Crashed { service, message: message.to_string(), crashes });
+    let _ = spec.events.send(PluginEvent::RolledBack { service, message: message.to_string() });
 }
 
 pub(super) struct Actor {
     /// The generation serving: its context (limits) is `spec.ctx`.
     spec: ActorSpec,
     component: ServiceComponent,
-    previous: Option<PreviousGeneration>,
+    previous: Option<PreviousGeneration<ServiceComponent>>,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
@@ -521,10 +549,7 @@ impl Actor {
             ctx: old_ctx,
             identity: self.status.identity(),
         });
-        self.supervisor = Supervisor::new(self.spec.crash_policy);
-        self.supervisor.started(Instant::now());
-        self.status.set_state(PluginRunState::Running);
-        let generation = self.status.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
         tracing::info!(service = self.service(), generation, %state, "plugin swapped");
         Ok((generation, state))
     }
@@ -789,14 +814,7 @@ impl Actor {
                 self.component = previous.component;
                 self.spec.ctx = previous.ctx;
                 self.spec.prepared = previous.prepared;
-                self.status.set_identity(previous.identity);
-                self.supervisor = Supervisor::new(self.spec.crash_policy);
-                self.supervisor.started(Instant::now());
-                self.status.set_state(PluginRunState::Running);
-                let generation = self.status.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::warn!(service, generation, "plugin rolled back to the previous generation: {message}");
-                let _ = self.spec.events.send(PluginEvent::Crashed { service, message: message.to_string(), crashes });
-                let _ = self.spec.events.send(PluginEvent::RolledBack { service, message: message.to_string() });
+                report_rollback(&self.spec, &self.status, &mut self.supervisor, previous.identity, message, crashes);
                 Some(None)
             }
             Err(e) => {

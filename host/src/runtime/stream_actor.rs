@@ -7,7 +7,14 @@
 //! the connection's pump task. Every handle a plugin instance returned from
 //! `send-init` gets exactly one `send-stop` from that instance, whichever
 //! way the stream ends (application stop, plugin end, connection loss,
-//! node shutdown); a crashed instance takes its streams with it.
+//! node shutdown, live swap); a crashed instance takes its streams with it.
+//!
+//! A live swap keeps the connections and ends their streams: the
+//! generation serving stops each (`send-stop`, talk-back end), the
+//! application sees each stream end with "service plugin swapped" after
+//! the data already queued, and opens new ones, served by the new
+//! generation, on the same connection. Commands the old generation was
+//! waiting on are dropped with it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,9 +28,11 @@ use wasmtime::Store;
 
 use super::PluginError;
 use super::actor::{
-    ActorSpec, ActorStop, PluginRunState, PluginStatus, deadline_ticks, decide_after_crash, describe_failure,
-    report_restart,
+    ActorSpec, ActorStop, PluginRunState, PluginStatus, PreviousGeneration, StateHandoff, SwapOutcome, SwapRequest,
+    deadline_ticks, decide_after_crash, describe_failure, new_generation_serves, report_restart, report_rollback,
 };
+use super::engine::PreparedWorld;
+use super::state::{PluginContext, PluginLimits};
 use super::stream_bindings::fogconnect::streaming::types;
 use super::stream_bindings::{StreamPlugin, StreamPluginPre};
 use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
@@ -50,6 +59,27 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 struct StreamInstance {
     store: Store<StreamState>,
     bindings: StreamPlugin,
+    /// Epoch ticks of this generation's call deadline.
+    deadline_ticks: u64,
+}
+
+/// What the application is told when a swap ends its stream.
+const SWAP_END_REASON: &str = "service plugin swapped";
+
+/// Instantiates a stream plugin in a fresh store with the limits of `ctx`.
+fn instantiate(pre: &StreamPluginPre<StreamState>, ctx: &Arc<PluginContext>) -> Result<StreamInstance, String> {
+    let deadline_ticks = deadline_ticks(ctx.limits.call_deadline);
+    let mut store = Store::new(pre.engine(), StreamState::new(ctx.clone()));
+    store.limiter(|state| &mut state.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks);
+    match pre.instantiate(&mut store) {
+        Ok(bindings) => Ok(StreamInstance { store, bindings, deadline_ticks }),
+        Err(e) => {
+            let state = store.data();
+            Err(describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr))
+        }
+    }
 }
 
 /// How a send stream ended.
@@ -64,13 +94,14 @@ enum StopCause {
 }
 
 pub(super) struct StreamActor {
+    /// The generation serving: its context (limits) is `spec.ctx`.
     spec: ActorSpec,
     pre: StreamPluginPre<StreamState>,
+    previous: Option<PreviousGeneration<StreamPluginPre<StreamState>>>,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
     instance: Option<StreamInstance>,
-    deadline_ticks: u64,
     /// The node's runtime, where the pump tasks run; `None` in the
     /// harness, which takes the queued messages out itself.
     runtime: Option<tokio::runtime::Handle>,
@@ -95,16 +126,15 @@ impl StreamActor {
         status: Arc<PluginStatus>,
         runtime: Option<tokio::runtime::Handle>,
     ) -> Self {
-        let deadline_ticks = deadline_ticks(spec.ctx.limits.call_deadline);
         let supervisor = Supervisor::new(spec.crash_policy);
         Self {
             spec,
             pre,
+            previous: None,
             rx,
             status,
             supervisor,
             instance: None,
-            deadline_ticks,
             runtime,
             last_sample: Instant::now(),
             pull_batch: PULL_BATCH,
@@ -121,17 +151,100 @@ impl StreamActor {
     }
 
     fn instantiate(&self) -> Result<StreamInstance, String> {
-        let mut store = Store::new(self.pre.engine(), StreamState::new(self.spec.ctx.clone()));
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks);
-        match self.pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(StreamInstance { store, bindings }),
-            Err(e) => {
-                let state = store.data();
-                Err(describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr))
+        instantiate(&self.pre, &self.spec.ctx)
+    }
+
+    /// Replaces the plugin with a new generation: instantiated first (a
+    /// failure leaves the old one serving); then every stream of the old
+    /// generation ends (see the module documentation), the connections
+    /// move to the new generation, and the old instance is dropped.
+    /// Returns the new generation's number.
+    fn swap(&mut self, prepared: super::engine::PreparedPlugin, limits: PluginLimits) -> Result<u64, PluginError> {
+        let PreparedWorld::Stream(pre) = prepared.world.clone() else {
+            return Err(PluginError::Link("a stream plugin can only be swapped for another stream plugin".into()));
+        };
+        let ctx = Arc::new(self.spec.ctx.with_limits(limits));
+        let mut fresh = instantiate(&pre, &ctx).map_err(PluginError::Instantiate)?;
+        self.end_streams_for_swap();
+        if let Some(mut old) = self.instance.take() {
+            // The old generation's streams are gone; its connections (with
+            // their pumps) carry on under the new one.
+            fresh.store.data_mut().core.conns = std::mem::take(&mut old.store.data_mut().core.conns);
+        }
+        self.instance = Some(fresh);
+        let old_pre = std::mem::replace(&mut self.pre, pre);
+        let old_prepared = std::mem::replace(&mut self.spec.prepared, prepared);
+        let old_ctx = std::mem::replace(&mut self.spec.ctx, ctx);
+        self.previous = Some(PreviousGeneration {
+            prepared: old_prepared,
+            component: old_pre,
+            ctx: old_ctx,
+            identity: self.status.identity(),
+        });
+        let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
+        tracing::info!(service = self.service(), generation, "stream plugin swapped");
+        Ok(generation)
+    }
+
+    /// Ends every stream of the generation serving, in handle order: the
+    /// application is told (after the data already queued), the plugin
+    /// gets `send-stop` or its talk-back end. A plugin failing meanwhile is
+    /// not called again; its remaining streams end all the same.
+    fn end_streams_for_swap(&mut self) {
+        let mut handles: Vec<u64> = self.core().map(|core| core.streams.keys().copied().collect()).unwrap_or_default();
+        handles.sort_unstable();
+        let mut plugin_ok = true;
+        for handle in handles {
+            let result = match self.detach_for_swap(handle) {
+                Some(true) if plugin_ok => self.call(|b, s| b.fogconnect_streaming_handler().call_send_stop(s, handle)),
+                Some(false) if plugin_ok => {
+                    self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &[]))
+                }
+                _ => Ok(()),
+            };
+            if let Err(message) = result {
+                tracing::warn!(
+                    service = self.service(),
+                    "stream plugin failed while its streams ended for a swap: {message}"
+                );
+                plugin_ok = false;
             }
         }
+    }
+
+    /// Takes a stream out of the tables for a swap and tells the
+    /// application it ended. `Some(true)` for a send stream, `Some(false)`
+    /// for a talk-back stream.
+    fn detach_for_swap(&mut self, handle: u64) -> Option<bool> {
+        let core = self.core()?;
+        let entry = core.streams.remove(&handle)?;
+        let send = matches!(entry.kind, StreamKind::Send { .. });
+        if send {
+            core.schedule.remove(handle);
+        }
+        let c = core.conns.get_mut(&entry.conn)?;
+        c.streams.remove(&entry.wire);
+        if send {
+            c.queues.lock().finish(entry.wire, SWAP_END_REASON);
+            c.queues.queued.notify_one();
+        } else {
+            c.send_now(&StreamMessage::End { stream: entry.wire, reason: SWAP_END_REASON.into() });
+        }
+        Some(send)
+    }
+
+    /// Serves a swap request: the outcome goes to its caller.
+    fn serve_swap(&mut self, request: SwapRequest) {
+        let SwapRequest { prepared, limits, done } = request;
+        let started = Instant::now();
+        let outcome = self.swap(prepared, limits);
+        let pause = started.elapsed();
+        let counters = &self.spec.ctx.counters;
+        counters.swap_pause_seconds.observe(pause);
+        if outcome.is_ok() {
+            counters.swaps.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = done.send(outcome.map(|generation| SwapOutcome { generation, pause, state: StateHandoff::Fresh }));
     }
 
     pub(super) fn run(self, ready: oneshot::Sender<Result<(), PluginError>>) {
@@ -196,6 +309,12 @@ impl StreamActor {
                     self.shutdown(ActorStop::Unloaded);
                     break;
                 }
+                Some(Some(ConnEvent::Swap(request))) => {
+                    self.serve_swap(*request);
+                    if self.instance.is_some() {
+                        restart_at = None;
+                    }
+                }
                 Some(Some(event)) => {
                     if let Err(message) = self.handle(event) {
                         restart_at = self.crashed(message);
@@ -237,7 +356,7 @@ impl StreamActor {
             return Err("the plugin instance is gone".into());
         };
         self.status.calls.fetch_add(1, Ordering::Relaxed);
-        instance.store.set_epoch_deadline(self.deadline_ticks);
+        instance.store.set_epoch_deadline(instance.deadline_ticks);
         let started = Instant::now();
         let result = f(&instance.bindings, &mut instance.store);
         self.spec.ctx.counters.call_seconds.observe(started.elapsed());
@@ -272,7 +391,7 @@ impl StreamActor {
             // Stream plugins open no connections; nothing else reaches here.
             ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
-                let _ = request.done.send(Err(PluginError::Unsupported("swapping a stream plugin live".into())));
+                let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }
         }
         self.flush_events()
@@ -619,6 +738,29 @@ impl StreamActor {
             for (_, c) in instance.store.data_mut().core.conns.drain() {
                 c.stop.cancel();
                 c.shared.fail(format!("plugin of service {service} failed: {message}"));
+            }
+        }
+        if self.previous.is_some()
+            && self.supervisor.next_crash_disables(Instant::now())
+            && let Some(previous) = self.previous.take()
+        {
+            match instantiate(&previous.component, &previous.ctx) {
+                Ok(instance) => {
+                    self.instance = Some(instance);
+                    self.pre = previous.component;
+                    self.spec.ctx = previous.ctx;
+                    self.spec.prepared = previous.prepared;
+                    report_rollback(
+                        &self.spec,
+                        &self.status,
+                        &mut self.supervisor,
+                        previous.identity,
+                        &message,
+                        crashes,
+                    );
+                    return None;
+                }
+                Err(e) => tracing::error!(service, "cannot roll back to the previous generation: {e}"),
             }
         }
         decide_after_crash(&self.spec, &self.status, &mut self.supervisor, message, crashes)
