@@ -468,6 +468,89 @@ async fn a_stream_plugin_swapped_live_ends_its_streams_and_keeps_the_connection(
     Ok(())
 }
 
+/// The next chunk of a ticker stream, as its number.
+async fn tick(stream: &mut fogconnect::MediaStream) -> anyhow::Result<u64> {
+    match tokio::time::timeout(WAIT, stream.recv()).await? {
+        fogconnect::MediaEvent::Data(chunk) => Ok(std::str::from_utf8(&chunk)?.parse()?),
+        fogconnect::MediaEvent::Ended(reason) => bail!("the stream ended: {reason}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_plugin_with_handoff_keeps_its_streams_going_across_a_swap() -> anyhow::Result<()> {
+    let device = node_with("device", &[(5, "test-ticker")]).await?;
+    let app = node_with("app", &[]).await?;
+    let session = fogconnect::StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
+    let mut streams = [session.open("a").await?, session.open("b").await?];
+    let mut expected = [0u64; 2];
+    for (stream, next) in streams.iter_mut().zip(&mut expected) {
+        for _ in 0..5 {
+            assert_eq!(tick(stream).await?, *next);
+            *next += 1;
+        }
+    }
+    let ticker = common::plugin("test-ticker");
+    for swap in 0..3 {
+        let report = device.swap_plugin(5, &ticker).await?;
+        // Tag, last handle, and two (handle, next number) pairs.
+        let bytes = "ticker/1:".len() + 8 + 2 * 16;
+        assert_eq!((report.generation, &report.state), (swap + 2, &StateHandoff::Handed { bytes }));
+        // Every chunk once, in order, through the swap.
+        for (stream, next) in streams.iter_mut().zip(&mut expected) {
+            for _ in 0..5 {
+                assert_eq!(tick(stream).await?, *next, "swap {swap}");
+                *next += 1;
+            }
+        }
+    }
+    // The restored generation knows the handles it gave out.
+    let mut third = session.open("c").await?;
+    assert_eq!(tick(&mut third).await?, 0);
+    assert_eq!(tick(&mut streams[0]).await?, expected[0]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_swapped_in_stream_plugin_that_keeps_crashing_is_rolled_back() -> anyhow::Result<()> {
+    let config = fogconnect::NodeConfig {
+        crash_policy: fogconnect::CrashPolicy { max_crashes: 1, ..Default::default() },
+        ..common::config()
+    };
+    let device = common::node_with_config("device", &[(5, "test-ticker")], config).await?;
+    let mut events = device.plugin_events();
+    let app = node_with("app", &[]).await?;
+    device.swap_plugin(5, &common::plugin("test-ticker")).await?;
+    for attempt in 0..2 {
+        let session = fogconnect::StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
+        match session.command(&b"panic"[..], WAIT).await {
+            Err(fogconnect::StreamError::Closed(reason)) => assert!(reason.contains("failed"), "{reason}"),
+            other => bail!("expected the crash to close the session (attempt {attempt}), got {other:?}"),
+        }
+        eventually("serving again", || {
+            device.services().iter().any(|s| s.service == 5 && s.state == fogconnect::PluginRunState::Running)
+        })
+        .await?;
+    }
+    let rolled_back = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(fogconnect::PluginEvent::RolledBack { service, .. }) => break Ok(service),
+                Ok(fogconnect::PluginEvent::Disabled { .. }) => break Err(anyhow::anyhow!("disabled instead")),
+                Ok(_) => continue,
+                Err(e) => break Err(anyhow::anyhow!("events: {e}")),
+            }
+        }
+    })
+    .await??;
+    assert_eq!(rolled_back, 5);
+    let info = device.services().into_iter().find(|s| s.service == 5).context("service 5")?;
+    assert_eq!((info.generation, info.crashes, info.state), (3, 2, fogconnect::PluginRunState::Running));
+    let session = fogconnect::StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 5).await?);
+    let mut stream = session.open("after").await?;
+    assert_eq!(tick(&mut stream).await?, 0, "the rolled-back generation streams");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_swapped_in_plugin_that_keeps_crashing_is_rolled_back() -> anyhow::Result<()> {
     let config = fogconnect::NodeConfig {

@@ -1,12 +1,14 @@
 //! State handoff across a live swap (see `wit/handoff`).
 //!
-//! A service that keeps state worth more than a fresh start (counters,
+//! A plugin that keeps state worth more than a fresh start (counters,
 //! sessions, per-connection data) implements [`Handoff`] and exports it with
-//! `export_service!(Type, handoff)`. When an operator swaps the plugin for a
-//! new build, the node calls [`Handoff::snapshot`] on the instance serving
-//! and [`Handoff::restore`] on the new one before the new one sees any
-//! connection. Connection handles stay the same across a swap, so state keyed
-//! by handle carries over as it is.
+//! `export_service!(Type, handoff)` (or `export_stream!(Type, handoff)` for
+//! a stream plugin). When an operator swaps the plugin for a new build, the
+//! node calls [`Handoff::snapshot`] on the instance serving and
+//! [`Handoff::restore`] on the new one before the new one sees any
+//! connection. Connection and stream handles stay the same across a swap,
+//! so state keyed by handle carries over as it is; a stream plugin's
+//! streams go on without a break.
 //!
 //! ```ignore
 //! use fogconnect_guest::handoff::Handoff;
@@ -51,8 +53,8 @@ pub mod bindings {
     });
 }
 
-/// A service whose state moves to its next generation on a live swap.
-pub trait Handoff: crate::Service {
+/// A plugin whose state moves to its next generation on a live swap.
+pub trait Handoff: Default + 'static {
     /// Everything the next generation needs to carry on, in a format of the
     /// plugin's own (tag it with a version so a later build can tell).
     fn snapshot(&mut self) -> Vec<u8>;

@@ -178,8 +178,26 @@ pub trait StreamPlugin: Default + 'static {
 }
 
 /// Exports a [`StreamPlugin`] implementation as the plugin's callbacks.
+///
+/// `export_stream!(Type, handoff)` also exports the type's
+/// [`Handoff`](crate::handoff::Handoff) implementation: on a live swap its
+/// streams then carry on in the next generation instead of ending.
 #[macro_export]
 macro_rules! export_stream {
+    ($plugin:ty, handoff) => {
+        $crate::export_stream!($plugin);
+
+        impl $crate::handoff::bindings::exports::fogconnect::handoff::state::Guest for __FogconnectStreamExport {
+            fn snapshot() -> ::std::vec::Vec<u8> {
+                __FOGCONNECT_STREAM.with(|p| $crate::handoff::Handoff::snapshot(&mut *p.borrow_mut()))
+            }
+            fn restore(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
+                __FOGCONNECT_STREAM.with(|p| $crate::handoff::Handoff::restore(&mut *p.borrow_mut(), state))
+            }
+        }
+
+        $crate::handoff::bindings::__export_handoff_world!(__FogconnectStreamExport with_types_in $crate::handoff::bindings);
+    };
     ($plugin:ty) => {
         #[doc(hidden)]
         pub struct __FogconnectStreamExport;

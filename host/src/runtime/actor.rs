@@ -17,7 +17,9 @@ use super::PluginError;
 use super::bindings::Service;
 use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
-use super::handoff_bindings::Handoff;
+use super::generation::{
+    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, report_rollback,
+};
 use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
 use super::stream_actor::StreamActor;
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
@@ -298,14 +300,8 @@ impl ActorHandle {
     }
 }
 
-pub(super) struct Instance {
-    store: Store<PluginState>,
-    bindings: Service,
-    /// The state handoff exports, when the plugin has them.
-    handoff: Option<Handoff>,
-    /// Epoch ticks of this generation's call deadline.
-    deadline_ticks: u64,
-}
+/// An instance of a service plugin.
+pub(super) type Instance = PluginInstance<PluginState, Service>;
 
 /// Why an actor closes every connection and stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,27 +346,15 @@ pub(super) fn deadline_ticks(deadline: std::time::Duration) -> u64 {
     (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
+/// A human-readable account of a failed call.
+fn describe(err: &wasmtime::Error, store: &Store<PluginState>) -> String {
+    store.data().describe(err)
+}
+
 /// Instantiates a service plugin in a fresh store (its failure domain) with
 /// the limits of `ctx`.
 fn instantiate(component: &ServiceComponent, ctx: &Arc<PluginContext>) -> Result<Instance, String> {
-    let deadline_ticks = deadline_ticks(ctx.limits.call_deadline);
-    let mut store = Store::new(component.pre.engine(), PluginState::new(ctx.clone()));
-    store.limiter(|state| &mut state.limiter);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks);
-    let instance = component.pre.instantiate(&mut store).map_err(|e| describe(&e, &store))?;
-    let bindings = component.service.load(&mut store, &instance).map_err(|e| describe(&e, &store))?;
-    let handoff = match &component.handoff {
-        Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| describe(&e, &store))?),
-        None => None,
-    };
-    Ok(Instance { store, bindings, handoff, deadline_ticks })
-}
-
-/// A human-readable account of a failed call.
-fn describe(err: &wasmtime::Error, store: &Store<PluginState>) -> String {
-    let state = store.data();
-    describe_failure(err, &state.ctx, state.limiter.memory_refused, &state.stderr)
+    Instance::new(component, ctx, |indices, store, instance| indices.load(store, instance))
 }
 
 /// A human-readable account of a failed call of any plugin: deadline,
@@ -432,42 +416,6 @@ pub(super) fn decide_after_crash(
     }
 }
 
-/// The generation a swap replaced, kept for a rollback: its build (`C`,
-/// the pre-linked component of its world), context and identity.
-pub(super) struct PreviousGeneration<C> {
-    pub(super) prepared: PreparedPlugin,
-    pub(super) component: C,
-    pub(super) ctx: Arc<PluginContext>,
-    pub(super) identity: PluginIdentity,
-}
-
-/// Records that a new generation serves (after a swap or a rollback): a
-/// fresh crash budget, running, one generation more (returned).
-pub(super) fn new_generation_serves(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) -> u64 {
-    *supervisor = Supervisor::new(spec.crash_policy);
-    supervisor.started(Instant::now());
-    status.set_state(PluginRunState::Running);
-    status.generation.fetch_add(1, Ordering::AcqRel) + 1
-}
-
-/// Records and reports a rollback to `previous`'s identity after the
-/// `crashes`-th crash.
-pub(super) fn report_rollback(
-    spec: &ActorSpec,
-    status: &PluginStatus,
-    supervisor: &mut Supervisor,
-    identity: PluginIdentity,
-    message: &str,
-    crashes: u64,
-) {
-    let service = spec.ctx.service;
-    status.set_identity(identity);
-    let generation = new_generation_serves(spec, status, supervisor);
-    tracing::warn!(service, generation, "plugin rolled back to the previous generation: {message}");
-    let _ = spec.events.send(PluginEvent::Crashed { service, message: message.to_string(), crashes });
-    let _ = spec.events.send(PluginEvent::RolledBack { service, message: message.to_string() });
-}
-
 pub(super) struct Actor {
     /// The generation serving: its context (limits) is `spec.ctx`.
     spec: ActorSpec,
@@ -514,7 +462,7 @@ impl Actor {
         };
         let ctx = Arc::new(self.spec.ctx.with_limits(limits));
         let mut fresh = instantiate(&component, &ctx).map_err(PluginError::Instantiate)?;
-        let state = self.hand_state_over(&mut fresh)?;
+        let state = hand_state_over(&self.spec, &self.status, self.instance.as_mut(), &mut fresh)?;
         let conns = self.instance.as_mut().map(|old| old.store.data_mut().take_conns()).unwrap_or_default();
         let mut open: Vec<(u64, Arc<crate::transport::conn::ConnShared>)> = conns
             .iter()
@@ -552,44 +500,6 @@ impl Actor {
         let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
         tracing::info!(service = self.service(), generation, %state, "plugin swapped");
         Ok((generation, state))
-    }
-
-    /// Moves the serving generation's state into `fresh` when both export
-    /// the handoff interface. A trap in `snapshot` is that generation's
-    /// crash (reported, the swap goes on without state); an error or trap
-    /// in `restore` rejects the swap.
-    fn hand_state_over(&mut self, fresh: &mut Instance) -> Result<StateHandoff, PluginError> {
-        let (Some(old), Some(restore)) = (self.instance.as_mut(), fresh.handoff.as_ref()) else {
-            return Ok(StateHandoff::Fresh);
-        };
-        let Some(snapshot) = old.handoff.as_ref() else { return Ok(StateHandoff::Fresh) };
-        let counters = &self.spec.ctx.counters;
-        self.status.calls.fetch_add(2, Ordering::Relaxed);
-        old.store.set_epoch_deadline(old.deadline_ticks);
-        let started = Instant::now();
-        let taken = snapshot.fogconnect_handoff_state().call_snapshot(&mut old.store);
-        counters.call_seconds.observe(started.elapsed());
-        let state = match taken {
-            Ok(state) => state,
-            Err(e) => {
-                let reason = describe(&e, &old.store);
-                let service = self.spec.ctx.service;
-                let crashes = self.status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(service, crashes, "plugin failed in snapshot, swapping without state: {reason}");
-                let message = format!("snapshot failed: {reason}");
-                let _ = self.spec.events.send(PluginEvent::Crashed { service, message, crashes });
-                return Ok(StateHandoff::Lost { reason });
-            }
-        };
-        fresh.store.set_epoch_deadline(fresh.deadline_ticks);
-        let started = Instant::now();
-        let restored = restore.fogconnect_handoff_state().call_restore(&mut fresh.store, &state);
-        counters.call_seconds.observe(started.elapsed());
-        match restored {
-            Ok(Ok(())) => Ok(StateHandoff::Handed { bytes: state.len() }),
-            Ok(Err(reason)) => Err(PluginError::Handoff(reason)),
-            Err(e) => Err(PluginError::Handoff(format!("restore failed: {}", describe(&e, &fresh.store)))),
-        }
     }
 
     /// Parks until `until` or shutdown; true when shutting down.

@@ -16,34 +16,45 @@ use super::PluginError;
 use super::bindings::{Service, ServiceIndices};
 use super::handoff_bindings::HandoffIndices;
 use super::state::PluginState;
-use super::stream_bindings::{StreamPlugin, StreamPluginPre};
+use super::stream_bindings::StreamPlugin;
+use super::stream_bindings::StreamPluginIndices;
 use super::stream_state::StreamState;
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// A service plugin, pre-linked, with the indices of its exports: the
-/// service world's, and the optional state handoff's.
-#[derive(Clone)]
-pub struct ServiceComponent {
+/// A plugin of one world, pre-linked for store data `T`, with the indices
+/// of its exports: the world's (`I`), and the optional state handoff's.
+pub struct PluginComponent<T: 'static, I> {
     /// The pre-linked component.
-    pub pre: InstancePre<PluginState>,
-    /// Where the service world's exports are.
-    pub service: ServiceIndices,
+    pub pre: InstancePre<T>,
+    /// Where the world's exports are.
+    pub world: I,
     /// Where the `fogconnect:handoff/state` exports are, when the plugin
     /// has them.
     pub handoff: Option<HandoffIndices>,
 }
 
-impl ServiceComponent {
-    fn new(pre: InstancePre<PluginState>) -> wasmtime::Result<Self> {
-        let service = ServiceIndices::new(&pre)?;
+impl<T: 'static, I: Clone> Clone for PluginComponent<T, I> {
+    fn clone(&self) -> Self {
+        Self { pre: self.pre.clone(), world: self.world.clone(), handoff: self.handoff.clone() }
+    }
+}
+
+impl<T: 'static, I> PluginComponent<T, I> {
+    fn new(pre: InstancePre<T>, world: impl FnOnce(&InstancePre<T>) -> wasmtime::Result<I>) -> wasmtime::Result<Self> {
+        let world = world(&pre)?;
         // Optional: a plugin without the handoff exports starts each
         // generation afresh.
         let handoff = HandoffIndices::new(&pre).ok();
-        Ok(Self { pre, service, handoff })
+        Ok(Self { pre, world, handoff })
     }
 }
+
+/// A service plugin, ready to instantiate.
+pub type ServiceComponent = PluginComponent<PluginState, ServiceIndices>;
+/// A stream plugin, ready to instantiate.
+pub type StreamComponent = PluginComponent<StreamState, StreamPluginIndices>;
 
 /// Which world a plugin implements, pre-linked: instantiating it is cheap.
 #[derive(Clone)]
@@ -51,8 +62,9 @@ pub enum PreparedWorld {
     /// A service plugin (`fogconnect:plugin/service`), possibly with the
     /// state handoff exports (`fogconnect:handoff/state`).
     Service(ServiceComponent),
-    /// A stream plugin (`fogconnect:streaming/stream-plugin`).
-    Stream(StreamPluginPre<StreamState>),
+    /// A stream plugin (`fogconnect:streaming/stream-plugin`), possibly
+    /// with the state handoff exports.
+    Stream(StreamComponent),
 }
 
 /// Result of preparing a plugin: ready to instantiate.
@@ -146,14 +158,17 @@ impl PluginEngine {
         let started = Instant::now();
         let hash = hex_sha256(wasm);
         let (component, from_cache) = self.component(wasm, &hash)?;
-        let service =
-            self.linker.instantiate_pre(&component).and_then(ServiceComponent::new).map(PreparedWorld::Service);
+        let service = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(|pre| ServiceComponent::new(pre, ServiceIndices::new))
+            .map(PreparedWorld::Service);
         let world = match service {
             Ok(world) => world,
             Err(service_err) => self
                 .stream_linker
                 .instantiate_pre(&component)
-                .and_then(StreamPluginPre::new)
+                .and_then(|pre| StreamComponent::new(pre, StreamPluginIndices::new))
                 .map(PreparedWorld::Stream)
                 .map_err(|stream_err| {
                     PluginError::Link(format!(

@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod engine;
+mod generation;
 pub mod harness;
 pub mod state;
 pub mod stderr_tail;

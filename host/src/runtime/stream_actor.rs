@@ -9,12 +9,16 @@
 //! way the stream ends (application stop, plugin end, connection loss,
 //! node shutdown, live swap); a crashed instance takes its streams with it.
 //!
-//! A live swap keeps the connections and ends their streams: the
-//! generation serving stops each (`send-stop`, talk-back end), the
-//! application sees each stream end with "service plugin swapped" after
-//! the data already queued, and opens new ones, served by the new
-//! generation, on the same connection. Commands the old generation was
-//! waiting on are dropped with it.
+//! A live swap keeps the connections. When both generations export
+//! `fogconnect:handoff/state` and the new one restores the old one's
+//! snapshot, everything moves to the new generation as it is: streams
+//! (same handles, same watermarks, nothing ended), talk-back streams and
+//! the commands waiting for a reply. Otherwise the streams end: the
+//! generation serving stops each (`send-stop`, talk-back end; not after a
+//! trap in `snapshot`), the application sees each stream end with "service
+//! plugin swapped" after the data already queued, and opens new ones,
+//! served by the new generation, on the same connection; commands the old
+//! generation was waiting on are dropped with it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,13 +32,16 @@ use wasmtime::Store;
 
 use super::PluginError;
 use super::actor::{
-    ActorSpec, ActorStop, PluginRunState, PluginStatus, PreviousGeneration, StateHandoff, SwapOutcome, SwapRequest,
-    deadline_ticks, decide_after_crash, describe_failure, new_generation_serves, report_restart, report_rollback,
+    ActorSpec, ActorStop, PluginRunState, PluginStatus, StateHandoff, SwapOutcome, SwapRequest, decide_after_crash,
+    report_restart,
 };
-use super::engine::PreparedWorld;
+use super::engine::{PreparedWorld, StreamComponent};
+use super::generation::{
+    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, report_rollback,
+};
 use super::state::{PluginContext, PluginLimits};
+use super::stream_bindings::StreamPlugin;
 use super::stream_bindings::fogconnect::streaming::types;
-use super::stream_bindings::{StreamPlugin, StreamPluginPre};
 use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
 use super::supervisor::Supervisor;
 use crate::stream::command::MAX_COMMAND_BYTES;
@@ -56,30 +63,15 @@ pub const PULL_BATCH: usize = 1024;
 /// are refused, so one application cannot exhaust a device.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
-struct StreamInstance {
-    store: Store<StreamState>,
-    bindings: StreamPlugin,
-    /// Epoch ticks of this generation's call deadline.
-    deadline_ticks: u64,
-}
+/// An instance of a stream plugin.
+type StreamInstance = PluginInstance<StreamState, StreamPlugin>;
 
 /// What the application is told when a swap ends its stream.
 const SWAP_END_REASON: &str = "service plugin swapped";
 
 /// Instantiates a stream plugin in a fresh store with the limits of `ctx`.
-fn instantiate(pre: &StreamPluginPre<StreamState>, ctx: &Arc<PluginContext>) -> Result<StreamInstance, String> {
-    let deadline_ticks = deadline_ticks(ctx.limits.call_deadline);
-    let mut store = Store::new(pre.engine(), StreamState::new(ctx.clone()));
-    store.limiter(|state| &mut state.limiter);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(deadline_ticks);
-    match pre.instantiate(&mut store) {
-        Ok(bindings) => Ok(StreamInstance { store, bindings, deadline_ticks }),
-        Err(e) => {
-            let state = store.data();
-            Err(describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr))
-        }
-    }
+fn instantiate(component: &StreamComponent, ctx: &Arc<PluginContext>) -> Result<StreamInstance, String> {
+    StreamInstance::new(component, ctx, |indices, store, instance| indices.load(store, instance))
 }
 
 /// How a send stream ended.
@@ -96,8 +88,8 @@ enum StopCause {
 pub(super) struct StreamActor {
     /// The generation serving: its context (limits) is `spec.ctx`.
     spec: ActorSpec,
-    pre: StreamPluginPre<StreamState>,
-    previous: Option<PreviousGeneration<StreamPluginPre<StreamState>>>,
+    component: StreamComponent,
+    previous: Option<PreviousGeneration<StreamComponent>>,
     rx: mpsc::Receiver<ConnEvent>,
     status: Arc<PluginStatus>,
     supervisor: Supervisor,
@@ -121,7 +113,7 @@ fn wit_event(event: WatermarkEvent) -> types::WatermarkEvent {
 impl StreamActor {
     pub(super) fn new(
         spec: ActorSpec,
-        pre: StreamPluginPre<StreamState>,
+        component: StreamComponent,
         rx: mpsc::Receiver<ConnEvent>,
         status: Arc<PluginStatus>,
         runtime: Option<tokio::runtime::Handle>,
@@ -129,7 +121,7 @@ impl StreamActor {
         let supervisor = Supervisor::new(spec.crash_policy);
         Self {
             spec,
-            pre,
+            component,
             previous: None,
             rx,
             status,
@@ -151,28 +143,44 @@ impl StreamActor {
     }
 
     fn instantiate(&self) -> Result<StreamInstance, String> {
-        instantiate(&self.pre, &self.spec.ctx)
+        instantiate(&self.component, &self.spec.ctx)
     }
 
     /// Replaces the plugin with a new generation: instantiated first (a
-    /// failure leaves the old one serving); then every stream of the old
-    /// generation ends (see the module documentation), the connections
-    /// move to the new generation, and the old instance is dropped.
-    /// Returns the new generation's number.
-    fn swap(&mut self, prepared: super::engine::PreparedPlugin, limits: PluginLimits) -> Result<u64, PluginError> {
-        let PreparedWorld::Stream(pre) = prepared.world.clone() else {
+    /// failure leaves the old one serving), given the old one's state when
+    /// both export the handoff interface (a `restore` error rejects the
+    /// swap); then the streams move over with the state, or end without
+    /// it (see the module documentation), the connections move to the new
+    /// generation, and the old instance is dropped. Returns the new
+    /// generation's number and what became of the state.
+    fn swap(
+        &mut self,
+        prepared: super::engine::PreparedPlugin,
+        limits: PluginLimits,
+    ) -> Result<(u64, StateHandoff), PluginError> {
+        let PreparedWorld::Stream(component) = prepared.world.clone() else {
             return Err(PluginError::Link("a stream plugin can only be swapped for another stream plugin".into()));
         };
         let ctx = Arc::new(self.spec.ctx.with_limits(limits));
-        let mut fresh = instantiate(&pre, &ctx).map_err(PluginError::Instantiate)?;
-        self.end_streams_for_swap();
+        let mut fresh = instantiate(&component, &ctx).map_err(PluginError::Instantiate)?;
+        let state = hand_state_over(&self.spec, &self.status, self.instance.as_mut(), &mut fresh)?;
+        if !matches!(state, StateHandoff::Handed { .. }) {
+            // The streams end; the plugin hears of it unless it trapped.
+            self.end_streams_for_swap(!matches!(state, StateHandoff::Lost { .. }));
+        }
         if let Some(mut old) = self.instance.take() {
-            // The old generation's streams are gone; its connections (with
-            // their pumps) carry on under the new one.
-            fresh.store.data_mut().core.conns = std::mem::take(&mut old.store.data_mut().core.conns);
+            // Connections (with their pumps) carry on under the new
+            // generation, and with a handoff everything else too.
+            let old_core = &mut old.store.data_mut().core;
+            let fresh_core = &mut fresh.store.data_mut().core;
+            if matches!(state, StateHandoff::Handed { .. }) {
+                std::mem::swap(old_core, fresh_core);
+            } else {
+                fresh_core.conns = std::mem::take(&mut old_core.conns);
+            }
         }
         self.instance = Some(fresh);
-        let old_pre = std::mem::replace(&mut self.pre, pre);
+        let old_pre = std::mem::replace(&mut self.component, component);
         let old_prepared = std::mem::replace(&mut self.spec.prepared, prepared);
         let old_ctx = std::mem::replace(&mut self.spec.ctx, ctx);
         self.previous = Some(PreviousGeneration {
@@ -182,18 +190,19 @@ impl StreamActor {
             identity: self.status.identity(),
         });
         let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
-        tracing::info!(service = self.service(), generation, "stream plugin swapped");
-        Ok(generation)
+        tracing::info!(service = self.service(), generation, %state, "stream plugin swapped");
+        Ok((generation, state))
     }
 
     /// Ends every stream of the generation serving, in handle order: the
     /// application is told (after the data already queued), the plugin
-    /// gets `send-stop` or its talk-back end. A plugin failing meanwhile is
-    /// not called again; its remaining streams end all the same.
-    fn end_streams_for_swap(&mut self) {
+    /// gets `send-stop` or its talk-back end (with `call_plugin`). A plugin
+    /// failing meanwhile is not called again; its remaining streams end all
+    /// the same.
+    fn end_streams_for_swap(&mut self, call_plugin: bool) {
         let mut handles: Vec<u64> = self.core().map(|core| core.streams.keys().copied().collect()).unwrap_or_default();
         handles.sort_unstable();
-        let mut plugin_ok = true;
+        let mut plugin_ok = call_plugin;
         for handle in handles {
             let result = match self.detach_for_swap(handle) {
                 Some(true) if plugin_ok => self.call(|b, s| b.fogconnect_streaming_handler().call_send_stop(s, handle)),
@@ -244,7 +253,7 @@ impl StreamActor {
         if outcome.is_ok() {
             counters.swaps.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = done.send(outcome.map(|generation| SwapOutcome { generation, pause, state: StateHandoff::Fresh }));
+        let _ = done.send(outcome.map(|(generation, state)| SwapOutcome { generation, pause, state }));
     }
 
     pub(super) fn run(self, ready: oneshot::Sender<Result<(), PluginError>>) {
@@ -255,10 +264,15 @@ impl StreamActor {
                 return;
             }
         };
-        runtime.block_on(self.run_async(ready));
+        self.run_loop(&runtime, ready);
     }
 
-    async fn run_async(mut self, ready: oneshot::Sender<Result<(), PluginError>>) {
+    /// The actor's loop. Only the waiting for the next event or timer runs
+    /// inside the small runtime; plugin calls are made outside it, because
+    /// WASI's blocking host calls (a plugin writing to standard error, e.g.
+    /// a panic message) enter a runtime of their own, which tokio forbids
+    /// inside another runtime's `block_on`.
+    fn run_loop(mut self, runtime: &tokio::runtime::Runtime, ready: oneshot::Sender<Result<(), PluginError>>) {
         match self.instantiate() {
             Ok(instance) => {
                 self.instance = Some(instance);
@@ -292,13 +306,16 @@ impl StreamActor {
                 (Some(_), _) => self.next_wake(),
                 (None, at) => at,
             };
-            let event = match wake {
-                Some(at) => tokio::select! {
-                    event = self.rx.recv() => Some(event),
-                    _ = tokio::time::sleep_until(at.into()) => None,
-                },
-                None => Some(self.rx.recv().await),
-            };
+            let rx = &mut self.rx;
+            let event = runtime.block_on(async move {
+                match wake {
+                    Some(at) => tokio::select! {
+                        event = rx.recv() => Some(event),
+                        _ = tokio::time::sleep_until(at.into()) => None,
+                    },
+                    None => Some(rx.recv().await),
+                }
+            });
             match event {
                 Some(None) => break,
                 Some(Some(ConnEvent::Shutdown)) => {
@@ -360,10 +377,7 @@ impl StreamActor {
         let started = Instant::now();
         let result = f(&instance.bindings, &mut instance.store);
         self.spec.ctx.counters.call_seconds.observe(started.elapsed());
-        result.map_err(|e| {
-            let state = instance.store.data();
-            describe_failure(&e, &state.ctx, state.limiter.memory_refused, &state.stderr)
-        })
+        result.map_err(|e| instance.store.data().describe(&e))
     }
 
     /// Handles one connection event. `Err` carries the failure of a plugin
@@ -747,7 +761,7 @@ impl StreamActor {
             match instantiate(&previous.component, &previous.ctx) {
                 Ok(instance) => {
                     self.instance = Some(instance);
-                    self.pre = previous.component;
+                    self.component = previous.component;
                     self.spec.ctx = previous.ctx;
                     self.spec.prepared = previous.prepared;
                     report_rollback(

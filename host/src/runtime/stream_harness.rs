@@ -35,11 +35,11 @@ impl StreamHarness {
     /// plugin, or does not instantiate.
     pub fn new(engine: &PluginEngine, wasm: &[u8], service: u8, limits: PluginLimits) -> Result<Self, PluginError> {
         let prepared = engine.prepare(wasm)?;
-        let PreparedWorld::Stream(pre) = prepared.world.clone() else {
+        let PreparedWorld::Stream(component) = prepared.world.clone() else {
             return Err(PluginError::Link("the stream harness drives stream plugins; this is a service plugin".into()));
         };
         let HarnessParts { spec, owner, events, unused_rx } = HarnessParts::new(prepared, service, limits);
-        let mut actor = StreamActor::new(spec, pre, unused_rx, Arc::new(PluginStatus::new()), None);
+        let mut actor = StreamActor::new(spec, component, unused_rx, Arc::new(PluginStatus::new()), None);
         actor.instantiate_now().map_err(PluginError::Instantiate)?;
         Ok(Self { actor, service, owner, _events: events, next_id: 1 })
     }

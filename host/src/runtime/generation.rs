@@ -1,0 +1,171 @@
+//! What the service and stream actors share about plugin generations: an
+//! instance with its optional state handoff exports, the handoff of a live
+//! swap, the generation a swap replaced (kept for a rollback), and the
+//! bookkeeping when a new generation serves.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use wasmtime::Store;
+use wasmtime::component::Instance;
+
+use super::PluginError;
+use super::actor::{
+    ActorSpec, PluginEvent, PluginIdentity, PluginRunState, PluginStatus, StateHandoff, deadline_ticks,
+};
+use super::engine::{PluginComponent, PreparedPlugin};
+use super::handoff_bindings::Handoff;
+use super::state::{PluginContext, PluginLimiter, PluginState};
+use super::stream_state::StreamState;
+use super::supervisor::Supervisor;
+
+/// The data of a plugin store of either world, as the generation code
+/// needs it.
+pub(super) trait StoreData: Send + 'static {
+    /// A fresh store's data for a plugin with `ctx`.
+    fn new(ctx: Arc<PluginContext>) -> Self;
+    /// The store's memory limiter.
+    fn limiter(&mut self) -> &mut PluginLimiter;
+    /// A human-readable account of a failed call of this store.
+    fn describe(&self, err: &wasmtime::Error) -> String;
+}
+
+impl StoreData for PluginState {
+    fn new(ctx: Arc<PluginContext>) -> Self {
+        PluginState::new(ctx)
+    }
+
+    fn limiter(&mut self) -> &mut PluginLimiter {
+        &mut self.limiter
+    }
+
+    fn describe(&self, err: &wasmtime::Error) -> String {
+        super::actor::describe_failure(err, &self.ctx, self.limiter.memory_refused, &self.stderr)
+    }
+}
+
+impl StoreData for StreamState {
+    fn new(ctx: Arc<PluginContext>) -> Self {
+        StreamState::new(ctx)
+    }
+
+    fn limiter(&mut self) -> &mut PluginLimiter {
+        &mut self.limiter
+    }
+
+    fn describe(&self, err: &wasmtime::Error) -> String {
+        super::actor::describe_failure(err, &self.ctx, self.limiter.memory_refused, &self.stderr)
+    }
+}
+
+/// One instance of a plugin (one generation, or a restart of it): its
+/// store (the failure domain), its world's bindings `B`, its state handoff
+/// exports when it has them, and its call deadline.
+pub(super) struct PluginInstance<T: 'static, B> {
+    pub(super) store: Store<T>,
+    pub(super) bindings: B,
+    pub(super) handoff: Option<Handoff>,
+    pub(super) deadline_ticks: u64,
+}
+
+impl<T: StoreData, B> PluginInstance<T, B> {
+    /// Instantiates `component` in a fresh store with the limits of `ctx`;
+    /// `load` finds the world's exports in the instance.
+    pub(super) fn new<I>(
+        component: &PluginComponent<T, I>,
+        ctx: &Arc<PluginContext>,
+        load: impl FnOnce(&I, &mut Store<T>, &Instance) -> wasmtime::Result<B>,
+    ) -> Result<Self, String> {
+        let deadline_ticks = deadline_ticks(ctx.limits.call_deadline);
+        let mut store = Store::new(component.pre.engine(), T::new(ctx.clone()));
+        store.limiter(|state| state.limiter());
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = component.pre.instantiate(&mut store).map_err(|e| store.data().describe(&e))?;
+        let bindings = load(&component.world, &mut store, &instance).map_err(|e| store.data().describe(&e))?;
+        let handoff = match &component.handoff {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| store.data().describe(&e))?),
+            None => None,
+        };
+        Ok(Self { store, bindings, handoff, deadline_ticks })
+    }
+}
+
+/// Moves the state of `old` (the generation serving) into `fresh` when
+/// both export `fogconnect:handoff/state`: `snapshot` on the one, `restore`
+/// on the other, each under its own deadline. A trap in `snapshot` is the
+/// old generation's crash (counted and reported here; the swap goes on
+/// without state); an error or trap in `restore` rejects the swap.
+pub(super) fn hand_state_over<T: StoreData, B>(
+    spec: &ActorSpec,
+    status: &PluginStatus,
+    old: Option<&mut PluginInstance<T, B>>,
+    fresh: &mut PluginInstance<T, B>,
+) -> Result<StateHandoff, PluginError> {
+    let (Some(old), Some(restore)) = (old, fresh.handoff.as_ref()) else { return Ok(StateHandoff::Fresh) };
+    let Some(snapshot) = old.handoff.as_ref() else { return Ok(StateHandoff::Fresh) };
+    let counters = &spec.ctx.counters;
+    status.calls.fetch_add(2, Ordering::Relaxed);
+    old.store.set_epoch_deadline(old.deadline_ticks);
+    let started = Instant::now();
+    let taken = snapshot.fogconnect_handoff_state().call_snapshot(&mut old.store);
+    counters.call_seconds.observe(started.elapsed());
+    let state = match taken {
+        Ok(state) => state,
+        Err(e) => {
+            let reason = old.store.data().describe(&e);
+            let service = spec.ctx.service;
+            let crashes = status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(service, crashes, "plugin failed in snapshot, swapping without state: {reason}");
+            let message = format!("snapshot failed: {reason}");
+            let _ = spec.events.send(PluginEvent::Crashed { service, message, crashes });
+            return Ok(StateHandoff::Lost { reason });
+        }
+    };
+    fresh.store.set_epoch_deadline(fresh.deadline_ticks);
+    let started = Instant::now();
+    let restored = restore.fogconnect_handoff_state().call_restore(&mut fresh.store, &state);
+    counters.call_seconds.observe(started.elapsed());
+    match restored {
+        Ok(Ok(())) => Ok(StateHandoff::Handed { bytes: state.len() }),
+        Ok(Err(reason)) => Err(PluginError::Handoff(reason)),
+        Err(e) => Err(PluginError::Handoff(format!("restore failed: {}", fresh.store.data().describe(&e)))),
+    }
+}
+
+/// The generation a swap replaced, kept for a rollback: its build (`C`,
+/// the pre-linked component of its world), context and identity.
+pub(super) struct PreviousGeneration<C> {
+    pub(super) prepared: PreparedPlugin,
+    pub(super) component: C,
+    pub(super) ctx: Arc<PluginContext>,
+    pub(super) identity: PluginIdentity,
+}
+
+/// Records that a new generation serves (after a swap or a rollback): a
+/// fresh crash budget, running, one generation more (returned).
+pub(super) fn new_generation_serves(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) -> u64 {
+    *supervisor = Supervisor::new(spec.crash_policy);
+    supervisor.started(Instant::now());
+    status.set_state(PluginRunState::Running);
+    status.generation.fetch_add(1, Ordering::AcqRel) + 1
+}
+
+/// Records and reports a rollback to the generation with `identity` after
+/// the `crashes`-th crash.
+pub(super) fn report_rollback(
+    spec: &ActorSpec,
+    status: &PluginStatus,
+    supervisor: &mut Supervisor,
+    identity: PluginIdentity,
+    message: &str,
+    crashes: u64,
+) {
+    let service = spec.ctx.service;
+    status.set_identity(identity);
+    let generation = new_generation_serves(spec, status, supervisor);
+    tracing::warn!(service, generation, "plugin rolled back to the previous generation: {message}");
+    let _ = spec.events.send(PluginEvent::Crashed { service, message: message.to_string(), crashes });
+    let _ = spec.events.send(PluginEvent::RolledBack { service, message: message.to_string() });
+}
