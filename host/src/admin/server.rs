@@ -128,7 +128,6 @@ impl From<NodeError> for ApiError {
                 ..
             } => StatusCode::UNPROCESSABLE_ENTITY,
             NodeError::Plugin { source: PluginError::Manifest { .. }, .. } => StatusCode::BAD_REQUEST,
-            NodeError::Plugin { source: PluginError::Unsupported(_), .. } => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

@@ -82,10 +82,6 @@ pub enum PluginError {
     /// `restore` returned an error or trapped): the swap was rejected.
     #[error("the new generation refused the state handed over: {0}")]
     Handoff(String),
-    /// The plugin cannot do this (yet), e.g. a live swap of a stream
-    /// plugin.
-    #[error("not supported: {0}")]
-    Unsupported(String),
     /// The plugin's thread could not be started or stopped unexpectedly.
     #[error("plugin actor: {0}")]
     Actor(String),
