@@ -1,6 +1,9 @@
 //! Drive a plugin in-process, without threads or network: the same dispatch
 //! code a node runs, with detached connections whose outgoing messages can
-//! be taken out. For plugin authors' tests and for benchmarks.
+//! be taken out. For plugin authors' tests and for benchmarks. Drive it
+//! from a plain thread (a `#[test]`), not from inside an async runtime: a
+//! plugin writing to standard error makes a blocking WASI call, which starts
+//! a runtime of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,10 @@
 //! Drive a stream plugin in-process, without threads, timers or network:
 //! the same actor code a node runs, with detached connections, the pull
 //! tick run at times the caller gives, and the queued stream messages taken
-//! out by the caller. For plugin authors' tests and for benchmarks.
+//! out by the caller. For plugin authors' tests and for benchmarks. Drive
+//! it from a plain thread (a `#[test]`), not from inside an async runtime:
+//! a plugin writing to standard error makes a blocking WASI call, which
+//! starts a runtime of its own.
 
 use std::sync::Arc;
 use std::time::Instant;
