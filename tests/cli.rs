@@ -38,6 +38,27 @@ impl NodeProcess {
     }
 }
 
+/// Starts `fogconnect node` with `args` (loopback, no cache) and returns
+/// it (killed when dropped), the rest of its output lines and the address
+/// of its first line, `listening on ADDR`.
+fn node_with_output(
+    id: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Running, std::io::Lines<BufReader<std::process::ChildStdout>>, SocketAddr)> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", id]).args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn node")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let node = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = lines.next().context("no output")??.strip_prefix("listening on ").context("first line")?.parse()?;
+    Ok((node, lines, addr))
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -258,19 +279,9 @@ fn signal_node_and_send_by_id_as_processes() -> anyhow::Result<()> {
 #[test]
 fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Result<()> {
     let token = "cli-admin-token-0123456789";
-    let mut child = Command::new(BIN)
-        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "managed", "--admin", "127.0.0.1:0"])
-        .arg("--plugin")
-        .arg(format!("3={}", common::plugin("test-echo-v1").display()))
-        .env("FOGCONNECT_ADMIN_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().context("node stdout")?;
-    let _node = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let node_addr: SocketAddr =
-        lines.next().context("no output")??.strip_prefix("listening on ").context("first line")?.parse()?;
+    let plugin_arg = format!("3={}", common::plugin("test-echo-v1").display());
+    let args = ["--admin", "127.0.0.1:0", "--plugin", &plugin_arg].map(std::ffi::OsStr::new);
+    let (_node, mut lines, node_addr) = node_with_output("managed", &args, &[("FOGCONNECT_ADMIN_TOKEN", token)])?;
     let admin = loop {
         let line = lines.next().context("the node ended before its admin API started")??;
         if let Some(addr) = line.strip_prefix("admin API on ") {
@@ -344,18 +355,9 @@ fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Resu
 fn a_node_serves_and_watches_its_plugin_directory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::copy(common::plugin("test-echo-v1"), dir.path().join("3-echo.wasm"))?;
-    let mut child = Command::new(BIN)
-        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "watching", "--plugin-scan-ms", "50"])
-        .arg("--plugin-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().context("node stdout")?;
-    let _node = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let node_addr: SocketAddr =
-        lines.next().context("no output")??.strip_prefix("listening on ").context("first line")?.parse()?;
+    let args =
+        [std::ffi::OsStr::new("--plugin-scan-ms"), "50".as_ref(), "--plugin-dir".as_ref(), dir.path().as_os_str()];
+    let (_node, mut lines, node_addr) = node_with_output("watching", &args, &[])?;
     let mut next_directory_line = move || -> anyhow::Result<String> {
         loop {
             let line = lines.next().context("the node ended")??;

@@ -18,7 +18,8 @@ use super::bindings::Service;
 use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
 use super::generation::{
-    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, report_rollback,
+    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, replace_generation,
+    report_rollback,
 };
 use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
 use super::stream_actor::StreamActor;
@@ -488,15 +489,8 @@ impl Actor {
             }
         }
         self.instance = Some(fresh);
-        let old_component = std::mem::replace(&mut self.component, component);
-        let old_prepared = std::mem::replace(&mut self.spec.prepared, prepared);
-        let old_ctx = std::mem::replace(&mut self.spec.ctx, ctx);
-        self.previous = Some(PreviousGeneration {
-            prepared: old_prepared,
-            component: old_component,
-            ctx: old_ctx,
-            identity: self.status.identity(),
-        });
+        let replaced = replace_generation(&mut self.spec, &mut self.component, &self.status, component, prepared, ctx);
+        self.previous = Some(replaced);
         let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
         tracing::info!(service = self.service(), generation, %state, "plugin swapped");
         Ok((generation, state))

@@ -143,6 +143,25 @@ pub(super) struct PreviousGeneration<C> {
     pub(super) identity: PluginIdentity,
 }
 
+/// Makes a swapped-in build (its component, `prepared` and `ctx`) the
+/// actor's current one, and returns the one it replaced, to keep for a
+/// rollback.
+pub(super) fn replace_generation<C>(
+    spec: &mut ActorSpec,
+    current: &mut C,
+    status: &PluginStatus,
+    component: C,
+    prepared: PreparedPlugin,
+    ctx: Arc<PluginContext>,
+) -> PreviousGeneration<C> {
+    PreviousGeneration {
+        component: std::mem::replace(current, component),
+        prepared: std::mem::replace(&mut spec.prepared, prepared),
+        ctx: std::mem::replace(&mut spec.ctx, ctx),
+        identity: status.identity(),
+    }
+}
+
 /// Records that a new generation serves (after a swap or a rollback): a
 /// fresh crash budget, running, one generation more (returned).
 pub(super) fn new_generation_serves(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) -> u64 {

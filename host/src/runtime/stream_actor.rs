@@ -37,7 +37,8 @@ use super::actor::{
 };
 use super::engine::{PreparedWorld, StreamComponent};
 use super::generation::{
-    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, report_rollback,
+    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, replace_generation,
+    report_rollback,
 };
 use super::state::{PluginContext, PluginLimits};
 use super::stream_bindings::StreamPlugin;
@@ -180,15 +181,8 @@ impl StreamActor {
             }
         }
         self.instance = Some(fresh);
-        let old_pre = std::mem::replace(&mut self.component, component);
-        let old_prepared = std::mem::replace(&mut self.spec.prepared, prepared);
-        let old_ctx = std::mem::replace(&mut self.spec.ctx, ctx);
-        self.previous = Some(PreviousGeneration {
-            prepared: old_prepared,
-            component: old_pre,
-            ctx: old_ctx,
-            identity: self.status.identity(),
-        });
+        let replaced = replace_generation(&mut self.spec, &mut self.component, &self.status, component, prepared, ctx);
+        self.previous = Some(replaced);
         let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
         tracing::info!(service = self.service(), generation, %state, "stream plugin swapped");
         Ok((generation, state))
