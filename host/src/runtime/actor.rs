@@ -19,7 +19,7 @@ use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
 use super::generation::{
     PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, replace_generation,
-    report_rollback,
+    report_rollback, serve_swap,
 };
 use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
 use super::stream_actor::StreamActor;
@@ -553,17 +553,10 @@ impl Actor {
                     break;
                 }
                 ConnEvent::Swap(request) => {
-                    let SwapRequest { prepared, limits, done } = *request;
-                    let started = Instant::now();
-                    let outcome = self.swap(prepared, limits);
-                    let pause = started.elapsed();
-                    let counters = &self.spec.ctx.counters;
-                    counters.swap_pause_seconds.observe(pause);
-                    if outcome.is_ok() {
-                        counters.swaps.fetch_add(1, Ordering::Relaxed);
+                    let counters = self.spec.ctx.counters.clone();
+                    if serve_swap(*request, &counters, |prepared, limits| self.swap(prepared, limits)) {
                         restart_at = None;
                     }
-                    let _ = done.send(outcome.map(|(generation, state)| SwapOutcome { generation, pause, state }));
                     self.status.connections.store(self.open_connections(), Ordering::Relaxed);
                     continue;
                 }

@@ -12,13 +12,15 @@ use wasmtime::component::Instance;
 
 use super::PluginError;
 use super::actor::{
-    ActorSpec, PluginEvent, PluginIdentity, PluginRunState, PluginStatus, StateHandoff, deadline_ticks,
+    ActorSpec, PluginEvent, PluginIdentity, PluginRunState, PluginStatus, StateHandoff, SwapOutcome, SwapRequest,
+    deadline_ticks,
 };
 use super::engine::{PluginComponent, PreparedPlugin};
 use super::handoff_bindings::Handoff;
-use super::state::{PluginContext, PluginLimiter, PluginState};
+use super::state::{PluginContext, PluginLimiter, PluginLimits, PluginState};
 use super::stream_state::StreamState;
 use super::supervisor::Supervisor;
+use crate::metrics::ServiceCounters;
 
 /// The data of a plugin store of either world, as the generation code
 /// needs it.
@@ -141,6 +143,27 @@ pub(super) struct PreviousGeneration<C> {
     pub(super) component: C,
     pub(super) ctx: Arc<PluginContext>,
     pub(super) identity: PluginIdentity,
+}
+
+/// Serves a swap request with `swap` (the actor's): times the pause,
+/// counts it in `counters`, and sends the outcome to the caller. True when
+/// the new generation serves.
+pub(super) fn serve_swap(
+    request: SwapRequest,
+    counters: &ServiceCounters,
+    swap: impl FnOnce(PreparedPlugin, PluginLimits) -> Result<(u64, StateHandoff), PluginError>,
+) -> bool {
+    let SwapRequest { prepared, limits, done } = request;
+    let started = Instant::now();
+    let outcome = swap(prepared, limits);
+    let pause = started.elapsed();
+    counters.swap_pause_seconds.observe(pause);
+    let swapped = outcome.is_ok();
+    if swapped {
+        counters.swaps.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = done.send(outcome.map(|(generation, state)| SwapOutcome { generation, pause, state }));
+    swapped
 }
 
 /// Makes a swapped-in build (its component, `prepared` and `ctx`) the

@@ -32,13 +32,12 @@ use wasmtime::Store;
 
 use super::PluginError;
 use super::actor::{
-    ActorSpec, ActorStop, PluginRunState, PluginStatus, StateHandoff, SwapOutcome, SwapRequest, decide_after_crash,
-    report_restart,
+    ActorSpec, ActorStop, PluginRunState, PluginStatus, StateHandoff, decide_after_crash, report_restart,
 };
 use super::engine::{PreparedWorld, StreamComponent};
 use super::generation::{
     PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, replace_generation,
-    report_rollback,
+    report_rollback, serve_swap,
 };
 use super::state::{PluginContext, PluginLimits};
 use super::stream_bindings::StreamPlugin;
@@ -236,20 +235,6 @@ impl StreamActor {
         Some(send)
     }
 
-    /// Serves a swap request: the outcome goes to its caller.
-    fn serve_swap(&mut self, request: SwapRequest) {
-        let SwapRequest { prepared, limits, done } = request;
-        let started = Instant::now();
-        let outcome = self.swap(prepared, limits);
-        let pause = started.elapsed();
-        let counters = &self.spec.ctx.counters;
-        counters.swap_pause_seconds.observe(pause);
-        if outcome.is_ok() {
-            counters.swaps.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = done.send(outcome.map(|(generation, state)| SwapOutcome { generation, pause, state }));
-    }
-
     pub(super) fn run(self, ready: oneshot::Sender<Result<(), PluginError>>) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(runtime) => runtime,
@@ -321,8 +306,8 @@ impl StreamActor {
                     break;
                 }
                 Some(Some(ConnEvent::Swap(request))) => {
-                    self.serve_swap(*request);
-                    if self.instance.is_some() {
+                    let counters = self.spec.ctx.counters.clone();
+                    if serve_swap(*request, &counters, |prepared, limits| self.swap(prepared, limits)) {
                         restart_at = None;
                     }
                 }
