@@ -337,7 +337,7 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
     let listed = client.list().await?;
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].service, listed[0].name.as_str(), listed[0].generation), (SERVICE, "test_echo_v1", 1));
-    assert_eq!(listed[0].state, "running");
+    assert_eq!((listed[0].state.as_str(), listed[0].world.as_str()), ("running", "service"));
 
     let v1 = std::fs::read(common::plugin("test-echo-v1"))?;
     let v2 = std::fs::read(common::plugin("test-echo-v2"))?;
@@ -453,6 +453,7 @@ async fn a_stream_plugin_swapped_live_ends_its_streams_and_keeps_the_connection(
     assert!(session.ended().is_none());
     let info = device.services().into_iter().find(|s| s.service == 5).context("service 5")?;
     assert_eq!((info.generation, info.connections, info.crashes), (2, 1, 0));
+    assert_eq!(info.world, fogconnect::PluginWorld::Stream);
 
     // Worlds are not mixed.
     match device.swap_plugin(5, &common::plugin("test-echo-v2")).await {

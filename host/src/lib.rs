@@ -33,6 +33,7 @@ pub use node::{
 };
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState, StateHandoff};
+pub use runtime::engine::PluginWorld;
 pub use runtime::state::PluginLimits;
 pub use runtime::supervisor::CrashPolicy;
 pub use transport::conn::{CloseKind, CloseReason, ConnStats, ConnectionId, PathKind, SendError};

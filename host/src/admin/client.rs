@@ -48,6 +48,8 @@ pub struct ServiceEntry {
     pub service: u8,
     /// Plugin name.
     pub name: String,
+    /// The world it implements: `service` or `stream`.
+    pub world: String,
     /// Hex SHA-256 of the plugin's wasm.
     pub hash: String,
     /// The plugin's version, when its manifest gives one.

@@ -163,6 +163,7 @@ fn service_json(info: &crate::node::ServiceInfo) -> serde_json::Value {
     json!({
         "service": info.service,
         "name": info.name,
+        "world": info.world.name(),
         "hash": info.hash,
         "version": info.version,
         "limits": {

@@ -139,7 +139,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     for service in node.services() {
-        println!("service {} -> {} ({})", service.service, service.name, &service.hash[..16]);
+        let hash = service.hash.get(..16).unwrap_or(&service.hash);
+        println!("service {} -> {} ({} plugin, {hash})", service.service, service.name, service.world.name());
     }
     let admin = match (args.admin, &args.admin_token) {
         (Some(listen), Some(token)) => {

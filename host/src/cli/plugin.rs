@@ -24,7 +24,7 @@ pub struct PluginArgs {
 
 #[derive(Debug, Subcommand)]
 enum PluginAction {
-    /// List the services: plugin, version, limits, generation, state, connections, calls, crashes.
+    /// List the services: plugin, world, version, limits, generation, state, connections, calls, crashes.
     List,
     /// Load a plugin on a free service number.
     Load(UploadArgs),
@@ -91,9 +91,10 @@ impl UploadArgs {
 
 fn print_entry(entry: &ServiceEntry) {
     println!(
-        "{:>7}  {:<20} {:<10} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  {}",
+        "{:>7}  {:<20} {:<7} {:<10} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  {}",
         entry.service,
         entry.name,
+        entry.world,
         entry.version.as_deref().unwrap_or("-"),
         format!(
             "{}MiB {}ms {}",
@@ -112,8 +113,8 @@ fn print_entry(entry: &ServiceEntry) {
 
 fn header() {
     println!(
-        "{:>7}  {:<20} {:<10} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  hash",
-        "service", "plugin", "version", "limits", "generation", "state", "connections", "calls", "crashes"
+        "{:>7}  {:<20} {:<7} {:<10} {:<22} {:>10}  {:<10} {:>11} {:>10} {:>7}  hash",
+        "service", "plugin", "world", "version", "limits", "generation", "state", "connections", "calls", "crashes"
     );
 }
 

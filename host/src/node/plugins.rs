@@ -14,7 +14,7 @@ use crate::runtime::PluginError;
 use crate::runtime::actor::{
     ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginIdentity, PluginRunState, StateHandoff, SwapRequest,
 };
-use crate::runtime::engine::PreparedPlugin;
+use crate::runtime::engine::{PluginWorld, PreparedPlugin};
 use crate::runtime::state::{PluginContext, PluginLimits};
 use crate::transport::conn::ConnEvent;
 
@@ -103,6 +103,9 @@ pub struct ServiceInfo {
     pub service: u8,
     /// Plugin name (file stem or given name).
     pub name: String,
+    /// The world the plugin implements (fixed for the service: a swap
+    /// keeps it).
+    pub world: PluginWorld,
     /// Hex SHA-256 of the wasm.
     pub hash: String,
     /// The plugin's version, when its manifest gives one.
@@ -126,6 +129,7 @@ pub struct ServiceInfo {
 /// A plugin loaded for a service.
 pub(super) struct LoadedService {
     pub(super) actor: ActorHandle,
+    world: PluginWorld,
     counters: Arc<crate::metrics::ServiceCounters>,
 }
 
@@ -137,6 +141,7 @@ impl LoadedService {
         ServiceInfo {
             service,
             name,
+            world: self.world,
             hash,
             version,
             limits,
@@ -196,6 +201,7 @@ impl Node {
             counters: counters.clone(),
         });
         let hash = prepared.hash.clone();
+        let world = prepared.world.kind();
         let spec = ActorSpec {
             ctx,
             prepared,
@@ -204,7 +210,7 @@ impl Node {
         };
         let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
         actor.status.set_identity(PluginIdentity { name: build.name, hash, version: build.manifest.version, limits });
-        let loaded = Arc::new(LoadedService { actor, counters });
+        let loaded = Arc::new(LoadedService { actor, world, counters });
         let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
         if services.contains_key(&service) {
             drop(services);

@@ -56,6 +56,35 @@ pub type ServiceComponent = PluginComponent<PluginState, ServiceIndices>;
 /// A stream plugin, ready to instantiate.
 pub type StreamComponent = PluginComponent<StreamState, StreamPluginIndices>;
 
+/// Which world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginWorld {
+    /// `fogconnect:plugin/service`: connections and messages.
+    Service,
+    /// `fogconnect:streaming/stream-plugin`: streams pulled by the node.
+    Stream,
+}
+
+impl PluginWorld {
+    /// `service` or `stream`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginWorld::Service => "service",
+            PluginWorld::Stream => "stream",
+        }
+    }
+}
+
+impl PreparedWorld {
+    /// Which world it is.
+    pub fn kind(&self) -> PluginWorld {
+        match self {
+            PreparedWorld::Service(_) => PluginWorld::Service,
+            PreparedWorld::Stream(_) => PluginWorld::Stream,
+        }
+    }
+}
+
 /// Which world a plugin implements, pre-linked: instantiating it is cheap.
 #[derive(Clone)]
 pub enum PreparedWorld {
