@@ -155,6 +155,11 @@ fn the_demo_runs_the_embedded_default() -> anyhow::Result<()> {
     ensure!(stdout.contains("app: nat open internet (mapping endpoint-independent"), "{stdout}");
     ensure!(stdout.contains("connectivity checks chose"), "{stdout}");
     ensure!(
+        stdout.contains("swapped service 0 live to generation 2")
+            && stdout.contains("the same connection answered \"hello again\""),
+        "{stdout}"
+    );
+    ensure!(
         stdout.contains("stream service 5 (action=playback") && stdout.contains("ended: the stream finished"),
         "{stdout}"
     );

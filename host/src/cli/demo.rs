@@ -26,10 +26,10 @@ pub struct DemoArgs {
 
 /// Runs the demo and prints what happens.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let echo = args.plugins_dir.join("echo.wasm");
+    let echo_plugin = args.plugins_dir.join("echo.wasm");
     let demo = args.plugins_dir.join("demo.wasm");
     let source = args.plugins_dir.join("adaptive_source.wasm");
-    for path in [&echo, &demo, &source] {
+    for path in [&echo_plugin, &demo, &source] {
         if !path.exists() {
             bail!("{} not found: build the plugins first (make plugins)", path.display());
         }
@@ -52,7 +52,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let device_id = "ee:34:a1:44:2c:1c";
     let device = Node::builder()
         .node_id(device_id)
-        .plugin(0, &echo)
+        .plugin(0, &echo_plugin)
         .plugin(1, &demo)
         .plugin(STREAM_SERVICE, &source)
         .signal(signal.url(), token::issue(&secret, device_id, expiry))
@@ -84,10 +84,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("device node {} on {} registered, serving:", device.id(), device.local_addr());
     for s in device.services() {
-        println!("  service {} -> {} (sha256 {})", s.service, s.name, &s.hash[..16]);
+        let hash = s.hash.get(..16).unwrap_or(&s.hash);
+        println!("  service {} -> {} ({} plugin, sha256 {hash})", s.service, s.name, s.world.name());
     }
     println!("app node registered; peers online: {}", app.peers().await?.join(", "));
-    let result = exchange(&device, &app).await;
+    let result = exchange(&device, &app, &echo_plugin).await;
     app.shutdown().await;
     device.shutdown().await;
     signal.shutdown();
@@ -98,7 +99,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// The service of the demo's stream plugin.
 const STREAM_SERVICE: u8 = 5;
 
-async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
+async fn exchange(device: &Node, app: &Node, echo_plugin: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut conn = app.connect_peer(device.id(), Transport::Quic, 1).await.context("connect to service 1")?;
     let connect_time = started.elapsed();
@@ -129,6 +130,17 @@ async fn exchange(device: &Node, app: &Node) -> anyhow::Result<()> {
     echo.send(b"hello fog".to_vec())?;
     let reply = next_message(&mut echo).await?;
     println!("echo service 0 answered {:?}", String::from_utf8_lossy(&reply));
+    // A live swap: a new generation of the echo plugin takes over the open
+    // connection.
+    let report = device.swap_plugin(0, echo_plugin).await.context("swap the echo plugin")?;
+    echo.send(b"hello again".to_vec())?;
+    let reply = next_message(&mut echo).await?;
+    println!(
+        "swapped service 0 live to generation {} ({:.3} ms pause); the same connection answered {:?}",
+        report.generation,
+        ms(report.pause),
+        String::from_utf8_lossy(&reply)
+    );
 
     match app.connect_peer(device.id(), Transport::Quic, 7).await {
         Ok(_) => bail!("service 7 should not exist"),
