@@ -177,14 +177,23 @@ impl Drop for PluginDirectory {
     }
 }
 
+/// A build the directory put in place: what tells whether a file still
+/// holds the plugin serving.
+#[derive(Debug, PartialEq, Eq)]
+struct AppliedBuild {
+    /// Hex SHA-256 of the wasm, as the node lists it.
+    hash: String,
+    /// The manifest it was loaded with.
+    manifest: fogconnect_proto::manifest::PluginManifest,
+}
+
 /// The watching task's state.
 struct Watcher {
     node: Node,
     dir: PathBuf,
     plan: DirectoryPlan,
-    /// Per service, the content (hash of wasm and manifest) the directory
-    /// last put in place.
-    applied: BTreeMap<u8, String>,
+    /// Per service, the build the directory last put in place.
+    applied: BTreeMap<u8, AppliedBuild>,
     /// The problems reported, until they go away.
     problems: BTreeSet<String>,
 }
@@ -272,10 +281,10 @@ impl Watcher {
             Ok(build) => PluginBuild { name: file.file.name.clone(), ..build },
             Err(e) => return event(DirectoryOutcome::Failed { reason: e.to_string() }),
         };
-        let content = format!("{}:{}", hex_sha256(&build.wasm), build.manifest.encode());
+        let applied = AppliedBuild { hash: hex_sha256(&build.wasm), manifest: build.manifest.clone() };
         let serving = self.node.services().into_iter().find(|s| s.service == service);
         let outcome = match serving {
-            Some(info) if self.applied.get(&service) == Some(&content) && info.hash == hex_sha256(&build.wasm) => {
+            Some(info) if self.applied.get(&service) == Some(&applied) && info.hash == applied.hash => {
                 DirectoryOutcome::Unchanged
             }
             Some(_) => match self.node.swap_plugin_build(service, build).await {
@@ -288,7 +297,7 @@ impl Watcher {
             },
         };
         if matches!(outcome, DirectoryOutcome::Loaded | DirectoryOutcome::Swapped { .. }) {
-            self.applied.insert(service, content);
+            self.applied.insert(service, applied);
         }
         event(outcome)
     }
@@ -300,12 +309,10 @@ impl Watcher {
         let ours = self.applied.remove(&service);
         let serving = self.node.services().into_iter().find(|s| s.service == service);
         let outcome = match (ours, serving) {
-            (Some(content), Some(info)) if content.split(':').next() == Some(info.hash.as_str()) => {
-                match self.node.unload_plugin(service).await {
-                    Ok(()) => DirectoryOutcome::Unloaded,
-                    Err(e) => DirectoryOutcome::Failed { reason: e.to_string() },
-                }
-            }
+            (Some(ours), Some(info)) if ours.hash == info.hash => match self.node.unload_plugin(service).await {
+                Ok(()) => DirectoryOutcome::Unloaded,
+                Err(e) => DirectoryOutcome::Failed { reason: e.to_string() },
+            },
             _ => DirectoryOutcome::Kept,
         };
         DirectoryEvent { service: Some(service), file: shown, outcome }
