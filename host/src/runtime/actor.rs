@@ -18,8 +18,8 @@ use super::bindings::Service;
 use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
 use super::generation::{
-    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, replace_generation,
-    report_rollback, serve_swap,
+    PluginInstance, PreviousGeneration, StoreData, first_instance, hand_state_over, report_rollback, serve_swap,
+    take_over,
 };
 use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
 use super::stream_actor::StreamActor;
@@ -489,9 +489,9 @@ impl Actor {
             }
         }
         self.instance = Some(fresh);
-        let replaced = replace_generation(&mut self.spec, &mut self.component, &self.status, component, prepared, ctx);
-        self.previous = Some(replaced);
-        let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
+        let incoming = (component, prepared, ctx);
+        let (spec, status, supervisor) = (&mut self.spec, &self.status, &mut self.supervisor);
+        let generation = take_over(spec, status, supervisor, &mut self.component, &mut self.previous, incoming);
         tracing::info!(service = self.service(), generation, %state, "plugin swapped");
         Ok((generation, state))
     }
@@ -511,16 +511,9 @@ impl Actor {
     }
 
     fn run(mut self, ready: oneshot::Sender<Result<(), PluginError>>) {
-        match self.instantiate() {
-            Ok(instance) => {
-                self.instance = Some(instance);
-                self.supervisor.started(Instant::now());
-                let _ = ready.send(Ok(()));
-            }
-            Err(message) => {
-                let _ = ready.send(Err(PluginError::Instantiate(message)));
-                return;
-            }
+        self.instance = first_instance(self.instantiate(), &mut self.supervisor, ready);
+        if self.instance.is_none() {
+            return;
         }
         let mut restart_at: Option<Instant> = None;
         loop {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio::sync::oneshot;
 use wasmtime::Store;
 use wasmtime::component::Instance;
 
@@ -166,28 +167,51 @@ pub(super) fn serve_swap(
     swapped
 }
 
-/// Makes a swapped-in build (its component, `prepared` and `ctx`) the
-/// actor's current one, and returns the one it replaced, to keep for a
-/// rollback.
-pub(super) fn replace_generation<C>(
+/// Reports the first instantiation of an actor's plugin to whoever started
+/// the actor. Returns the instance to serve with, or `None` after a failure
+/// (the actor then ends).
+pub(super) fn first_instance<I>(
+    first: Result<I, String>,
+    supervisor: &mut Supervisor,
+    ready: oneshot::Sender<Result<(), PluginError>>,
+) -> Option<I> {
+    match first {
+        Ok(instance) => {
+            supervisor.started(Instant::now());
+            let _ = ready.send(Ok(()));
+            Some(instance)
+        }
+        Err(message) => {
+            let _ = ready.send(Err(PluginError::Instantiate(message)));
+            None
+        }
+    }
+}
+
+/// Makes a swapped-in build (its component, prepared plugin and context)
+/// the actor's current one, keeps the one it replaced in `previous` for a
+/// rollback, and records that the new generation serves. Returns its
+/// number.
+pub(super) fn take_over<C>(
     spec: &mut ActorSpec,
-    current: &mut C,
     status: &PluginStatus,
-    component: C,
-    prepared: PreparedPlugin,
-    ctx: Arc<PluginContext>,
-) -> PreviousGeneration<C> {
-    PreviousGeneration {
+    supervisor: &mut Supervisor,
+    current: &mut C,
+    previous: &mut Option<PreviousGeneration<C>>,
+    (component, prepared, ctx): (C, PreparedPlugin, Arc<PluginContext>),
+) -> u64 {
+    *previous = Some(PreviousGeneration {
         component: std::mem::replace(current, component),
         prepared: std::mem::replace(&mut spec.prepared, prepared),
         ctx: std::mem::replace(&mut spec.ctx, ctx),
         identity: status.identity(),
-    }
+    });
+    new_generation_serves(spec, status, supervisor)
 }
 
 /// Records that a new generation serves (after a swap or a rollback): a
 /// fresh crash budget, running, one generation more (returned).
-pub(super) fn new_generation_serves(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) -> u64 {
+fn new_generation_serves(spec: &ActorSpec, status: &PluginStatus, supervisor: &mut Supervisor) -> u64 {
     *supervisor = Supervisor::new(spec.crash_policy);
     supervisor.started(Instant::now());
     status.set_state(PluginRunState::Running);

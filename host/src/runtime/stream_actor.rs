@@ -36,8 +36,8 @@ use super::actor::{
 };
 use super::engine::{PreparedWorld, StreamComponent};
 use super::generation::{
-    PluginInstance, PreviousGeneration, StoreData, hand_state_over, new_generation_serves, replace_generation,
-    report_rollback, serve_swap,
+    PluginInstance, PreviousGeneration, StoreData, first_instance, hand_state_over, report_rollback, serve_swap,
+    take_over,
 };
 use super::state::{PluginContext, PluginLimits};
 use super::stream_bindings::StreamPlugin;
@@ -180,9 +180,9 @@ impl StreamActor {
             }
         }
         self.instance = Some(fresh);
-        let replaced = replace_generation(&mut self.spec, &mut self.component, &self.status, component, prepared, ctx);
-        self.previous = Some(replaced);
-        let generation = new_generation_serves(&self.spec, &self.status, &mut self.supervisor);
+        let incoming = (component, prepared, ctx);
+        let (spec, status, supervisor) = (&mut self.spec, &self.status, &mut self.supervisor);
+        let generation = take_over(spec, status, supervisor, &mut self.component, &mut self.previous, incoming);
         tracing::info!(service = self.service(), generation, %state, "stream plugin swapped");
         Ok((generation, state))
     }
@@ -252,16 +252,9 @@ impl StreamActor {
     /// a panic message) enter a runtime of their own, which tokio forbids
     /// inside another runtime's `block_on`.
     fn run_loop(mut self, runtime: &tokio::runtime::Runtime, ready: oneshot::Sender<Result<(), PluginError>>) {
-        match self.instantiate() {
-            Ok(instance) => {
-                self.instance = Some(instance);
-                self.supervisor.started(Instant::now());
-                let _ = ready.send(Ok(()));
-            }
-            Err(message) => {
-                let _ = ready.send(Err(PluginError::Instantiate(message)));
-                return;
-            }
+        self.instance = first_instance(self.instantiate(), &mut self.supervisor, ready);
+        if self.instance.is_none() {
+            return;
         }
         let mut restart_at: Option<Instant> = None;
         loop {
