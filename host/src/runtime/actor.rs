@@ -18,8 +18,8 @@ use super::bindings::Service;
 use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
 use super::generation::{
-    PluginInstance, PreviousGeneration, StoreData, first_instance, hand_state_over, report_rollback, serve_swap,
-    take_over,
+    PluginInstance, PreviousGeneration, StoreData, first_instance, hand_state_over, refuse_while_down, report_rollback,
+    serve_swap, take_over,
 };
 use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
 use super::stream_actor::StreamActor;
@@ -571,15 +571,7 @@ impl Actor {
     /// Handles one event. `Err` carries the failure of a plugin call.
     pub(super) fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else {
-            // Restarting or disabled: connections were ended on the crash;
-            // new ones cannot be served now.
-            if let ConnEvent::Opened(shared) = event {
-                let why = match self.status.state() {
-                    PluginRunState::Disabled => "service disabled after repeated plugin crashes",
-                    _ => "service plugin is restarting",
-                };
-                shared.fail(why);
-            }
+            refuse_while_down(&self.status, event);
             return Ok(());
         };
         match event {
@@ -656,12 +648,7 @@ impl Actor {
         f: impl FnOnce(&Service, &mut Store<PluginState>) -> wasmtime::Result<()>,
     ) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
-        self.status.calls.fetch_add(1, Ordering::Relaxed);
-        instance.store.set_epoch_deadline(instance.deadline_ticks);
-        let started = Instant::now();
-        let result = f(&instance.bindings, &mut instance.store);
-        self.spec.ctx.counters.call_seconds.observe(started.elapsed());
-        result.map_err(|e| describe(&e, &instance.store))
+        instance.call(&self.status, &self.spec.ctx.counters, f)
     }
 
     /// Handles a failed call or instantiation: drops the store, ends the

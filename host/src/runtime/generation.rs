@@ -22,6 +22,7 @@ use super::state::{PluginContext, PluginLimiter, PluginLimits, PluginState};
 use super::stream_state::StreamState;
 use super::supervisor::Supervisor;
 use crate::metrics::ServiceCounters;
+use crate::transport::conn::ConnEvent;
 
 /// The data of a plugin store of either world, as the generation code
 /// needs it.
@@ -93,6 +94,23 @@ impl<T: StoreData, B> PluginInstance<T, B> {
         };
         Ok(Self { store, bindings, handoff, deadline_ticks })
     }
+
+    /// Calls into the plugin under its call deadline, counting the call in
+    /// `status` and its duration in `counters`; `f` gets the world's
+    /// bindings and the store. `Err` carries an account of the failure.
+    pub(super) fn call<R>(
+        &mut self,
+        status: &PluginStatus,
+        counters: &ServiceCounters,
+        f: impl FnOnce(&B, &mut Store<T>) -> wasmtime::Result<R>,
+    ) -> Result<R, String> {
+        status.calls.fetch_add(1, Ordering::Relaxed);
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let started = Instant::now();
+        let result = f(&self.bindings, &mut self.store);
+        counters.call_seconds.observe(started.elapsed());
+        result.map_err(|e| self.store.data().describe(&e))
+    }
 }
 
 /// Moves the state of `old` (the generation serving) into `fresh` when
@@ -108,16 +126,14 @@ pub(super) fn hand_state_over<T: StoreData, B>(
 ) -> Result<StateHandoff, PluginError> {
     let (Some(old), Some(restore)) = (old, fresh.handoff.as_ref()) else { return Ok(StateHandoff::Fresh) };
     let Some(snapshot) = old.handoff.as_ref() else { return Ok(StateHandoff::Fresh) };
+    // Cheap copies of the export handles, so the calls can borrow the
+    // instances.
+    let (snapshot, restore) = (snapshot.fogconnect_handoff_state().clone(), restore.fogconnect_handoff_state().clone());
     let counters = &spec.ctx.counters;
-    status.calls.fetch_add(2, Ordering::Relaxed);
-    old.store.set_epoch_deadline(old.deadline_ticks);
-    let started = Instant::now();
-    let taken = snapshot.fogconnect_handoff_state().call_snapshot(&mut old.store);
-    counters.call_seconds.observe(started.elapsed());
+    let taken = old.call(status, counters, |_, store| snapshot.call_snapshot(store));
     let state = match taken {
         Ok(state) => state,
-        Err(e) => {
-            let reason = old.store.data().describe(&e);
+        Err(reason) => {
             let service = spec.ctx.service;
             let crashes = status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(service, crashes, "plugin failed in snapshot, swapping without state: {reason}");
@@ -126,14 +142,11 @@ pub(super) fn hand_state_over<T: StoreData, B>(
             return Ok(StateHandoff::Lost { reason });
         }
     };
-    fresh.store.set_epoch_deadline(fresh.deadline_ticks);
-    let started = Instant::now();
-    let restored = restore.fogconnect_handoff_state().call_restore(&mut fresh.store, &state);
-    counters.call_seconds.observe(started.elapsed());
+    let restored = fresh.call(status, counters, |_, store| restore.call_restore(store, &state));
     match restored {
         Ok(Ok(())) => Ok(StateHandoff::Handed { bytes: state.len() }),
         Ok(Err(reason)) => Err(PluginError::Handoff(reason)),
-        Err(e) => Err(PluginError::Handoff(format!("restore failed: {}", fresh.store.data().describe(&e)))),
+        Err(failure) => Err(PluginError::Handoff(format!("restore failed: {failure}"))),
     }
 }
 
@@ -165,6 +178,19 @@ pub(super) fn serve_swap(
     }
     let _ = done.send(outcome.map(|(generation, state)| SwapOutcome { generation, pause, state }));
     swapped
+}
+
+/// Answers an event for a plugin without an instance (restarting, or
+/// disabled after crashes): its connections ended with the crash, so only
+/// a new connection needs an answer, a refusal with the reason.
+pub(super) fn refuse_while_down(status: &PluginStatus, event: ConnEvent) {
+    if let ConnEvent::Opened(shared) = event {
+        let why = match status.state() {
+            PluginRunState::Disabled => "service disabled after repeated plugin crashes",
+            _ => "service plugin is restarting",
+        };
+        shared.fail(why);
+    }
 }
 
 /// Reports the first instantiation of an actor's plugin to whoever started

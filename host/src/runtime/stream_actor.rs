@@ -36,8 +36,8 @@ use super::actor::{
 };
 use super::engine::{PreparedWorld, StreamComponent};
 use super::generation::{
-    PluginInstance, PreviousGeneration, StoreData, first_instance, hand_state_over, report_rollback, serve_swap,
-    take_over,
+    PluginInstance, PreviousGeneration, first_instance, hand_state_over, refuse_while_down, report_rollback,
+    serve_swap, take_over,
 };
 use super::state::{PluginContext, PluginLimits};
 use super::stream_bindings::StreamPlugin;
@@ -344,25 +344,14 @@ impl StreamActor {
         let Some(instance) = self.instance.as_mut() else {
             return Err("the plugin instance is gone".into());
         };
-        self.status.calls.fetch_add(1, Ordering::Relaxed);
-        instance.store.set_epoch_deadline(instance.deadline_ticks);
-        let started = Instant::now();
-        let result = f(&instance.bindings, &mut instance.store);
-        self.spec.ctx.counters.call_seconds.observe(started.elapsed());
-        result.map_err(|e| instance.store.data().describe(&e))
+        instance.call(&self.status, &self.spec.ctx.counters, f)
     }
 
     /// Handles one connection event. `Err` carries the failure of a plugin
     /// call.
     pub(super) fn handle(&mut self, event: ConnEvent) -> Result<(), String> {
         if self.instance.is_none() {
-            if let ConnEvent::Opened(shared) = event {
-                let why = match self.status.state() {
-                    PluginRunState::Disabled => "service disabled after repeated plugin crashes",
-                    _ => "service plugin is restarting",
-                };
-                shared.fail(why);
-            }
+            refuse_while_down(&self.status, event);
             return Ok(());
         }
         match event {
