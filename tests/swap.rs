@@ -384,14 +384,24 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
     }
     assert_eq!(common::ask(&mut conn, "c").await?, "v2:c");
 
-    let metrics = client.metrics().await?;
     let series = |name: &str| format!("{name}{{service=\"{SERVICE}\",plugin=\"test_echo_v2\"}} ");
-    let value = |name: &str| -> anyhow::Result<f64> {
+    let read = |metrics: &str, name: &str| -> anyhow::Result<f64> {
         let prefix = series(name);
         let line =
             metrics.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("no {prefix}: {metrics}"))?;
         Ok(line[prefix.len()..].parse()?)
     };
+    // The plugin counts a reply once its send returned, which can be after
+    // the reply reached this side: wait until the last one is counted.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let metrics = client.metrics().await?;
+        if read(&metrics, "fogconnect_service_sent_bytes_total")? >= 12.0 || tokio::time::Instant::now() >= deadline {
+            break metrics;
+        }
+        tokio::task::yield_now().await;
+    };
+    let value = |name: &str| read(&metrics, name);
     assert_eq!(value("fogconnect_plugin_swaps_total")?, 1.0);
     assert_eq!(value("fogconnect_plugin_generation")?, 2.0);
     assert_eq!(value("fogconnect_service_connections")?, 1.0);
