@@ -9,10 +9,12 @@
 //! - [`nat`]: STUN, NAT classification, punching strategy and checks.
 //! - [`relay`]: TURN (relay) client and server.
 //! - [`stream`]: stream plugins (watermark core so far).
+//! - [`limits`]: per-source rates and connection caps, descriptors.
 //! - [`node`]: the node that ties them together, and its Rust API.
 
 pub mod admin;
 pub mod convention;
+pub mod limits;
 pub mod metrics;
 pub mod nat;
 pub mod node;

@@ -7,6 +7,8 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     cli::init_tracing(args.default_log_level());
+    // Servers hold a descriptor per client: use what the hard limit allows.
+    fogconnect::limits::raise_descriptor_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -291,6 +291,12 @@ pub enum ServerMessage {
         convention: u32,
         /// How to reach the caller.
         offer: Offer,
+        /// The IP address the caller's signaling connection comes from, as
+        /// the server saw it: the caller has shown it receives there (a
+        /// TCP handshake), so the callee may probe ports of it. Absent from
+        /// servers that do not vouch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<std::net::IpAddr>,
     },
     /// The callee accepted.
     Answered {
@@ -300,6 +306,10 @@ pub enum ServerMessage {
         from: String,
         /// How to reach the callee.
         offer: Offer,
+        /// The IP address the callee's signaling connection comes from, as
+        /// the server saw it (see `incoming`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<std::net::IpAddr>,
     },
     /// The callee refused.
     Rejected {
@@ -474,8 +484,27 @@ mod tests {
             ServerMessage::error(ErrorCode::UnknownPeer, "b is offline", Some(9)),
             ServerMessage::Peers { peers: vec!["a".into(), "b".into()] },
             ServerMessage::Presence { id: "a".into(), online: false },
-            ServerMessage::Incoming { request_id: 1, from: "a".into(), convention: 0x11, offer: offer() },
-            ServerMessage::Answered { request_id: 1, from: "b".into(), offer: offer() },
+            ServerMessage::Incoming {
+                request_id: 1,
+                from: "a".into(),
+                convention: 0x11,
+                offer: offer(),
+                observed: None,
+            },
+            ServerMessage::Incoming {
+                request_id: 1,
+                from: "a".into(),
+                convention: 0x11,
+                offer: offer(),
+                observed: Some("203.0.113.9".parse().expect("ip")),
+            },
+            ServerMessage::Answered { request_id: 1, from: "b".into(), offer: offer(), observed: None },
+            ServerMessage::Answered {
+                request_id: 1,
+                from: "b".into(),
+                offer: offer(),
+                observed: Some("2001:db8::1".parse().expect("ip")),
+            },
             ServerMessage::Rejected { request_id: 1, from: "b".into(), code: 1, message: "no".into() },
             ServerMessage::Pong { nonce: 1 },
         ];

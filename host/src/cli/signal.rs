@@ -30,9 +30,25 @@ pub struct SignalArgs {
     /// Most concurrent sessions.
     #[arg(long, default_value_t = 100_000)]
     max_clients: usize,
-    /// Close sessions silent for this many seconds.
+    /// Most TCP connections from one IP address (handshakes included);
+    /// more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_clients_per_ip: usize,
+    /// Close sessions that send no protocol message for this many seconds
+    /// (WebSocket pings do not count).
     #[arg(long, default_value_t = 60)]
     idle_timeout_s: u64,
+    /// Close connections that have not finished the TLS and WebSocket
+    /// handshake within this many seconds.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout_s: u64,
+    /// Close sessions that have not registered within this many seconds.
+    #[arg(long, default_value_t = 10)]
+    register_timeout_s: u64,
+    /// Close sessions that do not read what the server sends within this
+    /// many seconds.
+    #[arg(long, default_value_t = 10)]
+    send_timeout_s: u64,
     /// Sustained messages per second allowed per client.
     #[arg(long, default_value_t = 50)]
     rate_per_second: u32,
@@ -113,7 +129,11 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     }
     let mut config = SignalServerConfig::new(args.listen, args.secret.load()?);
     config.max_clients = args.max_clients;
+    config.max_clients_per_ip = args.max_clients_per_ip;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_s.max(1));
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout_s.max(1));
+    config.register_timeout = Duration::from_secs(args.register_timeout_s.max(1));
+    config.send_timeout = Duration::from_secs(args.send_timeout_s.max(1));
     config.rate_per_second = args.rate_per_second;
     config.rate_burst = args.rate_burst;
     config.tls = args.cert.zip(args.key);

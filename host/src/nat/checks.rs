@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::consent::Consent;
 use super::message::{self, Binding, BindingRequest, SuccessResponse, TxId};
 use super::strategy::{Plan, SprayKind};
 use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials};
@@ -123,6 +124,11 @@ pub struct CheckStats {
     pub requests_received: u32,
     /// Datagrams dropped: bad credentials, garbage, unknown transactions.
     pub dropped: u32,
+    /// Checks not sent: their address was not proven and the budget for
+    /// such addresses was spent (see [`super::consent`]).
+    pub withheld: u32,
+    /// Bytes sent to addresses the peer had not proven.
+    pub unproven_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -141,6 +147,8 @@ struct Spray {
     ports: Vec<u16>,
     next: usize,
     next_at: Instant,
+    /// Whether probing began (it waits until the peer's IP is proven).
+    started: bool,
 }
 
 /// The connectivity check agent of one connection attempt.
@@ -161,6 +169,7 @@ pub struct CheckAgent {
     transmits: VecDeque<Transmit>,
     stats: CheckStats,
     plan: Plan,
+    consent: Consent,
 }
 
 /// Whether an address is only reachable on a local network.
@@ -177,7 +186,9 @@ impl CheckAgent {
     /// `remote_candidates` are the peer's candidates from signaling; `plan`
     /// comes from [`strategy::plan`](super::strategy::plan); `aux_sockets`
     /// is how many extra sockets the caller opened for
-    /// [`Plan::Listen`]; `seed` drives the random probe order.
+    /// [`Plan::Listen`]; `seed` drives the random probe order; `consent`
+    /// bounds what goes to addresses the peer has not proven (port
+    /// spraying waits until the peer's public IP is proven).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: CheckConfig,
@@ -188,6 +199,7 @@ impl CheckAgent {
         plan: Plan,
         aux_sockets: u16,
         seed: u64,
+        consent: Consent,
         now: Instant,
     ) -> Self {
         let lan_only = matches!(plan, Plan::RelayRequired(_));
@@ -207,6 +219,7 @@ impl CheckAgent {
             transmits: VecDeque::new(),
             stats: CheckStats::default(),
             plan: plan.clone(),
+            consent,
         };
         for candidate in remote_candidates {
             let lan = candidate.kind == CandidateKind::Host && is_local_ip(candidate.addr.ip());
@@ -238,7 +251,7 @@ impl CheckAgent {
                     }
                     SprayKind::Predict { delta } => predicted_ports(public.port(), *delta, config.prediction_span),
                 };
-                agent.spray = Some(Spray { ip: public.ip(), ports, next: 0, next_at: now });
+                agent.spray = Some(Spray { ip: public.ip(), ports, next: 0, next_at: now, started: false });
             }
             _ => {}
         }
@@ -255,7 +268,7 @@ impl CheckAgent {
 
     /// Counters so far.
     pub fn stats(&self) -> CheckStats {
-        self.stats
+        CheckStats { withheld: self.consent.withheld(), unproven_bytes: self.consent.unproven_sent(), ..self.stats }
     }
 
     /// How the checks ended, once they did.
@@ -285,10 +298,11 @@ impl CheckAgent {
             ..BindingRequest::default()
         };
         match message::binding_request(txid, &request) {
-            Ok(bytes) => {
+            Ok(bytes) if self.consent.may_send(to, bytes.len()) => {
                 self.in_flight.insert(txid, (socket, to, now));
                 self.transmits.push_back(Transmit { socket, to, bytes });
             }
+            Ok(_) => {}
             Err(e) => tracing::debug!("cannot encode a check: {e}"),
         }
     }
@@ -299,7 +313,11 @@ impl CheckAgent {
             return;
         }
         if now >= self.deadline {
-            self.outcome = Some(Outcome::Failed(self.failure_reason.clone()));
+            let mut reason = self.failure_reason.clone();
+            if self.spray.as_ref().is_some_and(|spray| !spray.started) {
+                reason.push_str("; no port probing: the peer never proved its public IP");
+            }
+            self.outcome = Some(Outcome::Failed(reason));
             return;
         }
         for i in 0..self.pairs.len() {
@@ -315,7 +333,15 @@ impl CheckAgent {
             self.stats.checks_sent += 1;
             self.request(socket, remote, false, now);
         }
-        if let Some(spray) = &mut self.spray {
+        if let Some(spray) = &mut self.spray
+            && self.consent.is_proven(spray.ip)
+        {
+            if !spray.started {
+                // Probing starts now, at its pace, not with the probes due
+                // since the checks began.
+                spray.started = true;
+                spray.next_at = now;
+            }
             let step = Duration::from_secs(1) / self.config.spray_rate.max(1);
             let mut due = Vec::new();
             while spray.next < spray.ports.len() && spray.next_at <= now {
@@ -372,6 +398,7 @@ impl CheckAgent {
                     return;
                 }
                 self.stats.requests_received += 1;
+                self.consent.authenticated(from, bytes.len());
                 let response = SuccessResponse { mapped: Some(from), pwd: Some(&self.local.pwd), ..Default::default() };
                 if let Ok(bytes) = message::binding_success(txid, &response) {
                     self.transmits.push_back(Transmit { socket, to: from, bytes });
@@ -408,6 +435,7 @@ impl CheckAgent {
                     return;
                 }
                 self.in_flight.remove(&txid);
+                self.consent.authenticated(from, bytes.len());
                 // The response must come back the way the request went.
                 if sent_on != socket || sent_to != from {
                     self.stats.dropped += 1;
@@ -455,6 +483,7 @@ impl CheckAgent {
         }
         if let Some(spray) = &self.spray
             && spray.next < spray.ports.len()
+            && self.consent.is_proven(spray.ip)
         {
             next = next.min(spray.next_at);
         }
@@ -508,8 +537,24 @@ mod tests {
         seed: u64,
         t0: Instant,
     ) -> CheckAgent {
+        // Signaling vouches for the peer's public IP, as ours does.
+        let vouched = candidates.iter().find(|c| c.kind == CandidateKind::ServerReflexive).map(|c| c.addr.ip());
+        agent_with_consent(cfg, controlling, candidates, plan, aux, seed, Consent::new(400, vouched), t0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn agent_with_consent(
+        cfg: CheckConfig,
+        controlling: bool,
+        candidates: &[Candidate],
+        plan: Plan,
+        aux: u16,
+        seed: u64,
+        consent: Consent,
+        t0: Instant,
+    ) -> CheckAgent {
         let (local, remote) = if controlling { ("aaaa", "bbbb") } else { ("bbbb", "aaaa") };
-        CheckAgent::new(cfg, controlling, creds(local), creds(remote), candidates, plan, aux, seed, t0)
+        CheckAgent::new(cfg, controlling, creds(local), creds(remote), candidates, plan, aux, seed, consent, t0)
     }
 
     fn cand(kind: CandidateKind, addr: &str) -> Candidate {
@@ -792,6 +837,100 @@ mod tests {
         println!("probes per run: {probes:?}");
         assert!(probes[19] <= cfg.max_spray_probes);
         assert!(probes[10] < 1000, "median probes {probes:?}");
+    }
+
+    /// Runs `agent` alone (nobody answers) until it ends; returns the
+    /// transmits.
+    fn run_alone(agent: &mut CheckAgent, t0: Instant) -> Vec<Transmit> {
+        let mut now = t0;
+        let mut sent = Vec::new();
+        while agent.outcome().is_none() {
+            agent.handle_timeout(now);
+            while let Some(t) = agent.poll_transmit() {
+                sent.push(t);
+            }
+            now = agent.poll_timeout().unwrap_or(now).max(now + Duration::from_millis(1));
+        }
+        sent
+    }
+
+    /// A forged offer: the "peer" names a victim as its public address and
+    /// claims a symmetric NAT, so the plan is to spray the victim's ports
+    /// (or to listen toward it); signaling saw the peer elsewhere.
+    #[test]
+    fn a_forged_offer_cannot_aim_probes_at_a_third_party() {
+        let offer_bytes = 426;
+        let victim = cand(CandidateKind::ServerReflexive, "192.0.2.50:5000");
+        let attacker: IpAddr = "198.51.100.66".parse().expect("ip");
+        for (plan, aux) in [(Plan::Spray(SprayKind::Birthday), 0), (Plan::Listen { sockets: 256 }, 256)] {
+            let t0 = Instant::now();
+            let consent = Consent::new(offer_bytes, Some(attacker));
+            let mut b = agent_with_consent(
+                CheckConfig::default(),
+                false,
+                std::slice::from_ref(&victim),
+                plan.clone(),
+                aux,
+                7,
+                consent,
+                t0,
+            );
+            let sent = run_alone(&mut b, t0);
+            let bytes: usize = sent.iter().map(|t| t.bytes.len()).sum();
+            assert!(sent.iter().all(|t| t.to.ip() == victim.addr.ip()));
+            assert!(
+                bytes as u64 <= super::super::consent::AMPLIFICATION * offer_bytes as u64,
+                "{plan}: {bytes} bytes to the victim for a {offer_bytes}-byte offer"
+            );
+            assert!(!sent.is_empty(), "{plan}: a few checks still go out (the peer might be there)");
+            assert_eq!(b.stats().probes_sent, 0, "{plan}: no spraying");
+            assert!(b.stats().withheld > 0);
+            let Some(Outcome::Failed(reason)) = b.outcome() else { panic!("{:?}", b.outcome()) };
+            if plan == Plan::Spray(SprayKind::Birthday) {
+                assert!(reason.contains("never proved its public IP"), "{reason}");
+            }
+        }
+    }
+
+    /// Spraying starts, at its pace, once an authenticated check arrives
+    /// from the peer's IP (any port), even without signaling's word.
+    #[test]
+    fn probing_starts_when_the_peer_proves_its_ip() {
+        let t0 = Instant::now();
+        let public = cand(CandidateKind::ServerReflexive, "203.0.113.2:7000");
+        let mut a = agent_with_consent(
+            CheckConfig::default(),
+            true,
+            std::slice::from_ref(&public),
+            Plan::Spray(SprayKind::Birthday),
+            0,
+            3,
+            Consent::new(400, None),
+            t0,
+        );
+        a.handle_timeout(t0);
+        let mut sent = 0;
+        while a.poll_transmit().is_some() {
+            sent += 1;
+        }
+        assert_eq!((sent, a.stats().probes_sent), (1, 0), "one check, no probe");
+        let later = t0 + Duration::from_millis(300);
+        a.handle_timeout(later);
+        while a.poll_transmit().is_some() {}
+        assert_eq!(a.stats().probes_sent, 0);
+        // The peer's check from another port of its IP (its symmetric NAT).
+        let request = message::binding_request(
+            [9; 12],
+            &BindingRequest { auth: Some(("aaaa:bbbb", &creds("aaaa").pwd)), ..Default::default() },
+        )
+        .expect("encode");
+        a.handle_datagram(SocketRef::Main, "203.0.113.2:40001".parse().expect("a"), &request, later);
+        while a.poll_transmit().is_some() {}
+        let probes_then = a.stats().probes_sent;
+        assert!(probes_then <= 1, "no burst of the probes due since t0: {probes_then}");
+        a.handle_timeout(later + Duration::from_millis(100));
+        let probes = a.stats().probes_sent;
+        assert!((100..=102).contains(&probes), "1,000 probes/s for 100 ms: {probes}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! connectivity checks.
 //!
 //! The protocol logic is sans-IO ([`message`], [`transaction`],
-//! [`procedure`], [`classify`], [`strategy`], [`checks`]): input and `now` go in, datagrams
+//! [`procedure`], [`classify`], [`strategy`], [`checks`], [`consent`]): input and `now` go in, datagrams
 //! to send and the next wake-up come out. [`discovery`] and [`server`] are
 //! the thin tokio layers; the node drives [`checks`] on its own socket.
 
@@ -14,6 +14,7 @@ pub mod message {
 
 pub mod checks;
 pub mod classify;
+pub mod consent;
 pub mod discovery;
 pub mod procedure;
 pub mod server;

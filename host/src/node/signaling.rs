@@ -14,7 +14,7 @@ use super::{ConnectError, NodeInner, links};
 use crate::convention::Convention;
 use crate::nat::strategy::Plan;
 use crate::signal::SignalError;
-use crate::signal::client::IncomingRequest;
+use crate::signal::client::{IncomingRequest, PeerOffer};
 use crate::signal::protocol::{Candidate, CandidateKind, MAX_CANDIDATES, Offer};
 use crate::transport::conn::{ConnShared, ConnectionId, Owner, PathKind};
 use crate::transport::identity::Fingerprint;
@@ -115,13 +115,14 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
         signal.reject(&request, code as u16, message).await;
         return;
     }
-    if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
-        let message = "too many connects in progress; try again".to_string();
-        signal.reject(&request, RefuseCode::ServiceUnavailable as u16, message).await;
-        return;
-    }
+    let mut session = match inner.traversal.session_for_request(&request.from) {
+        Ok(session) => session,
+        Err(refusal) => {
+            signal.reject(&request, RefuseCode::ServiceUnavailable as u16, refusal.to_string()).await;
+            return;
+        }
+    };
     remember(&inner, &request.from, fingerprint);
-    let mut session = inner.traversal.session();
     inner.traversal.prepare(&mut session, request.offer.nat.as_ref());
     let plan = inner.traversal.plan(request.offer.nat.as_ref());
     if let (Some(relay), Plan::RelayRequired(_)) = (&inner.relay, &plan)
@@ -140,7 +141,7 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     }
     signal.answer(&request, answer).await;
     let Some(remote_credentials) = request.offer.checks.clone() else { return };
-    match inner.traversal.run_checks(session, &request.offer, remote_credentials, false).await {
+    match inner.traversal.run_checks(session, &request.offer, request.observed, remote_credentials, false).await {
         Ok(report) => tracing::debug!(
             peer = %request.from,
             remote = %report.selected.remote,
@@ -187,9 +188,10 @@ pub(super) async fn open_by_id(
         // Only the relay can carry this connect: offer its address.
         relay.settled(inner.config.connect_timeout).await;
     }
-    let session = inner.traversal.session();
+    let session = inner.traversal.session(peer);
     let request = offer(inner, &session).await;
-    let answer = signal.connect(peer, convention, request).await.map_err(|e| signal_error(peer, e))?;
+    let PeerOffer { offer: answer, observed } =
+        signal.connect(peer, convention, request).await.map_err(|e| signal_error(peer, e))?;
     let fingerprint = Fingerprint::parse(&answer.fingerprint)
         .ok_or_else(|| ConnectError::Protocol(format!("{peer} answered without a valid fingerprint")))?;
     remember(inner, peer, fingerprint);
@@ -198,7 +200,7 @@ pub(super) async fn open_by_id(
         Some(remote_credentials) => {
             let checks = tokio::select! {
                 _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
-                checks = inner.traversal.run_checks(session, &answer, remote_credentials, true) => checks,
+                checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
             };
             match checks {
                 Ok(report) => (report.selected.remote, Some(report), false),
@@ -331,14 +333,14 @@ async fn ask_again(
     inner: &Arc<NodeInner>,
     signal: &crate::signal::client::SignalClient,
     link: &RelayedLink,
-) -> Option<(Session, Offer)> {
+) -> Option<(Session, PeerOffer)> {
     if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
         return None;
     }
-    let session = inner.traversal.session();
+    let session = inner.traversal.session(&link.peer);
     let request = offer(inner, &session).await;
     match signal.connect(&link.peer, link.convention, request).await {
-        Ok(answer) if answer.fingerprint == link.fingerprint.to_string() => Some((session, answer)),
+        Ok(answer) if answer.offer.fingerprint == link.fingerprint.to_string() => Some((session, answer)),
         Ok(_) => {
             tracing::warn!(peer = %link.peer, "the peer answered with another certificate");
             None
@@ -356,7 +358,7 @@ async fn follow_the_peer_relay(
     signal: &crate::signal::client::SignalClient,
     link: &mut RelayedLink,
 ) {
-    let Some((_session, answer)) = ask_again(inner, signal, link).await else { return };
+    let Some((_session, PeerOffer { offer: answer, .. })) = ask_again(inner, signal, link).await else { return };
     let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
         tracing::info!(peer = %link.peer, "the peer has no relay allocation now; the link may end");
         return;
@@ -379,11 +381,13 @@ async fn try_direct_path(
     signal: &crate::signal::client::SignalClient,
     link: &RelayedLink,
 ) -> bool {
-    let Some((session, answer)) = ask_again(inner, signal, link).await else { return false };
+    let Some((session, PeerOffer { offer: answer, observed })) = ask_again(inner, signal, link).await else {
+        return false;
+    };
     let Some(remote_credentials) = answer.checks.clone() else { return false };
     let checks = tokio::select! {
         _ = inner.shutdown.cancelled() => return true,
-        checks = inner.traversal.run_checks(session, &answer, remote_credentials, true) => checks,
+        checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
     };
     match checks {
         Ok(report) => {

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::nat::checks::{CheckAgent, CheckConfig, CheckStats, Outcome, Selected, SocketRef};
 use crate::nat::classify::NatReport;
+use crate::nat::consent::Consent;
 use crate::nat::message::{self, Binding, BindingRequest, TxId};
 use crate::nat::strategy::{self, Plan};
 use crate::nat::transaction::{RetransmitPolicy, Step, Transaction};
@@ -58,6 +59,30 @@ const SESSION_INBOX: usize = 1024;
 /// peer cannot make the node run unbounded checks.
 pub(super) const MAX_SESSIONS: usize = 64;
 
+/// Most connect requests of one caller in progress at once, so one caller
+/// cannot take every session.
+pub(super) const MAX_SESSIONS_PER_PEER: usize = 8;
+
+/// Why a connect request gets no check session now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SessionRefusal {
+    /// [`MAX_SESSIONS`] are running.
+    Full,
+    /// The caller has [`MAX_SESSIONS_PER_PEER`] running.
+    PeerFull,
+}
+
+impl std::fmt::Display for SessionRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRefusal::Full => write!(f, "too many connects in progress ({MAX_SESSIONS}); try again"),
+            SessionRefusal::PeerFull => {
+                write!(f, "too many of your connects in progress ({MAX_SESSIONS_PER_PEER}); try again")
+            }
+        }
+    }
+}
+
 /// Most extra sockets open at once over all sessions (birthday listening
 /// asks for 256 per connect).
 const MAX_AUX_SOCKETS: usize = 1024;
@@ -86,13 +111,22 @@ pub(super) struct Traversal {
     config: CheckConfig,
     nat: watch::Sender<NatState>,
     pending: Mutex<HashMap<TxId, oneshot::Sender<(Binding, SocketAddr)>>>,
-    sessions: Mutex<HashMap<String, mpsc::Sender<SideDatagram>>>,
+    sessions: Mutex<Sessions>,
+}
+
+/// The check sessions running: their inboxes by ufrag, and how many each
+/// peer has.
+#[derive(Default)]
+struct Sessions {
+    inboxes: HashMap<String, mpsc::Sender<SideDatagram>>,
+    per_peer: HashMap<String, usize>,
 }
 
 /// Removes a check session's inbox when the session ends.
 pub(super) struct Session {
     traversal: Arc<Traversal>,
     pub(super) credentials: CheckCredentials,
+    peer: String,
     inbox: mpsc::Receiver<SideDatagram>,
     /// Extra sockets opened ahead of the checks (birthday listening).
     aux: Vec<AuxId>,
@@ -100,7 +134,15 @@ pub(super) struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.traversal.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.credentials.ufrag);
+        let mut sessions = self.traversal.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.inboxes.remove(&self.credentials.ufrag);
+        if let Some(count) = sessions.per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.per_peer.remove(&self.peer);
+            }
+        }
+        drop(sessions);
         // Extra sockets the checks never took over.
         if !self.aux.is_empty() {
             self.traversal.socket.release_aux(&self.aux, &HashSet::new());
@@ -147,7 +189,7 @@ impl Traversal {
             match &binding {
                 Binding::Request { username: Some(username), .. } => {
                     let ufrag = username.split(':').next().unwrap_or_default();
-                    let inbox = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(ufrag).cloned();
+                    let inbox = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).inboxes.get(ufrag).cloned();
                     if let Some(inbox) = inbox {
                         let _ = inbox.try_send(datagram);
                     }
@@ -159,8 +201,14 @@ impl Traversal {
                             let _ = waiter.send((binding, datagram.from));
                         }
                         None => {
-                            let inboxes: Vec<_> =
-                                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                            let inboxes: Vec<_> = self
+                                .sessions
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .inboxes
+                                .values()
+                                .cloned()
+                                .collect();
                             for inbox in inboxes {
                                 let _ = inbox.try_send(datagram.clone());
                             }
@@ -234,16 +282,35 @@ impl Traversal {
 
     /// Check sessions running now.
     pub(super) fn sessions(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).inboxes.len()
     }
 
-    /// Opens a check session: fresh credentials and an inbox for the
-    /// requests that name them.
-    pub(super) fn session(self: &Arc<Self>) -> Session {
+    /// Opens a check session toward `peer` for a connect of this node's
+    /// own: fresh credentials and an inbox for the requests that name them.
+    pub(super) fn session(self: &Arc<Self>, peer: &str) -> Session {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        self.open_session(&mut sessions, peer)
+    }
+
+    /// Opens a check session for `peer`'s connect request, unless the node
+    /// runs [`MAX_SESSIONS`] or `peer` [`MAX_SESSIONS_PER_PEER`] already.
+    pub(super) fn session_for_request(self: &Arc<Self>, peer: &str) -> Result<Session, SessionRefusal> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.inboxes.len() >= MAX_SESSIONS {
+            return Err(SessionRefusal::Full);
+        }
+        if sessions.per_peer.get(peer).copied().unwrap_or(0) >= MAX_SESSIONS_PER_PEER {
+            return Err(SessionRefusal::PeerFull);
+        }
+        Ok(self.open_session(&mut sessions, peer))
+    }
+
+    fn open_session(self: &Arc<Self>, sessions: &mut Sessions, peer: &str) -> Session {
         let credentials = CheckCredentials { ufrag: random_token(8), pwd: random_token(24) };
         let (tx, inbox) = mpsc::channel(SESSION_INBOX);
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(credentials.ufrag.clone(), tx);
-        Session { traversal: self.clone(), credentials, inbox, aux: Vec::new() }
+        sessions.inboxes.insert(credentials.ufrag.clone(), tx);
+        *sessions.per_peer.entry(peer.to_string()).or_insert(0) += 1;
+        Session { traversal: self.clone(), credentials, peer: peer.to_string(), inbox, aux: Vec::new() }
     }
 
     /// The plan toward a peer behind `remote`.
@@ -281,11 +348,15 @@ impl Traversal {
     }
 
     /// Runs the checks of `session` against the peer's `offer` until a pair
-    /// is selected or the budget is spent.
+    /// is selected or the budget is spent. `vouched` is the IP signaling
+    /// saw the peer's connection come from: ports of it may be probed; any
+    /// other address gets only what [`Consent`] allows until the peer
+    /// proves it.
     pub(super) async fn run_checks(
         &self,
         mut session: Session,
         remote: &Offer,
+        vouched: Option<std::net::IpAddr>,
         remote_credentials: CheckCredentials,
         controlling: bool,
     ) -> Result<TraversalReport, String> {
@@ -328,6 +399,7 @@ impl Traversal {
             plan.clone(),
             aux.len() as u16,
             rand::random(),
+            Consent::new(offer_size(remote), vouched),
             started,
         );
         loop {
@@ -419,4 +491,10 @@ impl Traversal {
         let local = self.socket.local_addr().map_err(|e| NatError::Io(e.to_string()))?;
         Ok(local.ip())
     }
+}
+
+/// The size of `offer` as it travelled through signaling (its JSON), the
+/// bytes the peer spent on it.
+fn offer_size(offer: &Offer) -> usize {
+    serde_json::to_vec(offer).map_or(0, |json| json.len())
 }

@@ -95,11 +95,27 @@ pub struct IncomingRequest {
     pub convention: u32,
     /// How to reach the caller.
     pub offer: Offer,
+    /// The IP address the server saw the caller's signaling connection come
+    /// from (see [`PeerOffer::observed`]).
+    pub observed: Option<std::net::IpAddr>,
 }
+
+/// A peer's answer to a connect, as signaling delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerOffer {
+    /// How to reach the peer.
+    pub offer: Offer,
+    /// The IP address the server saw the peer's signaling connection come
+    /// from: the peer receives there, so it is an address a node may probe
+    /// ports of. `None` from servers that do not vouch.
+    pub observed: Option<std::net::IpAddr>,
+}
+
+type ConnectReply = oneshot::Sender<Result<PeerOffer, SignalError>>;
 
 enum Command {
     Send(ClientMessage),
-    Connect { request_id: u64, message: ClientMessage, reply: oneshot::Sender<Result<Offer, SignalError>> },
+    Connect { request_id: u64, to: String, message: ClientMessage, reply: ConnectReply },
     List { reply: oneshot::Sender<Result<Vec<String>, SignalError>> },
 }
 
@@ -195,11 +211,11 @@ impl SignalClient {
     /// [`SignalError::Server`] e.g. when it is not online,
     /// [`SignalError::Timeout`] when no answer came in time or the session
     /// was lost, [`SignalError::Unavailable`] when not connected.
-    pub async fn connect(&self, to: &str, convention: u32, offer: Offer) -> Result<Offer, SignalError> {
+    pub async fn connect(&self, to: &str, convention: u32, offer: Offer) -> Result<PeerOffer, SignalError> {
         let request_id = random_u64();
         let message = ClientMessage::Connect { request_id, to: to.to_string(), convention, offer };
         let (reply, answer) = oneshot::channel();
-        self.command(Command::Connect { request_id, message, reply }).await?;
+        self.command(Command::Connect { request_id, to: to.to_string(), message, reply }).await?;
         self.await_reply(answer).await
     }
 
@@ -271,13 +287,27 @@ struct Actor {
 /// Requests waiting for their answers on the current session.
 #[derive(Default)]
 struct Pending {
-    connects: HashMap<u64, oneshot::Sender<Result<Offer, SignalError>>>,
+    /// Connects waiting for an answer: the peer asked, and the waiter.
+    connects: HashMap<u64, (String, ConnectReply)>,
     lists: VecDeque<oneshot::Sender<Result<Vec<String>, SignalError>>>,
 }
 
 impl Pending {
+    /// The waiter of connect `request_id` when `from` is the peer it asked;
+    /// an answer from anyone else leaves it waiting.
+    fn take_connect(&mut self, request_id: u64, from: &str) -> Option<ConnectReply> {
+        match self.connects.get(&request_id) {
+            Some((asked, _)) if asked == from => self.connects.remove(&request_id).map(|(_, reply)| reply),
+            Some((asked, _)) => {
+                tracing::warn!(asked = %asked.escape_debug(), from = %from.escape_debug(), "ignoring an answer from another peer than the one asked");
+                None
+            }
+            None => None,
+        }
+    }
+
     fn fail_all(&mut self, why: &str) {
-        for (_, reply) in self.connects.drain() {
+        for (_, (_, reply)) in self.connects.drain() {
             let _ = reply.send(Err(SignalError::Timeout(why.to_string())));
         }
         for reply in self.lists.drain(..) {
@@ -417,8 +447,8 @@ impl Actor {
                     let Some(command) = command else { break Ok(()) };
                     let message = match command {
                         Command::Send(message) => message,
-                        Command::Connect { request_id, message, reply } => {
-                            pending.connects.insert(request_id, reply);
+                        Command::Connect { request_id, to, message, reply } => {
+                            pending.connects.insert(request_id, (to, reply));
                             message
                         }
                         Command::List { reply } => {
@@ -459,18 +489,18 @@ impl Actor {
 
     async fn dispatch(&self, message: ServerMessage, pending: &mut Pending) {
         match message {
-            ServerMessage::Answered { request_id, offer, .. } => {
-                if let Some(reply) = pending.connects.remove(&request_id) {
-                    let _ = reply.send(Ok(offer));
+            ServerMessage::Answered { request_id, from, offer, observed } => {
+                if let Some(reply) = pending.take_connect(request_id, &from) {
+                    let _ = reply.send(Ok(PeerOffer { offer, observed }));
                 }
             }
-            ServerMessage::Rejected { request_id, code, message, .. } => {
-                if let Some(reply) = pending.connects.remove(&request_id) {
+            ServerMessage::Rejected { request_id, from, code, message } => {
+                if let Some(reply) = pending.take_connect(request_id, &from) {
                     let _ = reply.send(Err(SignalError::Rejected { code, message }));
                 }
             }
             ServerMessage::Error { code, message, request_id: Some(request_id) } => {
-                if let Some(reply) = pending.connects.remove(&request_id) {
+                if let Some((_, reply)) = pending.connects.remove(&request_id) {
                     let _ = reply.send(Err(SignalError::Server { code, message }));
                 }
             }
@@ -482,8 +512,8 @@ impl Actor {
                     let _ = reply.send(Ok(peers));
                 }
             }
-            ServerMessage::Incoming { request_id, from, convention, offer } => {
-                let request = IncomingRequest { request_id, from, convention, offer };
+            ServerMessage::Incoming { request_id, from, convention, offer, observed } => {
+                let request = IncomingRequest { request_id, from, convention, offer, observed };
                 if self.incoming.try_send(request).is_err() {
                     tracing::warn!("dropping a connect request: the node is not keeping up");
                 }

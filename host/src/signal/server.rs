@@ -1,11 +1,14 @@
 //! The signaling server: WebSocket (optionally TLS) on path `/ws`.
 //!
-//! Every input is bounded: message size, messages per second per client,
-//! clients in total, time without a message. A bad message gets an `error`
-//! with its code and never affects other clients.
+//! Every input is bounded: message size, messages (and control frames) per
+//! second per client, connections per source address and in total (under
+//! the process's descriptor limit), time to finish the handshake, to
+//! register and to read what the server sends, time without a useful
+//! message, memory queued for a client, registrations per id. A bad
+//! message gets an `error` with its code and never affects other clients.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,7 @@ use super::protocol::{
 };
 use super::rate::TokenBucket;
 use super::token;
+use crate::limits::{DescriptorBudget, PerIpConnections, RateTable};
 
 /// Path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
@@ -35,6 +39,21 @@ pub const WS_PATH: &str = "/ws";
 const MAX_WS_MESSAGE: usize = 64 * 1024;
 /// Messages queued for one client before sends to it fail with `peer-busy`.
 const CLIENT_QUEUE: usize = 256;
+/// Bytes tungstenite may hold for a client that does not read (written
+/// frames and the pending pong); past it sends fail and the session ends.
+const MAX_WRITE_BUFFER: usize = 128 * 1024;
+/// Descriptors kept back from client connections for the server itself.
+const RESERVED_DESCRIPTORS: u64 = 64;
+/// Registrations per id and second (sustained), and the burst above it:
+/// a client that registers and drops in a loop cannot flood subscribers
+/// with presence events.
+const REGISTER_RATE: u32 = 1;
+const REGISTER_BURST: u32 = 10;
+/// Ids whose registration rate is tracked at once (least recently seen
+/// forgotten first).
+const REGISTER_TRACKED: usize = 100_000;
+/// Longest pause between failed accepts (out of descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Configuration of a signaling server.
 #[derive(Debug, Clone)]
@@ -43,10 +62,23 @@ pub struct SignalServerConfig {
     pub listen: SocketAddr,
     /// Secret the registration tokens are signed with.
     pub secret: Vec<u8>,
-    /// Most concurrent WebSocket sessions.
+    /// Most concurrent WebSocket sessions (fewer when the descriptor
+    /// limit leaves less room).
     pub max_clients: usize,
-    /// A session without any message for this long is closed.
+    /// Most TCP connections from one IP address, handshakes included.
+    pub max_clients_per_ip: usize,
+    /// A session without a protocol message (pings and pongs do not
+    /// count) for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection must finish its TLS and WebSocket handshake within
+    /// this.
+    pub handshake_timeout: Duration,
+    /// A session must register within this after its handshake, whatever
+    /// else it sends.
+    pub register_timeout: Duration,
+    /// A message to a client must be written within this; a client that
+    /// does not read is disconnected.
+    pub send_timeout: Duration,
     /// Sustained messages per second per client.
     pub rate_per_second: u32,
     /// Burst of messages per client above the rate.
@@ -98,7 +130,11 @@ impl SignalServerConfig {
             listen,
             secret,
             max_clients: 100_000,
+            max_clients_per_ip: 256,
             idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            register_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
             rate_per_second: 50,
             rate_burst: 200,
             tls: None,
@@ -116,6 +152,10 @@ struct Session {
 struct Shared {
     config: SignalServerConfig,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Open TCP connections per source address and in total.
+    connections: PerIpConnections,
+    /// Registrations per id (an id a valid token admitted).
+    registrations: Mutex<RateTable<String>>,
     connected: AtomicUsize,
     next_serial: AtomicU64,
     forwarded: AtomicU64,
@@ -152,7 +192,23 @@ impl SignalServer {
         };
         let listener = bind(config.listen).map_err(|e| SignalError::Bind(config.listen, e.to_string()))?;
         let local_addr = listener.local_addr().map_err(|e| SignalError::Bind(config.listen, e.to_string()))?;
+        // Every session holds a descriptor; handshakes in flight too. The
+        // caps keep the server under the descriptor limit, so accept never
+        // fails for lack of one while the server still has work to do.
+        let budget = DescriptorBudget::current(RESERVED_DESCRIPTORS);
+        let max_connections = budget.connections(config.max_clients.saturating_add(config.max_clients / 8 + 64));
+        let mut config = config;
+        config.max_clients = config.max_clients.min(max_connections);
+        tracing::debug!(
+            max_clients = config.max_clients,
+            max_connections,
+            per_ip = config.max_clients_per_ip,
+            descriptors = ?budget.limit,
+            "signaling limits"
+        );
         let shared = Arc::new(Shared {
+            connections: PerIpConnections::new(config.max_clients_per_ip, max_connections),
+            registrations: Mutex::new(RateTable::new(REGISTER_RATE, REGISTER_BURST, REGISTER_TRACKED)),
             config,
             sessions: Mutex::new(HashMap::new()),
             connected: AtomicUsize::new(0),
@@ -178,6 +234,16 @@ impl SignalServer {
     /// Registered sessions.
     pub fn registered(&self) -> usize {
         self.shared.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// TCP connections open now, handshakes included.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.total()
+    }
+
+    /// The most concurrent sessions, after the descriptor limit.
+    pub fn max_clients(&self) -> usize {
+        self.shared.config.max_clients
     }
 
     /// Messages forwarded between clients since start.
@@ -214,17 +280,34 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff = Duration::ZERO;
+                pair
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off a little.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors and the like: back off, longer each
+                // time, so a full table does not make the loop spin.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                tracing::warn!("accept failed: {e}; next try in {backoff:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => continue,
+                }
+            }
+        };
+        // Over a cap the connection is closed before any byte is read: it
+        // costs one descriptor for a moment, never a task or a buffer.
+        let slot = match shared.connections.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(%peer, "connection refused: {refusal}");
                 continue;
             }
         };
@@ -233,12 +316,16 @@ async fn accept_loop(
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let limit = shared.config.handshake_timeout;
+            let deadline = tokio::time::Instant::now() + limit;
             match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve(stream, peer, shared, shutdown).await,
-                    Err(e) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve(stream, peer, deadline, shared, shutdown).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake not done within {limit:?}"),
                 },
-                None => serve::<TcpStream>(stream, peer, shared, shutdown).await,
+                None => serve::<TcpStream>(stream, peer, deadline, shared, shutdown).await,
             }
         });
     }
@@ -260,6 +347,7 @@ impl Drop for ConnectedGuard {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
+    handshake_deadline: tokio::time::Instant,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -275,24 +363,28 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     // Small buffers: a server holds many mostly idle sessions (tungstenite's
-    // default read buffer alone is 128 KiB per session).
+    // default read buffer alone is 128 KiB per session). The write buffer
+    // is capped: a client that sends pings and never reads would otherwise
+    // make it grow by a pong each.
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0);
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
-    let mut ws = match tokio::time::timeout(shared.config.idle_timeout, handshake).await {
+    let mut ws = match tokio::time::timeout_at(handshake_deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return tracing::debug!(%peer, "WebSocket handshake failed: {e}"),
         Err(_) => return tracing::debug!(%peer, "WebSocket handshake timed out"),
     };
+    let send_limit = shared.config.send_timeout;
     let previous = shared.connected.fetch_add(1, Ordering::AcqRel);
     let _guard = ConnectedGuard(shared.clone());
     if previous >= shared.config.max_clients {
         let refusal = ServerMessage::error(ErrorCode::ServerFull, "server full, try again later", None);
-        let _ = ws.send(Message::text(refusal.encode())).await;
-        let _ = ws.close(None).await;
+        let _ = send_within(&mut ws, &refusal, send_limit).await;
+        let _ = tokio::time::timeout(send_limit, ws.close(None)).await;
         return;
     }
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(CLIENT_QUEUE);
@@ -300,55 +392,99 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         shared: shared.clone(),
         tx,
         id: None,
+        peer_ip: peer.ip(),
         serial: shared.next_serial.fetch_add(1, Ordering::Relaxed),
         bucket: TokenBucket::new(shared.config.rate_per_second, shared.config.rate_burst, Instant::now()),
     };
     let idle = shared.config.idle_timeout;
-    // Idle means nothing received from the client, whatever is sent to it.
+    let register_by = tokio::time::Instant::now() + shared.config.register_timeout;
+    // Idle means no protocol message from the client, whatever is sent to
+    // it and whatever control frames it sends.
     let mut idle_deadline = tokio::time::Instant::now() + idle;
     let ending: String = loop {
+        let registered = session.id.is_some();
+        let deadline = if registered { idle_deadline } else { idle_deadline.min(register_by) };
         tokio::select! {
             _ = shutdown.cancelled() => break "server shutting down".into(),
             outgoing = rx.recv() => {
                 let Some(outgoing) = outgoing else { break "session dropped".into() };
                 let last = matches!(outgoing, ServerMessage::Replaced { .. });
-                if let Err(e) = ws.send(Message::text(outgoing.encode())).await {
-                    break format!("send failed: {e}");
+                if let Err(e) = send_within(&mut ws, &outgoing, send_limit).await {
+                    break e;
                 }
                 if last {
                     break "replaced by a newer session".into();
                 }
             }
-            incoming = tokio::time::timeout_at(idle_deadline, ws.next()) => {
-                idle_deadline = tokio::time::Instant::now() + idle;
+            incoming = tokio::time::timeout_at(deadline, ws.next()) => {
                 let reply = match incoming {
+                    Err(_) if !registered && tokio::time::Instant::now() >= register_by => {
+                        let limit = shared.config.register_timeout;
+                        let refusal = ServerMessage::error(ErrorCode::NotRegistered, format!("no registration within {limit:?}; closing"), None);
+                        let _ = send_within(&mut ws, &refusal, send_limit).await;
+                        break "no registration in time".into();
+                    }
                     Err(_) => {
-                        let _ = ws.send(Message::text(ServerMessage::error(ErrorCode::IdleTimeout, "no message within the idle timeout", None).encode())).await;
+                        let refusal = ServerMessage::error(ErrorCode::IdleTimeout, "no message within the idle timeout", None);
+                        let _ = send_within(&mut ws, &refusal, send_limit).await;
                         break "idle timeout".into();
                     }
                     Ok(None) => break "client went away".into(),
                     Ok(Some(Err(e))) => {
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                            let _ = ws.send(Message::text(ServerMessage::error(ErrorCode::TooLarge, format!("message exceeds {MAX_WS_MESSAGE} bytes; closing"), None).encode())).await;
+                            let refusal = ServerMessage::error(ErrorCode::TooLarge, format!("message exceeds {MAX_WS_MESSAGE} bytes; closing"), None);
+                            let _ = send_within(&mut ws, &refusal, send_limit).await;
                         }
                         break format!("read failed: {e}");
                     }
-                    Ok(Some(Ok(Message::Text(text)))) => session.handle(text.as_str()),
-                    Ok(Some(Ok(Message::Binary(_)))) => Some(ServerMessage::error(ErrorCode::BadRequest, "binary frames are not part of the protocol", None)),
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        idle_deadline = tokio::time::Instant::now() + idle;
+                        session.handle(text.as_str())
+                    }
+                    Ok(Some(Ok(Message::Binary(_)))) => {
+                        idle_deadline = tokio::time::Instant::now() + idle;
+                        Some(session.limited().unwrap_or_else(|| ServerMessage::error(ErrorCode::BadRequest, "binary frames are not part of the protocol", None)))
+                    }
                     Ok(Some(Ok(Message::Close(_)))) => break "client closed".into(),
-                    Ok(Some(Ok(_))) => None, // ping/pong frames: tungstenite answers pings itself
+                    // Ping, pong and raw frames: tungstenite answers pings
+                    // itself (one pending pong at most). They count against
+                    // the rate like any message; a client over it with
+                    // control frames gets no answer it could ignore: it is
+                    // closed.
+                    Ok(Some(Ok(_))) => {
+                        if !session.bucket.take(Instant::now()) {
+                            let refusal = ServerMessage::error(ErrorCode::RateLimited, "control frames over the rate limit; closing", None);
+                            let _ = send_within(&mut ws, &refusal, send_limit).await;
+                            break "control frames over the rate limit".into();
+                        }
+                        None
+                    }
                 };
                 if let Some(reply) = reply
-                    && let Err(e) = ws.send(Message::text(reply.encode())).await
+                    && let Err(e) = send_within(&mut ws, &reply, send_limit).await
                 {
-                    break format!("send failed: {e}");
+                    break e;
                 }
             }
         }
     };
     tracing::debug!(%peer, id = ?session.id, "session ended: {ending}");
     session.leave();
-    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(send_limit, ws.close(None)).await;
+}
+
+/// Writes `message` to the client within `limit`; a client that does not
+/// read (its TCP window and our bounded write buffer full) fails it.
+async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    message: &ServerMessage,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, ws.send(Message::text(message.encode()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send failed: {e}")),
+        Err(_) => Err(format!("the client read nothing for {limit:?}")),
+    }
 }
 
 /// The state of one WebSocket session.
@@ -356,15 +492,24 @@ struct ClientSession {
     shared: Arc<Shared>,
     tx: mpsc::Sender<ServerMessage>,
     id: Option<String>,
+    /// The address the client's connection comes from, vouched for to the
+    /// peers it connects to.
+    peer_ip: IpAddr,
     serial: u64,
     bucket: TokenBucket,
 }
 
 impl ClientSession {
+    /// Takes a message from the rate; the refusal when over it.
+    fn limited(&mut self) -> Option<ServerMessage> {
+        (!self.bucket.take(Instant::now()))
+            .then(|| ServerMessage::error(ErrorCode::RateLimited, "rate limit exceeded; message dropped", None))
+    }
+
     /// Handles one text message; returns the direct reply, if any.
     fn handle(&mut self, text: &str) -> Option<ServerMessage> {
-        if !self.bucket.take(Instant::now()) {
-            return Some(ServerMessage::error(ErrorCode::RateLimited, "rate limit exceeded; message dropped", None));
+        if let Some(refusal) = self.limited() {
+            return Some(refusal);
         }
         let message = match ClientMessage::decode(text) {
             Ok(m) => m,
@@ -398,10 +543,16 @@ impl ClientSession {
                 None
             }
             ClientMessage::Connect { request_id, to, convention, offer } => {
-                self.forward(&to, request_id, ServerMessage::Incoming { request_id, from: me, convention, offer })
+                let observed = Some(self.peer_ip);
+                self.forward(
+                    &to,
+                    request_id,
+                    ServerMessage::Incoming { request_id, from: me, convention, offer, observed },
+                )
             }
             ClientMessage::Answer { request_id, to, offer } => {
-                self.forward(&to, request_id, ServerMessage::Answered { request_id, from: me, offer })
+                let observed = Some(self.peer_ip);
+                self.forward(&to, request_id, ServerMessage::Answered { request_id, from: me, offer, observed })
             }
             ClientMessage::Reject { request_id, to, code, message } => {
                 self.forward(&to, request_id, ServerMessage::Rejected { request_id, from: me, code, message })
@@ -432,6 +583,16 @@ impl ClientSession {
         }
         if let Err(e) = token::verify(&self.shared.config.secret, &id, token, now_unix()) {
             return ServerMessage::error(ErrorCode::Unauthorized, format!("{e}"), None);
+        }
+        // Checked after the token, so only ids their holder proved take a
+        // place in the table.
+        let allowed = self.shared.registrations.lock().unwrap_or_else(|p| p.into_inner()).allow(&id, 1, Instant::now());
+        if !allowed {
+            return ServerMessage::error(
+                ErrorCode::RateLimited,
+                format!("{id} registers too often (at most {REGISTER_BURST} at once, then {REGISTER_RATE} a second)"),
+                None,
+            );
         }
         let mut sessions = self.sessions();
         let replaced =
