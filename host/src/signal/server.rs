@@ -52,6 +52,11 @@ const REGISTER_BURST: u32 = 10;
 /// Ids whose registration rate is tracked at once (least recently seen
 /// forgotten first).
 const REGISTER_TRACKED: usize = 100_000;
+/// Longest wait for a last message (the reason) and the close handshake to
+/// go out to a client being closed: best effort, since a client being
+/// closed for not reading would hold the session for the whole send
+/// deadline.
+const FAREWELL_LIMIT: Duration = Duration::from_secs(1);
 /// Longest pause between failed accepts (out of descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -383,8 +388,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let _guard = ConnectedGuard(shared.clone());
     if previous >= shared.config.max_clients {
         let refusal = ServerMessage::error(ErrorCode::ServerFull, "server full, try again later", None);
-        let _ = send_within(&mut ws, &refusal, send_limit).await;
-        let _ = tokio::time::timeout(send_limit, ws.close(None)).await;
+        let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
+        let _ = tokio::time::timeout(FAREWELL_LIMIT, ws.close(None)).await;
         return;
     }
     let (tx, mut rx) = mpsc::channel::<ServerMessage>(CLIENT_QUEUE);
@@ -417,23 +422,26 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             incoming = tokio::time::timeout_at(deadline, ws.next()) => {
-                let reply = match incoming {
+                // A timeout polls its future first: frames that are always
+                // ready (a flood) would never let it fire.
+                let incoming = if tokio::time::Instant::now() >= deadline { None } else { incoming.ok() };
+                let reply = match incoming.ok_or(()) {
                     Err(_) if !registered && tokio::time::Instant::now() >= register_by => {
                         let limit = shared.config.register_timeout;
                         let refusal = ServerMessage::error(ErrorCode::NotRegistered, format!("no registration within {limit:?}; closing"), None);
-                        let _ = send_within(&mut ws, &refusal, send_limit).await;
+                        let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                         break "no registration in time".into();
                     }
                     Err(_) => {
                         let refusal = ServerMessage::error(ErrorCode::IdleTimeout, "no message within the idle timeout", None);
-                        let _ = send_within(&mut ws, &refusal, send_limit).await;
+                        let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                         break "idle timeout".into();
                     }
                     Ok(None) => break "client went away".into(),
                     Ok(Some(Err(e))) => {
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             let refusal = ServerMessage::error(ErrorCode::TooLarge, format!("message exceeds {MAX_WS_MESSAGE} bytes; closing"), None);
-                            let _ = send_within(&mut ws, &refusal, send_limit).await;
+                            let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                         }
                         break format!("read failed: {e}");
                     }
@@ -454,7 +462,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Some(Ok(_))) => {
                         if !session.bucket.take(Instant::now()) {
                             let refusal = ServerMessage::error(ErrorCode::RateLimited, "control frames over the rate limit; closing", None);
-                            let _ = send_within(&mut ws, &refusal, send_limit).await;
+                            let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                             break "control frames over the rate limit".into();
                         }
                         None
@@ -470,7 +478,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     tracing::debug!(%peer, id = ?session.id, "session ended: {ending}");
     session.leave();
-    let _ = tokio::time::timeout(send_limit, ws.close(None)).await;
+    let _ = tokio::time::timeout(FAREWELL_LIMIT, ws.close(None)).await;
 }
 
 /// Writes `message` to the client within `limit`; a client that does not

@@ -1,0 +1,581 @@
+//! Regression tests for what a hostile client tried against every server
+//! (issue 14): amplification through forged offers, memory and connection
+//! exhaustion, unauthenticated reads, forged peer ids, TURN nonce replay
+//! and quotas, reflection limits. Servers run as real processes on
+//! loopback where the test reads their memory or limits their descriptors;
+//! a test that needs a third-party address runs in a network namespace of
+//! its own.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use common::{Running, WAIT};
+use fogconnect::signal::protocol::{
+    Candidate, CandidateKind, CheckCredentials, ClientMessage, ErrorCode, NatBehaviour, NatInfo, Offer,
+    PROTOCOL_VERSION, PortAllocation, ServerMessage,
+};
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+use fogconnect::{Convention, Node, Transport};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fogconnect");
+const SECRET: &str = "hardening test secret 0123456789";
+
+fn token_for(id: &str) -> String {
+    token::issue(SECRET.as_bytes(), id, u64::MAX / 2)
+}
+
+/// A server process (killed when dropped) and the address its first line
+/// names.
+struct ServerProcess {
+    _child: Running,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// `fogconnect ARGS` with the descriptor limit `nofile` (soft and hard,
+    /// so the server cannot raise it); the first stdout line that contains
+    /// `marker` gives the address after it (up to the next `/` or space).
+    fn start(args: &[&str], nofile: Option<u64>, marker: &str) -> anyhow::Result<Self> {
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
+            .args(args)
+            .env("FOGCONNECT_SIGNAL_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn the server")?;
+        let pid = child.id();
+        let stdout = child.stdout.take().context("stdout")?;
+        let running = Running(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().context("the server exited before saying where it listens")??;
+            if let Some(rest) = line.split(marker).nth(1) {
+                let addr = rest.split(['/', ' ']).next().unwrap_or_default();
+                break addr.parse().with_context(|| format!("address in {line:?}"))?;
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { _child: running, pid, addr })
+    }
+
+    fn signal(extra: &[&str], nofile: Option<u64>) -> anyhow::Result<Self> {
+        let mut args = vec!["signal", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start(&args, nofile, "signaling on ws://")
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Resident memory, in KiB.
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws(url: &str) -> anyhow::Result<Ws> {
+    Ok(tokio_tungstenite::connect_async(url).await?.0)
+}
+
+async fn recv(ws: &mut Ws) -> anyhow::Result<ServerMessage> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return Ok(ServerMessage::decode(text.as_str())?),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => bail!("unexpected {other:?}"),
+            Err(_) => bail!("no message within {WAIT:?}"),
+        }
+    }
+}
+
+async fn register(url: &str, id: &str) -> anyhow::Result<Ws> {
+    let mut ws = ws(url).await?;
+    let register = ClientMessage::Register { version: PROTOCOL_VERSION, id: id.into(), token: token_for(id) };
+    ws.send(Message::text(register.encode())).await?;
+    match recv(&mut ws).await? {
+        ServerMessage::Registered { .. } => Ok(ws),
+        other => bail!("registration of {id}: {other:?}"),
+    }
+}
+
+/// Waits until the server ends the session: the next read sees the close
+/// (after an optional error message) or the connection drops.
+async fn ended_within(ws: &mut Ws, limit: Duration) -> anyhow::Result<Option<ServerMessage>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last_error = None;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => bail!("session still open after {limit:?}"),
+            Ok(None | Some(Ok(Message::Close(_))) | Some(Err(_))) => return Ok(last_error),
+            Ok(Some(Ok(Message::Text(text)))) => last_error = ServerMessage::decode(text.as_str()).ok(),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Finding 2: memory of the signaling server under a ping flood.
+
+/// Sends ping frames (125-byte payloads) as fast as the socket takes them
+/// and never reads, for at most `limit`; returns how many went out before
+/// the server closed the connection (or the time ran out).
+async fn ping_flood(ws: Ws, limit: Duration) -> (u64, bool) {
+    let (mut sink, _never_read) = ws.split();
+    let payload = vec![0x55u8; 125];
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut sent = 0u64;
+    loop {
+        let ping = sink.send(Message::Ping(payload.clone().into()));
+        match tokio::time::timeout_at(deadline, ping).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => return (sent, true),
+            Err(_) => return (sent, false),
+        }
+    }
+}
+
+/// With the rate limit out of the way (so only the write buffer bounds
+/// it), a client that floods pings and never reads costs the server a
+/// bounded amount of memory, and its session ends at the idle timeout:
+/// pings are not useful traffic. With the default rate, the flood is cut
+/// after the burst.
+#[tokio::test]
+async fn a_ping_flood_that_never_reads_is_bounded_in_memory_and_closed() -> anyhow::Result<()> {
+    let server = ServerProcess::signal(
+        &[
+            "--rate-per-second",
+            "10000000",
+            "--rate-burst",
+            "10000000",
+            "--idle-timeout-s",
+            "3",
+            "--register-timeout-s",
+            "3",
+        ],
+        None,
+    )?;
+    let registered = register(&server.url(), "flooder").await?;
+    let unregistered = ws(&server.url()).await?;
+    let before = server.rss_kib()?;
+    let started = Instant::now();
+    let ((sent_a, closed_a), (sent_b, closed_b)) =
+        tokio::join!(ping_flood(registered, Duration::from_secs(8)), ping_flood(unregistered, Duration::from_secs(8)));
+    let after = server.rss_kib()?;
+    println!(
+        "ping flood: {sent_a} + {sent_b} pings in {:?}, server RSS {before} KiB -> {after} KiB",
+        started.elapsed()
+    );
+    ensure!(sent_a + sent_b > 10_000, "the flood did not get going: {sent_a} + {sent_b}");
+    ensure!(closed_a, "the registered flooder was not disconnected within the idle timeout");
+    ensure!(closed_b, "the unregistered flooder was not disconnected within the registration deadline");
+    ensure!(after < before + 16 * 1024, "server memory grew from {before} KiB to {after} KiB");
+
+    // At the default rate, control frames count like messages.
+    let server = ServerProcess::signal(&[], None)?;
+    let (sent, closed) = ping_flood(register(&server.url(), "flooder").await?, Duration::from_secs(8)).await;
+    ensure!(closed, "a ping flood over the rate limit was not cut");
+    ensure!(sent < 10_000, "{sent} pings accepted at 50/s with bursts of 200");
+    Ok(())
+}
+
+/// A session that never registers ends at the registration deadline even
+/// while it sends pings within the rate; a registered one that only pings
+/// ends at the idle timeout.
+#[tokio::test]
+async fn pings_keep_neither_an_unregistered_nor_an_idle_session_open() -> anyhow::Result<()> {
+    let server = ServerProcess::signal(&["--register-timeout-s", "1", "--idle-timeout-s", "2"], None)?;
+    for registered in [false, true] {
+        let mut ws = if registered { register(&server.url(), "idler").await? } else { ws(&server.url()).await? };
+        let started = Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        let ended = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if ws.send(Message::Ping(vec![1].into())).await.is_err() {
+                        break None;
+                    }
+                }
+                frame = ws.next() => match frame {
+                    None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break None,
+                    Some(Ok(Message::Text(text))) => break ServerMessage::decode(text.as_str()).ok(),
+                    Some(Ok(_)) => {}
+                }
+            }
+            ensure!(started.elapsed() < WAIT, "still open after {WAIT:?} (registered: {registered})");
+        };
+        let expected = if registered { ErrorCode::IdleTimeout } else { ErrorCode::NotRegistered };
+        match ended {
+            Some(ServerMessage::Error { code, .. }) if code == expected.code() => {}
+            other => bail!("registered {registered}: expected {expected:?}, got {other:?}"),
+        }
+        let limit = if registered { Duration::from_secs(2) } else { Duration::from_secs(1) };
+        ensure!(started.elapsed() >= limit, "closed too early: {:?}", started.elapsed());
+    }
+    Ok(())
+}
+
+/// A client that sends requests and never reads the answers is
+/// disconnected once the server cannot write to it within the send
+/// deadline, instead of holding its session forever.
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected() -> anyhow::Result<()> {
+    let mut config = SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.as_bytes().to_vec());
+    config.send_timeout = Duration::from_secs(1);
+    config.rate_per_second = 100_000;
+    config.rate_burst = 100_000;
+    let server = SignalServer::start(config).await?;
+    let deaf = register(&server.url(), "deaf").await?;
+    // Requests whose answers pile up unread: lists of everyone online (50
+    // long ids) are the largest answers.
+    let mut others = Vec::new();
+    for n in 0..50 {
+        others.push(register(&server.url(), &format!("peer-{n:03}-{}", "x".repeat(200))).await?);
+    }
+    let (mut sink, _never_read) = deaf.split();
+    let started = Instant::now();
+    let list = ClientMessage::List.encode();
+    let cut = loop {
+        match tokio::time::timeout(Duration::from_secs(1), sink.send(Message::text(list.clone()))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break true,
+            // Our own socket is full because the server stopped reading
+            // us: it has given up on this session or is about to.
+            Err(_) => {}
+        }
+        if server.registered() == 50 {
+            break true;
+        }
+        if started.elapsed() > WAIT * 2 {
+            break false;
+        }
+    };
+    ensure!(cut, "the session of a client that never reads was kept for {:?}", started.elapsed());
+    common::eventually("the deaf session is gone", || server.registered() == 50).await?;
+    Ok(())
+}
+
+/// One id registering and dropping in a loop cannot flood subscribers
+/// with presence events: registrations per id are rate-limited.
+#[tokio::test]
+async fn re_registration_is_rate_limited_so_presence_cannot_be_flooded() -> anyhow::Result<()> {
+    let server =
+        SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.as_bytes().to_vec())).await?;
+    let mut watcher = register(&server.url(), "watcher").await?;
+    watcher.send(Message::text(ClientMessage::Subscribe.encode())).await?;
+    // The subscription is in place once a request after it is answered.
+    watcher.send(Message::text(ClientMessage::Ping { nonce: 1 }.encode())).await?;
+    ensure!(matches!(recv(&mut watcher).await?, ServerMessage::Pong { nonce: 1 }));
+    let mut refused = 0;
+    for _ in 0..100 {
+        let mut ws = ws(&server.url()).await?;
+        let register =
+            ClientMessage::Register { version: PROTOCOL_VERSION, id: "flapper".into(), token: token_for("flapper") };
+        ws.send(Message::text(register.encode())).await?;
+        match recv(&mut ws).await? {
+            ServerMessage::Registered { .. } => {}
+            ServerMessage::Error { code, .. } if code == ErrorCode::RateLimited.code() => refused += 1,
+            other => bail!("unexpected {other:?}"),
+        }
+        ws.close(None).await?;
+        let _ = ended_within(&mut ws, WAIT).await;
+    }
+    ensure!(refused >= 80, "only {refused} of 100 quick re-registrations were refused");
+    // Count what the watcher got: at most two events per admitted
+    // registration, and the stream ends with a pong we ask for.
+    watcher.send(Message::text(ClientMessage::Ping { nonce: 2 }.encode())).await?;
+    let mut events = 0;
+    loop {
+        match recv(&mut watcher).await? {
+            ServerMessage::Presence { .. } => events += 1,
+            ServerMessage::Pong { nonce: 2 } => break,
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(events <= 2 * (100 - refused), "{events} presence events for {} registrations", 100 - refused);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Finding 4: connection exhaustion of the signaling server.
+
+/// Opens up to `count` TCP connections from `source` to `to`; keeps the
+/// ones the server accepted and did not close at once.
+async fn idle_connections(source: IpAddr, to: SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut kept = Vec::new();
+    for _ in 0..count {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else { break };
+        if socket.bind(SocketAddr::new(source, 0)).is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), socket.connect(to)).await {
+            Ok(Ok(stream)) => kept.push(stream),
+            _ => continue,
+        }
+    }
+    kept
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `limit`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(limit, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// Two addresses open hundreds of idle connections to a server limited to
+/// 256 descriptors: each address gets its share, the rest are closed at
+/// once, the share is closed at the handshake deadline, and a legitimate
+/// client registers and is served throughout.
+#[tokio::test]
+async fn idle_connections_from_a_few_addresses_cannot_exhaust_the_signaling_server() -> anyhow::Result<()> {
+    fogconnect::limits::raise_descriptor_limit();
+    let server = ServerProcess::signal(&["--max-clients-per-ip", "40", "--handshake-timeout-s", "2"], Some(256))?;
+    let mut attackers = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        attackers.push(idle_connections(source.parse()?, server.addr, 400).await);
+    }
+    // Of each address's connections only its share stays open.
+    let mut open = 0;
+    for connections in &mut attackers {
+        for stream in connections.iter_mut() {
+            if !closed_by_server(stream, Duration::from_millis(20)).await {
+                open += 1;
+            }
+        }
+    }
+    ensure!(open <= 80, "{open} idle connections held from two addresses with a cap of 40 each");
+    let mut legit = register(&server.url(), "legit").await?;
+    legit.send(Message::text(ClientMessage::List.encode())).await?;
+    ensure!(matches!(recv(&mut legit).await?, ServerMessage::Peers { .. }));
+    // The idle ones end at the handshake deadline.
+    let started = Instant::now();
+    for connections in &mut attackers {
+        for stream in connections.iter_mut() {
+            ensure!(closed_by_server(stream, WAIT).await, "an idle connection outlived the handshake deadline");
+        }
+    }
+    ensure!(started.elapsed() < Duration::from_secs(5), "idle connections closed after {:?}", started.elapsed());
+    legit.send(Message::text(ClientMessage::List.encode())).await?;
+    ensure!(matches!(recv(&mut legit).await?, ServerMessage::Peers { .. }));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Finding 1: amplification through a forged connect offer.
+
+/// Runs `test` on a multi-threaded runtime inside a network namespace of
+/// its own (this thread and the threads it starts; gone when they end),
+/// with loopback up and an nftables counter of UDP sent to `victim`.
+fn in_own_namespace<F, Fut>(victim: IpAddr, test: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Box<dyn Fn() -> anyhow::Result<(u64, u64)> + Send + Sync>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A thread of its own: the namespace is that thread's, never the test
+    // harness's.
+    let worker = std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET only moves this thread into
+        // a new network namespace; it touches no memory of ours.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            let _ = tx.send(Err(anyhow::anyhow!(
+                "cannot make a network namespace (root needed): {}",
+                std::io::Error::last_os_error()
+            )));
+            return;
+        }
+        let result = (|| {
+            run("ip", &["link", "set", "lo", "up"], None)?;
+            let rules = format!(
+                "table ip victim {{\n counter sent {{ }}\n chain out {{ type filter hook output priority 0; \
+                 policy accept; ip daddr {victim} meta l4proto udp counter name \"sent\"; }}\n}}\n"
+            );
+            run("nft", &["-f", "-"], Some(&rules))?;
+            let counter = Box::new(|| -> anyhow::Result<(u64, u64)> {
+                let listing = run("nft", &["list", "counter", "ip", "victim", "sent"], None)?;
+                let number = |key: &str| -> anyhow::Result<u64> {
+                    let at = listing.find(key).with_context(|| format!("{key} in {listing}"))? + key.len();
+                    Ok(listing[at..].split_whitespace().next().context("value")?.parse()?)
+                };
+                Ok((number("packets ")?, number("bytes ")?))
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(test(counter))
+        })();
+        let _ = tx.send(result);
+    });
+    let result = rx.recv().context("the namespace thread ended without a result")?;
+    let _ = worker.join();
+    result
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{program} (make test installs it)"))?;
+    if let Some(text) = stdin {
+        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output()?;
+    ensure!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A forged offer naming a victim as the caller's public address and
+/// claiming a symmetric NAT with random ports, and the connect message
+/// carrying it.
+fn forged_connect(victim: SocketAddr, request_id: u64) -> String {
+    let offer = Offer {
+        fingerprint: fogconnect::transport::identity::Identity::generate()
+            .map(|i| i.fingerprint().to_string())
+            .unwrap_or_default(),
+        candidates: vec![Candidate { kind: CandidateKind::ServerReflexive, addr: victim }],
+        nat: Some(NatInfo {
+            mapping: NatBehaviour::AddressAndPortDependent,
+            filtering: NatBehaviour::AddressAndPortDependent,
+            allocation: PortAllocation::Random,
+            udp_blocked: false,
+        }),
+        checks: Some(CheckCredentials { ufrag: "evil".into(), pwd: "evil-password-0123456789".into() }),
+    };
+    let convention = Convention::new(Transport::Quic, 1).raw();
+    ClientMessage::Connect { request_id, to: "device".into(), convention, offer }.encode()
+}
+
+/// The bound the node states: bytes to addresses the peer has not proven
+/// are at most 3x the bytes the peer sent.
+const AMPLIFICATION: u64 = fogconnect::nat::consent::AMPLIFICATION;
+
+/// A registered client sends connects whose offers name a victim as their
+/// public address and claim a NAT that calls for birthday probing. The
+/// callee sends the victim at most 3x the bytes of the forged messages
+/// (UDP payload, counted on the wire), never sprays its ports, and while
+/// the attacker repeats the forged connects as fast as signaling lets it,
+/// a legitimate connect by id is served.
+#[test]
+fn a_forged_offer_cannot_aim_the_callee_at_a_third_party() -> anyhow::Result<()> {
+    let victim: SocketAddr = "127.0.0.99:40000".parse()?;
+    in_own_namespace(victim.ip(), move |sent_to_victim| async move {
+        let server =
+            SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.as_bytes().to_vec())).await?;
+        let url = server.url();
+        let mut config = common::config();
+        config.checks.budget = Duration::from_secs(2);
+        let device = Node::builder()
+            .config(config.clone())
+            .node_id("device")
+            .signal(&url, token_for("device"))
+            .plugin(1, common::plugin("demo"))
+            .start()
+            .await?;
+        device.registered(WAIT).await?;
+        let app = Node::builder().config(config).node_id("app").signal(&url, token_for("app")).start().await?;
+        app.registered(WAIT).await?;
+        let mut attacker = register(&url, "mallory").await?;
+
+        // One forged connect: watch the victim for the whole check budget.
+        let message = forged_connect(victim, 1);
+        let message_bytes = message.len() as u64;
+        attacker.send(Message::text(message)).await?;
+        ensure!(matches!(recv(&mut attacker).await?, ServerMessage::Answered { .. }), "the device answers");
+        let watch_until = Instant::now() + Duration::from_secs(3);
+        let (mut packets, mut bytes) = (0, 0);
+        while Instant::now() < watch_until {
+            (packets, bytes) = sent_to_victim()?;
+            let payload = bytes.saturating_sub(28 * packets);
+            ensure!(
+                payload <= AMPLIFICATION * message_bytes,
+                "{payload} bytes to the victim for one {message_bytes}-byte message"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let payload = bytes.saturating_sub(28 * packets);
+        println!(
+            "one forged connect ({message_bytes} B): {packets} datagrams, {payload} B of payload to the victim \
+             (factor {:.2})",
+            payload as f64 / message_bytes as f64
+        );
+        ensure!(packets > 0, "the counter saw nothing: the victim address was never checked");
+        ensure!(packets < 20, "{packets} datagrams to the victim: that is probing, not a few checks");
+
+        // Repeated forged connects while a legitimate connect by id runs.
+        let (before_packets, before_bytes) = sent_to_victim()?;
+        let mut forged_bytes = 0u64;
+        let (mut tx, mut rx) = attacker.split();
+        let flood = async {
+            for request_id in 2..202u64 {
+                let message = forged_connect(victim, request_id);
+                forged_bytes += message.len() as u64;
+                if tx.send(Message::text(message)).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        let drain = async {
+            let mut refused = 0u32;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, rx.next()).await {
+                if let Message::Text(text) = frame
+                    && let Ok(ServerMessage::Rejected { message, .. }) = ServerMessage::decode(text.as_str())
+                    && message.contains("your connects")
+                {
+                    refused += 1;
+                    if refused >= 100 {
+                        break;
+                    }
+                }
+            }
+            refused
+        };
+        let legit = async {
+            let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
+            common::ask(&mut conn, "I am fog data!").await
+        };
+        let (flooded, refused, reply) = tokio::join!(flood, drain, legit);
+        flooded?;
+        ensure!(reply? == "I know!", "the legitimate connect was not served");
+        ensure!(refused >= 100, "only {refused} forged connects were refused by the per-caller limit");
+        let watch_until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < watch_until {
+            let (packets, bytes) = sent_to_victim()?;
+            let payload = (bytes - before_bytes).saturating_sub(28 * (packets - before_packets));
+            ensure!(
+                payload <= AMPLIFICATION * forged_bytes,
+                "{payload} bytes to the victim for {forged_bytes} bytes of forged connects"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        app.shutdown().await;
+        device.shutdown().await;
+        Ok(())
+    })
+}
