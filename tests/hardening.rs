@@ -44,7 +44,7 @@ impl ServerProcess {
     /// `fogconnect ARGS` with the descriptor limit `nofile` (soft and hard,
     /// so the server cannot raise it); the first stdout line that contains
     /// `marker` gives the address after it (up to the next `/` or space).
-    fn start(args: &[&str], nofile: Option<u64>, marker: &str) -> anyhow::Result<Self> {
+    fn start(args: &[&str], nofile: Option<u64>, marker: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut command = match nofile {
             Some(n) => {
                 let mut c = Command::new("sh");
@@ -56,6 +56,7 @@ impl ServerProcess {
         let mut child = command
             .args(args)
             .env("FOGCONNECT_SIGNAL_SECRET", SECRET)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -78,7 +79,7 @@ impl ServerProcess {
     fn signal(extra: &[&str], nofile: Option<u64>) -> anyhow::Result<Self> {
         let mut args = vec!["signal", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        Self::start(&args, nofile, "signaling on ws://")
+        Self::start(&args, nofile, "signaling on ws://", &[])
     }
 
     fn url(&self) -> String {
@@ -578,4 +579,89 @@ fn a_forged_offer_cannot_aim_the_callee_at_a_third_party() -> anyhow::Result<()>
         device.shutdown().await;
         Ok(())
     })
+}
+
+// ---------------------------------------------------------------------------
+// Finding 5: the admin API authenticates before it reads.
+
+const ADMIN_TOKEN: &str = "hardening-admin-token-0123456789";
+
+/// Reads from `stream` until the server closes it or `limit` passes;
+/// returns what arrived and whether it was closed.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&received).into_owned(), true),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&received).into_owned(), false),
+        }
+    }
+}
+
+/// Uploads without the token are refused from their headers, before any
+/// body is read, and their connections closed; half-sent headers are
+/// closed at the header deadline; connections over the cap are closed at
+/// once; the node's memory stays flat and the token holder is served after.
+#[tokio::test]
+async fn the_admin_api_refuses_before_reading_and_bounds_what_clients_hold() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let node = ServerProcess::start(
+        &["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "admin-node", "--admin", "127.0.0.1:0"],
+        None,
+        "admin API on ",
+        &[("FOGCONNECT_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )?;
+    let before = node.rss_kib()?;
+    // Eight stalled 60 MB uploads without the token, each after 64 KiB.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(node.addr).await?;
+        let head = format!("POST /v1/services/9 HTTP/1.1\r\nHost: {}\r\nContent-Length: 60000000\r\n\r\n", node.addr);
+        stream.write_all(head.as_bytes()).await?;
+        let _ = stream.write_all(&vec![0u8; 64 * 1024]).await;
+        stalled.push(stream);
+    }
+    for stream in &mut stalled {
+        let (answer, closed) = read_until_closed(stream, Duration::from_secs(3)).await;
+        ensure!(answer.starts_with("HTTP/1.1 401"), "an upload without the token got {answer:?}");
+        ensure!(closed, "the refused upload's connection stayed open");
+    }
+    let after = node.rss_kib()?;
+    ensure!(after < before + 16 * 1024, "node memory grew from {before} KiB to {after} KiB");
+
+    // Connections with half-sent headers, more than the cap.
+    let mut partial = Vec::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(node.addr).await?;
+        let _ = stream.write_all(b"GET /v1/services HTTP/1.1\r\nHost: x\r\n").await;
+        partial.push(stream);
+    }
+    let started = Instant::now();
+    let mut closed_at_once = 0;
+    for stream in &mut partial {
+        if read_until_closed(stream, Duration::from_millis(200)).await.1 {
+            closed_at_once += 1;
+        }
+    }
+    ensure!(closed_at_once >= 40 - 16, "only {closed_at_once} of 40 connections over a cap of 16 were closed");
+    for stream in &mut partial {
+        let (_, closed) = read_until_closed(stream, WAIT).await;
+        ensure!(closed, "half-sent headers kept a connection open");
+    }
+    let took = started.elapsed();
+    ensure!(took < Duration::from_secs(8), "half-sent headers held connections for {took:?}");
+
+    // The token holder is served.
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await?;
+    let request = format!(
+        "GET /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let (answer, _) = read_until_closed(&mut stream, WAIT).await;
+    ensure!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"services\""), "{answer}");
+    Ok(())
 }

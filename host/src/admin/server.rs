@@ -1,11 +1,21 @@
-//! The admin API's HTTP server (axum).
+//! The admin API's HTTP server (axum routes on hyper connections driven
+//! here, so the server bounds what an unauthenticated client can hold).
+//!
+//! The token is checked from the headers before any byte of a body is
+//! read, and a refused request closes its connection. Headers must arrive
+//! within [`HEADER_TIMEOUT`], an upload within [`BODY_TIMEOUT`], and at
+//! most [`MAX_CONNECTIONS`] connections are open at once (more are closed
+//! at accept).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -20,6 +30,14 @@ use fogconnect_proto::manifest::PluginManifest;
 
 /// Largest plugin upload, in bytes.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
+/// Longest a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a client may take to send a request's body (a plugin upload).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most admin connections open at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Longest one admin connection stays open.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 /// How the admin API is offered.
 #[derive(Debug, Clone)]
@@ -69,15 +87,10 @@ impl AdminServer {
             .route("/v1/services/{service}", get(show).post(load).put(swap).delete(unload))
             .route("/metrics", get(metrics))
             .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES))
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
             .with_state(state);
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::warn!("admin API stopped: {e}");
-            }
-        });
+        tokio::spawn(serve_connections(listener, router, stop.clone()));
         Ok(Self { addr, stop })
     }
 
@@ -95,6 +108,79 @@ impl AdminServer {
 impl Drop for AdminServer {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Accepts admin connections until `stop`, at most [`MAX_CONNECTIONS`]
+/// at once, each served by hyper with the header deadline.
+async fn serve_connections(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::ZERO;
+                pair
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!("admin accept failed: {e}; next try in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} open already");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, "admin connection: {e}");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+                _ = lifetime => tracing::debug!(%peer, "admin connection open for {CONNECTION_LIFETIME:?}: closed"),
+            }
+        });
+    }
+}
+
+/// Refuses a request without the token before anything reads its body,
+/// and closes the connection it came on.
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    match authorized(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let mut response = refusal.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+/// Reads an upload's body within [`BODY_TIMEOUT`] and [`MAX_PLUGIN_BYTES`].
+async fn read_upload(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_PLUGIN_BYTES)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the upload: {e}"))),
+        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the upload took over {BODY_TIMEOUT:?}"))),
     }
 }
 
@@ -220,24 +306,17 @@ fn service_answer(
     Ok((status, axum::Json(answer)).into_response())
 }
 
-async fn list(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorized(&state, &headers)?;
+async fn list(State(state): State<AdminState>) -> Result<Response, ApiError> {
     let services: Vec<_> = state.node.services().iter().map(service_json).collect();
     Ok(axum::Json(json!({ "services": services })).into_response())
 }
 
-async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorized(&state, &headers)?;
+async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
     let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
     Ok((content_type, state.node.metrics()).into_response())
 }
 
-async fn show(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Path(service): Path<String>,
-) -> Result<Response, ApiError> {
-    authorized(&state, &headers)?;
+async fn show(State(state): State<AdminState>, Path(service): Path<String>) -> Result<Response, ApiError> {
     service_answer(&state.node, service_number(&service)?, StatusCode::OK, None)
 }
 
@@ -252,22 +331,20 @@ struct UploadQuery {
 
 async fn load(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path(service): Path<String>,
     Query(query): Query<UploadQuery>,
-    wasm: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    upload(&state, &headers, &service, query, &wasm, Upload::Load).await
+    upload(&state, &service, query, body, Upload::Load).await
 }
 
 async fn swap(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path(service): Path<String>,
     Query(query): Query<UploadQuery>,
-    wasm: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    upload(&state, &headers, &service, query, &wasm, Upload::Swap).await
+    upload(&state, &service, query, body, Upload::Swap).await
 }
 
 /// What an uploaded plugin is for.
@@ -281,13 +358,11 @@ enum Upload {
 
 async fn upload(
     state: &AdminState,
-    headers: &HeaderMap,
     service: &str,
     query: UploadQuery,
-    wasm: &[u8],
+    body: Body,
     upload: Upload,
 ) -> Result<Response, ApiError> {
-    authorized(state, headers)?;
     let service = service_number(service)?;
     let manifest = match &query.manifest {
         Some(text) => {
@@ -295,6 +370,7 @@ async fn upload(
         }
         None => PluginManifest::default(),
     };
+    let wasm = read_upload(body).await?;
     let build = PluginBuild::new(query.name.unwrap_or_else(|| "plugin".into()), wasm.to_vec()).with_manifest(manifest);
     match upload {
         Upload::Load => {
@@ -308,12 +384,7 @@ async fn upload(
     }
 }
 
-async fn unload(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Path(service): Path<String>,
-) -> Result<Response, ApiError> {
-    authorized(&state, &headers)?;
+async fn unload(State(state): State<AdminState>, Path(service): Path<String>) -> Result<Response, ApiError> {
     state.node.unload_plugin(service_number(&service)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
