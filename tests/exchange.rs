@@ -13,7 +13,10 @@ async fn demo_plugin_answers_i_know() -> anyhow::Result<()> {
     let device = node_with("ee:34:a1:44:2c:1c", &[(1, "demo")]).await?;
     let app = node_with("app", &[]).await?;
     let mut conn = app.connect(device.local_addr(), Transport::Quic, 1).await?;
-    assert_eq!(conn.peer_id(), "ee:34:a1:44:2c:1c");
+    // By address, nobody vouches for the id the device claims: it is shown
+    // as the device's certificate.
+    assert_eq!(conn.peer_id(), format!("fp:{}", device.fingerprint()));
+    assert!(!conn.peer_verified());
     assert_eq!(conn.convention().raw(), 0x11);
     assert!(!conn.is_passive());
     assert_eq!(ask(&mut conn, "I am fog data!").await?, "I know!");
@@ -28,7 +31,14 @@ async fn passive_plugin_sees_passive_and_the_convention() -> anyhow::Result<()> 
     let client = node_with("client", &[]).await?;
     let mut conn = client.connect(server.local_addr(), Transport::Quic, 42).await?;
     let info = ask(&mut conn, "info").await?;
-    let expected = format!("passive=true convention={:#x} peer=client remote={}", (42 << 4) | 1, client.local_addr());
+    // By address, the client's claimed id is not vouched for: the plugin
+    // sees its certificate.
+    let expected = format!(
+        "passive=true convention={:#x} peer=fp:{} remote={}",
+        (42 << 4) | 1,
+        client.fingerprint(),
+        client.local_addr()
+    );
     ensure!(info.starts_with(&expected), "{info}");
     ensure!(info.contains("imports-agree=true"), "{info}");
     // The user-data slot keeps what the plugin stored.
@@ -132,7 +142,7 @@ async fn plugin_connects_to_another_node_and_sees_refusals() -> anyhow::Result<(
         log.contains("reply:ping-through") && log.contains("closed:refused:no such service: 9")
     })
     .await?;
-    ensure!(log.contains("connected:echo-node:0x1"), "{log}");
+    ensure!(log.contains(&format!("connected:fp:{}:0x1", echo_node.fingerprint())), "{log}");
     app.shutdown().await;
     prober.shutdown().await;
     echo_node.shutdown().await;

@@ -665,3 +665,102 @@ async fn the_admin_api_refuses_before_reading_and_bounds_what_clients_hold() -> 
     ensure!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"services\""), "{answer}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Finding 3: ids shown to plugins and the Rust API are vouched for or
+// marked as certificates.
+
+/// A QUIC client with a certificate of its own that opens one fogconnect
+/// connection claiming `claimed`, asks "info" and returns the answer (or
+/// the refusal).
+async fn raw_open(to: SocketAddr, claimed: &str, service: u8) -> anyhow::Result<Result<String, String>> {
+    use fogconnect::transport::identity::Identity;
+    use fogconnect::transport::wire::{Decoder, Frame, WIRE_VERSION};
+    let identity = Identity::generate()?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(identity.client_config(None, std::sync::Arc::default())?);
+    let quic = endpoint.connect(to, "fogconnect")?.await?;
+    let (mut send, mut recv) = quic.open_bi().await?;
+    let convention = Convention::new(Transport::Quic, service).raw();
+    send.write_all(&Frame::Open { version: WIRE_VERSION, convention, peer_id: claimed.into() }.encode()).await?;
+    let mut decoder = Decoder::new(64 * 1024);
+    let mut next = async || -> anyhow::Result<Frame> {
+        loop {
+            if let Some(frame) = decoder.next_frame()? {
+                return Ok(frame);
+            }
+            let chunk = tokio::time::timeout(WAIT, recv.read_chunk(4096, true)).await??.context("stream ended")?;
+            decoder.push(&chunk.bytes);
+        }
+    };
+    match next().await? {
+        Frame::Accept { .. } => {}
+        Frame::Refuse { message, .. } => return Ok(Err(message)),
+        other => bail!("unexpected {other:?}"),
+    }
+    send.write_all(&Frame::Data("info".into()).encode()).await?;
+    let answer = match next().await? {
+        Frame::Data(data) => String::from_utf8_lossy(&data).into_owned(),
+        other => bail!("unexpected {other:?}"),
+    };
+    quic.close(0u32.into(), b"done");
+    Ok(Ok(answer))
+}
+
+/// A client that claims another node's id over a connect by address is
+/// refused when signaling vouched for that id with another certificate,
+/// and shown as its certificate (`fp:…`, not verified) when nobody vouched
+/// for the id; empty ids, ids with control characters and `fp:` ids are
+/// refused; ids signaling vouched for reach the plugin as they are.
+#[tokio::test]
+async fn a_claimed_peer_id_reaches_a_plugin_only_when_signaling_vouched_for_it() -> anyhow::Result<()> {
+    let server =
+        SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.as_bytes().to_vec())).await?;
+    let url = server.url();
+    let device = Node::builder()
+        .config(common::config())
+        .node_id("device")
+        .signal(&url, token_for("device"))
+        .plugin(42, common::plugin("test-probe"))
+        .start()
+        .await?;
+    device.registered(WAIT).await?;
+    let app = Node::builder().config(common::config()).node_id("app").signal(&url, token_for("app")).start().await?;
+    app.registered(WAIT).await?;
+
+    // By id: vouched for on both sides.
+    let mut conn = app.connect_peer("device", Transport::Quic, 42).await?;
+    ensure!(conn.peer_id() == "device" && conn.peer_verified());
+    let info = common::ask(&mut conn, "info").await?;
+    ensure!(info.contains("peer=app "), "{info}");
+
+    // By address, claiming the id signaling vouched for with another key.
+    let refused = raw_open(device.local_addr(), "app", 42).await?;
+    ensure!(matches!(&refused, Err(m) if m.contains("another certificate")), "{refused:?}");
+    // Claiming an id nobody vouched for: shown as the certificate.
+    let answer = raw_open(device.local_addr(), "ee:34:a1:44:2c:1c", 42).await?.map_err(anyhow::Error::msg)?;
+    let peer = answer.split("peer=").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or_default();
+    ensure!(peer.starts_with("fp:") && peer.len() == 3 + 64, "a claimed id reached the plugin: {answer}");
+    // Ids that are not ids.
+    for bad in ["", "evil\u{1b}[2J\nid", "fp:0123456789abcdef"] {
+        let refused = raw_open(device.local_addr(), bad, 42).await?;
+        ensure!(matches!(&refused, Err(m) if m.contains("invalid peer id")), "{bad:?}: {refused:?}");
+    }
+    // A node connecting by address sees the device as its certificate.
+    let stranger = common::node_with("stranger", &[]).await?;
+    let conn = stranger.connect(device.local_addr(), Transport::Quic, 42).await?;
+    ensure!(conn.peer_id() == format!("fp:{}", device.fingerprint()) && !conn.peer_verified(), "{}", conn.peer_id());
+    // Signaling refuses ids that are not ids.
+    for bad in ["fp:abc", "tab\there"] {
+        let mut ws = ws(&url).await?;
+        let register = ClientMessage::Register { version: PROTOCOL_VERSION, id: bad.into(), token: token_for(bad) };
+        ws.send(Message::text(register.encode())).await?;
+        ensure!(
+            matches!(recv(&mut ws).await?, ServerMessage::Error { code, .. } if code == ErrorCode::BadRequest.code())
+        );
+    }
+    stranger.shutdown().await;
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}

@@ -42,6 +42,7 @@ fn dispatch(c: &mut Criterion) {
     let meta = ConnMeta {
         id: ConnectionId(1),
         peer_id: "bench".into(),
+        peer_verified: true,
         passive: true,
         convention: Convention::new(Transport::Quic, 0),
         remote: "127.0.0.1:1".parse().expect("addr"),

@@ -19,7 +19,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fogconnect: {e:#}");
+            // Errors can quote the network (refusal reasons, ids).
+            eprintln!("fogconnect: {}", cli::terminal_safe(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

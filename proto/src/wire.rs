@@ -19,6 +19,27 @@ pub const HEADER_LEN: usize = 5;
 pub const MAX_CONTROL_LEN: usize = 1024;
 /// Longest node id, in bytes.
 pub const MAX_PEER_ID_LEN: usize = 255;
+/// Prefix of the ids a node shows for peers whose claimed id nobody
+/// vouched for: `fp:` and the hex fingerprint of the certificate the peer
+/// presented. Signaling refuses to register ids with this prefix, so an id
+/// that starts with it always names a key, never a registered node.
+pub const KEY_ID_PREFIX: &str = "fp:";
+
+/// Why `id` cannot be a node id, if it cannot: it must be 1 to
+/// [`MAX_PEER_ID_LEN`] bytes without control characters (ids end up in
+/// logs, terminals and plugins), and must not start with
+/// [`KEY_ID_PREFIX`].
+pub fn peer_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() || id.len() > MAX_PEER_ID_LEN {
+        Some("an id must be 1 to 255 bytes")
+    } else if id.chars().any(char::is_control) {
+        Some("an id must not contain control characters")
+    } else if id.starts_with(KEY_ID_PREFIX) {
+        Some("ids starting with fp: name certificates and cannot be registered")
+    } else {
+        None
+    }
+}
 
 const TYPE_OPEN: u8 = 0x01;
 const TYPE_ACCEPT: u8 = 0x02;
@@ -444,5 +465,16 @@ mod tests {
             Ok(Some(Frame::Open { peer_id, .. })) => assert!(peer_id.len() <= MAX_PEER_ID_LEN),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn peer_ids_are_printable_bounded_and_not_key_ids() {
+        assert_eq!(peer_id_problem("ee:34:a1:44:2c:1c"), None);
+        assert_eq!(peer_id_problem("caméra-1"), None);
+        assert!(peer_id_problem("").is_some());
+        assert!(peer_id_problem(&"x".repeat(256)).is_some());
+        assert!(peer_id_problem("evil\x1b[2Jid").is_some());
+        assert!(peer_id_problem("line\nbreak").is_some());
+        assert!(peer_id_problem("fp:0011").is_some());
     }
 }

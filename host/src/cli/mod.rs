@@ -237,6 +237,24 @@ impl Cli {
 }
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `default_level`).
+/// `text` from the network made safe for a terminal: control characters
+/// other than newline and tab are shown as escapes (`\u{1b}`), so a peer
+/// cannot move the cursor, clear the screen or forge output.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut safe = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            safe.extend(c.escape_unicode());
+        } else {
+            safe.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(safe)
+}
+
 pub fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -256,5 +274,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stun(args) => stun::run(args).await,
         Command::Nat(args) => nat::run(args).await,
         Command::Relay(args) => relay::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_characters_from_the_network_are_escaped() {
+        assert_eq!(terminal_safe("I know!"), "I know!");
+        assert_eq!(terminal_safe("a\tb\nc"), "a\tb\nc");
+        assert_eq!(terminal_safe("evil\u{1b}[2J\r"), "evil\\u{1b}[2J\\u{d}");
     }
 }

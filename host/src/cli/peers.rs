@@ -22,7 +22,7 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
     .await;
     node.shutdown().await;
     for peer in result? {
-        println!("{peer}");
+        println!("{}", super::terminal_safe(&peer));
     }
     Ok(())
 }

@@ -88,7 +88,9 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
             let text = if numbered { format!("{message} #{i}") } else { message.clone() };
             conn.send(text.into_bytes()).context("send failed")?;
             match tokio::time::timeout(timeout, conn.recv()).await {
-                Ok(ConnectionEvent::Message(reply)) => println!("{}", String::from_utf8_lossy(&reply)),
+                Ok(ConnectionEvent::Message(reply)) => {
+                    println!("{}", super::terminal_safe(&String::from_utf8_lossy(&reply)))
+                }
                 Ok(ConnectionEvent::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
                 Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
             }

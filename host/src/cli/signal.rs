@@ -31,8 +31,9 @@ pub struct SignalArgs {
     #[arg(long, default_value_t = 100_000)]
     max_clients: usize,
     /// Most TCP connections from one IP address (handshakes included);
-    /// more are closed at once.
-    #[arg(long, default_value_t = 256)]
+    /// more are closed at once. Devices behind one carrier-grade NAT share
+    /// an address: raise it for such populations.
+    #[arg(long, default_value_t = 1024)]
     max_clients_per_ip: usize,
     /// Close sessions that send no protocol message for this many seconds
     /// (WebSocket pings do not count).
@@ -120,8 +121,8 @@ struct TokenArgs {
 pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     if let Some(SignalAction::Token(t)) = args.action {
         let secret = t.secret.load()?;
-        if t.id.is_empty() || t.id.len() > 255 {
-            bail!("the id must be 1..=255 bytes");
+        if let Some(problem) = fogconnect::transport::wire::peer_id_problem(&t.id) {
+            bail!("{problem}");
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         println!("{}", token::issue(&secret, &t.id, now + t.valid_days * 86_400));

@@ -70,7 +70,7 @@ async fn receive(node: &Node, args: &StreamArgs) -> anyhow::Result<()> {
             .command(Bytes::from(command.clone().into_bytes()), timeout)
             .await
             .with_context(|| format!("command {command:?}"))?;
-        println!("reply to {command}: {}", String::from_utf8_lossy(&reply).trim_end());
+        println!("reply to {command}: {}", super::terminal_safe(String::from_utf8_lossy(&reply).trim_end()));
     }
     let mut stream = session.open(&args.params).await.context("cannot open the stream")?;
     println!(
@@ -125,7 +125,7 @@ async fn receive(node: &Node, args: &StreamArgs) -> anyhow::Result<()> {
                 match reply {
                     Some(Ok(reply)) => {
                         for line in String::from_utf8_lossy(&reply).lines() {
-                            println!("  | {line}");
+                            println!("  | {}", super::terminal_safe(line));
                         }
                     }
                     Some(Err(e)) => println!("  | watch command failed: {e}"),
@@ -134,7 +134,7 @@ async fn receive(node: &Node, args: &StreamArgs) -> anyhow::Result<()> {
             }
             command = session.next_command(), if commands_open => match command {
                 Some(command) => {
-                    println!("device command: {}", String::from_utf8_lossy(command.data()));
+                    println!("device command: {}", super::terminal_safe(&String::from_utf8_lossy(command.data())));
                     let _ = command.reply(Err("fogconnect stream does not answer commands".into()));
                 }
                 None => commands_open = false,

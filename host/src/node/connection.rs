@@ -55,9 +55,18 @@ impl Connection {
         self.shared.meta().id
     }
 
-    /// The remote node's id.
+    /// The remote node's id: its registered id when signaling vouched for
+    /// it with the certificate the peer presented, else `fp:` and that
+    /// certificate's fingerprint (a connect by address to a node signaling
+    /// never introduced). [`Connection::peer_verified`] tells which.
     pub fn peer_id(&self) -> &str {
         &self.shared.meta().peer_id
+    }
+
+    /// Whether [`Connection::peer_id`] is an id signaling vouched for
+    /// (false: it names the peer's certificate).
+    pub fn peer_verified(&self) -> bool {
+        self.shared.meta().peer_verified
     }
 
     /// The agreed convention number.

@@ -232,6 +232,21 @@ async fn read_frame(recv: &mut quinn::RecvStream, decoder: &mut Decoder) -> Resu
     }
 }
 
+/// The id to show for a peer that claims `claimed` over `quic`, and
+/// whether it is verified: the claimed id when signaling vouched for it
+/// with the certificate the peer presented in the handshake; otherwise
+/// (a connect by address, or an id signaling never introduced) `fp:` and
+/// the fingerprint of that certificate, which the handshake did prove.
+fn shown_peer_id(inner: &NodeInner, claimed: String, quic: &quinn::Connection) -> (String, bool) {
+    let presented = peer_fingerprint(quic);
+    match (super::signaling::known_fingerprint(inner, &claimed), presented) {
+        (Some(vouched), Some(presented)) if vouched == presented => (claimed, true),
+        (_, Some(presented)) => (format!("{}{presented}", crate::transport::wire::KEY_ID_PREFIX), false),
+        // Our TLS configuration always asks for a certificate.
+        (_, None) => (format!("{}unknown", crate::transport::wire::KEY_ID_PREFIX), false),
+    }
+}
+
 async fn refuse(mut send: quinn::SendStream, code: RefuseCode, message: String) {
     tracing::debug!(?code, "refusing connect request: {message}");
     let _ = send.write_all(&Frame::Refuse { code, message }.encode()).await;
@@ -275,6 +290,9 @@ async fn answer(
         }
         Err(e) => return refuse(send, RefuseCode::UnsupportedTransport, e.to_string()).await,
     };
+    if let Some(problem) = crate::transport::wire::peer_id_problem(&peer_id) {
+        return refuse(send, RefuseCode::BadRequest, format!("invalid peer id: {problem}")).await;
+    }
     // A peer id that signaling vouched for must come with its certificate.
     if let Some(expected) = super::signaling::known_fingerprint(&inner, &peer_id)
         && peer_fingerprint(&quic) != Some(expected)
@@ -300,7 +318,8 @@ async fn answer(
     // A peer reached through the relay is known to quinn by a presented
     // address; the connection reports its real one.
     let remote = inner.socket.peer_address(quic.remote_address());
-    let meta = ConnMeta { id: inner.next_connection_id(), peer_id, passive: true, convention, remote };
+    let (peer_id, peer_verified) = shown_peer_id(&inner, peer_id, &quic);
+    let meta = ConnMeta { id: inner.next_connection_id(), peer_id, peer_verified, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;
@@ -337,7 +356,10 @@ pub(super) async fn open(
         send.write_all(&request.encode()).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
         let mut decoder = Decoder::new(inner.config.max_message_size);
         let peer_id = match read_frame(&mut recv, &mut decoder).await {
-            Ok(Frame::Accept { peer_id, .. }) => peer_id,
+            Ok(Frame::Accept { peer_id, .. }) => match crate::transport::wire::peer_id_problem(&peer_id) {
+                None => peer_id,
+                Some(problem) => return Err(ConnectError::Protocol(format!("the peer sent an invalid id: {problem}"))),
+            },
             Ok(Frame::Refuse { code, message }) => return Err(ConnectError::Refused { code, message }),
             Ok(other) => return Err(ConnectError::Protocol(format!("expected accept or refuse, got {other:?}"))),
             Err(HandshakeError::Read(e)) => return Err(ConnectError::Unreachable(e)),
@@ -351,7 +373,8 @@ pub(super) async fn open(
         _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
-    let meta = ConnMeta { id, peer_id, passive: false, convention, remote: addr };
+    let (peer_id, peer_verified) = shown_peer_id(inner, peer_id, &quic);
+    let meta = ConnMeta { id, peer_id, peer_verified, passive: false, convention, remote: addr };
     let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
     inner.links.register(&shared);

@@ -387,8 +387,8 @@ impl NodeBuilder {
         if config.node_id.is_empty() {
             config.node_id = format!("node-{}", &identity.fingerprint().to_string()[..12]);
         }
-        if config.node_id.len() > crate::transport::wire::MAX_PEER_ID_LEN {
-            return Err(NodeError::InvalidId(format!("longer than {} bytes", crate::transport::wire::MAX_PEER_ID_LEN)));
+        if let Some(problem) = crate::transport::wire::peer_id_problem(&config.node_id) {
+            return Err(NodeError::InvalidId(problem.to_string()));
         }
         let bind_err = |source| NodeError::Bind { addr: config.listen, source };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;

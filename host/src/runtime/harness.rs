@@ -75,6 +75,7 @@ pub(super) fn passive_meta(id: ConnectionId, peer_id: &str, service: u8) -> Conn
     ConnMeta {
         id,
         peer_id: peer_id.to_string(),
+        peer_verified: true,
         passive: true,
         convention: Convention::new(Transport::Quic, service),
         remote: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -135,7 +135,7 @@ impl SignalServerConfig {
             listen,
             secret,
             max_clients: 100_000,
-            max_clients_per_ip: 256,
+            max_clients_per_ip: 1024,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             register_timeout: Duration::from_secs(10),
@@ -581,8 +581,8 @@ impl ClientSession {
                 None,
             );
         }
-        if id.is_empty() || id.len() > crate::transport::wire::MAX_PEER_ID_LEN {
-            return ServerMessage::error(ErrorCode::BadRequest, "id must be 1..=255 bytes", None);
+        if let Some(problem) = crate::transport::wire::peer_id_problem(&id) {
+            return ServerMessage::error(ErrorCode::BadRequest, problem, None);
         }
         if let Some(current) = &self.id
             && current != &id

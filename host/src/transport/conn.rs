@@ -157,8 +157,13 @@ pub fn path_of(addr: SocketAddr) -> PathKind {
 pub struct ConnMeta {
     /// Node-wide id (the plugin handle).
     pub id: ConnectionId,
-    /// The remote node's id.
+    /// The remote node's id: the id it claims when signaling vouched for
+    /// that id with the certificate the peer presented, else
+    /// `fp:<fingerprint>` of that certificate (see [`ConnMeta::peer_verified`]).
     pub peer_id: String,
+    /// Whether `peer_id` is the peer's registered id, vouched for by
+    /// signaling; false when it names the peer's certificate instead.
+    pub peer_verified: bool,
     /// True when the remote node dialled.
     pub passive: bool,
     /// The agreed convention number.
