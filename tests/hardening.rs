@@ -764,3 +764,230 @@ async fn a_claimed_peer_id_reaches_a_plugin_only_when_signaling_vouched_for_it()
     device.shutdown().await;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Findings 4, 6, 7, 8: the relay (and the STUN server).
+
+const TURN_SECRET: &str = "hardening relay secret 0123456789";
+
+/// Time-limited credentials for `id` that expire at `expiry` (the scheme
+/// signaling hands out).
+fn time_limited(id: &str, expiry: u64) -> (String, String) {
+    let username = format!("{expiry}:{id}");
+    let password = fogconnect::relay::server::shared_secret_password(TURN_SECRET.as_bytes(), &username);
+    (username, password)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A raw TURN client on its own UDP socket: sends requests, reads answers.
+struct RawTurn {
+    socket: tokio::net::UdpSocket,
+    server: SocketAddr,
+    auth: Option<fogconnect_proto::turn::LongTermAuth>,
+}
+
+impl RawTurn {
+    async fn new(server: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self { socket: tokio::net::UdpSocket::bind("127.0.0.1:0").await?, server, auth: None })
+    }
+
+    /// Sends `bytes` and returns the answer, `None` when none comes within
+    /// `limit`.
+    async fn exchange(&self, bytes: &[u8], limit: Duration) -> anyhow::Result<Option<Vec<u8>>> {
+        self.socket.send_to(bytes, self.server).await?;
+        let mut buf = vec![0u8; 2048];
+        match tokio::time::timeout(limit, self.socket.recv_from(&mut buf)).await {
+            Ok(received) => Ok(Some(buf[..received?.0].to_vec())),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends `request` (authenticated once the server told realm and
+    /// nonce) and returns the decoded answer and the bytes sent.
+    async fn request(
+        &self,
+        request: &fogconnect_proto::turn::TurnRequest,
+    ) -> anyhow::Result<(fogconnect_proto::turn::TurnResponse, Vec<u8>)> {
+        let txid: [u8; 12] = rand_txid();
+        let bytes = fogconnect_proto::turn::encode_request(txid, request, self.auth.as_ref())?;
+        let answer = self.exchange(&bytes, WAIT).await?.context("no answer from the relay")?;
+        Ok((fogconnect_proto::turn::decode_response(&answer)?, bytes))
+    }
+
+    /// Allocates with `username`/`password`: the 401 first, then the
+    /// authenticated Allocate, whose bytes are returned with the answer.
+    async fn allocate(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(fogconnect_proto::turn::TurnResponse, Vec<u8>)> {
+        use fogconnect_proto::turn::{LongTermAuth, TurnRequest, TurnResponse};
+        let (challenge, _) = self.request(&TurnRequest::Allocate { lifetime: Some(600) }).await?;
+        let TurnResponse::Error { code: 401, realm: Some(realm), nonce: Some(nonce), .. } = challenge else {
+            bail!("expected a 401 challenge, got {challenge:?}");
+        };
+        self.auth = Some(LongTermAuth { username: username.into(), password: password.into(), realm, nonce });
+        self.request(&TurnRequest::Allocate { lifetime: Some(600) }).await
+    }
+}
+
+fn rand_txid() -> [u8; 12] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut txid = [0u8; 12];
+    txid[..8].copy_from_slice(&n.to_be_bytes());
+    txid[8..].copy_from_slice(&std::process::id().to_be_bytes());
+    txid
+}
+
+fn error_code(response: &fogconnect_proto::turn::TurnResponse) -> Option<u16> {
+    match response {
+        fogconnect_proto::turn::TurnResponse::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+fn start_relay(extra: &[&str], nofile: Option<u64>) -> anyhow::Result<ServerProcess> {
+    let mut args = vec!["relay", "--listen", "127.0.0.1:0", "--relay-ip", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args, nofile, "relay listening on ", &[("FOGCONNECT_TURN_SECRET", TURN_SECRET)])
+}
+
+/// A captured Allocate replayed from another port of the same IP is
+/// challenged (438) instead of allocating: nonces are bound to the
+/// 5-tuple. Fresh time-limited credentials of one id share its quota.
+/// Peers in special-purpose ranges, and IPv6 peers on an IPv4 allocation,
+/// are refused.
+#[tokio::test]
+async fn turn_nonces_quotas_and_forbidden_peers() -> anyhow::Result<()> {
+    use fogconnect_proto::turn::{TurnRequest, TurnResponse};
+    let relay = start_relay(&["--max-allocations-per-user", "2"], None)?;
+    let (username, password) = time_limited("mallory", unix_now() + 600);
+    let mut first = RawTurn::new(relay.addr).await?;
+    let (allocated, captured) = first.allocate(&username, &password).await?;
+    ensure!(matches!(allocated, TurnResponse::Allocated { .. }), "{allocated:?}");
+    let replayer = RawTurn::new(relay.addr).await?;
+    let answer = replayer.exchange(&captured, WAIT).await?.context("no answer to the replay")?;
+    let answer = fogconnect_proto::turn::decode_response(&answer)?;
+    ensure!(error_code(&answer) == Some(438), "a replayed Allocate from another port got {answer:?}");
+
+    // Quota per identity: three credential sets of one id, two allocations.
+    let mut outcomes = Vec::new();
+    for later in [1200, 1800] {
+        let (username, password) = time_limited("mallory", unix_now() + later);
+        let mut client = RawTurn::new(relay.addr).await?;
+        outcomes.push(client.allocate(&username, &password).await?.0);
+    }
+    ensure!(matches!(outcomes[0], TurnResponse::Allocated { .. }), "{outcomes:?}");
+    ensure!(error_code(&outcomes[1]) == Some(486), "a third allocation of one id: {:?}", outcomes[1]);
+
+    // Forbidden peers.
+    let forbidden = ["0.1.2.3:9", "192.0.0.9:9", "198.18.0.1:9", "240.0.0.1:9", "127.0.0.1:9", "10.1.2.3:9"];
+    for peer in forbidden {
+        let (answer, _) = first.request(&TurnRequest::CreatePermission { peers: vec![peer.parse()?] }).await?;
+        ensure!(error_code(&answer) == Some(403), "permission to {peer}: {answer:?}");
+    }
+    for peer in ["[::127.0.0.1]:9", "[64:ff9b::7f00:1]:9", "[2002:7f00:1::1]:9", "[fec0::1]:9", "[2001:4860::1]:9"] {
+        let (answer, _) = first.request(&TurnRequest::CreatePermission { peers: vec![peer.parse()?] }).await?;
+        ensure!(error_code(&answer) == Some(443), "an IPv6 peer {peer} on an IPv4 allocation: {answer:?}");
+    }
+    let (answer, _) = first.request(&TurnRequest::CreatePermission { peers: vec!["203.0.113.5:9".parse()?] }).await?;
+    ensure!(matches!(answer, TurnResponse::Success { .. }), "a public peer: {answer:?}");
+    Ok(())
+}
+
+/// Unauthenticated requests from one address get answers within a
+/// per-address budget (the relay's 401s and Binding answers, the STUN
+/// server's Binding answers): a spoofed source cannot turn either into a
+/// reflector. The STUN server does not answer a wrong FINGERPRINT.
+#[tokio::test]
+async fn unauthenticated_answers_are_limited_per_address() -> anyhow::Result<()> {
+    use fogconnect_proto::stun::{BindingRequest, binding_request};
+    let relay = start_relay(&[], None)?;
+    let stun = ServerProcess::start(&["stun", "--listen", "127.0.0.1:0"], None, "stun listening on ", &[])?;
+    for (name, server, burst) in [("relay", relay.addr, 40u64), ("stun", stun.addr, 400)] {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let request = binding_request([1; 12], &BindingRequest::default())?;
+        let started = Instant::now();
+        let sent = 2_000u64;
+        for _ in 0..sent {
+            socket.send_to(&request, server).await?;
+        }
+        let mut answers = 0u64;
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await {
+            answers += 1;
+        }
+        let rate = if name == "relay" { 20.0 } else { 200.0 };
+        let allowed = burst + (started.elapsed().as_secs_f64() * rate).ceil() as u64;
+        println!("{name}: {answers} answers to {sent} unauthenticated requests from one address (allowed {allowed})");
+        ensure!(answers > 0 && answers <= allowed, "{name}: {answers} answers, at most {allowed} allowed");
+    }
+    // A wrong FINGERPRINT gets no answer from a fresh address.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await?;
+    let mut request = binding_request([2; 12], &BindingRequest { auth: Some(("a:b", "pw")), ..Default::default() })?;
+    let last = request.len() - 1;
+    request[last] ^= 0xff;
+    socket.send_to(&request, stun.addr).await?;
+    let mut buf = [0u8; 2048];
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await.is_err(),
+        "the STUN server answered a request with a wrong FINGERPRINT"
+    );
+    Ok(())
+}
+
+/// Hundreds of idle TCP connections from one address at a relay limited
+/// to 256 descriptors: the address gets its share, the rest is closed at
+/// once, the share is closed when it does not authenticate in time, and
+/// UDP allocations and a TCP client from another address are served.
+#[tokio::test]
+async fn idle_tcp_connections_cannot_exhaust_the_relay() -> anyhow::Result<()> {
+    fogconnect::limits::raise_descriptor_limit();
+    let relay = start_relay(&["--max-tcp-clients-per-ip", "16", "--tcp-auth-timeout-s", "1"], Some(256))?;
+    let mut idle = idle_connections("127.0.0.2".parse()?, relay.addr, 400).await;
+    let mut open = 0;
+    for stream in idle.iter_mut() {
+        if !closed_by_server(stream, Duration::from_millis(20)).await {
+            open += 1;
+        }
+    }
+    ensure!(open <= 16, "{open} idle TCP connections held from one address with a cap of 16");
+    // UDP allocations still get a relay socket each.
+    let mut allocated = 0;
+    for n in 0..20 {
+        let (username, password) = time_limited(&format!("device-{n}"), unix_now() + 600);
+        let mut client = RawTurn::new(relay.addr).await?;
+        if matches!(
+            client.allocate(&username, &password).await?.0,
+            fogconnect_proto::turn::TurnResponse::Allocated { .. }
+        ) {
+            allocated += 1;
+        }
+    }
+    ensure!(allocated == 20, "only {allocated} of 20 UDP allocations while idle TCP clients wait");
+    // The idle ones are closed for not authenticating.
+    let started = Instant::now();
+    for stream in idle.iter_mut() {
+        ensure!(closed_by_server(stream, WAIT).await, "an unauthenticated TCP client outlived the deadline");
+    }
+    ensure!(started.elapsed() < Duration::from_secs(4), "idle TCP clients closed after {:?}", started.elapsed());
+    // A TCP client from another address is served.
+    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await?;
+    let request = fogconnect_proto::turn::encode_request(
+        rand_txid(),
+        &fogconnect_proto::turn::TurnRequest::Allocate { lifetime: None },
+        None,
+    )?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(&request).await?;
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await??;
+    let answer = fogconnect_proto::turn::decode_response(&buf[..n])?;
+    ensure!(error_code(&answer) == Some(401), "a TCP client got {answer:?}");
+    Ok(())
+}

@@ -301,6 +301,18 @@ pub(crate) fn integrity_valid(bytes: &[u8], key: HMACKey) -> bool {
     }
 }
 
+/// Whether the FINGERPRINT of `bytes`, when it has one, matches the
+/// message (RFC 8489 section 14.7: CRC-32 of everything before it, XOR
+/// 0x5354554e; it must be the last attribute). A message without one
+/// passes; one that cannot be decoded does not.
+pub fn fingerprint_ok(bytes: &[u8]) -> bool {
+    let Ok((message, _)) = MessageDecoderBuilder::default().build().decode(bytes) else { return false };
+    let Some(attribute) = message.get::<Fingerprint>() else { return true };
+    let Ok(fingerprint) = attribute.as_fingerprint() else { return false };
+    let at = bytes.len().saturating_sub(8);
+    bytes.len() >= 28 && bytes[at..at + 2] == [0x80, 0x28] && fingerprint.validate(&bytes[..at])
+}
+
 /// Whether a datagram looks like STUN: first two bits zero, the magic
 /// cookie, a length that fits (RFC 5389 section 6).
 pub fn looks_like_stun(bytes: &[u8]) -> bool {
@@ -414,5 +426,20 @@ mod tests {
     #[test]
     fn random_txids_differ() {
         assert_ne!(random_txid(), random_txid());
+    }
+
+    #[test]
+    fn a_wrong_fingerprint_is_caught() {
+        let request =
+            binding_request([3; 12], &BindingRequest { auth: Some(("a:b", "password")), ..Default::default() })
+                .expect("encode");
+        assert!(fingerprint_ok(&request));
+        let mut wrong = request.clone();
+        let last = wrong.len() - 1;
+        wrong[last] ^= 0x01;
+        assert!(!fingerprint_ok(&wrong));
+        let plain = binding_request([4; 12], &BindingRequest::default()).expect("encode");
+        assert!(fingerprint_ok(&plain), "no fingerprint: nothing to check");
+        assert!(!fingerprint_ok(b"garbage"));
     }
 }

@@ -41,6 +41,19 @@ pub struct RelayArgs {
     /// Bytes per second relayed per allocation each way (0: unlimited).
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     bandwidth: u32,
+    /// TCP and TLS clients at once (fewer when the descriptor limit leaves
+    /// less room; half of it stays for relay sockets).
+    #[arg(long, default_value_t = 10_000)]
+    max_tcp_clients: usize,
+    /// TCP and TLS clients from one IP address at once.
+    #[arg(long, default_value_t = 64)]
+    max_tcp_clients_per_ip: usize,
+    /// Seconds a TCP or TLS client may stay connected without an allocation.
+    #[arg(long, default_value_t = 10)]
+    tcp_auth_timeout_s: u64,
+    /// Answers per second to unauthenticated requests, per source IP.
+    #[arg(long, default_value_t = 20)]
+    unauthenticated_rate: u32,
     /// Also serve TURN over TLS (turns:) on this address; needs --cert
     /// and --key.
     #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
@@ -74,6 +87,11 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         max_allocations_per_user: args.max_allocations_per_user,
         max_allocations: args.max_allocations,
         bandwidth_per_allocation: args.bandwidth,
+        max_tcp_clients: args.max_tcp_clients,
+        max_tcp_clients_per_ip: args.max_tcp_clients_per_ip,
+        tcp_auth_timeout: std::time::Duration::from_secs(args.tcp_auth_timeout_s.max(1)),
+        unauthenticated_rate: args.unauthenticated_rate,
+        unauthenticated_burst: args.unauthenticated_rate.saturating_mul(2).max(1),
         ..TurnServerConfig::default()
     };
     let tls = match (args.tls_listen, args.cert, args.key) {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::NatError;
 use super::message::{self, Binding, SuccessResponse};
-use crate::signal::rate::TokenBucket;
+use crate::limits::PerIpRate;
 
 /// A response to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +101,11 @@ impl StunResponder {
         let Ok(Binding::Request { txid, change_ip, change_port, unknown, .. }) = message::decode(bytes) else {
             return None;
         };
+        // A request whose FINGERPRINT is wrong is not STUN to answer (RFC
+        // 8489 section 14.7).
+        if !message::fingerprint_ok(bytes) {
+            return None;
+        }
         let error = |code: u16, reason: &str, attrs: &[u16]| {
             message::binding_error(txid, code, reason, attrs).ok().map(|bytes| Response {
                 from: local,
@@ -139,7 +144,8 @@ pub struct StunServerLimits {
     pub per_ip_rate: u32,
     /// Burst allowed per client IP.
     pub per_ip_burst: u32,
-    /// Client IPs tracked for rate limiting; the table is reset when full.
+    /// Client IPs tracked for rate limiting; when full, the IP seen least
+    /// recently is forgotten (an IP being flooded keeps its spent budget).
     pub tracked_ips: usize,
 }
 
@@ -207,7 +213,11 @@ impl StunServer {
         let addrs: Vec<SocketAddr> = responder.listen_addrs();
         let sockets = Arc::new(sockets);
         let stop = CancellationToken::new();
-        let limiter = Arc::new(std::sync::Mutex::new(HashMap::<IpAddr, TokenBucket>::new()));
+        let limiter = Arc::new(std::sync::Mutex::new(PerIpRate::new(
+            limits.per_ip_rate,
+            limits.per_ip_burst,
+            limits.tracked_ips,
+        )));
         let mut tasks = Vec::new();
         for (&local, socket) in sockets.iter() {
             let (socket, sockets, responder, stop, limiter) =
@@ -222,17 +232,8 @@ impl StunServer {
                             Err(e) => { tracing::debug!("stun recv: {e}"); continue; }
                         },
                     };
-                    let allowed = {
-                        let mut table = limiter.lock().unwrap_or_else(|p| p.into_inner());
-                        if table.len() >= limits.tracked_ips && !table.contains_key(&from.ip()) {
-                            table.clear();
-                        }
-                        let now = Instant::now();
-                        table
-                            .entry(from.ip())
-                            .or_insert_with(|| TokenBucket::new(limits.per_ip_rate, limits.per_ip_burst, now))
-                            .take(now)
-                    };
+                    let allowed =
+                        limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(&from.ip(), 1, Instant::now());
                     if !allowed {
                         continue;
                     }
@@ -337,6 +338,22 @@ mod tests {
         else {
             panic!("plain RFC 5389 answer expected")
         };
+    }
+
+    #[test]
+    fn a_request_with_a_wrong_fingerprint_is_not_answered() {
+        let responder = responder();
+        let request = message::binding_request(
+            [5; 12],
+            &BindingRequest { auth: Some(("user:name", "password")), ..Default::default() },
+        )
+        .expect("encode");
+        let (local, from) = (responder.primary, a("198.51.100.4:4444"));
+        assert!(responder.respond(local, from, &request).is_some());
+        let mut wrong = request;
+        let last = wrong.len() - 1;
+        wrong[last] ^= 0xff;
+        assert!(responder.respond(local, from, &wrong).is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
 use super::server::{Client, ClientTransport, Output, TurnServerConfig, TurnServerCore};
+use crate::limits::{DescriptorBudget, PerIpConnections};
 
 /// Datagrams from peers waiting for the core, at most.
 const PEER_QUEUE: usize = 4096;
@@ -24,8 +25,14 @@ const PEER_QUEUE: usize = 4096;
 /// Datagrams taken per wake-up beyond the first.
 const BATCH: usize = 64;
 
-/// TCP client connections at once; more are closed at accept.
-const MAX_TCP_CLIENTS: usize = 10_000;
+/// Descriptors kept back from clients and relay sockets for the server.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Longest pause between failed accepts (out of descriptors).
+const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often TCP clients without an allocation are looked for.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Frames queued for one TCP client; a client that reads slower loses
 /// frames, as over UDP.
@@ -62,9 +69,6 @@ pub struct TlsListen {
     /// PEM private key.
     pub key: std::path::PathBuf,
 }
-
-/// Longest a TLS client may take for its handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running TURN server.
 #[derive(Debug)]
@@ -124,6 +128,13 @@ impl TurnServer {
         let mut nonce_secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_secret)
             .map_err(|_| RelayError::Io("no system randomness".into()))?;
+        // Half of the descriptors stay for relay sockets: idle TCP clients
+        // must not leave UDP allocations without one.
+        let budget = DescriptorBudget::current(RESERVED_DESCRIPTORS);
+        let tcp_cap = budget.connections(config.max_tcp_clients.saturating_mul(2)) / 2;
+        let connections = PerIpConnections::new(config.max_tcp_clients_per_ip, tcp_cap.max(1));
+        let handshake_timeout = config.tcp_auth_timeout;
+        tracing::debug!(tcp_cap, per_ip = config.max_tcp_clients_per_ip, descriptors = ?budget.limit, "relay limits");
         let core = TurnServerCore::new(config, &nonce_secret);
         let stop = CancellationToken::new();
         let (tcp_tx, tcp_rx) = mpsc::channel(PEER_QUEUE);
@@ -139,10 +150,10 @@ impl TurnServer {
             None => None,
         };
         let tls_addr = tls.as_ref().map(|(_, _, addr)| *addr);
-        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let accept = tokio::spawn(accept_tcp(tcp, None, tcp_tx.clone(), open.clone(), stop.clone()));
+        let accept =
+            tokio::spawn(accept_tcp(tcp, None, tcp_tx.clone(), connections.clone(), handshake_timeout, stop.clone()));
         let accept_tls = tls.map(|(listener, acceptor, _)| {
-            tokio::spawn(accept_tcp(listener, Some(acceptor), tcp_tx, open, stop.clone()))
+            tokio::spawn(accept_tcp(listener, Some(acceptor), tcp_tx, connections, handshake_timeout, stop.clone()))
         });
         let serving = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), tcp_rx));
         let task = tokio::spawn(async move {
@@ -181,12 +192,24 @@ async fn serve(
 ) {
     let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
     let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
-    let mut tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    // Writers of the TCP clients and when they connected.
+    let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, Instant)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = sweep.tick() => {
+                // TCP clients that have not authenticated (no allocation) in
+                // time are closed: dropping the writer ends the connection.
+                let limit = core.config().tcp_auth_timeout;
+                let now = Instant::now();
+                tcp_writers.retain(|&addr, (_, opened)| {
+                    now.duration_since(*opened) < limit || core.has_allocation(Client::tcp(addr))
+                });
+            }
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, from)) => core.handle_client(Client::udp(from), &buf[..len], Instant::now(), unix_time()),
                 Err(e) => tracing::debug!("turn recv: {e}"),
@@ -194,7 +217,7 @@ async fn serve(
             Some((relay, peer, data)) = peer_rx.recv() => core.handle_peer(relay, peer, &data, Instant::now()),
             Some(event) = tcp_rx.recv() => match event {
                 TcpEvent::Opened(addr, writer) => {
-                    tcp_writers.insert(addr, writer);
+                    tcp_writers.insert(addr, (writer, Instant::now()));
                 }
                 TcpEvent::Frame(addr, frame) => {
                     core.handle_client(Client::tcp(addr), &frame, Instant::now(), unix_time());
@@ -228,7 +251,7 @@ async fn serve(
                 Output::ToClient { client, bytes } => match client.transport {
                     ClientTransport::Udp => send(&socket, &bytes, client.addr).await,
                     ClientTransport::Tcp => {
-                        if let Some(writer) = tcp_writers.get(&client.addr) {
+                        if let Some((writer, _)) = tcp_writers.get(&client.addr) {
                             let _ = writer.try_send(bytes);
                         }
                     }
@@ -290,37 +313,53 @@ async fn open_relay(
     Ok((addr, RelaySocket { io, reader }))
 }
 
-/// Accepts TCP clients (TLS ones with `tls`) until stopped; `open`
-/// counts the connections of every listener.
+/// Accepts TCP clients (TLS ones with `tls`) until stopped, within the
+/// connection caps of `connections` (shared by every listener); a TLS
+/// handshake must end within `handshake_timeout`.
 async fn accept_tcp(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     events: mpsc::Sender<TcpEvent>,
-    open: Arc<std::sync::atomic::AtomicUsize>,
+    connections: PerIpConnections,
+    handshake_timeout: std::time::Duration,
     stop: CancellationToken,
 ) {
+    let mut backoff = std::time::Duration::ZERO;
     loop {
         let (stream, addr) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff = std::time::Duration::ZERO;
+                    accepted
+                }
                 Err(e) => {
-                    tracing::debug!("turn accept: {e}");
-                    continue;
+                    // Out of descriptors: back off, longer each time, so
+                    // the loop does not spin.
+                    backoff = (backoff * 2).clamp(std::time::Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    tracing::debug!("turn accept: {e}; next try in {backoff:?}");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
                 }
             },
         };
-        if open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_TCP_CLIENTS {
-            continue; // Dropping the stream closes it.
-        }
-        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (events, open, stop, tls) = (events.clone(), open.clone(), stop.clone(), tls.clone());
+        let slot = match connections.admit(addr.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(%addr, "TURN TCP client refused: {refusal}");
+                continue; // Dropping the stream closes it.
+            }
+        };
+        let (events, stop, tls) = (events.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = stream.set_nodelay(true);
             let serve = async {
                 match tls {
                     None => stream_client(stream, addr, &events).await,
-                    Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) => stream_client(stream, addr, &events).await,
                         Ok(Err(e)) => tracing::debug!(%addr, "TURN TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%addr, "TURN TLS handshake timed out"),
@@ -332,7 +371,6 @@ async fn accept_tcp(
                 _ = serve => {}
             }
             let _ = events.send(TcpEvent::Closed(addr)).await;
-            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
 }

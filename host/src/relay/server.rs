@@ -22,6 +22,7 @@ use fogconnect_proto::turn::{
 };
 use ring::hmac;
 
+use crate::limits::PerIpRate;
 use crate::signal::rate::TokenBucket;
 
 /// Configuration of the server core.
@@ -52,6 +53,20 @@ pub struct TurnServerConfig {
     pub nonce_lifetime: Duration,
     /// Permissions and channels per allocation.
     pub max_peers_per_allocation: usize,
+    /// Answers per second to requests that are not authenticated (401
+    /// challenges, Binding), per source IP: a challenge is ~4.8x the
+    /// smallest request, so this bounds what a spoofed source can reflect.
+    pub unauthenticated_rate: u32,
+    /// Burst of such answers per source IP.
+    pub unauthenticated_burst: u32,
+    /// TCP and TLS clients at once (fewer when the descriptor limit leaves
+    /// less room: half of it stays for relay sockets).
+    pub max_tcp_clients: usize,
+    /// TCP and TLS clients from one IP address at once.
+    pub max_tcp_clients_per_ip: usize,
+    /// How long a TCP or TLS client may stay connected without an
+    /// allocation (its TLS handshake included).
+    pub tcp_auth_timeout: Duration,
 }
 
 impl Default for TurnServerConfig {
@@ -68,9 +83,18 @@ impl Default for TurnServerConfig {
             bandwidth_per_allocation: 0,
             nonce_lifetime: Duration::from_secs(600),
             max_peers_per_allocation: 256,
+            unauthenticated_rate: 20,
+            unauthenticated_burst: 40,
+            max_tcp_clients: 10_000,
+            max_tcp_clients_per_ip: 64,
+            tcp_auth_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// Source IPs whose unauthenticated answers are counted at once (the least
+/// recently seen is forgotten first).
+const UNAUTHENTICATED_TRACKED: usize = 65_536;
 
 /// Permission lifetime (RFC 8656 section 9).
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -188,9 +212,22 @@ pub struct TurnServerCore {
     nonce_key: hmac::Key,
     allocations: HashMap<Client, Allocation>,
     by_relay: HashMap<SocketAddr, Client>,
+    /// Allocations per identity (see [`quota_identity`]).
     per_user: HashMap<String, usize>,
+    /// Unauthenticated answers per source IP.
+    unauthenticated: PerIpRate,
     outputs: VecDeque<Output>,
     stats: ServerStats,
+}
+
+/// Who an allocation quota counts against: the user name of long-term
+/// credentials; for time-limited ones (`<expiry>:<id>`) the id after the
+/// expiry, so fresh credentials of the same id share its quota.
+pub fn quota_identity(username: &str) -> &str {
+    match username.split_once(':') {
+        Some((expiry, id)) if !expiry.is_empty() && expiry.bytes().all(|b| b.is_ascii_digit()) => id,
+        _ => username,
+    }
 }
 
 impl std::fmt::Debug for TurnServerCore {
@@ -199,20 +236,52 @@ impl std::fmt::Debug for TurnServerCore {
     }
 }
 
-/// Whether `ip` is only reachable inside the operator's network.
+/// Whether `ip` is only reachable inside the operator's network, or is no
+/// unicast host address on the internet at all (IANA special-purpose
+/// registries), so a relay must never send there. IPv6 forms that carry an
+/// IPv4 address (IPv4-mapped and -compatible, NAT64's 64:ff9b::/96 and
+/// 64:ff9b:1::/48, 6to4's 2002::/16) are judged by that address.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+                // "This network" (RFC 791).
+                || a == 0
                 // Shared address space (RFC 6598, carrier-grade NAT).
-                || (v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]))
+                || (a == 100 && (64..128).contains(&b))
+                // IETF protocol assignments (RFC 6890).
+                || (a == 192 && b == 0 && c == 0)
+                // Benchmarking (RFC 2544).
+                || (a == 198 && (b == 18 || b == 19))
+                // Reserved, and multicast (RFC 1112, RFC 5771).
+                || a >= 224
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |hi: usize| {
+                let o = v6.octets();
+                IpAddr::V4(std::net::Ipv4Addr::new(o[hi], o[hi + 1], o[hi + 2], o[hi + 3]))
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_unique_local()
                 || v6.is_unicast_link_local()
+                || v6.is_multicast()
+                // Site-local (deprecated by RFC 3879, still routed inside
+                // some networks).
+                || (segments[0] & 0xffc0) == 0xfec0
+                // Documentation (RFC 3849) and discard-only (RFC 6666).
+                || (segments[0] == 0x2001 && segments[1] == 0x0db8)
+                || (segments[0..4] == [0x0100, 0, 0, 0])
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+                // IPv4-compatible (::a.b.c.d, deprecated by RFC 4291).
+                || (segments[0..6] == [0, 0, 0, 0, 0, 0] && is_internal(embedded(12)))
+                // NAT64 well-known and local-use prefixes (RFC 6052, 8215).
+                || (segments[0..6] == [0x64, 0xff9b, 0, 0, 0, 0] && is_internal(embedded(12)))
+                || (segments[0..3] == [0x64, 0xff9b, 1])
+                // 6to4 (RFC 3056): the IPv4 address follows 2002:.
+                || (segments[0] == 0x2002 && is_internal(embedded(2)))
         }
     }
 }
@@ -229,14 +298,29 @@ impl TurnServerCore {
     /// process).
     pub fn new(config: TurnServerConfig, nonce_secret: &[u8]) -> Self {
         Self {
-            config,
             nonce_key: hmac::Key::new(hmac::HMAC_SHA256, nonce_secret),
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
+            unauthenticated: PerIpRate::new(
+                config.unauthenticated_rate,
+                config.unauthenticated_burst,
+                UNAUTHENTICATED_TRACKED,
+            ),
             outputs: VecDeque::new(),
             stats: ServerStats::default(),
+            config,
         }
+    }
+
+    /// Whether `client` holds an allocation (an authenticated client).
+    pub fn has_allocation(&self, client: Client) -> bool {
+        self.allocations.contains_key(&client)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TurnServerConfig {
+        &self.config
     }
 
     /// Counters.
@@ -249,8 +333,16 @@ impl TurnServerCore {
         self.outputs.pop_front()
     }
 
+    /// A nonce for `client` at `unix_time`: bound to the client's 5-tuple
+    /// (its transport and address with port; the server's side is fixed),
+    /// as coturn does, so a captured request replayed from another port is
+    /// challenged again.
     fn nonce(&self, client: Client, unix_time: u64) -> String {
-        let tag = hmac::sign(&self.nonce_key, format!("{unix_time}|{}", client.addr.ip()).as_bytes());
+        let transport = match client.transport {
+            ClientTransport::Udp => "udp",
+            ClientTransport::Tcp => "tcp",
+        };
+        let tag = hmac::sign(&self.nonce_key, format!("{unix_time}|{transport}|{}", client.addr).as_bytes());
         format!("{unix_time:x}-{}", hex::encode(&tag.as_ref()[..12]))
     }
 
@@ -300,7 +392,20 @@ impl TurnServerCore {
         self.respond(client, &response, key);
     }
 
-    fn challenge(&mut self, client: Client, request: &IncomingRequest, code: u16, unix_time: u64) {
+    /// Whether an unauthenticated answer may go to `client` now (its IP's
+    /// budget); counts a dropped request when not.
+    fn may_answer_unauthenticated(&mut self, client: Client, now: Instant) -> bool {
+        let allowed = self.unauthenticated.allow(&client.addr.ip(), 1, now);
+        if !allowed {
+            self.stats.dropped += 1;
+        }
+        allowed
+    }
+
+    fn challenge(&mut self, client: Client, request: &IncomingRequest, code: u16, unix_time: u64, now: Instant) {
+        if !self.may_answer_unauthenticated(client, now) {
+            return;
+        }
         let reason = if code == 438 { "Stale Nonce" } else { "Unauthorized" };
         let response = TurnResponse::Error {
             txid: request.txid,
@@ -324,7 +429,15 @@ impl TurnServerCore {
             self.stats.dropped += 1;
             return;
         };
+        // A wrong FINGERPRINT means it is not our protocol: no answer.
+        if !stun::fingerprint_ok(bytes) {
+            self.stats.dropped += 1;
+            return;
+        }
         if request.method == method::BINDING && !request.indication {
+            if !self.may_answer_unauthenticated(client, now) {
+                return;
+            }
             let response = SuccessResponse { mapped: Some(client.addr), ..Default::default() };
             if let Ok(bytes) = stun::binding_success(request.txid, &response) {
                 self.outputs.push_back(Output::ToClient { client, bytes });
@@ -339,20 +452,23 @@ impl TurnServerCore {
         }
         // Authentication (RFC 8489 section 9.2.4).
         if !request.has_integrity {
-            return self.challenge(client, &request, 401, unix_time);
+            return self.challenge(client, &request, 401, unix_time, now);
         }
         let (Some(username), Some(nonce)) = (request.username.clone(), request.nonce.clone()) else {
+            if !self.may_answer_unauthenticated(client, now) {
+                return;
+            }
             return self.error(client, &request, 400, "Bad Request: USERNAME and NONCE required", None);
         };
         let Some(password) = self.password(&username, unix_time) else {
-            return self.challenge(client, &request, 401, unix_time);
+            return self.challenge(client, &request, 401, unix_time, now);
         };
         let key = LongTermAuth { username: username.clone(), password, realm: self.config.realm.clone(), nonce };
         if !turn::long_term_integrity_ok(bytes, &key) {
-            return self.challenge(client, &request, 401, unix_time);
+            return self.challenge(client, &request, 401, unix_time, now);
         }
         if !self.nonce_fresh(&key.nonce, client, unix_time) {
-            return self.challenge(client, &request, 438, unix_time);
+            return self.challenge(client, &request, 438, unix_time, now);
         }
         if !request.unsupported.is_empty() {
             let response = TurnResponse::Error {
@@ -415,7 +531,8 @@ impl TurnServerCore {
             Some(_) => return self.error(client, request, 442, "Unsupported Transport Protocol", Some(&key)),
             None => return self.error(client, request, 400, "Bad Request: REQUESTED-TRANSPORT missing", Some(&key)),
         }
-        if self.per_user.get(&key.username).copied().unwrap_or(0) >= self.config.max_allocations_per_user {
+        let identity = quota_identity(&key.username).to_string();
+        if self.per_user.get(&identity).copied().unwrap_or(0) >= self.config.max_allocations_per_user {
             return self.error(client, request, 486, "Allocation Quota Reached", Some(&key));
         }
         if self.allocations.len() >= self.config.max_allocations {
@@ -423,7 +540,7 @@ impl TurnServerCore {
         }
         let lifetime = self.lifetime(request.lifetime);
         let bucket = |rate: u32| (rate > 0).then(|| TokenBucket::new(rate, rate, now));
-        *self.per_user.entry(key.username.clone()).or_default() += 1;
+        *self.per_user.entry(identity).or_default() += 1;
         self.allocations.insert(
             client,
             Allocation {
@@ -489,10 +606,11 @@ impl TurnServerCore {
 
     fn remove(&mut self, client: Client) {
         let Some(allocation) = self.allocations.remove(&client) else { return };
-        if let Some(count) = self.per_user.get_mut(&allocation.key.username) {
+        let identity = quota_identity(&allocation.key.username);
+        if let Some(count) = self.per_user.get_mut(identity) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                self.per_user.remove(&allocation.key.username);
+                self.per_user.remove(identity);
             }
         }
         if let Some(relay) = allocation.relay {
@@ -516,11 +634,17 @@ impl TurnServerCore {
         self.respond(client, &response, Some(key));
     }
 
-    fn peer_refusal(&self, peers: &[SocketAddr]) -> Option<(u16, &'static str)> {
+    fn peer_refusal(&self, client: Client, peers: &[SocketAddr]) -> Option<(u16, &'static str)> {
         if peers.is_empty() {
             return Some((400, "Bad Request: XOR-PEER-ADDRESS missing"));
         }
+        let relay = self.allocations.get(&client).and_then(|a| a.relay);
         for peer in peers {
+            // An IPv4 relay cannot reach IPv6 peers nor the other way round
+            // (RFC 8656 section 9.1).
+            if relay.is_some_and(|relay| relay.is_ipv4() != peer.is_ipv4()) {
+                return Some((443, "Peer Address Family Mismatch"));
+            }
             if peer.ip().is_multicast() || (!self.config.allow_private_peers && is_internal(peer.ip())) {
                 return Some((403, "Forbidden: the server does not relay to that address"));
             }
@@ -529,7 +653,7 @@ impl TurnServerCore {
     }
 
     fn create_permission(&mut self, client: Client, request: &IncomingRequest, key: &LongTermAuth, now: Instant) {
-        if let Some((code, reason)) = self.peer_refusal(&request.peers) {
+        if let Some((code, reason)) = self.peer_refusal(client, &request.peers) {
             return self.error(client, request, code, reason, Some(key));
         }
         let limit = self.config.max_peers_per_allocation;
@@ -551,7 +675,7 @@ impl TurnServerCore {
         let Some(channel) = request.channel.filter(|c| (MIN_CHANNEL..=MAX_CHANNEL_RFC5766).contains(c)) else {
             return self.error(client, request, 400, "Bad Request: channel number out of range", Some(key));
         };
-        if let Some((code, reason)) = self.peer_refusal(&request.peers) {
+        if let Some((code, reason)) = self.peer_refusal(client, &request.peers) {
             return self.error(client, request, code, reason, Some(key));
         }
         let peer = request.peers[0];
@@ -892,5 +1016,69 @@ mod tests {
         wire.server.handle_timeout(expiry);
         assert_eq!(wire.server.poll_output(), Some(Output::CloseRelay { relay: a(RELAY) }));
         assert_eq!(wire.server.stats().allocations, 0);
+    }
+
+    #[test]
+    fn special_purpose_and_embedded_internal_addresses_are_internal() {
+        let internal = [
+            "0.1.2.3",
+            "192.0.0.8",
+            "198.18.0.1",
+            "198.19.255.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:c0a8:1::1",
+            "fec0::1",
+            "2001:db8::1",
+            "::ffff:192.168.1.1",
+        ];
+        for ip in internal {
+            assert!(is_internal(ip.parse().expect("ip")), "{ip} should be internal");
+        }
+        let public =
+            ["203.0.113.7", "198.51.100.1", "8.8.8.8", "2001:4860::8888", "64:ff9b::808:808", "2002:808:808::1"];
+        for ip in public {
+            assert!(!is_internal(ip.parse().expect("ip")), "{ip} should be public");
+        }
+    }
+
+    #[test]
+    fn quota_counts_the_identity_behind_time_limited_names() {
+        assert_eq!(quota_identity("1795000000:device-7"), "device-7");
+        assert_eq!(quota_identity("1795000000:a:b"), "a:b");
+        assert_eq!(quota_identity("1795000000"), "1795000000");
+        assert_eq!(quota_identity("dev"), "dev");
+        assert_eq!(quota_identity("ee:34:a1"), "ee:34:a1");
+    }
+
+    #[test]
+    fn unauthenticated_answers_are_limited_per_source_ip() {
+        let t0 = Instant::now();
+        let config = TurnServerConfig { unauthenticated_rate: 10, unauthenticated_burst: 5, ..users() };
+        let mut server = TurnServerCore::new(config, b"nonce secret");
+        // The smallest request: a 20-byte Binding (the 401 an
+        // unauthenticated Allocate gets is limited the same way).
+        let allocate = stun::binding_request([7; 12], &stun::BindingRequest::default()).expect("encode");
+        assert_eq!(allocate.len(), 20);
+        let spoofed = Client::udp(a("192.0.2.99:1000"));
+        let mut answers = 0;
+        for _ in 0..100 {
+            server.handle_client(spoofed, &allocate, t0, UNIX);
+            while server.poll_output().is_some() {
+                answers += 1;
+            }
+        }
+        assert_eq!(answers, 5, "a burst of 5, then nothing");
+        // Another source has its own budget; time refills it.
+        server.handle_client(Client::udp(a("192.0.2.100:1000")), &allocate, t0, UNIX);
+        assert!(server.poll_output().is_some());
+        server.handle_client(spoofed, &allocate, t0 + Duration::from_millis(110), UNIX);
+        assert!(server.poll_output().is_some());
     }
 }
