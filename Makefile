@@ -54,13 +54,15 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: plugin dispatch against native, QUIC echo round trip, signaling,
-## relay against coturn, stream plugins' pull tick, live swap pause
+## relay against coturn, stream plugins' pull tick, live swap pause, what
+## attacks cost legitimate users
 bench: lab-deps plugins
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
 	$(CARGO) bench -p fogconnect --bench relay
 	$(CARGO) bench -p fogconnect --bench streams
 	$(CARGO) bench -p fogconnect --bench swap
+	$(CARGO) bench -p fogconnect --bench hardening
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
 ## birthday probing, and the adaptive stream plugin's settle time on a
@@ -74,7 +76,7 @@ bench-nat: lab-deps plugins
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in frame_decoder plugin_manifest signal_messages stream_messages stun_messages turn_messages; do \
+	cd fuzz && for target in frame_decoder offer_checks plugin_manifest signal_messages stream_messages stun_messages turn_messages; do \
 		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

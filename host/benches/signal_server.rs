@@ -44,6 +44,9 @@ impl Drop for Server {
 fn start_server() -> anyhow::Result<Server> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fogconnect"))
         .args(["signal", "--listen", "127.0.0.1:0", "--rate-per-second", "1000000", "--rate-burst", "1000000"])
+        // Every client comes from 127.0.0.1: capacity, not the per-address
+        // caps, is measured here.
+        .args(["--max-clients-per-ip", "1000000", "--connect-rate-per-ip", "1000000"])
         .env("FOGCONNECT_SIGNAL_SECRET", SECRET)
         .stdout(Stdio::piped())
         .stderr(if std::env::var_os("FOGCONNECT_BENCH_SERVER_LOG").is_some() {

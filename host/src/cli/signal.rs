@@ -35,6 +35,10 @@ pub struct SignalArgs {
     /// an address: raise it for such populations.
     #[arg(long, default_value_t = 1024)]
     max_clients_per_ip: usize,
+    /// New TCP connections per second from one IP address (ten times as
+    /// many in a burst); more are closed at once.
+    #[arg(long, default_value_t = 20)]
+    connect_rate_per_ip: u32,
     /// Close sessions that send no protocol message for this many seconds
     /// (WebSocket pings do not count).
     #[arg(long, default_value_t = 60)]
@@ -131,6 +135,7 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     let mut config = SignalServerConfig::new(args.listen, args.secret.load()?);
     config.max_clients = args.max_clients;
     config.max_clients_per_ip = args.max_clients_per_ip;
+    config.connect_rate_per_ip = args.connect_rate_per_ip;
     config.idle_timeout = Duration::from_secs(args.idle_timeout_s.max(1));
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout_s.max(1));
     config.register_timeout = Duration::from_secs(args.register_timeout_s.max(1));

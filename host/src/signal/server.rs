@@ -57,6 +57,8 @@ const REGISTER_TRACKED: usize = 100_000;
 /// closed for not reading would hold the session for the whole send
 /// deadline.
 const FAREWELL_LIMIT: Duration = Duration::from_secs(1);
+/// Source addresses whose connection rate is tracked at once.
+const CONNECT_RATE_TRACKED: usize = 65_536;
 /// Longest pause between failed accepts (out of descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -72,6 +74,10 @@ pub struct SignalServerConfig {
     pub max_clients: usize,
     /// Most TCP connections from one IP address, handshakes included.
     pub max_clients_per_ip: usize,
+    /// New TCP connections per second from one IP address (sustained; ten
+    /// times as many in a burst): a client that reconnects in a loop to
+    /// get fresh rate budgets is slowed down.
+    pub connect_rate_per_ip: u32,
     /// A session without a protocol message (pings and pongs do not
     /// count) for this long is closed.
     pub idle_timeout: Duration,
@@ -136,6 +142,7 @@ impl SignalServerConfig {
             secret,
             max_clients: 100_000,
             max_clients_per_ip: 1024,
+            connect_rate_per_ip: 20,
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             register_timeout: Duration::from_secs(10),
@@ -159,6 +166,8 @@ struct Shared {
     sessions: Mutex<HashMap<String, Session>>,
     /// Open TCP connections per source address and in total.
     connections: PerIpConnections,
+    /// New TCP connections per source address.
+    connect_rate: Mutex<RateTable<IpAddr>>,
     /// Registrations per id (an id a valid token admitted).
     registrations: Mutex<RateTable<String>>,
     connected: AtomicUsize,
@@ -213,6 +222,11 @@ impl SignalServer {
         );
         let shared = Arc::new(Shared {
             connections: PerIpConnections::new(config.max_clients_per_ip, max_connections),
+            connect_rate: Mutex::new(RateTable::new(
+                config.connect_rate_per_ip,
+                config.connect_rate_per_ip.saturating_mul(10),
+                CONNECT_RATE_TRACKED,
+            )),
             registrations: Mutex::new(RateTable::new(REGISTER_RATE, REGISTER_BURST, REGISTER_TRACKED)),
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -307,8 +321,15 @@ async fn accept_loop(
                 }
             }
         };
-        // Over a cap the connection is closed before any byte is read: it
-        // costs one descriptor for a moment, never a task or a buffer.
+        // Over a cap or the rate the connection is closed before any byte
+        // is read: it costs one descriptor for a moment, never a task or a
+        // buffer.
+        let in_rate =
+            shared.connect_rate.lock().unwrap_or_else(|p| p.into_inner()).allow(&peer.ip(), 1, Instant::now());
+        if !in_rate {
+            tracing::debug!(%peer, "connection refused: over the per-address connection rate");
+            continue;
+        }
         let slot = match shared.connections.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
