@@ -315,6 +315,29 @@ async fn re_registration_is_rate_limited_so_presence_cannot_be_flooded() -> anyh
         }
     }
     ensure!(events <= 2 * (100 - refused), "{events} presence events for {} registrations", 100 - refused);
+
+    // Coalesced: an id that leaves and comes back within the grace was
+    // never reported gone; one that stays away is, once.
+    let server =
+        SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.as_bytes().to_vec())).await?;
+    let mut watcher = register(&server.url(), "watcher").await?;
+    watcher.send(Message::text(ClientMessage::Subscribe.encode())).await?;
+    let mut flapper = register(&server.url(), "flapper").await?;
+    ensure!(matches!(recv(&mut watcher).await?, ServerMessage::Presence { online: true, .. }));
+    flapper.close(None).await?;
+    let _ = ended_within(&mut flapper, WAIT).await;
+    let mut flapper = register(&server.url(), "flapper").await?;
+    flapper.close(None).await?;
+    let _ = ended_within(&mut flapper, WAIT).await;
+    let started = Instant::now();
+    match recv(&mut watcher).await? {
+        ServerMessage::Presence { id, online: false } if id == "flapper" => {}
+        other => bail!("expected one offline event, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    ensure!(waited >= fogconnect::signal::server::PRESENCE_GRACE - Duration::from_millis(100), "{waited:?}");
+    watcher.send(Message::text(ClientMessage::Ping { nonce: 3 }.encode())).await?;
+    ensure!(matches!(recv(&mut watcher).await?, ServerMessage::Pong { nonce: 3 }), "more presence events than one");
     Ok(())
 }
 

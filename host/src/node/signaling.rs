@@ -123,7 +123,7 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
         }
     };
     remember(&inner, &request.from, fingerprint);
-    inner.traversal.prepare(&mut session, request.offer.nat.as_ref());
+    inner.traversal.prepare(&mut session, &request.offer, request.observed);
     let plan = inner.traversal.plan(request.offer.nat.as_ref());
     if let (Some(relay), Plan::RelayRequired(_)) = (&inner.relay, &plan)
         && relay.relayed().is_some()
@@ -207,7 +207,7 @@ pub(super) async fn open_by_id(
                 Err(reason) => (relay_path(inner, peer, &answer, &reason).await?, None, true),
             }
         }
-        None => (race_candidates(inner, &answer.candidates, fingerprint).await?, None, false),
+        None => (race_candidates(inner, &answer.candidates, observed, fingerprint).await?, None, false),
     };
     let opened = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await;
     if relayed && opened.is_err() && inner.links.live_addr_of(fingerprint) != Some(addr) {
@@ -411,14 +411,30 @@ async fn try_direct_path(
     }
 }
 
-/// Dials every candidate at once; the first link up wins (nearest first).
+/// Candidates off the vouched IP a peer without check credentials gets
+/// dialled on: each dial is a QUIC handshake (1,200-byte Initials, resent),
+/// so an answer naming a third party many times cannot aim a flood at it.
+const MAX_UNVOUCHED_DIALS: usize = 3;
+
+/// Dials the candidates at once (every one on the IP signaling vouched
+/// for, at most [`MAX_UNVOUCHED_DIALS`] others); the first link up wins
+/// (nearest first).
 async fn race_candidates(
     inner: &Arc<NodeInner>,
     candidates: &[Candidate],
+    vouched: Option<IpAddr>,
     fingerprint: Fingerprint,
 ) -> Result<SocketAddr, ConnectError> {
     let mut attempts = JoinSet::new();
-    for candidate in candidates.iter().take(MAX_CANDIDATES) {
+    let mut unvouched = 0;
+    let dialled = candidates.iter().take(MAX_CANDIDATES).filter(|c| {
+        if Some(c.addr.ip()) == vouched {
+            return true;
+        }
+        unvouched += 1;
+        unvouched <= MAX_UNVOUCHED_DIALS
+    });
+    for candidate in dialled {
         let inner = inner.clone();
         let addr = candidate.addr;
         attempts.spawn(async move { links::link(&inner, addr, Some(fingerprint)).await.map(|_| addr) });

@@ -120,6 +120,8 @@ pub(super) struct Traversal {
 struct Sessions {
     inboxes: HashMap<String, mpsc::Sender<SideDatagram>>,
     per_peer: HashMap<String, usize>,
+    /// Sessions (by ufrag) holding extra sockets, and their peer.
+    aux_holders: HashMap<String, String>,
 }
 
 /// Removes a check session's inbox when the session ends.
@@ -136,6 +138,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         let mut sessions = self.traversal.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.inboxes.remove(&self.credentials.ufrag);
+        sessions.aux_holders.remove(&self.credentials.ufrag);
         if let Some(count) = sessions.per_peer.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {
@@ -322,12 +325,43 @@ impl Traversal {
     /// Opens the extra sockets of birthday listening before the answer
     /// goes out, when the plan toward `remote` needs them: the peer starts
     /// probing as soon as it has the answer.
-    pub(super) fn prepare(&self, session: &mut Session, remote: Option<&NatInfo>) {
-        if let Plan::Listen { sockets } = self.plan(remote)
+    pub(super) fn prepare(&self, session: &mut Session, remote: &Offer, vouched: Option<std::net::IpAddr>) {
+        if let Plan::Listen { sockets } = self.plan(remote.nat.as_ref())
             && session.aux.is_empty()
         {
-            session.aux = self.open_aux(sockets);
+            session.aux = self.open_aux_for(session, remote, vouched, sockets);
         }
+    }
+
+    /// Up to `count` extra sockets for birthday listening toward the peer
+    /// of `session`, only when its public address is on the IP signaling
+    /// vouched for (their checks could go nowhere else) and no other
+    /// session of the same peer holds some: a caller claiming a symmetric
+    /// NAT cannot make the node hold more than one session's worth.
+    fn open_aux_for(
+        &self,
+        session: &Session,
+        remote: &Offer,
+        vouched: Option<std::net::IpAddr>,
+        count: u16,
+    ) -> Vec<AuxId> {
+        let public = remote.candidates.iter().find(|c| c.kind == CandidateKind::ServerReflexive).map(|c| c.addr.ip());
+        if vouched.is_none() || public != vouched {
+            tracing::debug!(peer = %session.peer, "no birthday listening: the peer's public IP is not vouched for");
+            return Vec::new();
+        }
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            let ufrag = &session.credentials.ufrag;
+            let other_listens =
+                sessions.aux_holders.iter().any(|(holder, peer)| holder != ufrag && *peer == session.peer);
+            if other_listens {
+                tracing::debug!(peer = %session.peer, "no birthday listening: another connect of this peer listens");
+                return Vec::new();
+            }
+            sessions.aux_holders.insert(ufrag.clone(), session.peer.clone());
+        }
+        self.open_aux(count)
     }
 
     /// This node's offer: fingerprint, host and server-reflexive
@@ -371,7 +405,7 @@ impl Traversal {
             "connectivity checks"
         );
         let aux = match plan {
-            Plan::Listen { sockets } if session.aux.is_empty() => self.open_aux(sockets),
+            Plan::Listen { sockets } if session.aux.is_empty() => self.open_aux_for(&session, remote, vouched, sockets),
             _ => std::mem::take(&mut session.aux),
         };
         let index_of: HashMap<AuxId, u16> = aux.iter().enumerate().map(|(i, &id)| (id, i as u16)).collect();

@@ -57,6 +57,10 @@ const REGISTER_TRACKED: usize = 100_000;
 /// closed for not reading would hold the session for the whole send
 /// deadline.
 const FAREWELL_LIMIT: Duration = Duration::from_secs(1);
+/// How long an id's offline event waits: an id back within it was never
+/// reported gone (nor back), so a client that reconnects quickly, or in a
+/// loop, does not make every subscriber hear about it.
+pub const PRESENCE_GRACE: Duration = Duration::from_secs(2);
 /// Source addresses whose connection rate is tracked at once.
 const CONNECT_RATE_TRACKED: usize = 65_536;
 /// Longest pause between failed accepts (out of descriptors).
@@ -170,6 +174,9 @@ struct Shared {
     connect_rate: Mutex<RateTable<IpAddr>>,
     /// Registrations per id (an id a valid token admitted).
     registrations: Mutex<RateTable<String>>,
+    /// Ids whose offline event waits out [`PRESENCE_GRACE`], with the
+    /// serial of the session that left.
+    offline_pending: Mutex<HashMap<String, u64>>,
     connected: AtomicUsize,
     next_serial: AtomicU64,
     forwarded: AtomicU64,
@@ -228,6 +235,7 @@ impl SignalServer {
                 CONNECT_RATE_TRACKED,
             )),
             registrations: Mutex::new(RateTable::new(REGISTER_RATE, REGISTER_BURST, REGISTER_TRACKED)),
+            offline_pending: Mutex::new(HashMap::new()),
             config,
             sessions: Mutex::new(HashMap::new()),
             connected: AtomicUsize::new(0),
@@ -636,7 +644,10 @@ impl ClientSession {
             Some(_) => false,
             None => true,
         };
-        if newly_online {
+        // Back within the grace of its offline event: subscribers never
+        // heard it was gone.
+        let returned = self.shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
+        if newly_online && !returned {
             broadcast_presence(&sessions, &id, true);
         }
         drop(sessions);
@@ -669,13 +680,30 @@ impl ClientSession {
         }
     }
 
-    /// Removes the session, unless a newer one took over its id.
+    /// Removes the session, unless a newer one took over its id; its
+    /// offline event goes out after [`PRESENCE_GRACE`] unless the id is
+    /// back by then.
     fn leave(&mut self) {
         let Some(id) = self.id.take() else { return };
         let mut sessions = self.sessions();
         if sessions.get(&id).is_some_and(|s| s.serial == self.serial) {
             sessions.remove(&id);
-            broadcast_presence(&sessions, &id, false);
+            drop(sessions);
+            let serial = self.serial;
+            self.shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), serial);
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(PRESENCE_GRACE).await;
+                let sessions = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pending = shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.get(&id) == Some(&serial) {
+                    pending.remove(&id);
+                    drop(pending);
+                    if !sessions.contains_key(&id) {
+                        broadcast_presence(&sessions, &id, false);
+                    }
+                }
+            });
         }
     }
 }
