@@ -8,90 +8,30 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use common::{Running, WAIT};
-use fogconnect::signal::protocol::{
-    Candidate, CandidateKind, CheckCredentials, ClientMessage, ErrorCode, NatBehaviour, NatInfo, Offer,
-    PROTOCOL_VERSION, PortAllocation, ServerMessage,
-};
+use common::WAIT;
+use common::server::ServerProcess;
+use fogconnect::signal::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 use fogconnect::{Convention, Node, Transport};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fogconnect");
 const SECRET: &str = "hardening test secret 0123456789";
 
 fn token_for(id: &str) -> String {
     token::issue(SECRET.as_bytes(), id, u64::MAX / 2)
 }
 
-/// A server process (killed when dropped) and the address its first line
-/// names.
-struct ServerProcess {
-    _child: Running,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl ServerProcess {
-    /// `fogconnect ARGS` with the descriptor limit `nofile` (soft and hard,
-    /// so the server cannot raise it); the first stdout line that contains
-    /// `marker` gives the address after it (up to the next `/` or space).
-    fn start(args: &[&str], nofile: Option<u64>, marker: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut command = match nofile {
-            Some(n) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let mut child = command
-            .args(args)
-            .env("FOGCONNECT_SIGNAL_SECRET", SECRET)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn the server")?;
-        let pid = child.id();
-        let stdout = child.stdout.take().context("stdout")?;
-        let running = Running(child);
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next().context("the server exited before saying where it listens")??;
-            if let Some(rest) = line.split(marker).nth(1) {
-                let addr = rest.split(['/', ' ']).next().unwrap_or_default();
-                break addr.parse().with_context(|| format!("address in {line:?}"))?;
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Self { _child: running, pid, addr })
-    }
-
-    fn signal(extra: &[&str], nofile: Option<u64>) -> anyhow::Result<Self> {
-        let mut args = vec!["signal", "--listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        Self::start(&args, nofile, "signaling on ws://", &[])
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Resident memory, in KiB.
-    fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-        Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
-    }
+fn signal_process(extra: &[&str], nofile: Option<u64>) -> anyhow::Result<ServerProcess> {
+    let mut args = vec!["signal", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args, nofile, "signaling on ws://", &[("FOGCONNECT_SIGNAL_SECRET", SECRET)])
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -164,7 +104,7 @@ async fn ping_flood(ws: Ws, limit: Duration) -> (u64, bool) {
 /// after the burst.
 #[tokio::test]
 async fn a_ping_flood_that_never_reads_is_bounded_in_memory_and_closed() -> anyhow::Result<()> {
-    let server = ServerProcess::signal(
+    let server = signal_process(
         &[
             "--rate-per-second",
             "10000000",
@@ -194,7 +134,7 @@ async fn a_ping_flood_that_never_reads_is_bounded_in_memory_and_closed() -> anyh
     ensure!(after < before + 16 * 1024, "server memory grew from {before} KiB to {after} KiB");
 
     // At the default rate, control frames count like messages.
-    let server = ServerProcess::signal(&[], None)?;
+    let server = signal_process(&[], None)?;
     let (sent, closed) = ping_flood(register(&server.url(), "flooder").await?, Duration::from_secs(8)).await;
     ensure!(closed, "a ping flood over the rate limit was not cut");
     ensure!(sent < 10_000, "{sent} pings accepted at 50/s with bursts of 200");
@@ -206,7 +146,7 @@ async fn a_ping_flood_that_never_reads_is_bounded_in_memory_and_closed() -> anyh
 /// ends at the idle timeout.
 #[tokio::test]
 async fn pings_keep_neither_an_unregistered_nor_an_idle_session_open() -> anyhow::Result<()> {
-    let server = ServerProcess::signal(&["--register-timeout-s", "1", "--idle-timeout-s", "2"], None)?;
+    let server = signal_process(&["--register-timeout-s", "1", "--idle-timeout-s", "2"], None)?;
     for registered in [false, true] {
         let mut ws = if registered { register(&server.url(), "idler").await? } else { ws(&server.url()).await? };
         let started = Instant::now();
@@ -375,7 +315,7 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -
 #[tokio::test]
 async fn idle_connections_from_a_few_addresses_cannot_exhaust_the_signaling_server() -> anyhow::Result<()> {
     fogconnect::limits::raise_descriptor_limit();
-    let server = ServerProcess::signal(&["--max-clients-per-ip", "40", "--handshake-timeout-s", "2"], Some(256))?;
+    let server = signal_process(&["--max-clients-per-ip", "40", "--handshake-timeout-s", "2"], Some(256))?;
     let mut attackers = Vec::new();
     for source in ["127.0.0.2", "127.0.0.3"] {
         attackers.push(idle_connections(source.parse()?, server.addr, 400).await);
@@ -473,27 +413,6 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Stri
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A forged offer naming a victim as the caller's public address and
-/// claiming a symmetric NAT with random ports, and the connect message
-/// carrying it.
-fn forged_connect(victim: SocketAddr, request_id: u64) -> String {
-    let offer = Offer {
-        fingerprint: fogconnect::transport::identity::Identity::generate()
-            .map(|i| i.fingerprint().to_string())
-            .unwrap_or_default(),
-        candidates: vec![Candidate { kind: CandidateKind::ServerReflexive, addr: victim }],
-        nat: Some(NatInfo {
-            mapping: NatBehaviour::AddressAndPortDependent,
-            filtering: NatBehaviour::AddressAndPortDependent,
-            allocation: PortAllocation::Random,
-            udp_blocked: false,
-        }),
-        checks: Some(CheckCredentials { ufrag: "evil".into(), pwd: "evil-password-0123456789".into() }),
-    };
-    let convention = Convention::new(Transport::Quic, 1).raw();
-    ClientMessage::Connect { request_id, to: "device".into(), convention, offer }.encode()
-}
-
 /// The bound the node states: bytes to addresses the peer has not proven
 /// are at most 3x the bytes the peer sent.
 const AMPLIFICATION: u64 = fogconnect::nat::consent::AMPLIFICATION;
@@ -526,7 +445,7 @@ fn a_forged_offer_cannot_aim_the_callee_at_a_third_party() -> anyhow::Result<()>
         let mut attacker = register(&url, "mallory").await?;
 
         // One forged connect: watch the victim for the whole check budget.
-        let message = forged_connect(victim, 1);
+        let message = common::attack::forged_connect("device", victim, 1);
         let message_bytes = message.len() as u64;
         attacker.send(Message::text(message)).await?;
         ensure!(matches!(recv(&mut attacker).await?, ServerMessage::Answered { .. }), "the device answers");
@@ -556,7 +475,7 @@ fn a_forged_offer_cannot_aim_the_callee_at_a_third_party() -> anyhow::Result<()>
         let (mut tx, mut rx) = attacker.split();
         let flood = async {
             for request_id in 2..202u64 {
-                let message = forged_connect(victim, request_id);
+                let message = common::attack::forged_connect("device", victim, request_id);
                 forged_bytes += message.len() as u64;
                 if tx.send(Message::text(message)).await.is_err() {
                     break;

@@ -16,67 +16,36 @@
 //! (part of `make bench`); `cargo test --benches` runs a short smoke pass
 //! (3 connects per row).
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use fogconnect::signal::protocol::{
-    Candidate, CandidateKind, CheckCredentials, ClientMessage, NatBehaviour, NatInfo, Offer, PROTOCOL_VERSION,
-    PortAllocation,
-};
+use anyhow::bail;
+use fogconnect::signal::protocol::{ClientMessage, PROTOCOL_VERSION};
 use fogconnect::signal::token;
-use fogconnect::{Convention, Node, NodeConfig, Transport};
+use fogconnect::{Node, NodeConfig, Transport};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::server::ServerProcess;
 
 const SECRET: &str = "hardening bench secret 0123456789";
 /// Connects measured per scenario (a smoke pass: 3).
 const CONNECTS: usize = 30;
 const SMOKE_CONNECTS: usize = 3;
 
-struct Server(Child, String, u32);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `fogconnect signal` with its defaults, as an operator runs it.
-fn start_server() -> anyhow::Result<Server> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fogconnect"))
-        .args(["signal", "--listen", "127.0.0.1:0"])
-        .env("FOGCONNECT_SIGNAL_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let line = BufReader::new(child.stdout.take().context("stdout")?).lines().next().context("no output")??;
-    let url = line.strip_prefix("signaling on ").context("unexpected output")?.to_string();
-    Ok(Server(child, url, pid))
-}
-
-fn resident_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+fn start_server() -> anyhow::Result<ServerProcess> {
+    let args = ["signal", "--listen", "127.0.0.1:0"];
+    ServerProcess::start(&args, None, "signaling on ws://", &[("FOGCONNECT_SIGNAL_SECRET", SECRET)])
 }
 
 fn token_for(id: &str) -> String {
     token::issue(SECRET.as_bytes(), id, u64::MAX / 2)
-}
-
-fn plugin(name: &str) -> PathBuf {
-    std::env::var_os("FOGCONNECT_PLUGIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/plugin"))
-        .join(format!("{name}.wasm"))
 }
 
 fn config() -> NodeConfig {
@@ -158,25 +127,6 @@ async fn idle_connections(to: SocketAddr, source: IpAddr, stop: Arc<AtomicBool>)
     }
 }
 
-fn forged_connect(request_id: u64) -> String {
-    let offer = Offer {
-        fingerprint: "00".repeat(32),
-        candidates: vec![Candidate {
-            kind: CandidateKind::ServerReflexive,
-            addr: "127.0.0.99:40000".parse().expect("a"),
-        }],
-        nat: Some(NatInfo {
-            mapping: NatBehaviour::AddressAndPortDependent,
-            filtering: NatBehaviour::AddressAndPortDependent,
-            allocation: PortAllocation::Random,
-            udp_blocked: false,
-        }),
-        checks: Some(CheckCredentials { ufrag: "evil".into(), pwd: "evil-password-0123456789".into() }),
-    };
-    let convention = Convention::new(Transport::Quic, 1).raw();
-    ClientMessage::Connect { request_id, to: "device".into(), convention, offer }.encode()
-}
-
 async fn forged_connects(url: String, stop: Arc<AtomicBool>) {
     let mut request_id = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -190,7 +140,8 @@ async fn forged_connects(url: String, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
             request_id += 1;
-            if sink.send(Message::text(forged_connect(request_id))).await.is_err() {
+            let forged = common::attack::forged_connect("device", "127.0.0.99:40000".parse().expect("a"), request_id);
+            if sink.send(Message::text(forged)).await.is_err() {
                 break;
             }
         }
@@ -212,10 +163,10 @@ async fn presence_flapping(url: String, stop: Arc<AtomicBool>) {
 
 /// Connect-by-id latencies (ms) of fresh app nodes and the server's
 /// largest resident memory (KiB) while `attack` runs.
-async fn measure(server: &Server, attack: Attack, connects: usize) -> anyhow::Result<(Vec<f64>, u64)> {
-    let url = server.1.clone();
+async fn measure(server: &ServerProcess, attack: Attack, connects: usize) -> anyhow::Result<(Vec<f64>, u64)> {
+    let url = server.url();
     let stop = Arc::new(AtomicBool::new(false));
-    let addr: SocketAddr = url.trim_start_matches("ws://").trim_end_matches("/ws").parse()?;
+    let addr = server.addr;
     let mut tasks = Vec::new();
     match attack {
         Attack::None => {}
@@ -234,7 +185,7 @@ async fn measure(server: &Server, attack: Attack, connects: usize) -> anyhow::Re
     }
     // Let the attack get going before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut peak = resident_kib(server.2)?;
+    let mut peak = server.rss_kib()?;
     let mut latencies = Vec::with_capacity(connects);
     for n in 0..connects {
         let id = format!("app-{n}");
@@ -252,7 +203,7 @@ async fn measure(server: &Server, attack: Attack, connects: usize) -> anyhow::Re
         }
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
         app.shutdown().await;
-        peak = peak.max(resident_kib(server.2)?);
+        peak = peak.max(server.rss_kib()?);
     }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -268,9 +219,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !plugin("demo").exists() {
-        bail!("{} missing: make plugins first", plugin("demo").display());
-    }
     fogconnect::limits::raise_descriptor_limit();
     let connects = if std::env::args().any(|a| a == "--bench") { CONNECTS } else { SMOKE_CONNECTS };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -289,8 +237,8 @@ fn main() -> anyhow::Result<()> {
             let device = Node::builder()
                 .config(config())
                 .node_id("device")
-                .signal(&server.1, token_for("device"))
-                .plugin(1, plugin("demo"))
+                .signal(server.url(), token_for("device"))
+                .plugin(1, common::plugin("demo"))
                 .start()
                 .await?;
             device.registered(Duration::from_secs(10)).await?;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod attack;
+pub mod server;
 pub mod turn;
 
 use std::path::PathBuf;

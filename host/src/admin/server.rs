@@ -115,24 +115,7 @@ impl Drop for AdminServer {
 /// at once, each served by hyper with the header deadline.
 async fn serve_connections(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::ZERO;
-                pair
-            }
-            Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                tracing::warn!("admin accept failed: {e}; next try in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = crate::limits::accept_with_backoff(&listener, &stop, "admin API").await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} open already");
             continue;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
 use super::server::{Client, ClientTransport, Output, TurnServerConfig, TurnServerCore};
-use crate::limits::{DescriptorBudget, PerIpConnections};
+use crate::limits::{DescriptorBudget, PerIpConnections, accept_with_backoff};
 
 /// Datagrams from peers waiting for the core, at most.
 const PEER_QUEUE: usize = 4096;
@@ -27,9 +27,6 @@ const BATCH: usize = 64;
 
 /// Descriptors kept back from clients and relay sockets for the server.
 const RESERVED_DESCRIPTORS: u64 = 64;
-
-/// Longest pause between failed accepts (out of descriptors).
-const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often TCP clients without an allocation are looked for.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -324,27 +321,7 @@ async fn accept_tcp(
     handshake_timeout: std::time::Duration,
     stop: CancellationToken,
 ) {
-    let mut backoff = std::time::Duration::ZERO;
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    backoff = std::time::Duration::ZERO;
-                    accepted
-                }
-                Err(e) => {
-                    // Out of descriptors: back off, longer each time, so
-                    // the loop does not spin.
-                    backoff = (backoff * 2).clamp(std::time::Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                    tracing::debug!("turn accept: {e}; next try in {backoff:?}");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => continue,
-                    }
-                }
-            },
-        };
+    while let Some((stream, addr)) = accept_with_backoff(&listener, &stop, "relay").await {
         let slot = match connections.admit(addr.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {

@@ -29,7 +29,7 @@ use super::protocol::{
 };
 use super::rate::TokenBucket;
 use super::token;
-use crate::limits::{DescriptorBudget, PerIpConnections, RateTable};
+use crate::limits::{DescriptorBudget, PerIpConnections, RateTable, accept_with_backoff};
 
 /// Path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
@@ -63,8 +63,6 @@ const FAREWELL_LIMIT: Duration = Duration::from_secs(1);
 pub const PRESENCE_GRACE: Duration = Duration::from_secs(2);
 /// Source addresses whose connection rate is tracked at once.
 const CONNECT_RATE_TRACKED: usize = 65_536;
-/// Longest pause between failed accepts (out of descriptors).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Configuration of a signaling server.
 #[derive(Debug, Clone)]
@@ -307,28 +305,7 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::ZERO;
-                pair
-            }
-            Err(e) => {
-                // Out of descriptors and the like: back off, longer each
-                // time, so a full table does not make the loop spin.
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                tracing::warn!("accept failed: {e}; next try in {backoff:?}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => continue,
-                }
-            }
-        };
+    while let Some((stream, peer)) = accept_with_backoff(&listener, &shutdown, "signaling").await {
         // Over a cap or the rate the connection is closed before any byte
         // is read: it costs one descriptor for a moment, never a task or a
         // buffer.
