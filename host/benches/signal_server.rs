@@ -4,8 +4,8 @@
 //!   process (baseline: the same process with no client),
 //! - messages forwarded per second between two clients (baseline: a bare
 //!   WebSocket relay that forwards frames without parsing them),
-//! - connect-by-id latency on loopback, signaling included (baseline:
-//!   connect by address).
+//! - connect-by-id latency of a fresh app node on loopback, signaling and
+//!   checks included (baseline: connect by address of a fresh app node).
 //!
 //! `make bench` (or `cargo bench -p fogconnect --bench signal_server` after
 //! `make plugins`). `FOGCONNECT_BENCH_CLIENTS` sets the client count.
@@ -26,7 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "signaling bench secret 0123456789";
 const FORWARDED: usize = 20_000;
-const CONNECTS: usize = 200;
+/// Connects by id and by address, each from a fresh app node.
+const CONNECTS: usize = 100;
 /// Clients registering at once.
 const BATCH: usize = 500;
 
@@ -204,7 +205,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn connect_latency() -> anyhow::Result<()> {
+/// A fresh app node registered with `url`: a first connect from it opens
+/// a new link (a node reuses a live link for later connects to a peer).
+async fn fresh_app(url: &str, n: usize) -> anyhow::Result<Node> {
+    let id = format!("app-{n}");
+    let app =
+        Node::builder().node_id(&id).configure(|c| c.cache_dir = None).signal(url, token_for(&id)).start().await?;
+    app.registered(Duration::from_secs(10)).await?;
+    Ok(app)
+}
+
+async fn connect_latency(connects: usize) -> anyhow::Result<()> {
     let server = start_server()?;
     let echo = plugin_dir().join("echo.wasm");
     let device = Node::builder()
@@ -214,39 +225,37 @@ async fn connect_latency() -> anyhow::Result<()> {
         .signal(&server.1, token_for("device"))
         .start()
         .await?;
-    let app = Node::builder()
-        .node_id("app")
-        .configure(|c| c.cache_dir = None)
-        .signal(&server.1, token_for("app"))
-        .start()
-        .await?;
     device.registered(Duration::from_secs(10)).await?;
-    app.registered(Duration::from_secs(10)).await?;
     let addr: SocketAddr = device.local_addr();
-    let mut by_id = Vec::with_capacity(CONNECTS);
-    let mut by_addr = Vec::with_capacity(CONNECTS);
-    for _ in 0..CONNECTS {
+    let mut by_id = Vec::with_capacity(connects);
+    let mut by_addr = Vec::with_capacity(connects);
+    for n in 0..connects {
+        // Each connect from a fresh node: signaling, checks and the QUIC
+        // handshake by id; the QUIC handshake alone by address.
+        let app = fresh_app(&server.1, 2 * n).await?;
         let started = Instant::now();
         let conn = app.connect_peer("device", Transport::Quic, 0).await?;
         by_id.push(started.elapsed());
         drop(conn);
+        app.shutdown().await;
+        let app = fresh_app(&server.1, 2 * n + 1).await?;
         let started = Instant::now();
         let conn = app.connect(addr, Transport::Quic, 0).await?;
         by_addr.push(started.elapsed());
         drop(conn);
+        app.shutdown().await;
     }
     by_id.sort();
     by_addr.sort();
     let (id_med, addr_med) = (percentile(&by_id, 0.5), percentile(&by_addr, 0.5));
     println!(
-        "connect by id (signaling included): median {:.0} us, p99 {:.0} us; by address: median {:.0} us, p99 {:.0} us; ratio {:.2}",
+        "connect by id of a fresh node (signaling, checks, QUIC): median {:.0} us, p99 {:.0} us; by address (QUIC): median {:.0} us, p99 {:.0} us; ratio {:.2}",
         id_med.as_secs_f64() * 1e6,
         percentile(&by_id, 0.99).as_secs_f64() * 1e6,
         addr_med.as_secs_f64() * 1e6,
         percentile(&by_addr, 0.99).as_secs_f64() * 1e6,
         id_med.as_secs_f64() / addr_med.as_secs_f64()
     );
-    app.shutdown().await;
     device.shutdown().await;
     Ok(())
 }
@@ -266,7 +275,7 @@ fn main() -> anyhow::Result<()> {
         }
         if !smoke {
             forwarding().await?;
-            connect_latency().await?;
+            connect_latency(CONNECTS).await?;
         }
         anyhow::Ok(())
     })
