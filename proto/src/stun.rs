@@ -224,10 +224,7 @@ pub fn binding_error(txid: TxId, code: u16, reason: &str, unknown: &[u16]) -> Re
 /// [`StunCodecError::Malformed`] for anything that is not a well-formed STUN
 /// binding message (garbage, truncated, other methods).
 pub fn decode(bytes: &[u8]) -> Result<Binding, StunCodecError> {
-    let (message, _) = MessageDecoderBuilder::default()
-        .build()
-        .decode(bytes)
-        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    let message = decode_message(bytes)?;
     if message.method() != BINDING {
         return Err(StunCodecError::Malformed(format!(
             "not a binding message (method {:#x})",
@@ -301,16 +298,29 @@ pub(crate) fn integrity_valid(bytes: &[u8], key: HMACKey) -> bool {
     }
 }
 
-/// Whether the FINGERPRINT of `bytes`, when it has one, matches the
-/// message (RFC 8489 section 14.7: CRC-32 of everything before it, XOR
-/// 0x5354554e; it must be the last attribute). A message without one
-/// passes; one that cannot be decoded does not.
-pub fn fingerprint_ok(bytes: &[u8]) -> bool {
-    let Ok((message, _)) = MessageDecoderBuilder::default().build().decode(bytes) else { return false };
-    let Some(attribute) = message.get::<Fingerprint>() else { return true };
-    let Ok(fingerprint) = attribute.as_fingerprint() else { return false };
-    let at = bytes.len().saturating_sub(8);
-    bytes.len() >= 28 && bytes[at..at + 2] == [0x80, 0x28] && fingerprint.validate(&bytes[..at])
+/// Decodes one STUN message (any method and class). A FINGERPRINT, when
+/// the message has one, must be its last attribute and match (RFC 8489
+/// section 14.7: CRC-32 of everything before it, XOR 0x5354554e); a wrong
+/// one makes the message malformed, so nobody answers it.
+///
+/// # Errors
+/// [`StunCodecError::Malformed`] for garbage, truncated messages and a
+/// wrong FINGERPRINT.
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<StunMessage, StunCodecError> {
+    let (message, _) = MessageDecoderBuilder::default()
+        .build()
+        .decode(bytes)
+        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    if let Some(attribute) = message.get::<Fingerprint>() {
+        let at = bytes.len().saturating_sub(8);
+        let valid = bytes.len() >= 28
+            && bytes[at..at + 2] == [0x80, 0x28]
+            && attribute.as_fingerprint().is_ok_and(|fingerprint| fingerprint.validate(&bytes[..at]));
+        if !valid {
+            return Err(StunCodecError::Malformed("wrong FINGERPRINT".into()));
+        }
+    }
+    Ok(message)
 }
 
 /// Whether a datagram looks like STUN: first two bits zero, the magic
@@ -429,17 +439,16 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_fingerprint_is_caught() {
+    fn a_wrong_fingerprint_makes_a_message_malformed() {
         let request =
             binding_request([3; 12], &BindingRequest { auth: Some(("a:b", "password")), ..Default::default() })
                 .expect("encode");
-        assert!(fingerprint_ok(&request));
+        assert!(decode(&request).is_ok());
         let mut wrong = request.clone();
         let last = wrong.len() - 1;
         wrong[last] ^= 0x01;
-        assert!(!fingerprint_ok(&wrong));
+        assert_eq!(decode(&wrong), Err(StunCodecError::Malformed("wrong FINGERPRINT".into())));
         let plain = binding_request([4; 12], &BindingRequest::default()).expect("encode");
-        assert!(fingerprint_ok(&plain), "no fingerprint: nothing to check");
-        assert!(!fingerprint_ok(b"garbage"));
+        assert!(decode(&plain).is_ok(), "no fingerprint: nothing to check");
     }
 }

@@ -9,8 +9,7 @@ use stun_rs::attributes::stun::{ErrorCode, MessageIntegrity, Nonce, Realm, UserN
 use stun_rs::attributes::turn::{ChannelNumber, Data, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress};
 use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, DATA, REFRESH, SEND};
 use stun_rs::{
-    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageDecoderBuilder, MessageMethod, StunMessage,
-    StunMessageBuilder, TransactionId,
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunMessage, StunMessageBuilder, TransactionId,
 };
 
 use crate::stun::{StunCodecError, TxId};
@@ -332,10 +331,7 @@ pub enum TurnResponse {
 /// the attributes its kind needs.
 pub fn decode_response(bytes: &[u8]) -> Result<TurnResponse, StunCodecError> {
     let malformed = |what: &str| StunCodecError::Malformed(what.to_string());
-    let (message, _) = MessageDecoderBuilder::default()
-        .build()
-        .decode(bytes)
-        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    let message = crate::stun::decode_message(bytes)?;
     let txid = *message.transaction_id().as_bytes();
     let method: MessageMethod = message.method();
     let lifetime = message.get::<LifeTime>().and_then(|a| a.as_life_time().ok()).map(|l| l.as_u32());
@@ -440,10 +436,7 @@ pub mod method {
 /// indication.
 pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
     use stun_rs::StunAttribute;
-    let (message, _) = MessageDecoderBuilder::default()
-        .build()
-        .decode(bytes)
-        .map_err(|e| StunCodecError::Malformed(format!("{e:?}")))?;
+    let message = crate::stun::decode_message(bytes)?;
     let indication = match message.class() {
         MessageClass::Request => false,
         MessageClass::Indication => true,
@@ -678,5 +671,15 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_response(&bytes[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn a_request_with_a_wrong_fingerprint_is_malformed() {
+        let auth = crate::stun::BindingRequest { auth: Some(("a:b", "password")), ..Default::default() };
+        let mut request = crate::stun::binding_request([6; 12], &auth).expect("encode");
+        assert!(decode_request(&request).is_ok());
+        let last = request.len() - 1;
+        request[last] ^= 0x01;
+        assert!(decode_request(&request).is_err());
     }
 }

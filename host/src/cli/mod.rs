@@ -241,12 +241,13 @@ impl Cli {
 /// other than newline and tab are shown as escapes (`\u{1b}`), so a peer
 /// cannot move the cursor, clear the screen or forge output.
 pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    let escaped = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut safe = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+        if escaped(c) {
             safe.extend(c.escape_unicode());
         } else {
             safe.push(c);

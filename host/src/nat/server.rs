@@ -95,17 +95,13 @@ impl StunResponder {
     }
 
     /// The response to a datagram received on `local` from `from`; `None`
-    /// for anything that is not a binding request (never answered, so the
-    /// server cannot be used to reflect garbage).
+    /// for anything that is not a binding request, a wrong FINGERPRINT
+    /// included (never answered, so the server cannot be used to reflect
+    /// garbage).
     pub fn respond(&self, local: SocketAddr, from: SocketAddr, bytes: &[u8]) -> Option<Response> {
         let Ok(Binding::Request { txid, change_ip, change_port, unknown, .. }) = message::decode(bytes) else {
             return None;
         };
-        // A request whose FINGERPRINT is wrong is not STUN to answer (RFC
-        // 8489 section 14.7).
-        if !message::fingerprint_ok(bytes) {
-            return None;
-        }
         let error = |code: u16, reason: &str, attrs: &[u16]| {
             message::binding_error(txid, code, reason, attrs).ok().map(|bytes| Response {
                 from: local,

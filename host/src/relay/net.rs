@@ -37,8 +37,9 @@ const TCP_WRITE_QUEUE: usize = 1024;
 
 /// What the TCP connections tell the serving loop.
 enum TcpEvent {
-    /// A connection opened; frames for it go to this writer.
-    Opened(SocketAddr, mpsc::Sender<Vec<u8>>),
+    /// A connection opened (accepted at that instant, handshake done);
+    /// frames for it go to this writer.
+    Opened(SocketAddr, mpsc::Sender<Vec<u8>>, Instant),
     /// One frame (STUN message or ChannelData) from a client.
     Frame(SocketAddr, Vec<u8>),
     /// The connection ended.
@@ -189,7 +190,7 @@ async fn serve(
 ) {
     let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
     let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
-    // Writers of the TCP clients and when they connected.
+    // Writers of the TCP clients and when they were accepted.
     let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, Instant)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -213,8 +214,8 @@ async fn serve(
             },
             Some((relay, peer, data)) = peer_rx.recv() => core.handle_peer(relay, peer, &data, Instant::now()),
             Some(event) = tcp_rx.recv() => match event {
-                TcpEvent::Opened(addr, writer) => {
-                    tcp_writers.insert(addr, (writer, Instant::now()));
+                TcpEvent::Opened(addr, writer, accepted) => {
+                    tcp_writers.insert(addr, (writer, accepted));
                 }
                 TcpEvent::Frame(addr, frame) => {
                     core.handle_client(Client::tcp(addr), &frame, Instant::now(), unix_time());
@@ -330,14 +331,15 @@ async fn accept_tcp(
             }
         };
         let (events, stop, tls) = (events.clone(), stop.clone(), tls.clone());
+        let accepted = Instant::now();
         tokio::spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
             let serve = async {
                 match tls {
-                    None => stream_client(stream, addr, &events).await,
+                    None => stream_client(stream, addr, accepted, &events).await,
                     Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => stream_client(stream, addr, &events).await,
+                        Ok(Ok(stream)) => stream_client(stream, addr, accepted, &events).await,
                         Ok(Err(e)) => tracing::debug!(%addr, "TURN TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%addr, "TURN TLS handshake timed out"),
                     },
@@ -354,13 +356,13 @@ async fn accept_tcp(
 
 /// Reads frames from one TCP or TLS client and writes the frames for it,
 /// until either side ends or the client sends something that is not TURN.
-async fn stream_client<S>(stream: S, addr: SocketAddr, events: &mpsc::Sender<TcpEvent>)
+async fn stream_client<S>(stream: S, addr: SocketAddr, accepted: Instant, events: &mpsc::Sender<TcpEvent>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
-    if events.send(TcpEvent::Opened(addr, tx)).await.is_err() {
+    if events.send(TcpEvent::Opened(addr, tx, accepted)).await.is_err() {
         return;
     }
     let write = async move {

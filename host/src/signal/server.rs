@@ -261,16 +261,6 @@ impl SignalServer {
         self.shared.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// TCP connections open now, handshakes included.
-    pub fn connections(&self) -> usize {
-        self.shared.connections.total()
-    }
-
-    /// The most concurrent sessions, after the descriptor limit.
-    pub fn max_clients(&self) -> usize {
-        self.shared.config.max_clients
-    }
-
     /// Messages forwarded between clients since start.
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::Relaxed)
@@ -431,41 +421,41 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // A timeout polls its future first: frames that are always
                 // ready (a flood) would never let it fire.
                 let incoming = if tokio::time::Instant::now() >= deadline { None } else { incoming.ok() };
-                let reply = match incoming.ok_or(()) {
-                    Err(_) if !registered && tokio::time::Instant::now() >= register_by => {
+                let reply = match incoming {
+                    None if !registered && tokio::time::Instant::now() >= register_by => {
                         let limit = shared.config.register_timeout;
                         let refusal = ServerMessage::error(ErrorCode::NotRegistered, format!("no registration within {limit:?}; closing"), None);
                         let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                         break "no registration in time".into();
                     }
-                    Err(_) => {
+                    None => {
                         let refusal = ServerMessage::error(ErrorCode::IdleTimeout, "no message within the idle timeout", None);
                         let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                         break "idle timeout".into();
                     }
-                    Ok(None) => break "client went away".into(),
-                    Ok(Some(Err(e))) => {
+                    Some(None) => break "client went away".into(),
+                    Some(Some(Err(e))) => {
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             let refusal = ServerMessage::error(ErrorCode::TooLarge, format!("message exceeds {MAX_WS_MESSAGE} bytes; closing"), None);
                             let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
                         }
                         break format!("read failed: {e}");
                     }
-                    Ok(Some(Ok(Message::Text(text)))) => {
+                    Some(Some(Ok(Message::Text(text)))) => {
                         idle_deadline = tokio::time::Instant::now() + idle;
                         session.handle(text.as_str())
                     }
-                    Ok(Some(Ok(Message::Binary(_)))) => {
+                    Some(Some(Ok(Message::Binary(_)))) => {
                         idle_deadline = tokio::time::Instant::now() + idle;
                         Some(session.limited().unwrap_or_else(|| ServerMessage::error(ErrorCode::BadRequest, "binary frames are not part of the protocol", None)))
                     }
-                    Ok(Some(Ok(Message::Close(_)))) => break "client closed".into(),
+                    Some(Some(Ok(Message::Close(_)))) => break "client closed".into(),
                     // Ping, pong and raw frames: tungstenite answers pings
                     // itself (one pending pong at most). They count against
                     // the rate like any message; a client over it with
                     // control frames gets no answer it could ignore: it is
                     // closed.
-                    Ok(Some(Ok(_))) => {
+                    Some(Some(Ok(_))) => {
                         if !session.bucket.take(Instant::now()) {
                             let refusal = ServerMessage::error(ErrorCode::RateLimited, "control frames over the rate limit; closing", None);
                             let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
@@ -665,9 +655,13 @@ impl ClientSession {
         let mut sessions = self.sessions();
         if sessions.get(&id).is_some_and(|s| s.serial == self.serial) {
             sessions.remove(&id);
-            drop(sessions);
             let serial = self.serial;
+            // Recorded under the sessions lock, as `register` reads it: a
+            // registration cannot slip between the removal and the record
+            // and be announced as online to subscribers who never heard
+            // it was gone.
             self.shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), serial);
+            drop(sessions);
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(PRESENCE_GRACE).await;
