@@ -469,44 +469,104 @@ fn a_forged_offer_cannot_aim_the_callee_at_a_third_party() -> anyhow::Result<()>
         ensure!(packets > 0, "the counter saw nothing: the victim address was never checked");
         ensure!(packets < 20, "{packets} datagrams to the victim: that is probing, not a few checks");
 
-        // Repeated forged connects while a legitimate connect by id runs.
+        // Two callers repeat forged connects as fast as signaling lets
+        // them (a burst of 190 of their 200, then just under 50 a second
+        // each); the legitimate connect starts once both bursts reached the
+        // device and it refused the first of each.
         let (before_packets, before_bytes) = sent_to_victim()?;
-        let mut forged_bytes = 0u64;
-        let (mut tx, mut rx) = attacker.split();
-        let flood = async {
-            for request_id in 2..202u64 {
-                let message = common::attack::forged_connect("device", victim, request_id);
-                forged_bytes += message.len() as u64;
-                if tx.send(Message::text(message)).await.is_err() {
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        };
-        let drain = async {
-            let mut refused = 0u32;
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, rx.next()).await {
-                if let Message::Text(text) = frame
-                    && let Ok(ServerMessage::Rejected { message, .. }) = ServerMessage::decode(text.as_str())
-                    && message.contains("your connects")
-                {
-                    refused += 1;
-                    if refused >= 100 {
-                        break;
+        let trudy = register(&url, "trudy").await?;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let forged_bytes = std::sync::atomic::AtomicU64::new(0);
+        let refusals = [std::sync::atomic::AtomicU32::new(0), std::sync::atomic::AtomicU32::new(0)];
+        let attack = |ws: Ws, burst_sent: tokio::sync::oneshot::Sender<()>, refused: &'static str| {
+            let (done, forged_bytes) = (&done, &forged_bytes);
+            let refused = &refusals[usize::from(refused == "trudy")];
+            async move {
+                let (mut tx, mut rx) = ws.split();
+                let flood = async {
+                    let forged = |request_id: u64| {
+                        let message = common::attack::forged_connect("device", victim, request_id);
+                        forged_bytes.fetch_add(message.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        Message::text(message)
+                    };
+                    for request_id in 1_000..1_190 {
+                        tx.send(forged(request_id)).await?;
                     }
+                    // Every request before it is forwarded once this is
+                    // answered.
+                    tx.send(Message::text(ClientMessage::Ping { nonce: 7 }.encode())).await?;
+                    let mut pace = tokio::time::interval(Duration::from_millis(22));
+                    let mut request_id = 1_190;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        pace.tick().await;
+                        request_id += 1;
+                        tx.send(forged(request_id)).await?;
+                    }
+                    anyhow::Ok(())
+                };
+                let drain = async {
+                    // Told once the burst was forwarded (the pong) and the
+                    // device refused the first of it.
+                    let mut burst_sent = Some(burst_sent);
+                    let mut ponged = false;
+                    while let Some(Ok(frame)) = rx.next().await {
+                        let Message::Text(text) = frame else { continue };
+                        match ServerMessage::decode(text.as_str()) {
+                            Ok(ServerMessage::Pong { nonce: 7 }) => ponged = true,
+                            Ok(ServerMessage::Rejected { message, .. }) if message.contains("your connects") => {
+                                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                        if ponged
+                            && refused.load(std::sync::atomic::Ordering::Relaxed) > 0
+                            && let Some(burst_sent) = burst_sent.take()
+                        {
+                            let _ = burst_sent.send(());
+                        }
+                    }
+                };
+                tokio::select! {
+                    flooded = flood => flooded,
+                    () = drain => Ok(()),
                 }
             }
-            refused
         };
+        let (mallory_burst, mallory_sent) = tokio::sync::oneshot::channel();
+        let (trudy_burst, trudy_sent) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
         let legit = async {
-            let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
-            common::ask(&mut conn, "I am fog data!").await
+            let _ = tokio::join!(mallory_sent, trudy_sent);
+            let served = async {
+                let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
+                common::ask(&mut conn, "I am fog data!").await
+            }
+            .await;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            served
         };
-        let (flooded, refused, reply) = tokio::join!(flood, drain, legit);
-        flooded?;
+        let attacks = async {
+            let (mallory, trudy) =
+                tokio::join!(attack(attacker, mallory_burst, "mallory"), attack(trudy, trudy_burst, "trudy"));
+            (mallory, trudy)
+        };
+        let reply = tokio::select! {
+            reply = legit => reply,
+            (mallory, trudy) = attacks => bail!("the attacks ended first: {mallory:?} {trudy:?}"),
+            _ = tokio::time::sleep(WAIT * 3) => bail!("no legitimate connect within {:?} of the attack", WAIT * 3),
+        };
         ensure!(reply? == "I know!", "the legitimate connect was not served");
-        ensure!(refused >= 100, "only {refused} forged connects were refused by the per-caller limit");
+        let elapsed = started.elapsed();
+        println!("legitimate connect served {elapsed:?} after the attack began");
+        // Each attacker is told it is over the per-caller limit, at most 10
+        // times at once and 5 a second after that: refusals cannot spend
+        // the device's own signaling rate.
+        for (name, refused) in ["mallory", "trudy"].iter().zip(&refusals) {
+            let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+            let most = 10 + (5.0 * elapsed.as_secs_f64()).ceil() as u32 + 1;
+            ensure!((1..=most).contains(&refused), "{name} got {refused} refusals (1 to {most} expected)");
+        }
+        let forged_bytes = forged_bytes.load(std::sync::atomic::Ordering::Relaxed);
         let watch_until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < watch_until {
             let (packets, bytes) = sent_to_victim()?;

@@ -260,6 +260,8 @@ pub(crate) struct NodeInner {
     /// Certificate fingerprints learned from signaling, by peer id: a link
     /// claiming one of these ids must present that certificate.
     peer_fingerprints: Mutex<HashMap<String, Fingerprint>>,
+    /// Refusals sent per caller (see [`signaling::refuse`]).
+    refusals: Mutex<crate::limits::RateTable<String>>,
     weak_self: Weak<NodeInner>,
 }
 
@@ -466,6 +468,7 @@ impl NodeBuilder {
             runtime: tokio::runtime::Handle::current(),
             signal,
             peer_fingerprints: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(signaling::refusal_budget()),
             weak_self: weak_self.clone(),
         });
         if inner.signal.is_some() {

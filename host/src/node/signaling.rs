@@ -14,7 +14,7 @@ use super::{ConnectError, NodeInner, links};
 use crate::convention::Convention;
 use crate::nat::strategy::Plan;
 use crate::signal::SignalError;
-use crate::signal::client::{IncomingRequest, PeerOffer};
+use crate::signal::client::{IncomingRequest, PeerOffer, SignalClient};
 use crate::signal::protocol::{Candidate, CandidateKind, MAX_CANDIDATES, Offer};
 use crate::transport::conn::{ConnShared, ConnectionId, Owner, PathKind};
 use crate::transport::identity::Fingerprint;
@@ -92,6 +92,40 @@ pub(super) fn known_fingerprint(inner: &NodeInner, peer: &str) -> Option<Fingerp
     inner.peer_fingerprints.lock().unwrap_or_else(|p| p.into_inner()).get(peer).copied()
 }
 
+/// Refusals one caller is sent at once, and per second after that.
+const REFUSAL_BURST: u32 = 10;
+const REFUSAL_RATE: u32 = 5;
+/// Callers whose refusals are counted at once (the least recently seen
+/// forgotten first).
+const REFUSALS_TRACKED: usize = 4096;
+
+/// The per-caller refusal budget of a node.
+pub(super) fn refusal_budget() -> crate::limits::RateTable<String> {
+    crate::limits::RateTable::new(REFUSAL_RATE, REFUSAL_BURST, REFUSALS_TRACKED)
+}
+
+/// Refuses `request` with `code` and `message`, unless its caller was sent
+/// [`REFUSAL_BURST`] refusals lately (then [`REFUSAL_RATE`] a second):
+/// past that the request is dropped unanswered, so a caller repeating
+/// requests this node refuses cannot spend the node's own signaling rate,
+/// which carries its answers to everyone else. The dropped caller's
+/// connect times out.
+async fn refuse(
+    inner: &NodeInner,
+    signal: &SignalClient,
+    request: &IncomingRequest,
+    code: RefuseCode,
+    message: String,
+) {
+    let allowed =
+        inner.refusals.lock().unwrap_or_else(|p| p.into_inner()).allow(&request.from, 1, std::time::Instant::now());
+    if allowed {
+        signal.reject(request, code as u16, message).await;
+    } else {
+        tracing::debug!(peer = %request.from, "connect request dropped unanswered (refused too often): {message}");
+    }
+}
+
 /// Answers connect requests from other nodes until signaling stops.
 pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::Receiver<IncomingRequest>) {
     while let Some(request) = requests.recv().await {
@@ -104,7 +138,7 @@ pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::R
 async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     let Some(signal) = inner.signal.clone() else { return };
     let Some(fingerprint) = Fingerprint::parse(&request.offer.fingerprint) else {
-        signal.reject(&request, RefuseCode::BadRequest as u16, "offer without a valid fingerprint".into()).await;
+        refuse(&inner, &signal, &request, RefuseCode::BadRequest, "offer without a valid fingerprint".into()).await;
         return;
     };
     // Refuse early what the QUIC handshake would refuse anyway.
@@ -112,13 +146,13 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
         .map_err(|e| (RefuseCode::ReservedBits, e.to_string()))
         .and_then(|c| inner.route(c).map(|_| ()));
     if let Err((code, message)) = route {
-        signal.reject(&request, code as u16, message).await;
+        refuse(&inner, &signal, &request, code, message).await;
         return;
     }
     let mut session = match inner.traversal.session_for_request(&request.from) {
         Ok(session) => session,
         Err(refusal) => {
-            signal.reject(&request, RefuseCode::ServiceUnavailable as u16, refusal.to_string()).await;
+            refuse(&inner, &signal, &request, RefuseCode::ServiceUnavailable, refusal.to_string()).await;
             return;
         }
     };
