@@ -320,10 +320,7 @@ fn plugins_are_managed_on_a_running_node_through_the_admin_api() -> anyhow::Resu
     let loaded = plugin(&["load", "--service", "3", &v2.display().to_string()], true)?;
     ensure!(!loaded.status.success());
     let stderr = String::from_utf8_lossy(&loaded.stderr);
-    ensure!(
-        stderr.lines().count() == 1 && stderr.contains("already has a plugin") && stderr.contains("409"),
-        "{stderr}"
-    );
+    ensure!(stderr.lines().count() == 1 && stderr.contains("is already served") && stderr.contains("409"), "{stderr}");
 
     // Limits from a manifest beside the file, the flags over it.
     let dir = tempfile::tempdir()?;

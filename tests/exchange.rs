@@ -17,7 +17,7 @@ async fn demo_plugin_answers_i_know() -> anyhow::Result<()> {
     // as the device's certificate.
     assert_eq!(conn.peer_id(), format!("fp:{}", device.fingerprint()));
     assert!(!conn.peer_verified());
-    assert_eq!(conn.convention().raw(), 0x11);
+    assert_eq!(conn.convention().raw(), 0x15);
     assert!(!conn.is_passive());
     assert_eq!(ask(&mut conn, "I am fog data!").await?, "I know!");
     app.shutdown().await;
@@ -35,7 +35,7 @@ async fn passive_plugin_sees_passive_and_the_convention() -> anyhow::Result<()> 
     // sees its certificate.
     let expected = format!(
         "passive=true convention={:#x} peer=fp:{} remote={}",
-        (42 << 4) | 1,
+        (42 << 4) | 1, // the plugin contract 0.1.0 numbers QUIC 1
         client.fingerprint(),
         client.local_addr()
     );
@@ -184,7 +184,7 @@ async fn unknown_service_is_refused_with_its_reason() -> anyhow::Result<()> {
 async fn reserved_bits_and_unknown_transports_are_refused() -> anyhow::Result<()> {
     let server = node_with("server", &[(1, "demo")]).await?;
     let client = node_with("client", &[]).await?;
-    match client.connect_raw(server.local_addr(), 0x1011, None).await {
+    match client.connect_raw(server.local_addr(), 0x1015, None).await {
         Err(ConnectError::Refused { code, message }) => {
             assert_eq!(code, RefuseCode::ReservedBits);
             assert!(message.contains("reserved convention bits"), "{message}");
@@ -262,14 +262,14 @@ async fn a_pinned_fingerprint_is_enforced() -> anyhow::Result<()> {
     let impostor = node_with("impostor", &[(1, "demo")]).await?;
     let client = node_with("client", &[]).await?;
     // The impostor's address with the real server's fingerprint: refused.
-    match client.connect_raw(impostor.local_addr(), 0x11, Some(server.fingerprint())).await {
+    match client.connect_raw(impostor.local_addr(), 0x15, Some(server.fingerprint())).await {
         Err(ConnectError::Identity(message)) => ensure!(message.contains("fingerprint"), "{message}"),
         other => anyhow::bail!("expected an identity error, got {other:?}"),
     }
-    let mut conn = client.connect_raw(server.local_addr(), 0x11, Some(server.fingerprint())).await?;
+    let mut conn = client.connect_raw(server.local_addr(), 0x15, Some(server.fingerprint())).await?;
     assert_eq!(ask(&mut conn, "I am fog data!").await?, "I know!");
     // An existing link is checked too.
-    match client.connect_raw(server.local_addr(), 0x11, Some(impostor.fingerprint())).await {
+    match client.connect_raw(server.local_addr(), 0x15, Some(impostor.fingerprint())).await {
         Err(ConnectError::Identity(_)) => {}
         other => anyhow::bail!("expected an identity error, got {other:?}"),
     }

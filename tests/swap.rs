@@ -342,7 +342,7 @@ async fn the_admin_api_lists_loads_swaps_and_unloads_with_its_token() -> anyhow:
     let v1 = std::fs::read(common::plugin("test-echo-v1"))?;
     let v2 = std::fs::read(common::plugin("test-echo-v2"))?;
     match client.load(SERVICE, PluginBuild::new("test_echo_v1", v1.clone())).await {
-        Err(AdminClientError::Refused { status: 409, message }) => assert!(message.contains("already has a plugin")),
+        Err(AdminClientError::Refused { status: 409, message }) => assert!(message.contains("is already served")),
         other => bail!("expected 409, got {other:?}"),
     }
     let tight = PluginManifest {

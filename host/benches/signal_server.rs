@@ -153,7 +153,7 @@ async fn pump(sender: &mut Ws, receiver: &mut Ws, to: &str) -> anyhow::Result<Du
         for i in 0..FORWARDED {
             window.acquire().await?.forget();
             let m =
-                ClientMessage::Connect { request_id: i as u64, to: to.into(), convention: 0x11, offer: offer.clone() };
+                ClientMessage::Connect { request_id: i as u64, to: to.into(), convention: 0x15, offer: offer.clone() };
             sender.send(Message::text(m.encode())).await?;
         }
         anyhow::Ok(())

@@ -2,10 +2,15 @@
 //! identical on both ends.
 //!
 //! ```text
-//! bits 0..3   transport protocol (1 = QUIC, 2 = KCP, others reserved)
-//! bits 4..11  application service number 0..255: selects the plugin
+//! bits 0..3   transport protocol, the original C header's enum:
+//!             RTC 0, UDP 1, UTP 2, KCP 3, SCTP 4, QUIC 5 (6..15 unknown)
+//! bits 4..11  application service number 0..255: selects the service
 //! bits 12..31 reserved: must be zero
 //! ```
+//!
+//! The first releases numbered QUIC 1; plugins built against the released
+//! `fogconnect:plugin@0.1.0` contract, which documents that number, still
+//! see it ([`Convention::raw_for_plugin_contract_0_1`]).
 
 use std::fmt;
 
@@ -16,47 +21,84 @@ pub enum ConventionError {
     #[error("reserved convention bits set: {0:#010x} (bits 12..31 must be zero)")]
     ReservedBits(u32),
     /// Bits 0..3 name no known transport.
-    #[error("unknown transport {0} in convention number (1 = QUIC, 2 = KCP)")]
+    #[error(
+        "unsupported transport: unknown transport code {0} in convention number (RTC 0, UDP 1, UTP 2, KCP 3, SCTP 4, QUIC 5)"
+    )]
     UnknownTransport(u8),
 }
 
-/// Transport protocol of a connection (bits 0..3 of the convention number).
+/// Transport protocol of a connection (bits 0..3 of the convention number),
+/// with the codes of the original C header's `enum transport_protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
-    /// QUIC: reliable, ordered, encrypted; the transport nodes offer today.
-    Quic,
-    /// KCP: reserved; nodes refuse it until it is implemented.
+    /// WebRTC DataChannel (code 0): reserved; nodes refuse it until it is
+    /// offered.
+    Rtc,
+    /// Plain UDP datagrams (code 1): reserved.
+    Udp,
+    /// uTP (code 2): reserved.
+    Utp,
+    /// KCP (code 3): reserved.
     Kcp,
+    /// SCTP (code 4): reserved.
+    Sctp,
+    /// QUIC (code 5): reliable, ordered, encrypted; offered by every node.
+    Quic,
 }
 
 impl Transport {
+    /// Every transport, in code order.
+    pub const ALL: [Transport; 6] =
+        [Transport::Rtc, Transport::Udp, Transport::Utp, Transport::Kcp, Transport::Sctp, Transport::Quic];
+
     /// The 4-bit code of the transport.
     pub fn code(self) -> u8 {
         match self {
-            Transport::Quic => 1,
-            Transport::Kcp => 2,
+            Transport::Rtc => 0,
+            Transport::Udp => 1,
+            Transport::Utp => 2,
+            Transport::Kcp => 3,
+            Transport::Sctp => 4,
+            Transport::Quic => 5,
         }
     }
 
     /// The transport with this 4-bit code.
     ///
     /// # Errors
-    /// [`ConventionError::UnknownTransport`] for codes other than 1 and 2.
+    /// [`ConventionError::UnknownTransport`] for codes above 5.
     pub fn from_code(code: u8) -> Result<Self, ConventionError> {
-        match code {
-            1 => Ok(Transport::Quic),
-            2 => Ok(Transport::Kcp),
-            other => Err(ConventionError::UnknownTransport(other)),
-        }
+        Transport::ALL.get(usize::from(code)).copied().ok_or(ConventionError::UnknownTransport(code))
+    }
+
+    /// Whether nodes offer this transport today (only QUIC); a connect for
+    /// another one is refused with "unsupported transport".
+    pub fn is_offered(self) -> bool {
+        self == Transport::Quic
     }
 }
 
 impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Transport::Quic => "QUIC",
+            Transport::Rtc => "RTC",
+            Transport::Udp => "UDP",
+            Transport::Utp => "UTP",
             Transport::Kcp => "KCP",
+            Transport::Sctp => "SCTP",
+            Transport::Quic => "QUIC",
         })
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| t.to_string().eq_ignore_ascii_case(s) || t.code().to_string() == s)
+            .ok_or_else(|| format!("unknown transport {s:?} (RTC, UDP, UTP, KCP, SCTP, QUIC or their codes 0..5)"))
     }
 }
 
@@ -91,6 +133,17 @@ impl Convention {
         u32::from(self.transport.code()) | (u32::from(self.service) << 4)
     }
 
+    /// The raw value as the released `fogconnect:plugin@0.1.0` contract
+    /// documents it, which numbered QUIC 1 (the other transports were
+    /// never offered to it): what plugins built against that contract see.
+    pub fn raw_for_plugin_contract_0_1(self) -> u32 {
+        let code = match self.transport {
+            Transport::Quic => 1,
+            other => u32::from(other.code()),
+        };
+        code | (u32::from(self.service) << 4)
+    }
+
     /// The transport (bits 0..3).
     pub fn transport(self) -> Transport {
         self.transport
@@ -113,16 +166,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quic_service_one_is_0x11() {
+    fn codes_are_the_original_headers() {
+        let codes: Vec<(String, u8)> = Transport::ALL.iter().map(|t| (t.to_string(), t.code())).collect();
+        let expected = [("RTC", 0), ("UDP", 1), ("UTP", 2), ("KCP", 3), ("SCTP", 4), ("QUIC", 5)];
+        assert_eq!(codes, expected.map(|(n, c)| (n.to_string(), c)));
+        assert!(Transport::ALL.iter().all(|t| t.is_offered() == (*t == Transport::Quic)));
+    }
+
+    #[test]
+    fn quic_service_one_is_0x15() {
         let c = Convention::new(Transport::Quic, 1);
-        assert_eq!(c.raw(), 0x11);
-        assert_eq!(Convention::from_raw(0x11), Ok(c));
+        assert_eq!(c.raw(), 0x15);
+        assert_eq!(c.raw() & 0xf, 5);
+        assert_eq!(Convention::from_raw(0x15), Ok(c));
+        assert_eq!(c.raw_for_plugin_contract_0_1(), 0x11);
     }
 
     #[test]
     fn every_valid_number_round_trips() {
         for service in 0..=255u8 {
-            for transport in [Transport::Quic, Transport::Kcp] {
+            for transport in Transport::ALL {
                 let c = Convention::new(transport, service);
                 assert_eq!(Convention::from_raw(c.raw()), Ok(c));
                 assert_eq!(c.raw() >> 12, 0);
@@ -133,23 +196,33 @@ mod tests {
     #[test]
     fn reserved_bits_are_refused() {
         for bit in 12..32 {
-            let raw = 0x11 | (1u32 << bit);
+            let raw = 0x15 | (1u32 << bit);
             assert_eq!(Convention::from_raw(raw), Err(ConventionError::ReservedBits(raw)));
         }
-        let err = Convention::from_raw(0x1011).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Convention::from_raw(0x1015).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("reserved"), "{err}");
     }
 
     #[test]
     fn unknown_transports_are_refused() {
-        for code in [0u8, 3, 7, 15] {
+        for code in [6u8, 7, 15] {
             assert_eq!(Convention::from_raw(u32::from(code)), Err(ConventionError::UnknownTransport(code)));
         }
+        let err = ConventionError::UnknownTransport(9).to_string();
+        assert!(err.starts_with("unsupported transport"), "{err}");
     }
 
     #[test]
     fn service_bits_are_4_to_11() {
-        assert_eq!(Convention::from_raw(0xFF1).map(|c| c.service()), Ok(255));
-        assert_eq!(Convention::from_raw(0x2A1).map(|c| c.service()), Ok(0x2A));
+        assert_eq!(Convention::from_raw(0xFF5).map(|c| c.service()), Ok(255));
+        assert_eq!(Convention::from_raw(0x2A5).map(|c| c.service()), Ok(0x2A));
+    }
+
+    #[test]
+    fn transports_parse_by_name_or_code() {
+        assert_eq!("quic".parse::<Transport>(), Ok(Transport::Quic));
+        assert_eq!("5".parse::<Transport>(), Ok(Transport::Quic));
+        assert_eq!("RTC".parse::<Transport>(), Ok(Transport::Rtc));
+        assert!("tcp".parse::<Transport>().is_err());
     }
 }

@@ -10,10 +10,13 @@
 //! - [`relay`]: TURN (relay) client and server.
 //! - [`stream`]: stream plugins (watermark core so far).
 //! - [`limits`]: per-source rates and connection caps, descriptors.
+//! - [`dispatch`]: which service (plugin or native handler) gets an
+//!   incoming connection.
 //! - [`node`]: the node that ties them together, and its Rust API.
 
 pub mod admin;
 pub mod convention;
+pub mod dispatch;
 pub mod limits;
 pub mod metrics;
 pub mod nat;
@@ -26,6 +29,7 @@ pub mod stream;
 pub mod transport;
 
 pub use convention::{Convention, ConventionError, Transport};
+pub use dispatch::Incoming;
 pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{

@@ -340,7 +340,7 @@ mod tests {
 
     fn all_frames() -> Vec<Frame> {
         vec![
-            Frame::Open { version: WIRE_VERSION, convention: 0x11, peer_id: "ee:34:a1:44:2c:1c".into() },
+            Frame::Open { version: WIRE_VERSION, convention: 0x15, peer_id: "ee:34:a1:44:2c:1c".into() },
             Frame::Open { version: 9, convention: 0xFFFF_FFFF, peer_id: String::new() },
             Frame::Accept { version: WIRE_VERSION, peer_id: "node-b".into() },
             Frame::Refuse { code: RefuseCode::NoSuchService, message: "no such service: 7".into() },
@@ -365,8 +365,8 @@ mod tests {
 
     #[test]
     fn golden_bytes() {
-        let open = Frame::Open { version: 1, convention: 0x11, peer_id: "ab".into() }.encode();
-        assert_eq!(&open[..], &[0x01, 0, 0, 0, 8, 1, 0, 0, 0, 0x11, 2, b'a', b'b']);
+        let open = Frame::Open { version: 1, convention: 0x15, peer_id: "ab".into() }.encode();
+        assert_eq!(&open[..], &[0x01, 0, 0, 0, 8, 1, 0, 0, 0, 0x15, 2, b'a', b'b']);
         let data = Frame::Data(Bytes::from_static(b"hi")).encode();
         assert_eq!(&data[..], &[0x10, 0, 0, 0, 2, b'h', b'i']);
         let refuse = Frame::Refuse { code: RefuseCode::NoSuchService, message: "x".into() }.encode();
@@ -427,8 +427,8 @@ mod tests {
         );
         let malformed: &[&[u8]] = &[
             &[TYPE_OPEN, 0, 0, 0, 1, 1],
-            &[TYPE_OPEN, 0, 0, 0, 6, 1, 0, 0, 0, 0x11, 5],
-            &[TYPE_OPEN, 0, 0, 0, 7, 1, 0, 0, 0, 0x11, 1, 0xFF],
+            &[TYPE_OPEN, 0, 0, 0, 6, 1, 0, 0, 0, 0x15, 5],
+            &[TYPE_OPEN, 0, 0, 0, 7, 1, 0, 0, 0, 0x15, 1, 0xFF],
             &[TYPE_ACCEPT, 0, 0, 0, 1, 1],
             &[TYPE_REFUSE, 0, 0, 0, 1, 0],
             &[TYPE_CLOSE, 0, 0, 0, 0],
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn long_texts_are_clipped_on_char_boundaries() {
         let id = "é".repeat(200);
-        let frame = Frame::Open { version: 1, convention: 0x11, peer_id: id }.encode();
+        let frame = Frame::Open { version: 1, convention: 0x15, peer_id: id }.encode();
         let mut d = Decoder::new(16);
         d.push(&frame);
         match d.next_frame() {

@@ -93,7 +93,10 @@ impl Connection {
         host::close(self.0)
     }
 
-    /// The convention number (transport in bits 0..3, service in bits 4..11).
+    /// The convention number (transport in bits 0..3, service in bits 4..11)
+    /// as the `fogconnect:plugin@0.1.0` contract numbers it: QUIC is 1
+    /// there (nodes, the Rust and the C API use the original header's code
+    /// 5 for QUIC).
     ///
     /// # Errors
     /// [`ConnError::UnknownConnection`] when the connection has ended.

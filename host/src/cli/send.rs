@@ -14,7 +14,11 @@ pub struct SendArgs {
     /// Service number (selects the plugin on the remote node).
     #[arg(long, default_value_t = 0)]
     service: u8,
-    /// Send this raw convention number instead of QUIC + --service.
+    /// Transport: QUIC (5, the one nodes offer), or RTC 0, UDP 1, UTP 2,
+    /// KCP 3, SCTP 4 (refused with "unsupported transport" until offered).
+    #[arg(long, default_value = "QUIC")]
+    transport: Transport,
+    /// Send this raw convention number instead of --transport + --service.
     #[arg(long, value_parser = parse_u32)]
     convention: Option<u32>,
     /// How long to wait for each reply, in milliseconds.
@@ -53,8 +57,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
 }
 
 async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
-    let convention =
-        args.convention.unwrap_or_else(|| fogconnect::Convention::new(Transport::Quic, args.service).raw());
+    let convention = args.convention.unwrap_or_else(|| fogconnect::Convention::new(args.transport, args.service).raw());
     let started = std::time::Instant::now();
     let mut conn = args.target.connect(node, convention).await?;
     if args.info {

@@ -20,7 +20,9 @@ pub enum ConnectionEvent {
     Closed(CloseReason),
 }
 
-/// A connection opened with [`crate::Node::connect`]. Dropping it closes it.
+/// A connection owned by the application: dialled with
+/// [`crate::Node::connect`] / [`crate::Node::connect_peer`], or accepted by a
+/// native handler ([`crate::Incoming`]). Dropping it closes it.
 #[derive(Debug)]
 pub struct Connection {
     shared: Arc<ConnShared>,
@@ -30,7 +32,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(shared: Arc<ConnShared>, events: mpsc::Receiver<ConnEvent>) -> Self {
+    pub(crate) fn new(shared: Arc<ConnShared>, events: mpsc::Receiver<ConnEvent>) -> Self {
         Self { shared, events, ended: None, traversal: None }
     }
 
@@ -74,7 +76,8 @@ impl Connection {
         self.shared.meta().convention
     }
 
-    /// Always false: connections made with `connect` are active.
+    /// True for connections a native handler accepted ([`crate::Incoming`]),
+    /// false for those this node dialled.
     pub fn is_passive(&self) -> bool {
         self.shared.meta().passive
     }

@@ -304,8 +304,8 @@ async fn answer(
         )
         .await;
     }
-    let owner = match inner.route(convention) {
-        Ok(owner) => owner,
+    let route = match inner.dispatcher.route(convention) {
+        Ok(route) => route,
         Err((code, message)) => return refuse(send, code, message).await,
     };
     if send
@@ -322,8 +322,10 @@ async fn answer(
     let meta = ConnMeta { id: inner.next_connection_id(), peer_id, peer_verified, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
-    let shared = conn::establish(meta, stream, inner.conn_limits, owner, true, inner.links.live.enter()).await;
+    let (owner, announce) = (route.owner(), route.announces());
+    let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
     inner.links.register(&shared);
+    route.deliver(shared);
 }
 
 /// Active side: dial (or reuse) the link, send the request, wait for the
@@ -340,7 +342,7 @@ pub(super) async fn open(
 ) -> Result<Arc<ConnShared>, ConnectError> {
     let convention = Convention::from_raw(raw_convention);
     if let Ok(c) = convention
-        && c.transport() != crate::convention::Transport::Quic
+        && !c.transport().is_offered()
     {
         return Err(ConnectError::UnsupportedTransport(c.transport()));
     }

@@ -13,24 +13,26 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionEvent};
+pub(crate) use plugins::LoadedService;
 pub use plugins::{PluginBuild, ServiceInfo, SwapReport, manifest_path, plugin_name};
 pub use relay::{RelayServer, RelayStatus};
 pub use stream_client::{Commander, IncomingCommand, MediaEvent, MediaStream, StreamError, StreamSession, TalkBack};
 pub use traversal::TraversalReport;
 
 use crate::convention::{Convention, ConventionError, Transport};
+use crate::dispatch::{Dispatcher, Incoming, NativeSlot};
 use crate::nat::checks::CheckConfig;
 use crate::nat::classify::NatReport;
 use crate::nat::transaction::RetransmitPolicy;
 use crate::runtime::PluginError;
-use crate::runtime::actor::{EVENT_CHANNEL_CAPACITY, PluginEvent, PluginRunState};
+use crate::runtime::actor::{EVENT_CHANNEL_CAPACITY, PluginEvent};
 use crate::runtime::engine::PluginEngine;
 use crate::runtime::state::{HostServices, PluginLimits};
 use crate::runtime::supervisor::CrashPolicy;
@@ -172,6 +174,13 @@ pub enum NodeError {
     /// No plugin is loaded for the service.
     #[error("no plugin loaded for service {0}")]
     NoSuchService(u8),
+    /// A native handler was asked for a service number that is already
+    /// served (by a plugin or another native handler).
+    #[error("service {0} is already served (by a plugin or a native handler)")]
+    ServiceTaken(u8),
+    /// A second native default handler was asked for.
+    #[error("the node already has a native default handler")]
+    DefaultTaken,
 }
 
 /// Errors of connecting to a node.
@@ -181,7 +190,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Convention(#[from] ConventionError),
     /// The transport is not offered by this node.
-    #[error("transport {0} is not offered by this node")]
+    #[error("unsupported transport: {0} is not offered by this node")]
     UnsupportedTransport(Transport),
     /// The remote node refused the request.
     #[error("refused by peer: {message}")]
@@ -244,7 +253,7 @@ pub(crate) struct NodeInner {
     endpoint: quinn::Endpoint,
     transport: Arc<quinn::TransportConfig>,
     engine: PluginEngine,
-    services: RwLock<HashMap<u8, Arc<plugins::LoadedService>>>,
+    dispatcher: Arc<Dispatcher>,
     links: links::Links,
     next_id: AtomicU64,
     plugin_events: broadcast::Sender<PluginEvent>,
@@ -298,9 +307,30 @@ enum PluginSource {
 pub struct NodeBuilder {
     config: NodeConfig,
     plugins: Vec<(u8, PluginSource)>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl NodeBuilder {
+    /// Serves `service` natively: the node hands its incoming connections
+    /// to the returned [`Incoming`] from the moment it starts (none is
+    /// refused for want of a handler while the node comes up).
+    ///
+    /// # Errors
+    /// [`NodeError::ServiceTaken`] when the number is already served.
+    pub fn incoming(&self, service: u8) -> Result<Incoming, NodeError> {
+        native(&self.dispatcher, NativeSlot::Service(service))
+    }
+
+    /// Serves natively every service number that has no server of its own
+    /// (plugin or [`NodeBuilder::incoming`]), from the moment the node
+    /// starts.
+    ///
+    /// # Errors
+    /// [`NodeError::DefaultTaken`] when there is one already.
+    pub fn incoming_default(&self) -> Result<Incoming, NodeError> {
+        native(&self.dispatcher, NativeSlot::Default)
+    }
+
     /// Sets the node id.
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.config.node_id = id.into();
@@ -384,7 +414,7 @@ impl NodeBuilder {
     /// [`NodeError`] when the socket cannot be bound, the id is invalid or a
     /// plugin cannot be loaded.
     pub async fn start(self) -> Result<Node, NodeError> {
-        let NodeBuilder { mut config, plugins } = self;
+        let NodeBuilder { mut config, plugins, dispatcher } = self;
         let identity = Identity::generate()?;
         if config.node_id.is_empty() {
             config.node_id = format!("node-{}", &identity.fingerprint().to_string()[..12]);
@@ -454,7 +484,7 @@ impl NodeBuilder {
             endpoint,
             transport,
             engine,
-            services: RwLock::new(HashMap::new()),
+            dispatcher,
             links: links::Links::default(),
             next_id: AtomicU64::new(1),
             plugin_events,
@@ -493,6 +523,13 @@ impl NodeBuilder {
     }
 }
 
+fn native(dispatcher: &Arc<Dispatcher>, slot: NativeSlot) -> Result<Incoming, NodeError> {
+    dispatcher.add_native(slot).map_err(|slot| match slot {
+        NativeSlot::Service(n) => NodeError::ServiceTaken(n),
+        NativeSlot::Default => NodeError::DefaultTaken,
+    })
+}
+
 /// The relays the node allocates on: the configured ones, else those
 /// signaling hands out (kept current across re-registrations); `None`
 /// when there can be none.
@@ -529,7 +566,30 @@ fn relay_servers(
 impl Node {
     /// A builder with the default configuration.
     pub fn builder() -> NodeBuilder {
-        NodeBuilder { config: NodeConfig::default(), plugins: Vec::new() }
+        NodeBuilder { config: NodeConfig::default(), plugins: Vec::new(), dispatcher: Arc::default() }
+    }
+
+    /// Serves `service` natively, with the same semantics a plugin gets:
+    /// each incoming connection for it is handed to the returned
+    /// [`Incoming`] as a passive [`Connection`]. Dropping the `Incoming`
+    /// frees the number.
+    ///
+    /// # Errors
+    /// [`NodeError::ServiceTaken`] when a plugin or another native handler
+    /// serves the number.
+    pub fn incoming(&self, service: u8) -> Result<Incoming, NodeError> {
+        native(&self.inner.dispatcher, NativeSlot::Service(service))
+    }
+
+    /// Serves natively every service number without a server of its own
+    /// (a plugin or [`Node::incoming`]): the original C API's passive
+    /// callback, which sees every connection and reads the service from the
+    /// convention number.
+    ///
+    /// # Errors
+    /// [`NodeError::DefaultTaken`] when there is one already.
+    pub fn incoming_default(&self) -> Result<Incoming, NodeError> {
+        native(&self.inner.dispatcher, NativeSlot::Default)
     }
 
     /// The node's id.
@@ -709,8 +769,8 @@ impl Node {
         if let Some(signal) = &self.inner.signal {
             signal.shutdown();
         }
-        let services: Vec<Arc<plugins::LoadedService>> =
-            self.inner.services.write().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, s)| s).collect();
+        self.inner.dispatcher.close_native();
+        let services = self.inner.dispatcher.take_plugins();
         for service in &services {
             service.actor.stop().await;
         }
@@ -732,30 +792,6 @@ impl Node {
 impl NodeInner {
     fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// The plugin actor for an incoming request, or the refusal.
-    fn route(&self, convention: Convention) -> Result<Owner, (RefuseCode, String)> {
-        if convention.transport() != Transport::Quic {
-            return Err((
-                RefuseCode::UnsupportedTransport,
-                format!("transport {} is not offered by this node", convention.transport()),
-            ));
-        }
-        let services = self.services.read().unwrap_or_else(|p| p.into_inner());
-        let Some(service) = services.get(&convention.service()) else {
-            return Err((RefuseCode::NoSuchService, format!("no such service: {}", convention.service())));
-        };
-        match service.actor.status.state() {
-            PluginRunState::Disabled => Err((
-                RefuseCode::ServiceUnavailable,
-                format!("service {} is disabled after repeated plugin crashes", convention.service()),
-            )),
-            PluginRunState::Stopped => {
-                Err((RefuseCode::ServiceUnavailable, format!("service {} is stopping", convention.service())))
-            }
-            _ => Ok(service.actor.tx.clone()),
-        }
     }
 }
 

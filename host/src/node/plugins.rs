@@ -127,8 +127,8 @@ pub struct ServiceInfo {
 }
 
 /// A plugin loaded for a service.
-pub(super) struct LoadedService {
-    pub(super) actor: ActorHandle,
+pub(crate) struct LoadedService {
+    pub(crate) actor: ActorHandle,
     world: PluginWorld,
     counters: Arc<crate::metrics::ServiceCounters>,
 }
@@ -162,7 +162,7 @@ impl Node {
     /// # Errors
     /// [`NodeError::Plugin`] when a file cannot be read, the manifest is
     /// not valid, the plugin does not compile, does not fit a world, fails
-    /// to instantiate, or the service already has a plugin.
+    /// to instantiate, or the service is already served (by a plugin or a native handler).
     pub async fn load_plugin(&self, service: u8, path: &Path) -> Result<(), NodeError> {
         let build = PluginBuild::read(path).await.map_err(|source| NodeError::Plugin { service, source })?;
         self.load_plugin_build(service, build).await
@@ -182,10 +182,10 @@ impl Node {
     /// # Errors
     /// [`NodeError::Plugin`] when the plugin does not compile, does not fit
     /// a world, fails to instantiate (e.g. its initial memory is above its
-    /// memory cap), or the service already has a plugin.
+    /// memory cap), or the service is already served.
     pub async fn load_plugin_build(&self, service: u8, build: PluginBuild) -> Result<(), NodeError> {
         let plugin_err = |source| NodeError::Plugin { service, source };
-        if self.service(service).is_some() {
+        if self.inner.dispatcher.is_served(service) {
             return Err(plugin_err(PluginError::ServiceTaken(service)));
         }
         let prepared = self.prepare_plugin(service, &build.wasm).await?;
@@ -211,13 +211,10 @@ impl Node {
         let actor = ActorHandle::start(spec, rx).await.map_err(plugin_err)?;
         actor.status.set_identity(PluginIdentity { name: build.name, hash, version: build.manifest.version, limits });
         let loaded = Arc::new(LoadedService { actor, world, counters });
-        let mut services = self.inner.services.write().unwrap_or_else(|p| p.into_inner());
-        if services.contains_key(&service) {
-            drop(services);
+        if let Err(loaded) = self.inner.dispatcher.add_plugin(service, loaded) {
             tokio::spawn(async move { loaded.actor.stop().await });
             return Err(plugin_err(PluginError::ServiceTaken(service)));
         }
-        services.insert(service, loaded);
         Ok(())
     }
 
@@ -315,26 +312,21 @@ impl Node {
     /// # Errors
     /// [`NodeError::NoSuchService`] when the service has no plugin.
     pub async fn unload_plugin(&self, service: u8) -> Result<(), NodeError> {
-        let loaded = self
-            .inner
-            .services
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&service)
-            .ok_or(NodeError::NoSuchService(service))?;
+        let loaded = self.inner.dispatcher.remove_plugin(service).ok_or(NodeError::NoSuchService(service))?;
         loaded.actor.unload().await;
         let _ = tokio::task::spawn_blocking(move || loaded.actor.join()).await;
         Ok(())
     }
 
     fn service(&self, service: u8) -> Option<Arc<LoadedService>> {
-        self.inner.services.read().unwrap_or_else(|p| p.into_inner()).get(&service).cloned()
+        self.inner.dispatcher.plugin(service)
     }
 
-    /// The loaded services, by service number.
+    /// The services served by plugins, by service number (natively served
+    /// ones are the application's own and not listed).
     pub fn services(&self) -> Vec<ServiceInfo> {
-        let services = self.inner.services.read().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<ServiceInfo> = services.iter().map(|(&service, loaded)| loaded.info(service)).collect();
+        let services = self.inner.dispatcher.plugins();
+        let mut list: Vec<ServiceInfo> = services.iter().map(|(service, loaded)| loaded.info(*service)).collect();
         list.sort_by_key(|s| s.service);
         list
     }
@@ -343,14 +335,7 @@ impl Node {
     /// messages and bytes per service, plugin calls and their latency
     /// histogram, traps, restarts, swaps and the swap pause histogram.
     pub fn metrics(&self) -> String {
-        let services: Vec<(u8, Arc<LoadedService>)> = self
-            .inner
-            .services
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(&service, loaded)| (service, loaded.clone()))
-            .collect();
+        let services = self.inner.dispatcher.plugins();
         let mut snapshot: Vec<crate::metrics::ServiceMetrics> = services
             .iter()
             .map(|(service, loaded)| {

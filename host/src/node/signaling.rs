@@ -144,7 +144,7 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     // Refuse early what the QUIC handshake would refuse anyway.
     let route = Convention::from_raw(request.convention)
         .map_err(|e| (RefuseCode::ReservedBits, e.to_string()))
-        .and_then(|c| inner.route(c).map(|_| ()));
+        .and_then(|c| inner.dispatcher.check(c));
     if let Err((code, message)) = route {
         refuse(&inner, &signal, &request, code, message).await;
         return;
@@ -209,6 +209,11 @@ pub(super) async fn open_by_id(
     announce: bool,
 ) -> Result<(Arc<ConnShared>, Option<TraversalReport>), ConnectError> {
     let signal = inner.signal.clone().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
+    if let Ok(c) = Convention::from_raw(convention)
+        && !c.transport().is_offered()
+    {
+        return Err(ConnectError::UnsupportedTransport(c.transport()));
+    }
     // A live link to the peer carries the new connection: no signaling, no
     // punching (the fingerprint check still applies).
     if let Some(fingerprint) = known_fingerprint(inner, peer)

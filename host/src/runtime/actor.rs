@@ -336,7 +336,7 @@ fn connect_info(meta: &crate::transport::conn::ConnMeta) -> types::ConnectInfo {
     types::ConnectInfo {
         peer_id: meta.peer_id.clone(),
         passive: meta.passive,
-        convention: meta.convention.raw(),
+        convention: meta.convention.raw_for_plugin_contract_0_1(),
         remote_address: meta.remote.to_string(),
     }
 }

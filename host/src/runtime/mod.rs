@@ -75,8 +75,9 @@ pub enum PluginError {
     /// Instantiation failed (start function trapped, limits).
     #[error("plugin failed to instantiate: {0}")]
     Instantiate(String),
-    /// A plugin is already loaded for this service number.
-    #[error("service {0} already has a plugin")]
+    /// The service number is already served, by a plugin or a native
+    /// handler.
+    #[error("service {0} is already served (by a plugin or a native handler)")]
     ServiceTaken(u8),
     /// The new generation refused the state of the one serving (its
     /// `restore` returned an error or trapped): the swap was rejected.

@@ -326,7 +326,7 @@ impl host::Host for PluginState {
     }
 
     fn convention(&mut self, conn: u64) -> Result<u32, types::ConnError> {
-        Ok(self.open(conn)?.meta().convention.raw())
+        Ok(self.open(conn)?.meta().convention.raw_for_plugin_contract_0_1())
     }
 
     fn is_passive(&mut self, conn: u64) -> Result<bool, types::ConnError> {

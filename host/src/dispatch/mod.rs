@@ -1,0 +1,214 @@
+//! The dispatcher: which service gets an incoming connection.
+//!
+//! Every incoming connect request names a service number (bits 4..11 of the
+//! convention number). The dispatcher holds what serves each number — a
+//! plugin actor (Wasm, [`crate::runtime`]) or a native handler of the
+//! embedding application ([`Incoming`]) — and a native default handler for
+//! every number nobody serves on its own (the C API's passive callback).
+//! Order: the number's own server (plugin or native), then the default,
+//! else "no such service". One table, so a number is never served twice.
+
+mod native;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub use native::Incoming;
+pub(crate) use native::NativeRoute;
+
+use crate::convention::Convention;
+use crate::node::LoadedService;
+use crate::runtime::actor::PluginRunState;
+use crate::transport::conn::{ConnShared, Owner};
+use crate::transport::wire::RefuseCode;
+
+/// A refusal: the code and the message the caller sees.
+pub(crate) type Refusal = (RefuseCode, String);
+
+/// Which native slot a handler occupies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum NativeSlot {
+    /// One service number.
+    Service(u8),
+    /// Every number without a server of its own.
+    Default,
+}
+
+#[derive(Default)]
+struct Table {
+    plugins: HashMap<u8, Arc<LoadedService>>,
+    native: HashMap<NativeSlot, native::NativeService>,
+}
+
+/// Where incoming connections go, by service number.
+#[derive(Default)]
+pub(crate) struct Dispatcher {
+    table: RwLock<Table>,
+}
+
+/// The server a connect request was routed to.
+pub(crate) enum Route {
+    /// A plugin actor: it learns of the connection with `Opened`.
+    Plugin(Owner),
+    /// A native handler: the connection is handed to its [`Incoming`].
+    Native(NativeRoute),
+}
+
+impl Route {
+    /// Where the connection's events go.
+    pub(crate) fn owner(&self) -> Owner {
+        match self {
+            Route::Plugin(owner) => owner.clone(),
+            Route::Native(native) => native.owner(),
+        }
+    }
+
+    /// Whether the owner is told of the connection with an `Opened` event
+    /// (plugins) rather than by [`Route::deliver`] (native handlers).
+    pub(crate) fn announces(&self) -> bool {
+        matches!(self, Route::Plugin(_))
+    }
+
+    /// Hands an established connection to a native handler (nothing to do
+    /// for plugins, which were told by `Opened`).
+    pub(crate) fn deliver(self, shared: Arc<ConnShared>) {
+        if let Route::Native(native) = self {
+            native.deliver(shared);
+        }
+    }
+}
+
+impl Dispatcher {
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a request for `convention` would be accepted, without
+    /// reserving anything (signaling answers with this before the checks).
+    ///
+    /// # Errors
+    /// The refusal the caller would see.
+    pub(crate) fn check(&self, convention: Convention) -> Result<(), Refusal> {
+        self.find(convention, false).map(drop)
+    }
+
+    /// The server of an incoming connection for `convention`; a native
+    /// handler's backlog place is reserved.
+    ///
+    /// # Errors
+    /// The refusal to send: unsupported transport, no such service, a
+    /// disabled or stopping plugin, a native handler whose backlog is full.
+    pub(crate) fn route(&self, convention: Convention) -> Result<Route, Refusal> {
+        self.find(convention, true)?.ok_or_else(|| (RefuseCode::ServiceUnavailable, "not routed".into()))
+    }
+
+    fn find(&self, convention: Convention, reserve: bool) -> Result<Option<Route>, Refusal> {
+        let transport = convention.transport();
+        if !transport.is_offered() {
+            return Err((
+                RefuseCode::UnsupportedTransport,
+                format!("unsupported transport: {transport} (code {}) is not offered by this node", transport.code()),
+            ));
+        }
+        let service = convention.service();
+        let table = self.table();
+        if let Some(plugin) = table.plugins.get(&service) {
+            return match plugin.actor.status.state() {
+                PluginRunState::Disabled => Err((
+                    RefuseCode::ServiceUnavailable,
+                    format!("service {service} is disabled after repeated plugin crashes"),
+                )),
+                PluginRunState::Stopped => {
+                    Err((RefuseCode::ServiceUnavailable, format!("service {service} is stopping")))
+                }
+                _ => Ok(reserve.then(|| Route::Plugin(plugin.actor.tx.clone()))),
+            };
+        }
+        let native = [NativeSlot::Service(service), NativeSlot::Default]
+            .into_iter()
+            .find_map(|slot| table.native.get(&slot).filter(|handler| !handler.is_closed()));
+        match native {
+            Some(handler) if reserve => handler.reserve(service).map(|route| Some(Route::Native(route))),
+            Some(handler) => handler.has_room(service).map(|()| None),
+            None => Err((RefuseCode::NoSuchService, format!("no such service: {service}"))),
+        }
+    }
+
+    /// Adds a plugin for `service`.
+    ///
+    /// # Errors
+    /// The plugin back when the number is already served (by a plugin or
+    /// its own native handler).
+    pub(crate) fn add_plugin(&self, service: u8, plugin: Arc<LoadedService>) -> Result<(), Arc<LoadedService>> {
+        let mut table = self.table_mut();
+        if table.plugins.contains_key(&service)
+            || table.native.get(&NativeSlot::Service(service)).is_some_and(|h| !h.is_closed())
+        {
+            return Err(plugin);
+        }
+        table.plugins.insert(service, plugin);
+        Ok(())
+    }
+
+    /// Whether `service` is served by a plugin or its own native handler.
+    pub(crate) fn is_served(&self, service: u8) -> bool {
+        let table = self.table();
+        table.plugins.contains_key(&service)
+            || table.native.get(&NativeSlot::Service(service)).is_some_and(|h| !h.is_closed())
+    }
+
+    /// The plugin of `service`.
+    pub(crate) fn plugin(&self, service: u8) -> Option<Arc<LoadedService>> {
+        self.table().plugins.get(&service).cloned()
+    }
+
+    /// Every plugin, by service number.
+    pub(crate) fn plugins(&self) -> Vec<(u8, Arc<LoadedService>)> {
+        self.table().plugins.iter().map(|(&service, plugin)| (service, plugin.clone())).collect()
+    }
+
+    /// Removes the plugin of `service`.
+    pub(crate) fn remove_plugin(&self, service: u8) -> Option<Arc<LoadedService>> {
+        self.table_mut().plugins.remove(&service)
+    }
+
+    /// Removes every plugin (at shutdown).
+    pub(crate) fn take_plugins(&self) -> Vec<Arc<LoadedService>> {
+        self.table_mut().plugins.drain().map(|(_, plugin)| plugin).collect()
+    }
+
+    /// Registers a native handler in `slot`.
+    ///
+    /// # Errors
+    /// The slot when it is taken (a live handler, or for a single number
+    /// also a plugin).
+    pub(crate) fn add_native(self: &Arc<Self>, slot: NativeSlot) -> Result<Incoming, NativeSlot> {
+        let mut table = self.table_mut();
+        let taken = table.native.get(&slot).is_some_and(|h| !h.is_closed())
+            || matches!(slot, NativeSlot::Service(n) if table.plugins.contains_key(&n));
+        if taken {
+            return Err(slot);
+        }
+        let (service, incoming) = native::NativeService::new(slot, Arc::downgrade(self));
+        table.native.insert(slot, service);
+        Ok(incoming)
+    }
+
+    /// Removes the native handler of `slot` if it is the one with `token`.
+    fn remove_native(&self, slot: NativeSlot, token: u64) {
+        let mut table = self.table_mut();
+        if table.native.get(&slot).is_some_and(|h| h.token() == token) {
+            table.native.remove(&slot);
+        }
+    }
+
+    /// Ends every native handler (at shutdown): their `accept` returns
+    /// `None`.
+    pub(crate) fn close_native(&self) {
+        self.table_mut().native.clear();
+    }
+}

@@ -1,0 +1,208 @@
+//! Native services: the embedding application serves a service number with
+//! its own Rust code, through the same dispatcher as plugins, with the same
+//! connect / receive / close semantics; transports nobody offers are refused.
+
+mod common;
+
+use anyhow::{Context, bail, ensure};
+use common::{WAIT, ask, closed_within, config, message, node_with};
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+use fogconnect::{CloseKind, ConnectError, ConnectionEvent, Incoming, Node, NodeError, RefuseCode, Transport};
+
+/// Accepts connections and answers each message with `prefix` + message,
+/// until the connection ends; returns how each one ended.
+fn serve(mut incoming: Incoming, prefix: &'static str) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut endings = tokio::task::JoinSet::new();
+        while let Some(mut conn) = incoming.accept().await {
+            endings.spawn(async move {
+                loop {
+                    match conn.recv().await {
+                        ConnectionEvent::Message(data) if &data[..] == b"bye" => {
+                            conn.close();
+                            return "closed here".to_string();
+                        }
+                        ConnectionEvent::Message(data) => {
+                            let mut reply = prefix.as_bytes().to_vec();
+                            reply.extend_from_slice(&data);
+                            if conn.send(reply).is_err() {
+                                return "send failed".to_string();
+                            }
+                        }
+                        ConnectionEvent::Closed(reason) => return reason.to_string(),
+                    }
+                }
+            });
+        }
+        let mut ended = Vec::new();
+        while let Some(done) = endings.join_next().await {
+            ended.push(done.unwrap_or_else(|e| e.to_string()));
+        }
+        ended
+    })
+}
+
+#[tokio::test]
+async fn a_native_service_exchanges_and_closes_like_a_plugin() -> anyhow::Result<()> {
+    let device = node_with("device", &[]).await?;
+    let incoming = device.incoming(1)?;
+    assert_eq!(incoming.service(), Some(1));
+    let served = serve(incoming, "native:");
+    let app = node_with("app", &[]).await?;
+
+    let mut conn = app.connect(device.local_addr(), Transport::Quic, 1).await?;
+    assert_eq!(conn.convention().raw(), 0x15);
+    assert_eq!(ask(&mut conn, "I am fog data!").await?, "native:I am fog data!");
+    // Many messages, in order.
+    for i in 0..500 {
+        conn.send(format!("{i}").into_bytes())?;
+    }
+    for i in 0..500 {
+        assert_eq!(message(&mut conn).await?, format!("native:{i}").into_bytes());
+    }
+    // The application side closes: the native side sees end of file.
+    conn.close();
+    // The native side closes: the application sees end of file.
+    let mut second = app.connect(device.local_addr(), Transport::Quic, 1).await?;
+    second.send(&b"bye"[..])?;
+    let reason = closed_within(&mut second, WAIT).await?;
+    ensure!(reason.kind == CloseKind::Eof, "{reason}");
+
+    device.shutdown().await;
+    let mut ended = tokio::time::timeout(WAIT, served).await.context("handler ends at shutdown")??;
+    ended.sort();
+    ensure!(ended.len() == 2, "{ended:?}");
+    ensure!(ended[0] == "closed here" && ended[1].starts_with("eof"), "{ended:?}");
+    app.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_default_handler_gets_what_nobody_else_serves() -> anyhow::Result<()> {
+    let device = node_with("device", &[(0, "echo")]).await?;
+    let _seven = serve(device.incoming(7)?, "seven:");
+    let _default = serve(device.incoming_default()?, "default:");
+    let app = node_with("app", &[]).await?;
+
+    let mut echo = app.connect(device.local_addr(), Transport::Quic, 0).await?;
+    assert_eq!(ask(&mut echo, "x").await?, "x", "the plugin keeps its number");
+    let mut seven = app.connect(device.local_addr(), Transport::Quic, 7).await?;
+    assert_eq!(ask(&mut seven, "x").await?, "seven:x");
+    let mut other = app.connect(device.local_addr(), Transport::Quic, 200).await?;
+    assert_eq!(ask(&mut other, "x").await?, "default:x");
+
+    // One server per number.
+    match device.incoming(0) {
+        Err(NodeError::ServiceTaken(0)) => {}
+        other => bail!("a plugin's number was handed out natively: {other:?}"),
+    }
+    match device.incoming(7) {
+        Err(NodeError::ServiceTaken(7)) => {}
+        other => bail!("a native number was handed out twice: {other:?}"),
+    }
+    ensure!(matches!(device.incoming_default(), Err(NodeError::DefaultTaken)));
+    match device.load_plugin(7, &common::plugin("echo")).await {
+        Err(e) => ensure!(e.to_string().contains("already served"), "{e}"),
+        Ok(()) => bail!("a plugin was loaded over a native service"),
+    }
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_handler_frees_the_number() -> anyhow::Result<()> {
+    let device = node_with("device", &[]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut incoming = device.incoming(3)?;
+    let conn = app.connect(device.local_addr(), Transport::Quic, 3).await?;
+    let mut accepted = tokio::time::timeout(WAIT, incoming.accept()).await?.context("accepted")?;
+    ensure!(accepted.is_passive());
+    ensure!(accepted.peer_id() == format!("fp:{}", app.fingerprint()));
+    // A connection waiting to be accepted when the handler goes is closed.
+    let mut waiting = app.connect(device.local_addr(), Transport::Quic, 3).await?;
+    drop(incoming);
+    let reason = closed_within(&mut waiting, WAIT).await?;
+    ensure!(reason.kind == CloseKind::Eof, "{reason}");
+    // Accepted connections live on.
+    conn.send(&b"still here"[..])?;
+    ensure!(message(&mut accepted).await? == b"still here"[..]);
+    match app.connect(device.local_addr(), Transport::Quic, 3).await {
+        Err(ConnectError::Refused { code: RefuseCode::NoSuchService, message }) => {
+            ensure!(message == "no such service: 3", "{message}")
+        }
+        other => bail!("expected no such service, got {other:?}"),
+    }
+    // The number can be served again, by a plugin this time.
+    device.load_plugin(3, &common::plugin("echo")).await?;
+    let mut echo = app.connect(device.local_addr(), Transport::Quic, 3).await?;
+    assert_eq!(ask(&mut echo, "again").await?, "again");
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn transports_not_offered_are_refused_with_the_reason() -> anyhow::Result<()> {
+    let device = node_with("device", &[]).await?;
+    let _default = serve(device.incoming_default()?, "");
+    let app = node_with("app", &[]).await?;
+    for transport in [Transport::Rtc, Transport::Udp, Transport::Utp, Transport::Kcp, Transport::Sctp] {
+        match app.connect(device.local_addr(), transport, 1).await {
+            Err(e @ ConnectError::UnsupportedTransport(t)) if t == transport => {
+                ensure!(e.to_string().starts_with("unsupported transport"), "{e}");
+                ensure!(e.close_reason().kind == CloseKind::Refused);
+            }
+            other => bail!("{transport}: {other:?}"),
+        }
+    }
+    // An unknown code reaches the device, which refuses it.
+    match app.connect_raw(device.local_addr(), 0x17, None).await {
+        Err(ConnectError::Refused { code: RefuseCode::UnsupportedTransport, message }) => {
+            ensure!(message.starts_with("unsupported transport"), "{message}")
+        }
+        other => bail!("code 7: {other:?}"),
+    }
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_handler_made_before_start_serves_connects_by_id() -> anyhow::Result<()> {
+    const SECRET: &[u8] = b"native test secret";
+    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let builder = Node::builder()
+        .config(config())
+        .node_id("device")
+        .signal(server.url(), token::issue(SECRET, "device", u64::MAX / 2));
+    let incoming = builder.incoming(1)?;
+    let device = builder.start().await?;
+    let _served = serve(incoming, "by id:");
+    device.registered(WAIT).await?;
+    let app = Node::builder()
+        .config(config())
+        .node_id("app")
+        .signal(server.url(), token::issue(SECRET, "app", u64::MAX / 2))
+        .start()
+        .await?;
+    app.registered(WAIT).await?;
+    let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
+    ensure!(conn.peer_verified() && conn.peer_id() == "device");
+    assert_eq!(ask(&mut conn, "hi").await?, "by id:hi");
+    match app.connect_peer("device", Transport::Quic, 2).await {
+        Err(ConnectError::Refused { code: RefuseCode::NoSuchService, message }) => {
+            ensure!(message == "no such service: 2", "{message}")
+        }
+        other => bail!("service 2: {other:?}"),
+    }
+    match app.connect_peer("device", Transport::Kcp, 1).await {
+        Err(ConnectError::UnsupportedTransport(Transport::Kcp)) => {}
+        other => bail!("KCP by id: {other:?}"),
+    }
+    app.shutdown().await;
+    device.shutdown().await;
+    server.shutdown();
+    Ok(())
+}
