@@ -33,7 +33,7 @@ pub use dispatch::Incoming;
 pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{
-    Commander, ConnectError, Connection, ConnectionEvent, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder,
+    Commander, ConnectError, Connection, ConnectionEvent, ConnectionSender, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder,
     NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport,
     TalkBack, TraversalReport,
 };

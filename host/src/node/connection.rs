@@ -92,6 +92,12 @@ impl Connection {
         self.shared.stats()
     }
 
+    /// A cloneable sender for this connection, for code that sends while
+    /// the `Connection` itself sits in a receive loop elsewhere.
+    pub fn sender(&self) -> ConnectionSender {
+        ConnectionSender { shared: self.shared.clone() }
+    }
+
     /// Queues one message; it arrives as one message on the remote side.
     ///
     /// # Errors
@@ -142,5 +148,33 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.close_local("closed by the application");
+    }
+}
+
+/// Sends on a [`Connection`] and reads its counters from anywhere: a cheap,
+/// cloneable handle. It does not keep the connection open: once the
+/// `Connection` is closed or dropped, sends fail with [`SendError::Closed`].
+#[derive(Debug, Clone)]
+pub struct ConnectionSender {
+    shared: Arc<ConnShared>,
+}
+
+impl ConnectionSender {
+    /// Queues one message, as [`Connection::send`] does.
+    ///
+    /// # Errors
+    /// As [`Connection::send`].
+    pub fn send(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.shared.send(data.into())
+    }
+
+    /// Counters and measurements of the connection.
+    pub fn stats(&self) -> ConnStats {
+        self.shared.stats()
+    }
+
+    /// Node-wide id of the connection.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.meta().id
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use connection::{Connection, ConnectionEvent};
+pub use connection::{Connection, ConnectionEvent, ConnectionSender};
 pub(crate) use plugins::LoadedService;
 pub use plugins::{PluginBuild, ServiceInfo, SwapReport, manifest_path, plugin_name};
 pub use relay::{RelayServer, RelayStatus};
