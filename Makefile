@@ -9,7 +9,15 @@ PLUGINS     := echo demo adaptive-source test-echo-v1 test-echo-v2 test-spin tes
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
 
-.PHONY: setup lab-deps plugins build demo test lint bench bench-nat fuzz clean
+# The C API: library, header, pkg-config file, examples.
+PREFIX      ?= /usr/local
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+C_STAGE     := $(TARGET_DIR)/c-install
+C_EXAMPLES  := $(TARGET_DIR)/c-examples
+C_WARNINGS  := -Wall -Wextra -Werror
+export FOGCONNECT_C_STAGE := $(C_STAGE)
+
+.PHONY: setup lab-deps c-deps plugins build install c-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
 
 ## setup: install the toolchain pieces the build needs
 setup:
@@ -27,22 +35,68 @@ lab-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+## c-deps: what building and checking C programs needs (root): a C
+## compiler, pkg-config, GLib's headers (the original examples use GLib),
+## valgrind
+C_TOOLS := gcc:gcc pkg-config:pkg-config valgrind:valgrind
+c-deps:
+	@missing=""; for tool in $(C_TOOLS); do \
+		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
+	done; \
+	pkg-config --exists glib-2.0 2>/dev/null || missing="$$missing libglib2.0-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 ## plugins: build every plugin to $(PLUGIN_DIR)
 plugins: setup
 	$(CARGO) build --target wasm32-wasip2 --profile plugin $(addprefix -p ,$(PLUGINS))
 
-## build: the fogconnect binary and the plugins
+## build: the fogconnect binary, the C library (libfogconnect.so and .a)
+## and the plugins
 build: plugins
-	$(CARGO) build --release -p fogconnect
+	$(CARGO) build --release -p fogconnect -p fogconnect-c
+
+## install: the C library, header and pkg-config file under PREFIX
+## (make install PREFIX=/opt/fogconnect); run after make build
+install:
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 capi/include/fogconnect.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(TARGET_DIR)/release/libfogconnect.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(TARGET_DIR)/release/libfogconnect.a $(DESTDIR)$(PREFIX)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' capi/fogconnect.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/fogconnect.pc
+
+## c-stage: an install under the target directory, which the C examples and
+## tests build against exactly as a user's program would
+c-stage:
+	$(MAKE) --no-print-directory install PREFIX=$(C_STAGE)
+
+## c-examples: the C examples, built with pkg-config against the staged
+## install, warnings as errors
+c-examples: c-deps c-stage
+	mkdir -p $(C_EXAMPLES)
+	for example in device app; do \
+		PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig gcc $(C_WARNINGS) -o $(C_EXAMPLES)/$$example \
+			capi/examples/c/$$example.c $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs glib-2.0 fogconnect) \
+			-Wl,-rpath,$(C_STAGE)/lib || exit 1; \
+	done
 
 ## demo: two nodes on loopback, the demo plugins answering
 demo: build
 	$(TARGET_DIR)/release/fogconnect demo --plugins-dir $(PLUGIN_DIR)
 
+## demo-c: the C examples: a device in C answering an app in C, by id,
+## through a real signaling server on loopback
+demo-c: build c-examples
+	capi/examples/c/demo.sh $(TARGET_DIR)/release/fogconnect $(C_EXAMPLES)
+
 ## test: build everything and run every test (the integration tests last, so
 ## the run ends on their summary)
-test: lab-deps plugins
-	$(CARGO) build --release -p fogconnect --examples
+test: lab-deps c-deps plugins
+	$(CARGO) build --release -p fogconnect -p fogconnect-c --examples
+	$(MAKE) --no-print-directory c-examples
 	$(CARGO) test --release -p fogconnect --doc
 	$(CARGO) test --release -p fogconnect --benches
 	$(CARGO) test --release -p fogconnect-proto

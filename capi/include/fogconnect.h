@@ -296,9 +296,8 @@ int pr_fogconnect_load_plugin(void* ctx, unsigned int service, const char* path)
 /*
  * Closes a connection: queued messages are delivered first, then the peer
  * sees the end (PR_EVENT_EOF). This side gets its one final notification
- * too (close callback, or the connect callback with PR_EVENT_EOF). On a
- * connect still in progress it cancels it (PR_EVENT_ERROR). Returns 0, or
- * -1 for an invalid handle.
+ * too (close callback, or the connect callback with PR_EVENT_EOF). Returns
+ * 0, or -1 for an invalid handle.
  */
 int pr_connect_close(void* pr_connect);
 
