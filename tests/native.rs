@@ -201,6 +201,25 @@ async fn a_handler_made_before_start_serves_connects_by_id() -> anyhow::Result<(
         Err(ConnectError::UnsupportedTransport(Transport::Kcp)) => {}
         other => bail!("KCP by id: {other:?}"),
     }
+    drop(conn);
+    // Many connects to one peer at once (more than a peer answers from one
+    // caller at a time): they wait for the first link and ride it.
+    let second = Node::builder()
+        .config(config())
+        .node_id("second-app")
+        .signal(server.url(), token::issue(SECRET, "second-app", u64::MAX / 2))
+        .start()
+        .await?;
+    second.registered(WAIT).await?;
+    let connects = (0..40).map(|_| second.connect_peer("device", Transport::Quic, 1));
+    let mut conns = Vec::new();
+    for result in futures_util::future::join_all(connects).await {
+        conns.push(result.context("a concurrent connect by id failed")?);
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        assert_eq!(ask(conn, &i.to_string()).await?, format!("by id:{i}"));
+    }
+    second.shutdown().await;
     app.shutdown().await;
     device.shutdown().await;
     server.shutdown();

@@ -157,12 +157,14 @@ struct pr_signal_server {
  * Starts the context `info->ctx` (socket, NAT discovery, the services set
  * so far) and joins the signaling server with the id of set_id (a
  * generated one without). Blocks until registered: returns 0 once
- * registered, 1 when registration did not succeed within 10 seconds (the
- * reason is logged; the session keeps retrying in the background, as it
- * does after any loss: connects work once it succeeds), -1 when the
- * arguments are not valid or the context cannot start (pr_errno_mgs(NULL)
- * says why). Called again on a started context: waits for registration
- * again (0 or 1).
+ * registered; 1 when registration did not succeed: the server refused it
+ * (e.g. a token not valid for the id), or it did not succeed within 10
+ * seconds (the session keeps retrying in the background, as it does after
+ * any loss: connects work once it succeeds); -1 when the arguments are not
+ * valid or the context cannot start (no token, the listen address cannot
+ * be bound, a plugin does not load). The reason is logged and
+ * pr_errno_mgs(NULL) says it. Called again on a started context: waits
+ * for the registration again (0 or 1).
  */
 int pr_init_signal(struct pr_signal_server* info);
 
@@ -233,9 +235,11 @@ unsigned int pr_get_convention_number(void* connect_info);
 void pr_connect_set_userdata(void* connect_info, void* usrdata);
 
 /*
- * Sets the id contexts register with (e.g. a MAC address: 1..255 bytes,
- * printable, no spaces), for contexts that join signaling afterwards. The
- * text is copied. NULL clears it (a generated id is used).
+ * Sets the id contexts register with (e.g. a MAC address: 1..255 bytes of
+ * UTF-8 without control characters, not starting with "fp:", which names
+ * certificates), for contexts that join signaling afterwards. The text is
+ * copied. NULL clears it (a generated id is used). An id that is not valid
+ * is logged and ignored (pr_errno_mgs(NULL) says why).
  */
 void set_id(const char* ret_id);
 

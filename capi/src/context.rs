@@ -196,9 +196,10 @@ impl Context {
     }
 
     /// `pr_init_signal`: starts the node (once) and waits for the
-    /// registration. `Ok(true)` registered, `Ok(false)` not within
-    /// [`REGISTRATION_WAIT`].
-    pub(crate) fn start(&self, target: SignalTarget) -> Result<bool, String> {
+    /// registration. `Ok(None)` registered, `Ok(Some(why))` not (refused,
+    /// or not within [`REGISTRATION_WAIT`]); `Err` when the node cannot
+    /// start.
+    pub(crate) fn start(&self, target: SignalTarget) -> Result<Option<String>, String> {
         let node = {
             let _starting = lock(&self.starting);
             match self.node.get() {
@@ -207,13 +208,10 @@ impl Context {
             }
         };
         match self.runtime.block_on(node.registered(REGISTRATION_WAIT)) {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(None),
             Err(e) => {
-                tracing::warn!(
-                    "not registered with signaling within {}s: {e} (still trying in the background)",
-                    REGISTRATION_WAIT.as_secs()
-                );
-                Ok(false)
+                tracing::warn!("not registered with signaling: {e} (still trying in the background)");
+                Ok(Some(format!("not registered with signaling: {e}")))
             }
         }
     }

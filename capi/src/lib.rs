@@ -153,11 +153,10 @@ pub unsafe extern "C" fn pr_init_signal(info: *mut PrSignalServer) -> c_int {
                 return -1;
             }
         };
-        let url = target.url.clone();
         match context.start(target) {
-            Ok(true) => 0,
-            Ok(false) => {
-                set_call_error(format!("not registered with {url} within {}s", context::REGISTRATION_WAIT.as_secs()));
+            Ok(None) => 0,
+            Ok(Some(why)) => {
+                set_call_error(why);
                 1
             }
             Err(e) => {

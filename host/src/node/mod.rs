@@ -269,6 +269,9 @@ pub(crate) struct NodeInner {
     /// Certificate fingerprints learned from signaling, by peer id: a link
     /// claiming one of these ids must present that certificate.
     peer_fingerprints: Mutex<HashMap<String, Fingerprint>>,
+    /// One gate per peer being dialled by id (see
+    /// [`NodeInner::dial_gate`]).
+    dialing: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     /// Refusals sent per caller (see [`signaling::refuse`]).
     refusals: Mutex<crate::limits::RateTable<String>>,
     weak_self: Weak<NodeInner>,
@@ -498,6 +501,7 @@ impl NodeBuilder {
             runtime: tokio::runtime::Handle::current(),
             signal,
             peer_fingerprints: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
             refusals: Mutex::new(signaling::refusal_budget()),
             weak_self: weak_self.clone(),
         });
@@ -792,6 +796,19 @@ impl Node {
 impl NodeInner {
     fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The gate connects to `peer` by id pass one at a time until a link
+    /// exists; it lives as long as someone holds it.
+    fn dial_gate(&self, peer: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut dialing = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = dialing.get(peer).and_then(Weak::upgrade) {
+            return gate;
+        }
+        dialing.retain(|_, gate| gate.strong_count() > 0);
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        dialing.insert(peer.to_string(), Arc::downgrade(&gate));
+        gate
     }
 }
 

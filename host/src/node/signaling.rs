@@ -214,11 +214,17 @@ pub(super) async fn open_by_id(
     {
         return Err(ConnectError::UnsupportedTransport(c.transport()));
     }
+    // Connects to one peer made together wait for the one that makes the
+    // link, then ride it (a peer answers only a few connect requests from
+    // one caller at a time); the wait is bounded by the connect timeout.
+    let gate = inner.dial_gate(peer);
+    let turn = tokio::time::timeout(inner.config.connect_timeout, gate.lock()).await.ok();
     // A live link to the peer carries the new connection: no signaling, no
     // punching (the fingerprint check still applies).
     if let Some(fingerprint) = known_fingerprint(inner, peer)
         && let Some(addr) = inner.links.live_addr_of(fingerprint)
     {
+        drop(turn);
         let shared = links::open(inner, addr, convention, Some(fingerprint), id, owner, announce).await?;
         return Ok((shared, None));
     }
@@ -253,6 +259,7 @@ pub(super) async fn open_by_id(
         // No link came up through the relay: forget the route to it.
         inner.socket.unroute(addr);
     }
+    drop(turn);
     let shared = opened?;
     if relayed {
         tracing::info!(%peer, relayed = %addr, "no direct path yet: connected through the relay");

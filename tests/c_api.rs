@@ -1,0 +1,330 @@
+//! The C API from C: the suite in `capi/tests/c/suite.c`, compiled with
+//! warnings as errors against the installed header and library (the
+//! staged install `make c-stage` makes, found with pkg-config), run against
+//! a real signaling server: plain, under AddressSanitizer and under
+//! valgrind; a C program and a Rust node talking both ways; and the
+//! exported symbols checked against the header.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use common::{WAIT, ask, closed_within, config, message};
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+use fogconnect::{CloseKind, ConnectionEvent, Node, Transport};
+use tokio::sync::mpsc;
+
+const SECRET: &[u8] = b"C API test secret, loopback only";
+
+/// The scenarios every build runs (the two that pair with a Rust node run
+/// in [`c_and_rust_talk_both_ways`]).
+const SCENARIOS: [&str; 6] = ["exchange", "failures", "handles", "concurrent", "release_in_callback", "plugin"];
+
+/// Where `make c-stage` installed the library, header and pkg-config file.
+fn stage() -> anyhow::Result<PathBuf> {
+    let stage = std::env::var_os("FOGCONNECT_C_STAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/c-install"));
+    ensure!(
+        stage.join("lib/libfogconnect.so").exists() && stage.join("include/fogconnect.h").exists(),
+        "no staged C install in {}: run `make c-stage` (make test does)",
+        stage.display()
+    );
+    Ok(stage)
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `pkg-config --cflags --libs fogconnect` against the staged install.
+fn pkg_config(stage: &Path) -> anyhow::Result<Vec<String>> {
+    let out = std::process::Command::new("pkg-config")
+        .args(["--cflags", "--libs", "fogconnect"])
+        .env("PKG_CONFIG_PATH", stage.join("lib/pkgconfig"))
+        .output()
+        .context("pkg-config (make c-deps installs it)")?;
+    ensure!(out.status.success(), "pkg-config: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Compiles the suite with `extra` flags into `dir`.
+fn compile(dir: &Path, name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
+    let stage = stage()?;
+    let binary = dir.join(name);
+    let out = std::process::Command::new("gcc")
+        .args(["-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .args(extra)
+        .arg(repo().join("capi/tests/c/suite.c"))
+        .arg("-o")
+        .arg(&binary)
+        .args(pkg_config(&stage)?)
+        .arg("-lpthread")
+        .arg(format!("-Wl,-rpath,{}", stage.join("lib").display()))
+        .output()
+        .context("gcc (make c-deps installs it)")?;
+    ensure!(out.status.success(), "the C suite does not build:\n{}", String::from_utf8_lossy(&out.stderr));
+    Ok(binary)
+}
+
+/// A signaling server and the tokens of every id the scenarios use.
+async fn signaling() -> anyhow::Result<(SignalServer, String)> {
+    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let mut tokens = Vec::new();
+    for scenario in SCENARIOS.iter().chain(&["serve_for_rust", "connect_rust"]) {
+        for role in ["device", "app", "plain"] {
+            let id = format!("{scenario}-{role}");
+            tokens.push(format!("{id}={}", token::issue(SECRET, &id, u64::MAX / 2)));
+        }
+    }
+    Ok((server, tokens.join(";")))
+}
+
+/// The suite's command for `scenario`, optionally under a wrapper.
+fn suite(binary: &Path, wrapper: &[&str], scenario: &str, server: &SignalServer, tokens: &str) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    command
+        .arg(scenario)
+        .env("FC_SIGNAL_PORT", server.local_addr().port().to_string())
+        .env("FC_TOKENS", tokens)
+        .env("FC_ECHO_PLUGIN", common::plugin("echo"))
+        .env("FOGCONNECT_LOG", "warn")
+        .env_remove("FOGCONNECT_TOKEN")
+        .env_remove("FOGCONNECT_LISTEN")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` to its end, at most `limit` (then it is killed).
+async fn output_within(mut command: Command, limit: Duration) -> anyhow::Result<Output> {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().with_context(|| format!("cannot run {command:?}"))?;
+    let pid = child.id();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(limit, waiting).await {
+        Ok(output) => Ok(output??),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            bail!("{command:?} did not finish within {limit:?}")
+        }
+    }
+}
+
+/// A C program running beside the test, whose output lines are read as
+/// they come; killed when dropped.
+struct Running {
+    child: common::Running,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Running {
+    fn start(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command.stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { child: common::Running(child), lines })
+    }
+
+    async fn next_line(&mut self) -> anyhow::Result<String> {
+        tokio::time::timeout(WAIT, self.lines.recv()).await.context("no line in time")?.context("the program ended")
+    }
+
+    /// Waits for the exit, at most [`WAIT`].
+    async fn exited(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.0.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(tokio::time::Instant::now() < deadline, "the program did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs every scenario, each within `limit`; fails with the output of the
+/// first that fails.
+async fn run_all(binary: &Path, wrapper: &[&str], env: &[(&str, &str)], limit: Duration) -> anyhow::Result<()> {
+    let (server, tokens) = signaling().await?;
+    for scenario in SCENARIOS {
+        let mut command = suite(binary, wrapper, scenario, &server, &tokens);
+        command.envs(env.iter().copied());
+        let out = output_within(command, limit).await.with_context(|| scenario.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() && stdout.contains(&format!("{scenario}: ok")),
+            "{scenario} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            out.status
+        );
+    }
+    server.shutdown();
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_c_suite_passes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(dir.path(), "suite", &[])?;
+    run_all(&binary, &[], &[], Duration::from_secs(60)).await
+}
+
+#[tokio::test]
+async fn the_c_suite_passes_under_address_sanitizer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(dir.path(), "suite-asan", &["-fsanitize=address", "-fno-omit-frame-pointer"])?;
+    let options = "detect_leaks=1:halt_on_error=1:exitcode=86";
+    run_all(&binary, &[], &[("ASAN_OPTIONS", options)], Duration::from_secs(120)).await
+}
+
+#[tokio::test]
+async fn the_c_suite_passes_under_valgrind() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(dir.path(), "suite-valgrind", &[])?;
+    let valgrind = [
+        "valgrind",
+        "--quiet",
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--show-leak-kinds=definite",
+        "--errors-for-leak-kinds=definite",
+    ];
+    run_all(&binary, &valgrind, &[("FC_WAIT_S", "120")], Duration::from_secs(600)).await
+}
+
+#[tokio::test]
+async fn c_and_rust_talk_both_ways() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(dir.path(), "suite", &[])?;
+    let (server, tokens) = signaling().await?;
+    let rust = Node::builder()
+        .config(config())
+        .node_id("rust-node")
+        .signal(server.url(), token::issue(SECRET, "rust-node", u64::MAX / 2));
+    let mut incoming = rust.incoming(4)?;
+    let rust = rust.start().await?;
+    rust.registered(WAIT).await?;
+    tokio::spawn(async move {
+        while let Some(mut conn) = incoming.accept().await {
+            tokio::spawn(async move {
+                while let ConnectionEvent::Message(data) = conn.recv().await {
+                    let _ = conn.send([&b"rust:"[..], &data].concat());
+                }
+            });
+        }
+    });
+
+    // C dials the Rust node's native service.
+    let mut command = suite(&binary, &[], "connect_rust", &server, &tokens);
+    command.env("FC_RUST_PEER", "rust-node");
+    let out = output_within(command, Duration::from_secs(60)).await?;
+    ensure!(
+        out.status.success(),
+        "connect_rust:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Rust dials a C device.
+    let mut device = Running::start(suite(&binary, &[], "serve_for_rust", &server, &tokens))?;
+    let ready = device.next_line().await?;
+    ensure!(ready == "ready", "{ready:?}");
+    let mut conn = rust.connect_peer("serve_for_rust-device", Transport::Quic, 1).await?;
+    ensure!(conn.peer_verified() && conn.peer_id() == "serve_for_rust-device");
+    ensure!(conn.convention().raw() & 0xf == 5);
+    ensure!(message(&mut conn).await? == b"welcome"[..]);
+    ensure!(ask(&mut conn, "I am fog data!").await? == "I know!");
+    conn.close();
+    let ended = device.next_line().await?;
+    ensure!(ended.starts_with("ended once: eof") && ended.ends_with("I am fog data!"), "{ended}");
+    let status = device.exited().await?;
+    ensure!(status.success(), "the C device failed: {status}");
+
+    // The C device closes on request: the Rust side sees end of file.
+    let mut device = Running::start(suite(&binary, &[], "serve_for_rust", &server, &tokens))?;
+    ensure!(device.next_line().await? == "ready");
+    let mut conn = rust.connect_peer("serve_for_rust-device", Transport::Quic, 1).await?;
+    ensure!(message(&mut conn).await? == b"welcome"[..]);
+    conn.send(&b"close-me"[..])?;
+    let reason = closed_within(&mut conn, WAIT).await?;
+    ensure!(reason.kind == CloseKind::Eof, "{reason}");
+    let status = device.exited().await?;
+    ensure!(status.success(), "the C device failed: {status}");
+
+    rust.shutdown().await;
+    server.shutdown();
+    Ok(())
+}
+
+/// The functions the header declares.
+fn header_functions() -> anyhow::Result<BTreeSet<String>> {
+    let header = std::fs::read_to_string(repo().join("capi/include/fogconnect.h"))?;
+    let mut names = BTreeSet::new();
+    let declarations = header.lines().filter(|l| ![" ", "#", "/*", "typedef"].iter().any(|p| l.starts_with(p)));
+    for line in declarations {
+        if let Some(open) = line.find('(') {
+            let name = line[..open].rsplit(|c: char| c == ' ' || c == '*').next().unwrap_or_default();
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    ensure!(names.len() >= 20, "found only {names:?} in the header");
+    Ok(names)
+}
+
+#[test]
+fn the_library_exports_exactly_the_header() -> anyhow::Result<()> {
+    let stage = stage()?;
+    let declared = header_functions()?;
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only", "--format=posix"])
+        .arg(stage.join("lib/libfogconnect.so"))
+        .output()
+        .context("nm")?;
+    ensure!(out.status.success(), "nm: {}", String::from_utf8_lossy(&out.stderr));
+    let exported: BTreeSet<String> = String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let (name, kind) = (fields.next()?, fields.next()?);
+            // Functions and data; versioned markers and weak glibc
+            // references are not the library's own.
+            matches!(kind, "T" | "D" | "B" | "R").then(|| name.to_string())
+        })
+        .collect();
+    ensure!(exported == declared, "exported but not declared: {:?}; declared but not exported: {:?}",
+        exported.difference(&declared).collect::<Vec<_>>(), declared.difference(&exported).collect::<Vec<_>>());
+    // The static library defines every declared function too.
+    let out = std::process::Command::new("nm")
+        .args(["--defined-only", "--format=posix"])
+        .arg(stage.join("lib/libfogconnect.a"))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let defined: BTreeSet<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    for name in &declared {
+        ensure!(defined.contains(name.as_str()), "{name} is missing from libfogconnect.a");
+    }
+    Ok(())
+}
