@@ -87,6 +87,9 @@ async fn signaling() -> anyhow::Result<(SignalServer, String)> {
 }
 
 /// The suite's command for `scenario`, optionally under a wrapper.
+///
+/// The plugin cache goes beside the binary, not into the user's home, so
+/// each run compiles the plugin itself.
 fn suite(binary: &Path, wrapper: &[&str], scenario: &str, server: &SignalServer, tokens: &str) -> Command {
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
@@ -102,6 +105,7 @@ fn suite(binary: &Path, wrapper: &[&str], scenario: &str, server: &SignalServer,
         .env("FC_TOKENS", tokens)
         .env("FC_ECHO_PLUGIN", common::plugin("echo"))
         .env("FOGCONNECT_LOG", "warn")
+        .env("XDG_CACHE_HOME", binary.with_extension("cache"))
         .env_remove("FOGCONNECT_TOKEN")
         .env_remove("FOGCONNECT_LISTEN")
         .stdin(Stdio::null());
@@ -202,9 +206,11 @@ async fn the_c_suite_passes_under_address_sanitizer() -> anyhow::Result<()> {
 async fn the_c_suite_passes_under_valgrind() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let binary = compile(dir.path(), "suite-valgrind", &[])?;
+    let suppressions = format!("--suppressions={}", repo().join("capi/tests/c/valgrind.supp").display());
     let valgrind = [
         "valgrind",
         "--quiet",
+        &suppressions,
         "--error-exitcode=99",
         "--leak-check=full",
         "--show-leak-kinds=definite",
@@ -314,8 +320,12 @@ fn the_library_exports_exactly_the_header() -> anyhow::Result<()> {
             matches!(kind, "T" | "D" | "B" | "R").then(|| name.to_string())
         })
         .collect();
-    ensure!(exported == declared, "exported but not declared: {:?}; declared but not exported: {:?}",
-        exported.difference(&declared).collect::<Vec<_>>(), declared.difference(&exported).collect::<Vec<_>>());
+    ensure!(
+        exported == declared,
+        "exported but not declared: {:?}; declared but not exported: {:?}",
+        exported.difference(&declared).collect::<Vec<_>>(),
+        declared.difference(&exported).collect::<Vec<_>>()
+    );
     // The static library defines every declared function too.
     let out = std::process::Command::new("nm")
         .args(["--defined-only", "--format=posix"])

@@ -84,7 +84,13 @@ pub(crate) struct ConnState {
 impl ConnEntry {
     /// A connection of context `context`; `close` ends it (a child of the
     /// context's release token).
-    pub(crate) fn new(handle: usize, context: usize, passive: bool, close: CancellationToken, state: ConnState) -> Self {
+    pub(crate) fn new(
+        handle: usize,
+        context: usize,
+        passive: bool,
+        close: CancellationToken,
+        state: ConnState,
+    ) -> Self {
         Self { handle, context, passive, close, state: Mutex::new(state) }
     }
 

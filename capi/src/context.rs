@@ -180,10 +180,9 @@ impl Context {
     pub(crate) fn load_plugin(&self, service: u8, path: PathBuf) -> Result<(), String> {
         let _starting = lock(&self.starting);
         match self.node.get() {
-            Some(node) => self
-                .runtime
-                .block_on(node.load_plugin(service, &path))
-                .map_err(|e| format!("{}: {e}", path.display())),
+            Some(node) => {
+                self.runtime.block_on(node.load_plugin(service, &path)).map_err(|e| format!("{}: {e}", path.display()))
+            }
             None => {
                 let mut settings = lock(&self.settings);
                 if settings.plugins.iter().any(|(s, _)| *s == service) {

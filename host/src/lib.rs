@@ -33,9 +33,9 @@ pub use dispatch::Incoming;
 pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{
-    Commander, ConnectError, Connection, ConnectionEvent, ConnectionSender, IncomingCommand, MediaEvent, MediaStream, Node, NodeBuilder,
-    NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport,
-    TalkBack, TraversalReport,
+    Commander, ConnectError, Connection, ConnectionEvent, ConnectionSender, IncomingCommand, MediaEvent, MediaStream,
+    Node, NodeBuilder, NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus, ServiceInfo, StreamError,
+    StreamSession, SwapReport, TalkBack, TraversalReport,
 };
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState, StateHandoff};
