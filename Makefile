@@ -16,6 +16,7 @@ C_STAGE     := $(TARGET_DIR)/c-install
 C_EXAMPLES  := $(TARGET_DIR)/c-examples
 C_WARNINGS  := -Wall -Wextra -Werror
 export FOGCONNECT_C_STAGE := $(C_STAGE)
+export FOGCONNECT_C_EXAMPLES := $(C_EXAMPLES)
 
 .PHONY: setup lab-deps c-deps plugins build install c-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
 

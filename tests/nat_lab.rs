@@ -375,3 +375,57 @@ fn connect_through(lab: &mut Lab, url: &str, flags: &[&str], relay: &str, messag
     ensure!(stdout.contains("path relayed") && stdout.contains(&format!("\n{message}")), "{stdout}");
     Ok(())
 }
+
+/// The C examples behind the lab's NATs (port-restricted on both sides):
+/// the C app connects by id to a Rust node serving plugins, and a Rust
+/// node connects by id to the C device, directly, as Rust nodes do.
+#[test]
+fn c_programs_connect_by_id_through_the_lab_nats() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let examples = std::env::var_os("FOGCONNECT_C_EXAMPLES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/c-examples"));
+    let (app, device) = (examples.join("app"), examples.join("device"));
+    ensure!(app.exists() && device.exists(), "no C examples in {}: run `make c-examples`", examples.display());
+    let (app, device) = (app.display().to_string(), device.display().to_string());
+    let wait = std::time::Duration::from_secs(20);
+
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    let url = lab.start_servers()?;
+    let token = lab.token("dev-b")?;
+    let echo = format!("0={}", common::plugin("echo").display());
+    let demo = format!("1={}", common::plugin("demo").display());
+    let node = ["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", &url, "--token"];
+    let mut node: Vec<&str> = node.to_vec();
+    node.extend([token.as_str(), "--stun", STUN, "--plugin", &echo, "--plugin", &demo]);
+    let mut node = lab.spawn("host-b", &node, &[])?;
+    node.wait_line("registered with", wait)?;
+    node.wait_line("nat:", wait)?;
+
+    // C app -> Rust node serving plugins.
+    let token = lab.token("c-app")?;
+    let env = [("FOGCONNECT_TOKEN", token.as_str()), ("FOGCONNECT_STUN", STUN), ("FOGCONNECT_LISTEN", "0.0.0.0:0")];
+    let out = lab.output_program("host-a", &app, &["c-app", "dev-b", "203.0.113.10", "7600"], &env)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    ensure!(out.status.success(), "C app: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("service 1 answered (7 bytes): I know!"), "{stdout}");
+    ensure!(stdout.contains("path direct WAN") && stdout.contains("app: done"), "{stdout}");
+
+    // Rust node -> C device.
+    let token = lab.token("c-device")?;
+    let env = [("FOGCONNECT_TOKEN", token.as_str()), ("FOGCONNECT_STUN", STUN), ("FOGCONNECT_LISTEN", "0.0.0.0:0")];
+    let mut c_device = lab.spawn_program("host-b", &device, &["c-device", "203.0.113.10", "7600"], &env)?;
+    c_device.wait_line("device: registered", wait)?;
+    let token = lab.token("dev-a")?;
+    let send = ["send", "--peer", "c-device", "--signal", &url, "--id", "dev-a", "--token", &token, "--stun", STUN];
+    let mut send: Vec<&str> = send.to_vec();
+    send.extend(["--info", "--reply-timeout-ms", "5000", "--service", "1", "I am fog data!"]);
+    let out = lab.output("host-a", &send, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    ensure!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("path direct WAN") && stdout.contains("\nI know!"), "{stdout}");
+    c_device.wait_line("device: connection closed: eof", wait)?;
+    Ok(())
+}

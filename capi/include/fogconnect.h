@@ -61,6 +61,8 @@
  *                    pr_fogconnect_set_token gives one.
  * FOGCONNECT_LISTEN  default UDP listen address of new contexts
  *                    (default 0.0.0.0:0), unless pr_fogconnect_set_listen.
+ * FOGCONNECT_STUN    default STUN server "host:port" of new contexts
+ *                    (none), unless pr_fogconnect_set_stun.
  * FOGCONNECT_LOG     what the library logs to stderr (default "warn";
  *                    e.g. "info", "fogconnect=debug").
  */

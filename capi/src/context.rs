@@ -106,7 +106,7 @@ impl Context {
             settings: Mutex::new(Settings {
                 token: std::env::var("FOGCONNECT_TOKEN").ok().filter(|t| !t.is_empty()),
                 listen,
-                stun: None,
+                stun: std::env::var("FOGCONNECT_STUN").ok().filter(|s| !s.is_empty()),
                 relays: Vec::new(),
                 plugins: Vec::new(),
             }),

@@ -48,8 +48,12 @@ static gboolean give_up(gpointer loop)
 static void recv_peer(void* pr_connect, void* cbarg, void* buf, int size)
 {
     struct session* s = cbarg;
+    static const char* paths[] = { "LAN", "direct WAN", "relayed" };
+    struct pr_connect_stats stats; /* an extension: not in the original API */
     printf("app: service %u answered (%d bytes): %s\n", (pr_get_convention_number(pr_connect) >> 4) & 0xff,
            size, (char*)buf);
+    if (pr_connect_get_stats(pr_connect, &stats) == 0 && stats.path >= 0 && stats.path <= 2)
+        printf("app: path %s, rtt %u us\n", paths[stats.path], stats.rtt_us);
     fflush(stdout);
     s->ok = 1;
     pr_connect_close(pr_connect);
