@@ -110,14 +110,17 @@ lint: setup
 
 ## bench: plugin dispatch against native, QUIC echo round trip, signaling,
 ## relay against coturn, stream plugins' pull tick, live swap pause, what
-## attacks cost legitimate users
-bench: lab-deps plugins
+## attacks cost legitimate users, the C API against Rust and a plugin
+bench: lab-deps c-deps plugins
+	$(CARGO) build --release -p fogconnect -p fogconnect-c --examples
+	$(MAKE) --no-print-directory c-examples
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
 	$(CARGO) bench -p fogconnect --bench relay
 	$(CARGO) bench -p fogconnect --bench streams
 	$(CARGO) bench -p fogconnect --bench swap
 	$(CARGO) bench -p fogconnect --bench hardening
+	$(CARGO) bench -p fogconnect --bench c_api
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
 ## birthday probing, and the adaptive stream plugin's settle time on a

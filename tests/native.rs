@@ -225,3 +225,26 @@ async fn a_handler_made_before_start_serves_connects_by_id() -> anyhow::Result<(
     server.shutdown();
     Ok(())
 }
+
+#[tokio::test]
+async fn hundreds_of_connections_share_one_link() -> anyhow::Result<()> {
+    // A link starts allowing 32 streams at once and raises the limit as
+    // the peer's connections near it: 300 at once all open and talk.
+    let device = node_with("device", &[]).await?;
+    let _served = serve(device.incoming(1)?, "");
+    let app = node_with("app", &[]).await?;
+    let connects = (0..300).map(|_| app.connect(device.local_addr(), Transport::Quic, 1));
+    let mut conns = Vec::new();
+    for result in futures_util::future::join_all(connects).await {
+        conns.push(result.context("a concurrent connect failed")?);
+    }
+    for (i, conn) in conns.iter().enumerate() {
+        conn.send(i.to_string().into_bytes())?;
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        ensure!(message(conn).await? == i.to_string().into_bytes(), "connection {i}");
+    }
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}

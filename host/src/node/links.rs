@@ -163,9 +163,20 @@ pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
     }
 }
 
+/// Streams (connections) a peer may open on a link at once, at first; the
+/// limit doubles as the peer's connections near it, up to
+/// [`MAX_LINK_STREAMS`]. quinn keeps state for every stream the limit
+/// allows, so a large fixed limit costs every link ~340 KiB (4,096).
+pub const INITIAL_LINK_STREAMS: u32 = 32;
+
+/// The most streams a peer may open on a link at once.
+pub const MAX_LINK_STREAMS: u32 = 4096;
+
 /// Accepts the streams (connect requests) the remote node opens on a link.
 async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
     let first = quic.remote_address();
+    let open = Arc::new(conn::LiveConnections::default());
+    let mut limit = INITIAL_LINK_STREAMS;
     loop {
         let stream = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
@@ -173,7 +184,14 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
         };
         match stream {
             Ok((send, recv)) => {
-                tokio::spawn(answer(inner.clone(), quic.clone(), send, recv));
+                let counted = open.enter();
+                // Raise the limit before the peer runs into it, so a burst
+                // of connects waits for no extra round trip.
+                if open.count() as u64 * 4 >= u64::from(limit) * 3 && limit < MAX_LINK_STREAMS {
+                    limit = (limit * 2).min(MAX_LINK_STREAMS);
+                    quic.set_max_concurrent_bi_streams(limit.into());
+                }
+                tokio::spawn(answer(inner.clone(), quic.clone(), send, recv, counted));
             }
             Err(e) => {
                 tracing::debug!(remote = %quic.remote_address(), "link ended: {e}");
@@ -262,6 +280,7 @@ async fn answer(
     quic: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    counted: conn::LiveGuard,
 ) {
     let mut decoder = Decoder::new(inner.config.max_message_size);
     let request = tokio::time::timeout(inner.config.connect_timeout, read_frame(&mut recv, &mut decoder)).await;
@@ -323,7 +342,8 @@ async fn answer(
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
     let (owner, announce) = (route.owner(), route.announces());
-    let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
+    let live = inner.links.live.enter().also(counted);
+    let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
     inner.links.register(&shared);
     route.deliver(shared);
 }

@@ -444,7 +444,9 @@ impl NodeBuilder {
         let idle = quinn::IdleTimeout::try_from(config.idle_timeout())
             .map_err(|_| NodeError::InvalidConfig("keep-alive interval × attempts out of range".into()))?;
         transport.max_idle_timeout(Some(idle));
-        transport.max_concurrent_bidi_streams(4096u32.into());
+        // Raised per link as its connections need (see links::serve_link).
+        transport.max_concurrent_bidi_streams(links::INITIAL_LINK_STREAMS.into());
+        transport.max_concurrent_uni_streams(0u32.into());
         transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
         let transport = Arc::new(transport);
         let server_config = identity.server_config(transport.clone())?;

@@ -212,7 +212,12 @@ impl LiveConnections {
     /// Counts one more connection until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> LiveGuard {
         self.live.fetch_add(1, Ordering::AcqRel);
-        LiveGuard(self.clone())
+        LiveGuard(self.clone(), None)
+    }
+
+    /// Connections counted now.
+    pub fn count(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     /// Waits until no connection is live, at most `limit`.
@@ -230,9 +235,18 @@ impl LiveConnections {
     }
 }
 
-/// Keeps a connection counted in [`LiveConnections`].
+/// Keeps a connection counted in [`LiveConnections`] (and, with
+/// [`LiveGuard::also`], in a second count, e.g. its link's).
 #[derive(Debug)]
-pub struct LiveGuard(Arc<LiveConnections>);
+pub struct LiveGuard(Arc<LiveConnections>, Option<Box<LiveGuard>>);
+
+impl LiveGuard {
+    /// The same guard, also counting the connection in `other`.
+    pub fn also(mut self, other: LiveGuard) -> LiveGuard {
+        self.1 = Some(Box::new(other));
+        self
+    }
+}
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
