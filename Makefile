@@ -36,10 +36,10 @@ lab-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-## c-deps: what building and checking C programs needs (root): a C
-## compiler, pkg-config, GLib's headers (the original examples use GLib),
-## valgrind
-C_TOOLS := gcc:gcc pkg-config:pkg-config valgrind:valgrind
+## c-deps: what building and checking C programs needs (root): C and C++
+## compilers (the header is checked as both), pkg-config, GLib's headers
+## (the original examples use GLib), valgrind
+C_TOOLS := gcc:gcc g++:g++ pkg-config:pkg-config valgrind:valgrind
 c-deps:
 	@missing=""; for tool in $(C_TOOLS); do \
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \

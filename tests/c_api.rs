@@ -283,6 +283,64 @@ async fn c_and_rust_talk_both_ways() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_header_stands_alone_in_c_and_cpp() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("only_the_header.c");
+    std::fs::write(&source, "#include <fogconnect.h>\nint main(void) { return PR_TRANSPORT_PROTOCOL_QUIC == 5 ? 0 : 1; }\n")?;
+    let include = format!("-I{}", stage()?.join("include").display());
+    for (compiler, standard, language) in [("gcc", "-std=c99", "c"), ("g++", "-std=c++11", "c++")] {
+        let out = std::process::Command::new(compiler)
+            .args([standard, "-pedantic", "-Wall", "-Wextra", "-Werror", "-x", language, &include, "-c", "-o"])
+            .arg(dir.path().join("out.o"))
+            .arg(&source)
+            .output()
+            .with_context(|| format!("{compiler} (make c-deps installs it)"))?;
+        ensure!(out.status.success(), "{compiler} {standard}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_program_linked_with_the_static_library_runs() -> anyhow::Result<()> {
+    let stage = stage()?;
+    let dir = tempfile::tempdir()?;
+    let binary = dir.path().join("suite-static");
+    // pkg-config --static: the libraries libfogconnect.a needs, after it.
+    let out = std::process::Command::new("pkg-config")
+        .args(["--static", "--libs-only-l", "fogconnect"])
+        .env("PKG_CONFIG_PATH", stage.join("lib/pkgconfig"))
+        .output()?;
+    let private: Vec<String> = String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .filter(|flag| *flag != "-lfogconnect")
+        .map(str::to_owned)
+        .collect();
+    let out = std::process::Command::new("gcc")
+        .args(["-Wall", "-Wextra", "-Werror", "-O1"])
+        .arg(format!("-I{}", stage.join("include").display()))
+        .arg(repo().join("capi/tests/c/suite.c"))
+        .arg(stage.join("lib/libfogconnect.a"))
+        .args(&private)
+        .arg("-lpthread")
+        .arg("-o")
+        .arg(&binary)
+        .output()?;
+    ensure!(out.status.success(), "static link: {}", String::from_utf8_lossy(&out.stderr));
+    let ldd = std::process::Command::new("ldd").arg(&binary).output()?;
+    ensure!(!String::from_utf8_lossy(&ldd.stdout).contains("libfogconnect"), "linked the shared library");
+    let (server, tokens) = signaling().await?;
+    let out = output_within(suite(&binary, &[], "exchange", &server, &tokens), Duration::from_secs(60)).await?;
+    ensure!(
+        out.status.success(),
+        "exchange, statically linked:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.shutdown();
+    Ok(())
+}
+
 /// The functions the header declares.
 fn header_functions() -> anyhow::Result<BTreeSet<String>> {
     let header = std::fs::read_to_string(repo().join("capi/include/fogconnect.h"))?;
