@@ -287,7 +287,10 @@ async fn c_and_rust_talk_both_ways() -> anyhow::Result<()> {
 fn the_header_stands_alone_in_c_and_cpp() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let source = dir.path().join("only_the_header.c");
-    std::fs::write(&source, "#include <fogconnect.h>\nint main(void) { return PR_TRANSPORT_PROTOCOL_QUIC == 5 ? 0 : 1; }\n")?;
+    std::fs::write(
+        &source,
+        "#include <fogconnect.h>\nint main(void) { return PR_TRANSPORT_PROTOCOL_QUIC == 5 ? 0 : 1; }\n",
+    )?;
     let include = format!("-I{}", stage()?.join("include").display());
     for (compiler, standard, language) in [("gcc", "-std=c99", "c"), ("g++", "-std=c++11", "c++")] {
         let out = std::process::Command::new(compiler)
@@ -348,7 +351,7 @@ fn header_functions() -> anyhow::Result<BTreeSet<String>> {
     let declarations = header.lines().filter(|l| ![" ", "#", "/*", "typedef"].iter().any(|p| l.starts_with(p)));
     for line in declarations {
         if let Some(open) = line.find('(') {
-            let name = line[..open].rsplit(|c: char| c == ' ' || c == '*').next().unwrap_or_default();
+            let name = line[..open].rsplit([' ', '*']).next().unwrap_or_default();
             if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 names.insert(name.to_string());
             }

@@ -49,7 +49,11 @@ fn median(values: &mut [f64]) -> f64 {
 /// Compiles the C echo device against the staged install.
 fn c_echo_device(dir: &Path) -> anyhow::Result<PathBuf> {
     let stage = std::env::var_os("FOGCONNECT_C_STAGE").map(PathBuf::from).unwrap_or(target_dir().join("c-install"));
-    ensure!(stage.join("lib/libfogconnect.so").exists(), "no staged C install in {}: run make c-stage", stage.display());
+    ensure!(
+        stage.join("lib/libfogconnect.so").exists(),
+        "no staged C install in {}: run make c-stage",
+        stage.display()
+    );
     let binary = dir.join("echo_device");
     let out = Command::new("gcc")
         .args(["-Wall", "-Wextra", "-Werror", "-O2", "-o"])
@@ -248,7 +252,9 @@ async fn run() -> anyhow::Result<()> {
     drop(conns);
     app.shutdown().await;
 
-    println!("\nresident memory per connected app ({apps} app nodes, one connection each); the original: at most 150 KB");
+    println!(
+        "\nresident memory per connected app ({apps} app nodes, one connection each); the original: at most 150 KB"
+    );
     for device in devices.iter().take(2) {
         let (before, per_app) = memory_per_app(device, &url, apps).await?;
         println!("{:<28} idle {:>7} KiB   per connected app {:>7.1} KiB", device.name, before, per_app);
