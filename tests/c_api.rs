@@ -24,7 +24,8 @@ const SECRET: &[u8] = b"C API test secret, loopback only";
 
 /// The scenarios every build runs (the two that pair with a Rust node run
 /// in [`c_and_rust_talk_both_ways`]).
-const SCENARIOS: [&str; 6] = ["exchange", "failures", "handles", "concurrent", "release_in_callback", "plugin"];
+const SCENARIOS: [&str; 7] =
+    ["exchange", "failures", "handles", "concurrent", "release_in_callback", "plugin", "signal_unreachable"];
 
 /// Where `make c-stage` installed the library, header and pkg-config file.
 fn stage() -> anyhow::Result<PathBuf> {
@@ -104,12 +105,18 @@ fn suite(binary: &Path, wrapper: &[&str], scenario: &str, server: &SignalServer,
         .env("FC_SIGNAL_PORT", server.local_addr().port().to_string())
         .env("FC_TOKENS", tokens)
         .env("FC_ECHO_PLUGIN", common::plugin("echo"))
+        .env("FC_DEAD_PORT", dead_port().to_string())
         .env("FOGCONNECT_LOG", "warn")
         .env("XDG_CACHE_HOME", binary.with_extension("cache"))
         .env_remove("FOGCONNECT_TOKEN")
         .env_remove("FOGCONNECT_LISTEN")
         .stdin(Stdio::null());
     command
+}
+
+/// A loopback TCP port nobody listens at (bound, then released).
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(9, |a| a.port())
 }
 
 /// Runs `command` to its end, at most `limit` (then it is killed).

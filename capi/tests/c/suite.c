@@ -11,6 +11,7 @@
  *   FC_WAIT_S       bound of every wait, in seconds (default 20)
  *   FC_ECHO_PLUGIN  the echo plugin's .wasm (scenario "plugin")
  *   FC_RUST_PEER    a Rust node's id (scenario "connect_rust")
+ *   FC_DEAD_PORT    a TCP port nobody listens at (scenario "signal_unreachable")
  *
  * Exit status 0 when every check held; otherwise the failed check is
  * printed and the status is 1.
@@ -94,6 +95,8 @@ struct record {
     int numbered;        /* numbered messages to exchange (concurrent) */
     int release_on_recv; /* release this context from the receive callback */
     int expect_end;      /* 0: never gets a notification (never started, or moved away) */
+    struct record* then; /* connect this one from inside the CONNECTED callback */
+    const char* then_id; /* ... to this id */
     void* ctx;
 };
 
@@ -240,6 +243,11 @@ static void app_connected(void* conn, short events, void* cbarg)
     notify();
     pthread_mutex_unlock(&lock);
     CHECK(pr_event_setcb(conn, app_recv, r->set_close_cb ? app_close : NULL) == 0, "setcb");
+    if (r->then) {
+        r->then->ctx = r->ctx;
+        CHECK(pr_connect_peer(r->ctx, r->then_id, PR_TRANSPORT_PROTOCOL_QUIC, 0, app_connected, r->then) == 0,
+              "connect from inside a callback: %s", pr_errno_mgs(NULL));
+    }
     for (int i = 0; i < r->numbered; i++) {
         char message[64];
         snprintf(message, sizeof message, "message %d of %p", i, (void*)r);
@@ -444,6 +452,17 @@ static void exchange(void)
     WAIT_FOR((closer = device_record_with("close-me")) != NULL && closer->ended == 1,
              "the device side was not notified of its own close");
     CHECK(strstr(closer->error, "closed by the application") != NULL, "%s", closer->error);
+
+    /* A connect started from inside a callback. */
+    struct record* first = new_record();
+    struct record* chained = new_record();
+    first->ctx = app;
+    first->then = chained;
+    first->then_id = "exchange-device";
+    CHECK(pr_connect_peer(app, "exchange-device", PR_TRANSPORT_PROTOCOL_QUIC, 0, app_connected, first) == 0, "c");
+    WAIT_FOR(chained->connected == 1 || chained->ended == 1, "the chained connect did not settle");
+    CHECK(chained->connected == 1, "chained connect: %s", chained->error);
+    ask(chained, "chained", 2, "chained");
 
     /* The stale handle is refused, never dereferenced. */
     CHECK(pr_send_peer(a->handle, "x", 1) == -1, "send on a stale handle");
@@ -661,6 +680,27 @@ static void plugin(void)
     every_record_ended_once();
 }
 
+/* A signaling server nobody answers at: pr_init_signal gives up after its
+ * documented 10 s with 1 and the reason; the context stays usable. */
+static void signal_unreachable(void)
+{
+    const char* dead = getenv("FC_DEAD_PORT");
+    CHECK(dead != NULL, "FC_DEAD_PORT is not set");
+    char id[128];
+    id_of(id, "app");
+    void* ctx = pr_fogconnect_init();
+    CHECK(pr_fogconnect_set_listen(ctx, "127.0.0.1:0") == 0, "listen");
+    CHECK(pr_fogconnect_set_token(ctx, token_for(id)) == 0, "token");
+    set_id(id);
+    struct pr_signal_server info = { (unsigned short)atoi(dead), ctx, (char*)"127.0.0.1", (char*)"/ws", NULL, NULL };
+    time_t started = time(NULL);
+    CHECK(pr_init_signal(&info) == 1, "registered with nobody");
+    time_t waited = time(NULL) - started;
+    CHECK(waited >= 9 && waited <= 30, "gave up after %ld s", (long)waited);
+    CHECK(strstr(pr_errno_mgs(NULL), "not registered") != NULL, "%s", pr_errno_mgs(NULL));
+    pr_fogconnect_release(ctx);
+}
+
 /* For the harness: a C device a Rust node connects to. Prints "ready",
  * serves until its one connection ended, prints how, and exits. */
 static void serve_for_rust(void)
@@ -700,6 +740,7 @@ int main(int argc, char** argv)
         { "concurrent", concurrent },
         { "release_in_callback", release_in_callback },
         { "plugin", plugin },
+        { "signal_unreachable", signal_unreachable },
         { "serve_for_rust", serve_for_rust },
         { "connect_rust", connect_rust },
     };
