@@ -96,7 +96,7 @@ demo-c: build c-examples
 ## test: build everything and run every test (the integration tests last, so
 ## the run ends on their summary)
 test: lab-deps c-deps plugins
-	$(CARGO) build --release -p fogconnect -p fogconnect-c --examples
+	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
 	$(CARGO) test --release -p fogconnect --doc
 	$(CARGO) test --release -p fogconnect --benches
@@ -112,7 +112,7 @@ lint: setup
 ## relay against coturn, stream plugins' pull tick, live swap pause, what
 ## attacks cost legitimate users, the C API against Rust and a plugin
 bench: lab-deps c-deps plugins
-	$(CARGO) build --release -p fogconnect -p fogconnect-c --examples
+	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
