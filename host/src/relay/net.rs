@@ -92,6 +92,23 @@ fn unix_time() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Binds UDP and TCP on the same port of `listen`. With port 0 the UDP
+/// socket's ephemeral port may already be some TCP socket's (ephemeral
+/// ranges are shared): another port is tried then, a few times.
+async fn bind_udp_and_tcp(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), RelayError> {
+    const ATTEMPTS: usize = 16;
+    for _ in 0..ATTEMPTS {
+        let socket = UdpSocket::bind(listen).await.map_err(|e| RelayError::Io(format!("cannot bind {listen}: {e}")))?;
+        let addr = socket.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((socket, tcp)),
+            Err(e) if listen.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(RelayError::Io(format!("cannot bind TCP {addr}: {e}"))),
+        }
+    }
+    Err(RelayError::Io(format!("no port free for both UDP and TCP on {} after {ATTEMPTS} tries", listen.ip())))
+}
+
 impl TurnServer {
     /// Listens on `listen`; relay sockets are opened on `relay_ip` (the
     /// address peers reach, which relayed addresses carry).
@@ -120,9 +137,8 @@ impl TurnServer {
                 "relay address {relay_ip} is unspecified: give the IP peers reach the relay at"
             )));
         }
-        let socket = UdpSocket::bind(listen).await.map_err(|e| RelayError::Io(format!("cannot bind {listen}: {e}")))?;
+        let (socket, tcp) = bind_udp_and_tcp(listen).await?;
         let addr = socket.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
-        let tcp = TcpListener::bind(addr).await.map_err(|e| RelayError::Io(format!("cannot bind TCP {addr}: {e}")))?;
         let mut nonce_secret = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce_secret)
             .map_err(|_| RelayError::Io("no system randomness".into()))?;
@@ -405,5 +421,26 @@ where
     tokio::select! {
         _ = write => {}
         _ = read => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn udp_and_tcp_listen_on_one_port() -> Result<(), RelayError> {
+        let io = |e: std::io::Error| RelayError::Io(e.to_string());
+        let (udp, tcp) = bind_udp_and_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        assert_eq!(udp.local_addr().map_err(io)?.port(), tcp.local_addr().map_err(io)?.port());
+        // A port given explicitly is never swapped for another: its TCP
+        // side taken is an error.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+        let port = taken.local_addr().map_err(io)?.port();
+        match bind_udp_and_tcp(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Err(RelayError::Io(message)) => assert!(message.contains("cannot bind TCP"), "{message}"),
+            other => panic!("expected the taken TCP port to be an error, got {:?}", other.map(|_| ())),
+        }
+        Ok(())
     }
 }
