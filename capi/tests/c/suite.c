@@ -73,6 +73,19 @@ static void notify(void)
     pthread_cond_broadcast(&changed);
 }
 
+/* Waits until a connection's final notification has returned: its handle
+ * is invalid from then on. Nothing is signalled after a callback returns,
+ * so this polls, with short naps, at most FC_WAIT_S. */
+static void retired(void* handle)
+{
+    time_t deadline = time(NULL) + wait_seconds();
+    while (pr_connect_is_passive(handle) != -1) {
+        CHECK(time(NULL) <= deadline, "handle %p still valid after its final notification", handle);
+        struct timespec nap = { 0, 1000000 };
+        nanosleep(&nap, NULL);
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* Connections as the suite records them                               */
 
@@ -465,6 +478,7 @@ static void exchange(void)
     ask(chained, "chained", 2, "chained");
 
     /* The stale handle is refused, never dereferenced. */
+    retired(a->handle);
     CHECK(pr_send_peer(a->handle, "x", 1) == -1, "send on a stale handle");
     CHECK(strcmp(pr_errno_mgs(a->handle), "invalid connection") == 0, "stale: %s", pr_errno_mgs(a->handle));
 
@@ -590,6 +604,7 @@ static void handles(void)
     void* stale = a->handle;
     CHECK(pr_connect_close(stale) == 0, "close");
     WAIT_FOR(a->ended == 1, "not notified");
+    retired(stale);
     CHECK(pr_send_peer(stale, "x", 1) == -1 && strcmp(pr_errno_mgs(stale), "invalid connection") == 0,
           "stale: %s", pr_errno_mgs(stale));
     CHECK(pr_connect_close(stale) == -1, "closing twice");
