@@ -47,6 +47,14 @@ static const char* scenario = "";
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 
+/* An environment variable the harness must set. */
+static const char* required_env(const char* name)
+{
+    const char* value = getenv(name);
+    CHECK(value != NULL, "%s is not set", name);
+    return value;
+}
+
 static int wait_seconds(void)
 {
     const char* text = getenv("FC_WAIT_S");
@@ -274,8 +282,7 @@ static void app_connected(void* conn, short events, void* cbarg)
 static const char* token_for(const char* id)
 {
     static char token[1024];
-    const char* all = getenv("FC_TOKENS");
-    CHECK(all != NULL, "FC_TOKENS is not set");
+    const char* all = required_env("FC_TOKENS");
     size_t id_len = strlen(id);
     for (const char* p = all; *p;) {
         const char* end = strchr(p, ';');
@@ -299,8 +306,7 @@ static void id_of(char* id, const char* role)
 
 static struct pr_signal_server signal_info(void* ctx)
 {
-    const char* port = getenv("FC_SIGNAL_PORT");
-    CHECK(port != NULL, "FC_SIGNAL_PORT is not set");
+    const char* port = required_env("FC_SIGNAL_PORT");
     struct pr_signal_server info = { (unsigned short)atoi(port), ctx, (char*)"127.0.0.1", (char*)"/ws", NULL, NULL };
     return info;
 }
@@ -669,8 +675,7 @@ static void release_in_callback(void)
 
 static void plugin(void)
 {
-    const char* echo = getenv("FC_ECHO_PLUGIN");
-    CHECK(echo != NULL, "FC_ECHO_PLUGIN is not set");
+    const char* echo = required_env("FC_ECHO_PLUGIN");
     /* Service 0 through the Wasm echo plugin, the rest in C. */
     void* device = start("device", device_connected, echo);
     void* app = start("app", NULL, NULL);
@@ -699,8 +704,7 @@ static void plugin(void)
  * documented 10 s with 1 and the reason; the context stays usable. */
 static void signal_unreachable(void)
 {
-    const char* dead = getenv("FC_DEAD_PORT");
-    CHECK(dead != NULL, "FC_DEAD_PORT is not set");
+    const char* dead = required_env("FC_DEAD_PORT");
     char id[128];
     id_of(id, "app");
     void* ctx = pr_fogconnect_init();
@@ -732,8 +736,7 @@ static void serve_for_rust(void)
 /* For the harness: a C app that asks a Rust node's native service. */
 static void connect_rust(void)
 {
-    const char* peer = getenv("FC_RUST_PEER");
-    CHECK(peer != NULL, "FC_RUST_PEER is not set");
+    const char* peer = required_env("FC_RUST_PEER");
     void* app = start("app", NULL, NULL);
     struct record* r = open_id(app, peer, 4);
     ask(r, "hello from C", 1, "rust:hello from C");
