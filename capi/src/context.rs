@@ -172,7 +172,7 @@ impl Context {
     /// `pr_fogconnect_add_relay`.
     pub(crate) fn add_relay(&self, url: String, username: String, password: String) -> Result<(), String> {
         // Checked now, so the error comes from this call.
-        Node::builder().relay(&url, "", "").map_err(|e| format!("relay {url:?}: {e}"))?;
+        url.parse::<fogconnect::relay::url::TurnUrl>().map_err(|e| format!("relay {url:?}: {e}"))?;
         self.before_start(|s| s.relays.push((url, username, password)))
     }
 

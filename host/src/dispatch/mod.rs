@@ -40,6 +40,40 @@ struct Table {
     native: HashMap<NativeSlot, native::NativeService>,
 }
 
+/// What serves a number.
+enum Server<'a> {
+    Plugin(&'a LoadedService),
+    Native(&'a native::NativeService),
+}
+
+/// The server of `convention` in `table`: the number's plugin, else its
+/// native handler, else the default handler.
+fn locate(table: &Table, convention: Convention) -> Result<Server<'_>, Refusal> {
+    let transport = convention.transport();
+    if !transport.is_offered() {
+        return Err((
+            RefuseCode::UnsupportedTransport,
+            format!("unsupported transport: {transport} (code {}) is not offered by this node", transport.code()),
+        ));
+    }
+    let service = convention.service();
+    if let Some(plugin) = table.plugins.get(&service) {
+        return match plugin.actor.status.state() {
+            PluginRunState::Disabled => Err((
+                RefuseCode::ServiceUnavailable,
+                format!("service {service} is disabled after repeated plugin crashes"),
+            )),
+            PluginRunState::Stopped => Err((RefuseCode::ServiceUnavailable, format!("service {service} is stopping"))),
+            _ => Ok(Server::Plugin(plugin)),
+        };
+    }
+    [NativeSlot::Service(service), NativeSlot::Default]
+        .into_iter()
+        .find_map(|slot| table.native.get(&slot).filter(|handler| !handler.is_closed()))
+        .map(Server::Native)
+        .ok_or_else(|| (RefuseCode::NoSuchService, format!("no such service: {service}")))
+}
+
 /// Where incoming connections go, by service number.
 #[derive(Default)]
 pub(crate) struct Dispatcher {
@@ -93,7 +127,11 @@ impl Dispatcher {
     /// # Errors
     /// The refusal the caller would see.
     pub(crate) fn check(&self, convention: Convention) -> Result<(), Refusal> {
-        self.find(convention, false).map(drop)
+        let table = self.table();
+        match locate(&table, convention)? {
+            Server::Plugin(_) => Ok(()),
+            Server::Native(handler) => handler.has_room(convention.service()),
+        }
     }
 
     /// The server of an incoming connection for `convention`; a native
@@ -103,38 +141,10 @@ impl Dispatcher {
     /// The refusal to send: unsupported transport, no such service, a
     /// disabled or stopping plugin, a native handler whose backlog is full.
     pub(crate) fn route(&self, convention: Convention) -> Result<Route, Refusal> {
-        self.find(convention, true)?.ok_or_else(|| (RefuseCode::ServiceUnavailable, "not routed".into()))
-    }
-
-    fn find(&self, convention: Convention, reserve: bool) -> Result<Option<Route>, Refusal> {
-        let transport = convention.transport();
-        if !transport.is_offered() {
-            return Err((
-                RefuseCode::UnsupportedTransport,
-                format!("unsupported transport: {transport} (code {}) is not offered by this node", transport.code()),
-            ));
-        }
-        let service = convention.service();
         let table = self.table();
-        if let Some(plugin) = table.plugins.get(&service) {
-            return match plugin.actor.status.state() {
-                PluginRunState::Disabled => Err((
-                    RefuseCode::ServiceUnavailable,
-                    format!("service {service} is disabled after repeated plugin crashes"),
-                )),
-                PluginRunState::Stopped => {
-                    Err((RefuseCode::ServiceUnavailable, format!("service {service} is stopping")))
-                }
-                _ => Ok(reserve.then(|| Route::Plugin(plugin.actor.tx.clone()))),
-            };
-        }
-        let native = [NativeSlot::Service(service), NativeSlot::Default]
-            .into_iter()
-            .find_map(|slot| table.native.get(&slot).filter(|handler| !handler.is_closed()));
-        match native {
-            Some(handler) if reserve => handler.reserve(service).map(|route| Some(Route::Native(route))),
-            Some(handler) => handler.has_room(service).map(|()| None),
-            None => Err((RefuseCode::NoSuchService, format!("no such service: {service}"))),
+        match locate(&table, convention)? {
+            Server::Plugin(plugin) => Ok(Route::Plugin(plugin.actor.tx.clone())),
+            Server::Native(handler) => handler.reserve(convention.service()).map(Route::Native),
         }
     }
 
