@@ -50,7 +50,13 @@ struct Settings {
 #[derive(Default)]
 struct Passive {
     callback: Option<ConnectCallback>,
-    accepting: Option<CancellationToken>,
+    accepting: Option<AcceptLoop>,
+}
+
+/// A running accept loop of passive connections.
+struct AcceptLoop {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Where `pr_init_signal` connects.
@@ -258,7 +264,10 @@ impl Context {
         match (callback, self.node.get()) {
             (None, _) => {
                 if let Some(accepting) = passive.accepting.take() {
-                    accepting.cancel();
+                    // Waited for: the loop's end frees the service numbers
+                    // (a callback set again right after must find them free).
+                    accepting.stop.cancel();
+                    let _ = self.runtime.block_on(accepting.task);
                 }
             }
             (Some(_), Some(node)) if passive.accepting.is_none() => {
@@ -271,15 +280,15 @@ impl Context {
         Ok(())
     }
 
-    /// Starts the accept loop of passive connections; cancel the token to
-    /// stop accepting.
-    fn accept(&self, mut incoming: Incoming) -> CancellationToken {
+    /// Starts the accept loop of passive connections.
+    fn accept(&self, mut incoming: Incoming) -> AcceptLoop {
         let stop = self.released.child_token();
-        let Ok(events) = self.sender() else { return stop };
+        let events = self.sender();
         let context = self.handle;
         let released = self.released.clone();
         let stopped = stop.clone();
-        self.runtime.spawn(async move {
+        let task = self.runtime.spawn(async move {
+            let Ok(events) = events else { return };
             loop {
                 let conn = tokio::select! {
                     conn = incoming.accept() => conn,
@@ -290,7 +299,7 @@ impl Context {
                 tokio::spawn(connection::run_passive(entry, conn, events.clone()));
             }
         });
-        stop
+        AcceptLoop { stop, task }
     }
 
     /// `pr_connect_peer`: starts a connect; the handle it will be known by.
