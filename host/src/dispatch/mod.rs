@@ -40,6 +40,15 @@ struct Table {
     native: HashMap<NativeSlot, native::NativeService>,
 }
 
+impl Table {
+    /// Whether `slot` is taken: by a live native handler, or for a single
+    /// number also by a plugin.
+    fn is_taken(&self, slot: NativeSlot) -> bool {
+        self.native.get(&slot).is_some_and(|h| !h.is_closed())
+            || matches!(slot, NativeSlot::Service(n) if self.plugins.contains_key(&n))
+    }
+}
+
 /// What serves a number.
 enum Server<'a> {
     Plugin(&'a LoadedService),
@@ -155,9 +164,7 @@ impl Dispatcher {
     /// its own native handler).
     pub(crate) fn add_plugin(&self, service: u8, plugin: Arc<LoadedService>) -> Result<(), Arc<LoadedService>> {
         let mut table = self.table_mut();
-        if table.plugins.contains_key(&service)
-            || table.native.get(&NativeSlot::Service(service)).is_some_and(|h| !h.is_closed())
-        {
+        if table.is_taken(NativeSlot::Service(service)) {
             return Err(plugin);
         }
         table.plugins.insert(service, plugin);
@@ -166,9 +173,7 @@ impl Dispatcher {
 
     /// Whether `service` is served by a plugin or its own native handler.
     pub(crate) fn is_served(&self, service: u8) -> bool {
-        let table = self.table();
-        table.plugins.contains_key(&service)
-            || table.native.get(&NativeSlot::Service(service)).is_some_and(|h| !h.is_closed())
+        self.table().is_taken(NativeSlot::Service(service))
     }
 
     /// The plugin of `service`.
@@ -198,9 +203,7 @@ impl Dispatcher {
     /// also a plugin).
     pub(crate) fn add_native(self: &Arc<Self>, slot: NativeSlot) -> Result<Incoming, NativeSlot> {
         let mut table = self.table_mut();
-        let taken = table.native.get(&slot).is_some_and(|h| !h.is_closed())
-            || matches!(slot, NativeSlot::Service(n) if table.plugins.contains_key(&n));
-        if taken {
+        if table.is_taken(slot) {
             return Err(slot);
         }
         let (service, incoming) = native::NativeService::new(slot, Arc::downgrade(self));
