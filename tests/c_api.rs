@@ -24,8 +24,16 @@ const SECRET: &[u8] = b"C API test secret, loopback only";
 
 /// The scenarios every build runs (the two that pair with a Rust node run
 /// in [`c_and_rust_talk_both_ways`]).
-const SCENARIOS: [&str; 7] =
-    ["exchange", "failures", "handles", "concurrent", "release_in_callback", "plugin", "signal_unreachable"];
+const SCENARIOS: [&str; 8] = [
+    "exchange",
+    "failures",
+    "handles",
+    "concurrent",
+    "release_in_callback",
+    "plugin",
+    "signal_unreachable",
+    "identity",
+];
 
 /// Where `make c-stage` installed the library, header and pkg-config file.
 fn stage() -> anyhow::Result<PathBuf> {

@@ -378,3 +378,52 @@ fn a_node_serves_and_watches_its_plugin_directory() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8_lossy(&send(node_addr, "3", &["hello"])?.stdout), "v2:hello\n");
     Ok(())
 }
+
+#[test]
+fn an_identity_file_keeps_the_fingerprint_peers_pinned_across_restarts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("device.identity");
+    let id = |file: &std::path::Path| -> anyhow::Result<String> {
+        let out = Command::new(BIN).arg("id").arg("--identity").arg(file).output()?;
+        ensure!(out.status.success(), "id failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    // `fogconnect id` creates the file on first use and prints its fingerprint.
+    let fingerprint = id(&file)?;
+    ensure!(fingerprint.len() == 64, "{fingerprint}");
+    use std::os::unix::fs::PermissionsExt;
+    ensure!(std::fs::metadata(&file)?.permissions().mode() & 0o777 == 0o600);
+    let echo = common::plugin("echo");
+    let plugin = format!("0={}", echo.display());
+    let args: [&std::ffi::OsStr; 4] = ["--identity".as_ref(), file.as_os_str(), "--plugin".as_ref(), plugin.as_ref()];
+    for round in 0..2 {
+        let (node, mut lines, addr) = node_with_output("kept", &args, &[])?;
+        let shown = lines.find_map(|l| l.ok()?.strip_prefix("fingerprint ").map(str::to_string));
+        ensure!(shown.as_deref() == Some(fingerprint.as_str()), "round {round}: node shows {shown:?}");
+        // A peer that pinned the fingerprint connects, before and after the restart.
+        let out = Command::new(BIN)
+            .args(["send", "--addr", &addr.to_string(), "--fingerprint", &fingerprint, "pinned"])
+            .output()?;
+        ensure!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(String::from_utf8_lossy(&out.stdout).trim() == "pinned");
+        drop(node);
+    }
+    ensure!(id(&file)? == fingerprint);
+
+    // A file others may read is refused, by the node and by `id`.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    let out =
+        Command::new(BIN).args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--identity"]).arg(&file).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && stderr.contains("permissions 644") && stderr.contains("chmod 600"), "{stderr}");
+    let out = Command::new(BIN).arg("id").arg("--identity").arg(&file).output()?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    // A file that is not an identity is refused with the reason.
+    let other = dir.path().join("not-an-identity");
+    std::fs::write(&other, "just text")?;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600))?;
+    let out = Command::new(BIN).arg("id").arg("--identity").arg(&other).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && stderr.contains("no certificate"), "{stderr}");
+    Ok(())
+}

@@ -63,6 +63,9 @@
  *                    (default 0.0.0.0:0), unless pr_fogconnect_set_listen.
  * FOGCONNECT_STUN    default STUN server "host:port" of new contexts
  *                    (none), unless pr_fogconnect_set_stun.
+ * FOGCONNECT_IDENTITY default identity file of new contexts (none: a new
+ *                    key pair at every start), unless
+ *                    pr_fogconnect_set_identity_file.
  * FOGCONNECT_LOG     what the library logs to stderr (default "warn";
  *                    e.g. "info", "fogconnect=debug").
  */
@@ -279,6 +282,17 @@ int pr_fogconnect_set_listen(void* ctx, const char* addr);
  * pr_init_signal. Returns 0, or -1.
  */
 int pr_fogconnect_set_stun(void* ctx, const char* server);
+
+/*
+ * Keeps the context's key pair and certificate in the file `path`, so its
+ * certificate fingerprint (which peers pin) survives restarts: read when
+ * the file exists, else created readable by its owner only. A file others
+ * may read, or one that holds no matching key and certificate, makes
+ * pr_init_signal fail (-1; pr_errno_mgs(NULL) says why). Before
+ * pr_init_signal. Returns 0, or -1. `fogconnect id --identity FILE`
+ * prints the file's fingerprint.
+ */
+int pr_fogconnect_set_identity_file(void* ctx, const char* path);
 
 /*
  * Adds a TURN relay (e.g. "turn:relay.example:3478") with long-term

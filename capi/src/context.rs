@@ -42,6 +42,7 @@ struct Settings {
     token: Option<String>,
     listen: SocketAddr,
     stun: Option<String>,
+    identity: Option<PathBuf>,
     relays: Vec<(String, String, String)>,
     plugins: Vec<(u8, PathBuf)>,
 }
@@ -113,6 +114,7 @@ impl Context {
                 token: std::env::var("FOGCONNECT_TOKEN").ok().filter(|t| !t.is_empty()),
                 listen,
                 stun: std::env::var("FOGCONNECT_STUN").ok().filter(|s| !s.is_empty()),
+                identity: std::env::var_os("FOGCONNECT_IDENTITY").filter(|s| !s.is_empty()).map(PathBuf::from),
                 relays: Vec::new(),
                 plugins: Vec::new(),
             }),
@@ -175,6 +177,11 @@ impl Context {
         self.before_start(|s| s.stun = Some(server))
     }
 
+    /// `pr_fogconnect_set_identity_file`.
+    pub(crate) fn set_identity_file(&self, path: PathBuf) -> Result<(), String> {
+        self.before_start(|s| s.identity = Some(path))
+    }
+
     /// `pr_fogconnect_add_relay`.
     pub(crate) fn add_relay(&self, url: String, username: String, password: String) -> Result<(), String> {
         // Checked now, so the error comes from this call.
@@ -232,6 +239,9 @@ impl Context {
         }
         if let Some(ca) = target.ca {
             builder = builder.signal_ca(ca);
+        }
+        if let Some(identity) = &settings.identity {
+            builder = builder.identity_file(identity.clone());
         }
         if let Some(stun) = &settings.stun {
             builder = builder.stun(stun.clone());

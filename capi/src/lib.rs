@@ -408,6 +408,19 @@ pub unsafe extern "C" fn pr_fogconnect_set_stun(ctx: *mut c_void, server: *const
     })
 }
 
+/// Extension `pr_fogconnect_set_identity_file`.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_fogconnect_set_identity_file(ctx: *mut c_void, path: *const c_char) -> c_int {
+    with_context(ctx, |context| {
+        // SAFETY: the caller's contract.
+        let path = unsafe { text_arg(path, "path") }?;
+        context.set_identity_file(PathBuf::from(path))
+    })
+}
+
 /// Extension `pr_fogconnect_add_relay`.
 ///
 /// # Safety

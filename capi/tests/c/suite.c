@@ -23,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fogconnect.h"
 
@@ -737,6 +739,57 @@ static void signal_unreachable(void)
     pr_fogconnect_release(ctx);
 }
 
+/* The whole text of `path` (at most 8 KiB) into `out`; its length. */
+static size_t read_file(const char* path, char* out, size_t size)
+{
+    FILE* f = fopen(path, "rb");
+    CHECK(f != NULL, "cannot open %s: %s", path, strerror(errno));
+    size_t n = fread(out, 1, size, f);
+    fclose(f);
+    return n;
+}
+
+/* A registered context with the identity file `path`: 0, or -1. */
+static int start_with_identity(const char* path)
+{
+    char id[128];
+    id_of(id, "device");
+    void* ctx = pr_fogconnect_init();
+    CHECK(pr_fogconnect_set_listen(ctx, "127.0.0.1:0") == 0, "listen");
+    CHECK(pr_fogconnect_set_token(ctx, token_for(id)) == 0, "token");
+    CHECK(pr_fogconnect_set_identity_file(ctx, path) == 0, "identity: %s", pr_errno_mgs(NULL));
+    set_id(id);
+    struct pr_signal_server info = signal_info(ctx);
+    int result = pr_init_signal(&info);
+    pr_fogconnect_release(ctx);
+    return result;
+}
+
+/* pr_fogconnect_set_identity_file: made on first use (owner only), read
+ * unchanged on the next start, refused when others may read it. */
+static void identity(void)
+{
+    char dir[] = "/tmp/fogconnect-identity-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp: %s", strerror(errno));
+    char path[128];
+    snprintf(path, sizeof path, "%s/device.identity", dir);
+    CHECK(pr_fogconnect_set_identity_file(NULL, path) == -1, "NULL context");
+    CHECK(start_with_identity(path) == 0, "first start: %s", pr_errno_mgs(NULL));
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600, "identity file mode %o", st.st_mode & 0777);
+    static char first[8192], again[8192];
+    size_t first_len = read_file(path, first, sizeof first);
+    CHECK(first_len > 0 && strstr(first, "BEGIN CERTIFICATE") != NULL, "no certificate in the file");
+    CHECK(start_with_identity(path) == 0, "second start: %s", pr_errno_mgs(NULL));
+    size_t again_len = read_file(path, again, sizeof again);
+    CHECK(again_len == first_len && memcmp(first, again, first_len) == 0, "the identity file changed");
+    CHECK(chmod(path, 0644) == 0, "chmod");
+    CHECK(start_with_identity(path) == -1, "a world-readable identity file was used");
+    CHECK(strstr(pr_errno_mgs(NULL), "chmod 600") != NULL, "%s", pr_errno_mgs(NULL));
+    unlink(path);
+    rmdir(dir);
+}
+
 /* For the harness: a C device a Rust node connects to. Prints "ready",
  * serves until its one connection ended, prints how, and exits. */
 static void serve_for_rust(void)
@@ -776,6 +829,7 @@ int main(int argc, char** argv)
         { "release_in_callback", release_in_callback },
         { "plugin", plugin },
         { "signal_unreachable", signal_unreachable },
+        { "identity", identity },
         { "serve_for_rust", serve_for_rust },
         { "connect_rust", connect_rust },
     };

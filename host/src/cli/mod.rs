@@ -50,6 +50,29 @@ enum Command {
     Nat(nat::NatArgs),
     /// Run a TURN relay server (RFC 8656, coturn-compatible credentials).
     Relay(relay::RelayArgs),
+    /// Print the certificate fingerprint of a node identity file (made
+    /// when it does not exist), the value peers pin.
+    Id(IdArgs),
+}
+
+/// `fogconnect id`.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The identity file, as given to `fogconnect node --identity`.
+    #[arg(long, value_name = "FILE")]
+    identity: PathBuf,
+}
+
+impl IdArgs {
+    fn run(&self) -> anyhow::Result<()> {
+        use fogconnect::transport::identity_file::{IdentitySource, fingerprint_of};
+        let (fingerprint, source) = fingerprint_of(&self.identity)?;
+        if source == IdentitySource::Created {
+            eprintln!("created a new node identity in {}", self.identity.display());
+        }
+        println!("{fingerprint}");
+        Ok(())
+    }
 }
 
 /// Joining a signaling server from a one-shot command.
@@ -90,6 +113,12 @@ pub struct CommonNodeArgs {
     /// Node id (e.g. a MAC address); default derived from the certificate.
     #[arg(long)]
     id: Option<String>,
+    /// File keeping the node's key pair and certificate across restarts,
+    /// so peers that pinned its fingerprint keep trusting it (created on
+    /// first use, readable by its owner only; a file others may read is
+    /// refused). Without it the node gets a new identity at every start.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
     /// Directory of the precompiled plugin cache.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -202,6 +231,7 @@ impl CommonNodeArgs {
         if let Some(id) = &self.id {
             config.node_id = id.clone();
         }
+        config.identity_file = self.identity.clone();
         if self.no_cache {
             config.cache_dir = None;
         } else if let Some(dir) = &self.cache_dir {
@@ -231,6 +261,7 @@ impl Cli {
             | Command::Plugin(_)
             | Command::Demo(_)
             | Command::Peers(_)
+            | Command::Id(_)
             | Command::Nat(_) => "error",
         }
     }
@@ -275,6 +306,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stun(args) => stun::run(args).await,
         Command::Nat(args) => nat::run(args).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::Id(args) => args.run(),
     }
 }
 

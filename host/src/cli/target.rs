@@ -33,6 +33,10 @@ pub struct TargetArgs {
     /// Pin the remote node's certificate fingerprint (hex; with --addr).
     #[arg(long)]
     fingerprint: Option<String>,
+    /// File keeping this command's node identity (see `fogconnect node
+    /// --identity`), for peers that pin it.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
     #[command(flatten)]
     keep_alive: super::KeepAliveArgs,
     #[command(flatten)]
@@ -48,7 +52,12 @@ impl TargetArgs {
             Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
             _ => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
-        let mut config = fogconnect::NodeConfig { listen: local, cache_dir: None, ..Default::default() };
+        let mut config = fogconnect::NodeConfig {
+            listen: local,
+            cache_dir: None,
+            identity_file: self.identity.clone(),
+            ..Default::default()
+        };
         self.keep_alive.apply(&mut config);
         self.traversal.apply(&mut config)?;
         let mut builder = Node::builder().config(config);

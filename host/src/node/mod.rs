@@ -94,6 +94,10 @@ pub struct NodeConfig {
     /// often the connectivity checks are run again; when they find a
     /// direct path the connection moves to it.
     pub direct_recheck_interval: Duration,
+    /// File keeping the node's key pair and certificate across restarts
+    /// (created on first use, owner-only); `None`: a new identity, hence a
+    /// new certificate fingerprint, at every start.
+    pub identity_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
             relays: Vec::new(),
             relay_ca: None,
             direct_recheck_interval: Duration::from_secs(15),
+            identity_file: None,
         }
     }
 }
@@ -398,6 +403,14 @@ impl NodeBuilder {
         Ok(self)
     }
 
+    /// Keeps the node's key pair and certificate in `path` (created on
+    /// first use, readable by its owner only), so its certificate
+    /// fingerprint, which peers pin, survives restarts.
+    pub fn identity_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.identity_file = Some(path.into());
+        self
+    }
+
     /// Replaces the whole configuration (keeps plugins given so far).
     pub fn config(mut self, config: NodeConfig) -> Self {
         self.config = config;
@@ -418,7 +431,16 @@ impl NodeBuilder {
     /// plugin cannot be loaded.
     pub async fn start(self) -> Result<Node, NodeError> {
         let NodeBuilder { mut config, plugins, dispatcher } = self;
-        let identity = Identity::generate()?;
+        let identity = match &config.identity_file {
+            Some(path) => {
+                let (identity, source) = Identity::load_or_create(path)?;
+                if source == crate::transport::identity_file::IdentitySource::Created {
+                    tracing::info!(file = %path.display(), fingerprint = %identity.fingerprint(), "new node identity created");
+                }
+                identity
+            }
+            None => Identity::generate()?,
+        };
         if config.node_id.is_empty() {
             config.node_id = format!("node-{}", &identity.fingerprint().to_string()[..12]);
         }

@@ -31,6 +31,9 @@ pub enum IdentityError {
     /// quinn refused the rustls configuration.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+    /// The identity file cannot be used (see [`Identity::load_or_create`]).
+    #[error(transparent)]
+    File(#[from] super::identity_file::IdentityFileError),
 }
 
 /// SHA-256 fingerprint of a certificate.
@@ -91,6 +94,22 @@ impl Identity {
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
         let fingerprint = Fingerprint::of(&cert);
         Ok(Self { cert, key, fingerprint })
+    }
+
+    /// An identity from a certificate and its key (checked by the caller).
+    pub(super) fn from_parts(cert: CertificateDer<'static>, key: PrivatePkcs8KeyDer<'static>) -> Self {
+        let fingerprint = Fingerprint::of(&cert);
+        Self { cert, key, fingerprint }
+    }
+
+    /// The certificate, DER.
+    pub(super) fn cert_der(&self) -> &[u8] {
+        &self.cert
+    }
+
+    /// The PKCS#8 private key, DER.
+    pub(super) fn key_der(&self) -> &[u8] {
+        self.key.secret_pkcs8_der()
     }
 
     /// The certificate fingerprint peers pin.
