@@ -24,9 +24,9 @@ export FOGCONNECT_C_EXAMPLES := $(C_EXAMPLES)
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-## lab-deps: what the NAT lab tests need (root): ip, nft, and coturn's
+## lab-deps: what the NAT lab tests need (root): ip, nft, conntrack, and coturn's
 ## RFC 5780 server and client for the interoperability tests
-LAB_TOOLS := ip:iproute2 nft:nftables turnserver:coturn turnutils_natdiscovery:coturn
+LAB_TOOLS := ip:iproute2 nft:nftables conntrack:conntrack turnserver:coturn turnutils_natdiscovery:coturn
 lab-deps:
 	@missing=""; for tool in $(LAB_TOOLS); do \
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \

@@ -12,11 +12,14 @@
 //! - [`limits`]: per-source rates and connection caps, descriptors.
 //! - [`dispatch`]: which service (plugin or native handler) gets an
 //!   incoming connection.
+//! - [`events`]: network signals as events (paths, silence, signaling,
+//!   NAT, relay, presence).
 //! - [`node`]: the node that ties them together, and its Rust API.
 
 pub mod admin;
 pub mod convention;
 pub mod dispatch;
+pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod nat;
@@ -30,12 +33,13 @@ pub mod transport;
 
 pub use convention::{Convention, ConventionError, Transport};
 pub use dispatch::Incoming;
+pub use events::{NetworkEvent, NodeEvent, PathInfo};
 pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{
-    Commander, ConnectError, Connection, ConnectionEvent, ConnectionSender, IncomingCommand, MediaEvent, MediaStream,
-    Node, NodeBuilder, NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus, ServiceInfo, StreamError,
-    StreamSession, SwapReport, TalkBack, TraversalReport,
+    Commander, ConnectError, Connection, ConnectionActivity, ConnectionEvent, ConnectionSender, IncomingCommand,
+    MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus,
+    ServiceInfo, StreamError, StreamSession, SwapReport, TalkBack, TraversalReport,
 };
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState, StateHandoff};

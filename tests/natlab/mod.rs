@@ -495,6 +495,35 @@ impl Lab {
         nft(&self.ns("nat-a"), &rules)
     }
 
+    /// Rebinds `side`'s NAT as a home router does when its UDP mappings
+    /// expire or it restarts: every UDP mapping is dropped (conntrack), and
+    /// the next packet of each flow leaves from a new public port (the
+    /// router translates to port `port` from now on). TCP flows (the
+    /// signaling session) keep their mappings, as they outlive UDP ones on
+    /// real routers. Only for routers that translate with one public
+    /// address (full cone, restricted, port-restricted).
+    pub fn rebind(&self, side: Side, port: u16) -> anyhow::Result<()> {
+        let nat = self.ns(&format!("nat-{}", side.letter()));
+        let wan = side.wan_ip();
+        let rules = format!(
+            "flush chain ip lab postrouting\n\
+             add rule ip lab postrouting oifname \"wan\" meta l4proto udp snat to {wan}:{port}\n\
+             add rule ip lab postrouting oifname \"wan\" snat to {wan}\n"
+        );
+        nft(&nat, &rules)?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &nat, "conntrack", "-D", "-p", "udp"])
+            .output()
+            .context("the NAT lab needs conntrack: apt-get install conntrack")?;
+        // conntrack exits 1 when there was nothing to delete.
+        ensure!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "conntrack -D failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Removes the rule of [`Lab::block_direct_path`].
     pub fn unblock_direct_path(&self) -> anyhow::Result<()> {
         run(Command::new("ip").args(["netns", "exec", &self.ns("nat-a"), "nft", "delete", "table", "ip", "block"]))?;
@@ -701,7 +730,10 @@ impl Lab {
     pub fn send_args(&self, url: &str, extra: &[&str], messages: &[&str]) -> anyhow::Result<Vec<String>> {
         let token = self.token("dev-a")?;
         let mut args = vec!["send", "--peer", "dev-b", "--signal", url, "--id", "dev-a", "--token", &token];
-        args.extend(["--stun", STUN, "--info", "--reply-timeout-ms", "5000"]);
+        args.extend(["--stun", STUN, "--info"]);
+        if !extra.contains(&"--reply-timeout-ms") {
+            args.extend(["--reply-timeout-ms", "5000"]);
+        }
         args.extend(extra);
         args.extend(messages);
         Ok(args.into_iter().map(String::from).collect())

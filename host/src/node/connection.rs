@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::traversal::TraversalReport;
 use crate::convention::Convention;
+use crate::events::{NetworkEvent, PathInfo};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnShared, ConnStats, ConnectionId, SendError};
 
 /// What [`Connection::recv`] yields.
@@ -17,6 +18,19 @@ pub enum ConnectionEvent {
     /// One whole message, in order.
     Message(Bytes),
     /// The connection ended; every later `recv` returns the same reason.
+    Closed(CloseReason),
+}
+
+/// What [`Connection::next_activity`] yields: messages, network events and
+/// the end, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionActivity {
+    /// One whole message, in order.
+    Message(Bytes),
+    /// The network under the connection changed: its path, or its link
+    /// went silent or recovered.
+    Network(NetworkEvent),
+    /// The connection ended; every later call returns the same reason.
     Closed(CloseReason),
 }
 
@@ -82,9 +96,15 @@ impl Connection {
         self.shared.meta().passive
     }
 
-    /// The remote socket address.
+    /// The remote socket address the connection was made with (see
+    /// [`Connection::path`] for where its packets go now).
     pub fn remote_addr(&self) -> SocketAddr {
         self.shared.meta().remote
+    }
+
+    /// Which way the connection's packets travel now, and to where.
+    pub fn path(&self) -> PathInfo {
+        self.shared.path()
     }
 
     /// Counters and measurements.
@@ -109,19 +129,35 @@ impl Connection {
     }
 
     /// The next message, or the reason the connection ended. Messages that
-    /// arrived before the end are always yielded first.
+    /// arrived before the end are always yielded first. Network events are
+    /// passed by (see [`Connection::next_event`]).
     pub async fn recv(&mut self) -> ConnectionEvent {
+        loop {
+            match self.next_activity().await {
+                ConnectionActivity::Message(data) => return ConnectionEvent::Message(data),
+                ConnectionActivity::Closed(reason) => return ConnectionEvent::Closed(reason),
+                ConnectionActivity::Network(_) => {}
+            }
+        }
+    }
+
+    /// The next message, network event (path changed, link silent or
+    /// recovered), or the reason the connection ended, in the order they
+    /// happened. Everything that arrived before the end is yielded first.
+    pub async fn next_activity(&mut self) -> ConnectionActivity {
         if let Some(reason) = &self.ended {
             return match self.events.try_recv() {
-                Ok(ConnEvent::Message(_, data)) => ConnectionEvent::Message(data),
-                _ => ConnectionEvent::Closed(reason.clone()),
+                Ok(ConnEvent::Message(_, data)) => ConnectionActivity::Message(data),
+                Ok(ConnEvent::Network(_, event)) => ConnectionActivity::Network(event),
+                _ => ConnectionActivity::Closed(reason.clone()),
             };
         }
         match self.events.recv().await {
-            Some(ConnEvent::Message(_, data)) => ConnectionEvent::Message(data),
+            Some(ConnEvent::Message(_, data)) => ConnectionActivity::Message(data),
+            Some(ConnEvent::Network(_, event)) => ConnectionActivity::Network(event),
             Some(ConnEvent::Closed(_, reason)) | Some(ConnEvent::OpenFailed(_, reason)) => {
                 self.ended = Some(reason.clone());
-                ConnectionEvent::Closed(reason)
+                ConnectionActivity::Closed(reason)
             }
             Some(ConnEvent::Opened(_))
             | Some(ConnEvent::Shutdown)
@@ -130,7 +166,7 @@ impl Connection {
             | None => {
                 let reason = CloseReason::new(CloseKind::Error, "connection state lost");
                 self.ended = Some(reason.clone());
-                ConnectionEvent::Closed(reason)
+                ConnectionActivity::Closed(reason)
             }
         }
     }

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use super::link_watch::{LinkMonitor, LinkWatch, LinkWatches, sample_interval};
 use super::{ConnectError, NodeInner};
 use crate::convention::Convention;
 use crate::transport::conn::{
@@ -27,6 +28,8 @@ pub(super) struct Links {
     slots: Mutex<HashMap<SocketAddr, LinkSlot>>,
     connections: Mutex<HashMap<ConnectionId, Weak<ConnShared>>>,
     pub(super) live: Arc<LiveConnections>,
+    /// The events of each live link.
+    pub(super) watches: LinkWatches,
 }
 
 impl Links {
@@ -66,6 +69,11 @@ impl Links {
         let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).cloned()?;
         let guard = slot.try_lock().ok()?;
         guard.as_ref().filter(|conn| conn.close_reason().is_none()).cloned()
+    }
+
+    /// The watch of the live link known at `addr`, if any.
+    pub(super) fn watch_at(&self, addr: SocketAddr) -> Option<Arc<LinkWatch>> {
+        self.watches.get(&self.connection_at(addr)?)
     }
 
     fn slot(&self, addr: SocketAddr) -> LinkSlot {
@@ -137,7 +145,9 @@ pub(super) async fn link(
         other => ConnectError::Unreachable(other.to_string()),
     })?;
     *guard = Some(conn.clone());
-    tokio::spawn(serve_link(inner.clone(), conn.clone()));
+    // Made before the link task runs, so connections on the link find it.
+    let watch = inner.links.watches.of(&conn);
+    tokio::spawn(serve_link(inner.clone(), conn.clone(), watch));
     Ok(conn)
 }
 
@@ -154,8 +164,9 @@ pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
             match incoming.await {
                 Ok(conn) => {
                     tracing::debug!(remote = %conn.remote_address(), "link accepted");
+                    let watch = inner.links.watches.of(&conn);
                     inner.links.adopt(&conn).await;
-                    serve_link(inner, conn).await;
+                    serve_link(inner, conn, watch).await;
                 }
                 Err(e) => tracing::debug!("incoming link failed: {e}"),
             }
@@ -172,15 +183,27 @@ pub const INITIAL_LINK_STREAMS: u32 = 32;
 /// The most streams a peer may open on a link at once.
 pub const MAX_LINK_STREAMS: u32 = 4096;
 
-/// Accepts the streams (connect requests) the remote node opens on a link.
-async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
+/// Accepts the streams (connect requests) the remote node opens on a link,
+/// and watches its path and liveness.
+async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<LinkWatch>) {
     let first = quic.remote_address();
     let open = Arc::new(conn::LiveConnections::default());
     let mut limit = INITIAL_LINK_STREAMS;
+    let mut monitor = LinkMonitor::new(&quic, watch, inner.socket.clone(), inner.events.clone());
+    let mut samples = tokio::time::interval(sample_interval(inner.config.keep_alive_interval));
+    samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stream = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
             stream = quic.accept_bi() => stream,
+            _ = samples.tick() => {
+                monitor.sample(&quic);
+                continue;
+            }
+            () = monitor.poked() => {
+                monitor.sample(&quic);
+                continue;
+            }
         };
         match stream {
             Ok((send, recv)) => {
@@ -199,6 +222,7 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection) {
             }
         }
     }
+    monitor.finish(&inner.links.watches, &quic);
     // The address the link was made or accepted at: the path may have
     // moved since (relay to direct).
     let current = quic.remote_address();
@@ -263,6 +287,17 @@ fn shown_peer_id(inner: &NodeInner, claimed: String, quic: &quinn::Connection) -
         // Our TLS configuration always asks for a certificate.
         (_, None) => (format!("{}unknown", crate::transport::wire::KEY_ID_PREFIX), false),
     }
+}
+
+/// The events of the link `quic` for a new connection to `peer`.
+fn link_events(
+    inner: &NodeInner,
+    quic: &quinn::Connection,
+    peer: &str,
+) -> Option<tokio::sync::broadcast::Receiver<crate::events::NetworkEvent>> {
+    let watch = inner.links.watches.get(quic)?;
+    watch.name_peer(peer);
+    Some(watch.subscribe())
 }
 
 async fn refuse(mut send: quinn::SendStream, code: RefuseCode, message: String) {
@@ -340,7 +375,8 @@ async fn answer(
     let (peer_id, peer_verified) = shown_peer_id(&inner, peer_id, &quic);
     let meta = ConnMeta { id: inner.next_connection_id(), peer_id, peer_verified, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
-    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
+    let link_events = link_events(&inner, &quic, &meta.peer_id);
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events };
     let (owner, announce) = (route.owner(), route.announces());
     let live = inner.links.live.enter().also(counted);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
@@ -396,8 +432,9 @@ pub(super) async fn open(
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let (peer_id, peer_verified) = shown_peer_id(inner, peer_id, &quic);
+    let link_events = link_events(inner, &quic, &peer_id);
     let meta = ConnMeta { id, peer_id, peer_verified, passive: false, convention, remote: addr };
-    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events };
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
     inner.links.register(&shared);
     Ok(shared)

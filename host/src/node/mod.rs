@@ -2,7 +2,10 @@
 //! service number, and the dispatcher between them.
 
 mod connection;
+mod link_repair;
+mod link_watch;
 mod links;
+mod node_events;
 mod plugins;
 mod relay;
 mod signaling;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use connection::{Connection, ConnectionEvent, ConnectionSender};
+pub use connection::{Connection, ConnectionActivity, ConnectionEvent, ConnectionSender};
 pub(crate) use plugins::LoadedService;
 pub use plugins::{PluginBuild, ServiceInfo, SwapReport, manifest_path, plugin_name};
 pub use relay::{RelayServer, RelayStatus};
@@ -28,6 +31,7 @@ pub use traversal::TraversalReport;
 
 use crate::convention::{Convention, ConventionError, Transport};
 use crate::dispatch::{Dispatcher, Incoming, NativeSlot};
+use crate::events::NodeEvent;
 use crate::nat::checks::CheckConfig;
 use crate::nat::classify::NatReport;
 use crate::nat::transaction::RetransmitPolicy;
@@ -262,6 +266,8 @@ pub(crate) struct NodeInner {
     links: links::Links,
     next_id: AtomicU64,
     plugin_events: broadcast::Sender<PluginEvent>,
+    /// Every network signal the node sees (see [`Node::events`]).
+    events: broadcast::Sender<NodeEvent>,
     shutdown: CancellationToken,
     conn_limits: ConnLimits,
     socket: Arc<FogSocket>,
@@ -515,6 +521,7 @@ impl NodeBuilder {
             links: links::Links::default(),
             next_id: AtomicU64::new(1),
             plugin_events,
+            events: broadcast::channel(node_events::NODE_EVENT_CAPACITY).0,
             shutdown,
             conn_limits,
             socket,
@@ -533,6 +540,7 @@ impl NodeBuilder {
             tokio::spawn(signaling::answer_requests(inner.clone(), incoming_rx));
         }
         tokio::spawn(links::accept_loop(inner.clone()));
+        tokio::spawn(node_events::gather(inner.clone()));
         tokio::spawn(traversal.clone().run_mux(side_rx));
         tokio::spawn(traversal.classify());
         let node = Node { inner };
@@ -679,6 +687,16 @@ impl Node {
     /// Datagram counters of the node's socket.
     pub fn socket_counters(&self) -> Arc<SocketCounters> {
         self.inner.socket_counters.clone()
+    }
+
+    /// Every network signal the node sees from now on, as one stream:
+    /// signaling session up and lost, NAT classification, relay
+    /// allocation, presence (once [`Node::presence`] subscribed to it),
+    /// and what changes under each link (path, silence, recovery), with
+    /// the peer it concerns. A subscriber that falls more than 1,024
+    /// events behind misses the oldest (`RecvError::Lagged`).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Subscribes to plugin crash, restart and disable events.

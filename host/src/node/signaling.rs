@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::link_repair::{SupervisedLink, supervise};
 use super::relay::RelayAgent;
 use super::traversal::{Session, TraversalReport};
 use super::{ConnectError, NodeInner, links};
@@ -16,7 +17,7 @@ use crate::nat::strategy::Plan;
 use crate::signal::SignalError;
 use crate::signal::client::{IncomingRequest, PeerOffer, SignalClient};
 use crate::signal::protocol::{Candidate, CandidateKind, MAX_CANDIDATES, Offer};
-use crate::transport::conn::{ConnShared, ConnectionId, Owner, PathKind};
+use crate::transport::conn::{ConnShared, ConnectionId, Owner};
 use crate::transport::identity::Fingerprint;
 use crate::transport::socket::Route;
 use crate::transport::wire::RefuseCode;
@@ -46,7 +47,7 @@ pub(super) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
 
 /// This node's offer for one connect, with the check session's credentials
 /// and the relayed candidate when the node holds an allocation.
-async fn offer(inner: &NodeInner, session: &Session) -> Offer {
+pub(super) async fn offer(inner: &NodeInner, session: &Session) -> Offer {
     let local = inner.endpoint.local_addr().unwrap_or(inner.config.listen);
     let mut offer =
         inner.traversal.offer(inner.identity.fingerprint().to_string(), host_candidates(local), session).await;
@@ -263,11 +264,16 @@ pub(super) async fn open_by_id(
     let shared = opened?;
     if relayed {
         tracing::info!(%peer, relayed = %addr, "no direct path yet: connected through the relay");
-        // Both classifications may rule a direct path out; they are made
-        // once, so checking again cannot change that.
+    }
+    if (relayed || report.is_some())
+        && let Some(watch) = inner.links.watch_at(addr)
+        && watch.claim_supervision()
+    {
+        // Both classifications may rule a direct path out; checking again
+        // cannot change that until one of them changes.
         let recheck = !matches!(inner.traversal.plan(answer.nat.as_ref()), Plan::RelayRequired(_));
-        let link = RelayedLink { peer: peer.to_string(), convention, named: addr, target: addr, fingerprint, recheck };
-        tokio::spawn(supervise_relayed_link(inner.clone(), link));
+        let link = SupervisedLink { peer: peer.to_string(), convention, named: addr, fingerprint, recheck, watch };
+        tokio::spawn(supervise(inner.clone(), link));
     }
     Ok((shared, report))
 }
@@ -296,7 +302,11 @@ async fn relay_path(
 /// Sends the QUIC quinn addresses to `named` to the peer's relayed address
 /// `target`: from this node's socket, or through this node's own
 /// allocation when it cannot send UDP itself.
-async fn route_through_relay(inner: &Arc<NodeInner>, target: SocketAddr, named: SocketAddr) -> Result<(), String> {
+pub(super) async fn route_through_relay(
+    inner: &Arc<NodeInner>,
+    target: SocketAddr,
+    named: SocketAddr,
+) -> Result<(), String> {
     let udp_blocked = inner.traversal.udp_blocked();
     let own = inner.relay.as_ref().filter(|relay| relay.relayed().is_some());
     let own_over_stream = own.and_then(RelayAgent::transport).is_some_and(|t| t.is_stream());
@@ -309,152 +319,6 @@ async fn route_through_relay(inner: &Arc<NodeInner>, target: SocketAddr, named: 
         inner.socket.set_route(named, Route::Moved { to: target, aux: None, relayed: true });
     }
     Ok(())
-}
-
-/// A link this node dialled through the peer's relay.
-struct RelayedLink {
-    peer: String,
-    convention: u32,
-    /// The address quinn knows the link by (the first relayed address).
-    named: SocketAddr,
-    /// The peer's relayed address the link's packets go to now.
-    target: SocketAddr,
-    fingerprint: Fingerprint,
-    /// Whether to look for a direct path again.
-    recheck: bool,
-}
-
-/// Looks after a link this node dialled through the peer's relay, until it
-/// ends or moves to a direct path:
-/// - every keep-alive interval it checks that the link still receives;
-///   after two silent intervals (the relay restarted and lost the peer's
-///   allocation) it asks the peer through signaling for its relayed address
-///   again (the peer verifies and, if needed, remakes its allocation before
-///   answering) and sends the link's packets there: the peer's QUIC sees
-///   the new path and migrates, the connections go on;
-/// - every [`super::NodeConfig::direct_recheck_interval`] (unless both
-///   classifications rule it out) it runs the connectivity checks again;
-///   when they find a direct pair the link's packets move to it.
-async fn supervise_relayed_link(inner: Arc<NodeInner>, mut link: RelayedLink) {
-    let Some(signal) = inner.signal.clone() else { return };
-    let tick = inner.config.keep_alive_interval;
-    let mut next_recheck = tokio::time::Instant::now() + inner.config.direct_recheck_interval;
-    let mut last_received = None;
-    let mut silent = 0u32;
-    loop {
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
-        }
-        let Some(quic) = inner.links.connection_at(link.named) else { return };
-        if inner.socket.path_kind(link.named) != PathKind::Relayed {
-            return;
-        }
-        let received = quic.stats().udp_rx.datagrams;
-        if last_received == Some(received) {
-            silent += 1;
-        } else {
-            (last_received, silent) = (Some(received), 0);
-        }
-        if silent >= 2 {
-            silent = 0;
-            if let Some(own) = &inner.relay {
-                // This node's own allocation may be gone too.
-                own.verify();
-            }
-            follow_the_peer_relay(&inner, &signal, &mut link).await;
-            continue;
-        }
-        if link.recheck && tokio::time::Instant::now() >= next_recheck {
-            next_recheck = tokio::time::Instant::now() + inner.config.direct_recheck_interval;
-            if try_direct_path(&inner, &signal, &link).await {
-                return;
-            }
-        }
-    }
-}
-
-/// Asks the peer for its offer (as a connect does) on the link's behalf.
-async fn ask_again(
-    inner: &Arc<NodeInner>,
-    signal: &crate::signal::client::SignalClient,
-    link: &RelayedLink,
-) -> Option<(Session, PeerOffer)> {
-    if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
-        return None;
-    }
-    let session = inner.traversal.session(&link.peer);
-    let request = offer(inner, &session).await;
-    match signal.connect(&link.peer, link.convention, request).await {
-        Ok(answer) if answer.offer.fingerprint == link.fingerprint.to_string() => Some((session, answer)),
-        Ok(_) => {
-            tracing::warn!(peer = %link.peer, "the peer answered with another certificate");
-            None
-        }
-        Err(e) => {
-            tracing::debug!(peer = %link.peer, "no answer for the relayed link: {e}");
-            None
-        }
-    }
-}
-
-/// Moves a silent relayed link to the peer's current relayed address.
-async fn follow_the_peer_relay(
-    inner: &Arc<NodeInner>,
-    signal: &crate::signal::client::SignalClient,
-    link: &mut RelayedLink,
-) {
-    let Some((_session, PeerOffer { offer: answer, .. })) = ask_again(inner, signal, link).await else { return };
-    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
-        tracing::info!(peer = %link.peer, "the peer has no relay allocation now; the link may end");
-        return;
-    };
-    if target == link.target && inner.socket.route_of(link.named).is_some() {
-        return;
-    }
-    match route_through_relay(inner, target, link.named).await {
-        Ok(()) => {
-            tracing::info!(peer = %link.peer, from = %link.target, to = %target, "relayed link follows the peer's new relay allocation");
-            link.target = target;
-        }
-        Err(why) => tracing::info!(peer = %link.peer, "cannot follow the peer's relay: {why}"),
-    }
-}
-
-/// Runs the checks again; moves the link to the direct pair they find.
-async fn try_direct_path(
-    inner: &Arc<NodeInner>,
-    signal: &crate::signal::client::SignalClient,
-    link: &RelayedLink,
-) -> bool {
-    let Some((session, PeerOffer { offer: answer, observed })) = ask_again(inner, signal, link).await else {
-        return false;
-    };
-    let Some(remote_credentials) = answer.checks.clone() else { return false };
-    let checks = tokio::select! {
-        _ = inner.shutdown.cancelled() => return true,
-        checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
-    };
-    match checks {
-        Ok(report) => {
-            let direct = report.selected.remote;
-            let aux = match inner.socket.route_of(direct) {
-                Some(Route::Aux(id)) => Some(id),
-                _ => None,
-            };
-            inner.socket.set_route(link.named, Route::Moved { to: direct, aux, relayed: false });
-            if aux.is_some() {
-                // The moved route keeps the extra socket open.
-                inner.socket.unroute(direct);
-            }
-            tracing::info!(peer = %link.peer, relayed = %link.named, %direct, plan = %report.plan, "link moved from the relay to a direct path");
-            true
-        }
-        Err(reason) => {
-            tracing::debug!(peer = %link.peer, "still no direct path: {reason}");
-            false
-        }
-    }
 }
 
 /// Candidates off the vouched IP a peer without check credentials gets

@@ -612,7 +612,8 @@ impl Actor {
                     self.call_on_close(id, &reason)?;
                 }
             }
-            ConnEvent::Shutdown | ConnEvent::Unload => {}
+            // The fogconnect:plugin@0.1.0 contract has no network events.
+            ConnEvent::Network(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }

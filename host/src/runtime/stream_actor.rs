@@ -363,8 +363,9 @@ impl StreamActor {
             ConnEvent::Closed(id, _) => {
                 self.end_connection(id.0)?;
             }
-            // Stream plugins open no connections; nothing else reaches here.
-            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
+            // Stream plugins open no connections, and the
+            // fogconnect:streaming@0.1.0 contract has no network events.
+            ConnEvent::Network(..) | ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }

@@ -182,6 +182,17 @@ impl SignalClient {
         self.relays.clone()
     }
 
+    /// Watches the status.
+    pub fn status_watch(&self) -> watch::Receiver<SignalStatus> {
+        self.status.clone()
+    }
+
+    /// Presence events from now on, without subscribing the session to
+    /// them (see [`SignalClient::presence`]).
+    pub fn presence_receiver(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.presence.subscribe()
+    }
+
     /// The current status.
     pub fn status(&self) -> SignalStatus {
         self.status.borrow().clone()

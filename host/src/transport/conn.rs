@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::convention::Convention;
+use crate::events::{NetworkEvent, PathInfo};
 use crate::transport::socket::FogSocket;
 use crate::transport::wire::{CloseCode, Decoder, Frame, data_header};
 
@@ -100,6 +101,9 @@ pub enum ConnEvent {
     OpenFailed(ConnectionId, CloseReason),
     /// One message arrived.
     Message(ConnectionId, Bytes),
+    /// The network under the connection changed (in order with its
+    /// messages).
+    Network(ConnectionId, NetworkEvent),
     /// The connection ended (not sent for endings the owner caused itself).
     Closed(ConnectionId, CloseReason),
     /// The node is shutting down: close everything and stop.
@@ -452,14 +456,19 @@ impl ConnShared {
         })
     }
 
+    /// Which way the connection's packets travel now, and to where.
+    pub fn path(&self) -> PathInfo {
+        match (&self.quic, &self.socket) {
+            (Some(quic), Some(socket)) => socket.path_info(quic.remote_address()),
+            _ => PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote },
+        }
+    }
+
     /// Counters and measurements.
     pub fn stats(&self) -> ConnStats {
         ConnStats {
             rtt: self.quic.as_ref().map_or(Duration::ZERO, quinn::Connection::rtt),
-            path: match (&self.quic, &self.socket) {
-                (Some(quic), Some(socket)) => socket.path_kind(quic.remote_address()),
-                _ => path_of(self.meta.remote),
-            },
+            path: self.path().kind,
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
@@ -492,6 +501,9 @@ pub struct HandshakenStream {
     pub recv: quinn::RecvStream,
     /// Holds any bytes already read after the handshake frames.
     pub decoder: Decoder,
+    /// The link's network events, passed on to the owner in order with
+    /// the messages (`None`: the link has no monitor).
+    pub link_events: Option<broadcast::Receiver<NetworkEvent>>,
 }
 
 /// Starts the reader and writer tasks of an established connection. With
@@ -505,12 +517,12 @@ pub async fn establish(
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
-    let HandshakenStream { quic, socket, send, recv, decoder } = stream;
+    let HandshakenStream { quic, socket, send, recv, decoder, link_events } = stream;
     let (shared, outbound_rx) = ConnShared::new(meta, Some((quic, socket)), limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
     }
-    tokio::spawn(read_loop(shared.clone(), recv, decoder));
+    tokio::spawn(read_loop(shared.clone(), recv, decoder, link_events));
     tokio::spawn(write_loop(shared.clone(), send, outbound_rx, live));
     shared
 }
@@ -613,7 +625,12 @@ fn reason_of_read_error(err: &quinn::ReadError) -> CloseReason {
     }
 }
 
-async fn read_loop(shared: Arc<ConnShared>, mut recv: quinn::RecvStream, mut decoder: Decoder) {
+async fn read_loop(
+    shared: Arc<ConnShared>,
+    mut recv: quinn::RecvStream,
+    mut decoder: Decoder,
+    mut link_events: Option<broadcast::Receiver<NetworkEvent>>,
+) {
     let reason = loop {
         match decode_all(&shared, &mut decoder).await {
             Ok(Some(reason)) => break Some(reason),
@@ -622,6 +639,11 @@ async fn read_loop(shared: Arc<ConnShared>, mut recv: quinn::RecvStream, mut dec
         }
         tokio::select! {
             _ = shared.cancel.cancelled() => break None,
+            event = next_link_event(&mut link_events) => {
+                if !shared.is_closed() {
+                    let _ = shared.owner.send(ConnEvent::Network(shared.meta.id, event)).await;
+                }
+            }
             chunk = recv.read_chunk(64 * 1024, true) => match chunk {
                 Ok(Some(chunk)) => decoder.push(&chunk.bytes),
                 Ok(None) => break Some(match decoder.finish() {
@@ -636,6 +658,21 @@ async fn read_loop(shared: Arc<ConnShared>, mut recv: quinn::RecvStream, mut dec
         shared.report_end(reason).await;
     }
     shared.cancel.cancel();
+}
+
+/// The next event of the link, for as long as it has any; pends forever
+/// after (a lagging connection skips the events it missed).
+async fn next_link_event(events: &mut Option<broadcast::Receiver<NetworkEvent>>) -> NetworkEvent {
+    while let Some(receiver) = events {
+        match receiver.recv().await {
+            Ok(event) => return event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "a slow connection missed link events");
+            }
+            Err(broadcast::error::RecvError::Closed) => *events = None,
+        }
+    }
+    std::future::pending().await
 }
 
 /// Delivers every whole frame in the decoder. Returns the ending the frames

@@ -380,6 +380,12 @@ impl FogSocket {
         }
     }
 
+    /// Which way QUIC datagrams quinn sends to `named` travel, and where
+    /// they arrive.
+    pub fn path_info(&self, named: SocketAddr) -> crate::events::PathInfo {
+        crate::events::PathInfo { kind: self.path_kind(named), remote: self.peer_address(named) }
+    }
+
     /// Forgets the route to `remote` and closes its extra socket when no
     /// other route uses it.
     pub fn unroute(&self, remote: SocketAddr) {

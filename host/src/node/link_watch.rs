@@ -1,0 +1,160 @@
+//! What happens under each link, as events: its path (kind and remote
+//! address) and whether it still hears from its peer. Every connection on
+//! the link gets the events in order with its messages; the node's event
+//! stream gets them with the peer's id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, broadcast};
+
+use crate::events::{NetworkEvent, NodeEvent, PathInfo};
+use crate::transport::liveness::{Liveness, answer_eliciting};
+use crate::transport::socket::FogSocket;
+
+/// Events of one link not yet taken by a slow connection before the
+/// oldest are dropped (a connection that lags misses events, never
+/// messages).
+const LINK_EVENT_CAPACITY: usize = 16;
+
+/// The events of one link and what its monitor knows.
+pub(super) struct LinkWatch {
+    events: broadcast::Sender<NetworkEvent>,
+    /// The peer's id as its connections show it (set by the first one).
+    peer: OnceLock<String>,
+    /// Pokes the monitor to look at the path now (a route changed).
+    look_now: Notify,
+    /// Whether a supervisor looks after the link's path (one at most).
+    supervised: AtomicBool,
+    silent: AtomicBool,
+}
+
+impl LinkWatch {
+    /// A receiver of the link's events from now on.
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<NetworkEvent> {
+        self.events.subscribe()
+    }
+
+    /// Names the peer for the node's events (the first name sticks).
+    pub(super) fn name_peer(&self, peer: &str) {
+        let _ = self.peer.set(peer.to_string());
+    }
+
+    /// Asks the monitor to look at the path at once.
+    pub(super) fn look_now(&self) {
+        self.look_now.notify_one();
+    }
+
+    /// Claims the supervision of the link; true for the first caller.
+    pub(super) fn claim_supervision(&self) -> bool {
+        !self.supervised.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the link is silent now.
+    pub(super) fn is_silent(&self) -> bool {
+        self.silent.load(Ordering::Acquire)
+    }
+}
+
+/// The watches of the node's live links, by link id.
+#[derive(Default)]
+pub(super) struct LinkWatches(Mutex<HashMap<usize, Arc<LinkWatch>>>);
+
+impl LinkWatches {
+    /// The watch of `quic`, made on first use.
+    pub(super) fn of(&self, quic: &quinn::Connection) -> Arc<LinkWatch> {
+        let mut watches = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        watches
+            .entry(quic.stable_id())
+            .or_insert_with(|| {
+                Arc::new(LinkWatch {
+                    events: broadcast::channel(LINK_EVENT_CAPACITY).0,
+                    peer: OnceLock::new(),
+                    look_now: Notify::new(),
+                    supervised: AtomicBool::new(false),
+                    silent: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// The watch of the live link `quic`, if it has one.
+    pub(super) fn get(&self, quic: &quinn::Connection) -> Option<Arc<LinkWatch>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&quic.stable_id()).cloned()
+    }
+
+    fn remove(&self, quic: &quinn::Connection) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&quic.stable_id());
+    }
+}
+
+/// How often a link's counters and path are sampled: a tenth of the
+/// keep-alive interval, within 100 ms..1 s.
+pub(super) fn sample_interval(keep_alive: Duration) -> Duration {
+    (keep_alive / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// The monitor of one link, driven by the link's task.
+pub(super) struct LinkMonitor {
+    watch: Arc<LinkWatch>,
+    socket: Arc<FogSocket>,
+    node_events: broadcast::Sender<NodeEvent>,
+    liveness: Liveness,
+    path: PathInfo,
+    fingerprint: String,
+}
+
+impl LinkMonitor {
+    pub(super) fn new(
+        quic: &quinn::Connection,
+        watch: Arc<LinkWatch>,
+        socket: Arc<FogSocket>,
+        node_events: broadcast::Sender<NodeEvent>,
+    ) -> Self {
+        let stats = quic.stats();
+        let liveness = Liveness::new(Instant::now(), stats.udp_rx.datagrams, answer_eliciting(&stats.frame_tx));
+        let path = socket.path_info(quic.remote_address());
+        let fingerprint = crate::transport::identity::peer_fingerprint(quic)
+            .map_or_else(|| "unknown".to_string(), |f| format!("{}{f}", crate::transport::wire::KEY_ID_PREFIX));
+        Self { watch, socket, node_events, liveness, path, fingerprint }
+    }
+
+    /// Resolves when the path should be looked at before the next sample.
+    pub(super) async fn poked(&self) {
+        self.watch.look_now.notified().await;
+    }
+
+    /// Samples the link now and publishes what changed.
+    pub(super) fn sample(&mut self, quic: &quinn::Connection) {
+        let path = self.socket.path_info(quic.remote_address());
+        if path != self.path {
+            let from = std::mem::replace(&mut self.path, path);
+            self.publish(NetworkEvent::PathChanged { from, to: path });
+        }
+        let stats = quic.stats();
+        let change = self.liveness.observe(
+            Instant::now(),
+            stats.udp_rx.datagrams,
+            answer_eliciting(&stats.frame_tx),
+            quic.rtt(),
+        );
+        if let Some(event) = change {
+            self.watch.silent.store(self.liveness.is_silent(), Ordering::Release);
+            self.publish(event);
+        }
+    }
+
+    fn publish(&self, event: NetworkEvent) {
+        let peer = self.watch.peer.get().cloned().unwrap_or_else(|| self.fingerprint.clone());
+        tracing::info!(%peer, "{event}");
+        let _ = self.node_events.send(NodeEvent::Link { peer, event: event.clone() });
+        let _ = self.watch.events.send(event);
+    }
+
+    /// The link ended: its watch goes.
+    pub(super) fn finish(self, watches: &LinkWatches, quic: &quinn::Connection) {
+        watches.remove(quic);
+    }
+}
