@@ -237,14 +237,14 @@ fn devices_behind_one_nat_connect_over_the_lan() -> anyhow::Result<()> {
 /// connection that starts on path `start` ("relayed", "direct WAN"), runs
 /// `event` after the tenth reply, and checks every reply came back once and
 /// in order on the one connection; returns the client's `finished:` line
-/// (the path at the end).
+/// (the path at the end) and its `event:` lines.
 fn numbered_messages_across(
     lab: &mut Lab,
     url: &str,
     start: &str,
     options: &[&str],
     event: impl FnOnce(&mut Lab) -> anyhow::Result<()>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Vec<String>)> {
     let count = 300;
     let repeat = count.to_string();
     let mut extra = vec!["--repeat", &repeat, "--interval-ms", "20"];
@@ -265,7 +265,9 @@ fn numbered_messages_across(
     ensure!(replies.iter().copied().eq(expected.iter()), "replies lost, duplicated or out of order: {replies:?}");
     let finished = lines.iter().find(|l| l.starts_with("finished:")).cloned().unwrap_or_default();
     println!("{finished}");
-    Ok(finished)
+    let events: Vec<String> = lines.iter().filter(|l| l.starts_with("event: ")).cloned().collect();
+    println!("{events:#?}");
+    Ok((finished, events))
 }
 
 /// A pair that starts relayed (a firewall on A's router drops UDP between
@@ -280,8 +282,15 @@ fn relayed_connection_moves_to_direct_when_a_path_opens() -> anyhow::Result<()> 
     let url = lab.start_servers()?;
     let fast = ["--punch-budget-ms", "1000", "--recheck-ms", "300"];
     lab.start_echo_node("host-b", &url, &fast)?;
-    let finished = numbered_messages_across(&mut lab, &url, "relayed", &fast, |lab| lab.unblock_direct_path())?;
+    let (finished, events) =
+        numbered_messages_across(&mut lab, &url, "relayed", &fast, |lab| lab.unblock_direct_path())?;
     ensure!(finished.contains("path direct WAN"), "the connection did not move to the direct path: {finished}");
+    // The connection was told once, with the new path.
+    let moves: Vec<&String> = events.iter().filter(|e| e.contains("path changed")).collect();
+    ensure!(
+        moves.len() == 1 && moves[0].contains("from relayed") && moves[0].contains("to direct WAN 203.0.113.22:"),
+        "{events:?}"
+    );
     Ok(())
 }
 
@@ -297,7 +306,7 @@ fn a_relayed_connection_survives_a_relay_restart() -> anyhow::Result<()> {
     // Peers silent for 8 × 500 ms are gone: the move must be quicker.
     let keep_alive = ["--keep-alive-ms", "500", "--keep-alive-attempts", "8"];
     let mut node = lab.start_echo_node("host-b", &url, &keep_alive)?;
-    let finished =
+    let (finished, _) =
         numbered_messages_across(&mut lab, &url, "relayed", &keep_alive, |lab| lab.restart_relay().map(drop))?;
     ensure!(finished.contains("path relayed"), "{finished}");
     // The node behind the relay allocated again, over UDP first.
@@ -318,8 +327,23 @@ fn direct_connection_survives_rebinding(side: natlab::Side) -> anyhow::Result<()
     let url = lab.start_servers()?;
     lab.start_echo_node("host-b", &url, &[])?;
     let patient = ["--reply-timeout-ms", "20000"];
-    let finished = numbered_messages_across(&mut lab, &url, "direct WAN", &patient, |lab| lab.rebind(side, 40_001))?;
+    let (finished, events) =
+        numbered_messages_across(&mut lab, &url, "direct WAN", &patient, |lab| lab.rebind(side, 40_001))?;
     ensure!(finished.contains("path direct WAN"), "{finished}");
+    // The caller's connection saw its link go silent and come back; when
+    // the callee's address changed, it also saw the path move there.
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| ["link silent", "link recovered", "path changed"].into_iter().find(|k| e.contains(k)))
+        .collect();
+    let expected: &[&str] = match side {
+        natlab::Side::A => &["link silent", "link recovered"],
+        natlab::Side::B => &["link silent", "path changed", "link recovered"],
+    };
+    ensure!(kinds == expected, "{events:?}");
+    if side == natlab::Side::B {
+        ensure!(events.iter().any(|e| e.contains("to direct WAN 203.0.113.22:40001")), "{events:?}");
+    }
     Ok(())
 }
 

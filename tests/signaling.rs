@@ -11,7 +11,9 @@ use common::{WAIT, ask, closed_within, config};
 use fogconnect::signal::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
-use fogconnect::{CloseKind, ConnectError, Node, NodeConfig, RefuseCode, Transport};
+use fogconnect::{
+    CloseKind, ConnectError, ConnectionActivity, NetworkEvent, Node, NodeConfig, NodeEvent, RefuseCode, Transport,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -313,6 +315,7 @@ async fn nodes_re_register_after_a_server_restart_and_connections_keep_flowing()
     let mut conn = app.connect_peer("device", Transport::Quic, 0).await?;
     assert_eq!(ask(&mut conn, "before").await?, "before");
     let mut presence = app.presence().await?;
+    let mut events = app.events();
     server.shutdown();
     drop(server);
     // Signaling is down: the P2P connection does not care.
@@ -327,6 +330,19 @@ async fn nodes_re_register_after_a_server_restart_and_connections_keep_flowing()
     device.registered(WAIT).await?;
     app.registered(WAIT).await?;
     assert_eq!(ask(&mut conn, "after").await?, "after");
+    // The node's events said so: the session was lost, then up again.
+    let mut signal_events = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            NodeEvent::SignalLost { reason } => signal_events.push(format!("lost: {reason}")),
+            NodeEvent::SignalUp => signal_events.push("up".to_string()),
+            _ => {}
+        }
+    }
+    ensure!(
+        signal_events.len() == 2 && signal_events[0].starts_with("lost: ") && signal_events[1] == "up",
+        "{signal_events:?}"
+    );
     assert_eq!(app.peers().await?, vec!["app", "device"]);
     let mut again = app.connect_peer("device", Transport::Quic, 0).await?;
     assert_eq!(ask(&mut again, "new connection").await?, "new connection");
@@ -405,6 +421,67 @@ async fn a_peer_that_stops_answering_is_closed_with_timeout() -> anyhow::Result<
     ensure!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     client.shutdown().await;
     drop(guard);
+    Ok(())
+}
+
+/// A peer killed with SIGKILL: the connection first reports its link
+/// silent, then ends with reason timeout within keep-alive interval ×
+/// attempts (3 s here); the node's event stream says the same with the
+/// peer's id.
+#[tokio::test]
+async fn a_killed_peer_is_reported_silent_then_timed_out() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let server = server().await?;
+    let url = server.url();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fogconnect"))
+        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--id", "doomed", "--signal", &url])
+        .args(["--token", &token_for("doomed"), "--keep-alive-ms", "500", "--keep-alive-attempts", "6"])
+        .arg("--plugin")
+        .arg(format!("0={}", common::plugin("echo").display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut guard = common::Running(child);
+    // Read apart from the runtime, which serves the signaling server.
+    let (registered, _lines) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        (lines.any(|l| l.is_ok_and(|l| l.starts_with("registered with"))), lines)
+    })
+    .await?;
+    ensure!(registered, "the node did not register");
+    let config = NodeConfig { keep_alive_interval: Duration::from_millis(500), keep_alive_attempts: 6, ..config() };
+    let app = node_with(&url, "survivor", &[], config).await?;
+    let mut conn = app.connect_peer("doomed", Transport::Quic, 0).await?;
+    assert_eq!(ask(&mut conn, "alive").await?, "alive");
+    let mut events = app.events();
+    guard.0.kill()?;
+    let killed = std::time::Instant::now();
+    // Keep a question open, as an application would.
+    let _ = conn.send(&b"anyone?"[..]);
+    let mut seen = Vec::new();
+    let reason = loop {
+        match tokio::time::timeout(WAIT, conn.next_activity()).await? {
+            ConnectionActivity::Network(event) => seen.push(event),
+            ConnectionActivity::Message(m) => bail!("unexpected message {m:?}"),
+            ConnectionActivity::Closed(reason) => break reason,
+        }
+    };
+    let took = killed.elapsed();
+    assert_eq!(reason.kind, CloseKind::Timeout, "{reason}");
+    ensure!(took <= Duration::from_millis(3_000 + 1_000), "timeout after {took:?}, keep-alive 500 ms × 6");
+    ensure!(matches!(seen.as_slice(), [NetworkEvent::LinkSilent { .. }]), "events before the end: {seen:?}");
+    let mut link_events = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let NodeEvent::Link { peer, event } = event {
+            link_events.push((peer, event));
+        }
+    }
+    ensure!(
+        matches!(link_events.as_slice(), [(peer, NetworkEvent::LinkSilent { .. })] if peer == "doomed"),
+        "{link_events:?}"
+    );
+    app.shutdown().await;
     Ok(())
 }
 

@@ -114,6 +114,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             _ => println!("relay: no allocation yet"),
         }
     }
+    // Every network signal from now on, as "event: ..." lines.
+    let mut events = node.events();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => println!("event: {}", super::terminal_safe(&event.to_string())),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    println!("event: {missed} events missed (output too slow)")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let directory = match &args.plugin_dir {
         Some(dir) => {
             let interval = std::time::Duration::from_millis(args.plugin_scan_ms);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fogconnect::{ConnectionEvent, Node, Transport};
+use fogconnect::{ConnectionActivity, Node, Transport};
 
 /// Arguments of `fogconnect send`.
 #[derive(Debug, Args)]
@@ -25,7 +25,8 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     reply_timeout_ms: u64,
     /// Print how the connection was made (path, plan, probes, times)
-    /// before the replies.
+    /// before the replies, and what happens to its path among them
+    /// ("event: ..." lines).
     #[arg(long)]
     info: bool,
     /// Send each message this many times, numbered ("<message> #<i>"),
@@ -90,12 +91,18 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
             }
             let text = if numbered { format!("{message} #{i}") } else { message.clone() };
             conn.send(text.into_bytes()).context("send failed")?;
-            match tokio::time::timeout(timeout, conn.recv()).await {
-                Ok(ConnectionEvent::Message(reply)) => {
-                    println!("{}", super::terminal_safe(&String::from_utf8_lossy(&reply)))
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match tokio::time::timeout_at(deadline, conn.next_activity()).await {
+                    Ok(ConnectionActivity::Message(reply)) => {
+                        println!("{}", super::terminal_safe(&String::from_utf8_lossy(&reply)));
+                        break;
+                    }
+                    Ok(ConnectionActivity::Network(event)) if args.info => println!("event: {event}"),
+                    Ok(ConnectionActivity::Network(_)) => {}
+                    Ok(ConnectionActivity::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
+                    Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
                 }
-                Ok(ConnectionEvent::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
-                Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
             }
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 
 use crate::events::{NetworkEvent, NodeEvent, PathInfo};
-use crate::transport::liveness::{Liveness, answer_eliciting};
+use crate::transport::liveness::{Liveness, answer_eliciting, min_silence};
 use crate::transport::socket::FogSocket;
 
 /// Events of one link not yet taken by a slow connection before the
@@ -107,14 +107,18 @@ pub(super) struct LinkMonitor {
 }
 
 impl LinkMonitor {
+    /// Watches `quic`, whose peer is given up after `idle_timeout` of
+    /// silence.
     pub(super) fn new(
         quic: &quinn::Connection,
         watch: Arc<LinkWatch>,
         socket: Arc<FogSocket>,
         node_events: broadcast::Sender<NodeEvent>,
+        idle_timeout: Duration,
     ) -> Self {
         let stats = quic.stats();
-        let liveness = Liveness::new(Instant::now(), stats.udp_rx.datagrams, answer_eliciting(&stats.frame_tx));
+        let floor = min_silence(idle_timeout);
+        let liveness = Liveness::new(Instant::now(), stats.udp_rx.datagrams, answer_eliciting(&stats.frame_tx), floor);
         let path = socket.path_info(quic.remote_address());
         let fingerprint = crate::transport::identity::peer_fingerprint(quic)
             .map_or_else(|| "unknown".to_string(), |f| format!("{}{f}", crate::transport::wire::KEY_ID_PREFIX));

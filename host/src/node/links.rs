@@ -189,7 +189,8 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<L
     let first = quic.remote_address();
     let open = Arc::new(conn::LiveConnections::default());
     let mut limit = INITIAL_LINK_STREAMS;
-    let mut monitor = LinkMonitor::new(&quic, watch, inner.socket.clone(), inner.events.clone());
+    let idle = inner.config.idle_timeout();
+    let mut monitor = LinkMonitor::new(&quic, watch, inner.socket.clone(), inner.events.clone(), idle);
     let mut samples = tokio::time::interval(sample_interval(inner.config.keep_alive_interval));
     samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

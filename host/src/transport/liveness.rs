@@ -11,9 +11,17 @@ use std::time::{Duration, Instant};
 
 use crate::events::NetworkEvent;
 
-/// The shortest silence reported: below it, a late acknowledgement or a
-/// short loss burst would be taken for a broken path.
+/// The shortest silence reported on links that wait long enough for a
+/// silent peer: below it, a late acknowledgement or a short loss burst
+/// would be taken for a broken path.
 pub const MIN_SILENCE: Duration = Duration::from_secs(1);
+
+/// The shortest silence reported on a link that gives a silent peer up
+/// after `idle_timeout`: [`MIN_SILENCE`], or a third of the timeout when
+/// that is shorter (at least 100 ms), so silence is reported before the end.
+pub fn min_silence(idle_timeout: Duration) -> Duration {
+    MIN_SILENCE.min(idle_timeout / 3).max(Duration::from_millis(100))
+}
 
 /// Round trips without an answer that count as silence on slow paths.
 const SILENT_ROUND_TRIPS: u32 = 4;
@@ -29,12 +37,15 @@ pub struct Liveness {
     heard_at: Instant,
     /// Whether silence was reported and not yet recovered.
     silent: bool,
+    /// The shortest silence reported.
+    floor: Duration,
 }
 
 impl Liveness {
-    /// Starts with the link's counters at `now`.
-    pub fn new(now: Instant, received: u64, asked: u64) -> Self {
-        Self { received, asked_then: asked, heard_at: now, silent: false }
+    /// Starts with the link's counters at `now`; silence shorter than
+    /// `floor` (see [`min_silence`]) is never reported.
+    pub fn new(now: Instant, received: u64, asked: u64, floor: Duration) -> Self {
+        Self { received, asked_then: asked, heard_at: now, silent: false, floor }
     }
 
     /// Whether the link is silent now.
@@ -52,7 +63,7 @@ impl Liveness {
             return std::mem::take(&mut self.silent).then_some(NetworkEvent::LinkRecovered { silent_for });
         }
         let quiet = now.saturating_duration_since(self.heard_at);
-        if !self.silent && asked > self.asked_then && quiet >= silence_threshold(rtt) {
+        if !self.silent && asked > self.asked_then && quiet >= silence_threshold(rtt, self.floor) {
             self.silent = true;
             return Some(NetworkEvent::LinkSilent { after: quiet });
         }
@@ -61,9 +72,9 @@ impl Liveness {
 }
 
 /// How long nothing may arrive before a link is silent, for a path with
-/// smoothed round-trip time `rtt`.
-pub fn silence_threshold(rtt: Duration) -> Duration {
-    MIN_SILENCE.max(rtt.saturating_mul(SILENT_ROUND_TRIPS))
+/// smoothed round-trip time `rtt` and the shortest silence `floor`.
+pub fn silence_threshold(rtt: Duration, floor: Duration) -> Duration {
+    floor.max(rtt.saturating_mul(SILENT_ROUND_TRIPS))
 }
 
 /// Frames of `stats` the peer answers (everything but acknowledgements
@@ -106,7 +117,7 @@ mod tests {
     #[test]
     fn silence_needs_an_unanswered_question_and_ends_with_the_next_datagram() {
         let start = Instant::now();
-        let mut link = Liveness::new(start, 10, 5);
+        let mut link = Liveness::new(start, 10, 5, MIN_SILENCE);
         // Idle both ways: never silent.
         assert_eq!(link.observe(start + ms(5_000), 10, 5, RTT), None);
         // A keep-alive went out at 5 s; no answer yet at 5.5 s: quiet for
@@ -125,7 +136,7 @@ mod tests {
     #[test]
     fn busy_links_are_silent_after_the_threshold_only() {
         let start = Instant::now();
-        let mut link = Liveness::new(start, 0, 0);
+        let mut link = Liveness::new(start, 0, 0, MIN_SILENCE);
         let mut now = start;
         // Traffic both ways every 100 ms.
         for i in 1..=10 {
@@ -140,7 +151,7 @@ mod tests {
     #[test]
     fn acknowledging_only_is_not_a_question() {
         let start = Instant::now();
-        let mut link = Liveness::new(start, 0, 0);
+        let mut link = Liveness::new(start, 0, 0, MIN_SILENCE);
         // The peer sent once; this side answered with acks only (no
         // answer-eliciting frame): quiet for a minute, not silent.
         assert_eq!(link.observe(start + ms(100), 1, 0, RTT), None);
@@ -149,10 +160,14 @@ mod tests {
 
     #[test]
     fn slow_paths_wait_four_round_trips() {
-        assert_eq!(silence_threshold(ms(10)), MIN_SILENCE);
-        assert_eq!(silence_threshold(ms(600)), ms(2_400));
+        assert_eq!(silence_threshold(ms(10), MIN_SILENCE), MIN_SILENCE);
+        assert_eq!(silence_threshold(ms(600), MIN_SILENCE), ms(2_400));
+        // Links that give a silent peer up quickly report silence sooner.
+        assert_eq!(min_silence(Duration::from_secs(30)), MIN_SILENCE);
+        assert_eq!(min_silence(ms(900)), ms(300));
+        assert_eq!(min_silence(ms(60)), ms(100));
         let start = Instant::now();
-        let mut link = Liveness::new(start, 0, 0);
+        let mut link = Liveness::new(start, 0, 0, MIN_SILENCE);
         assert_eq!(link.observe(start + ms(2_000), 0, 1, ms(600)), None);
         assert!(matches!(link.observe(start + ms(2_400), 0, 1, ms(600)), Some(NetworkEvent::LinkSilent { .. })));
     }
