@@ -100,6 +100,65 @@ fn matrix_of_36_nat_pairs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With 10% of the packets dropped at random on both routers, every pair
+/// of NAT kinds a direct path exists for still connects directly within
+/// the punch budget, and 1,000 numbered messages come back intact, once
+/// each and in order.
+#[test]
+fn punchable_pairs_connect_directly_and_lose_nothing_under_10_percent_loss() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let kinds =
+        [NatKind::Open, NatKind::FullCone, NatKind::AddressRestricted, NatKind::PortRestricted, NatKind::Symmetric];
+    let pairs: Vec<(NatKind, NatKind)> = kinds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &a)| kinds[i..].iter().map(move |&b| (a, b)))
+        .filter(|(a, b)| a.punchable_with(*b))
+        .collect();
+    let count = 1000;
+    let run = |a: NatKind, b: NatKind| -> anyhow::Result<String> {
+        let mut lab = Lab::new(a, b)?;
+        lab.drop_randomly(10)?;
+        let url = lab.start_servers()?;
+        lab.start_echo_node("host-b", &url, &[])?;
+        let repeat = count.to_string();
+        let args = lab.send_args(&url, &["--repeat", &repeat, "--reply-timeout-ms", "20000"], &["lossy"])?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = lab.output("host-a", &args, &[])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr).trim());
+        let info = stdout.lines().next().unwrap_or_default().to_string();
+        ensure!(info.contains("path direct WAN"), "not direct: {info}");
+        let replies: Vec<&str> = stdout.lines().filter(|l| l.starts_with("lossy #")).collect();
+        let expected: Vec<String> = (0..count).map(|i| format!("lossy #{i}")).collect();
+        ensure!(
+            replies.len() == count && replies.iter().zip(&expected).all(|(r, e)| r == e),
+            "replies lost, repeated or out of order"
+        );
+        Ok(info)
+    };
+    let queue = std::sync::Mutex::new(pairs);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                loop {
+                    let Some((a, b)) = queue.lock().map(|mut q| q.pop()).ok().flatten() else { return };
+                    match run(a, b) {
+                        Ok(info) => println!("{} × {}: {info}", a.name(), b.name()),
+                        Err(e) => {
+                            failures.lock().map(|mut f| f.push(format!("{} × {}: {e:#}", a.name(), b.name()))).ok();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    ensure!(failures.is_empty(), "{} pair(s) failed under loss:\n{}", failures.len(), failures.join("\n"));
+    Ok(())
+}
+
 /// Runs `count` connects of `a` × `b` (alternating which side connects),
 /// `parallel` labs at a time.
 fn runs(a: NatKind, b: NatKind, count: usize, parallel: usize) -> Vec<anyhow::Result<natlab::PairRun>> {

@@ -524,6 +524,19 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops `percent` % of the packets each NAT router forwards, at random
+    /// (nftables `numgen`; this kernel has no netem), both ways.
+    pub fn drop_randomly(&self, percent: u32) -> anyhow::Result<()> {
+        let rules = format!(
+            "table ip loss {{\n  chain forward {{\n    type filter hook forward priority -5; policy accept;\n    \
+             numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+        );
+        for side in [Side::A, Side::B] {
+            nft(&self.ns(&format!("nat-{}", side.letter())), &rules)?;
+        }
+        Ok(())
+    }
+
     /// Removes the rule of [`Lab::block_direct_path`].
     pub fn unblock_direct_path(&self) -> anyhow::Result<()> {
         run(Command::new("ip").args(["netns", "exec", &self.ns("nat-a"), "nft", "delete", "table", "ip", "block"]))?;
