@@ -123,11 +123,12 @@ bench: lab-deps c-deps plugins
 	$(CARGO) bench -p fogconnect --bench c_api
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
-## birthday probing, and the adaptive stream plugin's settle time on a
-## rate-limited link (root)
+## birthday probing, the adaptive stream plugin's settle time on a
+## rate-limited link, and recovery from network changes (root)
 bench-nat: lab-deps plugins
 	$(CARGO) bench -p fogconnect --bench nat_lab
 	$(CARGO) bench -p fogconnect --bench stream_lab
+	$(CARGO) bench -p fogconnect --bench recovery
 
 ## fuzz: run each wire-format fuzz target for FUZZ_SECONDS (needs cargo-fuzz;
 ## RUSTC_BOOTSTRAP lets the stable toolchain build with the sanitizer flags)

@@ -419,6 +419,60 @@ fn a_direct_connection_survives_the_callees_nat_rebinding() -> anyhow::Result<()
     direct_connection_survives_rebinding(natlab::Side::B)
 }
 
+/// The callee's host gets a new address on its LAN (the old one removed)
+/// under a live direct connection: its node notices, classifies again and
+/// registers again; its QUIC server, whose source address is gone, sends
+/// from the new one; the caller finds the callee's new public port; the
+/// connection goes on with nothing lost.
+#[test]
+fn a_direct_connection_survives_the_callees_new_address() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    let url = lab.start_servers()?;
+    let mut node = lab.start_echo_node("host-b", &url, &[])?;
+    let patient = ["--reply-timeout-ms", "20000"];
+    let (finished, events) = numbered_messages_across(&mut lab, &url, "direct WAN", &patient, |lab| {
+        lab.move_host(natlab::Side::B, "10.0.2.2/24", "10.0.2.7/24", "10.0.2.1")
+    })?;
+    ensure!(finished.contains("path direct WAN"), "{finished}");
+    ensure!(events.iter().any(|e| e.contains("link recovered")), "{events:?}");
+    let moved = node.wait_line("event: network: addresses changed", std::time::Duration::from_secs(10))?;
+    ensure!(moved.contains("added [10.0.2.7]") && moved.contains("removed [10.0.2.2]"), "{moved}");
+    node.wait_line("event: nat: port-restricted cone", std::time::Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// The device behind B moves under a live connection: it gets a new
+/// address on its LAN (the old one removed) while its router turns from a
+/// port-restricted cone into a symmetric NAT. The node notices within
+/// seconds, registers and classifies again, the connection goes on with
+/// nothing lost, and new connects plan for the symmetric NAT.
+#[test]
+fn a_node_that_moves_to_another_network_adapts() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    let url = lab.start_servers()?;
+    let mut node = lab.start_echo_node("host-b", &url, &[])?;
+    let before = lab.send_once(&url, &[], "before the move")?;
+    ensure!(before.contains("plan simultaneous open"), "{before}");
+    let patient = ["--reply-timeout-ms", "20000"];
+    let (finished, events) = numbered_messages_across(&mut lab, &url, "direct WAN", &patient, |lab| {
+        lab.set_nat(natlab::Side::B, NatKind::Symmetric)?;
+        lab.move_host(natlab::Side::B, "10.0.2.2/24", "10.0.2.7/24", "10.0.2.1")
+    })?;
+    println!("{finished}");
+    ensure!(events.iter().any(|e| e.contains("link silent")), "{events:?}");
+    let moved = node.wait_line("event: network: addresses changed", std::time::Duration::from_secs(10))?;
+    ensure!(moved.contains("10.0.2.7") && moved.contains("10.0.2.2"), "{moved}");
+    let nat = node.wait_line("event: nat: symmetric", std::time::Duration::from_secs(30))?;
+    println!("node: {moved}\nnode: {nat}");
+    node.wait_line("event: signaling: registered", std::time::Duration::from_secs(10))?;
+    let after = lab.send_once(&url, &[], "after the move")?;
+    println!("{after}");
+    ensure!(after.contains("plan birthday probing"), "new connects should plan for the symmetric NAT: {after}");
+    Ok(())
+}
+
 /// Nodes can be given any TURN server instead of the ones signaling hands
 /// out: symmetric × symmetric through coturn (long-term credentials), and
 /// UDP blocked on both sides over TLS (`turns:`) to `fogconnect relay`

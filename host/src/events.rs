@@ -83,8 +83,19 @@ pub enum NodeEvent {
         /// What the client knows of why.
         reason: String,
     },
-    /// The NAT was classified, or classified again with another result
-    /// (new network, new NAT behaviour).
+    /// The host's addresses changed (an address added or removed, an
+    /// interface up or down): the node classifies its NAT again, registers
+    /// with signaling again and has the links it dialled look for a path.
+    NetworkChanged {
+        /// Addresses that appeared.
+        added: Vec<std::net::IpAddr>,
+        /// Addresses that went away.
+        removed: Vec<std::net::IpAddr>,
+        /// The host's addresses now (loopback and IPv6 link-local left out).
+        addresses: Vec<std::net::IpAddr>,
+    },
+    /// The NAT was classified: at start, and again after a network change
+    /// (the result may be the same as before).
     NatClassified {
         /// The classification before (`None` for the first).
         previous: Option<Arc<NatReport>>,
@@ -116,6 +127,9 @@ impl std::fmt::Display for NodeEvent {
         match self {
             NodeEvent::SignalUp => f.write_str("signaling: registered"),
             NodeEvent::SignalLost { reason } => write!(f, "signaling: session lost ({reason})"),
+            NodeEvent::NetworkChanged { added, removed, .. } => {
+                write!(f, "network: addresses changed, added {added:?}, removed {removed:?}")
+            }
             NodeEvent::NatClassified { report, .. } => write!(
                 f,
                 "nat: {}, public address {}",

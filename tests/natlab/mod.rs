@@ -269,6 +269,15 @@ impl Proc {
         self.seen_errors.clone()
     }
 
+    /// The next stdout line not yet returned by this method or seen by
+    /// another, waiting at most `limit`; `None` at the end of output or
+    /// after the limit.
+    pub fn next_line(&mut self, limit: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(limit).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
     /// Waits for a line starting with `prefix`, at most `limit`.
     pub fn wait_line(&mut self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
         let deadline = std::time::Instant::now() + limit;
@@ -442,9 +451,9 @@ impl Lab {
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
+                // Keep draining after the receiver is gone: the child must
+                // never block on, or fail writing to, its stdout.
+                let _ = tx.send(line);
             }
         });
         // Debugging aid: children's logs also appended to this file.
@@ -522,6 +531,26 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(())
+    }
+
+    /// Turns `side`'s router into a router of `kind` (its mappings of
+    /// established flows stay until they expire, as on a real router that
+    /// is reconfigured).
+    pub fn set_nat(&self, side: Side, kind: NatKind) -> anyhow::Result<()> {
+        let nat = self.ns(&format!("nat-{}", side.letter()));
+        nft(&nat, &format!("delete table ip lab\n{}", ruleset(kind, side.wan_ip())))
+    }
+
+    /// Moves the host `host-<side>` from address `from` to `to` on its LAN
+    /// (both with prefix, e.g. `10.0.2.7/24`): the new address is added,
+    /// the old one removed, the default route kept, as when a device gets
+    /// a new lease or joins another network.
+    pub fn move_host(&self, side: Side, from: &str, to: &str, gateway: &str) -> anyhow::Result<()> {
+        let host = self.ns(&format!("host-{}", side.letter()));
+        Self::sysctl(&host, "net.ipv4.conf.eth0.promote_secondaries", "1")?;
+        ip(&["-n", &host, "addr", "add", to, "dev", "eth0"])?;
+        ip(&["-n", &host, "addr", "del", from, "dev", "eth0"])?;
+        ip(&["-n", &host, "route", "replace", "default", "via", gateway])
     }
 
     /// Drops `percent` % of the packets each NAT router forwards, at random

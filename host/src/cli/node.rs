@@ -117,13 +117,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // Every network signal from now on, as "event: ..." lines.
     let mut events = node.events();
     tokio::spawn(async move {
+        use std::io::Write;
         loop {
-            match events.recv().await {
-                Ok(event) => println!("event: {}", super::terminal_safe(&event.to_string())),
+            let line = match events.recv().await {
+                Ok(event) => format!("event: {}", super::terminal_safe(&event.to_string())),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    println!("event: {missed} events missed (output too slow)")
+                    format!("event: {missed} events missed (output too slow)")
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            // Nobody reads the output any more (a closed pipe): stop telling.
+            if writeln!(std::io::stdout(), "{line}").is_err() {
+                return;
             }
         }
     });

@@ -29,6 +29,7 @@ use super::NodeInner;
 use super::link_watch::LinkWatch;
 use super::signaling::{offer, route_through_relay};
 use super::traversal::Session;
+use crate::signal::SignalError;
 use crate::signal::client::{PeerOffer, SignalClient};
 use crate::signal::protocol::CandidateKind;
 use crate::transport::conn::PathKind;
@@ -67,10 +68,12 @@ pub(super) async fn supervise(inner: Arc<NodeInner>, link: SupervisedLink) {
         } else if link.recheck {
             wake = wake.min(next_recheck);
         }
+        let mut now_wanted = false;
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             // Any event of the link is a reason to look again.
             _ = events.recv() => {}
+            () = link.watch.repair_wanted() => now_wanted = true,
             _ = tokio::time::sleep_until(wake) => {}
         }
         if inner.links.connection_at(link.named).is_none() {
@@ -78,7 +81,20 @@ pub(super) async fn supervise(inner: Arc<NodeInner>, link: SupervisedLink) {
         }
         let relayed = inner.socket.path_kind(link.named) == PathKind::Relayed;
         let now = Instant::now();
-        if link.watch.is_silent() {
+        if now_wanted {
+            // The network changed: the path may be gone before the link
+            // notices; look for the best one now.
+            tracing::info!(peer = %link.peer, "the network changed: looking for a path");
+            if relayed {
+                follow_the_peer_relay(&inner, &signal, &link).await;
+                if link.recheck {
+                    try_direct_path(&inner, &signal, &link).await;
+                }
+            } else {
+                find_a_new_path(&inner, &signal, &link).await;
+            }
+            next_repair = Instant::now() + REPAIR_RETRY;
+        } else if link.watch.is_silent() {
             if now >= next_repair {
                 if relayed {
                     if let Some(own) = &inner.relay {
@@ -107,9 +123,18 @@ async fn ask_again(
     if inner.traversal.sessions() >= super::traversal::MAX_SESSIONS {
         return None;
     }
+    inner.traversal.classified(super::signaling::CLASSIFY_WAIT).await;
     let session = inner.traversal.session(&link.peer);
     let request = offer(inner, &session).await;
-    match signal.connect(&link.peer, link.convention, request).await {
+    let mut answer = signal.connect(&link.peer, link.convention, request.clone()).await;
+    if matches!(answer, Err(SignalError::Unavailable(_) | SignalError::Timeout(_))) {
+        // The session is being made again (after a network change, say):
+        // ask once more when it is up.
+        if signal.registered(inner.config.connect_timeout).await.is_ok() {
+            answer = signal.connect(&link.peer, link.convention, request).await;
+        }
+    }
+    match answer {
         Ok(answer) if answer.offer.fingerprint == link.fingerprint.to_string() => Some((session, answer)),
         Ok(_) => {
             tracing::warn!(peer = %link.peer, "the peer answered with another certificate");

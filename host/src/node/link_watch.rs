@@ -28,6 +28,8 @@ pub(super) struct LinkWatch {
     look_now: Notify,
     /// Whether a supervisor looks after the link's path (one at most).
     supervised: AtomicBool,
+    /// Asks the supervisor to look for a path now (the network changed).
+    repair: Notify,
     silent: AtomicBool,
 }
 
@@ -52,6 +54,11 @@ impl LinkWatch {
         !self.supervised.swap(true, Ordering::AcqRel)
     }
 
+    /// Resolves when the link should look for a path now.
+    pub(super) async fn repair_wanted(&self) {
+        self.repair.notified().await;
+    }
+
     /// Whether the link is silent now.
     pub(super) fn is_silent(&self) -> bool {
         self.silent.load(Ordering::Acquire)
@@ -74,6 +81,7 @@ impl LinkWatches {
                     peer: OnceLock::new(),
                     look_now: Notify::new(),
                     supervised: AtomicBool::new(false),
+                    repair: Notify::new(),
                     silent: AtomicBool::new(false),
                 })
             })
@@ -83,6 +91,14 @@ impl LinkWatches {
     /// The watch of the live link `quic`, if it has one.
     pub(super) fn get(&self, quic: &quinn::Connection) -> Option<Arc<LinkWatch>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&quic.stable_id()).cloned()
+    }
+
+    /// Has every supervised link look for a path now.
+    pub(super) fn repair_all(&self) {
+        for watch in self.0.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            // Stored if the supervisor is busy, so it is not missed.
+            watch.repair.notify_one();
+        }
     }
 
     fn remove(&self, quic: &quinn::Connection) {

@@ -5,6 +5,7 @@ mod connection;
 mod link_repair;
 mod link_watch;
 mod links;
+mod network_watch;
 mod node_events;
 mod plugins;
 mod relay;
@@ -541,8 +542,9 @@ impl NodeBuilder {
         }
         tokio::spawn(links::accept_loop(inner.clone()));
         tokio::spawn(node_events::gather(inner.clone()));
+        tokio::spawn(network_watch::watch(inner.clone()));
         tokio::spawn(traversal.clone().run_mux(side_rx));
-        tokio::spawn(traversal.classify());
+        traversal.classify();
         let node = Node { inner };
         for (service, source) in plugins {
             let result = match source {

@@ -38,9 +38,7 @@ pub(super) async fn gather(inner: Arc<NodeInner>) {
                     return;
                 }
                 let now = nat.borrow_and_update().clone();
-                if let Some(report) = &now
-                    && now != previous_nat
-                {
+                if let Some(report) = &now {
                     let _ = events.send(NodeEvent::NatClassified { previous: previous_nat.clone(), report: report.clone() });
                 }
                 previous_nat = now;

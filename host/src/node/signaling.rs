@@ -58,6 +58,10 @@ pub(super) async fn offer(inner: &NodeInner, session: &Session) -> Offer {
     offer
 }
 
+/// Most a connect (or its answer) waits for a classification that runs
+/// again after a network change.
+pub(super) const CLASSIFY_WAIT: Duration = Duration::from_secs(4);
+
 /// Most a connect answer waits for the relay to install the caller's
 /// permissions.
 const PERMIT_WAIT: Duration = Duration::from_millis(500);
@@ -158,6 +162,7 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
         }
     };
     remember(&inner, &request.from, fingerprint);
+    inner.traversal.classified(CLASSIFY_WAIT).await;
     inner.traversal.prepare(&mut session, &request.offer, request.observed);
     let plan = inner.traversal.plan(request.offer.nat.as_ref());
     if let (Some(relay), Plan::RelayRequired(_)) = (&inner.relay, &plan)
@@ -234,6 +239,7 @@ pub(super) async fn open_by_id(
         // Only the relay can carry this connect: offer its address.
         relay.settled(inner.config.connect_timeout).await;
     }
+    inner.traversal.classified(CLASSIFY_WAIT).await;
     let session = inner.traversal.session(peer);
     let request = offer(inner, &session).await;
     let PeerOffer { offer: answer, observed } =

@@ -110,6 +110,8 @@ pub(super) struct Traversal {
     policy: RetransmitPolicy,
     config: CheckConfig,
     nat: watch::Sender<NatState>,
+    /// Classifications running now (again after a network change).
+    classifying: watch::Sender<usize>,
     pending: Mutex<HashMap<TxId, oneshot::Sender<(Binding, SocketAddr)>>>,
     sessions: Mutex<Sessions>,
 }
@@ -173,6 +175,7 @@ impl Traversal {
             policy,
             config,
             nat: watch::channel(None).0,
+            classifying: watch::channel(0).0,
             pending: Mutex::default(),
             sessions: Mutex::default(),
         })
@@ -225,9 +228,21 @@ impl Traversal {
 
     /// Classifies the NAT with the STUN server (if configured) and
     /// publishes the report.
-    pub(super) async fn classify(self: Arc<Self>) {
+    /// Connects wait for it (see [`Traversal::classified`]) from this call
+    /// on.
+    pub(super) fn classify(self: &Arc<Self>) {
         let Some(server) = self.stun else { return };
-        match discovery::discover(server, self.policy).await {
+        self.classifying.send_modify(|n| *n += 1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = discovery::discover(server, this.policy).await;
+            this.publish_classification(server, result);
+            this.classifying.send_modify(|n| *n -= 1);
+        });
+    }
+
+    fn publish_classification(&self, server: SocketAddr, result: Result<NatReport, NatError>) {
+        match result {
             Ok(report) => {
                 tracing::info!(
                     kind = report.kind_name(),
@@ -241,6 +256,14 @@ impl Traversal {
             }
             Err(e) => tracing::warn!("nat classification with {server} failed: {e}"),
         }
+    }
+
+    /// Waits, at most `limit`, until no classification is running: a plan
+    /// made while the node classifies again after a network change would
+    /// rest on the old network's NAT.
+    pub(super) async fn classified(&self, limit: Duration) {
+        let mut running = self.classifying.subscribe();
+        let _ = tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await;
     }
 
     /// Whether the classification found UDP blocked.

@@ -115,8 +115,17 @@ type ConnectReply = oneshot::Sender<Result<PeerOffer, SignalError>>;
 
 enum Command {
     Send(ClientMessage),
-    Connect { request_id: u64, to: String, message: ClientMessage, reply: ConnectReply },
-    List { reply: oneshot::Sender<Result<Vec<String>, SignalError>> },
+    /// End the session and open a new one at once (the network changed).
+    Reconnect,
+    Connect {
+        request_id: u64,
+        to: String,
+        message: ClientMessage,
+        reply: ConnectReply,
+    },
+    List {
+        reply: oneshot::Sender<Result<Vec<String>, SignalError>>,
+    },
 }
 
 /// Handle of the signaling client actor.
@@ -180,6 +189,13 @@ impl SignalClient {
     /// registration (empty when it hands out none).
     pub fn relays(&self) -> watch::Receiver<Vec<RelayCredentials>> {
         self.relays.clone()
+    }
+
+    /// Ends the session and registers again at once, e.g. because the
+    /// local network changed and the session's path may be gone. Nothing
+    /// happens while not registered (the client reconnects anyway).
+    pub fn reconnect(&self) {
+        let _ = self.commands.try_send(Command::Reconnect);
     }
 
     /// Watches the status.
@@ -457,6 +473,10 @@ impl Actor {
                 command = self.commands.recv() => {
                     let Some(command) = command else { break Ok(()) };
                     let message = match command {
+                        Command::Reconnect => {
+                            let _ = ws.close(None).await;
+                            break Err(SignalError::Unavailable("the local network changed".into()));
+                        }
                         Command::Send(message) => message,
                         Command::Connect { request_id, to, message, reply } => {
                             pending.connects.insert(request_id, (to, reply));
@@ -559,7 +579,7 @@ fn renewal_time(relays: &[RelayCredentials]) -> Option<tokio::time::Instant> {
 
 fn fail_command(command: Command, why: &str) {
     match command {
-        Command::Send(_) => {}
+        Command::Send(_) | Command::Reconnect => {}
         Command::Connect { reply, .. } => {
             let _ = reply.send(Err(SignalError::Unavailable(why.to_string())));
         }

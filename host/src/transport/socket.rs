@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -190,6 +190,12 @@ impl Routes {
     }
 }
 
+/// Whether `ip` is an address of one of the host's interfaces (true when
+/// they cannot be read).
+fn is_local_address(ip: IpAddr) -> bool {
+    if_addrs::get_if_addrs().map_or(true, |interfaces| interfaces.iter().any(|i| i.ip() == ip))
+}
+
 /// A QUIC datagram that did not come from the node's socket (an extra
 /// socket, the relay), with the address quinn knows its sender by.
 type InjectedDatagram = (SocketAddr, Bytes);
@@ -263,6 +269,10 @@ pub struct FogSocket {
     /// Whether a relay exchanges datagrams with the node's socket (read on
     /// every receive without the lock).
     relay_on_socket: AtomicBool,
+    /// Source addresses quinn asks for that the host no longer has (see
+    /// [`FogSocket::send_main`]); `gone_count` is read without the lock.
+    gone_sources: Mutex<Vec<IpAddr>>,
+    gone_count: AtomicUsize,
 }
 
 impl fmt::Debug for FogSocket {
@@ -298,6 +308,8 @@ impl FogSocket {
             injected_rx: Mutex::new(injected_rx),
             relay: Mutex::new(None),
             relay_on_socket: AtomicBool::new(false),
+            gone_sources: Mutex::new(Vec::new()),
+            gone_count: AtomicUsize::new(0),
         };
         Ok((Arc::new(facade), side_rx))
     }
@@ -404,6 +416,59 @@ impl FogSocket {
         if let Some(aux) = orphan {
             self.aux.lock().unwrap_or_else(|p| p.into_inner()).remove(&aux);
         }
+    }
+
+    /// Sends from the node's socket. A QUIC server connection keeps the
+    /// local address its client first reached as the source of everything
+    /// it sends (quinn never updates it); when the host loses that address
+    /// (a new lease, another network) every such send would fail. Those go
+    /// without a source address instead, from whatever address routing
+    /// picks, and the peer's QUIC follows.
+    fn send_main(&self, transmit: &Transmit) -> io::Result<()> {
+        let gone = |ip: &IpAddr| {
+            self.gone_count.load(Ordering::Relaxed) > 0
+                && self.gone_sources.lock().unwrap_or_else(|p| p.into_inner()).contains(ip)
+        };
+        let stripped;
+        let transmit = match transmit.src_ip {
+            Some(ip) if gone(&ip) => {
+                stripped = Transmit { src_ip: None, ..*transmit };
+                &stripped
+            }
+            _ => transmit,
+        };
+        self.io.try_io(Interest::WRITABLE, || match self.state.try_send((&*self.io).into(), transmit) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            // The kernel refuses a source it does not have (EINVAL,
+            // EADDRNOTAVAIL or ENETUNREACH, by version): look it up only
+            // then, on this rare path.
+            Err(e) if transmit.src_ip.is_some_and(|ip| e.raw_os_error().is_some() && !is_local_address(ip)) => {
+                if let Some(ip) = transmit.src_ip {
+                    tracing::info!(%ip, "the host no longer has this address: sending from another");
+                    let mut gone = self.gone_sources.lock().unwrap_or_else(|p| p.into_inner());
+                    if !gone.contains(&ip) {
+                        gone.push(ip);
+                        self.gone_count.store(gone.len(), Ordering::Relaxed);
+                    }
+                }
+                // Like quinn-udp's own send: an error is a lost datagram.
+                self.state.send((&*self.io).into(), &Transmit { src_ip: None, ..*transmit })
+            }
+            // EMSGSIZE is expected for MTU probes; anything else is a loss
+            // QUIC recovers from (as quinn-udp's `send` treats it).
+            Err(e) => {
+                tracing::trace!(to = %transmit.destination, "send failed: {e}");
+                Ok(())
+            }
+        })
+    }
+
+    /// The host's addresses changed: sources marked gone may be back.
+    pub fn network_changed(&self) {
+        let mut gone = self.gone_sources.lock().unwrap_or_else(|p| p.into_inner());
+        gone.clear();
+        self.gone_count.store(0, Ordering::Relaxed);
     }
 
     /// Closes the extra sockets that are not in `keep` and carry no route.
@@ -587,17 +652,12 @@ impl AsyncUdpSocket for FogSocket {
         match self.routes.get(&transmit.destination) {
             Some(Route::Aux(aux)) => self.try_send_aux(aux, transmit, transmit.destination),
             Some(Route::Moved { to, aux: Some(aux), .. }) => self.try_send_aux(aux, transmit, to),
-            Some(Route::Moved { to, aux: None, .. }) => {
-                let moved = Transmit { destination: to, ..*transmit };
-                self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), &moved))
-            }
+            Some(Route::Moved { to, aux: None, .. }) => self.send_main(&Transmit { destination: to, ..*transmit }),
             Some(Route::Relay { peer }) => {
                 self.send_relay(peer, transmit);
                 Ok(())
             }
-            Some(Route::PeerRelay) | None => {
-                self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), transmit))
-            }
+            Some(Route::PeerRelay) | None => self.send_main(transmit),
         }
     }
 
