@@ -28,10 +28,10 @@ use tokio::time::Instant;
 use super::NodeInner;
 use super::link_watch::LinkWatch;
 use super::signaling::{offer, route_through_relay};
-use super::traversal::Session;
+use super::traversal::{Session, TraversalReport};
 use crate::signal::SignalError;
 use crate::signal::client::{PeerOffer, SignalClient};
-use crate::signal::protocol::CandidateKind;
+use crate::signal::protocol::{CandidateKind, Offer};
 use crate::transport::conn::PathKind;
 use crate::transport::identity::Fingerprint;
 use crate::transport::socket::Route;
@@ -167,54 +167,59 @@ async fn follow_the_peer_relay(inner: &Arc<NodeInner>, signal: &SignalClient, li
     }
 }
 
+/// Asks the peer again and runs the checks with it: their outcome and the
+/// peer's offer; `None` when the peer did not answer (or offers no checks)
+/// or the node shuts down.
+async fn check_again(
+    inner: &Arc<NodeInner>,
+    signal: &SignalClient,
+    link: &SupervisedLink,
+) -> Option<(Result<TraversalReport, String>, Offer)> {
+    let (session, PeerOffer { offer: answer, observed }) = ask_again(inner, signal, link).await?;
+    let remote_credentials = answer.checks.clone()?;
+    let checks = tokio::select! {
+        _ = inner.shutdown.cancelled() => return None,
+        checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
+    };
+    Some((checks, answer))
+}
+
 /// Runs the checks again for a silent direct link and moves it to the pair
 /// they select; with none, to the peer's relay.
 async fn find_a_new_path(inner: &Arc<NodeInner>, signal: &SignalClient, link: &SupervisedLink) {
-    let Some((session, PeerOffer { offer: answer, observed })) = ask_again(inner, signal, link).await else { return };
-    let Some(remote_credentials) = answer.checks.clone() else { return };
-    let checks = tokio::select! {
-        _ = inner.shutdown.cancelled() => return,
-        checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
-    };
-    match checks {
+    let Some((checks, answer)) = check_again(inner, signal, link).await else { return };
+    let reason = match checks {
         Ok(report) => {
-            let to = report.selected.remote;
-            move_link(inner, link, to);
-            tracing::info!(peer = %link.peer, path = %to, plan = %report.plan, "silent link: checks found a path");
+            move_link(inner, link, report.selected.remote);
+            tracing::info!(peer = %link.peer, path = %report.selected.remote, plan = %report.plan, "silent link: checks found a path");
+            return;
         }
-        Err(reason) => {
-            let relayed = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr);
-            let Some(target) = relayed else {
-                tracing::info!(peer = %link.peer, "silent link: no direct path ({reason}) and no relay offered");
-                return;
-            };
-            match route_through_relay(inner, target, link.named).await {
-                Ok(()) => {
-                    tracing::info!(peer = %link.peer, %target, "silent link: no direct path ({reason}); moved to the peer's relay");
-                    link.watch.look_now();
-                }
-                Err(why) => tracing::info!(peer = %link.peer, "silent link: no direct path ({reason}), and {why}"),
-            }
+        Err(reason) => reason,
+    };
+    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
+        tracing::info!(peer = %link.peer, "silent link: no direct path ({reason}) and no relay offered");
+        return;
+    };
+    match route_through_relay(inner, target, link.named).await {
+        Ok(()) => {
+            tracing::info!(peer = %link.peer, %target, "silent link: no direct path ({reason}); moved to the peer's relay");
+            link.watch.look_now();
         }
+        Err(why) => tracing::info!(peer = %link.peer, "silent link: no direct path ({reason}), and {why}"),
     }
 }
 
 /// Runs the checks again for a relayed link; moves it to the direct pair
 /// they find.
 async fn try_direct_path(inner: &Arc<NodeInner>, signal: &SignalClient, link: &SupervisedLink) {
-    let Some((session, PeerOffer { offer: answer, observed })) = ask_again(inner, signal, link).await else { return };
-    let Some(remote_credentials) = answer.checks.clone() else { return };
-    let checks = tokio::select! {
-        _ = inner.shutdown.cancelled() => return,
-        checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
-    };
-    match checks {
-        Ok(report) => {
+    match check_again(inner, signal, link).await {
+        Some((Ok(report), _)) => {
             let direct = report.selected.remote;
             move_link(inner, link, direct);
             tracing::info!(peer = %link.peer, named = %link.named, %direct, plan = %report.plan, "link moved from the relay to a direct path");
         }
-        Err(reason) => tracing::debug!(peer = %link.peer, "still no direct path: {reason}"),
+        Some((Err(reason), _)) => tracing::debug!(peer = %link.peer, "still no direct path: {reason}"),
+        None => {}
     }
 }
 
