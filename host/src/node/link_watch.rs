@@ -16,8 +16,8 @@ use crate::transport::socket::FogSocket;
 
 /// Events of one link not yet taken by a slow connection before the
 /// oldest are dropped (a connection that lags misses events, never
-/// messages).
-const LINK_EVENT_CAPACITY: usize = 16;
+/// messages). Links change rarely; every slot costs each link memory.
+const LINK_EVENT_CAPACITY: usize = 4;
 
 /// The events of one link and what its monitor knows.
 pub(super) struct LinkWatch {
@@ -119,7 +119,6 @@ pub(super) struct LinkMonitor {
     node_events: broadcast::Sender<NodeEvent>,
     liveness: Liveness,
     path: PathInfo,
-    fingerprint: String,
 }
 
 impl LinkMonitor {
@@ -136,9 +135,7 @@ impl LinkMonitor {
         let floor = min_silence(idle_timeout);
         let liveness = Liveness::new(Instant::now(), stats.udp_rx.datagrams, answer_eliciting(&stats.frame_tx), floor);
         let path = socket.path_info(quic.remote_address());
-        let fingerprint = crate::transport::identity::peer_fingerprint(quic)
-            .map_or_else(|| "unknown".to_string(), |f| format!("{}{f}", crate::transport::wire::KEY_ID_PREFIX));
-        Self { watch, socket, node_events, liveness, path, fingerprint }
+        Self { watch, socket, node_events, liveness, path }
     }
 
     /// Resolves when the path should be looked at before the next sample.
@@ -151,7 +148,7 @@ impl LinkMonitor {
         let path = self.socket.path_info(quic.remote_address());
         if path != self.path {
             let from = std::mem::replace(&mut self.path, path);
-            self.publish(NetworkEvent::PathChanged { from, to: path });
+            self.publish(quic, NetworkEvent::PathChanged { from, to: path });
         }
         let stats = quic.stats();
         let change = self.liveness.observe(
@@ -162,12 +159,16 @@ impl LinkMonitor {
         );
         if let Some(event) = change {
             self.watch.silent.store(self.liveness.is_silent(), Ordering::Release);
-            self.publish(event);
+            self.publish(quic, event);
         }
     }
 
-    fn publish(&self, event: NetworkEvent) {
-        let peer = self.watch.peer.get().cloned().unwrap_or_else(|| self.fingerprint.clone());
+    fn publish(&self, quic: &quinn::Connection, event: NetworkEvent) {
+        // A link no connection named yet is shown by its certificate.
+        let peer = self.watch.peer.get().cloned().unwrap_or_else(|| {
+            crate::transport::identity::peer_fingerprint(quic)
+                .map_or_else(|| "unknown".to_string(), |f| format!("{}{f}", crate::transport::wire::KEY_ID_PREFIX))
+        });
         tracing::info!(%peer, "{event}");
         let _ = self.node_events.send(NodeEvent::Link { peer, event: event.clone() });
         let _ = self.watch.events.send(event);
