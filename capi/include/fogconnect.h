@@ -284,6 +284,63 @@ int pr_fogconnect_set_listen(void* ctx, const char* addr);
 int pr_fogconnect_set_stun(void* ctx, const char* server);
 
 /*
+ * Network events. The original component reports every network signal as
+ * an event; its device SDK (iv_avt_event_e) defines PEER_ADDR_CHANGED 3,
+ * LOCAL_NET_READY 7 and LINK_DISCONNECT 8, kept here with their values.
+ * The others are extensions, from 0x100.
+ *
+ * Connection events (conn is the connection's handle, in order with its
+ * messages, never after its final notification):
+ *   PR_NET_EVENT_PEER_ADDR_CHANGED  its packets travel another way: the
+ *                                   peer's new address (its NAT rebound,
+ *                                   it moved), relayed <-> direct
+ *   PR_NET_EVENT_LINK_DISCONNECT    nothing arrived from the peer for a
+ *                                   while although this side sent: the node
+ *                                   looks for a new path; the connection
+ *                                   ends with PR_EVENT_TIMEOUT if the
+ *                                   keep-alive gives up first
+ *   PR_NET_EVENT_LINK_RECOVERED     packets arrive again
+ * Node events (conn NULL):
+ *   PR_NET_EVENT_LOCAL_NET_READY    the host's addresses changed; the node
+ *                                   classified its NAT again, registers
+ *                                   with signaling again and looks for
+ *                                   paths for its connections
+ *   PR_NET_EVENT_SIGNAL_UP          registered with signaling (also again
+ *                                   after a lost session)
+ *   PR_NET_EVENT_SIGNAL_LOST        the signaling session was lost (the
+ *                                   node reconnects; connections go on)
+ *   PR_NET_EVENT_NAT_CLASSIFIED     the NAT was classified (again)
+ *   PR_NET_EVENT_RELAY_ALLOCATED    a TURN relay allocation was made
+ *   PR_NET_EVENT_RELAY_LOST         the allocation failed or was lost (the
+ *                                   node retries)
+ */
+#define PR_NET_EVENT_PEER_ADDR_CHANGED 3
+#define PR_NET_EVENT_LOCAL_NET_READY 7
+#define PR_NET_EVENT_LINK_DISCONNECT 8
+#define PR_NET_EVENT_LINK_RECOVERED 0x100
+#define PR_NET_EVENT_SIGNAL_UP 0x101
+#define PR_NET_EVENT_SIGNAL_LOST 0x102
+#define PR_NET_EVENT_NAT_CLASSIFIED 0x103
+#define PR_NET_EVENT_RELAY_ALLOCATED 0x104
+#define PR_NET_EVENT_RELAY_LOST 0x105
+
+/*
+ * A network event callback: `ctx` the context, `conn` the connection it
+ * concerns or NULL, `event` a PR_NET_EVENT_* code, `detail` what happened
+ * in words (NUL-terminated, valid until the callback returns), `cbarg` as
+ * given to pr_fogconnect_set_event_callback. Runs on the context's
+ * callback thread like every other callback.
+ */
+typedef void pr_net_event_cb_t(void* ctx, void* conn, int event, const char* detail, void* cbarg);
+
+/*
+ * Sets (or, with NULL, removes) the context's network event callback.
+ * Set it before pr_init_signal to see the first registration. Returns 0,
+ * or -1 (invalid context).
+ */
+int pr_fogconnect_set_event_callback(void* ctx, pr_net_event_cb_t* cb, void* cbarg);
+
+/*
  * Keeps the context's key pair and certificate in the file `path`, so its
  * certificate fingerprint (which peers pin) survives restarts: read when
  * the file exists, else created readable by its owner only. A file others

@@ -22,6 +22,15 @@ pub(crate) enum Dispatch {
     Message(Arc<ConnEntry>, Bytes),
     /// A receive callback was set: deliver held messages.
     Flush(Arc<ConnEntry>),
+    /// A network event: of a connection (`entry`), or of the node.
+    Network {
+        /// The connection it concerns, `None` for the node's own.
+        entry: Option<Arc<ConnEntry>>,
+        /// The `PR_NET_EVENT_*` code.
+        code: c_int,
+        /// What happened, in words.
+        detail: String,
+    },
     /// The connection ended (or its connect failed, `connected` false):
     /// its one final notification.
     Ended {
@@ -83,6 +92,18 @@ fn dispatch(event: Dispatch, context: &Context, buffer: &mut Vec<u8>) {
         }
         Dispatch::Flush(entry) => {
             flush(&entry, buffer);
+        }
+        Dispatch::Network { entry, code, detail } => {
+            if entry.as_ref().is_some_and(|entry| entry.state().ended) {
+                return;
+            }
+            let Some((callback, cbarg)) = context.event_callback() else { return };
+            // Network text holds no NUL; a stray one would only cut it short.
+            let detail = std::ffi::CString::new(detail.replace('\0', " ")).unwrap_or_default();
+            let conn = entry.map_or(std::ptr::null_mut(), |entry| to_ptr(entry.handle));
+            // SAFETY: a C function pointer the application gave for this
+            // signature; the text lives until it returns.
+            unsafe { callback(to_ptr(context.handle), conn, code, detail.as_ptr(), to_ptr(cbarg)) };
         }
         Dispatch::Ended { entry, event, reason, connected } => {
             flush(&entry, buffer);

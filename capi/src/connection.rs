@@ -6,7 +6,7 @@ use std::ffi::{c_int, c_short, c_void};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use fogconnect::{CloseKind, Connection, ConnectionEvent, ConnectionSender, Node, Transport};
+use fogconnect::{CloseKind, Connection, ConnectionActivity, ConnectionSender, Node, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -175,13 +175,19 @@ async fn run_open(entry: Arc<ConnEntry>, mut conn: Connection, events: mpsc::Sen
                 let _ = events.send(Dispatch::Ended { entry, event, reason, connected: true }).await;
                 return;
             }
-            event = conn.recv() => match event {
-                ConnectionEvent::Message(data) => {
+            event = conn.next_activity() => match event {
+                ConnectionActivity::Message(data) => {
                     if events.send(Dispatch::Message(entry.clone(), data)).await.is_err() {
                         return;
                     }
                 }
-                ConnectionEvent::Closed(reason) => {
+                ConnectionActivity::Network(event) => {
+                    let (code, detail) = crate::events::code_of_network(&event);
+                    if events.send(Dispatch::Network { entry: Some(entry.clone()), code, detail }).await.is_err() {
+                        return;
+                    }
+                }
+                ConnectionActivity::Closed(reason) => {
                     let event = event_of(reason.kind);
                     let _ = events
                         .send(Dispatch::Ended { entry, event, reason: reason.to_string(), connected: true })

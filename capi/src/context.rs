@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::callbacks::{self, Dispatch};
 use crate::connection::{self, ConnEntry, ConnState, ConnectCallback, EVENT_EOF};
+use crate::events::EventCallback;
 use crate::handles::{CONNECTIONS, CONTEXTS, next_handle};
 
 /// How long `pr_init_signal` waits for the registration.
@@ -70,7 +71,7 @@ pub(crate) struct SignalTarget {
 
 /// One context.
 pub(crate) struct Context {
-    handle: usize,
+    pub(crate) handle: usize,
     runtime: tokio::runtime::Handle,
     settings: Mutex<Settings>,
     node: OnceLock<Node>,
@@ -78,6 +79,8 @@ pub(crate) struct Context {
     starting: Mutex<()>,
     passive: Mutex<Passive>,
     events: Mutex<Option<mpsc::Sender<Dispatch>>>,
+    /// `pr_fogconnect_set_event_callback`'s callback and argument.
+    event_callback: Mutex<Option<(EventCallback, usize)>>,
     released: CancellationToken,
     connections: Mutex<HashSet<usize>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -122,6 +125,7 @@ impl Context {
             starting: Mutex::new(()),
             passive: Mutex::new(Passive::default()),
             events: Mutex::new(Some(tx)),
+            event_callback: Mutex::new(None),
             released: CancellationToken::new(),
             connections: Mutex::new(HashSet::new()),
             thread: Mutex::new(None),
@@ -141,6 +145,42 @@ impl Context {
     /// The node, once started.
     pub(crate) fn node(&self) -> Option<Node> {
         self.node.get().cloned()
+    }
+
+    /// The network event callback and its argument.
+    pub(crate) fn event_callback(&self) -> Option<(EventCallback, usize)> {
+        *lock(&self.event_callback)
+    }
+
+    /// `pr_fogconnect_set_event_callback`.
+    pub(crate) fn set_event_callback(&self, callback: Option<(EventCallback, usize)>) {
+        *lock(&self.event_callback) = callback;
+    }
+
+    /// Passes the node's own network events to the callback thread until
+    /// the context is released (subscribed before the node starts, so the
+    /// first registration is reported too).
+    fn forward_node_events(&self, mut events: tokio::sync::broadcast::Receiver<fogconnect::NodeEvent>) {
+        let Ok(dispatch) = self.sender() else { return };
+        let released = self.released.clone();
+        self.runtime.spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = released.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(event) => {
+                        let Some((code, detail)) = crate::events::code_of_node(&event) else { continue };
+                        if dispatch.send(Dispatch::Network { entry: None, code, detail }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// The passive callback.
@@ -258,7 +298,9 @@ impl Context {
             Some(_) => Some(builder.incoming_default().map_err(|e| e.to_string())?),
             None => None,
         };
+        let events = builder.events();
         let node = self.runtime.block_on(builder.start()).map_err(|e| format!("cannot start: {e}"))?;
+        self.forward_node_events(events);
         let _ = self.node.set(node.clone());
         if let Some(incoming) = incoming {
             passive.accepting = Some(self.accept(incoming));

@@ -17,6 +17,7 @@
 mod callbacks;
 mod connection;
 mod context;
+mod events;
 mod guard;
 mod handles;
 
@@ -405,6 +406,23 @@ pub unsafe extern "C" fn pr_fogconnect_set_stun(ctx: *mut c_void, server: *const
         // SAFETY: the caller's contract.
         let server = unsafe { text_arg(server, "server") }?;
         context.set_stun(server)
+    })
+}
+
+/// Extension `pr_fogconnect_set_event_callback`.
+///
+/// # Safety
+/// `callback` is NULL or a function of the documented signature.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_fogconnect_set_event_callback(
+    ctx: *mut c_void,
+    callback: Option<events::EventCallback>,
+    cbarg: *mut c_void,
+) -> c_int {
+    let cbarg = cbarg as usize;
+    with_context(ctx, |context| {
+        context.set_event_callback(callback.map(|callback| (callback, cbarg)));
+        Ok(())
     })
 }
 

@@ -790,6 +790,40 @@ static void identity(void)
     rmdir(dir);
 }
 
+/* Network events: registration reported through the event callback. */
+static int signal_ups;
+static int foreign_events;
+
+static void on_net_event(void* ctx, void* conn, int event, const char* detail, void* cbarg)
+{
+    pthread_mutex_lock(&lock);
+    if (cbarg != &signal_ups || detail == NULL)
+        foreign_events++;
+    else if (event == PR_NET_EVENT_SIGNAL_UP && conn == NULL && ctx != NULL && strstr(detail, "registered") != NULL)
+        signal_ups++;
+    pthread_mutex_unlock(&lock);
+    notify();
+}
+
+static void events(void)
+{
+    CHECK(pr_fogconnect_set_event_callback(NULL, on_net_event, NULL) == -1, "NULL context");
+    char id[128];
+    id_of(id, "device");
+    void* ctx = pr_fogconnect_init();
+    CHECK(pr_fogconnect_set_listen(ctx, "127.0.0.1:0") == 0, "listen");
+    CHECK(pr_fogconnect_set_token(ctx, token_for(id)) == 0, "token");
+    CHECK(pr_fogconnect_set_event_callback(ctx, on_net_event, &signal_ups) == 0, "event callback");
+    set_id(id);
+    struct pr_signal_server info = signal_info(ctx);
+    CHECK(pr_init_signal(&info) == 0, "not registered: %s", pr_errno_mgs(NULL));
+    WAIT_FOR(signal_ups == 1, "no PR_NET_EVENT_SIGNAL_UP");
+    CHECK(foreign_events == 0, "%d events with another argument", foreign_events);
+    /* Removed: no more calls. */
+    CHECK(pr_fogconnect_set_event_callback(ctx, NULL, NULL) == 0, "remove");
+    pr_fogconnect_release(ctx);
+}
+
 /* For the harness: a C device a Rust node connects to. Prints "ready",
  * serves until its one connection ended, prints how, and exits. */
 static void serve_for_rust(void)
@@ -830,6 +864,7 @@ int main(int argc, char** argv)
         { "plugin", plugin },
         { "signal_unreachable", signal_unreachable },
         { "identity", identity },
+        { "events", events },
         { "serve_for_rust", serve_for_rust },
         { "connect_rust", connect_rust },
     };

@@ -323,6 +323,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     plugins: Vec<(u8, PluginSource)>,
     dispatcher: Arc<Dispatcher>,
+    events: broadcast::Sender<NodeEvent>,
 }
 
 impl NodeBuilder {
@@ -344,6 +345,12 @@ impl NodeBuilder {
     /// [`NodeError::DefaultTaken`] when there is one already.
     pub fn incoming_default(&self) -> Result<Incoming, NodeError> {
         native(&self.dispatcher, NativeSlot::Default)
+    }
+
+    /// The node's events (see [`Node::events`]) from the moment it starts,
+    /// so the first registration and classification are not missed.
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
     }
 
     /// Sets the node id.
@@ -437,7 +444,7 @@ impl NodeBuilder {
     /// [`NodeError`] when the socket cannot be bound, the id is invalid or a
     /// plugin cannot be loaded.
     pub async fn start(self) -> Result<Node, NodeError> {
-        let NodeBuilder { mut config, plugins, dispatcher } = self;
+        let NodeBuilder { mut config, plugins, dispatcher, events } = self;
         let identity = match &config.identity_file {
             Some(path) => {
                 let (identity, source) = Identity::load_or_create(path)?;
@@ -522,7 +529,7 @@ impl NodeBuilder {
             links: links::Links::default(),
             next_id: AtomicU64::new(1),
             plugin_events,
-            events: broadcast::channel(node_events::NODE_EVENT_CAPACITY).0,
+            events,
             shutdown,
             conn_limits,
             socket,
@@ -604,7 +611,12 @@ fn relay_servers(
 impl Node {
     /// A builder with the default configuration.
     pub fn builder() -> NodeBuilder {
-        NodeBuilder { config: NodeConfig::default(), plugins: Vec::new(), dispatcher: Arc::default() }
+        NodeBuilder {
+            config: NodeConfig::default(),
+            plugins: Vec::new(),
+            dispatcher: Arc::default(),
+            events: broadcast::channel(node_events::NODE_EVENT_CAPACITY).0,
+        }
     }
 
     /// Serves `service` natively, with the same semantics a plugin gets:
@@ -695,7 +707,7 @@ impl Node {
     /// signaling session up and lost, NAT classification, relay
     /// allocation, presence (once [`Node::presence`] subscribed to it),
     /// and what changes under each link (path, silence, recovery), with
-    /// the peer it concerns. A subscriber that falls more than 1,024
+    /// the peer it concerns. A subscriber that falls more than 256
     /// events behind misses the oldest (`RecvError::Lagged`).
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.inner.events.subscribe()

@@ -11,8 +11,9 @@ use crate::events::NodeEvent;
 use crate::signal::client::SignalStatus;
 
 /// Events of the node not yet taken by a slow subscriber before the oldest
-/// are dropped.
-pub(super) const NODE_EVENT_CAPACITY: usize = 1024;
+/// are dropped (the channel's slots are allocated up front; events are
+/// rare).
+pub(super) const NODE_EVENT_CAPACITY: usize = 256;
 
 /// Publishes the changes of the signaling status, the classification, the
 /// relay allocation and presence until the node shuts down.
