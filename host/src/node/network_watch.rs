@@ -19,6 +19,12 @@ use crate::events::NodeEvent;
 /// How often the host's addresses are read.
 pub(super) const NETWORK_POLL: Duration = Duration::from_secs(1);
 
+/// How long a change is left to settle before the node adapts: a new
+/// lease adds one address and removes another a moment later, and an
+/// interface that comes up gets its addresses one by one. One adaptation
+/// (one re-registration, one classification) covers them all.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// The host's addresses that can carry traffic to peers (loopback and
 /// IPv6 link-local left out); `None` when they cannot be read.
 fn addresses() -> Option<BTreeSet<IpAddr>> {
@@ -57,9 +63,22 @@ pub(super) async fn watch(inner: Arc<NodeInner>) {
             _ = ticks.tick() => {}
         }
         let Some(now) = addresses() else { continue };
-        let Some(before) = known.replace(now.clone()) else { continue };
-        let Some(change) = change(&before, &now) else { continue };
-        adapt(&inner, change, now.into_iter().collect());
+        let Some(before) = known.clone() else {
+            known = Some(now);
+            continue;
+        };
+        if change(&before, &now).is_none() {
+            continue;
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SETTLE) => {}
+        }
+        let now = addresses().unwrap_or(now);
+        known = Some(now.clone());
+        if let Some(change) = change(&before, &now) {
+            adapt(&inner, change, now.into_iter().collect());
+        }
     }
 }
 
