@@ -3,7 +3,7 @@
 //! (signaling session, NAT classification, relay allocation, presence).
 //!
 //! Connection events arrive in order with the connection's messages
-//! ([`crate::Connection::next_event`], plugins on a contract with events);
+//! ([`crate::Connection::next_activity`]; the C API's event callback);
 //! node events, the connection ones included with the peer they concern,
 //! come from [`crate::Node::events`].
 

@@ -130,7 +130,7 @@ impl Connection {
 
     /// The next message, or the reason the connection ended. Messages that
     /// arrived before the end are always yielded first. Network events are
-    /// passed by (see [`Connection::next_event`]).
+    /// passed by (see [`Connection::next_activity`]).
     pub async fn recv(&mut self) -> ConnectionEvent {
         loop {
             match self.next_activity().await {
