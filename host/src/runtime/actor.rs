@@ -659,6 +659,10 @@ impl Actor {
         let service = self.service();
         let crashes = self.status.crashes.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(service, crashes, "plugin failed: {message}");
+        // Not serving from here on, before anyone sees a connection fail:
+        // whoever saw the failure and then finds the service running sees
+        // the restarted (or rolled back) plugin, never the gap.
+        self.status.set_state(PluginRunState::Restarting);
         if let Some(mut instance) = self.instance.take() {
             let conns = instance.store.data_mut().take_conns();
             for entry in conns.into_values() {
