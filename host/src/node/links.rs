@@ -131,7 +131,7 @@ pub(super) async fn link(
     }
     let config = inner
         .identity
-        .client_config(expected, inner.transport.clone())
+        .client_config(expected, inner.dial_transport(addr))
         .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
     let connecting = inner
         .endpoint
@@ -161,7 +161,18 @@ pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
         let Some(incoming) = incoming else { return };
         let inner = inner.clone();
         tokio::spawn(async move {
-            match incoming.await {
+            // A caller the checks just measured gets its handshake
+            // retransmissions timed from that round trip.
+            let measured = inner.measured_transport(incoming.remote_address());
+            let connecting = match measured.map(|t| inner.identity.server_config(t)) {
+                Some(Ok(config)) => incoming.accept_with(Arc::new(config)),
+                _ => incoming.accept(),
+            };
+            let connected = match connecting {
+                Ok(connecting) => connecting.await,
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok(conn) => {
                     tracing::debug!(remote = %conn.remote_address(), "link accepted");
                     let watch = inner.links.watches.of(&conn);

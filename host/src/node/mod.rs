@@ -286,6 +286,9 @@ pub(crate) struct NodeInner {
     dialing: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     /// Refusals sent per caller (see [`signaling::refuse`]).
     refusals: Mutex<crate::limits::RateTable<String>>,
+    /// Round-trip times the connectivity checks measured to addresses
+    /// about to be dialled (see [`NodeInner::dial_rtt`]).
+    measured_rtts: Mutex<HashMap<SocketAddr, Duration>>,
     weak_self: Weak<NodeInner>,
 }
 
@@ -475,16 +478,7 @@ impl NodeBuilder {
         };
         let traversal = traversal::Traversal::new(socket.clone(), stun, config.stun_retransmit, config.checks);
 
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(config.keep_alive_interval));
-        let idle = quinn::IdleTimeout::try_from(config.idle_timeout())
-            .map_err(|_| NodeError::InvalidConfig("keep-alive interval × attempts out of range".into()))?;
-        transport.max_idle_timeout(Some(idle));
-        // Raised per link as its connections need (see links::serve_link).
-        transport.max_concurrent_bidi_streams(links::INITIAL_LINK_STREAMS.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
-        let transport = Arc::new(transport);
+        let transport = Arc::new(transport_config(&config, None)?);
         let server_config = identity.server_config(transport.clone())?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         // The socket facade demultiplexes by the first byte, which needs
@@ -542,6 +536,7 @@ impl NodeBuilder {
             peer_fingerprints: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
             refusals: Mutex::new(signaling::refusal_budget()),
+            measured_rtts: Mutex::new(HashMap::new()),
             weak_self: weak_self.clone(),
         });
         if inner.signal.is_some() {
@@ -566,6 +561,25 @@ impl NodeBuilder {
         tracing::info!(id = %node.id(), addr = %node.local_addr(), fingerprint = %node.fingerprint(), "node started");
         Ok(node)
     }
+}
+
+/// The QUIC transport settings of the node's links; `initial_rtt` for a
+/// dial whose path the connectivity checks measured (quinn's default
+/// otherwise).
+fn transport_config(config: &NodeConfig, initial_rtt: Option<Duration>) -> Result<quinn::TransportConfig, NodeError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(config.keep_alive_interval));
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout())
+        .map_err(|_| NodeError::InvalidConfig("keep-alive interval × attempts out of range".into()))?;
+    transport.max_idle_timeout(Some(idle));
+    // Raised per link as its connections need (see links::serve_link).
+    transport.max_concurrent_bidi_streams(links::INITIAL_LINK_STREAMS.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
+    if let Some(rtt) = initial_rtt {
+        transport.initial_rtt(rtt);
+    }
+    Ok(transport)
 }
 
 fn native(dispatcher: &Arc<Dispatcher>, slot: NativeSlot) -> Result<Incoming, NodeError> {
@@ -852,6 +866,33 @@ impl Node {
 impl NodeInner {
     fn next_connection_id(&self) -> ConnectionId {
         ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Remembers the round trip the checks measured to `addr`, for the
+    /// dial that follows.
+    fn remember_rtt(&self, addr: SocketAddr, rtt: Duration) {
+        let mut rtts = self.measured_rtts.lock().unwrap_or_else(|p| p.into_inner());
+        if rtts.len() >= 1024 {
+            rtts.clear();
+        }
+        rtts.insert(addr, rtt);
+    }
+
+    /// The QUIC transport settings of a dial to `addr`: with the first
+    /// retransmission timed from the round trip the checks measured, if
+    /// they did (twice it, 10 ms at least, quinn's 333 ms at most), rather
+    /// than from quinn's default guess, which on a lossy path costs a
+    /// second per lost handshake packet.
+    fn dial_transport(&self, addr: SocketAddr) -> Arc<quinn::TransportConfig> {
+        self.measured_transport(addr).unwrap_or_else(|| self.transport.clone())
+    }
+
+    /// The transport settings for a handshake with `addr` when the checks
+    /// measured its round trip (see [`NodeInner::dial_transport`]).
+    fn measured_transport(&self, addr: SocketAddr) -> Option<Arc<quinn::TransportConfig>> {
+        let measured = self.measured_rtts.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr)?;
+        let initial = (measured * 2).clamp(Duration::from_millis(10), Duration::from_millis(333));
+        transport_config(&self.config, Some(initial)).ok().map(Arc::new)
     }
 
     /// The gate connects to `peer` by id pass one at a time until a link

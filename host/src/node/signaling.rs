@@ -182,13 +182,19 @@ async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     signal.answer(&request, answer).await;
     let Some(remote_credentials) = request.offer.checks.clone() else { return };
     match inner.traversal.run_checks(session, &request.offer, request.observed, remote_credentials, false).await {
-        Ok(report) => tracing::debug!(
-            peer = %request.from,
-            remote = %report.selected.remote,
-            plan = %report.plan,
-            probes = report.stats.probes_sent,
-            "checks selected a pair"
-        ),
+        Ok(report) => {
+            if let Some(rtt) = report.selected.rtt {
+                // The caller dials QUIC on this pair next.
+                inner.remember_rtt(report.selected.remote, rtt);
+            }
+            tracing::debug!(
+                peer = %request.from,
+                remote = %report.selected.remote,
+                plan = %report.plan,
+                probes = report.stats.probes_sent,
+                "checks selected a pair"
+            )
+        }
         Err(reason) => tracing::info!(peer = %request.from, "no direct path: {reason}"),
     }
 }
@@ -255,7 +261,12 @@ pub(super) async fn open_by_id(
                 checks = inner.traversal.run_checks(session, &answer, observed, remote_credentials, true) => checks,
             };
             match checks {
-                Ok(report) => (report.selected.remote, Some(report), false),
+                Ok(report) => {
+                    if let Some(rtt) = report.selected.rtt {
+                        inner.remember_rtt(report.selected.remote, rtt);
+                    }
+                    (report.selected.remote, Some(report), false)
+                }
                 Err(reason) => (relay_path(inner, peer, &answer, &reason).await?, None, true),
             }
         }
