@@ -166,6 +166,14 @@ pub struct Offer {
     pub checks: Option<CheckCredentials>,
 }
 
+impl Offer {
+    /// The address of the first candidate of `kind`, if the offer has one
+    /// (e.g. the peer's relayed address).
+    pub fn address_of(&self, kind: CandidateKind) -> Option<SocketAddr> {
+        self.candidates.iter().find(|c| c.kind == kind).map(|c| c.addr)
+    }
+}
+
 /// A TURN relay and time-limited credentials for it (coturn's
 /// `use-auth-secret` scheme: the user name is `<expiry>:<node id>`, the
 /// password the base64 HMAC-SHA1 of the user name under the secret the
@@ -443,6 +451,13 @@ mod tests {
             }),
             checks: Some(CheckCredentials { ufrag: "abcd".into(), pwd: "p".repeat(22) }),
         }
+    }
+
+    #[test]
+    fn an_offer_names_its_first_candidate_of_a_kind() {
+        let offer = offer();
+        assert_eq!(offer.address_of(CandidateKind::ServerReflexive), "[2001:db8::1]:7700".parse().ok());
+        assert_eq!(offer.address_of(CandidateKind::Relayed), None);
     }
 
     #[test]

@@ -150,7 +150,7 @@ async fn ask_again(
 /// Moves a silent relayed link to the peer's current relayed address.
 async fn follow_the_peer_relay(inner: &Arc<NodeInner>, signal: &SignalClient, link: &SupervisedLink) {
     let Some((_session, PeerOffer { offer: answer, .. })) = ask_again(inner, signal, link).await else { return };
-    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
+    let Some(target) = answer.address_of(CandidateKind::Relayed) else {
         tracing::info!(peer = %link.peer, "the peer has no relay allocation now; the link may end");
         return;
     };
@@ -196,7 +196,7 @@ async fn find_a_new_path(inner: &Arc<NodeInner>, signal: &SignalClient, link: &S
         }
         Err(reason) => reason,
     };
-    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
+    let Some(target) = answer.address_of(CandidateKind::Relayed) else {
         tracing::info!(peer = %link.peer, "silent link: no direct path ({reason}) and no relay offered");
         return;
     };

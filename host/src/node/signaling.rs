@@ -305,7 +305,7 @@ async fn relay_path(
     answer: &Offer,
     reason: &str,
 ) -> Result<SocketAddr, ConnectError> {
-    let Some(target) = answer.candidates.iter().find(|c| c.kind == CandidateKind::Relayed).map(|c| c.addr) else {
+    let Some(target) = answer.address_of(CandidateKind::Relayed) else {
         return Err(ConnectError::NoPath(format!(
             "{reason}; {peer} offers no relayed candidate (it has no TURN relay allocation)"
         )));

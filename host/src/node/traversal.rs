@@ -368,7 +368,7 @@ impl Traversal {
         vouched: Option<std::net::IpAddr>,
         count: u16,
     ) -> Vec<AuxId> {
-        let public = remote.candidates.iter().find(|c| c.kind == CandidateKind::ServerReflexive).map(|c| c.addr.ip());
+        let public = remote.address_of(CandidateKind::ServerReflexive).map(|a| a.ip());
         if vouched.is_none() || public != vouched {
             tracing::debug!(peer = %session.peer, "no birthday listening: the peer's public IP is not vouched for");
             return Vec::new();
