@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::broadcast;
+
 use crate::nat::classify::NatReport;
 use crate::node::RelayStatus;
 use crate::transport::conn::PathKind;
@@ -146,6 +148,21 @@ impl std::fmt::Display for NodeEvent {
                 write!(f, "presence: {peer} {}", if *online { "online" } else { "offline" })
             }
             NodeEvent::Link { peer, event } => write!(f, "link to {peer}: {event}"),
+        }
+    }
+}
+
+/// The next value of `receiver`, skipping what it missed by falling behind
+/// (events are signals: a late subscriber wants the newest, not an error);
+/// `None` once the sender is gone.
+pub(crate) async fn recv_skipping_lag<T: Clone>(receiver: &mut broadcast::Receiver<T>) -> Option<T> {
+    loop {
+        match receiver.recv().await {
+            Ok(value) => return Some(value),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "a slow receiver missed events");
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
         }
     }
 }

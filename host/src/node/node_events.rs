@@ -92,11 +92,5 @@ async fn next_presence(
     presence: Option<&mut broadcast::Receiver<crate::signal::client::PresenceEvent>>,
 ) -> Option<crate::signal::client::PresenceEvent> {
     let Some(presence) = presence else { return std::future::pending().await };
-    loop {
-        match presence.recv().await {
-            Ok(event) => return Some(event),
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return None,
-        }
-    }
+    crate::events::recv_skipping_lag(presence).await
 }

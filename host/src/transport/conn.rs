@@ -663,13 +663,10 @@ async fn read_loop(
 /// The next event of the link, for as long as it has any; pends forever
 /// after (a lagging connection skips the events it missed).
 async fn next_link_event(events: &mut Option<broadcast::Receiver<NetworkEvent>>) -> NetworkEvent {
-    while let Some(receiver) = events {
-        match receiver.recv().await {
-            Ok(event) => return event,
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::debug!(missed, "a slow connection missed link events");
-            }
-            Err(broadcast::error::RecvError::Closed) => *events = None,
+    if let Some(receiver) = events {
+        match crate::events::recv_skipping_lag(receiver).await {
+            Some(event) => return event,
+            None => *events = None,
         }
     }
     std::future::pending().await
