@@ -60,10 +60,9 @@ pub(super) async fn supervise(inner: Arc<NodeInner>, link: SupervisedLink) {
     let mut next_recheck = Instant::now() + recheck_every;
     let mut next_repair = Instant::now();
     loop {
-        let silent = link.watch.is_silent();
         // Wake at least every keep-alive interval to notice the link's end.
         let mut wake = Instant::now() + inner.config.keep_alive_interval;
-        if silent {
+        if link.watch.is_silent() {
             wake = wake.min(next_repair);
         } else if link.recheck {
             wake = wake.min(next_recheck);
@@ -81,36 +80,43 @@ pub(super) async fn supervise(inner: Arc<NodeInner>, link: SupervisedLink) {
         }
         let relayed = inner.socket.path_kind(link.named) == PathKind::Relayed;
         let now = Instant::now();
-        if now_wanted {
-            // The network changed: the path may be gone before the link
-            // notices; look for the best one now.
-            tracing::info!(peer = %link.peer, "the network changed: looking for a path");
-            if relayed {
-                follow_the_peer_relay(&inner, &signal, &link).await;
-                if link.recheck {
-                    try_direct_path(&inner, &signal, &link).await;
-                }
-            } else {
-                find_a_new_path(&inner, &signal, &link).await;
-            }
+        let silent = link.watch.is_silent();
+        if now_wanted || (silent && now >= next_repair) {
+            repair(&inner, &signal, &link, relayed, now_wanted).await;
             next_repair = Instant::now() + REPAIR_RETRY;
-        } else if link.watch.is_silent() {
-            if now >= next_repair {
-                if relayed {
-                    if let Some(own) = &inner.relay {
-                        // This node's own allocation may be gone too.
-                        own.verify();
-                    }
-                    follow_the_peer_relay(&inner, &signal, &link).await;
-                } else {
-                    find_a_new_path(&inner, &signal, &link).await;
-                }
-                next_repair = Instant::now() + REPAIR_RETRY;
-            }
-        } else if relayed && link.recheck && now >= next_recheck {
+        } else if !silent && relayed && link.recheck && now >= next_recheck {
             next_recheck = now + recheck_every;
             try_direct_path(&inner, &signal, &link).await;
         }
+    }
+}
+
+/// Looks for a path for a silent link, or for any link after the network
+/// changed (`network_changed`: the path may be gone before the link
+/// notices): a direct link checks again (falling back to the peer's
+/// relay), a relayed one follows the peer's relay, and after a network
+/// change also tries a direct path at once.
+async fn repair(
+    inner: &Arc<NodeInner>,
+    signal: &SignalClient,
+    link: &SupervisedLink,
+    relayed: bool,
+    network_changed: bool,
+) {
+    if network_changed {
+        tracing::info!(peer = %link.peer, "the network changed: looking for a path");
+    }
+    if !relayed {
+        return find_a_new_path(inner, signal, link).await;
+    }
+    if !network_changed && let Some(own) = &inner.relay {
+        // A silent relayed link: this node's own allocation may be gone
+        // too (after a network change the node checks it already).
+        own.verify();
+    }
+    follow_the_peer_relay(inner, signal, link).await;
+    if network_changed && link.recheck {
+        try_direct_path(inner, signal, link).await;
     }
 }
 
