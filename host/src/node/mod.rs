@@ -287,7 +287,7 @@ pub(crate) struct NodeInner {
     /// Refusals sent per caller (see [`signaling::refuse`]).
     refusals: Mutex<crate::limits::RateTable<String>>,
     /// Round-trip times the connectivity checks measured to addresses
-    /// about to be dialled (see [`NodeInner::dial_rtt`]).
+    /// about to be dialled (see [`NodeInner::measured_transport`]).
     measured_rtts: Mutex<HashMap<SocketAddr, Duration>>,
     weak_self: Weak<NodeInner>,
 }
