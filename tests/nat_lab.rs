@@ -332,7 +332,9 @@ fn numbered_messages_across(
 /// A pair that starts relayed (a firewall on A's router drops UDP between
 /// the two NATs) moves to a direct path when the rule is removed, while
 /// numbered messages keep flowing on the one connection: none lost, none
-/// duplicated, order kept, no close.
+/// duplicated, order kept, no close. Both ends are told once, with the new
+/// path: the caller's application, and the callee's plugin (on the
+/// `fogconnect:plugin@0.2.0` contract, which echoes the messages).
 #[test]
 fn relayed_connection_moves_to_direct_when_a_path_opens() -> anyhow::Result<()> {
     natlab::lab_available()?;
@@ -340,15 +342,28 @@ fn relayed_connection_moves_to_direct_when_a_path_opens() -> anyhow::Result<()> 
     lab.block_direct_path()?;
     let url = lab.start_servers()?;
     let fast = ["--punch-budget-ms", "1000", "--recheck-ms", "300"];
-    lab.start_echo_node("host-b", &url, &fast)?;
+    let events_plugin = format!("2={}", common::plugin("test-events").display());
+    lab.start_echo_node("host-b", &url, &[&fast[..], &["--plugin", &events_plugin]].concat())?;
+    let client = [&fast[..], &["--service", "2"]].concat();
     let (finished, events) =
-        numbered_messages_across(&mut lab, &url, "relayed", &fast, |lab| lab.unblock_direct_path())?;
+        numbered_messages_across(&mut lab, &url, "relayed", &client, |lab| lab.unblock_direct_path())?;
     ensure!(finished.contains("path direct WAN"), "the connection did not move to the direct path: {finished}");
     // The connection was told once, with the new path.
     let moves: Vec<&String> = events.iter().filter(|e| e.contains("path changed")).collect();
     ensure!(
         moves.len() == 1 && moves[0].contains("from relayed") && moves[0].contains("to direct WAN 203.0.113.22:"),
         "{events:?}"
+    );
+    // So was the plugin serving the other end: one path event, relayed to
+    // direct, to A's public address.
+    let report = lab.send_once(&url, &["--service", "2"], "report")?;
+    println!("{report}");
+    let plugin_moves: Vec<&str> = report.lines().filter(|l| l.starts_with("net ") && l.contains(" path ")).collect();
+    ensure!(
+        plugin_moves.len() == 1
+            && plugin_moves[0].contains(" path relayed ")
+            && plugin_moves[0].contains(" -> direct 203.0.113.21:"),
+        "{report}"
     );
     Ok(())
 }

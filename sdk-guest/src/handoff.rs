@@ -69,3 +69,23 @@ pub trait Handoff: Default + 'static {
     /// keeps serving.
     fn restore(&mut self, state: Vec<u8>) -> Result<(), String>;
 }
+
+/// Exports the [`Handoff`] implementation of the plugin held in the
+/// thread-local `$instance` from the export type `$export`. Used by
+/// [`export_service!`](crate::export_service) and the other export macros.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_handoff {
+    ($export:ident, $instance:ident) => {
+        impl $crate::handoff::bindings::exports::fogconnect::handoff::state::Guest for $export {
+            fn snapshot() -> ::std::vec::Vec<u8> {
+                $instance.with(|p| $crate::handoff::Handoff::snapshot(&mut *p.borrow_mut()))
+            }
+            fn restore(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
+                $instance.with(|p| $crate::handoff::Handoff::restore(&mut *p.borrow_mut(), state))
+            }
+        }
+
+        $crate::handoff::bindings::__export_handoff_world!($export with_types_in $crate::handoff::bindings);
+    };
+}

@@ -28,9 +28,19 @@
 //! A service whose state should survive a live swap of its plugin also
 //! implements [`handoff::Handoff`] and is exported with
 //! `export_service!(Type, handoff)`.
+//!
+//! The API at the top of this crate is the `fogconnect:plugin@0.1.0`
+//! contract. A plugin that wants network and node events (a connection's
+//! path changed, its link went silent or recovered; signaling, NAT, relay,
+//! addresses, presence of watched peers) uses [`v0_2`] instead: the same
+//! API plus those events, exported with
+//! [`export_service_0_2!`](crate::export_service_0_2).
 
+#[macro_use]
+mod connection_api;
 pub mod handoff;
 pub mod stream;
+pub mod v0_2;
 
 /// Generated bindings of the `fogconnect:plugin/service` world. Plugins do not
 /// need them directly; they are public for the [`export_service!`] macro.
@@ -53,116 +63,12 @@ pub use types::{
     CloseKind, CloseReason, ConnError, ConnectError, ConnectInfo, ConnectionStats, LogLevel, PathKind, Transport,
 };
 
-/// One connection of this plugin's service.
-///
-/// A cheap copyable handle; it stays valid until [`Service::on_close`] was
-/// called for it, after which every method returns
-/// [`ConnError::UnknownConnection`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Connection(u64);
-
-impl Connection {
-    /// Wraps a raw handle given by the node.
-    pub fn from_raw(handle: u64) -> Self {
-        Self(handle)
-    }
-
-    /// The raw handle, e.g. as a map key.
-    pub fn raw(self) -> u64 {
-        self.0
-    }
-
-    /// Queues one message; it arrives as exactly one `on_recv` on the remote
-    /// side.
-    ///
-    /// # Errors
-    /// [`ConnError::TooLarge`] above the node's maximum message size,
-    /// [`ConnError::BufferFull`] when the send buffer is full,
-    /// [`ConnError::Closed`] / [`ConnError::UnknownConnection`] when the
-    /// connection has ended.
-    pub fn send(self, data: &[u8]) -> Result<(), ConnError> {
-        host::send(self.0, data)
-    }
-
-    /// Closes the connection in an orderly way; `on_close` with
-    /// [`CloseKind::Local`] follows.
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn close(self) -> Result<(), ConnError> {
-        host::close(self.0)
-    }
-
-    /// The convention number (transport in bits 0..3, service in bits 4..11)
-    /// as the `fogconnect:plugin@0.1.0` contract numbers it: QUIC is 1
-    /// there (nodes, the Rust and the C API use the original header's code
-    /// 5 for QUIC).
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn convention(self) -> Result<u32, ConnError> {
-        host::convention(self.0)
-    }
-
-    /// True when the remote node dialled this connection.
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn is_passive(self) -> Result<bool, ConnError> {
-        host::is_passive(self.0)
-    }
-
-    /// Identifier of the remote node.
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn peer_id(self) -> Result<String, ConnError> {
-        host::peer_id(self.0)
-    }
-
-    /// The connection's user-data slot (0 until set).
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn user_data(self) -> Result<u64, ConnError> {
-        host::user_data(self.0)
-    }
-
-    /// Stores a value in the connection's user-data slot.
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn set_user_data(self, value: u64) -> Result<(), ConnError> {
-        host::set_user_data(self.0, value)
-    }
-
-    /// Counters and measurements of the connection.
-    ///
-    /// # Errors
-    /// [`ConnError::UnknownConnection`] when the connection has ended.
-    pub fn stats(self) -> Result<ConnectionStats, ConnError> {
-        host::stats(self.0)
-    }
-}
-
-/// Starts a connection to `peer` (a `host:port` address or a peer id) for
-/// `service`. The result arrives later as `on_connect` or `on_close`.
-///
-/// # Errors
-/// [`ConnectError`] when the request cannot even be started.
-pub fn connect_peer(peer: &str, transport: Transport, service: u8) -> Result<Connection, ConnectError> {
-    host::connect_peer(peer, transport, service).map(Connection)
-}
-
-/// Writes a line to the node's log.
-pub fn log(level: LogLevel, message: &str) {
-    host::log(level, message)
-}
-
-/// Monotonic time in nanoseconds.
-pub fn monotonic_now() -> u64 {
-    host::monotonic_now()
-}
+connection_api!(
+    "The convention number (transport in bits 0..3, service in bits 4..11)
+    as the `fogconnect:plugin@0.1.0` contract numbers it: QUIC is 1 there
+    (nodes, the Rust and the C API, and contract 0.2.0 use the original
+    header's code 5 for QUIC)."
+);
 
 /// The callbacks of a service plugin.
 ///
@@ -196,16 +102,7 @@ macro_rules! export_service {
     ($service:ty, handoff) => {
         $crate::export_service!($service);
 
-        impl $crate::handoff::bindings::exports::fogconnect::handoff::state::Guest for __FogconnectExport {
-            fn snapshot() -> ::std::vec::Vec<u8> {
-                __FOGCONNECT_SERVICE.with(|s| $crate::handoff::Handoff::snapshot(&mut *s.borrow_mut()))
-            }
-            fn restore(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
-                __FOGCONNECT_SERVICE.with(|s| $crate::handoff::Handoff::restore(&mut *s.borrow_mut(), state))
-            }
-        }
-
-        $crate::handoff::bindings::__export_handoff_world!(__FogconnectExport with_types_in $crate::handoff::bindings);
+        $crate::__export_handoff!(__FogconnectExport, __FOGCONNECT_SERVICE);
     };
     ($service:ty) => {
         #[doc(hidden)]

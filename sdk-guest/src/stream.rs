@@ -187,16 +187,7 @@ macro_rules! export_stream {
     ($plugin:ty, handoff) => {
         $crate::export_stream!($plugin);
 
-        impl $crate::handoff::bindings::exports::fogconnect::handoff::state::Guest for __FogconnectStreamExport {
-            fn snapshot() -> ::std::vec::Vec<u8> {
-                __FOGCONNECT_STREAM.with(|p| $crate::handoff::Handoff::snapshot(&mut *p.borrow_mut()))
-            }
-            fn restore(state: ::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> {
-                __FOGCONNECT_STREAM.with(|p| $crate::handoff::Handoff::restore(&mut *p.borrow_mut(), state))
-            }
-        }
-
-        $crate::handoff::bindings::__export_handoff_world!(__FogconnectStreamExport with_types_in $crate::handoff::bindings);
+        $crate::__export_handoff!(__FogconnectStreamExport, __FOGCONNECT_STREAM);
     };
     ($plugin:ty) => {
         #[doc(hidden)]

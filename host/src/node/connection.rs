@@ -152,22 +152,26 @@ impl Connection {
                 _ => ConnectionActivity::Closed(reason.clone()),
             };
         }
-        match self.events.recv().await {
-            Some(ConnEvent::Message(_, data)) => ConnectionActivity::Message(data),
-            Some(ConnEvent::Network(_, event)) => ConnectionActivity::Network(event),
-            Some(ConnEvent::Closed(_, reason)) | Some(ConnEvent::OpenFailed(_, reason)) => {
-                self.ended = Some(reason.clone());
-                ConnectionActivity::Closed(reason)
-            }
-            Some(ConnEvent::Opened(_))
-            | Some(ConnEvent::Shutdown)
-            | Some(ConnEvent::Unload)
-            | Some(ConnEvent::Swap(_))
-            | None => {
-                let reason = CloseReason::new(CloseKind::Error, "connection state lost");
-                self.ended = Some(reason.clone());
-                ConnectionActivity::Closed(reason)
-            }
+        loop {
+            return match self.events.recv().await {
+                Some(ConnEvent::Message(_, data)) => ConnectionActivity::Message(data),
+                Some(ConnEvent::Network(_, event)) => ConnectionActivity::Network(event),
+                Some(ConnEvent::Closed(_, reason)) | Some(ConnEvent::OpenFailed(_, reason)) => {
+                    self.ended = Some(reason.clone());
+                    ConnectionActivity::Closed(reason)
+                }
+                // Node events go to plugin actors, which subscribe.
+                Some(ConnEvent::Node(_)) => continue,
+                Some(ConnEvent::Opened(_))
+                | Some(ConnEvent::Shutdown)
+                | Some(ConnEvent::Unload)
+                | Some(ConnEvent::Swap(_))
+                | None => {
+                    let reason = CloseReason::new(CloseKind::Error, "connection state lost");
+                    self.ended = Some(reason.clone());
+                    ConnectionActivity::Closed(reason)
+                }
+            };
         }
     }
 

@@ -40,6 +40,7 @@ use crate::runtime::PluginError;
 use crate::runtime::actor::{EVENT_CHANNEL_CAPACITY, PluginEvent};
 use crate::runtime::engine::PluginEngine;
 use crate::runtime::state::{HostServices, PluginLimits};
+use crate::runtime::subscriptions::{NodeEventFilter, NodeEventKinds, WatchFault};
 use crate::runtime::supervisor::CrashPolicy;
 use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
@@ -952,6 +953,22 @@ impl HostServices for NodeServices {
                 let _ = owner.send(ConnEvent::OpenFailed(id, e.close_reason())).await;
             }
         });
+        Ok(())
+    }
+
+    fn forward_node_events(&self, kinds: NodeEventKinds, filter: Arc<NodeEventFilter>, owner: Owner) {
+        if let Some(inner) = self.0.upgrade() {
+            let events = inner.events.subscribe();
+            let state = node_events::current_state(&inner, kinds);
+            let forward = node_events::forward_to_plugin(state, events, inner.shutdown.clone(), filter, owner);
+            inner.runtime.spawn(forward);
+        }
+    }
+
+    fn watch_presence(&self, peer: &str, owner: Owner) -> Result<(), WatchFault> {
+        let inner = self.0.upgrade().ok_or(WatchFault::NoSignaling)?;
+        let signal = inner.signal.clone().ok_or(WatchFault::NoSignaling)?;
+        inner.runtime.spawn(node_events::tell_presence(signal, peer.to_string(), owner));
         Ok(())
     }
 }

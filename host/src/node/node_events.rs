@@ -7,8 +7,11 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::NodeInner;
-use crate::events::NodeEvent;
-use crate::signal::client::SignalStatus;
+use crate::events::{NodeEvent, recv_skipping_lag};
+use crate::node::RelayStatus;
+use crate::runtime::subscriptions::{NodeEventFilter, NodeEventKinds};
+use crate::signal::client::{SignalClient, SignalStatus};
+use crate::transport::conn::{ConnEvent, Owner};
 
 /// Events of the node not yet taken by a slow subscriber before the oldest
 /// are dropped (the channel's slots are allocated up front; events are
@@ -93,4 +96,85 @@ async fn next_presence(
 ) -> Option<crate::signal::client::PresenceEvent> {
     let Some(presence) = presence else { return std::future::pending().await };
     crate::events::recv_skipping_lag(presence).await
+}
+
+/// What the node's state is now, as the events of `kinds` that made it:
+/// registered with signaling, the NAT classification, the relay
+/// allocation (none for a kind whose state has no event, e.g. not
+/// registered yet).
+pub(super) fn current_state(inner: &NodeInner, kinds: NodeEventKinds) -> Vec<NodeEvent> {
+    let mut state = Vec::new();
+    if kinds.contains(NodeEventKinds::SIGNALING)
+        && inner.signal.as_ref().is_some_and(|s| s.status() == SignalStatus::Registered)
+    {
+        state.push(NodeEvent::SignalUp);
+    }
+    if kinds.contains(NodeEventKinds::NAT)
+        && let Some(report) = inner.traversal.nat().borrow().clone()
+    {
+        state.push(NodeEvent::NatClassified { previous: None, report });
+    }
+    if kinds.contains(NodeEventKinds::RELAY)
+        && let Some(relay) = &inner.relay
+    {
+        let status = relay.status().borrow().clone();
+        if matches!(status, RelayStatus::Allocated { .. }) {
+            state.push(NodeEvent::Relay(status));
+        }
+    }
+    state
+}
+
+/// Tells a plugin's channel the node's `state` now, then, unless another
+/// task does already, forwards the node's events that `filter` may want
+/// (from `events`, subscribed before the state was read) until the channel
+/// closes or the node shuts down. A plugin that falls behind by more than
+/// the node's event capacity misses the oldest.
+pub(super) async fn forward_to_plugin(
+    state: Vec<NodeEvent>,
+    mut events: broadcast::Receiver<NodeEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
+    filter: Arc<NodeEventFilter>,
+    owner: Owner,
+) {
+    for event in state {
+        if owner.send(ConnEvent::Node(event)).await.is_err() {
+            return;
+        }
+    }
+    if !filter.start_forwarding() {
+        return;
+    }
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = owner.closed() => return,
+            event = recv_skipping_lag(&mut events) => event,
+        };
+        let Some(event) = event else { return };
+        if filter.may_want(&event) && owner.send(ConnEvent::Node(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a new watcher waits for the node to be registered before it
+/// is told a peer's presence.
+const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Subscribes the node to presence (once), then tells `owner` whether
+/// `peer` is online now. Without registration within [`PRESENCE_WAIT`]
+/// the first event waits for the peer's next change.
+pub(super) async fn tell_presence(signal: SignalClient, peer: String, owner: Owner) {
+    drop(signal.presence().await);
+    if signal.registered(PRESENCE_WAIT).await.is_err() {
+        return;
+    }
+    match signal.peers().await {
+        Ok(peers) => {
+            let online = peers.iter().any(|p| *p == peer);
+            let _ = owner.send(ConnEvent::Node(NodeEvent::Presence { peer, online })).await;
+        }
+        Err(e) => tracing::debug!(%peer, "cannot tell a watched peer's presence: {e}"),
+    }
 }

@@ -199,6 +199,7 @@ impl Node {
             owner: tx,
             epoch: self.inner.started,
             counters: counters.clone(),
+            node_events: Default::default(),
         });
         let hash = prepared.hash.clone();
         let world = prepared.world.kind();

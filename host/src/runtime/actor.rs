@@ -14,14 +14,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use wasmtime::{Store, Trap};
 
 use super::PluginError;
-use super::bindings::Service;
-use super::bindings::fogconnect::plugin::types;
 use super::engine::{EPOCH_TICK, PreparedPlugin, PreparedWorld, ServiceComponent};
 use super::generation::{
     PluginInstance, PreviousGeneration, StoreData, first_instance, hand_state_over, refuse_while_down, report_rollback,
     serve_swap, take_over,
 };
-use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState, wit_reason};
+use super::service_world::ServiceBindings;
+use super::state::{ConnEntry, PluginContext, PluginLimits, PluginState};
 use super::stream_actor::StreamActor;
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
@@ -302,7 +301,7 @@ impl ActorHandle {
 }
 
 /// An instance of a service plugin.
-pub(super) type Instance = PluginInstance<PluginState, Service>;
+pub(super) type Instance = PluginInstance<PluginState, ServiceBindings>;
 
 /// Why an actor closes every connection and stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,16 +327,6 @@ impl ActorStop {
             ActorStop::NodeShutdown => "node shutting down",
             ActorStop::Unloaded => "service unloaded",
         }
-    }
-}
-
-/// What a plugin's `on-connect` is told about a connection.
-fn connect_info(meta: &crate::transport::conn::ConnMeta) -> types::ConnectInfo {
-    types::ConnectInfo {
-        peer_id: meta.peer_id.clone(),
-        passive: meta.passive,
-        convention: meta.convention.raw_for_plugin_contract_0_1(),
-        remote_address: meta.remote.to_string(),
     }
 }
 
@@ -475,9 +464,8 @@ impl Actor {
         open.sort_by_key(|(id, _)| *id);
         fresh.store.data_mut().put_conns(conns);
         for (id, shared) in open {
-            let info = connect_info(shared.meta());
             fresh.store.set_epoch_deadline(fresh.deadline_ticks);
-            let result = fresh.bindings.fogconnect_plugin_handler().call_on_connect(&mut fresh.store, id, &info);
+            let result = fresh.bindings.on_connect(&mut fresh.store, id, &shared);
             if let Err(e) = result {
                 let message = describe(&e, &fresh.store);
                 // Back to the old generation, which keeps serving.
@@ -592,9 +580,8 @@ impl Actor {
                     }
                     return self.flush_deferred_closes();
                 }
-                let info = connect_info(shared.meta());
-                state.insert_open(id, shared);
-                self.call(|b, s| b.fogconnect_plugin_handler().call_on_connect(s, id, &info))?;
+                state.insert_open(id, shared.clone());
+                self.call(|b, s| b.on_connect(s, id, &shared))?;
             }
             ConnEvent::OpenFailed(ConnectionId(id), reason) => {
                 if instance.store.data_mut().remove_conn(id).is_some() {
@@ -604,7 +591,7 @@ impl Actor {
             ConnEvent::Message(ConnectionId(id), data) => {
                 if matches!(instance.store.data().conn(id), Some(ConnEntry::Open { .. })) {
                     self.spec.ctx.counters.received(data.len());
-                    self.call(|b, s| b.fogconnect_plugin_handler().call_on_recv(s, id, &data))?;
+                    self.call(|b, s| b.on_recv(s, id, &data))?;
                 }
             }
             ConnEvent::Closed(ConnectionId(id), reason) => {
@@ -612,8 +599,19 @@ impl Actor {
                     self.call_on_close(id, &reason)?;
                 }
             }
-            // The fogconnect:plugin@0.1.0 contract has no network events.
-            ConnEvent::Network(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
+            ConnEvent::Network(ConnectionId(id), event) => {
+                if instance.bindings.takes_events()
+                    && matches!(instance.store.data().conn(id), Some(ConnEntry::Open { .. }))
+                {
+                    self.call(|b, s| b.on_network_event(s, id, &event))?;
+                }
+            }
+            ConnEvent::Node(event) => {
+                if instance.bindings.takes_events() && instance.store.data().subscriptions.wants(&event) {
+                    self.call(|b, s| b.on_node_event(s, &event))?;
+                }
+            }
+            ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }
@@ -622,8 +620,7 @@ impl Actor {
     }
 
     fn call_on_close(&mut self, id: u64, reason: &CloseReason) -> Result<(), String> {
-        let reason = wit_reason(reason);
-        self.call(|b, s| b.fogconnect_plugin_handler().call_on_close(s, id, &reason))
+        self.call(|b, s| b.on_close(s, id, reason))
     }
 
     /// Reports the local closes the plugin made during its last calls.
@@ -646,7 +643,7 @@ impl Actor {
     /// Calls the plugin under its deadline.
     fn call(
         &mut self,
-        f: impl FnOnce(&Service, &mut Store<PluginState>) -> wasmtime::Result<()>,
+        f: impl FnOnce(&ServiceBindings, &mut Store<PluginState>) -> wasmtime::Result<()>,
     ) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
         instance.call(&self.status, &self.spec.ctx.counters, f)

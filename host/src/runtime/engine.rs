@@ -13,8 +13,10 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::PluginError;
-use super::bindings::{Service, ServiceIndices};
+use super::bindings::Service;
+use super::bindings_0_2::EventedService;
 use super::handoff_bindings::HandoffIndices;
+use super::service_world::ServiceIndices;
 use super::state::PluginState;
 use super::stream_bindings::StreamPlugin;
 use super::stream_bindings::StreamPluginIndices;
@@ -59,7 +61,8 @@ pub type StreamComponent = PluginComponent<StreamState, StreamPluginIndices>;
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginWorld {
-    /// `fogconnect:plugin/service`: connections and messages.
+    /// `fogconnect:plugin/service` (0.1.0 or 0.2.0): connections and
+    /// messages, and from 0.2.0 network and node events.
     Service,
     /// `fogconnect:streaming/stream-plugin`: streams pulled by the node.
     Stream,
@@ -144,6 +147,8 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         Service::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        EventedService::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let mut stream_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut stream_linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         StreamPlugin::add_to_linker::<StreamState, HasSelf<StreamState>>(&mut stream_linker, |state| state)
@@ -178,7 +183,8 @@ impl PluginEngine {
     }
 
     /// Compiles (or loads from the cache) and pre-links a plugin for the
-    /// world it implements: the service world, or else the stream world.
+    /// world it implements: the service world (0.1.0 or 0.2.0), or else
+    /// the stream world.
     ///
     /// # Errors
     /// [`PluginError::Compile`] when the bytes are not a valid component,

@@ -16,6 +16,7 @@ use super::PluginError;
 use super::actor::{Actor, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginStatus};
 use super::engine::{PluginEngine, PreparedPlugin, PreparedWorld};
 use super::state::{HostServices, PluginContext, PluginLimits};
+use super::subscriptions::{NodeEventFilter, NodeEventKinds, WatchFault};
 use super::supervisor::CrashPolicy;
 use crate::convention::{Convention, Transport};
 use crate::transport::conn::{CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnectionId, Detached, Owner};
@@ -38,6 +39,14 @@ impl HostServices for NoNetwork {
 
     fn connect(&self, _peer: &str, _convention: Convention, _id: ConnectionId, _owner: Owner) -> Result<(), String> {
         Err("the plugin harness has no network".into())
+    }
+
+    fn forward_node_events(&self, _kinds: NodeEventKinds, _filter: Arc<NodeEventFilter>, _owner: Owner) {
+        // The harness has no node: its node events are given by the caller.
+    }
+
+    fn watch_presence(&self, _peer: &str, _owner: Owner) -> Result<(), WatchFault> {
+        Err(WatchFault::NoSignaling)
     }
 }
 
@@ -62,6 +71,7 @@ impl HarnessParts {
             owner: owner.clone(),
             epoch: Instant::now(),
             counters: Default::default(),
+            node_events: Default::default(),
         });
         let (events_tx, _) = broadcast::channel(16);
         let spec = ActorSpec { ctx, prepared, crash_policy: CrashPolicy::default(), events: events_tx };

@@ -5,11 +5,14 @@ pub mod actor;
 pub mod engine;
 mod generation;
 pub mod harness;
+mod service_0_2;
+mod service_world;
 pub mod state;
 pub mod stderr_tail;
 pub mod stream_actor;
 pub mod stream_harness;
 pub mod stream_state;
+pub mod subscriptions;
 pub mod supervisor;
 
 /// Bindings of the `fogconnect:plugin/service` world generated from `wit/`
@@ -19,6 +22,16 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "service",
         path: "../wit",
+    });
+}
+
+/// Bindings of the `fogconnect:plugin/evented-service@0.2.0` world (network and
+/// node events) generated from `wit/plugin-0.2.0` (documented there).
+#[allow(missing_docs)]
+pub mod bindings_0_2 {
+    wasmtime::component::bindgen!({
+        world: "evented-service",
+        path: "../wit/plugin-0.2.0",
     });
 }
 
@@ -68,9 +81,9 @@ pub enum PluginError {
     /// The bytes are not a valid WebAssembly component.
     #[error("plugin does not compile: {0}")]
     Compile(String),
-    /// The component fits neither the service world nor the stream world
-    /// (missing exports, unknown imports).
-    #[error("plugin fits neither the fogconnect service world nor the stream world: {0}")]
+    /// The component fits neither service world (0.1.0, 0.2.0) nor the
+    /// stream world (missing exports, unknown imports).
+    #[error("plugin fits neither a fogconnect service world (0.1.0, 0.2.0) nor the stream world: {0}")]
     Link(String),
     /// Instantiation failed (start function trapped, limits).
     #[error("plugin failed to instantiate: {0}")]

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::fogconnect::plugin::{host, types};
 use super::stderr_tail::StderrTail;
+use super::subscriptions::{NodeEventFilter, NodeEventKinds, Subscriptions, WatchFault};
 use crate::convention::{Convention, Transport};
 use crate::transport::conn::{CloseKind, CloseReason, ConnShared, ConnectionId, Owner, PathKind, SendError};
 
@@ -26,6 +27,21 @@ pub trait HostServices: Send + Sync + 'static {
     /// # Errors
     /// A message when the peer cannot even be resolved.
     fn connect(&self, peer: &str, convention: Convention, id: ConnectionId, owner: Owner) -> Result<(), String>;
+
+    /// A plugin instance chose node event `kinds`: tells `owner` (the
+    /// plugin's channel) the node's state now for them, and makes sure the
+    /// node's events that `filter` may want reach that channel as
+    /// [`crate::transport::conn::ConnEvent::Node`] until it closes; in
+    /// the background.
+    fn forward_node_events(&self, kinds: NodeEventKinds, filter: Arc<NodeEventFilter>, owner: Owner);
+
+    /// Makes sure the node learns presence from its signaling server, then
+    /// tells `owner` whether `peer` is online now (a presence node event),
+    /// in the background.
+    ///
+    /// # Errors
+    /// [`WatchFault::NoSignaling`] when the node has no signaling server.
+    fn watch_presence(&self, peer: &str, owner: Owner) -> Result<(), WatchFault>;
 }
 
 /// Per-plugin resource limits.
@@ -72,6 +88,9 @@ pub struct PluginContext {
     pub epoch: Instant,
     /// The service's traffic and call metrics.
     pub counters: Arc<crate::metrics::ServiceCounters>,
+    /// Which node events the service's plugin instances ever chose (shared
+    /// by its generations).
+    pub node_events: Arc<NodeEventFilter>,
 }
 
 impl PluginContext {
@@ -84,6 +103,7 @@ impl PluginContext {
             owner: self.owner.clone(),
             epoch: self.epoch,
             counters: self.counters.clone(),
+            node_events: self.node_events.clone(),
         }
     }
 }
@@ -185,6 +205,8 @@ pub struct PluginState {
     /// Local closes made during the current callback, reported with
     /// `on-close` once it returns.
     pub deferred_closes: Vec<(u64, CloseReason)>,
+    /// The node events this instance chose (contract 0.2.0 on).
+    pub subscriptions: Subscriptions,
 }
 
 /// Longest log line taken from a plugin.
@@ -219,6 +241,7 @@ impl PluginState {
             conns: HashMap::new(),
             open_count: 0,
             deferred_closes: Vec::new(),
+            subscriptions: Subscriptions::default(),
         }
     }
 
@@ -265,10 +288,132 @@ impl PluginState {
         self.open_count
     }
 
-    fn open(&self, conn: u64) -> Result<&Arc<ConnShared>, types::ConnError> {
+    /// The established connection of a handle.
+    pub(super) fn open(&self, conn: u64) -> Result<&Arc<ConnShared>, ConnFault> {
         match self.conns.get(&conn) {
             Some(ConnEntry::Open { shared, .. }) => Ok(shared),
-            _ => Err(types::ConnError::UnknownConnection),
+            _ => Err(ConnFault::UnknownConnection),
+        }
+    }
+
+    /// The version-neutral part of `send`.
+    pub(super) fn send_message(&mut self, conn: u64, data: Vec<u8>) -> Result<(), ConnFault> {
+        let len = data.len();
+        self.open(conn)?.send(Bytes::from(data)).map(|()| self.ctx.counters.sent(len)).map_err(|e| match e {
+            SendError::Closed => ConnFault::Closed,
+            SendError::TooLarge { max, .. } => ConnFault::TooLarge(clip_u32(max)),
+            SendError::BufferFull { limit } => ConnFault::BufferFull(clip_u32(limit)),
+        })
+    }
+
+    /// The version-neutral part of `close`.
+    pub(super) fn close_conn(&mut self, conn: u64) -> Result<(), ConnFault> {
+        match self.conns.get_mut(&conn) {
+            Some(ConnEntry::Open { shared, .. }) => {
+                if shared.close_local("closed by this plugin") {
+                    self.deferred_closes.push((conn, CloseReason::new(CloseKind::Local, "closed by this plugin")));
+                }
+                Ok(())
+            }
+            Some(ConnEntry::Pending { cancelled }) => {
+                *cancelled = true;
+                Ok(())
+            }
+            None => Err(ConnFault::UnknownConnection),
+        }
+    }
+
+    /// The version-neutral part of `user-data`.
+    pub(super) fn user_data_of(&self, conn: u64) -> Result<u64, ConnFault> {
+        match self.conns.get(&conn) {
+            Some(ConnEntry::Open { user_data, .. }) => Ok(*user_data),
+            _ => Err(ConnFault::UnknownConnection),
+        }
+    }
+
+    /// The version-neutral part of `set-user-data`.
+    pub(super) fn set_user_data_of(&mut self, conn: u64, value: u64) -> Result<(), ConnFault> {
+        match self.conns.get_mut(&conn) {
+            Some(ConnEntry::Open { user_data, .. }) => {
+                *user_data = value;
+                Ok(())
+            }
+            _ => Err(ConnFault::UnknownConnection),
+        }
+    }
+
+    /// The version-neutral part of `connect-peer`, for a transport the
+    /// contract could name (`None`: one this node does not offer).
+    pub(super) fn start_connect(
+        &mut self,
+        peer: &str,
+        transport: Option<Transport>,
+        service: u8,
+    ) -> Result<u64, ConnectFault> {
+        if !self.ctx.limits.allow_connect {
+            return Err(ConnectFault::NotAllowed);
+        }
+        let transport = match transport {
+            Some(Transport::Quic) => Transport::Quic,
+            _ => return Err(ConnectFault::UnsupportedTransport),
+        };
+        let id = self.ctx.host.next_connection_id();
+        self.ctx
+            .host
+            .connect(peer, Convention::new(transport, service), id, self.ctx.owner.clone())
+            .map_err(ConnectFault::InvalidPeer)?;
+        self.conns.insert(id.0, ConnEntry::Pending { cancelled: false });
+        Ok(id.0)
+    }
+
+    /// Nanoseconds since the node's plugin epoch.
+    pub(super) fn now_ns(&self) -> u64 {
+        u64::try_from(self.ctx.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Why a call on a connection handle failed, whatever the contract version
+/// (each version's `conn-error` has these cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnFault {
+    /// Not a handle of an established connection of this plugin.
+    UnknownConnection,
+    /// The connection is closing.
+    Closed,
+    /// Larger than the maximum message size (the maximum).
+    TooLarge(u32),
+    /// The send buffer is full (its limit).
+    BufferFull(u32),
+}
+
+/// Why a `connect-peer` failed, whatever the contract version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ConnectFault {
+    /// The peer could not be resolved (why).
+    InvalidPeer(String),
+    /// The transport is not offered.
+    UnsupportedTransport,
+    /// The plugin may not connect.
+    NotAllowed,
+}
+
+impl From<ConnFault> for types::ConnError {
+    fn from(fault: ConnFault) -> Self {
+        match fault {
+            ConnFault::UnknownConnection => types::ConnError::UnknownConnection,
+            ConnFault::Closed => types::ConnError::Closed,
+            ConnFault::TooLarge(max) => types::ConnError::TooLarge(max),
+            ConnFault::BufferFull(limit) => types::ConnError::BufferFull(limit),
+        }
+    }
+}
+
+impl From<ConnectFault> for types::ConnectError {
+    fn from(fault: ConnectFault) -> Self {
+        match fault {
+            ConnectFault::InvalidPeer(why) => types::ConnectError::InvalidPeer(why),
+            ConnectFault::UnsupportedTransport => types::ConnectError::UnsupportedTransport,
+            ConnectFault::NotAllowed => types::ConnectError::NotAllowed,
         }
     }
 }
@@ -301,28 +446,11 @@ impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
     fn send(&mut self, conn: u64, data: Vec<u8>) -> Result<(), types::ConnError> {
-        let len = data.len();
-        self.open(conn)?.send(Bytes::from(data)).map(|()| self.ctx.counters.sent(len)).map_err(|e| match e {
-            SendError::Closed => types::ConnError::Closed,
-            SendError::TooLarge { max, .. } => types::ConnError::TooLarge(clip_u32(max)),
-            SendError::BufferFull { limit } => types::ConnError::BufferFull(clip_u32(limit)),
-        })
+        Ok(self.send_message(conn, data)?)
     }
 
     fn close(&mut self, conn: u64) -> Result<(), types::ConnError> {
-        match self.conns.get_mut(&conn) {
-            Some(ConnEntry::Open { shared, .. }) => {
-                if shared.close_local("closed by this plugin") {
-                    self.deferred_closes.push((conn, CloseReason::new(CloseKind::Local, "closed by this plugin")));
-                }
-                Ok(())
-            }
-            Some(ConnEntry::Pending { cancelled }) => {
-                *cancelled = true;
-                Ok(())
-            }
-            None => Err(types::ConnError::UnknownConnection),
-        }
+        Ok(self.close_conn(conn)?)
     }
 
     fn convention(&mut self, conn: u64) -> Result<u32, types::ConnError> {
@@ -338,20 +466,11 @@ impl host::Host for PluginState {
     }
 
     fn user_data(&mut self, conn: u64) -> Result<u64, types::ConnError> {
-        match self.conns.get(&conn) {
-            Some(ConnEntry::Open { user_data, .. }) => Ok(*user_data),
-            _ => Err(types::ConnError::UnknownConnection),
-        }
+        Ok(self.user_data_of(conn)?)
     }
 
     fn set_user_data(&mut self, conn: u64, value: u64) -> Result<(), types::ConnError> {
-        match self.conns.get_mut(&conn) {
-            Some(ConnEntry::Open { user_data, .. }) => {
-                *user_data = value;
-                Ok(())
-            }
-            _ => Err(types::ConnError::UnknownConnection),
-        }
+        Ok(self.set_user_data_of(conn, value)?)
     }
 
     fn connect_peer(
@@ -360,20 +479,11 @@ impl host::Host for PluginState {
         transport: types::Transport,
         service: u8,
     ) -> Result<u64, types::ConnectError> {
-        if !self.ctx.limits.allow_connect {
-            return Err(types::ConnectError::NotAllowed);
-        }
         let transport = match transport {
-            types::Transport::Quic => Transport::Quic,
-            types::Transport::Kcp => return Err(types::ConnectError::UnsupportedTransport),
+            types::Transport::Quic => Some(Transport::Quic),
+            types::Transport::Kcp => None,
         };
-        let id = self.ctx.host.next_connection_id();
-        self.ctx
-            .host
-            .connect(&peer, Convention::new(transport, service), id, self.ctx.owner.clone())
-            .map_err(types::ConnectError::InvalidPeer)?;
-        self.conns.insert(id.0, ConnEntry::Pending { cancelled: false });
-        Ok(id.0)
+        Ok(self.start_connect(&peer, transport, service)?)
     }
 
     fn stats(&mut self, conn: u64) -> Result<types::ConnectionStats, types::ConnError> {
@@ -404,6 +514,6 @@ impl host::Host for PluginState {
     }
 
     fn monotonic_now(&mut self) -> u64 {
-        u64::try_from(self.ctx.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.now_ns()
     }
 }

@@ -364,8 +364,13 @@ impl StreamActor {
                 self.end_connection(id.0)?;
             }
             // Stream plugins open no connections, and the
-            // fogconnect:streaming@0.1.0 contract has no network events.
-            ConnEvent::Network(..) | ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
+            // fogconnect:streaming@0.1.0 contract has no network or node
+            // events.
+            ConnEvent::Network(..)
+            | ConnEvent::Node(_)
+            | ConnEvent::OpenFailed(..)
+            | ConnEvent::Shutdown
+            | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }

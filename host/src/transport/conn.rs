@@ -106,6 +106,8 @@ pub enum ConnEvent {
     Network(ConnectionId, NetworkEvent),
     /// The connection ended (not sent for endings the owner caused itself).
     Closed(ConnectionId, CloseReason),
+    /// Plugin actors only: a node event the plugin may have subscribed to.
+    Node(crate::events::NodeEvent),
     /// The node is shutting down: close everything and stop.
     Shutdown,
     /// Plugin actors only: the service is unloaded: close its connections

@@ -1,0 +1,129 @@
+//! Plugins on the `fogconnect:plugin@0.2.0` contract receive node events
+//! they subscribed to and the presence of peers they watch, beside a 0.1.0
+//! plugin on the same node that keeps serving unchanged. (Connection
+//! events, a path moving from relayed to direct, are tested in the NAT lab.)
+
+mod common;
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, ensure};
+use common::{WAIT, ask, config, eventually, text};
+use fogconnect::signal::client::SignalStatus;
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+use fogconnect::{Connection, Node, Transport};
+
+const SECRET: &[u8] = b"plugin events test secret";
+
+/// The service of the 0.2.0 test plugin (`test-events`); the 0.1.0 echo
+/// serves service 1.
+const EVENTS: u8 = 2;
+
+async fn signaling(addr: SocketAddr) -> anyhow::Result<SignalServer> {
+    Ok(SignalServer::start(SignalServerConfig::new(addr, SECRET.to_vec())).await?)
+}
+
+async fn registered_node(url: &str, id: &str, plugins: &[(u8, &str)]) -> anyhow::Result<Node> {
+    let mut builder = Node::builder().config(config()).node_id(id).signal(url, token::issue(SECRET, id, u64::MAX / 2));
+    for (service, name) in plugins {
+        builder = builder.plugin(*service, common::plugin(name));
+    }
+    let node = builder.start().await?;
+    node.registered(WAIT).await?;
+    Ok(node)
+}
+
+/// The plugin's event lines pushed on `reporter` until one starts with
+/// `wanted` (returned last), at most [`WAIT`] per line.
+async fn lines_until(reporter: &mut Connection, wanted: &str) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let line = text(reporter).await.with_context(|| format!("waiting for {wanted:?} after {lines:?}"))?;
+        let done = line.starts_with(wanted);
+        lines.push(line);
+        if done {
+            return Ok(lines);
+        }
+    }
+}
+
+fn signal_lines(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("node "))
+        .filter_map(|l| ["signal-up", "signal-lost"].into_iter().find(|k| l.starts_with(k)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_0_2_plugin_hears_signaling_and_watched_peers_beside_a_0_1_plugin() -> anyhow::Result<()> {
+    let addr: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let server = signaling(addr).await?;
+    let url = server.url();
+    let device = registered_node(&url, "device", &[(1, "echo"), (EVENTS, "test-events")]).await?;
+    let app = Node::builder().config(config()).node_id("app").start().await?;
+    let mut reporter = app.connect(device.local_addr(), Transport::Quic, EVENTS).await?;
+    let mut control = app.connect(device.local_addr(), Transport::Quic, EVENTS).await?;
+    let backlog = ask(&mut reporter, "report").await?;
+    ensure!(backlog.starts_with("reporting"), "{backlog}");
+    // Subscribed at init, it was told the node's state: registered.
+    let backlog: Vec<String> = backlog.lines().map(String::from).collect();
+    ensure!(signal_lines(&backlog).first() == Some(&"signal-up"), "{backlog:?}");
+
+    // The 0.2.0 contract numbers QUIC 5 (service 2: 0x25), and tells the
+    // path at connect.
+    assert_eq!(ask(&mut control, "convention").await?, (5 + (u32::from(EVENTS) << 4)).to_string());
+    let path = ask(&mut control, "connect-path").await?;
+    ensure!(path.starts_with("lan 127.0.0.1:"), "{path}");
+
+    // Watching a peer tells its presence now, then its changes.
+    assert_eq!(ask(&mut control, "watch late").await?, "watching late");
+    let lines = lines_until(&mut reporter, "node presence late").await?;
+    ensure!(lines.last().is_some_and(|l| l.starts_with("node presence late offline @")), "{lines:?}");
+    let watch_error = ask(&mut control, "watch ").await?;
+    assert_eq!(watch_error, "watch error: WatchError::InvalidPeer");
+
+    // The 0.1.0 plugin serves beside it, unchanged.
+    let mut echo = app.connect(device.local_addr(), Transport::Quic, 1).await?;
+    assert_eq!(ask(&mut echo, "0.1.0 still serves").await?, "0.1.0 still serves");
+
+    // A signaling restart: the session is lost, then up again, in order.
+    server.shutdown();
+    drop(server);
+    let lost = lines_until(&mut reporter, "node signal-lost").await?;
+    let server = signaling(addr).await?;
+    let up = lines_until(&mut reporter, "node signal-up").await?;
+    let all: Vec<String> = lost.into_iter().chain(up).collect();
+    ensure!(signal_lines(&all) == ["signal-lost", "signal-up"], "{all:?}");
+
+    // The watched peer comes online and goes offline.
+    let late = registered_node(&url, "late", &[]).await?;
+    let lines = lines_until(&mut reporter, "node presence late").await?;
+    ensure!(lines.last().is_some_and(|l| l.starts_with("node presence late online @")), "{lines:?}");
+    late.shutdown().await;
+    let lines = lines_until(&mut reporter, "node presence late").await?;
+    ensure!(lines.last().is_some_and(|l| l.starts_with("node presence late offline @")), "{lines:?}");
+
+    // Unsubscribed, the plugin hears no more of the session; a watch (its
+    // presence line) marks the end of what it heard.
+    assert_eq!(ask(&mut control, "subscribe none").await?, "subscribed none");
+    server.shutdown();
+    drop(server);
+    eventually("the device noticed the server is gone", || device.signal_status() != Some(SignalStatus::Registered))
+        .await?;
+    let server = signaling(addr).await?;
+    device.registered(WAIT).await?;
+    assert_eq!(ask(&mut control, "watch marker").await?, "watching marker");
+    let lines = lines_until(&mut reporter, "node presence marker").await?;
+    ensure!(signal_lines(&lines).is_empty(), "unsubscribed, yet: {lines:?}");
+    assert_eq!(ask(&mut echo, "still").await?, "still");
+
+    app.shutdown().await;
+    device.shutdown().await;
+    drop(server);
+    Ok(())
+}
