@@ -6,13 +6,14 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use common::{WAIT, ask, config, eventually, text};
 use fogconnect::signal::client::SignalStatus;
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
-use fogconnect::{Connection, Node, Transport};
+use fogconnect::{Connection, Node, NodeConfig, Transport};
 
 const SECRET: &[u8] = b"plugin events test secret";
 
@@ -125,5 +126,49 @@ async fn a_0_2_plugin_hears_signaling_and_watched_peers_beside_a_0_1_plugin() ->
     app.shutdown().await;
     device.shutdown().await;
     drop(server);
+    Ok(())
+}
+
+/// A peer killed with SIGKILL under a live connection: the plugin serving
+/// the other end hears that the link went silent, then the connection ends
+/// with `timeout` within the keep-alive interval × attempts (100 ms × 5).
+#[tokio::test]
+async fn a_killed_peer_ends_the_plugins_connection_with_timeout_after_a_silent_link() -> anyhow::Result<()> {
+    let fast = NodeConfig { keep_alive_interval: Duration::from_millis(100), keep_alive_attempts: 5, ..config() };
+    let device =
+        Node::builder().config(fast).node_id("device").plugin(EVENTS, common::plugin("test-events")).start().await?;
+    let app = Node::builder().config(config()).node_id("app").start().await?;
+    let mut reporter = app.connect(device.local_addr(), Transport::Quic, EVENTS).await?;
+    ensure!(ask(&mut reporter, "report").await?.starts_with("reporting"));
+    let address = device.local_addr().to_string();
+    let service = EVENTS.to_string();
+    let mut child = common::Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fogconnect"))
+            .args(["send", "--addr", &address, "--service", &service, "--info"])
+            .args(["--repeat", "100000", "--interval-ms", "20", "hello"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().context("stdout")?;
+    // The client is connected and its messages reach the plugin.
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l == "hello #3").map(drop)
+    })
+    .await?
+    .context("the client never got its fourth echo")?;
+    let status = std::process::Command::new("kill").args(["-KILL", &child.0.id().to_string()]).status()?;
+    ensure!(status.success());
+    let killed = std::time::Instant::now();
+    let lines = lines_until(&mut reporter, "close ").await?;
+    let took = killed.elapsed();
+    let close = lines.last().context("no close")?;
+    ensure!(close.contains("::Timeout "), "{lines:?}");
+    let conn = close.split(' ').nth(1).context("no handle")?;
+    ensure!(lines.iter().any(|l| l.starts_with(&format!("net {conn} silent "))), "no silent link before: {lines:?}");
+    ensure!(took < Duration::from_secs(3), "the timeout took {took:?}");
+    app.shutdown().await;
+    device.shutdown().await;
     Ok(())
 }

@@ -672,6 +672,13 @@ impl Node {
         self.inner.endpoint.local_addr().unwrap_or(self.inner.config.listen)
     }
 
+    /// Time since the node started: the clock its plugins read with
+    /// `monotonic-now` (in nanoseconds), to line their logs and events up
+    /// with the application's.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
     /// The certificate fingerprint peers can pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.inner.identity.fingerprint()

@@ -172,7 +172,7 @@ pub(super) async fn tell_presence(signal: SignalClient, peer: String, owner: Own
     }
     match signal.peers().await {
         Ok(peers) => {
-            let online = peers.iter().any(|p| *p == peer);
+            let online = peers.contains(&peer);
             let _ = owner.send(ConnEvent::Node(NodeEvent::Presence { peer, online })).await;
         }
         Err(e) => tracing::debug!(%peer, "cannot tell a watched peer's presence: {e}"),

@@ -187,7 +187,7 @@ mod tests {
         assert!(!subs.wants(&NodeEvent::Relay(RelayStatus::Allocating)));
         let bob = NodeEvent::Presence { peer: "bob".into(), online: true };
         assert!(!subs.wants(&bob));
-        subs.watch("bob").unwrap();
+        assert_eq!(subs.watch("bob"), Ok(()));
         assert!(subs.wants(&bob));
         subs.unwatch("bob");
         assert!(!subs.wants(&bob));
@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(subs.watch(""), Err(WatchFault::InvalidPeer));
         assert_eq!(subs.watch(&"x".repeat(256)), Err(WatchFault::InvalidPeer));
         for i in 0..MAX_WATCHED_PEERS {
-            subs.watch(&format!("peer-{i}")).unwrap();
+            assert_eq!(subs.watch(&format!("peer-{i}")), Ok(()));
         }
         assert_eq!(subs.watch("one-more"), Err(WatchFault::TooMany));
         assert_eq!(subs.watch("peer-7"), Ok(()), "watching a watched peer again is fine");

@@ -1,5 +1,6 @@
 //! Test plugin on the `fogconnect:plugin@0.2.0` contract: records every
-//! network and node event it receives as a text line stamped with
+//! network and node event it receives, and every close, as a text line
+//! stamped with
 //! `monotonic-now`. `report` answers with one message: `reporting` and the
 //! lines so far, one per line; from then on each new line is also sent to
 //! that connection as a message of its own.
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 
 use fogconnect_guest::v0_2::{
-    self, Connection, ConnectInfo, NetworkEvent, NodeEvent, NodeEventKinds, PathInfo, PathKind, Service,
+    self, ConnectInfo, Connection, NetworkEvent, NodeEvent, NodeEventKinds, PathInfo, PathKind, Service,
 };
 
 #[derive(Default)]
@@ -36,10 +37,8 @@ fn path(path: &PathInfo) -> String {
     format!("{} {}", kind(path.kind), path.remote_address)
 }
 
-const ALL: NodeEventKinds = NodeEventKinds::SIGNALING
-    .union(NodeEventKinds::NAT)
-    .union(NodeEventKinds::RELAY)
-    .union(NodeEventKinds::ADDRESSES);
+const ALL: NodeEventKinds =
+    NodeEventKinds::SIGNALING.union(NodeEventKinds::NAT).union(NodeEventKinds::RELAY).union(NodeEventKinds::ADDRESSES);
 
 impl Recorder {
     fn record(&mut self, line: String) {
@@ -109,12 +108,9 @@ impl Service for Recorder {
         let what = match event {
             NodeEvent::SignalUp => "signal-up".to_string(),
             NodeEvent::SignalLost(why) => format!("signal-lost {why}"),
-            NodeEvent::NatClassified(nat) => format!(
-                "nat {} {} changed={}",
-                nat.nat_type,
-                nat.public_address.as_deref().unwrap_or("-"),
-                nat.changed
-            ),
+            NodeEvent::NatClassified(nat) => {
+                format!("nat {} {} changed={}", nat.nat_type, nat.public_address.as_deref().unwrap_or("-"), nat.changed)
+            }
             NodeEvent::RelayAllocated(relay) => format!("relay-allocated {} {}", relay.server, relay.relayed_address),
             NodeEvent::RelayLost(why) => format!("relay-lost {why}"),
             NodeEvent::AddressesChanged(change) => {
@@ -127,9 +123,10 @@ impl Service for Recorder {
         self.record(format!("node {what}"));
     }
 
-    fn on_close(&mut self, conn: Connection, _reason: v0_2::CloseReason) {
+    fn on_close(&mut self, conn: Connection, reason: v0_2::CloseReason) {
         self.reporters.retain(|c| *c != conn);
         self.connect_paths.remove(&conn);
+        self.record(format!("close {} {:?} {}", conn.raw(), reason.kind, reason.message));
     }
 }
 
