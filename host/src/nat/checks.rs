@@ -6,7 +6,7 @@
 //! requests, learn peer-reflexive candidates from them, and follow the
 //! [`Plan`] for hard NATs (port spraying, many listening sockets). The
 //! controlling side (the one that connects) picks the best working pair,
-//! LAN first then lowest round-trip time, and nominates it with
+//! LAN first, then IPv6, then lowest round-trip time, and nominates it with
 //! USE-CANDIDATE; the controlled side ends when it sees the nomination.
 //!
 //! Written by hand because no maintained Rust ICE crate supports our
@@ -223,7 +223,9 @@ impl CheckAgent {
         };
         for candidate in remote_candidates {
             let lan = candidate.kind == CandidateKind::Host && is_local_ip(candidate.addr.ip());
-            if lan_only && !lan {
+            // IPv6 has no NAT to defeat: its pairs are checked whatever
+            // the IPv4 NATs require.
+            if lan_only && !lan && !candidate.addr.is_ipv6() {
                 continue;
             }
             agent.add_pair(SocketRef::Main, candidate.addr, lan, now);
@@ -374,7 +376,9 @@ impl CheckAgent {
             .pairs
             .iter()
             .filter_map(|p| p.valid.map(|rtt| (p, rtt)))
-            .min_by_key(|(p, rtt)| (!p.lan, rtt.unwrap_or(Duration::MAX)));
+            // LAN first, then IPv6 (no NAT whose mapping can expire or
+            // rebind), then the quickest.
+            .min_by_key(|(p, rtt)| (!p.lan, !p.remote.is_ipv6(), rtt.unwrap_or(Duration::MAX)));
         let Some((pair, rtt)) = best else { return };
         let selected = Selected { socket: pair.socket, remote: pair.remote, rtt, lan: pair.lan };
         // Sent twice: the peer stops its checks when one arrives, and
@@ -683,6 +687,42 @@ mod tests {
         // The nomination carries USE-CANDIDATE.
         let nomination = a.poll_transmit().expect("nomination");
         assert!(matches!(message::decode(&nomination.bytes), Ok(Binding::Request { use_candidate: true, .. })));
+    }
+
+    #[test]
+    fn an_ipv6_pair_wins_over_a_faster_ipv4_pair_and_is_checked_when_ipv4_needs_a_relay() {
+        let t0 = Instant::now();
+        let cfg = CheckConfig::default();
+        let v6: SocketAddr = "[2001:db8:b::2]:5000".parse().expect("a");
+        let candidates =
+            [cand(CandidateKind::ServerReflexive, "203.0.113.2:5000"), cand(CandidateKind::Host, &v6.to_string())];
+        let mut a = agent(cfg, true, &candidates, Plan::Simultaneous, 0, 1, t0);
+        a.handle_timeout(t0);
+        let sent: Vec<Transmit> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        assert_eq!(sent.len(), 2);
+        let answer = |t: &Transmit, agent: &mut CheckAgent, at: Instant| {
+            let Ok(Binding::Request { txid, .. }) = message::decode(&t.bytes) else { panic!() };
+            let response = message::binding_success(
+                txid,
+                &SuccessResponse { mapped: Some(t.to), pwd: Some(&creds("bbbb").pwd), ..Default::default() },
+            )
+            .expect("encode");
+            agent.handle_datagram(t.socket, t.to, &response, at);
+        };
+        // IPv4 answers in 2 ms, IPv6 in 4 ms: IPv6 is nominated.
+        answer(&sent[0], &mut a, t0 + Duration::from_millis(2));
+        answer(&sent[1], &mut a, t0 + Duration::from_millis(4));
+        a.handle_timeout(t0 + Duration::from_millis(20));
+        let Some(Outcome::Selected(selected)) = a.outcome() else { panic!("{:?}", a.outcome()) };
+        assert_eq!(selected.remote, v6);
+
+        // Symmetric × symmetric IPv4 NATs need the relay, yet the IPv6
+        // address is checked (no NAT there).
+        let plan = Plan::RelayRequired("symmetric × symmetric NATs with random ports".into());
+        let mut a = agent(cfg, true, &candidates, plan, 0, 1, t0);
+        a.handle_timeout(t0);
+        let sent: Vec<SocketAddr> = std::iter::from_fn(|| a.poll_transmit()).map(|t| t.to).collect();
+        assert_eq!(sent, [v6]);
     }
 
     #[test]

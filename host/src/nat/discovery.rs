@@ -40,6 +40,24 @@ pub async fn resolve(server: &str) -> Result<SocketAddr, NatError> {
         .ok_or_else(|| NatError::Resolve(format!("{server}: no address")))
 }
 
+/// Resolves a list of STUN servers, `host:port` separated by commas, to
+/// every address of each (a name may have one of each family), in order.
+///
+/// # Errors
+/// [`NatError::Resolve`] when a name does not resolve or the list is
+/// empty.
+pub async fn resolve_all(servers: &str) -> Result<Vec<SocketAddr>, NatError> {
+    let mut all = Vec::new();
+    for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let addrs = tokio::net::lookup_host(server).await.map_err(|e| NatError::Resolve(format!("{server}: {e}")))?;
+        all.extend(addrs);
+    }
+    if all.is_empty() {
+        return Err(NatError::Resolve(format!("{servers:?}: no address")));
+    }
+    Ok(all)
+}
+
 /// Classifies the NAT between this host and the STUN `server` (RFC 5780
 /// section 4): mapping, filtering, port allocation, hairpinning. Drives
 /// [`Procedure`] over four fresh sockets (see its documentation).

@@ -17,6 +17,7 @@ use crate::transport::conn::{
     self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner, PathKind,
 };
 use crate::transport::identity::{Fingerprint, peer_fingerprint};
+use crate::transport::socket::canonical;
 use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError};
 
 type LinkSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
@@ -83,7 +84,7 @@ impl Links {
 
     /// Records an incoming link unless a live one to that address exists.
     async fn adopt(&self, conn: &quinn::Connection) {
-        let slot = self.slot(conn.remote_address());
+        let slot = self.slot(canonical(conn.remote_address()));
         let mut guard = slot.lock().await;
         if guard.as_ref().is_none_or(|c| c.close_reason().is_some()) {
             *guard = Some(conn.clone());
@@ -163,7 +164,7 @@ pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
         tokio::spawn(async move {
             // A caller the checks just measured gets its handshake
             // retransmissions timed from that round trip.
-            let measured = inner.measured_transport(incoming.remote_address());
+            let measured = inner.measured_transport(canonical(incoming.remote_address()));
             let connecting = match measured.map(|t| inner.identity.server_config(t)) {
                 Some(Ok(config)) => incoming.accept_with(Arc::new(config)),
                 _ => incoming.accept(),
@@ -197,7 +198,7 @@ pub const MAX_LINK_STREAMS: u32 = 4096;
 /// Accepts the streams (connect requests) the remote node opens on a link,
 /// and watches its path and liveness.
 async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<LinkWatch>) {
-    let first = quic.remote_address();
+    let first = canonical(quic.remote_address());
     let open = Arc::new(conn::LiveConnections::default());
     let mut limit = INITIAL_LINK_STREAMS;
     let idle = inner.config.idle_timeout();
@@ -237,7 +238,7 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<L
     monitor.finish(&inner.links.watches, &quic);
     // The address the link was made or accepted at: the path may have
     // moved since (relay to direct).
-    let current = quic.remote_address();
+    let current = canonical(quic.remote_address());
     let relayed = inner.socket.path_kind(first) == PathKind::Relayed;
     if inner.links.forget(&quic, first).await {
         // Routes (extra sockets, relay) that carried this link are no

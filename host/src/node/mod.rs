@@ -470,12 +470,13 @@ impl NodeBuilder {
         let (socket, side_rx) = FogSocket::new(socket).map_err(bind_err)?;
         let socket_counters = socket.counters();
         let stun = match &config.stun {
-            Some(server) => Some(
-                crate::nat::discovery::resolve(server)
+            Some(servers) => traversal::StunServers::choose(
+                &socket,
+                &crate::nat::discovery::resolve_all(servers)
                     .await
                     .map_err(|e| NodeError::InvalidConfig(format!("stun server: {e}")))?,
             ),
-            None => None,
+            None => traversal::StunServers::default(),
         };
         let traversal = traversal::Traversal::new(socket.clone(), stun, config.stun_retransmit, config.checks);
 

@@ -23,8 +23,10 @@ use crate::transport::socket::Route;
 use crate::transport::wire::RefuseCode;
 
 /// The addresses of this node's socket: the bound address, or every
-/// interface address of its family when bound to the wildcard (loopback
-/// last, since it only helps peers on the same host).
+/// interface address of its family when bound to the wildcard, of both
+/// families when that is IPv6's (`[::]`, dual stack); IPv6 first (a v6
+/// pair is preferred), loopback last, since it only helps peers on the
+/// same host.
 pub(super) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
     let candidate = |ip: IpAddr| Candidate { kind: CandidateKind::Host, addr: SocketAddr::new(ip, local.port()) };
     if !local.ip().is_unspecified() {
@@ -32,8 +34,11 @@ pub(super) fn host_candidates(local: SocketAddr) -> Vec<Candidate> {
     }
     let mut ips: Vec<IpAddr> =
         if_addrs::get_if_addrs().map(|ifaces| ifaces.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
-    ips.retain(|ip| ip.is_ipv4() == local.is_ipv4() && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()));
-    ips.sort_by_key(|ip| ip.is_loopback());
+    let dual = local.is_ipv6();
+    ips.retain(|ip| {
+        (dual || ip.is_ipv4() == local.is_ipv4()) && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+    });
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv4()));
     ips.dedup();
     if ips.is_empty() {
         ips.push(if local.is_ipv4() {

@@ -104,9 +104,31 @@ pub struct TraversalReport {
     pub elapsed: Duration,
 }
 
+/// The STUN servers a node uses, by what for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct StunServers {
+    /// Classifies the NAT and gives the public address: the first server
+    /// the node's socket reaches, IPv4 preferred (NATs are an IPv4 thing).
+    pub(super) primary: Option<SocketAddr>,
+    /// Gives the public address of the other family (IPv6 beside IPv4)
+    /// on a dual-stack socket.
+    pub(super) other_family: Option<SocketAddr>,
+}
+
+impl StunServers {
+    /// Picks the servers for `socket` from every address of the
+    /// configured ones.
+    pub(super) fn choose(socket: &FogSocket, servers: &[SocketAddr]) -> Self {
+        let reachable: Vec<SocketAddr> = servers.iter().copied().filter(|s| socket.reaches(*s)).collect();
+        let primary = reachable.iter().find(|s| s.is_ipv4()).or(reachable.first()).copied();
+        let other_family = primary.and_then(|p| reachable.iter().find(|s| s.is_ipv4() != p.is_ipv4()).copied());
+        Self { primary, other_family }
+    }
+}
+
 pub(super) struct Traversal {
     socket: Arc<FogSocket>,
-    stun: Option<SocketAddr>,
+    stun: StunServers,
     policy: RetransmitPolicy,
     config: CheckConfig,
     nat: watch::Sender<NatState>,
@@ -165,7 +187,7 @@ fn random_token(len: usize) -> String {
 impl Traversal {
     pub(super) fn new(
         socket: Arc<FogSocket>,
-        stun: Option<SocketAddr>,
+        stun: StunServers,
         policy: RetransmitPolicy,
         config: CheckConfig,
     ) -> Arc<Self> {
@@ -231,7 +253,7 @@ impl Traversal {
     /// Connects wait for it (see [`Traversal::classified`]) from this call
     /// on.
     pub(super) fn classify(self: &Arc<Self>) {
-        let Some(server) = self.stun else { return };
+        let Some(server) = self.stun.primary else { return };
         self.classifying.send_modify(|n| *n += 1);
         let this = self.clone();
         tokio::spawn(async move {
@@ -279,7 +301,11 @@ impl Traversal {
     /// The public address of the node's socket, asked from the STUN server
     /// through that socket.
     pub(super) async fn public_addr(&self) -> Option<SocketAddr> {
-        let server = self.stun?;
+        self.mapped_by(self.stun.primary?).await
+    }
+
+    /// The node socket's address as `server` sees it.
+    async fn mapped_by(&self, server: SocketAddr) -> Option<SocketAddr> {
         let txid = message::random_txid();
         let request = message::binding_request(txid, &BindingRequest::default()).ok()?;
         let (tx, mut rx) = oneshot::channel();
@@ -394,10 +420,16 @@ impl Traversal {
         let blocked = self.udp_blocked();
         // Behind a UDP block the server cannot answer: do not wait for it.
         let public = if blocked { None } else { self.public_addr().await };
-        if let Some(public) = public
-            && !candidates.iter().any(|c| c.addr == public)
-        {
-            candidates.push(Candidate { kind: CandidateKind::ServerReflexive, addr: public });
+        // The other family's public address (IPv6 behind a firewall is
+        // mostly the host's own, then not offered twice).
+        let other = match self.stun.other_family {
+            Some(server) => self.mapped_by(server).await,
+            None => None,
+        };
+        for public in [public, other].into_iter().flatten() {
+            if !candidates.iter().any(|c| c.addr == public) {
+                candidates.push(Candidate { kind: CandidateKind::ServerReflexive, addr: public });
+            }
         }
         candidates.truncate(crate::signal::protocol::MAX_CANDIDATES);
         let nat = self.nat.borrow().as_ref().map(|report| report.info());
@@ -433,8 +465,13 @@ impl Traversal {
         };
         let index_of: HashMap<AuxId, u16> = aux.iter().enumerate().map(|(i, &id)| (id, i as u16)).collect();
         // Relayed candidates are reached through the relay, never checked.
-        let mut candidates: Vec<Candidate> =
-            remote.candidates.iter().filter(|c| c.kind != CandidateKind::Relayed).cloned().collect();
+        // Only the families this node's socket can send to.
+        let mut candidates: Vec<Candidate> = remote
+            .candidates
+            .iter()
+            .filter(|c| c.kind != CandidateKind::Relayed && self.socket.reaches(c.addr))
+            .cloned()
+            .collect();
         // Without a WAN path only a LAN one can help: the peer's addresses
         // on this host's own subnets (loopback only when the peer runs on
         // this host). Without any, the relay takes over at once.
@@ -442,9 +479,12 @@ impl Traversal {
             let subnets = LocalSubnets::read();
             let same_host =
                 candidates.iter().any(|c| !c.addr.ip().is_loopback() && subnets.is_own_address(c.addr.ip()));
+            // IPv6 has no NAT between the two: its addresses stay, and
+            // firewalls open to checks sent from both sides.
             candidates.retain(|c| {
-                c.kind == CandidateKind::Host
-                    && if c.addr.ip().is_loopback() { same_host } else { subnets.contains(c.addr.ip()) }
+                c.addr.is_ipv6() && !c.addr.ip().is_loopback()
+                    || c.kind == CandidateKind::Host
+                        && if c.addr.ip().is_loopback() { same_host } else { subnets.contains(c.addr.ip()) }
             });
         }
         let mut agent = CheckAgent::new(

@@ -190,6 +190,30 @@ impl Routes {
     }
 }
 
+/// The address in its plain form: an IPv4-mapped IPv6 address (how a
+/// dual-stack socket, and quinn over one, name IPv4 peers) as IPv4. Every
+/// address the node keeps (routes, candidates, paths) is in this form; the
+/// facade maps to the socket's family only where the socket and quinn see
+/// addresses.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// `addr` as a socket of the family of a socket bound to `local` names it:
+/// IPv4 as IPv4-mapped IPv6 for an IPv6 socket (dual stack), else as is.
+fn in_family_of(local_is_v6: bool, addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if local_is_v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        other => other,
+    }
+}
+
 /// Whether `ip` is an address of one of the host's interfaces (true when
 /// they cannot be read).
 fn is_local_address(ip: IpAddr) -> bool {
@@ -257,6 +281,9 @@ pub fn is_presented_relay(addr: SocketAddr) -> bool {
 /// that path uses.
 pub struct FogSocket {
     io: Arc<tokio::net::UdpSocket>,
+    /// The node's socket is IPv6: bound to `[::]` it also carries IPv4
+    /// (dual stack), whose peers it and quinn name IPv4-mapped.
+    ipv6: bool,
     state: UdpSocketState,
     side: mpsc::Sender<SideDatagram>,
     counters: Arc<SocketCounters>,
@@ -292,12 +319,14 @@ impl FogSocket {
     /// I/O errors of configuring the socket.
     pub fn new(socket: std::net::UdpSocket) -> io::Result<(Arc<Self>, mpsc::Receiver<SideDatagram>)> {
         socket.set_nonblocking(true)?;
+        let ipv6 = socket.local_addr()?.is_ipv6();
         let state = UdpSocketState::new((&socket).into())?;
         let io = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let (side, side_rx) = mpsc::channel(SIDE_CHANNEL_CAPACITY);
         let (injected_tx, injected_rx) = mpsc::channel(INJECTED_QUEUE_CAPACITY);
         let facade = Self {
             io,
+            ipv6,
             state,
             side,
             counters: Arc::default(),
@@ -331,7 +360,7 @@ impl FogSocket {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let (len, from) = match reader.recv_from(&mut buf).await {
-                    Ok(r) => r,
+                    Ok((len, from)) => (len, canonical(from)),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                     Err(_) => return,
                 };
@@ -357,23 +386,39 @@ impl FogSocket {
 
     /// Sends QUIC to `remote` from the extra socket `aux` from now on.
     pub fn route(&self, remote: SocketAddr, aux: AuxId) {
-        self.routes.set(remote, Route::Aux(aux));
+        self.routes.set(canonical(remote), Route::Aux(aux));
     }
 
     /// Sets how QUIC datagrams to `remote` travel from now on.
     pub fn set_route(&self, remote: SocketAddr, route: Route) {
-        self.routes.set(remote, route);
+        self.routes.set(canonical(remote), route);
     }
 
     /// How QUIC datagrams to `remote` travel, when not plainly.
     pub fn route_of(&self, remote: SocketAddr) -> Option<Route> {
-        self.routes.get(&remote)
+        self.routes.get(&canonical(remote))
+    }
+
+    /// Whether the node's socket can send to `addr`: IPv4 from an IPv4
+    /// socket, IPv6 from an IPv6 one, both from one bound to `[::]`.
+    pub fn reaches(&self, addr: SocketAddr) -> bool {
+        match self.io.local_addr() {
+            Ok(local) if local.is_ipv6() => addr.is_ipv6() || local.ip().is_unspecified(),
+            Ok(_) => addr.is_ipv4(),
+            Err(_) => false,
+        }
+    }
+
+    /// `addr` as the node's socket and quinn name it.
+    fn in_family(&self, addr: SocketAddr) -> SocketAddr {
+        in_family_of(self.ipv6, addr)
     }
 
     /// The address the datagrams quinn sends to `remote` reach: the peer's
     /// address as the relay sees it for a presented address, the new
     /// address of a moved path, else `remote` itself.
     pub fn peer_address(&self, remote: SocketAddr) -> SocketAddr {
+        let remote = canonical(remote);
         match self.routes.get(&remote) {
             Some(Route::Relay { peer }) => peer,
             Some(Route::Moved { to, .. }) => to,
@@ -383,6 +428,7 @@ impl FogSocket {
 
     /// Which way QUIC datagrams to `remote` travel now.
     pub fn path_kind(&self, remote: SocketAddr) -> PathKind {
+        let remote = canonical(remote);
         match self.routes.get(&remote) {
             Some(Route::Relay { .. } | Route::PeerRelay) => PathKind::Relayed,
             Some(Route::Moved { relayed: true, .. }) => PathKind::Relayed,
@@ -401,6 +447,7 @@ impl FogSocket {
     /// Forgets the route to `remote` and closes its extra socket when no
     /// other route uses it.
     pub fn unroute(&self, remote: SocketAddr) {
+        let remote = canonical(remote);
         let mut orphan = None;
         self.routes.update(|t| {
             let Some(route) = t.by_remote.remove(&remote) else { return };
@@ -507,8 +554,11 @@ impl FogSocket {
     /// node's socket (through the relay), as sent by `from`. Dropped (like
     /// a loss) when quinn is that far behind.
     pub fn deliver(&self, from: SocketAddr, data: Bytes) {
-        let counter =
-            if self.injected_tx.try_send((from, data)).is_ok() { &self.counters.quic } else { &self.counters.dropped };
+        let counter = if self.injected_tx.try_send((canonical(from), data)).is_ok() {
+            &self.counters.quic
+        } else {
+            &self.counters.dropped
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -546,7 +596,7 @@ impl FogSocket {
     /// # Errors
     /// I/O errors of the socket; an unknown extra socket is `NotFound`.
     pub async fn send_raw_via(&self, via: Option<AuxId>, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let Some(id) = via else { return self.io.send_to(data, to).await };
+        let Some(id) = via else { return self.send_raw(data, to).await };
         let socket = self.aux.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|a| a.io.clone());
         match socket {
             Some(socket) => socket.send_to(data, to).await,
@@ -585,7 +635,7 @@ impl FogSocket {
     /// # Errors
     /// I/O errors of the socket.
     pub async fn send_raw(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.io.send_to(data, to).await
+        self.io.send_to(data, self.in_family(to)).await
     }
 
     /// Moves the non-QUIC datagrams among the first `count` received ones to
@@ -595,7 +645,8 @@ impl FogSocket {
         let mut kept = 0;
         for i in 0..count {
             let len = meta[i].len;
-            if let Some(sink) = self.relay_sink(meta[i].addr) {
+            let from = canonical(meta[i].addr);
+            if let Some(sink) = self.relay_sink(from) {
                 self.to_relay(&sink, &bufs[i][..len], meta[i].stride);
                 continue;
             }
@@ -607,7 +658,7 @@ impl FogSocket {
                         front[kept][..len].copy_from_slice(&back[0][..len]);
                         meta[kept] = meta[i];
                     }
-                    meta[kept].addr = self.routes.presented(meta[kept].addr);
+                    meta[kept].addr = self.in_family(self.routes.presented(from));
                     kept += 1;
                     self.counters.quic.fetch_add(1, Ordering::Relaxed);
                 }
@@ -618,8 +669,7 @@ impl FogSocket {
                     // A GRO batch holds segments of `stride` bytes each.
                     let stride = meta[i].stride.max(1);
                     for segment in bufs[i][..len].chunks(stride) {
-                        let datagram =
-                            SideDatagram { via: None, from: meta[i].addr, kind, data: Bytes::copy_from_slice(segment) };
+                        let datagram = SideDatagram { via: None, from, kind, data: Bytes::copy_from_slice(segment) };
                         if self.side.try_send(datagram).is_ok() {
                             self.counters.side.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -649,10 +699,13 @@ impl AsyncUdpSocket for FogSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        match self.routes.get(&transmit.destination) {
-            Some(Route::Aux(aux)) => self.try_send_aux(aux, transmit, transmit.destination),
+        let destination = canonical(transmit.destination);
+        match self.routes.get(&destination) {
+            Some(Route::Aux(aux)) => self.try_send_aux(aux, transmit, destination),
             Some(Route::Moved { to, aux: Some(aux), .. }) => self.try_send_aux(aux, transmit, to),
-            Some(Route::Moved { to, aux: None, .. }) => self.send_main(&Transmit { destination: to, ..*transmit }),
+            Some(Route::Moved { to, aux: None, .. }) => {
+                self.send_main(&Transmit { destination: self.in_family(to), ..*transmit })
+            }
             Some(Route::Relay { peer }) => {
                 self.send_relay(peer, transmit);
                 Ok(())
@@ -675,7 +728,8 @@ impl AsyncUdpSocket for FogSocket {
             && data.len() <= buf.len()
         {
             buf[..data.len()].copy_from_slice(&data);
-            *slot = RecvMeta { addr, len: data.len(), stride: data.len(), ecn: None, dst_ip: None };
+            *slot =
+                RecvMeta { addr: self.in_family(addr), len: data.len(), stride: data.len(), ecn: None, dst_ip: None };
             self.counters.quic.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Ok(1));
         }
