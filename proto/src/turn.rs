@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 
 use stun_rs::attributes::stun::{ErrorCode, MessageIntegrity, Nonce, Realm, UserName, XorMappedAddress};
-use stun_rs::attributes::turn::{ChannelNumber, Data, LifeTime, RequestedTrasport, XorPeerAddress, XorRelayedAddress};
+use stun_rs::attributes::turn::{
+    ChannelNumber, Data, LifeTime, RequestedAddressFamily, RequestedTrasport, XorPeerAddress, XorRelayedAddress,
+};
 use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, DATA, REFRESH, SEND};
 use stun_rs::{
     Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunMessage, StunMessageBuilder, TransactionId,
@@ -122,6 +124,22 @@ pub struct LongTermAuth {
     pub nonce: String,
 }
 
+/// The address family of a relayed address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayFamily {
+    /// IPv4 (code 0x01).
+    V4,
+    /// IPv6 (code 0x02).
+    V6,
+}
+
+impl RelayFamily {
+    /// The family of `addr`.
+    pub fn of(addr: SocketAddr) -> Self {
+        if addr.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+}
+
 /// A TURN request or indication a client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnRequest {
@@ -129,6 +147,10 @@ pub enum TurnRequest {
     Allocate {
         /// Requested lifetime in seconds (`None`: the server's default).
         lifetime: Option<u32>,
+        /// The relayed address's family (REQUESTED-ADDRESS-FAMILY, RFC
+        /// 8656 section 18.1, first in RFC 6156); `None`: the server's
+        /// default, IPv4.
+        family: Option<RelayFamily>,
     },
     /// Refresh the allocation; lifetime 0 deletes it.
     Refresh {
@@ -178,10 +200,17 @@ pub fn encode_request(
     let mut builder =
         StunMessageBuilder::new(method, MessageClass::Request).with_transaction_id(TransactionId::from(txid));
     match request {
-        TurnRequest::Allocate { lifetime } => {
+        TurnRequest::Allocate { lifetime, family } => {
             builder = builder.with_attribute(RequestedTrasport::default());
             if let Some(lifetime) = lifetime {
                 builder = builder.with_attribute(LifeTime::from(*lifetime));
+            }
+            if let Some(family) = family {
+                let family = match family {
+                    RelayFamily::V4 => stun_rs::AddressFamily::IPv4,
+                    RelayFamily::V6 => stun_rs::AddressFamily::IPv6,
+                };
+                builder = builder.with_attribute(RequestedAddressFamily::from(family));
             }
         }
         TurnRequest::Refresh { lifetime } => builder = builder.with_attribute(LifeTime::from(*lifetime)),
@@ -390,6 +419,8 @@ pub struct IncomingRequest {
     pub lifetime: Option<u32>,
     /// REQUESTED-TRANSPORT protocol number (17 = UDP).
     pub transport: Option<u8>,
+    /// REQUESTED-ADDRESS-FAMILY.
+    pub family: Option<RelayFamily>,
     /// XOR-PEER-ADDRESS attributes.
     pub peers: Vec<SocketAddr>,
     /// CHANNEL-NUMBER.
@@ -448,6 +479,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
         indication,
         lifetime: None,
         transport: None,
+        family: None,
         peers: Vec::new(),
         channel: None,
         data: None,
@@ -461,6 +493,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
         match attribute {
             StunAttribute::LifeTime(l) => request.lifetime = Some(l.as_u32()),
             StunAttribute::RequestedTrasport(t) => request.transport = Some(t.protocol().as_u8()),
+            StunAttribute::RequestedAddressFamily(f) => {
+                request.family = Some(match f.family() {
+                    stun_rs::AddressFamily::IPv4 => RelayFamily::V4,
+                    stun_rs::AddressFamily::IPv6 => RelayFamily::V6,
+                });
+            }
             StunAttribute::XorPeerAddress(p) => request.peers.push(*p.socket_address()),
             StunAttribute::ChannelNumber(c) => request.channel = Some(c.number()),
             StunAttribute::Data(d) => request.data = Some(d.as_bytes().to_vec()),
@@ -544,7 +582,7 @@ mod tests {
             nonce: "abcdef".into(),
         };
         for request in [
-            TurnRequest::Allocate { lifetime: Some(600) },
+            TurnRequest::Allocate { lifetime: Some(600), family: None },
             TurnRequest::Refresh { lifetime: 0 },
             TurnRequest::CreatePermission { peers: vec![a("203.0.113.5:1000"), a("198.51.100.7:2")] },
             TurnRequest::ChannelBind { channel: 0x4000, peer: a("203.0.113.5:1000") },
@@ -646,10 +684,17 @@ mod tests {
         assert_eq!(request.peers, [a("203.0.113.5:1000")]);
         assert_eq!((request.username.as_deref(), request.nonce.as_deref()), (Some("u"), Some("n")));
         assert!(request.has_integrity && !request.indication && request.unsupported.is_empty());
-        let allocate =
-            decode_request(&encode_request([6; 12], &TurnRequest::Allocate { lifetime: Some(60) }, None).expect("enc"))
-                .expect("decode");
+        let allocate = decode_request(
+            &encode_request([6; 12], &TurnRequest::Allocate { lifetime: Some(60), family: None }, None).expect("enc"),
+        )
+        .expect("decode");
         assert_eq!((allocate.method, allocate.transport, allocate.lifetime), (method::ALLOCATE, Some(17), Some(60)));
+        assert_eq!(allocate.family, None);
+        for family in [RelayFamily::V4, RelayFamily::V6] {
+            let request = TurnRequest::Allocate { lifetime: None, family: Some(family) };
+            let allocate = decode_request(&encode_request([8; 12], &request, None).expect("enc")).expect("decode");
+            assert_eq!(allocate.family, Some(family), "REQUESTED-ADDRESS-FAMILY round trip");
+        }
         let send = decode_request(&encode_send([7; 12], a("203.0.113.5:1"), b"x").expect("enc")).expect("decode");
         assert!(send.indication);
         assert_eq!(send.data.as_deref(), Some(&b"x"[..]));

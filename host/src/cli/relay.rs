@@ -16,8 +16,11 @@ pub struct RelayArgs {
     #[arg(long, default_value = "0.0.0.0:3478")]
     listen: SocketAddr,
     /// The IP peers reach relayed addresses at (default: the --listen IP).
+    /// Give one IPv4 and one IPv6 address for a dual-stack relay: clients
+    /// then choose the family of their relayed address (RFC 6156), so an
+    /// IPv6-only device reaches IPv4 peers.
     #[arg(long, value_name = "IP")]
-    relay_ip: Option<IpAddr>,
+    relay_ip: Vec<IpAddr>,
     /// Realm announced to clients.
     #[arg(long, default_value = "fogconnect")]
     realm: String,
@@ -78,7 +81,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     if users.is_empty() && args.auth_secret.is_none() {
         bail!("give --auth-secret or --user: the relay never runs without credentials");
     }
-    let relay_ip = args.relay_ip.unwrap_or(args.listen.ip());
+    let relay_ips = if args.relay_ip.is_empty() { vec![args.listen.ip()] } else { args.relay_ip.clone() };
     let config = TurnServerConfig {
         realm: args.realm.clone(),
         users,
@@ -99,9 +102,10 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let server =
-        TurnServer::start_with_tls(args.listen, relay_ip, config, tls).await.context("cannot start the relay")?;
+        TurnServer::start_with_tls(args.listen, &relay_ips, config, tls).await.context("cannot start the relay")?;
     let tls = server.tls_addr().map(|addr| format!(", TLS on {addr}")).unwrap_or_default();
-    println!("relay listening on {} (UDP and TCP){tls}, relaying on {relay_ip}, realm {}", server.addr(), args.realm);
+    let relaying = relay_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ");
+    println!("relay listening on {} (UDP and TCP){tls}, relaying on {relaying}, realm {}", server.addr(), args.realm);
     super::node::wait_for_signal().await?;
     server.stop().await;
     Ok(())

@@ -322,6 +322,7 @@ impl Actor {
             lifetime: LIFETIME,
             retransmit,
             transport: server.url.transport,
+            family: None,
         };
         let port = self.socket.attach_relay(match channel {
             Channel::Udp { server } => Some(server),

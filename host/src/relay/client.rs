@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fogconnect_proto::stun::{StunCodecError, TxId, random_txid};
-use fogconnect_proto::turn::{self, ChannelData, LongTermAuth, MAX_CHANNEL, MIN_CHANNEL, TurnRequest, TurnResponse};
+use fogconnect_proto::turn::{
+    self, ChannelData, LongTermAuth, MAX_CHANNEL, MIN_CHANNEL, RelayFamily, TurnRequest, TurnResponse,
+};
 
 use super::RelayError;
 use super::url::TurnTransport;
@@ -31,6 +33,10 @@ pub struct TurnConfig {
     pub retransmit: RetransmitPolicy,
     /// How the messages travel; over a stream ChannelData is padded.
     pub transport: TurnTransport,
+    /// The family of the relayed address to ask for (RFC 6156); `None`:
+    /// the server's default, IPv4 (which an IPv6-only node, reaching the
+    /// relay over IPv6, needs to reach IPv4 peers).
+    pub family: Option<RelayFamily>,
 }
 
 /// Lifetime of a permission (RFC 8656 section 9: 300 s); refreshed a
@@ -124,8 +130,8 @@ impl TurnClient {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
-        let lifetime = client.config.lifetime;
-        client.request(TurnRequest::Allocate { lifetime: Some(lifetime) }, Purpose::Allocate, now);
+        let (lifetime, family) = (client.config.lifetime, client.config.family);
+        client.request(TurnRequest::Allocate { lifetime: Some(lifetime), family }, Purpose::Allocate, now);
         client
     }
 
@@ -485,6 +491,7 @@ mod tests {
             lifetime: 600,
             retransmit: RetransmitPolicy::DISCOVERY,
             transport: TurnTransport::Udp,
+            family: None,
         }
     }
 

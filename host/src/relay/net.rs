@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::RelayError;
 use super::server::{Client, ClientTransport, Output, TurnServerConfig, TurnServerCore};
 use crate::limits::{DescriptorBudget, PerIpConnections, accept_with_backoff};
+use fogconnect_proto::turn::RelayFamily;
 
 /// Datagrams from peers waiting for the core, at most.
 const PEER_QUEUE: usize = 4096;
@@ -110,14 +111,16 @@ async fn bind_udp_and_tcp(listen: SocketAddr) -> Result<(UdpSocket, TcpListener)
 }
 
 impl TurnServer {
-    /// Listens on `listen`; relay sockets are opened on `relay_ip` (the
-    /// address peers reach, which relayed addresses carry).
+    /// Listens on `listen`; relay sockets are opened on `relay_ips` (the
+    /// addresses peers reach, which relayed addresses carry: at most one
+    /// per family; with one of each, clients choose the family of their
+    /// relayed address, RFC 6156).
     ///
     /// # Errors
-    /// [`RelayError::Io`] when the socket cannot be bound or `relay_ip` is
-    /// unspecified.
-    pub async fn start(listen: SocketAddr, relay_ip: IpAddr, config: TurnServerConfig) -> Result<Self, RelayError> {
-        Self::start_with_tls(listen, relay_ip, config, None).await
+    /// [`RelayError::Io`] when the socket cannot be bound, or the relay
+    /// addresses are none, unspecified or two of one family.
+    pub async fn start(listen: SocketAddr, relay_ips: &[IpAddr], config: TurnServerConfig) -> Result<Self, RelayError> {
+        Self::start_with_tls(listen, relay_ips, config, None).await
     }
 
     /// Like [`TurnServer::start`], and with `tls` also serves TURN over TLS
@@ -128,15 +131,12 @@ impl TurnServer {
     /// address cannot be bound or the certificate or key cannot be used.
     pub async fn start_with_tls(
         listen: SocketAddr,
-        relay_ip: IpAddr,
-        config: TurnServerConfig,
+        relay_ips: &[IpAddr],
+        mut config: TurnServerConfig,
         tls: Option<TlsListen>,
     ) -> Result<Self, RelayError> {
-        if relay_ip.is_unspecified() {
-            return Err(RelayError::Io(format!(
-                "relay address {relay_ip} is unspecified: give the IP peers reach the relay at"
-            )));
-        }
+        let relay_ips = RelayIps::new(relay_ips)?;
+        config.relay_families = relay_ips.families();
         let (socket, tcp) = bind_udp_and_tcp(listen).await?;
         let addr = socket.local_addr().map_err(|e| RelayError::Io(e.to_string()))?;
         let mut nonce_secret = [0u8; 32];
@@ -169,7 +169,7 @@ impl TurnServer {
         let accept_tls = tls.map(|(listener, acceptor, _)| {
             tokio::spawn(accept_tcp(listener, Some(acceptor), tcp_tx, connections, handshake_timeout, stop.clone()))
         });
-        let serving = tokio::spawn(serve(socket, relay_ip, core, stop.clone(), tcp_rx));
+        let serving = tokio::spawn(serve(socket, relay_ips, core, stop.clone(), tcp_rx));
         let task = tokio::spawn(async move {
             let _ = serving.await;
             accept.abort();
@@ -197,9 +197,51 @@ impl TurnServer {
     }
 }
 
+/// The addresses relay sockets are opened on, one per family at most.
+#[derive(Debug, Clone, Copy)]
+struct RelayIps {
+    v4: Option<IpAddr>,
+    v6: Option<IpAddr>,
+}
+
+impl RelayIps {
+    fn new(ips: &[IpAddr]) -> Result<Self, RelayError> {
+        let mut relay = Self { v4: None, v6: None };
+        for &ip in ips {
+            if ip.is_unspecified() {
+                return Err(RelayError::Io(format!(
+                    "relay address {ip} is unspecified: give the IP peers reach the relay at"
+                )));
+            }
+            let slot = if ip.is_ipv4() { &mut relay.v4 } else { &mut relay.v6 };
+            if let Some(other) = slot.replace(ip) {
+                return Err(RelayError::Io(format!("two relay addresses of one family: {other} and {ip}")));
+            }
+        }
+        if relay.v4.is_none() && relay.v6.is_none() {
+            return Err(RelayError::Io("no relay address: give the IP peers reach the relay at".into()));
+        }
+        Ok(relay)
+    }
+
+    fn families(self) -> Vec<RelayFamily> {
+        [(self.v4, RelayFamily::V4), (self.v6, RelayFamily::V6)]
+            .into_iter()
+            .filter_map(|(ip, family)| ip.map(|_| family))
+            .collect()
+    }
+
+    fn of(self, family: RelayFamily) -> Option<IpAddr> {
+        match family {
+            RelayFamily::V4 => self.v4,
+            RelayFamily::V6 => self.v6,
+        }
+    }
+}
+
 async fn serve(
     socket: UdpSocket,
-    relay_ip: IpAddr,
+    relay_ips: RelayIps,
     mut core: TurnServerCore,
     stop: CancellationToken,
     mut tcp_rx: mpsc::Receiver<TcpEvent>,
@@ -275,8 +317,11 @@ async fn serve(
                         send(&relay.io, &bytes, peer).await;
                     }
                 }
-                Output::OpenRelay { client, even } => {
-                    let opened = open_relay(relay_ip, even, peer_tx.clone()).await;
+                Output::OpenRelay { client, even, family } => {
+                    let opened = match relay_ips.of(family) {
+                        Some(ip) => open_relay(ip, even, peer_tx.clone()).await,
+                        None => Err(format!("no relay address of family {family:?}")),
+                    };
                     let result = opened.map(|(addr, relay)| {
                         relays.insert(addr, relay);
                         addr

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use fogconnect_proto::stun::{self, SuccessResponse, TxId};
 use fogconnect_proto::turn::{
-    self, ChannelData, IncomingRequest, LongTermAuth, MAX_CHANNEL_RFC5766, MIN_CHANNEL, TurnResponse, method,
+    self, ChannelData, IncomingRequest, LongTermAuth, MAX_CHANNEL_RFC5766, MIN_CHANNEL, RelayFamily, TurnResponse,
+    method,
 };
 use ring::hmac;
 
@@ -39,6 +40,10 @@ pub struct TurnServerConfig {
     pub auth_secret: Option<Vec<u8>>,
     /// Relay to loopback, link-local and private peers too (labs only).
     pub allow_private_peers: bool,
+    /// The families the server has a relay address of (the driver sets
+    /// them from its relay addresses): an Allocate for another family
+    /// gets 440 (RFC 8656 section 7.2).
+    pub relay_families: Vec<RelayFamily>,
     /// Lifetime granted when the client asks for none, in seconds.
     pub default_lifetime: u32,
     /// Longest lifetime granted, in seconds.
@@ -76,6 +81,7 @@ impl Default for TurnServerConfig {
             users: HashMap::new(),
             auth_secret: None,
             allow_private_peers: false,
+            relay_families: vec![RelayFamily::V4],
             default_lifetime: 600,
             max_lifetime: 3600,
             max_allocations_per_user: 16,
@@ -168,6 +174,8 @@ pub enum Output {
         client: Client,
         /// The client asked for an even port (EVEN-PORT).
         even: bool,
+        /// The relayed address's family.
+        family: RelayFamily,
     },
     /// Close this relay socket (allocation ended).
     CloseRelay {
@@ -527,6 +535,14 @@ impl TurnServerCore {
             Some(_) => return self.error(client, request, 442, "Unsupported Transport Protocol", Some(&key)),
             None => return self.error(client, request, 400, "Bad Request: REQUESTED-TRANSPORT missing", Some(&key)),
         }
+        // Without REQUESTED-ADDRESS-FAMILY: IPv4 (RFC 8656 section 7.2),
+        // or the one family an IPv6-only relay has.
+        let family = request.family.unwrap_or_else(|| {
+            if self.config.relay_families.contains(&RelayFamily::V4) { RelayFamily::V4 } else { RelayFamily::V6 }
+        });
+        if !self.config.relay_families.contains(&family) {
+            return self.error(client, request, 440, "Address Family not Supported", Some(&key));
+        }
         let identity = quota_identity(&key.username).to_string();
         if self.per_user.get(&identity).copied().unwrap_or(0) >= self.config.max_allocations_per_user {
             return self.error(client, request, 486, "Allocation Quota Reached", Some(&key));
@@ -552,7 +568,7 @@ impl TurnServerCore {
                 to_client: bucket(self.config.bandwidth_per_allocation),
             },
         );
-        self.outputs.push_back(Output::OpenRelay { client, even: request.even_port.is_some() });
+        self.outputs.push_back(Output::OpenRelay { client, even: request.even_port.is_some(), family });
     }
 
     fn lifetime(&self, asked: Option<u32>) -> u32 {
@@ -806,6 +822,7 @@ mod tests {
             lifetime: 600,
             retransmit: RetransmitPolicy::DISCOVERY,
             transport: crate::relay::url::TurnTransport::Udp,
+            family: None,
         }
     }
 
@@ -910,6 +927,54 @@ mod tests {
         wire.run(t0);
         assert_eq!(wire.closed, [a(RELAY)]);
         assert_eq!(wire.server.stats().allocations, 0);
+    }
+
+    #[test]
+    fn the_relayed_family_is_the_one_asked_for_and_a_missing_one_is_refused_with_440() {
+        let t0 = Instant::now();
+        // Runs one client against `server` until quiet; opens relay sockets
+        // of the family asked for; returns the families opened.
+        let allocate = |server: &mut TurnServerCore, family: Option<RelayFamily>| {
+            let config = TurnConfig { family, ..client_config("dev", "secret") };
+            let mut client = TurnClient::new(config, t0);
+            let mut opened = Vec::new();
+            for _ in 0..20 {
+                client.handle_timeout(t0);
+                while let Some(bytes) = client.poll_transmit() {
+                    server.handle_client(Client::udp(a(CLIENT)), &bytes, t0, UNIX);
+                }
+                while let Some(output) = server.poll_output() {
+                    match output {
+                        Output::ToClient { bytes, .. } => client.handle_datagram(&bytes, t0),
+                        Output::OpenRelay { client: who, family, .. } => {
+                            opened.push(family);
+                            let relay =
+                                if family == RelayFamily::V4 { "198.51.100.1:50000" } else { "[2001:db8::1]:50000" };
+                            server.relay_opened(who, Ok(a(relay)));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let events: Vec<TurnEvent> = std::iter::from_fn(|| client.poll_event()).collect();
+            (opened, client.relayed(), events)
+        };
+        // An IPv4-only relay: IPv6 asked for gets 440, nothing opened.
+        let mut server = TurnServerCore::new(users(), b"nonce secret");
+        let (opened, relayed, events) = allocate(&mut server, Some(RelayFamily::V6));
+        assert!(opened.is_empty() && relayed.is_none());
+        assert!(
+            events.iter().any(|e| matches!(e, TurnEvent::Failed(RelayError::Refused { code: 440, .. }))),
+            "{events:?}"
+        );
+        // A dual-stack relay: the family asked for, IPv4 without asking.
+        let dual = TurnServerConfig { relay_families: vec![RelayFamily::V4, RelayFamily::V6], ..users() };
+        let mut server = TurnServerCore::new(dual.clone(), b"nonce secret");
+        let (opened, relayed, _) = allocate(&mut server, Some(RelayFamily::V6));
+        assert_eq!((opened, relayed), (vec![RelayFamily::V6], Some(a("[2001:db8::1]:50000"))));
+        let mut server = TurnServerCore::new(dual, b"nonce secret");
+        let (opened, relayed, _) = allocate(&mut server, None);
+        assert_eq!((opened, relayed), (vec![RelayFamily::V4], Some(a("198.51.100.1:50000"))));
     }
 
     #[test]
