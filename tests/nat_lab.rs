@@ -6,7 +6,7 @@ mod common;
 mod natlab;
 
 use anyhow::ensure;
-use natlab::{Lab, NatKind, STUN};
+use natlab::{Lab, NatKind, STUN, STUN6};
 
 /// `fogconnect nat` from behind each kind of router reports that kind.
 #[test]
@@ -611,5 +611,60 @@ fn c_programs_connect_by_id_through_the_lab_nats() -> anyhow::Result<()> {
     ensure!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
     ensure!(stdout.contains("path direct WAN") && stdout.contains("\nI know!"), "{stdout}");
     c_device.wait_line("device: connection closed: eof", wait)?;
+    Ok(())
+}
+
+/// IPv6 beside IPv4: the routers forward IPv6 without NAT behind a stateful
+/// firewall, the hosts are dual stack. Behind symmetric IPv4 NATs (which
+/// need the relay) the pair connects directly over IPv6, found by STUN
+/// over IPv6 and checks through both firewalls.
+#[test]
+fn dual_stack_hosts_connect_directly_over_ipv6_where_ipv4_needs_the_relay() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::Symmetric, NatKind::Symmetric)?;
+    lab.add_ipv6(&[natlab::Side::A, natlab::Side::B])?;
+    let (url, _) = lab.start_servers_dual()?;
+    let stun = format!("{STUN},{STUN6}");
+    lab.start_echo_node_on("host-b", "[::]:7700", &stun, &url, &[])?;
+    let args = lab.send_args_with(&stun, &url, &[], &["hello over IPv6"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.output("host-a", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        stdout.contains(&format!("connected to dev-b at [{}]:7700: path direct WAN", natlab::Side::B.host_ip6())),
+        "{stdout}"
+    );
+    ensure!(stdout.lines().any(|l| l == "hello over IPv6"), "{stdout}");
+    // STUN over IPv6: behind the firewall the public address is the
+    // host's own, and the filtering is the firewall's.
+    let nat = lab.output("host-a", &["nat", "--stun", STUN6], &[])?;
+    let report = String::from_utf8_lossy(&nat.stdout).into_owned();
+    println!("{report}");
+    ensure!(report.contains(&format!("[{}]:", natlab::Side::A.host_ip6())), "{report}");
+    ensure!(report.contains("firewall, no NAT"), "{report}");
+    Ok(())
+}
+
+/// An IPv6-only host (no IPv4 at all) reaches an IPv4-only host through
+/// the dual-stack relay: its allocation, made over IPv6, has an IPv4
+/// relayed address (RFC 6156), through which it reaches the peer's.
+#[test]
+fn an_ipv6_only_host_reaches_an_ipv4_only_host_through_a_dual_stack_relay() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    lab.add_ipv6(&[natlab::Side::A])?;
+    lab.remove_ipv4(natlab::Side::A)?;
+    let (url4, url6) = lab.start_servers_dual()?;
+    lab.start_echo_node("host-b", &url4, &[])?;
+    let args = lab.send_args_with(STUN6, &url6, &[], &["from IPv6 to IPv4"])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.output("host-a", &args, &[])?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("connected to dev-b at 203.0.113.10:") && stdout.contains("path relayed"), "{stdout}");
+    ensure!(stdout.lines().any(|l| l == "from IPv6 to IPv4"), "{stdout}");
     Ok(())
 }

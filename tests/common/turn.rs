@@ -26,6 +26,7 @@ pub fn test_client_config(server: SocketAddr) -> TurnConfig {
         lifetime: 600,
         retransmit: RetransmitPolicy { rto: Duration::from_millis(100), max_sends: 7, last_wait: 8 },
         transport: TurnTransport::Udp,
+        family: None,
     }
 }
 

@@ -39,6 +39,13 @@ pub const RELAY: &str = "203.0.113.10:3480";
 /// The secret the signaling server shares with the relay.
 pub const RELAY_SECRET: &str = "nat lab relay secret 0123456789";
 
+/// The lab's IPv6 internet ([`Lab::add_ipv6`], documentation prefix
+/// 2001:db8::/32): the STUN server's primary and alternate address.
+pub const STUN6: &str = "[2001:db8::10]:3478";
+const STUN6_ALT: &str = "[2001:db8::11]:3479";
+/// The relay's IPv6 address (the same relay as [`RELAY`]).
+pub const RELAY6: &str = "[2001:db8::10]:3480";
+
 /// The device side of a rate-limited link lab (see
 /// [`Lab::rate_limited_link`]).
 pub const LINK_DEVICE: &str = "198.51.100.1";
@@ -122,6 +129,31 @@ impl Side {
         }
     }
 
+    /// The router's IPv6 WAN address.
+    fn wan_ip6(self) -> &'static str {
+        match self {
+            Side::A => "2001:db8::21",
+            Side::B => "2001:db8::22",
+        }
+    }
+
+    /// (router LAN address with prefix, host address with prefix, the
+    /// LAN's prefix) of the side's IPv6 network.
+    fn lan6(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Side::A => ("2001:db8:a::1/64", "2001:db8:a::2/64", "2001:db8:a::/64"),
+            Side::B => ("2001:db8:b::1/64", "2001:db8:b::2/64", "2001:db8:b::/64"),
+        }
+    }
+
+    /// The host's IPv6 address.
+    pub fn host_ip6(self) -> &'static str {
+        match self {
+            Side::A => "2001:db8:a::2",
+            Side::B => "2001:db8:b::2",
+        }
+    }
+
     /// (router LAN address with prefix, host address with prefix, router
     /// LAN IP) for the side.
     fn lan(self, kind: NatKind) -> (&'static str, &'static str, &'static str) {
@@ -180,6 +212,20 @@ pub fn ruleset(kind: NatKind, wan_ip: &str) -> String {
          chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"wan\" drop\n  }}\n  \
          chain forward {{\n    type filter hook forward priority filter; policy accept;\n    {forward}\n  }}\n}}\n"
     )
+}
+
+/// The IPv6 ruleset of every lab router: it forwards without translating
+/// and filters like a home router's stateful firewall (what arrives from
+/// the WAN passes only as an answer to what the LAN sent; ICMPv6 to the
+/// router itself passes, neighbour discovery needs it).
+pub fn ruleset6() -> String {
+    "table ip6 lab6 {\n  \
+     chain input {\n    type filter hook input priority filter; policy accept;\n    \
+     iifname \"wan\" meta l4proto ipv6-icmp accept\n    iifname \"wan\" ct state established,related accept\n    \
+     iifname \"wan\" drop\n  }\n  \
+     chain forward {\n    type filter hook forward priority filter; policy accept;\n    \
+     iifname \"wan\" ct state established,related accept\n    iifname \"wan\" drop\n  }\n}\n"
+        .to_string()
 }
 
 /// Loads the nftables `rules` in namespace `ns`.
@@ -407,6 +453,67 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Gives the lab an IPv6 internet beside the IPv4 one, on the same
+    /// links: `srv` on 2001:db8::10 and ::11, the routers' WANs on
+    /// 2001:db8::21 and ::22 and their LANs on 2001:db8:a::/64 and
+    /// 2001:db8:b::/64, forwarding without NAT behind a stateful firewall
+    /// ([`ruleset6`]); the hosts of `hosts` get ::2 of their LAN.
+    pub fn add_ipv6(&mut self, hosts: &[Side]) -> anyhow::Result<()> {
+        let srv = self.ns("srv");
+        ip(&["-n", &srv, "addr", "add", "2001:db8::10/64", "dev", "eth0", "nodad"])?;
+        // The STUN server's alternate address never answers from the
+        // servers listening on [::] (deprecated: not picked as a source).
+        ip(&["-n", &srv, "addr", "add", "2001:db8::11/64", "dev", "eth0", "nodad", "preferred_lft", "0"])?;
+        for side in [Side::A, Side::B] {
+            let nat = self.ns(&format!("nat-{}", side.letter()));
+            let (router_lan, host_addr, _) = side.lan6();
+            Self::sysctl(&nat, "net.ipv6.conf.all.forwarding", "1")?;
+            ip(&["-n", &nat, "addr", "add", &format!("{}/64", side.wan_ip6()), "dev", "wan", "nodad"])?;
+            ip(&["-n", &nat, "addr", "add", router_lan, "dev", "lan", "nodad"])?;
+            nft(&nat, &ruleset6())?;
+            if hosts.contains(&side) {
+                let host = self.ns(&format!("host-{}", side.letter()));
+                ip(&["-n", &host, "addr", "add", host_addr, "dev", "eth0", "nodad"])?;
+                let gateway = router_lan.trim_end_matches("/64");
+                ip(&["-n", &host, "-6", "route", "add", "default", "via", gateway])?;
+            }
+        }
+        for side in [Side::A, Side::B] {
+            let other = self.ns(&format!("nat-{}", if side == Side::A { 'b' } else { 'a' }));
+            for ns in [&srv, &other] {
+                ip(&["-n", ns, "-6", "route", "add", side.lan6().2, "via", side.wan_ip6()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes IPv4 away from `side`'s host (its address and default route):
+    /// an IPv6-only host.
+    pub fn remove_ipv4(&self, side: Side) -> anyhow::Result<()> {
+        ip(&["-n", &self.ns(&format!("host-{}", side.letter())), "-4", "addr", "flush", "dev", "eth0"])
+    }
+
+    /// Starts the servers for both families ([`Lab::add_ipv6`] first): a
+    /// STUN server on each family's addresses, one relay on both
+    /// (relaying on 203.0.113.10 and 2001:db8::10), one signaling server on
+    /// both, which hands out the relay at both addresses. Returns the
+    /// signaling URL over IPv4 and over IPv6.
+    pub fn start_servers_dual(&mut self) -> anyhow::Result<(String, String)> {
+        self.start_stun()?;
+        let mut stun6 = self.spawn("srv", &["stun", "--listen", STUN6, "--alt-addr", STUN6_ALT], &[])?;
+        stun6.wait_line("RFC 5780", Duration::from_secs(10))?;
+        let relay_args = ["relay", "--listen", "[::]:3480", "--relay-ip", "203.0.113.10", "--relay-ip", "2001:db8::10"];
+        let mut relay = self.spawn("srv", &relay_args, &[("FOGCONNECT_TURN_SECRET", RELAY_SECRET)])?;
+        relay.wait_line("relay listening", Duration::from_secs(10))?;
+        self.relay_pid = Some(relay.pid);
+        let (relay4, relay6) = (format!("turn:{RELAY}"), format!("turn:{RELAY6}"));
+        let args = ["signal", "--listen", "[::]:7600", "--relay", &relay4, "--relay", &relay6];
+        let env = [("FOGCONNECT_SIGNAL_SECRET", SECRET), ("FOGCONNECT_TURN_SECRET", RELAY_SECRET)];
+        let mut signal = self.spawn("srv", &args, &env)?;
+        signal.wait_line("signaling on ", Duration::from_secs(10))?;
+        Ok(("ws://203.0.113.10:7600/ws".to_string(), "ws://[2001:db8::10]:7600/ws".to_string()))
     }
 
     /// Adds the host namespace `name` to `side`'s LAN with `addr` (with
@@ -744,10 +851,23 @@ impl Lab {
     /// registered at `url`, and waits until it is classified and has its
     /// relay allocation; `extra` goes to its command line.
     pub fn start_echo_node(&mut self, ns: &str, url: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        self.start_echo_node_on(ns, "0.0.0.0:7700", STUN, url, extra)
+    }
+
+    /// Like [`Lab::start_echo_node`], listening on `listen` and using the
+    /// STUN servers `stun`.
+    pub fn start_echo_node_on(
+        &mut self,
+        ns: &str,
+        listen: &str,
+        stun: &str,
+        url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let token = self.token("dev-b")?;
         let echo = format!("0={}", crate::common::plugin("echo").display());
-        let mut args = vec!["node", "--listen", "0.0.0.0:7700", "--no-cache", "--id", "dev-b", "--signal", url];
-        args.extend(["--token", &token, "--stun", STUN, "--plugin", &echo]);
+        let mut args = vec!["node", "--listen", listen, "--no-cache", "--id", "dev-b", "--signal", url];
+        args.extend(["--token", &token, "--stun", stun, "--plugin", &echo]);
         args.extend(extra);
         let mut node = self.spawn(ns, &args, &[])?;
         node.wait_line("registered with", Duration::from_secs(15))?;
@@ -770,9 +890,20 @@ impl Lab {
     /// The command line of `fogconnect send --info` from `dev-a` to `dev-b`
     /// through signaling at `url`, with `extra` options and `messages`.
     pub fn send_args(&self, url: &str, extra: &[&str], messages: &[&str]) -> anyhow::Result<Vec<String>> {
+        self.send_args_with(STUN, url, extra, messages)
+    }
+
+    /// Like [`Lab::send_args`], with the STUN servers `stun`.
+    pub fn send_args_with(
+        &self,
+        stun: &str,
+        url: &str,
+        extra: &[&str],
+        messages: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
         let token = self.token("dev-a")?;
         let mut args = vec!["send", "--peer", "dev-b", "--signal", url, "--id", "dev-a", "--token", &token];
-        args.extend(["--stun", STUN, "--info"]);
+        args.extend(["--stun", stun, "--info"]);
         if !extra.contains(&"--reply-timeout-ms") {
             args.extend(["--reply-timeout-ms", "5000"]);
         }

@@ -164,8 +164,11 @@ impl KeepAliveArgs {
 #[derive(Debug, Args)]
 pub struct TraversalArgs {
     /// STUN server (host:port) for the public address and NAT
-    /// classification, e.g. one run by `fogconnect stun`.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// classification, e.g. one run by `fogconnect stun`. Several separated
+    /// by commas (e.g. an IPv4 and an IPv6 one): the first IPv4 one
+    /// classifies, one of the other family gives that family's public
+    /// address.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT]")]
     pub(crate) stun: Option<String>,
     /// Time budget of the connectivity checks of one connect, in ms.
     #[arg(long, default_value_t = 8_000, value_name = "MS")]

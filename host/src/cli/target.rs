@@ -45,12 +45,17 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     /// Starts this command's node: on the wildcard address of the target's
-    /// family, joined to the signaling server when given, with its NAT
+    /// family (both families, `[::]`, for a peer by id when the host has
+    /// IPv6), joined to the signaling server when given, with its NAT
     /// classified first when a STUN server is given.
     pub async fn start_node(&self) -> anyhow::Result<Node> {
+        let any_v4 = SocketAddr::from(([0, 0, 0, 0], 0));
+        let any_v6 = SocketAddr::from(([0u16; 8], 0));
         let local = match self.addr {
-            Some(SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], 0)),
-            _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+            Some(SocketAddr::V6(_)) => any_v6,
+            Some(SocketAddr::V4(_)) => any_v4,
+            None if std::net::UdpSocket::bind(any_v6).is_ok() => any_v6,
+            None => any_v4,
         };
         let mut config = fogconnect::NodeConfig {
             listen: local,

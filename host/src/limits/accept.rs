@@ -26,7 +26,9 @@ pub async fn accept_with_backoff(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok(pair) => return Some(pair),
+            // A listener on [::] names IPv4 clients IPv4-mapped; the
+            // servers judge and report them by their plain address.
+            Ok((stream, peer)) => return Some((stream, crate::transport::socket::canonical(peer))),
             Err(e) => {
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
                 tracing::warn!("{server}: accept failed: {e}; next try in {backoff:?}");

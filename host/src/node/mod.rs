@@ -84,7 +84,10 @@ pub struct NodeConfig {
     /// `node_id`); `None` for a node reachable by address only.
     pub signal: Option<SignalClientConfig>,
     /// STUN server (`host:port`) for the public address and NAT
-    /// classification; `None`: host candidates only.
+    /// classification; several separated by commas, or a name with
+    /// addresses of both families: the first IPv4 one the node's socket
+    /// reaches classifies, one of the other family gives that family's
+    /// public address (dual stack). `None`: host candidates only.
     pub stun: Option<String>,
     /// Retransmissions of STUN requests to the server.
     pub stun_retransmit: RetransmitPolicy,

@@ -271,8 +271,11 @@ impl Actor {
         let server = tokio::net::lookup_host(url.authority())
             .await
             .map_err(|e| format!("cannot resolve {}: {e}", url.authority()))?
-            .find(|a| a.is_ipv4() == self.local_is_ipv4() || url.transport.is_stream())
-            .ok_or_else(|| format!("{} has no address of this node's family", url.host))?;
+            .find(|a| {
+                (url.transport.is_stream() || self.socket.reaches(*a))
+                    && crate::transport::socket::host_has_family_of(a.ip())
+            })
+            .ok_or_else(|| format!("{} has no address this node can reach", url.host))?;
         if url.transport == TurnTransport::Udp {
             return Ok((Channel::Udp { server }, server));
         }
@@ -295,11 +298,6 @@ impl Actor {
             Box::new(tcp)
         };
         Ok((Channel::Stream { stream, buffer: Vec::new() }, server))
-    }
-
-    fn local_is_ipv4(&self) -> bool {
-        use quinn::AsyncUdpSocket;
-        self.socket.local_addr().map_or(true, |a| a.is_ipv4())
     }
 
     /// Allocates on `server` and serves the allocation until it ends;

@@ -332,7 +332,14 @@ pub(super) async fn route_through_relay(
     let udp_blocked = inner.traversal.udp_blocked();
     let own = inner.relay.as_ref().filter(|relay| relay.relayed().is_some());
     let own_over_stream = own.and_then(RelayAgent::transport).is_some_and(|t| t.is_stream());
-    if udp_blocked || own_over_stream {
+    // An IPv6-only node reaches an IPv4 peer's relay through its own
+    // allocation, whose relayed address is IPv4 (RFC 6156).
+    let other_family = !inner.socket.reaches(target) || !crate::transport::socket::host_has_family_of(target.ip());
+    if other_family {
+        let own =
+            own.ok_or_else(|| format!("this node has no address of {target}'s family and no relay allocation"))?;
+        own.dial(target, named).await;
+    } else if udp_blocked || own_over_stream {
         let own = own.ok_or("UDP is blocked here and this node has no relay allocation")?;
         own.dial(target, named).await;
     } else if target == named {

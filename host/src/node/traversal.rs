@@ -3,7 +3,7 @@
 //! connectivity checks of each connect by id.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -465,20 +465,44 @@ impl Traversal {
         };
         let index_of: HashMap<AuxId, u16> = aux.iter().enumerate().map(|(i, &id)| (id, i as u16)).collect();
         // Relayed candidates are reached through the relay, never checked.
-        // Only the families this node's socket can send to.
+        // Only the families this node's socket and host can send to (an
+        // IPv6-only host's dual-stack socket accepts IPv4 addresses it has
+        // no route to).
+        let has_family = |v4: bool| {
+            let probe = if v4 { IpAddr::from([192, 0, 2, 1]) } else { IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]) };
+            crate::transport::socket::host_has_family_of(probe)
+        };
+        let (has_v4, has_v6) = (has_family(true), has_family(false));
+        // Loopback only when the peer runs on this host.
+        let subnets = LocalSubnets::read();
+        let same_host = remote.candidates.iter().any(|c| {
+            !c.addr.ip().is_loopback() && c.kind == CandidateKind::Host && subnets.is_own_address(c.addr.ip())
+        });
         let mut candidates: Vec<Candidate> = remote
             .candidates
             .iter()
-            .filter(|c| c.kind != CandidateKind::Relayed && self.socket.reaches(c.addr))
+            .filter(|c| {
+                let routable = if c.addr.ip().is_loopback() {
+                    same_host
+                } else if c.addr.is_ipv4() {
+                    has_v4
+                } else {
+                    has_v6
+                };
+                c.kind != CandidateKind::Relayed && self.socket.reaches(c.addr) && routable
+            })
             .cloned()
             .collect();
+        let direct_offered = remote.candidates.iter().any(|c| c.kind != CandidateKind::Relayed);
+        if candidates.is_empty() && direct_offered {
+            // Neither side has an address of the other's family (an
+            // IPv6-only and an IPv4-only host): only a relay joins them.
+            return Err("no candidate of an address family this node has".into());
+        }
         // Without a WAN path only a LAN one can help: the peer's addresses
         // on this host's own subnets (loopback only when the peer runs on
         // this host). Without any, the relay takes over at once.
         if matches!(plan, Plan::RelayRequired(_)) {
-            let subnets = LocalSubnets::read();
-            let same_host =
-                candidates.iter().any(|c| !c.addr.ip().is_loopback() && subnets.is_own_address(c.addr.ip()));
             // IPv6 has no NAT between the two: its addresses stay, and
             // firewalls open to checks sent from both sides.
             candidates.retain(|c| {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::RelayError;
 use super::server::{Client, ClientTransport, Output, TurnServerConfig, TurnServerCore};
 use crate::limits::{DescriptorBudget, PerIpConnections, accept_with_backoff};
+use crate::transport::socket::{canonical, in_family_of};
 use fogconnect_proto::turn::RelayFamily;
 
 /// Datagrams from peers waiting for the core, at most.
@@ -248,6 +249,9 @@ async fn serve(
 ) {
     let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
     let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
+    // A socket on [::] also serves IPv4 clients, which the core knows by
+    // their plain address.
+    let socket_v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     // Writers of the TCP clients and when they were accepted.
     let mut tcp_writers: HashMap<SocketAddr, (mpsc::Sender<Vec<u8>>, Instant)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -267,7 +271,9 @@ async fn serve(
                 });
             }
             received = socket.recv_from(&mut buf) => match received {
-                Ok((len, from)) => core.handle_client(Client::udp(from), &buf[..len], Instant::now(), unix_time()),
+                Ok((len, from)) => {
+                    core.handle_client(Client::udp(canonical(from)), &buf[..len], Instant::now(), unix_time());
+                }
                 Err(e) => tracing::debug!("turn recv: {e}"),
             },
             Some((relay, peer, data)) = peer_rx.recv() => core.handle_peer(relay, peer, &data, Instant::now()),
@@ -291,7 +297,7 @@ async fn serve(
         for _ in 0..BATCH {
             let mut progressed = false;
             if let Ok((len, from)) = socket.try_recv_from(&mut buf) {
-                core.handle_client(Client::udp(from), &buf[..len], now, unix);
+                core.handle_client(Client::udp(canonical(from)), &buf[..len], now, unix);
                 progressed = true;
             }
             if let Ok((relay, peer, data)) = peer_rx.try_recv() {
@@ -305,7 +311,7 @@ async fn serve(
         while let Some(output) = core.poll_output() {
             match output {
                 Output::ToClient { client, bytes } => match client.transport {
-                    ClientTransport::Udp => send(&socket, &bytes, client.addr).await,
+                    ClientTransport::Udp => send(&socket, &bytes, in_family_of(socket_v6, client.addr)).await,
                     ClientTransport::Tcp => {
                         if let Some((writer, _)) = tcp_writers.get(&client.addr) {
                             let _ = writer.try_send(bytes);

@@ -207,11 +207,29 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 
 /// `addr` as a socket of the family of a socket bound to `local` names it:
 /// IPv4 as IPv4-mapped IPv6 for an IPv6 socket (dual stack), else as is.
-fn in_family_of(local_is_v6: bool, addr: SocketAddr) -> SocketAddr {
+pub fn in_family_of(local_is_v6: bool, addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(v4) if local_is_v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
         other => other,
     }
+}
+
+/// Whether the host can route to `ip` at all: a loopback address, or one
+/// of a family the host has a usable address of (not loopback, not IPv6
+/// link-local). An IPv6-only host cannot send to IPv4 addresses although
+/// its dual-stack socket accepts them (true when the interfaces cannot be
+/// read).
+pub fn host_has_family_of(ip: IpAddr) -> bool {
+    if ip.is_loopback() {
+        return true;
+    }
+    if_addrs::get_if_addrs().map_or(true, |interfaces| {
+        interfaces.iter().map(if_addrs::Interface::ip).any(|own| {
+            own.is_ipv4() == ip.is_ipv4()
+                && !own.is_loopback()
+                && !matches!(own, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        })
+    })
 }
 
 /// Whether `ip` is an address of one of the host's interfaces (true when
