@@ -5,7 +5,7 @@
 CARGO       ?= cargo
 TARGET_DIR  ?= $(CURDIR)/target
 PLUGIN_DIR  := $(TARGET_DIR)/wasm32-wasip2/plugin
-PLUGINS     := echo demo adaptive-source test-echo-v1 test-echo-v2 test-spin test-memhog test-panic test-escape test-probe test-counter test-oversized test-ticker test-events
+PLUGINS     := echo demo adaptive-source test-echo-v1 test-echo-v2 test-spin test-memhog test-panic test-escape test-probe test-counter test-oversized test-ticker test-events test-stream-events
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
 

@@ -13,7 +13,7 @@ use common::{WAIT, ask, config, eventually, text};
 use fogconnect::signal::client::SignalStatus;
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
-use fogconnect::{Connection, Node, NodeConfig, Transport};
+use fogconnect::{Connection, MediaEvent, MediaStream, Node, NodeConfig, StreamSession, Transport};
 
 const SECRET: &[u8] = b"plugin events test secret";
 
@@ -170,5 +170,88 @@ async fn a_killed_peer_ends_the_plugins_connection_with_timeout_after_a_silent_l
     ensure!(took < Duration::from_secs(3), "the timeout took {took:?}");
     app.shutdown().await;
     device.shutdown().await;
+    Ok(())
+}
+
+/// The next chunk of `stream` that is not empty (the plugin pulls empty
+/// chunks while it has nothing to say), as text.
+async fn next_line(stream: &mut MediaStream) -> anyhow::Result<String> {
+    loop {
+        match tokio::time::timeout(WAIT, stream.recv()).await {
+            Ok(MediaEvent::Data(data)) if data.is_empty() => continue,
+            Ok(MediaEvent::Data(data)) => return Ok(String::from_utf8_lossy(&data).into_owned()),
+            Ok(MediaEvent::Ended(reason)) => anyhow::bail!("stream ended: {reason}"),
+            Err(_) => anyhow::bail!("no line within {WAIT:?}"),
+        }
+    }
+}
+
+/// A stream plugin on `fogconnect:streaming@0.2.0` (`test-stream-events`)
+/// is told its connection's path, that the node is registered (at
+/// subscription), a signaling restart (lost, then up) and the silent link
+/// of an application killed with SIGKILL, while a 0.1.0 stream plugin
+/// (`test-ticker`) on the same node streams unchanged.
+#[tokio::test]
+async fn a_0_2_stream_plugin_hears_signaling_beside_a_0_1_stream_plugin() -> anyhow::Result<()> {
+    let addr: SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let server = signaling(addr).await?;
+    let url = server.url();
+    let fast = NodeConfig { keep_alive_interval: Duration::from_millis(200), keep_alive_attempts: 25, ..config() };
+    let device = Node::builder()
+        .config(fast)
+        .node_id("device")
+        .signal(&url, token::issue(SECRET, "device", u64::MAX / 2))
+        .plugin(3, common::plugin("test-ticker"))
+        .plugin(4, common::plugin("test-stream-events"))
+        .start()
+        .await?;
+    device.registered(WAIT).await?;
+    let app = Node::builder().config(config()).node_id("app").start().await?;
+    let events = StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 4).await?);
+    let ticker = StreamSession::new(app.connect(device.local_addr(), Transport::Quic, 3).await?);
+    let mut stream = events.open("events").await?;
+    let path = next_line(&mut stream).await?;
+    ensure!(path.starts_with("path lan 127.0.0.1:"), "{path}");
+    assert_eq!(next_line(&mut stream).await?, "node signal-up");
+    let mut ticks = ticker.open("ticks").await?;
+    assert_eq!(next_line(&mut ticks).await?, "0");
+    assert_eq!(next_line(&mut ticks).await?, "1");
+
+    server.shutdown();
+    drop(server);
+    let lost = next_line(&mut stream).await?;
+    ensure!(lost.starts_with("node signal-lost "), "{lost}");
+    let server = signaling(addr).await?;
+    assert_eq!(next_line(&mut stream).await?, "node signal-up");
+    assert_eq!(next_line(&mut ticks).await?, "2", "the 0.1.0 stream plugin streams on");
+
+    // Another application streams from a process of its own, killed with
+    // SIGKILL: the plugin hears that its connection's link went silent.
+    let address = device.local_addr().to_string();
+    let mut child = common::Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fogconnect"))
+            .args(["stream", "--addr", &address, "--service", "4", "--params", "doomed"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().context("stdout")?;
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.starts_with("stream ")).map(drop)
+    })
+    .await?
+    .context("the other application's stream never opened")?;
+    let status = std::process::Command::new("kill").args(["-KILL", &child.0.id().to_string()]).status()?;
+    ensure!(status.success());
+    let silent = next_line(&mut stream).await?;
+    ensure!(silent.starts_with("net ") && silent.contains(" silent "), "{silent}");
+    drop((stream, ticks));
+    app.shutdown().await;
+    device.shutdown().await;
+    drop(server);
     Ok(())
 }

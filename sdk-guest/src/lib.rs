@@ -38,6 +38,8 @@
 
 #[macro_use]
 mod connection_api;
+#[macro_use]
+mod stream_api;
 pub mod handoff;
 pub mod stream;
 pub mod v0_2;

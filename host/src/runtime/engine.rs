@@ -19,8 +19,9 @@ use super::handoff_bindings::HandoffIndices;
 use super::service_world::ServiceIndices;
 use super::state::PluginState;
 use super::stream_bindings::StreamPlugin;
-use super::stream_bindings::StreamPluginIndices;
+use super::stream_bindings_0_2::EventedStreamPlugin;
 use super::stream_state::StreamState;
+use super::stream_world::StreamIndices;
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -56,7 +57,7 @@ impl<T: 'static, I> PluginComponent<T, I> {
 /// A service plugin, ready to instantiate.
 pub type ServiceComponent = PluginComponent<PluginState, ServiceIndices>;
 /// A stream plugin, ready to instantiate.
-pub type StreamComponent = PluginComponent<StreamState, StreamPluginIndices>;
+pub type StreamComponent = PluginComponent<StreamState, StreamIndices>;
 
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,8 @@ pub enum PluginWorld {
     /// `fogconnect:plugin/service` (0.1.0 or 0.2.0): connections and
     /// messages, and from 0.2.0 network and node events.
     Service,
-    /// `fogconnect:streaming/stream-plugin`: streams pulled by the node.
+    /// `fogconnect:streaming/stream-plugin` (0.1.0, or 0.2.0 with events):
+    /// streams pulled by the node.
     Stream,
 }
 
@@ -153,6 +155,8 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut stream_linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         StreamPlugin::add_to_linker::<StreamState, HasSelf<StreamState>>(&mut stream_linker, |state| state)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        EventedStreamPlugin::add_to_linker::<StreamState, HasSelf<StreamState>>(&mut stream_linker, |state| state)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
 
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -203,7 +207,7 @@ impl PluginEngine {
             Err(service_err) => self
                 .stream_linker
                 .instantiate_pre(&component)
-                .and_then(|pre| StreamComponent::new(pre, StreamPluginIndices::new))
+                .and_then(|pre| StreamComponent::new(pre, StreamIndices::new))
                 .map(PreparedWorld::Stream)
                 .map_err(|stream_err| {
                     PluginError::Link(format!(

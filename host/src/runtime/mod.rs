@@ -9,9 +9,11 @@ mod service_0_2;
 mod service_world;
 pub mod state;
 pub mod stderr_tail;
+mod stream_0_2;
 pub mod stream_actor;
 pub mod stream_harness;
 pub mod stream_state;
+mod stream_world;
 pub mod subscriptions;
 pub mod supervisor;
 
@@ -53,6 +55,22 @@ pub mod stream_bindings {
     wasmtime::component::bindgen!({
         world: "stream-plugin",
         path: "../wit/stream",
+    });
+}
+
+/// Bindings of the `fogconnect:streaming/evented-stream-plugin@0.2.0`
+/// world (the stream world with network and node events) generated from
+/// `wit/stream-0.2.0` (documented there); its types are those of the
+/// stream world 0.1.0 and the service world 0.2.0.
+#[allow(missing_docs)]
+pub mod stream_bindings_0_2 {
+    wasmtime::component::bindgen!({
+        world: "evented-stream-plugin",
+        path: "../wit/stream-0.2.0",
+        with: {
+            "fogconnect:streaming/types@0.1.0": super::stream_bindings::fogconnect::streaming::types,
+            "fogconnect:plugin/types@0.2.0": super::bindings_0_2::fogconnect::plugin::types,
+        },
     });
 }
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::bindings_0_2::fogconnect::plugin::{host, types};
-use super::state::{ConnFault, ConnectFault, PluginState, plugin_log};
-use super::subscriptions::{NodeEventKinds, WatchFault};
+use super::state::{ConnFault, ConnectFault, PluginContext, PluginState, plugin_log};
+use super::subscriptions::{NodeEventKinds, Subscriptions, WatchFault};
 use crate::convention::Transport;
 use crate::events::{NetworkEvent, NodeEvent, PathInfo};
 use crate::node::RelayStatus;
@@ -51,7 +51,8 @@ fn path_kind(kind: PathKind) -> types::PathKind {
     }
 }
 
-fn path_info(path: &PathInfo) -> types::PathInfo {
+/// A path in the contract's form.
+pub(super) fn path_info(path: &PathInfo) -> types::PathInfo {
     types::PathInfo { kind: path_kind(path.kind), remote_address: path.remote.to_string() }
 }
 
@@ -137,7 +138,8 @@ pub(super) fn node_event(event: &NodeEvent) -> Option<types::NodeEvent> {
     })
 }
 
-fn kinds(flags: types::NodeEventKinds) -> NodeEventKinds {
+/// The contract's flags as node event kinds.
+pub(super) fn kinds(flags: types::NodeEventKinds) -> NodeEventKinds {
     [
         (types::NodeEventKinds::SIGNALING, NodeEventKinds::SIGNALING),
         (types::NodeEventKinds::NAT, NodeEventKinds::NAT),
@@ -149,12 +151,29 @@ fn kinds(flags: types::NodeEventKinds) -> NodeEventKinds {
     .fold(NodeEventKinds::NONE, |set, (_, kind)| set.with(kind))
 }
 
-impl PluginState {
-    /// Makes sure the node's events that this plugin may want reach its
-    /// channel, after the node's state now for `kinds`.
-    fn forward_node_events(&self, kinds: NodeEventKinds) {
-        self.ctx.host.forward_node_events(kinds, Arc::clone(&self.ctx.node_events), self.ctx.owner.clone());
+/// `subscribe` of either world 0.2.0: the instance's choice, and the node's
+/// events it may want forwarded to the plugin's channel (after the node's
+/// state now for the kinds newly chosen).
+pub(super) fn subscribe(ctx: &PluginContext, subscriptions: &mut Subscriptions, flags: types::NodeEventKinds) {
+    let added = subscriptions.subscribe(kinds(flags));
+    if added != NodeEventKinds::NONE {
+        ctx.node_events.add_kinds(added);
+        ctx.host.forward_node_events(added, Arc::clone(&ctx.node_events), ctx.owner.clone());
     }
+}
+
+/// `watch-peer` of either world 0.2.0.
+pub(super) fn watch_peer(
+    ctx: &PluginContext,
+    subscriptions: &mut Subscriptions,
+    peer: &str,
+) -> Result<(), types::WatchError> {
+    subscriptions.check_watch(peer)?;
+    ctx.host.watch_presence(peer, ctx.owner.clone())?;
+    subscriptions.watch(peer)?;
+    ctx.node_events.add_peer(peer);
+    ctx.host.forward_node_events(NodeEventKinds::NONE, Arc::clone(&ctx.node_events), ctx.owner.clone());
+    Ok(())
 }
 
 impl types::Host for PluginState {}
@@ -222,21 +241,11 @@ impl host::Host for PluginState {
     }
 
     fn subscribe(&mut self, flags: types::NodeEventKinds) {
-        let kinds = kinds(flags);
-        let added = self.subscriptions.subscribe(kinds);
-        if added != NodeEventKinds::NONE {
-            self.ctx.node_events.add_kinds(added);
-            self.forward_node_events(added);
-        }
+        subscribe(&self.ctx, &mut self.subscriptions, flags);
     }
 
     fn watch_peer(&mut self, peer: String) -> Result<(), types::WatchError> {
-        self.subscriptions.check_watch(&peer)?;
-        self.ctx.host.watch_presence(&peer, self.ctx.owner.clone())?;
-        self.subscriptions.watch(&peer)?;
-        self.ctx.node_events.add_peer(&peer);
-        self.forward_node_events(NodeEventKinds::NONE);
-        Ok(())
+        watch_peer(&self.ctx, &mut self.subscriptions, &peer)
     }
 
     fn unwatch_peer(&mut self, peer: String) {

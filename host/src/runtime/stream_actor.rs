@@ -40,9 +40,9 @@ use super::generation::{
     serve_swap, take_over,
 };
 use super::state::{PluginContext, PluginLimits};
-use super::stream_bindings::StreamPlugin;
 use super::stream_bindings::fogconnect::streaming::types;
 use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
+use super::stream_world::StreamBindings;
 use super::supervisor::Supervisor;
 use crate::stream::command::MAX_COMMAND_BYTES;
 use crate::stream::mux::WireStream;
@@ -64,7 +64,7 @@ pub const PULL_BATCH: usize = 1024;
 pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
 /// An instance of a stream plugin.
-type StreamInstance = PluginInstance<StreamState, StreamPlugin>;
+type StreamInstance = PluginInstance<StreamState, StreamBindings>;
 
 /// What the application is told when a swap ends its stream.
 const SWAP_END_REASON: &str = "service plugin swapped";
@@ -198,10 +198,8 @@ impl StreamActor {
         let mut plugin_ok = call_plugin;
         for handle in handles {
             let result = match self.detach_for_swap(handle) {
-                Some(true) if plugin_ok => self.call(|b, s| b.fogconnect_streaming_handler().call_send_stop(s, handle)),
-                Some(false) if plugin_ok => {
-                    self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &[]))
-                }
+                Some(true) if plugin_ok => self.call(|b, s| b.send_stop(s, handle)),
+                Some(false) if plugin_ok => self.call(|b, s| b.recv_data(s, handle, &[])),
                 _ => Ok(()),
             };
             if let Err(message) = result {
@@ -339,7 +337,7 @@ impl StreamActor {
     /// Calls the plugin under its deadline.
     fn call<R>(
         &mut self,
-        f: impl FnOnce(&StreamPlugin, &mut Store<StreamState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&StreamBindings, &mut Store<StreamState>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
         let Some(instance) = self.instance.as_mut() else {
             return Err("the plugin instance is gone".into());
@@ -363,14 +361,26 @@ impl StreamActor {
             ConnEvent::Closed(id, _) => {
                 self.end_connection(id.0)?;
             }
-            // Stream plugins open no connections, and the
-            // fogconnect:streaming@0.1.0 contract has no network or node
-            // events.
-            ConnEvent::Network(..)
-            | ConnEvent::Node(_)
-            | ConnEvent::OpenFailed(..)
-            | ConnEvent::Shutdown
-            | ConnEvent::Unload => {}
+            ConnEvent::Network(id, event) => {
+                let takes = self
+                    .instance
+                    .as_ref()
+                    .is_some_and(|i| i.bindings.takes_events() && i.store.data().core.conns.contains_key(&id.0));
+                if takes {
+                    self.call(|b, s| b.on_network_event(s, id.0, &event))?;
+                }
+            }
+            ConnEvent::Node(event) => {
+                let takes = self
+                    .instance
+                    .as_ref()
+                    .is_some_and(|i| i.bindings.takes_events() && i.store.data().subscriptions.wants(&event));
+                if takes {
+                    self.call(|b, s| b.on_node_event(s, &event))?;
+                }
+            }
+            // Stream plugins open no connections.
+            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
             ConnEvent::Swap(request) => {
                 let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             }
@@ -417,7 +427,7 @@ impl StreamActor {
                     .is_some_and(|e| matches!(e.kind, StreamKind::Recv));
                 // An empty chunk would read as the end: the end is `End`.
                 if is_recv && !data.is_empty() {
-                    self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &data))?;
+                    self.call(|b, s| b.recv_data(s, handle, &data))?;
                 }
                 Ok(())
             }
@@ -430,7 +440,7 @@ impl StreamActor {
                 if is_send { self.stop_send(handle, StopCause::Application) } else { self.end_recv(handle) }
             }
             StreamMessage::Command { id, data } => {
-                let reply = self.call(|b, s| b.fogconnect_streaming_handler().call_on_command(s, conn, &data))?;
+                let reply = self.call(|b, s| b.on_command(s, conn, &data))?;
                 let message = match reply {
                     Ok(reply) if reply.len() <= MAX_COMMAND_BYTES => StreamMessage::Reply { id, data: reply.into() },
                     Ok(reply) => StreamMessage::ReplyError {
@@ -475,7 +485,7 @@ impl StreamActor {
     /// `on-command-reply` for command `id`.
     fn give_reply(&mut self, id: u64, reply: &Result<Vec<u8>, types::CommandError>) -> Result<(), String> {
         let reply = reply.as_ref().map(Vec::as_slice);
-        self.call(|b, s| b.fogconnect_streaming_handler().call_on_command_reply(s, id, reply))
+        self.call(|b, s| b.on_command_reply(s, id, reply))
     }
 
     /// An application opens a send stream (`send`) or a talk-back stream.
@@ -495,13 +505,13 @@ impl StreamActor {
         }
         let result = if send {
             core.initializing = true;
-            let result = self.call(|b, s| b.fogconnect_streaming_handler().call_send_init(s, conn, params));
+            let result = self.call(|b, s| b.send_init(s, conn, params));
             if let Some(core) = self.core() {
                 core.initializing = false;
             }
             result?
         } else {
-            self.call(|b, s| b.fogconnect_streaming_handler().call_recv_init(s, conn, params))?
+            self.call(|b, s| b.recv_init(s, conn, params))?
         };
         let Some(core) = self.core() else { return Ok(()) };
         let handle = match result {
@@ -557,7 +567,7 @@ impl StreamActor {
             drop(mux);
             c.queues.queued.notify_one();
         }
-        self.call(|b, s| b.fogconnect_streaming_handler().call_send_stop(s, handle))
+        self.call(|b, s| b.send_stop(s, handle))
     }
 
     /// Ends a talk-back stream: `recv-data` with an empty chunk (once).
@@ -567,7 +577,7 @@ impl StreamActor {
         if let Some(c) = core.conns.get_mut(&entry.conn) {
             c.streams.remove(&entry.wire);
         }
-        self.call(|b, s| b.fogconnect_streaming_handler().call_recv_data(s, handle, &[]))
+        self.call(|b, s| b.recv_data(s, handle, &[]))
     }
 
     /// A connection ended (or this side ends it): its streams end, then its
@@ -623,7 +633,7 @@ impl StreamActor {
             let live = self.core().is_some_and(|core| core.streams.contains_key(&handle));
             if live {
                 let event = wit_event(event);
-                self.call(|b, s| b.fogconnect_streaming_handler().call_on_event(s, handle, event))?;
+                self.call(|b, s| b.on_event(s, handle, event))?;
             }
         }
         Ok(())
@@ -677,7 +687,7 @@ impl StreamActor {
         }
         let mut pulls = Vec::with_capacity(due.len());
         for batch in due.chunks(self.pull_batch.max(1)) {
-            let mut pulled = self.call(|b, s| b.fogconnect_streaming_handler().call_send_get(s, batch))?;
+            let mut pulled = self.call(|b, s| b.send_get(s, batch))?;
             // Missing entries count as empty, extra ones are ignored.
             pulled.resize_with(batch.len(), || types::Pull::Data(Vec::new()));
             pulls.extend(pulled);

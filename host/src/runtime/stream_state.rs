@@ -190,13 +190,23 @@ pub struct StreamState {
     pub ctx: Arc<PluginContext>,
     /// Connections, streams, schedule and commands.
     pub core: StreamCore,
+    /// The node events this instance chose (contract 0.2.0 on).
+    pub subscriptions: super::subscriptions::Subscriptions,
 }
 
 impl StreamState {
     /// Fresh state in the plugin sandbox, with no connections.
     pub fn new(ctx: Arc<PluginContext>) -> Self {
         let (wasi, stderr, limiter) = sandbox(&ctx.limits);
-        Self { wasi, stderr, table: ResourceTable::new(), limiter, ctx, core: StreamCore::new(Instant::now()) }
+        Self {
+            wasi,
+            stderr,
+            table: ResourceTable::new(),
+            limiter,
+            ctx,
+            core: StreamCore::new(Instant::now()),
+            subscriptions: Default::default(),
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub mod bindings {
     });
 }
 
+pub mod stream;
+
 use bindings::fogconnect::plugin::{host, types};
 
 pub use types::{
