@@ -21,6 +21,12 @@ const SECRET: &[u8] = b"plugin events test secret";
 /// serves service 1.
 const EVENTS: u8 = 2;
 
+/// A loopback address free right now, for a signaling server restarted on
+/// the same address.
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 async fn signaling(addr: SocketAddr) -> anyhow::Result<SignalServer> {
     Ok(SignalServer::start(SignalServerConfig::new(addr, SECRET.to_vec())).await?)
 }
@@ -59,10 +65,7 @@ fn signal_lines(lines: &[String]) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_0_2_plugin_hears_signaling_and_watched_peers_beside_a_0_1_plugin() -> anyhow::Result<()> {
-    let addr: SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
+    let addr = free_loopback_addr()?;
     let server = signaling(addr).await?;
     let url = server.url();
     let device = registered_node(&url, "device", &[(1, "echo"), (EVENTS, "test-events")]).await?;
@@ -193,10 +196,7 @@ async fn next_line(stream: &mut MediaStream) -> anyhow::Result<String> {
 /// (`test-ticker`) on the same node streams unchanged.
 #[tokio::test]
 async fn a_0_2_stream_plugin_hears_signaling_beside_a_0_1_stream_plugin() -> anyhow::Result<()> {
-    let addr: SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
+    let addr = free_loopback_addr()?;
     let server = signaling(addr).await?;
     let url = server.url();
     let fast = NodeConfig { keep_alive_interval: Duration::from_millis(200), keep_alive_attempts: 25, ..config() };

@@ -34,7 +34,8 @@
 //! path changed, its link went silent or recovered; signaling, NAT, relay,
 //! addresses, presence of watched peers) uses [`v0_2`] instead: the same
 //! API plus those events, exported with
-//! [`export_service_0_2!`](crate::export_service_0_2).
+//! [`export_service_0_2!`](crate::export_service_0_2); a stream plugin
+//! uses [`v0_2::stream`] and [`export_stream_0_2!`](crate::export_stream_0_2).
 
 #[macro_use]
 mod connection_api;

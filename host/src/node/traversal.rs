@@ -473,11 +473,13 @@ impl Traversal {
             crate::transport::socket::host_has_family_of(probe)
         };
         let (has_v4, has_v6) = (has_family(true), has_family(false));
-        // Loopback only when the peer runs on this host.
+        // Loopback only when the peer runs on this host: it offers one of
+        // this host's addresses, or only loopback ones (a node bound to
+        // loopback is reachable from its own host alone).
         let subnets = LocalSubnets::read();
-        let same_host = remote.candidates.iter().any(|c| {
-            !c.addr.ip().is_loopback() && c.kind == CandidateKind::Host && subnets.is_own_address(c.addr.ip())
-        });
+        let hosts = || remote.candidates.iter().filter(|c| c.kind == CandidateKind::Host);
+        let same_host = hosts().any(|c| !c.addr.ip().is_loopback() && subnets.is_own_address(c.addr.ip()))
+            || hosts().all(|c| c.addr.ip().is_loopback());
         let mut candidates: Vec<Candidate> = remote
             .candidates
             .iter()
