@@ -668,3 +668,36 @@ fn an_ipv6_only_host_reaches_an_ipv4_only_host_through_a_dual_stack_relay() -> a
     ensure!(stdout.lines().any(|l| l == "from IPv6 to IPv4"), "{stdout}");
     Ok(())
 }
+
+/// The default route moves to another gateway, then the ISP gives the
+/// router a new public address, both behind unchanged local addresses: the
+/// node notices each within seconds (the route from the kernel's table,
+/// the address from its STUN server, asked every second here) and
+/// classifies its NAT again, the second time with the new public address.
+#[test]
+fn a_node_notices_a_new_default_route_and_a_new_public_address() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    let url = lab.start_servers()?;
+    let mut node = lab.start_echo_node("host-b", &url, &["--public-check-ms", "1000"])?;
+    // Lines printed from now on only (the start printed a classification
+    // already).
+    let mut next = |prefix: &str| -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match node.next_line(left) {
+                Some(line) if line.starts_with(prefix) => return Ok(line),
+                Some(_) => {}
+                None => anyhow::bail!("no new line starting with {prefix:?}"),
+            }
+        }
+    };
+    lab.change_gateway(natlab::Side::B, "10.0.2.254/24")?;
+    println!("{}", next("event: network: changed (default route or public address)")?);
+    println!("{}", next("event: nat: port-restricted cone, public address 203.0.113.22:")?);
+    lab.renumber_wan(natlab::Side::B, "203.0.113.32")?;
+    println!("{}", next("event: network: changed (default route or public address)")?);
+    println!("{}", next("event: nat: port-restricted cone, public address 203.0.113.32:")?);
+    Ok(())
+}

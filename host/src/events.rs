@@ -85,9 +85,12 @@ pub enum NodeEvent {
         /// What the client knows of why.
         reason: String,
     },
-    /// The host's addresses changed (an address added or removed, an
-    /// interface up or down): the node classifies its NAT again, registers
-    /// with signaling again and has the links it dialled look for a path.
+    /// The host's network changed: an address added or removed, an
+    /// interface up or down, or (with `added` and `removed` empty) the
+    /// default route moved to another gateway or the public address
+    /// changed behind the same local addresses. The node classifies its
+    /// NAT again, registers with signaling again and has the links it
+    /// dialled look for a path.
     NetworkChanged {
         /// Addresses that appeared.
         added: Vec<std::net::IpAddr>,
@@ -129,6 +132,9 @@ impl std::fmt::Display for NodeEvent {
         match self {
             NodeEvent::SignalUp => f.write_str("signaling: registered"),
             NodeEvent::SignalLost { reason } => write!(f, "signaling: session lost ({reason})"),
+            NodeEvent::NetworkChanged { added, removed, addresses } if added.is_empty() && removed.is_empty() => {
+                write!(f, "network: changed (default route or public address), addresses {addresses:?}")
+            }
             NodeEvent::NetworkChanged { added, removed, .. } => {
                 write!(f, "network: addresses changed, added {added:?}, removed {removed:?}")
             }

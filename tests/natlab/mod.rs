@@ -640,6 +640,42 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives `side`'s router the public address `ip` instead of its own
+    /// (as an ISP renumbering a home router): it translates to `ip` from
+    /// now on and forgets its mappings; the host behind it sees nothing
+    /// change locally.
+    pub fn renumber_wan(&self, side: Side, ip: &str) -> anyhow::Result<()> {
+        let nat = self.ns(&format!("nat-{}", side.letter()));
+        self::ip(&["-n", &nat, "addr", "add", &format!("{ip}/24"), "dev", "wan"])?;
+        nft(
+            &nat,
+            &format!(
+                "flush chain ip lab postrouting
+add rule ip lab postrouting oifname \"wan\" snat to {ip}\n"
+            ),
+        )?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &nat, "conntrack", "-D", "-p", "udp"])
+            .output()
+            .context("the NAT lab needs conntrack: apt-get install conntrack")?;
+        ensure!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "conntrack -D failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Points `side`'s host at another gateway on its LAN, `gateway` (with
+    /// prefix), which the router answers too: the default route changes,
+    /// the host's addresses do not.
+    pub fn change_gateway(&self, side: Side, gateway: &str) -> anyhow::Result<()> {
+        let (nat, host) = (self.ns(&format!("nat-{}", side.letter())), self.ns(&format!("host-{}", side.letter())));
+        ip(&["-n", &nat, "addr", "add", gateway, "dev", "lan"])?;
+        let via = gateway.split('/').next().unwrap_or(gateway);
+        ip(&["-n", &host, "route", "replace", "default", "via", via])
+    }
+
     /// Turns `side`'s router into a router of `kind` (its mappings of
     /// established flows stay until they expire, as on a real router that
     /// is reconfigured).

@@ -201,6 +201,10 @@ pub struct TraversalArgs {
     /// direct path this often, in ms.
     #[arg(long, default_value_t = 15_000, value_name = "MS")]
     recheck_ms: u64,
+    /// Ask the STUN server for the public address this often, in ms, to
+    /// notice a new one behind an unchanged local network (0: never).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    public_check_ms: u64,
 }
 
 impl TraversalArgs {
@@ -224,6 +228,7 @@ impl TraversalArgs {
         }
         config.relay_ca = self.relay_ca.clone();
         config.direct_recheck_interval = Duration::from_millis(self.recheck_ms.max(1));
+        config.public_address_check = Duration::from_millis(self.public_check_ms);
         Ok(())
     }
 }

@@ -103,6 +103,11 @@ pub struct NodeConfig {
     /// often the connectivity checks are run again; when they find a
     /// direct path the connection moves to it.
     pub direct_recheck_interval: Duration,
+    /// How often the node asks its STUN server for its public address to
+    /// notice a change behind an unchanged local network (a new address
+    /// from the ISP, another upstream NAT): then it adapts as to a local
+    /// change. Zero: never (local changes are still noticed).
+    pub public_address_check: Duration,
     /// File keeping the node's key pair and certificate across restarts
     /// (created on first use, owner-only); `None`: a new identity, hence a
     /// new certificate fingerprint, at every start.
@@ -130,6 +135,7 @@ impl Default for NodeConfig {
             relays: Vec::new(),
             relay_ca: None,
             direct_recheck_interval: Duration::from_secs(15),
+            public_address_check: Duration::from_secs(30),
             identity_file: None,
         }
     }
