@@ -626,7 +626,7 @@ fn dual_stack_hosts_connect_directly_over_ipv6_where_ipv4_needs_the_relay() -> a
     let (url, _) = lab.start_servers_dual()?;
     let stun = format!("{STUN},{STUN6}");
     lab.start_echo_node_on("host-b", "[::]:7700", &stun, &url, &[])?;
-    let args = lab.send_args_with(&stun, &url, &[], &["hello over IPv6"])?;
+    let args = lab.send_args_with(&stun, &url, &["--listen", "[::]:0"], &["hello over IPv6"])?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = lab.output("host-a", &args, &[])?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -33,6 +33,10 @@ pub struct TargetArgs {
     /// Pin the remote node's certificate fingerprint (hex; with --addr).
     #[arg(long)]
     fingerprint: Option<String>,
+    /// Address this command's node binds, e.g. `[::]:0` for both families
+    /// (dual stack: IPv6 pairs are then preferred).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
     /// File keeping this command's node identity (see `fogconnect node
     /// --identity`), for peers that pin it.
     #[arg(long, value_name = "FILE")]
@@ -44,18 +48,21 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// Starts this command's node: on the wildcard address of the target's
-    /// family (both families, `[::]`, for a peer by id when the host has
-    /// IPv6), joined to the signaling server when given, with its NAT
-    /// classified first when a STUN server is given.
+    /// Starts this command's node: on `--listen`, else on the wildcard
+    /// address of the target's family (IPv4 for a peer by id, unless the
+    /// host has no IPv4 address: then `[::]`), joined to the signaling
+    /// server when given, with its NAT classified first when a STUN server
+    /// is given.
     pub async fn start_node(&self) -> anyhow::Result<Node> {
         let any_v4 = SocketAddr::from(([0, 0, 0, 0], 0));
         let any_v6 = SocketAddr::from(([0u16; 8], 0));
-        let local = match self.addr {
-            Some(SocketAddr::V6(_)) => any_v6,
-            Some(SocketAddr::V4(_)) => any_v4,
-            None if std::net::UdpSocket::bind(any_v6).is_ok() => any_v6,
-            None => any_v4,
+        let ipv4_host = fogconnect::transport::socket::host_has_family_of(std::net::IpAddr::from([192, 0, 2, 1]));
+        let local = match (self.listen, self.addr) {
+            (Some(listen), _) => listen,
+            (None, Some(SocketAddr::V6(_))) => any_v6,
+            (None, Some(SocketAddr::V4(_))) => any_v4,
+            (None, None) if ipv4_host => any_v4,
+            (None, None) => any_v6,
         };
         let mut config = fogconnect::NodeConfig {
             listen: local,
