@@ -121,6 +121,10 @@ async fn repair(
 }
 
 /// Asks the peer for its offer (as a connect does) on the link's behalf.
+/// How long a repair waits for the peer's answer before asking once more:
+/// the peer's classification wait after a network change, and a second.
+const REPAIR_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 async fn ask_again(
     inner: &Arc<NodeInner>,
     signal: &SignalClient,
@@ -132,7 +136,14 @@ async fn ask_again(
     inner.traversal.classified(super::signaling::CLASSIFY_WAIT).await;
     let session = inner.traversal.session(&link.peer);
     let request = offer(inner, &session).await;
-    let mut answer = signal.connect(&link.peer, link.convention, request.clone()).await;
+    // A peer that moved answers within its classification wait; a request
+    // that reached its closing session (it registers again right now) is
+    // lost, and is asked again rather than waited for the whole request
+    // timeout.
+    let mut answer =
+        tokio::time::timeout(REPAIR_ANSWER_WAIT, signal.connect(&link.peer, link.convention, request.clone()))
+            .await
+            .unwrap_or_else(|_| Err(SignalError::Timeout(format!("no answer within {REPAIR_ANSWER_WAIT:?}"))));
     if matches!(answer, Err(SignalError::Unavailable(_) | SignalError::Timeout(_))) {
         // The session is being made again (after a network change, say):
         // ask once more when it is up.

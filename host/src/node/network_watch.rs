@@ -29,6 +29,9 @@ pub(super) const NETWORK_POLL: Duration = Duration::from_secs(1);
 /// (one re-registration, one classification) covers them all.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// Readings a change may take to settle before the node adapts anyway.
+const MAX_SETTLE_READS: usize = 10;
+
 /// The host's addresses that can carry traffic to peers (loopback and
 /// IPv6 link-local left out); `None` when they cannot be read.
 fn addresses() -> Option<BTreeSet<IpAddr>> {
@@ -146,11 +149,22 @@ pub(super) async fn watch(inner: Arc<NodeInner>) {
         if before == now {
             continue;
         }
-        tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SETTLE) => {}
+        // Settle: read again until two readings SETTLE apart agree (a move
+        // removes the old address and, for a moment, the default route
+        // with it): one adaptation for the whole change, not one for each
+        // step of it.
+        let mut now = now;
+        for _ in 0..MAX_SETTLE_READS {
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SETTLE) => {}
+            }
+            let again = Network::read().unwrap_or_else(|| now.clone());
+            if again == now {
+                break;
+            }
+            now = again;
         }
-        let now = Network::read().unwrap_or(now);
         known = Some(now.clone());
         let addresses_changed = change(&before.addresses, &now.addresses);
         if addresses_changed.is_none() && before.gateways == now.gateways {
