@@ -627,17 +627,7 @@ impl Lab {
              add rule ip lab postrouting oifname \"wan\" snat to {wan}\n"
         );
         nft(&nat, &rules)?;
-        let out = Command::new("ip")
-            .args(["netns", "exec", &nat, "conntrack", "-D", "-p", "udp"])
-            .output()
-            .context("the NAT lab needs conntrack: apt-get install conntrack")?;
-        // conntrack exits 1 when there was nothing to delete.
-        ensure!(
-            out.status.code().is_some_and(|c| c <= 1),
-            "conntrack -D failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        forget_udp_mappings(&nat)
     }
 
     /// Gives `side`'s router the public address `ip` instead of its own
@@ -649,21 +639,9 @@ impl Lab {
         self::ip(&["-n", &nat, "addr", "add", &format!("{ip}/24"), "dev", "wan"])?;
         nft(
             &nat,
-            &format!(
-                "flush chain ip lab postrouting
-add rule ip lab postrouting oifname \"wan\" snat to {ip}\n"
-            ),
+            &format!("flush chain ip lab postrouting\nadd rule ip lab postrouting oifname \"wan\" snat to {ip}\n"),
         )?;
-        let out = Command::new("ip")
-            .args(["netns", "exec", &nat, "conntrack", "-D", "-p", "udp"])
-            .output()
-            .context("the NAT lab needs conntrack: apt-get install conntrack")?;
-        ensure!(
-            out.status.code().is_some_and(|c| c <= 1),
-            "conntrack -D failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        forget_udp_mappings(&nat)
     }
 
     /// Points `side`'s host at another gateway on its LAN, `gateway` (with
@@ -792,6 +770,18 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// Deletes the UDP mappings of the router in namespace `nat`: its next
+/// packets get new ones, under the rules loaded now.
+fn forget_udp_mappings(nat: &str) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", nat, "conntrack", "-D", "-p", "udp"])
+        .output()
+        .context("the NAT lab needs conntrack: apt-get install conntrack")?;
+    // conntrack exits 1 when there was nothing to delete.
+    ensure!(out.status.code().is_some_and(|c| c <= 1), "conntrack -D failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
 }
 
 /// Whether this process may build labs (root with `ip` and `nft`).

@@ -46,6 +46,16 @@ impl LocalSubnets {
         })
     }
 
+    /// Whether the host has a routable address of the IPv4 (`v4`) or the
+    /// IPv6 family: not loopback, not IPv6 link-local (true when the
+    /// interfaces could not be read).
+    fn has_family(&self, v4: bool) -> bool {
+        let Some(interfaces) = &self.0 else { return true };
+        interfaces.iter().map(if_addrs::Interface::ip).any(|own| {
+            own.is_ipv4() == v4 && !own.is_loopback() && !matches!(own, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        })
+    }
+
     /// Whether `ip` is an address of this host.
     fn is_own_address(&self, ip: std::net::IpAddr) -> bool {
         self.0.as_ref().is_some_and(|interfaces| interfaces.iter().any(|interface| interface.ip() == ip))
@@ -467,16 +477,11 @@ impl Traversal {
         // Relayed candidates are reached through the relay, never checked.
         // Only the families this node's socket and host can send to (an
         // IPv6-only host's dual-stack socket accepts IPv4 addresses it has
-        // no route to).
-        let has_family = |v4: bool| {
-            let probe = if v4 { IpAddr::from([192, 0, 2, 1]) } else { IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]) };
-            crate::transport::socket::host_has_family_of(probe)
-        };
-        let (has_v4, has_v6) = (has_family(true), has_family(false));
-        // Loopback only when the peer runs on this host: it offers one of
-        // this host's addresses, or only loopback ones (a node bound to
-        // loopback is reachable from its own host alone).
+        // no route to). Loopback only when the peer runs on this host: it
+        // offers one of this host's addresses, or only loopback ones (a
+        // node bound to loopback is reachable from its own host alone).
         let subnets = LocalSubnets::read();
+        let (has_v4, has_v6) = (subnets.has_family(true), subnets.has_family(false));
         let hosts = || remote.candidates.iter().filter(|c| c.kind == CandidateKind::Host);
         let same_host = hosts().any(|c| !c.addr.ip().is_loopback() && subnets.is_own_address(c.addr.ip()))
             || hosts().all(|c| c.addr.ip().is_loopback());
