@@ -71,10 +71,11 @@ impl Transport {
         Transport::ALL.get(usize::from(code)).copied().ok_or(ConventionError::UnknownTransport(code))
     }
 
-    /// Whether nodes offer this transport today (only QUIC); a connect for
-    /// another one is refused with "unsupported transport".
+    /// Whether nodes offer this transport today: QUIC between nodes, RTC
+    /// (WebRTC DataChannels) to browsers; a connect for another one is
+    /// refused with "unsupported transport".
     pub fn is_offered(self) -> bool {
-        self == Transport::Quic
+        matches!(self, Transport::Quic | Transport::Rtc)
     }
 }
 
@@ -170,7 +171,7 @@ mod tests {
         let codes: Vec<(String, u8)> = Transport::ALL.iter().map(|t| (t.to_string(), t.code())).collect();
         let expected = [("RTC", 0), ("UDP", 1), ("UTP", 2), ("KCP", 3), ("SCTP", 4), ("QUIC", 5)];
         assert_eq!(codes, expected.map(|(n, c)| (n.to_string(), c)));
-        assert!(Transport::ALL.iter().all(|t| t.is_offered() == (*t == Transport::Quic)));
+        assert!(Transport::ALL.iter().all(|t| t.is_offered() == matches!(t, Transport::Quic | Transport::Rtc)));
     }
 
     #[test]

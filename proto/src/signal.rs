@@ -241,6 +241,37 @@ pub enum ClientMessage {
     /// Ask for fresh relay credentials (before the ones from `registered`
     /// expire); answered with `relays`.
     Relays,
+    /// A browser asks `to` for a connection over a WebRTC DataChannel
+    /// (transport RTC).
+    RtcConnect {
+        /// Chosen by the browser; the answer and the candidates carry it.
+        request_id: u64,
+        /// The node's id.
+        to: String,
+        /// The convention number (transport RTC, code 0).
+        convention: u32,
+        /// The browser's SDP offer (one data channel section).
+        sdp: String,
+    },
+    /// A node accepts an `rtc-connect` from `to`.
+    RtcAnswer {
+        /// The request being answered.
+        request_id: u64,
+        /// The browser's id.
+        to: String,
+        /// The node's SDP answer, with all its candidates.
+        sdp: String,
+    },
+    /// A browser trickles an ICE candidate of its request to `to`.
+    RtcCandidate {
+        /// The request.
+        request_id: u64,
+        /// The node's id.
+        to: String,
+        /// The candidate attribute (`candidate:…`); empty when the browser
+        /// has gathered all its candidates.
+        candidate: String,
+    },
     /// Keep-alive; answered with `pong`.
     Ping {
         /// Echoed in the `pong`.
@@ -261,6 +292,9 @@ pub enum ServerMessage {
         /// TURN relays the node may use, with credentials issued for it.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         relays: Vec<RelayCredentials>,
+        /// STUN servers (`stun:host:port` URLs) for browsers' ICE.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stun: Vec<String>,
     },
     /// Another session registered the same id; this one ends.
     Replaced {
@@ -329,6 +363,35 @@ pub enum ServerMessage {
         code: u16,
         /// Reason.
         message: String,
+    },
+    /// A browser asks for a connection over a WebRTC DataChannel.
+    RtcIncoming {
+        /// Echo it in the answer.
+        request_id: u64,
+        /// The browser (authenticated by the server).
+        from: String,
+        /// Requested convention number.
+        convention: u32,
+        /// The browser's SDP offer.
+        sdp: String,
+    },
+    /// The node accepted a browser's request.
+    RtcAnswered {
+        /// The request.
+        request_id: u64,
+        /// The node (authenticated by the server).
+        from: String,
+        /// The node's SDP answer.
+        sdp: String,
+    },
+    /// An ICE candidate the browser trickled.
+    RtcCandidate {
+        /// The request.
+        request_id: u64,
+        /// The browser (authenticated by the server).
+        from: String,
+        /// The candidate attribute; empty at the end of candidates.
+        candidate: String,
     },
     /// Fresh relay credentials, the answer to `relays` (empty when the
     /// server hands out none).
@@ -481,6 +544,13 @@ mod tests {
             ClientMessage::Reject { request_id: 7, to: "a".into(), code: 1, message: "no such service: 7".into() },
             ClientMessage::Relays,
             ClientMessage::Ping { nonce: 3 },
+            ClientMessage::RtcConnect { request_id: 9, to: "dev".into(), convention: 0x10, sdp: "v=0".into() },
+            ClientMessage::RtcAnswer { request_id: 9, to: "web".into(), sdp: "v=0".into() },
+            ClientMessage::RtcCandidate {
+                request_id: 9,
+                to: "dev".into(),
+                candidate: "candidate:1 1 udp 2122260223 192.0.2.11 50001 typ host".into(),
+            },
         ];
         for m in all {
             assert_eq!(ClientMessage::decode(&m.encode()), Ok(m.clone()));
@@ -490,8 +560,16 @@ mod tests {
     #[test]
     fn server_messages_round_trip() {
         let all = vec![
-            ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new() },
-            ServerMessage::Registered { id: "a".into(), version: 1, relays: vec![relay()] },
+            ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new(), stun: Vec::new() },
+            ServerMessage::Registered {
+                id: "a".into(),
+                version: 1,
+                relays: vec![relay()],
+                stun: vec!["stun:stun.example:3478".into()],
+            },
+            ServerMessage::RtcIncoming { request_id: 1, from: "web".into(), convention: 0x10, sdp: "v=0".into() },
+            ServerMessage::RtcAnswered { request_id: 1, from: "dev".into(), sdp: "v=0".into() },
+            ServerMessage::RtcCandidate { request_id: 1, from: "web".into(), candidate: String::new() },
             ServerMessage::Relays { relays: vec![relay()] },
             ServerMessage::Relays { relays: Vec::new() },
             ServerMessage::Replaced { message: "x".into() },
@@ -546,9 +624,14 @@ mod tests {
         );
         assert_eq!(ClientMessage::List.encode(), r#"{"type":"list"}"#);
         assert_eq!(ClientMessage::Relays.encode(), r#"{"type":"relays"}"#);
+        // What the browser module sends, byte for byte.
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"rtc-candidate","request_id":3,"to":"dev","candidate":""}"#),
+            Ok(ClientMessage::RtcCandidate { request_id: 3, to: "dev".into(), candidate: String::new() })
+        );
         // Without relays, `registered` is what version 1 servers sent.
         assert_eq!(
-            ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new() }.encode(),
+            ServerMessage::Registered { id: "a".into(), version: 1, relays: Vec::new(), stun: Vec::new() }.encode(),
             r#"{"type":"registered","id":"a","version":1}"#
         );
     }

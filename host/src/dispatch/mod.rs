@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 pub use native::Incoming;
 pub(crate) use native::NativeRoute;
 
-use crate::convention::Convention;
+use crate::convention::{Convention, Transport};
 use crate::node::LoadedService;
 use crate::runtime::actor::PluginRunState;
 use crate::transport::conn::{ConnShared, Owner};
@@ -55,14 +55,20 @@ enum Server<'a> {
     Native(&'a native::NativeService),
 }
 
-/// The server of `convention` in `table`: the number's plugin, else its
-/// native handler, else the default handler.
-fn locate(table: &Table, convention: Convention) -> Result<Server<'_>, Refusal> {
+/// The server of `convention`, asked for over `carrier`, in `table`: the
+/// number's plugin, else its native handler, else the default handler.
+/// Nodes reach each other over QUIC and browsers over RTC: a convention
+/// naming another transport than the one it arrived on is refused.
+fn locate(table: &Table, convention: Convention, carrier: Transport) -> Result<Server<'_>, Refusal> {
     let transport = convention.transport();
-    if !transport.is_offered() {
+    if transport != carrier {
+        let offered = if transport.is_offered() { format!(" over {carrier}") } else { String::new() };
         return Err((
             RefuseCode::UnsupportedTransport,
-            format!("unsupported transport: {transport} (code {}) is not offered by this node", transport.code()),
+            format!(
+                "unsupported transport: {transport} (code {}) is not offered by this node{offered}",
+                transport.code()
+            ),
         ));
     }
     let service = convention.service();
@@ -130,28 +136,29 @@ impl Dispatcher {
         self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a request for `convention` would be accepted, without
+    /// Whether a request for `convention` over `carrier` would be accepted, without
     /// reserving anything (signaling answers with this before the checks).
     ///
     /// # Errors
     /// The refusal the caller would see.
-    pub(crate) fn check(&self, convention: Convention) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, convention: Convention, carrier: Transport) -> Result<(), Refusal> {
         let table = self.table();
-        match locate(&table, convention)? {
+        match locate(&table, convention, carrier)? {
             Server::Plugin(_) => Ok(()),
             Server::Native(handler) => handler.has_room(convention.service()),
         }
     }
 
-    /// The server of an incoming connection for `convention`; a native
+    /// The server of an incoming connection for `convention` over
+    /// `carrier`; a native
     /// handler's backlog place is reserved.
     ///
     /// # Errors
     /// The refusal to send: unsupported transport, no such service, a
     /// disabled or stopping plugin, a native handler whose backlog is full.
-    pub(crate) fn route(&self, convention: Convention) -> Result<Route, Refusal> {
+    pub(crate) fn route(&self, convention: Convention, carrier: Transport) -> Result<Route, Refusal> {
         let table = self.table();
-        match locate(&table, convention)? {
+        match locate(&table, convention, carrier)? {
             Server::Plugin(plugin) => Ok(Route::Plugin(plugin.actor.tx.clone())),
             Server::Native(handler) => handler.reserve(convention.service()).map(Route::Native),
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::link_watch::{LinkMonitor, LinkWatch, LinkWatches, sample_interval};
 use super::{ConnectError, NodeInner};
-use crate::convention::Convention;
+use crate::convention::{Convention, Transport};
 use crate::transport::conn::{
     self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner, PathKind,
 };
@@ -35,7 +35,7 @@ pub(super) struct Links {
 
 impl Links {
     /// Remembers a connection so shutdown can close it.
-    fn register(&self, shared: &Arc<ConnShared>) {
+    pub(super) fn register(&self, shared: &Arc<ConnShared>) {
         let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         if conns.len() >= 64 && conns.len().is_power_of_two() {
             conns.retain(|_, weak| weak.strong_count() > 0);
@@ -371,7 +371,7 @@ async fn answer(
         )
         .await;
     }
-    let route = match inner.dispatcher.route(convention) {
+    let route = match inner.dispatcher.route(convention, Transport::Quic) {
         Ok(route) => route,
         Err((code, message)) => return refuse(send, code, message).await,
     };
@@ -411,7 +411,7 @@ pub(super) async fn open(
 ) -> Result<Arc<ConnShared>, ConnectError> {
     let convention = Convention::from_raw(raw_convention);
     if let Ok(c) = convention
-        && !c.transport().is_offered()
+        && c.transport() != Transport::Quic
     {
         return Err(ConnectError::UnsupportedTransport(c.transport()));
     }

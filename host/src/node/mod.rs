@@ -1,6 +1,7 @@
 //! The node: one UDP socket and QUIC endpoint, the plugins loaded per
 //! service number, and the dispatcher between them.
 
+mod browsers;
 mod connection;
 mod link_repair;
 mod link_watch;
@@ -45,6 +46,8 @@ use crate::runtime::supervisor::CrashPolicy;
 use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
 use crate::transport::identity::{Fingerprint, Identity, IdentityError};
+use crate::transport::rtc::RtcHost;
+use crate::transport::rtc::agent::RtcIdentity;
 use crate::transport::socket::{FogSocket, SocketCounters};
 use crate::transport::wire::RefuseCode;
 
@@ -299,6 +302,11 @@ pub(crate) struct NodeInner {
     /// Round-trip times the connectivity checks measured to addresses
     /// about to be dialled (see [`NodeInner::measured_transport`]).
     measured_rtts: Mutex<HashMap<SocketAddr, Duration>>,
+    /// Browser connections (only with signaling: browsers find nodes
+    /// there).
+    rtc: Option<RtcHost>,
+    /// The node's DTLS certificate for browsers, made on first use.
+    rtc_identity: tokio::sync::OnceCell<RtcIdentity>,
     weak_self: Weak<NodeInner>,
 }
 
@@ -521,6 +529,7 @@ impl NodeBuilder {
             None => None,
         };
         let shutdown = CancellationToken::new();
+        let rtc = signal.as_ref().map(|_| RtcHost::start(socket.clone(), shutdown.clone()));
         let relay = relay_servers(&config, signal.as_ref()).map(|servers| {
             relay::RelayAgent::start(socket.clone(), servers, config.relay_ca.clone(), shutdown.clone())
         });
@@ -548,6 +557,8 @@ impl NodeBuilder {
             dialing: Mutex::new(HashMap::new()),
             refusals: Mutex::new(signaling::refusal_budget()),
             measured_rtts: Mutex::new(HashMap::new()),
+            rtc: rtc.clone(),
+            rtc_identity: tokio::sync::OnceCell::new(),
             weak_self: weak_self.clone(),
         });
         if inner.signal.is_some() {
@@ -556,7 +567,7 @@ impl NodeBuilder {
         tokio::spawn(links::accept_loop(inner.clone()));
         tokio::spawn(node_events::gather(inner.clone()));
         tokio::spawn(network_watch::watch(inner.clone()));
-        tokio::spawn(traversal.clone().run_mux(side_rx));
+        tokio::spawn(traversal.clone().run_mux(side_rx, rtc));
         traversal.classify();
         let node = Node { inner };
         for (service, source) in plugins {

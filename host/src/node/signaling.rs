@@ -12,10 +12,10 @@ use super::link_repair::{SupervisedLink, supervise};
 use super::relay::RelayAgent;
 use super::traversal::{Session, TraversalReport};
 use super::{ConnectError, NodeInner, links};
-use crate::convention::Convention;
+use crate::convention::{Convention, Transport};
 use crate::nat::strategy::Plan;
 use crate::signal::SignalError;
-use crate::signal::client::{IncomingRequest, PeerOffer, SignalClient};
+use crate::signal::client::{IncomingRequest, PeerOffer, SignalClient, SignalRequest};
 use crate::signal::protocol::{Candidate, CandidateKind, MAX_CANDIDATES, Offer};
 use crate::transport::conn::{ConnShared, ConnectionId, Owner};
 use crate::transport::identity::Fingerprint;
@@ -120,26 +120,36 @@ pub(super) fn refusal_budget() -> crate::limits::RateTable<String> {
 /// requests this node refuses cannot spend the node's own signaling rate,
 /// which carries its answers to everyone else. The dropped caller's
 /// connect times out.
-async fn refuse(
+pub(super) async fn refuse(
     inner: &NodeInner,
     signal: &SignalClient,
-    request: &IncomingRequest,
+    (request_id, from): (u64, &str),
     code: RefuseCode,
     message: String,
 ) {
     let allowed =
-        inner.refusals.lock().unwrap_or_else(|p| p.into_inner()).allow(&request.from, 1, std::time::Instant::now());
+        inner.refusals.lock().unwrap_or_else(|p| p.into_inner()).allow(&from.to_string(), 1, std::time::Instant::now());
     if allowed {
-        signal.reject(request, code as u16, message).await;
+        signal.reject(request_id, from, code as u16, message).await;
     } else {
-        tracing::debug!(peer = %request.from, "connect request dropped unanswered (refused too often): {message}");
+        tracing::debug!(peer = %from, "connect request dropped unanswered (refused too often): {message}");
     }
 }
 
-/// Answers connect requests from other nodes until signaling stops.
-pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::Receiver<IncomingRequest>) {
+/// Answers connect requests from other nodes and browsers until
+/// signaling stops. A browser's request and its trickled candidates are
+/// handled in the order they came, so its candidates reach its agent.
+pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::Receiver<SignalRequest>) {
     while let Some(request) = requests.recv().await {
-        tokio::spawn(answer_request(inner.clone(), request));
+        match request {
+            SignalRequest::Node(request) => {
+                tokio::spawn(answer_request(inner.clone(), request));
+            }
+            SignalRequest::Browser(request) => super::browsers::answer(&inner, request).await,
+            SignalRequest::BrowserCandidate { from, request_id, candidate } => {
+                super::browsers::candidate(&inner, from, request_id, candidate).await;
+            }
+        }
     }
 }
 
@@ -148,21 +158,35 @@ pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::R
 async fn answer_request(inner: Arc<NodeInner>, request: IncomingRequest) {
     let Some(signal) = inner.signal.clone() else { return };
     let Some(fingerprint) = Fingerprint::parse(&request.offer.fingerprint) else {
-        refuse(&inner, &signal, &request, RefuseCode::BadRequest, "offer without a valid fingerprint".into()).await;
+        refuse(
+            &inner,
+            &signal,
+            (request.request_id, &request.from),
+            RefuseCode::BadRequest,
+            "offer without a valid fingerprint".into(),
+        )
+        .await;
         return;
     };
     // Refuse early what the QUIC handshake would refuse anyway.
     let route = Convention::from_raw(request.convention)
         .map_err(|e| (RefuseCode::ReservedBits, e.to_string()))
-        .and_then(|c| inner.dispatcher.check(c));
+        .and_then(|c| inner.dispatcher.check(c, Transport::Quic));
     if let Err((code, message)) = route {
-        refuse(&inner, &signal, &request, code, message).await;
+        refuse(&inner, &signal, (request.request_id, &request.from), code, message).await;
         return;
     }
     let mut session = match inner.traversal.session_for_request(&request.from) {
         Ok(session) => session,
         Err(refusal) => {
-            refuse(&inner, &signal, &request, RefuseCode::ServiceUnavailable, refusal.to_string()).await;
+            refuse(
+                &inner,
+                &signal,
+                (request.request_id, &request.from),
+                RefuseCode::ServiceUnavailable,
+                refusal.to_string(),
+            )
+            .await;
             return;
         }
     };
@@ -227,7 +251,7 @@ pub(super) async fn open_by_id(
 ) -> Result<(Arc<ConnShared>, Option<TraversalReport>), ConnectError> {
     let signal = inner.signal.clone().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
     if let Ok(c) = Convention::from_raw(convention)
-        && !c.transport().is_offered()
+        && c.transport() != Transport::Quic
     {
         return Err(ConnectError::UnsupportedTransport(c.transport()));
     }

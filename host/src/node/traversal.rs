@@ -17,6 +17,7 @@ use crate::nat::strategy::{self, Plan};
 use crate::nat::transaction::{RetransmitPolicy, Step, Transaction};
 use crate::nat::{NatError, discovery};
 use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials, NatInfo, Offer};
+use crate::transport::rtc::RtcHost;
 use crate::transport::socket::{AuxId, FogSocket, PacketKind, SideDatagram};
 
 /// The addresses and subnets of this host's interfaces.
@@ -187,6 +188,15 @@ impl Drop for Session {
     }
 }
 
+/// The user fragment a STUN binding request is addressed to (the first
+/// part of its USERNAME), if it is one.
+fn request_ufrag(data: &[u8]) -> Option<String> {
+    match message::decode(data) {
+        Ok(Binding::Request { username: Some(username), .. }) => username.split(':').next().map(str::to_string),
+        _ => None,
+    }
+}
+
 fn random_token(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -213,12 +223,18 @@ impl Traversal {
         })
     }
 
-    /// Routes the STUN datagrams of the socket facade: requests to the
-    /// check session their USERNAME names, responses to the transaction
-    /// waiting for them, else to every session (checks match their own
-    /// transaction ids).
-    pub(super) async fn run_mux(self: Arc<Self>, mut side: mpsc::Receiver<SideDatagram>) {
+    /// Routes the STUN datagrams of the socket facade: those of browser
+    /// connections (STUN and DTLS) to `rtc`, requests to the check session
+    /// their USERNAME names, responses to the transaction waiting for
+    /// them, else to every session (checks match their own transaction
+    /// ids).
+    pub(super) async fn run_mux(self: Arc<Self>, mut side: mpsc::Receiver<SideDatagram>, rtc: Option<RtcHost>) {
         while let Some(datagram) = side.recv().await {
+            if let Some(rtc) = &rtc
+                && rtc.claim(&datagram, request_ufrag)
+            {
+                continue;
+            }
             if datagram.kind != PacketKind::Stun {
                 tracing::trace!(from = %datagram.from, kind = ?datagram.kind, "non-STUN side datagram ignored");
                 continue;

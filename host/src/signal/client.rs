@@ -84,6 +84,37 @@ pub struct PresenceEvent {
     pub online: bool,
 }
 
+/// What signaling asks of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalRequest {
+    /// Another node asks for a connection.
+    Node(IncomingRequest),
+    /// A browser asks for a connection over a DataChannel.
+    Browser(BrowserRequest),
+    /// A browser trickled an ICE candidate of its request.
+    BrowserCandidate {
+        /// The browser's id, authenticated by the server.
+        from: String,
+        /// Its request.
+        request_id: u64,
+        /// The candidate attribute; empty at the end of candidates.
+        candidate: String,
+    },
+}
+
+/// A browser's request for a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserRequest {
+    /// Echo it in the answer.
+    pub request_id: u64,
+    /// The browser's id, authenticated by the server.
+    pub from: String,
+    /// The requested convention number.
+    pub convention: u32,
+    /// The browser's SDP offer.
+    pub sdp: String,
+}
+
 /// A connect request from another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingRequest {
@@ -160,7 +191,7 @@ impl SignalClient {
     ///
     /// # Errors
     /// [`SignalError::InvalidUrl`] when the URL is not `ws://` or `wss://`.
-    pub fn start(config: SignalClientConfig, incoming: mpsc::Sender<IncomingRequest>) -> Result<Self, SignalError> {
+    pub fn start(config: SignalClientConfig, incoming: mpsc::Sender<SignalRequest>) -> Result<Self, SignalError> {
         if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
             return Err(SignalError::InvalidUrl(config.url.clone(), "must start with ws:// or wss://".into()));
         }
@@ -273,9 +304,15 @@ impl SignalClient {
         let _ = self.command(Command::Send(message)).await;
     }
 
-    /// Refuses a connect request.
-    pub async fn reject(&self, request: &IncomingRequest, code: u16, message: String) {
-        let message = ClientMessage::Reject { request_id: request.request_id, to: request.from.clone(), code, message };
+    /// Refuses a connect request of a node or a browser.
+    pub async fn reject(&self, request_id: u64, to: &str, code: u16, message: String) {
+        let message = ClientMessage::Reject { request_id, to: to.to_string(), code, message };
+        let _ = self.command(Command::Send(message)).await;
+    }
+
+    /// Accepts a browser's request with the node's SDP answer.
+    pub async fn answer_browser(&self, request: &BrowserRequest, sdp: String) {
+        let message = ClientMessage::RtcAnswer { request_id: request.request_id, to: request.from.clone(), sdp };
         let _ = self.command(Command::Send(message)).await;
     }
 
@@ -303,7 +340,7 @@ impl SignalClient {
 struct Actor {
     config: SignalClientConfig,
     commands: mpsc::Receiver<Command>,
-    incoming: mpsc::Sender<IncomingRequest>,
+    incoming: mpsc::Sender<SignalRequest>,
     status: watch::Sender<SignalStatus>,
     relays: watch::Sender<Vec<RelayCredentials>>,
     shutdown: CancellationToken,
@@ -518,6 +555,13 @@ impl Actor {
         result
     }
 
+    /// Hands a request to the node; dropped when the node falls behind.
+    fn pass_on(&self, request: SignalRequest) {
+        if self.incoming.try_send(request).is_err() {
+            tracing::warn!("dropping a connect request: the node is not keeping up");
+        }
+    }
+
     async fn dispatch(&self, message: ServerMessage, pending: &mut Pending) {
         match message {
             ServerMessage::Answered { request_id, from, offer, observed } => {
@@ -545,14 +589,19 @@ impl Actor {
             }
             ServerMessage::Incoming { request_id, from, convention, offer, observed } => {
                 let request = IncomingRequest { request_id, from, convention, offer, observed };
-                if self.incoming.try_send(request).is_err() {
-                    tracing::warn!("dropping a connect request: the node is not keeping up");
-                }
+                self.pass_on(SignalRequest::Node(request));
+            }
+            ServerMessage::RtcIncoming { request_id, from, convention, sdp } => {
+                self.pass_on(SignalRequest::Browser(BrowserRequest { request_id, from, convention, sdp }));
+            }
+            ServerMessage::RtcCandidate { request_id, from, candidate } => {
+                self.pass_on(SignalRequest::BrowserCandidate { from, request_id, candidate });
             }
             ServerMessage::Presence { id, online } => {
                 let _ = self.presence.send(PresenceEvent { id, online });
             }
             ServerMessage::Pong { .. }
+            | ServerMessage::RtcAnswered { .. }
             | ServerMessage::Registered { .. }
             | ServerMessage::Replaced { .. }
             | ServerMessage::Relays { .. } => {}

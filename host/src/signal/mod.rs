@@ -8,6 +8,7 @@ pub use fogconnect_proto::signal as protocol;
 pub mod rate;
 pub mod server;
 pub mod token;
+pub mod web;
 
 use std::net::SocketAddr;
 

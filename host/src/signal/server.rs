@@ -29,6 +29,7 @@ use super::protocol::{
 };
 use super::rate::TokenBucket;
 use super::token;
+use super::web;
 use crate::limits::{DescriptorBudget, PerIpConnections, RateTable, accept_with_backoff};
 
 /// Path of the WebSocket endpoint.
@@ -101,6 +102,9 @@ pub struct SignalServerConfig {
     /// TURN relays handed to every node that registers, with
     /// time-limited credentials.
     pub relays: Option<RelayGrant>,
+    /// STUN servers (`stun:host:port`) handed to every client for
+    /// browsers' ICE.
+    pub stun_urls: Vec<String>,
 }
 
 /// The TURN relays a signaling server hands out, and how it makes their
@@ -153,6 +157,7 @@ impl SignalServerConfig {
             rate_burst: 200,
             tls: None,
             relays: None,
+            stun_urls: Vec::new(),
         }
     }
 }
@@ -322,11 +327,11 @@ async fn accept_loop(
             let deadline = tokio::time::Instant::now() + limit;
             match tls {
                 Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve(stream, peer, deadline, shared, shutdown).await,
+                    Ok(Ok(stream)) => serve_http(stream, peer, deadline, shared, shutdown).await,
                     Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake not done within {limit:?}"),
                 },
-                None => serve::<TcpStream>(stream, peer, deadline, shared, shutdown).await,
+                None => serve_http::<TcpStream>(stream, peer, deadline, shared, shutdown).await,
             }
         });
     }
@@ -342,6 +347,30 @@ struct ConnectedGuard(Arc<Shared>);
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
         self.0.connected.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads the request head: a WebSocket upgrade becomes a session, a GET
+/// of the web app or the browser module is answered and closed.
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    handshake_deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let head = match tokio::time::timeout_at(handshake_deadline, web::read_head(&mut stream)).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return tracing::debug!(%peer, "no complete HTTP request head"),
+        Err(_) => return tracing::debug!(%peer, "HTTP request head not sent in time"),
+    };
+    match web::route(&head) {
+        web::Request::WebSocket => {
+            serve(web::Replayed::new(head, stream), peer, handshake_deadline, shared, shutdown).await;
+        }
+        other => {
+            let _ = tokio::time::timeout_at(handshake_deadline, web::respond(&mut stream, &other)).await;
+        }
     }
 }
 
@@ -561,6 +590,15 @@ impl ClientSession {
             ClientMessage::Reject { request_id, to, code, message } => {
                 self.forward(&to, request_id, ServerMessage::Rejected { request_id, from: me, code, message })
             }
+            ClientMessage::RtcConnect { request_id, to, convention, sdp } => {
+                self.forward(&to, request_id, ServerMessage::RtcIncoming { request_id, from: me, convention, sdp })
+            }
+            ClientMessage::RtcAnswer { request_id, to, sdp } => {
+                self.forward(&to, request_id, ServerMessage::RtcAnswered { request_id, from: me, sdp })
+            }
+            ClientMessage::RtcCandidate { request_id, to, candidate } => {
+                self.forward(&to, request_id, ServerMessage::RtcCandidate { request_id, from: me, candidate })
+            }
             ClientMessage::Ping { nonce } => Some(ServerMessage::Pong { nonce }),
         }
     }
@@ -621,7 +659,8 @@ impl ClientSession {
         self.id = Some(id.clone());
         tracing::debug!(id, "registered");
         let relays = self.relay_credentials(&id);
-        ServerMessage::Registered { id, version: PROTOCOL_VERSION, relays }
+        let stun = self.shared.config.stun_urls.clone();
+        ServerMessage::Registered { id, version: PROTOCOL_VERSION, relays, stun }
     }
 
     /// Credentials for `id` on the configured relays, issued now.

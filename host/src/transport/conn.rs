@@ -261,21 +261,38 @@ impl Drop for LiveGuard {
     }
 }
 
-enum Outbound {
+/// What the owner of a connection asks its transport to do, in order.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Send one message.
     Data(Bytes),
+    /// End the connection with this code and message (after the queued
+    /// messages).
     Close(CloseCode, String),
+    /// The connection ended otherwise: finish this side's half.
     Finish,
+}
+
+/// What carries a connection's messages.
+pub(crate) enum Carrier {
+    /// A QUIC stream of a link between nodes.
+    Quic {
+        /// The link.
+        quic: quinn::Connection,
+        /// The socket facade under the link: it knows which way the
+        /// link's packets travel now.
+        socket: Arc<FogSocket>,
+    },
+    /// A browser's DataChannel.
+    Rtc(Arc<crate::transport::rtc::RtcLink>),
+    /// Nothing: a connection driven in-process (see [`Detached`]).
+    Detached,
 }
 
 /// State of one connection shared by its tasks and its owner.
 pub struct ConnShared {
     meta: ConnMeta,
-    /// The QUIC connection carrying the stream; `None` for a detached
-    /// connection.
-    quic: Option<quinn::Connection>,
-    /// The socket facade under the link: it knows which way the link's
-    /// packets travel now.
-    socket: Option<Arc<FogSocket>>,
+    carrier: Carrier,
     limits: ConnLimits,
     owner: Owner,
     closed: AtomicBool,
@@ -382,7 +399,7 @@ impl ConnShared {
         }
     }
 
-    fn end(&self, code: CloseCode, message: String) -> bool {
+    pub(crate) fn end(&self, code: CloseCode, message: String) -> bool {
         if !self.claim_close() {
             return false;
         }
@@ -394,13 +411,18 @@ impl ConnShared {
 
     /// Accounts for one queued message of `len` bytes leaving the send
     /// buffer; `delivered` when it was handed to the transport.
-    fn dequeued(&self, len: usize, delivered: bool) {
+    pub(crate) fn dequeued(&self, len: usize, delivered: bool) {
         self.buffered.fetch_sub(len, Ordering::AcqRel);
         self.drained.notify_one();
         if delivered {
             self.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
             self.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How long a closing side waits for the remote side to finish too.
+    pub(crate) fn close_grace(&self) -> Duration {
+        self.limits.close_grace
     }
 
     /// The largest message this connection sends or accepts.
@@ -434,21 +456,24 @@ impl ConnShared {
     /// every connection on it): what QUIC holds, sent or not, before it is
     /// acknowledged. Nothing for a detached connection.
     pub fn set_send_window(&self, bytes: u64) {
-        if let Some(quic) = &self.quic {
+        if let Carrier::Quic { quic, .. } = &self.carrier {
             quic.set_send_window(bytes);
         }
     }
 
-    /// Identifies the link under the connection (equal for connections
-    /// sharing it); `None` for a detached connection.
+    /// Identifies the QUIC link under the connection (equal for
+    /// connections sharing it); `None` for other transports.
     pub fn link_id(&self) -> Option<usize> {
-        self.quic.as_ref().map(quinn::Connection::stable_id)
+        match &self.carrier {
+            Carrier::Quic { quic, .. } => Some(quic.stable_id()),
+            _ => None,
+        }
     }
 
-    /// Measurements of the QUIC path under the connection; `None` for a
-    /// detached connection.
+    /// Measurements of the QUIC path under the connection; `None` for
+    /// other transports.
     pub fn path_sample(&self) -> Option<PathSample> {
-        let quic = self.quic.as_ref()?;
+        let Carrier::Quic { quic, .. } = &self.carrier else { return None };
         let path = quic.stats().path;
         Some(PathSample {
             rtt: path.rtt,
@@ -460,16 +485,28 @@ impl ConnShared {
 
     /// Which way the connection's packets travel now, and to where.
     pub fn path(&self) -> PathInfo {
-        match (&self.quic, &self.socket) {
-            (Some(quic), Some(socket)) => socket.path_info(quic.remote_address()),
-            _ => PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote },
+        match &self.carrier {
+            Carrier::Quic { quic, socket } => socket.path_info(quic.remote_address()),
+            Carrier::Rtc(link) => {
+                link.path().unwrap_or(PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote })
+            }
+            Carrier::Detached => PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote },
+        }
+    }
+
+    /// The smoothed round-trip time of the path (zero until measured).
+    pub fn rtt(&self) -> Duration {
+        match &self.carrier {
+            Carrier::Quic { quic, .. } => quic.rtt(),
+            Carrier::Rtc(link) => link.rtt().unwrap_or(Duration::ZERO),
+            Carrier::Detached => Duration::ZERO,
         }
     }
 
     /// Counters and measurements.
     pub fn stats(&self) -> ConnStats {
         ConnStats {
-            rtt: self.quic.as_ref().map_or(Duration::ZERO, quinn::Connection::rtt),
+            rtt: self.rtt(),
             path: self.path().kind,
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
@@ -478,9 +515,47 @@ impl ConnShared {
         }
     }
 
+    /// Hands one received message to the owner (dropped while this side
+    /// closes). False when the owner is gone: the connection is failed.
+    pub(crate) async fn deliver(&self, payload: Bytes) -> bool {
+        if self.is_closed() {
+            return true; // this side is closing: late messages are dropped
+        }
+        self.bytes_received.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        if self.owner.send(ConnEvent::Message(self.meta.id, payload)).await.is_err() {
+            self.fail("receiver gone");
+            return false;
+        }
+        true
+    }
+
+    /// Passes a network event of the transport to the owner, in order
+    /// with the messages.
+    pub(crate) async fn network_event(&self, event: NetworkEvent) {
+        if !self.is_closed() {
+            let _ = self.owner.send(ConnEvent::Network(self.meta.id, event)).await;
+        }
+    }
+
+    /// Stops the connection's tasks.
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Resolves when the connection's tasks are told to stop.
+    pub(crate) async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// The owner of the connection.
+    pub(crate) fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
     /// Reports an ending seen by the tasks (remote close, failure) to the
     /// owner, unless the ending was already claimed.
-    async fn report_end(&self, reason: CloseReason) {
+    pub(crate) async fn report_end(&self, reason: CloseReason) {
         if self.claim_close() {
             tracing::debug!(id = self.meta.id.0, %reason, "connection ended");
             let _ = self.owner.send(ConnEvent::Closed(self.meta.id, reason)).await;
@@ -520,7 +595,7 @@ pub async fn establish(
     live: LiveGuard,
 ) -> Arc<ConnShared> {
     let HandshakenStream { quic, socket, send, recv, decoder, link_events } = stream;
-    let (shared, outbound_rx) = ConnShared::new(meta, Some((quic, socket)), limits, owner);
+    let (shared, outbound_rx) = ConnShared::new(meta, Carrier::Quic { quic, socket }, limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
     }
@@ -530,18 +605,18 @@ pub async fn establish(
 }
 
 impl ConnShared {
-    fn new(
+    /// A connection over `carrier`, and the receiver of what its owner
+    /// asks the transport to do (the transport's writer takes it).
+    pub(crate) fn new(
         meta: ConnMeta,
-        link: Option<(quinn::Connection, Arc<FogSocket>)>,
+        carrier: Carrier,
         limits: ConnLimits,
         owner: Owner,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Outbound>) {
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
-        let (quic, socket) = link.unzip();
         let shared = Arc::new(ConnShared {
             meta,
-            quic,
-            socket,
+            carrier,
             limits,
             owner,
             closed: AtomicBool::new(false),
@@ -584,7 +659,7 @@ impl Detached {
     /// (plugin tests, benchmarks): what its owner sends is taken out with
     /// [`Detached::try_take`].
     pub fn new(meta: ConnMeta, limits: ConnLimits, owner: Owner) -> (Arc<ConnShared>, Detached) {
-        let (shared, rx) = ConnShared::new(meta, None, limits, owner);
+        let (shared, rx) = ConnShared::new(meta, Carrier::Detached, limits, owner);
         (shared.clone(), Detached { shared, rx })
     }
 
@@ -641,11 +716,7 @@ async fn read_loop(
         }
         tokio::select! {
             _ = shared.cancel.cancelled() => break None,
-            event = next_link_event(&mut link_events) => {
-                if !shared.is_closed() {
-                    let _ = shared.owner.send(ConnEvent::Network(shared.meta.id, event)).await;
-                }
-            }
+            event = next_link_event(&mut link_events) => shared.network_event(event).await,
             chunk = recv.read_chunk(64 * 1024, true) => match chunk {
                 Ok(Some(chunk)) => decoder.push(&chunk.bytes),
                 Ok(None) => break Some(match decoder.finish() {
@@ -681,13 +752,7 @@ async fn decode_all(shared: &ConnShared, decoder: &mut Decoder) -> Result<Option
         match decoder.next_frame() {
             Ok(None) => return Ok(None),
             Ok(Some(Frame::Data(payload))) => {
-                if shared.is_closed() {
-                    continue; // this side is closing: late messages are dropped
-                }
-                shared.bytes_received.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                shared.messages_received.fetch_add(1, Ordering::Relaxed);
-                if shared.owner.send(ConnEvent::Message(shared.meta.id, payload)).await.is_err() {
-                    shared.fail("receiver gone");
+                if !shared.deliver(payload).await {
                     return Ok(None);
                 }
             }

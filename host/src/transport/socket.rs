@@ -32,6 +32,8 @@ pub enum PacketKind {
     Stun,
     /// TURN ChannelData (first byte 64..=79 while a TURN channel is bound).
     ChannelData,
+    /// DTLS record (first byte 20..=63): a browser's WebRTC connection.
+    Dtls,
     /// QUIC short header (64..=127) or long header (192..=255) packet.
     Quic,
     /// Anything else: dropped.
@@ -48,6 +50,7 @@ pub enum PacketKind {
 pub fn classify(first_byte: u8, channels_bound: bool) -> PacketKind {
     match first_byte {
         0..=3 => PacketKind::Stun,
+        20..=63 => PacketKind::Dtls,
         64..=79 if channels_bound => PacketKind::ChannelData,
         64..=127 | 192..=255 => PacketKind::Quic,
         _ => PacketKind::Unknown,
@@ -64,6 +67,9 @@ pub struct SideDatagram {
     pub via: Option<AuxId>,
     /// Sender address.
     pub from: SocketAddr,
+    /// The node's address it was sent to, when the socket tells (the
+    /// node's own socket does; WebRTC needs it when bound to a wildcard).
+    pub to: Option<IpAddr>,
     /// What the first byte says it is.
     pub kind: PacketKind,
     /// The datagram.
@@ -392,7 +398,7 @@ impl FogSocket {
                         quic.try_send((presented, data)).is_ok()
                     }
                     PacketKind::Unknown => false,
-                    kind => side.try_send(SideDatagram { via: Some(id), from, kind, data }).is_ok(),
+                    kind => side.try_send(SideDatagram { via: Some(id), from, to: None, kind, data }).is_ok(),
                 };
                 let counter = if sent { &counters.side } else { &counters.dropped };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -656,6 +662,31 @@ impl FogSocket {
         self.io.send_to(data, self.in_family(to)).await
     }
 
+    /// Sends a datagram from the node's socket without waiting, from the
+    /// source address `source` when given (a wildcard socket otherwise
+    /// lets routing pick it). A full socket buffer drops it, like a loss.
+    ///
+    /// # Errors
+    /// I/O errors of the socket.
+    pub fn try_send_from(&self, source: Option<IpAddr>, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        // quinn-udp takes an IPv4 source on a dual-stack socket as is, as
+        // it reports one.
+        let src_ip = source.filter(|_| self.bound_to_wildcard());
+        let transmit =
+            Transmit { destination: self.in_family(to), ecn: None, contents: data, segment_size: None, src_ip };
+        match self.io.try_io(Interest::WRITABLE, || self.state.try_send((&*self.io).into(), &transmit)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn bound_to_wildcard(&self) -> bool {
+        self.io.local_addr().is_ok_and(|a| a.ip().is_unspecified())
+    }
+
     /// Moves the non-QUIC datagrams among the first `count` received ones to
     /// the side channel and compacts the QUIC ones to the front. Returns how
     /// many QUIC datagrams remain.
@@ -686,8 +717,10 @@ impl FogSocket {
                 kind => {
                     // A GRO batch holds segments of `stride` bytes each.
                     let stride = meta[i].stride.max(1);
+                    let to = meta[i].dst_ip.map(|ip| canonical(SocketAddr::new(ip, 0)).ip());
                     for segment in bufs[i][..len].chunks(stride) {
-                        let datagram = SideDatagram { via: None, from, kind, data: Bytes::copy_from_slice(segment) };
+                        let datagram =
+                            SideDatagram { via: None, from, to, kind, data: Bytes::copy_from_slice(segment) };
                         if self.side.try_send(datagram).is_ok() {
                             self.counters.side.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -815,6 +848,9 @@ mod tests {
         assert_eq!(classify(0, false), PacketKind::Stun);
         assert_eq!(classify(3, true), PacketKind::Stun);
         assert_eq!(classify(4, false), PacketKind::Unknown);
+        assert_eq!(classify(19, false), PacketKind::Unknown);
+        assert_eq!(classify(20, true), PacketKind::Dtls);
+        assert_eq!(classify(63, false), PacketKind::Dtls);
         assert_eq!(classify(64, false), PacketKind::Quic);
         assert_eq!(classify(64, true), PacketKind::ChannelData);
         assert_eq!(classify(79, true), PacketKind::ChannelData);
