@@ -18,11 +18,27 @@ C_WARNINGS  := -Wall -Wextra -Werror
 export FOGCONNECT_C_STAGE := $(C_STAGE)
 export FOGCONNECT_C_EXAMPLES := $(C_EXAMPLES)
 
-.PHONY: setup lab-deps c-deps plugins build install c-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
+.PHONY: setup build-deps lab-deps c-deps browser-deps plugins build install c-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
 
 ## setup: install the toolchain pieces the build needs
 setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+## build-deps: what building the node needs beyond Rust (root): OpenSSL's
+## headers, for the DTLS of browser connections
+build-deps:
+	@if ! pkg-config --exists openssl 2>/dev/null; then \
+		echo "installing libssl-dev pkg-config"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev pkg-config; \
+	fi
+
+## browser-deps: what the browser tests need (root): Debian's Chromium,
+## driven headless over the DevTools protocol
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	fi
 
 ## lab-deps: what the NAT lab tests need (root): ip, nft, conntrack, and coturn's
 ## RFC 5780 server and client for the interoperability tests
@@ -56,7 +72,7 @@ plugins: setup
 
 ## build: the fogconnect binary, the C library (libfogconnect.so and .a)
 ## and the plugins
-build: plugins
+build: build-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c
 
 ## install: the C library, header and pkg-config file under PREFIX
@@ -95,7 +111,7 @@ demo-c: build c-examples
 
 ## test: build everything and run every test (the integration tests last, so
 ## the run ends on their summary)
-test: lab-deps c-deps plugins
+test: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
 	$(CARGO) test --release -p fogconnect --doc
@@ -104,7 +120,7 @@ test: lab-deps c-deps plugins
 	$(CARGO) test --release -p fogconnect --lib --bins --tests
 
 ## lint: formatting and clippy with warnings denied
-lint: setup
+lint: setup build-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -112,7 +128,7 @@ lint: setup
 ## relay against coturn, stream plugins' pull tick, live swap pause, what
 ## attacks cost legitimate users, the C API against Rust and a plugin,
 ## event delivery to a plugin against a Rust subscriber
-bench: lab-deps c-deps plugins
+bench: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
 	$(CARGO) bench -p fogconnect --bench dispatch
@@ -127,7 +143,7 @@ bench: lab-deps c-deps plugins
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
 ## birthday probing, the adaptive stream plugin's settle time on a
 ## rate-limited link, and recovery from network changes (root)
-bench-nat: lab-deps plugins
+bench-nat: build-deps lab-deps browser-deps plugins
 	$(CARGO) bench -p fogconnect --bench nat_lab
 	$(CARGO) bench -p fogconnect --bench stream_lab
 	$(CARGO) bench -p fogconnect --bench recovery

@@ -72,6 +72,38 @@ pub struct SignalArgs {
     /// How long handed-out relay credentials stay valid, in seconds.
     #[arg(long, default_value_t = 86_400)]
     relay_ttl_s: u64,
+    /// A STUN server browsers use to learn their public address, as a
+    /// STUN URL (stun:host:port); repeatable. Browsers also get the
+    /// relays (--relay) with credentials.
+    #[arg(long = "stun-url", value_name = "URL", value_parser = parse_stun_url)]
+    stun_urls: Vec<String>,
+}
+
+/// A STUN URL (RFC 7064): `stun:host[:port]` (browsers take no `stuns:`).
+fn parse_stun_url(text: &str) -> Result<String, String> {
+    let rest = text.strip_prefix("stun:").ok_or_else(|| format!("{text:?} is not a STUN URL (stun:host:port)"))?;
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').ok_or_else(|| format!("{text:?}: unclosed ["))?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or_else(|| format!("{text:?}: junk after ]"))?)),
+            }
+        }
+        None => match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if host.is_empty() || host.contains(['/', '?', '@', ' ']) {
+        return Err(format!("{text:?}: no host"));
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(format!("{text:?}: bad port {port:?}"));
+    }
+    Ok(text.to_string())
 }
 
 /// The secret registration tokens are signed with.
@@ -143,6 +175,7 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     config.rate_per_second = args.rate_per_second;
     config.rate_burst = args.rate_burst;
     config.tls = args.cert.zip(args.key);
+    config.stun_urls = args.stun_urls;
     if !args.relays.is_empty() {
         for url in &args.relays {
             url.parse::<TurnUrl>()?;
@@ -157,7 +190,24 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let server = SignalServer::start(config).await.context("cannot start the signaling server")?;
     println!("signaling on {scheme}://{}/ws", server.local_addr());
+    let web = if scheme == "wss" { "https" } else { "http" };
+    println!("web app on {web}://{}/ (browser module at /fogconnect.js)", server.local_addr());
     super::node::wait_for_signal().await?;
     server.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stun_url;
+
+    #[test]
+    fn stun_urls_are_checked() {
+        for good in ["stun:stun.example:3478", "stun:192.0.2.1", "stun:[2001:db8::1]:3478", "stun:[2001:db8::1]"] {
+            assert_eq!(parse_stun_url(good).as_deref(), Ok(good));
+        }
+        for bad in ["turn:x:1", "stuns:x:1", "stun:", "stun:host:0", "stun:host:port", "stun:host/x:1", "http://x"] {
+            assert!(parse_stun_url(bad).is_err(), "{bad}");
+        }
+    }
 }
