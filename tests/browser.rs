@@ -50,10 +50,19 @@ async fn log_lines(browser: &mut Browser, page: &Page) -> anyhow::Result<Vec<Str
     Ok(serde_json::from_value(lines)?)
 }
 
-/// Waits until the app logged a line starting with `start`.
-async fn logged(browser: &mut Browser, page: &Page, start: &str) -> anyhow::Result<()> {
+/// Clicks the button `id`, then waits until the app logs a line starting
+/// with `start` (after the lines it had before the click).
+async fn step(browser: &mut Browser, page: &Page, id: &str, start: &str) -> anyhow::Result<()> {
+    let before = log_lines(browser, page).await?.len();
+    click(browser, page, id).await?;
+    logged(browser, page, before, start).await
+}
+
+/// Waits until the app logged a line starting with `start` after its
+/// first `skip` lines.
+async fn logged(browser: &mut Browser, page: &Page, skip: usize, start: &str) -> anyhow::Result<()> {
     let condition = format!(
-        "[...document.querySelectorAll('#log li')].some((li) => li.textContent.startsWith({}))",
+        "[...document.querySelectorAll('#log li')].slice({skip}).some((li) => li.textContent.startsWith({}))",
         serde_json::to_string(start)?
     );
     if let Err(e) = browser.wait_for(page, &condition, Duration::from_secs(20)).await {
@@ -78,7 +87,7 @@ async fn set_value(browser: &mut Browser, page: &Page, id: &str, value: &str) ->
 #[tokio::test]
 async fn the_web_app_signs_in_sees_devices_and_talks_to_their_services() -> anyhow::Result<()> {
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
-    let device_a = device(&server.url(), "dev-a", &[(0, "echo"), (1, "demo")]).await?;
+    let device_a = device(&server.url(), "dev-a", &[(0, "echo"), (1, "demo"), (5, "adaptive-source")]).await?;
     let mut browser = Browser::launch(&[]).await?;
     let page = app_page(&mut browser, &server, "web-1", "dev-a").await?;
 
@@ -87,24 +96,32 @@ async fn the_web_app_signs_in_sees_devices_and_talks_to_their_services() -> anyh
     ensure!(browser.eval(&page, "document.getElementById('status').textContent").await? == "signed in as web-1");
 
     // Service 1 is the demo plugin: "I am fog data!" gets "I know!".
-    click(&mut browser, &page, "connect").await?;
-    logged(&mut browser, &page, "connected in").await?;
-    click(&mut browser, &page, "send").await?;
-    logged(&mut browser, &page, "I know!").await?;
+    step(&mut browser, &page, "connect", "connected in").await?;
+    step(&mut browser, &page, "send", "I know!").await?;
 
     // A service nobody serves is refused with the node's reason.
-    click(&mut browser, &page, "close").await?;
-    logged(&mut browser, &page, "closed: local").await?;
+    step(&mut browser, &page, "close", "closed: local").await?;
     set_value(&mut browser, &page, "service", "9").await?;
-    click(&mut browser, &page, "connect").await?;
-    logged(&mut browser, &page, "refused: no such service: 9").await?;
+    step(&mut browser, &page, "connect", "refused: no such service: 9").await?;
+
+    // A stream service: the app opens a stream, charts its rate, and
+    // sends a command.
+    set_value(&mut browser, &page, "service", "5").await?;
+    step(&mut browser, &page, "connect", "connected in").await?;
+    step(&mut browser, &page, "open-stream", "stream 1 open").await?;
+    let flowing = "/^[1-9][0-9]* kbit\\/s/.test(document.getElementById('rate').textContent)";
+    browser.wait_for(&page, flowing, WAIT).await?;
+    set_value(&mut browser, &page, "command", "ping").await?;
+    step(&mut browser, &page, "send-command", "pong").await?;
+    step(&mut browser, &page, "stop-stream", "stream ended: stopped by the application").await?;
+    click(&mut browser, &page, "close").await?;
 
     // Devices coming online and going offline show up live.
     let device_b = device(&server.url(), "dev-b", &[]).await?;
     browser.wait_for(&page, "document.querySelector('#peers li[data-id=\"dev-b\"]')", WAIT).await?;
     device_b.shutdown().await;
     browser.wait_for(&page, "!document.querySelector('#peers li[data-id=\"dev-b\"]')", WAIT).await?;
-    logged(&mut browser, &page, "dev-b offline").await?;
+    logged(&mut browser, &page, 0, "dev-b offline").await?;
 
     device_a.shutdown().await;
     Ok(())
@@ -353,6 +370,43 @@ async fn bad_input_from_browsers_is_refused_and_the_node_keeps_serving() -> anyh
             ensure!(response.contains("Content-Type: text/javascript"), "{response:.200}");
         }
     }
+    device_a.shutdown().await;
+    Ok(())
+}
+
+/// A stream service serves a browser as it serves nodes: `adaptive-source`
+/// streams at the asked bitrate to the page, answers its command, and
+/// ends the stream when the page stops it.
+#[tokio::test]
+async fn a_stream_plugin_streams_to_a_browser_at_its_bitrate() -> anyhow::Result<()> {
+    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let device_a = device(&server.url(), "camera", &[(5, "adaptive-source")]).await?;
+    let mut browser = Browser::launch(&[]).await?;
+    let page = browser.open(&format!("http://{}/", server.local_addr())).await?;
+    let body = r#"
+        const conn = await session.connect("camera", 5);
+        const streams = new fog.StreamSession(conn);
+        const pong = (await streams.command("ping")).text();
+        let refused = "";
+        try { await streams.open("action=rewind"); } catch (e) { refused = e.message; }
+        const live = await streams.open("action=live&bitrate=800000");
+        // Measure 3 s from the first chunk on.
+        const first = await new Promise((resolve) => live.addEventListener("data", () => resolve(performance.now()), { once: true }));
+        const startBytes = live.bytes;
+        await new Promise((resolve) => setTimeout(resolve, 3000));
+        const bps = (live.bytes - startBytes) * 8 / ((performance.now() - first) / 1000);
+        const ended = new Promise((resolve) => live.addEventListener("end", (e) => resolve(e.detail.reason), { once: true }));
+        live.stop();
+        const reason = await ended;
+        conn.close("done");
+        return { pong, refused, bps, reason, chunks: live.chunks };
+    "#;
+    let seen = browser.eval(&page, &script("viewer", body)?).await?;
+    ensure!(seen["pong"] == "pong", "{seen}");
+    ensure!(seen["refused"].as_str().unwrap_or_default().contains("unknown action \"rewind\""), "{seen}");
+    let bps = seen["bps"].as_f64().unwrap_or(0.0);
+    ensure!((600_000.0..=1_000_000.0).contains(&bps), "received at {bps:.0} bit/s, asked 800000: {seen}");
+    ensure!(seen["reason"] == "stopped by the application", "{seen}");
     device_a.shutdown().await;
     Ok(())
 }

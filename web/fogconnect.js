@@ -388,3 +388,245 @@ export class Connection extends EventTarget {
     this.dispatchEvent(new CustomEvent("close", { detail: { error, reason } }));
   }
 }
+
+// ---------------------------------------------------------------------
+// Stream sessions: a connection to a service served by a stream plugin
+// carries stream messages, one per connection message: `kind` (1 byte),
+// `id` (4 bytes, big endian), then the body (the node's stream protocol,
+// proto/src/stream.rs).
+
+const KIND_OPEN = 0x01;
+const KIND_TALK = 0x02;
+const KIND_ACCEPTED = 0x03;
+const KIND_REFUSED = 0x04;
+const KIND_DATA = 0x05;
+const KIND_END = 0x06;
+const KIND_COMMAND = 0x07;
+const KIND_REPLY = 0x08;
+const KIND_REPLY_ERROR = 0x09;
+
+/** The largest command or reply (the node's limit). */
+export const MAX_COMMAND_BYTES = 16 * 1024;
+
+function streamMessage(kind, id, body = new Uint8Array(0)) {
+  const bytes = typeof body === "string" ? encoder.encode(body) : new Uint8Array(body);
+  const message = new Uint8Array(5 + bytes.byteLength);
+  message[0] = kind;
+  new DataView(message.buffer).setUint32(1, id >>> 0);
+  message.set(bytes, 5);
+  return message;
+}
+
+/** The application side of a stream service over a `Connection`: ask for
+ * streams and read their data, talk back, send commands and answer the
+ * device's.
+ *
+ * Events: `command` (detail `{id, data, text(), reply(data), fail(reason)}`:
+ * answer every one), `close` (the connection's close detail).
+ */
+export class StreamSession extends EventTarget {
+  /** @param {Connection} conn a connection to a stream service */
+  constructor(conn) {
+    super();
+    this.connection = conn;
+    this._nextStream = 1;
+    this._nextCommand = 1;
+    this._streams = new Map();
+    this._opening = new Map();
+    this._commands = new Map();
+    conn.addEventListener("message", (e) => this._receive(e.detail.bytes));
+    conn.addEventListener("close", (e) => {
+      const reason = e.detail.reason || "connection closed";
+      for (const [, pending] of this._opening) pending.reject(new FogError(`connection closed: ${reason}`, 0, "closed"));
+      for (const [, pending] of this._commands) pending.reject(new FogError(`connection closed: ${reason}`, 0, "closed"));
+      for (const [, stream] of this._streams) stream._ended(reason);
+      this._opening.clear();
+      this._commands.clear();
+      this._streams.clear();
+      this.dispatchEvent(new CustomEvent("close", { detail: e.detail }));
+    });
+  }
+
+  /** Asks the device for a stream with `params` (for its plugin's
+   * `send-init`, e.g. `action=live&bitrate=800000`). Resolves to a
+   * `MediaStream` once accepted; rejects with the plugin's reason. */
+  open(params) {
+    return this._start(KIND_OPEN, params, (id) => new MediaStream(this, id));
+  }
+
+  /** Opens a talk-back stream to the device with `params` (for its
+   * plugin's `recv-init`). Resolves to a `TalkStream`. */
+  talk(params) {
+    return this._start(KIND_TALK, params, (id) => new TalkStream(this, id));
+  }
+
+  /** Sends a command; resolves to the reply's bytes (a `Message`), rejects
+   * with the device's reason or after `timeoutMs`. */
+  command(data, { timeoutMs = 10000 } = {}) {
+    const body = typeof data === "string" ? encoder.encode(data) : data;
+    if (body.byteLength > MAX_COMMAND_BYTES) {
+      return Promise.reject(new FogError(`${body.byteLength} bytes exceed the command limit`, 0, "too-large"));
+    }
+    const id = this._nextCommand++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._commands.delete(id);
+        reject(new FogError(`no reply within ${timeoutMs} ms`, 0, "timeout"));
+      }, timeoutMs);
+      this._commands.set(id, {
+        resolve: (reply) => { clearTimeout(timer); resolve(reply); },
+        reject: (error) => { clearTimeout(timer); reject(error); },
+      });
+      this._send(KIND_COMMAND, id, body);
+    });
+  }
+
+  /** Counts the `command` listeners: without any, the device's commands
+   * are refused at once. */
+  addEventListener(type, listener, options) {
+    if (type === "command") this._commandHandlers = (this._commandHandlers || 0) + 1;
+    super.addEventListener(type, listener, options);
+  }
+
+  removeEventListener(type, listener, options) {
+    if (type === "command") this._commandHandlers = Math.max(0, (this._commandHandlers || 0) - 1);
+    super.removeEventListener(type, listener, options);
+  }
+
+  _start(kind, params, make) {
+    const id = this._nextStream++;
+    return new Promise((resolve, reject) => {
+      this._opening.set(id, { make, resolve, reject });
+      this._send(kind, id, params);
+    });
+  }
+
+  _send(kind, id, body) {
+    this.connection.send(streamMessage(kind, id, body));
+  }
+
+  _receive(bytes) {
+    if (bytes.byteLength < 5) return;
+    const kind = bytes[0];
+    const id = new DataView(bytes.buffer, bytes.byteOffset, 5).getUint32(1);
+    const body = bytes.subarray(5);
+    switch (kind) {
+      case KIND_ACCEPTED: {
+        const pending = this._opening.get(id);
+        if (!pending) return;
+        this._opening.delete(id);
+        const stream = pending.make(id);
+        this._streams.set(id, stream);
+        pending.resolve(stream);
+        break;
+      }
+      case KIND_REFUSED: {
+        const pending = this._opening.get(id);
+        if (!pending) return;
+        this._opening.delete(id);
+        pending.reject(new FogError(decoder.decode(body), 0, "refused"));
+        break;
+      }
+      case KIND_DATA: {
+        const stream = this._streams.get(id);
+        if (stream instanceof MediaStream) stream._data(body);
+        break;
+      }
+      case KIND_END: {
+        const stream = this._streams.get(id);
+        if (!stream) return;
+        this._streams.delete(id);
+        stream._ended(decoder.decode(body));
+        break;
+      }
+      case KIND_COMMAND: {
+        let answered = false;
+        const answer = (replyKind, data) => {
+          if (answered || this.connection.closed) return;
+          answered = true;
+          this._send(replyKind, id, data);
+        };
+        const detail = {
+          id,
+          data: body,
+          text: () => decoder.decode(body),
+          reply: (data) => answer(KIND_REPLY, data),
+          fail: (reason) => answer(KIND_REPLY_ERROR, reason),
+        };
+        if (this._commandHandlers) this.dispatchEvent(new CustomEvent("command", { detail }));
+        else detail.fail("no command handler");
+        break;
+      }
+      case KIND_REPLY:
+      case KIND_REPLY_ERROR: {
+        const pending = this._commands.get(id);
+        if (!pending) return;
+        this._commands.delete(id);
+        if (kind === KIND_REPLY) pending.resolve(new Message(body));
+        else pending.reject(new FogError(`the device refused the command: ${decoder.decode(body)}`, 0, "remote"));
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+/** A stream from the device. Events: `data` (detail `Uint8Array`), `end`
+ * (detail `{reason}`). `bytes` and `chunks` count what arrived. */
+export class MediaStream extends EventTarget {
+  constructor(session, id) {
+    super();
+    this.id = id;
+    this.bytes = 0;
+    this.chunks = 0;
+    this.ended = false;
+    this._session = session;
+  }
+
+  /** Asks the device to stop the stream; `end` follows. */
+  stop(reason = "stopped by the application") {
+    if (!this.ended) this._session._send(KIND_END, this.id, reason);
+  }
+
+  _data(chunk) {
+    this.bytes += chunk.byteLength;
+    this.chunks += 1;
+    this.dispatchEvent(new CustomEvent("data", { detail: chunk }));
+  }
+
+  _ended(reason) {
+    if (this.ended) return;
+    this.ended = true;
+    this.dispatchEvent(new CustomEvent("end", { detail: { reason } }));
+  }
+}
+
+/** A talk-back stream to the device. Events: `end` (detail `{reason}`). */
+export class TalkStream extends EventTarget {
+  constructor(session, id) {
+    super();
+    this.id = id;
+    this.ended = false;
+    this._session = session;
+  }
+
+  /** Sends one chunk. */
+  send(chunk) {
+    if (this.ended) throw new FogError("talk-back stream ended", 0, "closed");
+    this._session._send(KIND_DATA, this.id, chunk);
+  }
+
+  /** Ends the stream. */
+  end(reason = "") {
+    if (this.ended) return;
+    this.ended = true;
+    this._session._send(KIND_END, this.id, reason);
+  }
+
+  _ended(reason) {
+    if (this.ended) return;
+    this.ended = true;
+    this.dispatchEvent(new CustomEvent("end", { detail: { reason } }));
+  }
+}
