@@ -1,19 +1,22 @@
 //! A real headless Chromium driven over the DevTools protocol (CDP): the
 //! browser tests open pages, run JavaScript in them and read the results.
 //!
-//! Chromium is started with a fresh profile and `--remote-debugging-port=0`;
-//! the address of its DevTools WebSocket comes from the line it prints on
-//! stderr. Pages are targets attached in flat mode: every command names the
-//! page's session.
+//! Chromium is started with a fresh profile and `--remote-debugging-pipe`:
+//! it reads commands from its descriptor 3 and writes answers and events to
+//! its descriptor 4, one JSON text each, ended by a NUL byte. Pipes work
+//! across network namespaces (the NAT lab runs browsers behind its
+//! routers). Pages are targets attached in flat mode: every command names
+//! the page's session.
 
-use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 
 use super::Running;
 
@@ -24,15 +27,33 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// the scripts bound their own waits below this).
 const COMMAND_LIMIT: Duration = Duration::from_secs(90);
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// A running headless Chromium (killed when dropped, its profile
 /// removed).
 pub struct Browser {
-    socket: Socket,
+    commands: pipe::Sender,
+    answers: pipe::Receiver,
+    /// Bytes read from the answers pipe and not yet split into messages.
+    pending: Vec<u8>,
     next_id: u64,
     _process: Running,
     _profile: tempfile::TempDir,
+}
+
+/// Makes `fd` descriptor `target` of the child (`fd` is first moved above
+/// the low descriptors so that it cannot be one of the targets).
+///
+/// # Safety
+/// Only between fork and exec: it calls async-signal-safe functions only.
+unsafe fn place_fd(fd: i32, target: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl and dup2 on descriptors this process owns; both are
+    // async-signal-safe.
+    unsafe {
+        let high = libc::fcntl(fd, libc::F_DUPFD, 10);
+        if high < 0 || libc::dup2(high, target) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// An open page of the browser.
@@ -60,40 +81,51 @@ impl Browser {
                 "--disable-sync",
                 "--disable-quic",
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
-                "--remote-debugging-port=0",
-                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-pipe",
             ]
             .map(String::from),
         );
         args.push(format!("--user-data-dir={}", profile.path().display()));
         args.push("about:blank".into());
-        let mut child = Command::new(&args[0])
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {CHROMIUM} (apt-get install chromium)"))?;
-        let stderr = child.stderr.take().context("stderr")?;
+        let (their_commands, our_commands) = std::io::pipe()?;
+        let (our_answers, their_answers) = std::io::pipe()?;
+        let (read_fd, write_fd) = (their_commands.as_raw_fd(), their_answers.as_raw_fd());
+        let mut command = Command::new(&args[0]);
+        command.args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: the closure runs between fork and exec and only moves
+        // descriptors (see place_fd).
+        unsafe {
+            command.pre_exec(move || {
+                place_fd(read_fd, 3)?;
+                place_fd(write_fd, 4)
+            });
+        }
+        let child = command.spawn().with_context(|| format!("start {CHROMIUM} (apt-get install chromium)"))?;
+        drop((their_commands, their_answers));
         let process = Running(child);
-        // The DevTools address is the first thing that matters on stderr.
-        let (found, url) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("DevTools listening on ")
-                    && let Some(found) = found.take()
-                {
-                    let _ = found.send(url.trim().to_string());
-                }
+        let commands = pipe::Sender::from_owned_fd(OwnedFd::from(our_commands))?;
+        let answers = pipe::Receiver::from_owned_fd(OwnedFd::from(our_answers))?;
+        let mut browser =
+            Browser { commands, answers, pending: Vec::new(), next_id: 1, _process: process, _profile: profile };
+        // The first answer tells the browser is up.
+        browser.call(None, "Browser.getVersion", json!({})).await.context("Chromium does not answer")?;
+        Ok(browser)
+    }
+
+    /// The next message from the browser.
+    async fn next_message(&mut self) -> anyhow::Result<Value> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == 0) {
+                let message: Vec<u8> = self.pending.drain(..=end).collect();
+                return Ok(serde_json::from_slice(&message[..end])?);
             }
-        });
-        let url = tokio::time::timeout(Duration::from_secs(30), url)
-            .await
-            .context("Chromium printed no DevTools address within 30 s")?
-            .context("Chromium exited before printing its DevTools address")?;
-        let (socket, _) = tokio_tungstenite::connect_async(&url).await.context("connect to DevTools")?;
-        Ok(Browser { socket, next_id: 1, _process: process, _profile: profile })
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.answers.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("Chromium closed its DevTools pipe");
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// Sends a command (to a page's session, or to the browser) and
@@ -106,12 +138,12 @@ impl Browser {
         if let Some(session) = session {
             command["sessionId"] = json!(session);
         }
-        self.socket.send(Message::text(command.to_string())).await?;
+        let mut bytes = command.to_string().into_bytes();
+        bytes.push(0);
+        self.commands.write_all(&bytes).await?;
         tokio::time::timeout(COMMAND_LIMIT, async {
             loop {
-                let message = self.socket.next().await.context("DevTools closed")??;
-                let Message::Text(text) = message else { continue };
-                let value: Value = serde_json::from_str(text.as_str())?;
+                let value = self.next_message().await?;
                 if value["id"] == json!(id) {
                     if let Some(error) = value.get("error") {
                         bail!("{method}: {error}");
@@ -129,9 +161,7 @@ impl Browser {
     async fn event(&mut self, session: &str, method: &str, limit: Duration) -> anyhow::Result<Value> {
         tokio::time::timeout(limit, async {
             loop {
-                let message = self.socket.next().await.context("DevTools closed")??;
-                let Message::Text(text) = message else { continue };
-                let value: Value = serde_json::from_str(text.as_str())?;
+                let value = self.next_message().await?;
                 if value["method"] == json!(method) && value["sessionId"] == json!(session) {
                     return Ok(value["params"].clone());
                 }
