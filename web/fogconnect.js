@@ -327,6 +327,36 @@ export class Connection extends EventTarget {
     };
   }
 
+  /** The path the connection takes now: the selected candidate pair
+   * (`local` and `remote`, each `{type, address, port, protocol,
+   * relayProtocol}`; type `host`, `srflx`, `prflx` or `relay`), whether it
+   * is relayed, and the round-trip time in milliseconds. */
+  async path() {
+    const report = await this._pc.getStats();
+    let pair = null;
+    report.forEach((entry) => {
+      if (entry.type === "transport" && entry.selectedCandidatePairId) pair = report.get(entry.selectedCandidatePairId);
+    });
+    if (!pair) {
+      report.forEach((entry) => {
+        if (entry.type === "candidate-pair" && entry.nominated && entry.state === "succeeded") pair = entry;
+      });
+    }
+    if (!pair) return null;
+    const candidate = (id) => {
+      const c = report.get(id) || {};
+      return { type: c.candidateType, address: c.address, port: c.port, protocol: c.protocol, relayProtocol: c.relayProtocol };
+    };
+    const local = candidate(pair.localCandidateId);
+    const remote = candidate(pair.remoteCandidateId);
+    return {
+      local,
+      remote,
+      relayed: local.type === "relay" || remote.type === "relay",
+      rttMs: pair.currentRoundTripTime === undefined ? null : pair.currentRoundTripTime * 1000,
+    };
+  }
+
   /** Bytes queued in the channel and not yet sent. */
   get bufferedAmount() {
     return this._channel.bufferedAmount;

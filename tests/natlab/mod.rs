@@ -746,7 +746,8 @@ impl Lab {
         self.start_stun()?;
         self.start_relay()?;
         let (udp, tcp) = (format!("turn:{RELAY}"), format!("turn:{RELAY}?transport=tcp"));
-        let args = ["signal", "--listen", SIGNAL, "--relay", &udp, "--relay", &tcp];
+        let stun_url = format!("stun:{STUN}");
+        let args = ["signal", "--listen", SIGNAL, "--relay", &udp, "--relay", &tcp, "--stun-url", &stun_url];
         let env = [("FOGCONNECT_SIGNAL_SECRET", SECRET), ("FOGCONNECT_TURN_SECRET", RELAY_SECRET)];
         let mut signal = self.spawn("srv", &args, &env)?;
         let line = signal.wait_line("signaling on ", Duration::from_secs(10))?;

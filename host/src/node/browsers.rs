@@ -34,9 +34,10 @@ async fn identity(inner: &NodeInner) -> Result<RtcIdentity, String> {
         .cloned()
 }
 
-/// The candidates a browser may reach this node at: its host addresses
-/// and, once the NAT is classified, its public address.
-fn local_candidates(inner: &NodeInner) -> Vec<LocalCandidate> {
+/// The candidates a browser may reach this node at: its host addresses,
+/// its public addresses (asked from the STUN servers through its socket),
+/// and its relayed address while it holds a TURN allocation.
+async fn local_candidates(inner: &NodeInner) -> Vec<LocalCandidate> {
     let local = inner.endpoint.local_addr().unwrap_or(inner.config.listen);
     let hosts: Vec<SocketAddr> = host_candidates(local)
         .into_iter()
@@ -44,14 +45,24 @@ fn local_candidates(inner: &NodeInner) -> Vec<LocalCandidate> {
         .filter(|addr| !addr.ip().is_unspecified())
         .collect();
     let mut candidates: Vec<LocalCandidate> = hosts.iter().copied().map(LocalCandidate::Host).collect();
-    let report = inner.traversal.nat().borrow().clone();
-    if let Some(public) = report.and_then(|r| r.public)
-        && !hosts.contains(&public)
-        && let Some(&base) = hosts.iter().find(|h| h.is_ipv4() == public.is_ipv4() && !h.ip().is_loopback())
+    for public in inner.traversal.public_addresses().await {
+        if !hosts.contains(&public)
+            && let Some(&base) = hosts.iter().find(|h| h.is_ipv4() == public.is_ipv4() && !h.ip().is_loopback())
+        {
+            candidates.push(LocalCandidate::ServerReflexive { addr: public, base });
+        }
+    }
+    if let Some(relayed) = relayed(inner)
+        && let Some(&local) = hosts.iter().find(|h| !h.ip().is_loopback()).or(hosts.first())
     {
-        candidates.push(LocalCandidate::ServerReflexive { addr: public, base });
+        candidates.push(LocalCandidate::Relayed { addr: relayed, local });
     }
     candidates
+}
+
+/// The node's relayed address, while it holds an allocation.
+fn relayed(inner: &NodeInner) -> Option<SocketAddr> {
+    inner.relay.as_ref().and_then(super::relay::RelayAgent::relayed)
 }
 
 /// Answers a browser's request: checks the service, answers its offer
@@ -76,7 +87,12 @@ pub(super) async fn answer(inner: &Arc<NodeInner>, request: BrowserRequest) {
         Err(e) => return refuse(inner, &signal, asked, RefuseCode::ServiceUnavailable, e).await,
     };
     let now = Instant::now();
-    let (agent, answer) = match RtcAgent::answer(&identity, &request.sdp, &local_candidates(inner), now) {
+    let candidates = local_candidates(inner).await;
+    let relayed = candidates.iter().find_map(|c| match c {
+        LocalCandidate::Relayed { addr, .. } => Some(*addr),
+        _ => None,
+    });
+    let (agent, answer) = match RtcAgent::answer(&identity, &request.sdp, &candidates, now) {
         Ok(answered) => answered,
         Err(e) => return refuse(inner, &signal, asked, RefuseCode::BadRequest, e.to_string()).await,
     };
@@ -112,6 +128,7 @@ pub(super) async fn answer(inner: &Arc<NodeInner>, request: BrowserRequest) {
         deliver,
         live: inner.links.live.enter(),
         open_by: now + inner.config.connect_timeout,
+        relayed,
     };
     host.add(agent, pending).await;
     signal.answer_browser(&request, answer).await;

@@ -21,7 +21,7 @@ use crate::nat::transaction::RetransmitPolicy;
 use crate::relay::client::{TurnClient, TurnConfig, TurnEvent};
 use crate::relay::url::{TurnTransport, TurnUrl};
 use crate::signal::protocol::RelayCredentials;
-use crate::transport::socket::{FogSocket, RelayPort, Route, presented_relay_addr};
+use crate::transport::socket::{FogSocket, PacketKind, RelayPort, Route, SideDatagram, classify, presented_relay_addr};
 use fogconnect_proto::turn::tcp_frame_len;
 
 /// A TURN server a node may allocate on, with its credentials.
@@ -335,6 +335,7 @@ impl Actor {
             allocated_at: None,
             permit_waiters: Vec::new(),
             verify_waiters: Vec::new(),
+            relayed: None,
         };
         let reason = self.serve(&mut session, &mut channel, port).await;
         self.socket.detach_relay();
@@ -421,6 +422,8 @@ struct Session {
     permit_waiters: Vec<(Vec<IpAddr>, oneshot::Sender<()>)>,
     /// Who waits for a verification of the allocation.
     verify_waiters: Vec<oneshot::Sender<()>>,
+    /// The allocation's relayed address, once granted.
+    relayed: Option<SocketAddr>,
 }
 
 impl Session {
@@ -484,12 +487,29 @@ impl Session {
             match event {
                 TurnEvent::Allocated { relayed, mapped } => {
                     tracing::info!(url = %self.url, %relayed, ?mapped, "relay allocated");
+                    self.relayed = Some(relayed);
                     self.allocated_at = Some(Instant::now());
                     status.send_replace(RelayStatus::Allocated { url: self.url.clone(), relayed });
                 }
                 TurnEvent::Data { peer, data } => {
-                    let presented = self.presented_for(peer);
-                    self.socket.deliver(presented, data.into());
+                    // QUIC goes to quinn; STUN and DTLS (browsers reaching
+                    // this node's relayed candidate) to the side channel.
+                    match classify(data.first().copied().unwrap_or(0), false) {
+                        kind @ (PacketKind::Stun | PacketKind::Dtls) => {
+                            let to = self.relayed;
+                            self.socket.deliver_side(SideDatagram {
+                                via: None,
+                                from: peer,
+                                to,
+                                kind,
+                                data: data.into(),
+                            });
+                        }
+                        _ => {
+                            let presented = self.presented_for(peer);
+                            self.socket.deliver(presented, data.into());
+                        }
+                    }
                 }
                 TurnEvent::PeerRefused { peer, error } => {
                     tracing::info!(url = %self.url, %peer, "relay refused a peer: {error}");

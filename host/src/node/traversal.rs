@@ -443,16 +443,7 @@ impl Traversal {
     /// candidates, NAT classification and the session's credentials.
     pub(super) async fn offer(&self, fingerprint: String, host: Vec<Candidate>, session: &Session) -> Offer {
         let mut candidates = host;
-        let blocked = self.udp_blocked();
-        // Behind a UDP block the server cannot answer: do not wait for it.
-        let public = if blocked { None } else { self.public_addr().await };
-        // The other family's public address (IPv6 behind a firewall is
-        // mostly the host's own, then not offered twice).
-        let other = match self.stun.other_family {
-            Some(server) => self.mapped_by(server).await,
-            None => None,
-        };
-        for public in [public, other].into_iter().flatten() {
+        for public in self.public_addresses().await {
             if !candidates.iter().any(|c| c.addr == public) {
                 candidates.push(Candidate { kind: CandidateKind::ServerReflexive, addr: public });
             }
@@ -460,6 +451,22 @@ impl Traversal {
         candidates.truncate(crate::signal::protocol::MAX_CANDIDATES);
         let nat = self.nat.borrow().as_ref().map(|report| report.info());
         Offer { fingerprint, candidates, nat, checks: Some(session.credentials.clone()) }
+    }
+
+    /// The public addresses of the node's socket, as the STUN servers see
+    /// it now (server-reflexive candidates): one per family with a
+    /// server. Asked through the socket itself, since a NAT maps each
+    /// socket on its own.
+    pub(super) async fn public_addresses(&self) -> Vec<SocketAddr> {
+        // Behind a UDP block the server cannot answer: do not wait for it.
+        let public = if self.udp_blocked() { None } else { self.public_addr().await };
+        // The other family's public address (IPv6 behind a firewall is
+        // mostly the host's own, then not offered twice).
+        let other = match self.stun.other_family {
+            Some(server) => self.mapped_by(server).await,
+            None => None,
+        };
+        [public, other].into_iter().flatten().collect()
     }
 
     /// Runs the checks of `session` against the peer's `offer` until a pair

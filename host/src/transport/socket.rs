@@ -67,9 +67,11 @@ pub struct SideDatagram {
     pub via: Option<AuxId>,
     /// Sender address.
     pub from: SocketAddr,
-    /// The node's address it was sent to, when the socket tells (the
-    /// node's own socket does; WebRTC needs it when bound to a wildcard).
-    pub to: Option<IpAddr>,
+    /// The node's address it was sent to, when known: the node's own
+    /// socket tells (WebRTC needs it when bound to a wildcard), and for a
+    /// datagram that came through the node's relay allocation it is the
+    /// relayed address.
+    pub to: Option<SocketAddr>,
     /// What the first byte says it is.
     pub kind: PacketKind,
     /// The datagram.
@@ -308,6 +310,8 @@ pub struct FogSocket {
     /// The node's socket is IPv6: bound to `[::]` it also carries IPv4
     /// (dual stack), whose peers it and quinn name IPv4-mapped.
     ipv6: bool,
+    /// The node socket's port.
+    port: u16,
     state: UdpSocketState,
     side: mpsc::Sender<SideDatagram>,
     counters: Arc<SocketCounters>,
@@ -343,7 +347,8 @@ impl FogSocket {
     /// I/O errors of configuring the socket.
     pub fn new(socket: std::net::UdpSocket) -> io::Result<(Arc<Self>, mpsc::Receiver<SideDatagram>)> {
         socket.set_nonblocking(true)?;
-        let ipv6 = socket.local_addr()?.is_ipv6();
+        let local = socket.local_addr()?;
+        let (ipv6, port) = (local.is_ipv6(), local.port());
         let state = UdpSocketState::new((&socket).into())?;
         let io = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let (side, side_rx) = mpsc::channel(SIDE_CHANNEL_CAPACITY);
@@ -351,6 +356,7 @@ impl FogSocket {
         let facade = Self {
             io,
             ipv6,
+            port,
             state,
             side,
             counters: Arc::default(),
@@ -586,6 +592,25 @@ impl FogSocket {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Hands a datagram that is not QUIC and came another way than the
+    /// node's socket (through the relay) to the side channel. Dropped
+    /// when the side channel is full.
+    pub fn deliver_side(&self, datagram: SideDatagram) {
+        let counter = if self.side.try_send(datagram).is_ok() { &self.counters.side } else { &self.counters.dropped };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends `data` to `peer` through the node's TURN allocation; false
+    /// (a loss) when there is none or it is that far behind.
+    pub fn send_through_relay(&self, peer: SocketAddr, data: Bytes) -> bool {
+        let to_peers = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.to_peers.clone());
+        let sent = to_peers.is_some_and(|tx| tx.try_send((canonical(peer), data)).is_ok());
+        if !sent {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
     /// Where datagrams from `from` go when it is the relay TURN runs with
     /// over the node's socket.
     fn relay_sink(&self, from: SocketAddr) -> Option<mpsc::Sender<Bytes>> {
@@ -717,7 +742,7 @@ impl FogSocket {
                 kind => {
                     // A GRO batch holds segments of `stride` bytes each.
                     let stride = meta[i].stride.max(1);
-                    let to = meta[i].dst_ip.map(|ip| canonical(SocketAddr::new(ip, 0)).ip());
+                    let to = meta[i].dst_ip.map(|ip| canonical(SocketAddr::new(ip, self.port)));
                     for segment in bufs[i][..len].chunks(stride) {
                         let datagram =
                             SideDatagram { via: None, from, to, kind, data: Bytes::copy_from_slice(segment) };

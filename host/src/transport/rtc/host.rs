@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::agent::{AgentOutput, AgentPath, AgentPoll, RtcAgent};
 use crate::events::PathInfo;
 use crate::transport::conn::{
-    Carrier, CloseKind, CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnShared, LiveGuard, Outbound, Owner, path_of,
+    Carrier, CloseKind, CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnShared, LiveGuard, Outbound, Owner, PathKind,
+    path_of,
 };
 use crate::transport::socket::{FogSocket, PacketKind, SideDatagram};
 use crate::transport::wire::CloseCode;
@@ -32,15 +33,22 @@ use crate::transport::wire::CloseCode;
 #[derive(Debug, Default)]
 pub struct RtcLink {
     path: Mutex<AgentPath>,
+    /// The node's relayed candidate, if it offered one.
+    relayed_local: Option<SocketAddr>,
+    /// The browser's relayed candidates (on its TURN server).
+    remote_relays: Mutex<Vec<SocketAddr>>,
 }
 
 impl RtcLink {
     /// Which way the packets travel now and to where, once a pair is
-    /// selected.
+    /// selected: relayed when either end of the pair is a relayed
+    /// candidate.
     pub fn path(&self) -> Option<PathInfo> {
         let path = *self.path.lock().unwrap_or_else(|p| p.into_inner());
         let remote = path.remote?;
-        Some(PathInfo { kind: path_of(remote), remote })
+        let relayed = (path.local.is_some() && path.local == self.relayed_local)
+            || self.remote_relays.lock().unwrap_or_else(|p| p.into_inner()).contains(&remote);
+        Some(PathInfo { kind: if relayed { PathKind::Relayed } else { path_of(remote) }, remote })
     }
 
     /// The round-trip time, once measured.
@@ -75,6 +83,9 @@ pub(crate) struct PendingBrowser {
     pub live: LiveGuard,
     /// Dropped when the channel is not open by then.
     pub open_by: Instant,
+    /// The node's relayed candidate, if it offered one: datagrams from it
+    /// leave through the node's TURN allocation.
+    pub relayed: Option<SocketAddr>,
 }
 
 /// Commands to the host task.
@@ -122,8 +133,6 @@ const MAX_REMOTE_CANDIDATES: usize = 32;
 pub struct RtcHost {
     commands: mpsc::Sender<Command>,
     routes: Arc<Routes>,
-    /// The node socket's port (destinations of received datagrams).
-    port: u16,
 }
 
 impl std::fmt::Debug for RtcHost {
@@ -137,8 +146,7 @@ impl RtcHost {
     pub fn start(socket: Arc<FogSocket>, shutdown: CancellationToken) -> Self {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let routes = Arc::new(Routes::default());
-        let port = quinn::AsyncUdpSocket::local_addr(&*socket).map_or(0, |a| a.port());
-        let host = Self { commands: commands.clone(), routes: routes.clone(), port };
+        let host = Self { commands: commands.clone(), routes: routes.clone() };
         let task =
             HostTask { socket, routes, commands, peers: HashMap::new(), by_request: HashMap::new(), next_key: 1 };
         tokio::spawn(task.run(rx, shutdown));
@@ -153,7 +161,10 @@ impl RtcHost {
     /// Takes a side datagram that belongs to a browser connection; false
     /// leaves it to the node's own STUN users.
     pub fn claim(&self, datagram: &SideDatagram, ufrag_of: impl FnOnce(&[u8]) -> Option<String>) -> bool {
-        if self.routes.agents.load(Ordering::Relaxed) == 0 || datagram.via.is_some() {
+        if self.routes.agents.load(Ordering::Relaxed) == 0
+            || datagram.via.is_some()
+            || datagram.kind == PacketKind::Quic
+        {
             return false;
         }
         let known = {
@@ -165,17 +176,12 @@ impl RtcHost {
         if !known {
             return false;
         }
-        let Some(ip) = datagram.to else {
+        let Some(to) = datagram.to else {
             // Without the address it arrived at, ICE cannot tell the
             // candidate; the socket always reports it on Linux.
             return true;
         };
-        let command = Command::Datagram {
-            from: datagram.from,
-            to: SocketAddr::new(ip, self.port),
-            data: datagram.data.clone(),
-            at: Instant::now(),
-        };
+        let command = Command::Datagram { from: datagram.from, to, data: datagram.data.clone(), at: Instant::now() };
         // A full queue drops the datagram like a loss.
         let _ = self.commands.try_send(command);
         true
@@ -200,6 +206,8 @@ struct Peer {
     request_id: u64,
     ufrag: String,
     remote_candidates: usize,
+    /// The node's relayed candidate offered to this browser.
+    relayed: Option<SocketAddr>,
     wake: Instant,
     state: PeerState,
     /// Messages of the owner waiting for room in the channel.
@@ -256,9 +264,6 @@ impl HostTask {
                     let now = Instant::now();
                     let due: Vec<u64> = self.peers.iter().filter(|(_, p)| p.wake <= now).map(|(&k, _)| k).collect();
                     for key in due {
-                        if let Some(peer) = self.peers.get_mut(&key) {
-                            peer.agent.handle_timeout(now);
-                        }
                         self.drive(key, now);
                     }
                 }
@@ -285,7 +290,8 @@ impl HostTask {
                 let (from, request_id) = (pending.from.clone(), pending.request_id);
                 let peer = Peer {
                     agent: *agent,
-                    link: Arc::new(RtcLink::default()),
+                    relayed: pending.relayed,
+                    link: Arc::new(RtcLink { relayed_local: pending.relayed, ..RtcLink::default() }),
                     from,
                     request_id,
                     ufrag,
@@ -305,8 +311,14 @@ impl HostTask {
                     return;
                 }
                 peer.remote_candidates += 1;
-                if let Err(e) = peer.agent.add_remote_candidate(&line) {
-                    tracing::debug!(peer = %peer.from, "browser candidate ignored: {e}");
+                match peer.agent.add_remote_candidate(&line) {
+                    Ok(true) => {
+                        if let Some(relay) = relay_candidate(&line) {
+                            peer.link.remote_relays.lock().unwrap_or_else(|p| p.into_inner()).push(relay);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(peer = %peer.from, "browser candidate ignored: {e}"),
                 }
                 self.drive(key, now);
             }
@@ -357,6 +369,9 @@ impl HostTask {
             self.forget(key, &peer);
             return;
         }
+        // Time moves first: str0m starts its checks (and notices what a
+        // new candidate or a write makes due) only on a timeout input.
+        peer.agent.handle_timeout(now);
         loop {
             self.flush(key, &mut peer, now);
             match peer.agent.poll() {
@@ -383,7 +398,9 @@ impl HostTask {
         match output {
             AgentOutput::Transmit { source, destination, data } => {
                 self.routes.lock().by_addr.insert(destination, key);
-                if let Err(e) = self.socket.try_send_from(Some(source.ip()), &data, destination) {
+                if Some(source) == peer.relayed {
+                    self.socket.send_through_relay(destination, data.into());
+                } else if let Err(e) = self.socket.try_send_from(Some(source.ip()), &data, destination) {
                     tracing::trace!(%destination, "browser datagram not sent: {e}");
                 }
             }
@@ -499,6 +516,18 @@ impl HostTask {
     }
 }
 
+/// The address of a `typ relay` candidate line.
+fn relay_candidate(line: &str) -> Option<SocketAddr> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let kind = fields.iter().position(|f| *f == "typ").and_then(|i| fields.get(i + 1))?;
+    if *kind != "relay" {
+        return None;
+    }
+    let ip = fields.get(4)?.parse().ok()?;
+    let port = fields.get(5)?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Reports the end of an open connection to its owner (through the
 /// reader, after the messages before it).
 fn end_open(peer: &mut Peer, reason: CloseReason) {
@@ -567,7 +596,6 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::conn::PathKind;
 
     #[test]
     fn a_link_reports_its_path_once_a_pair_is_known() {
@@ -577,5 +605,19 @@ mod tests {
         link.update(AgentPath { local: None, remote: Some(remote), rtt: Some(Duration::from_millis(12)) });
         assert_eq!(link.path(), Some(PathInfo { kind: PathKind::Direct, remote }));
         assert_eq!(link.rtt(), Some(Duration::from_millis(12)));
+
+        // Either end relayed makes the path relayed.
+        let relayed: SocketAddr = "203.0.113.10:50123".parse().expect("addr");
+        let link = RtcLink { relayed_local: Some(relayed), ..RtcLink::default() };
+        link.update(AgentPath { local: Some(relayed), remote: Some(remote), rtt: None });
+        assert_eq!(link.path(), Some(PathInfo { kind: PathKind::Relayed, remote }));
+        let link = RtcLink::default();
+        let line = "candidate:3 1 udp 41885439 203.0.113.10 50999 typ relay raddr 10.0.1.2 rport 5000";
+        let browser_relay = relay_candidate(line).expect("relay candidate");
+        assert_eq!(browser_relay, "203.0.113.10:50999".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(relay_candidate("candidate:1 1 udp 1 192.0.2.1 5 typ host"), None);
+        link.remote_relays.lock().expect("lock").push(browser_relay);
+        link.update(AgentPath { local: None, remote: Some(browser_relay), rtt: None });
+        assert_eq!(link.path().map(|p| p.kind), Some(PathKind::Relayed));
     }
 }
