@@ -101,7 +101,12 @@ async fn register_list_and_presence() -> anyhow::Result<()> {
     let (mut watcher, reply) = Raw::register(&url, "watcher", &token_for("watcher")).await?;
     assert_eq!(
         reply,
-        ServerMessage::Registered { id: "watcher".into(), version: PROTOCOL_VERSION, relays: Vec::new() }
+        ServerMessage::Registered {
+            id: "watcher".into(),
+            version: PROTOCOL_VERSION,
+            relays: Vec::new(),
+            stun: Vec::new()
+        }
     );
     watcher.send(&ClientMessage::Subscribe).await?;
     watcher.ping(1).await?;
@@ -202,7 +207,10 @@ async fn a_second_login_replaces_the_first() -> anyhow::Result<()> {
     let url = server.url();
     let (mut first, _) = Raw::register(&url, "dup", &token_for("dup")).await?;
     let (mut second, reply) = Raw::register(&url, "dup", &token_for("dup")).await?;
-    assert_eq!(reply, ServerMessage::Registered { id: "dup".into(), version: PROTOCOL_VERSION, relays: Vec::new() });
+    assert_eq!(
+        reply,
+        ServerMessage::Registered { id: "dup".into(), version: PROTOCOL_VERSION, relays: Vec::new(), stun: Vec::new() }
+    );
     ensure!(matches!(first.recv().await?, ServerMessage::Replaced { .. }));
     second.ping(7).await?;
     assert_eq!(server.registered(), 1);
@@ -280,7 +288,13 @@ async fn a_thousand_clients_register_concurrently() -> anyhow::Result<()> {
             let id = format!("client-{i:04}");
             let (raw, reply) = Raw::register(&url, &id, &token_for(&id)).await?;
             ensure!(
-                reply == ServerMessage::Registered { id: id.clone(), version: PROTOCOL_VERSION, relays: Vec::new() },
+                reply
+                    == ServerMessage::Registered {
+                        id: id.clone(),
+                        version: PROTOCOL_VERSION,
+                        relays: Vec::new(),
+                        stun: Vec::new()
+                    },
                 "{reply:?}"
             );
             anyhow::Ok(raw)
