@@ -20,6 +20,10 @@ use crate::transport::wire::RefuseCode;
 /// beyond are refused with "service unavailable".
 pub const MAX_BROWSER_CONNECTIONS: usize = 1024;
 
+/// Most connections one browser id sets up at once (as for the connect
+/// requests of one node); more are refused with "service unavailable".
+pub const MAX_SETTING_UP_PER_BROWSER: usize = 8;
+
 /// The node's DTLS identity, made on first use (once per node).
 async fn identity(inner: &NodeInner) -> Result<RtcIdentity, String> {
     inner
@@ -80,6 +84,10 @@ pub(super) async fn answer(inner: &Arc<NodeInner>, request: BrowserRequest) {
     };
     if host.agents() >= MAX_BROWSER_CONNECTIONS {
         let message = format!("this node serves at most {MAX_BROWSER_CONNECTIONS} browser connections");
+        return refuse(inner, &signal, asked, RefuseCode::ServiceUnavailable, message).await;
+    }
+    if host.setting_up(&request.from) >= MAX_SETTING_UP_PER_BROWSER {
+        let message = format!("{} sets up {MAX_SETTING_UP_PER_BROWSER} connections already", request.from);
         return refuse(inner, &signal, asked, RefuseCode::ServiceUnavailable, message).await;
     }
     let identity = match identity(inner).await {

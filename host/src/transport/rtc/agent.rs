@@ -680,6 +680,28 @@ mod tests {
         );
     }
 
+    /// A data channel offer as Chromium 156 makes it.
+    const CHROMIUM_OFFER: &str = "v=0\r\no=- 9017148853029627917 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+        a=ice-ufrag:bgK1\r\na=ice-pwd:f1Mb+oFYk6mx4Cbf8mXQ7twD\r\na=ice-options:trickle\r\n\
+        a=fingerprint:sha-256 1A:A9:05:59:11:9C:4A:2D:61:55:A3:7C:31:2A:79:39:64:16:0C:9F:76:79:EB:64:F9:3B:69:CA:AE:2C:4E:4F\r\n\
+        a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+
+    #[test]
+    fn a_chromium_offer_is_answered_with_the_nodes_candidates_and_fingerprint() {
+        let identity = RtcIdentity::generate().expect("certificate");
+        let (agent, answer) =
+            RtcAgent::answer(&identity, CHROMIUM_OFFER, &[LocalCandidate::Host(addr(NODE))], Instant::now())
+                .expect("answered");
+        assert!(answer.contains("m=application 9 UDP/DTLS/SCTP webrtc-datachannel"), "{answer}");
+        assert!(answer.contains("a=candidate:") && answer.contains("192.0.2.20 7700 typ host"), "{answer}");
+        assert!(answer.contains("a=fingerprint:sha-256 "), "{answer}");
+        assert!(answer.contains(&format!("a=ice-ufrag:{}", agent.local_ufrag())), "{answer}");
+        // The browser offered actpass: the node takes a DTLS role.
+        assert!(answer.contains("a=setup:active") || answer.contains("a=setup:passive"), "{answer}");
+    }
+
     #[test]
     fn offers_with_media_or_without_a_data_channel_are_refused() {
         let data = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";

@@ -109,6 +109,19 @@ struct Routes {
 struct RouteTable {
     by_ufrag: HashMap<String, u64>,
     by_addr: HashMap<SocketAddr, u64>,
+    /// Connections being set up (channel not open yet), by browser id.
+    setting_up: HashMap<String, usize>,
+}
+
+impl RouteTable {
+    fn set_up_done(&mut self, from: &str) {
+        if let Some(count) = self.setting_up.get_mut(from) {
+            *count -= 1;
+            if *count == 0 {
+                self.setting_up.remove(from);
+            }
+        }
+    }
 }
 
 impl Routes {
@@ -158,6 +171,12 @@ impl RtcHost {
         self.routes.agents.load(Ordering::Relaxed)
     }
 
+    /// Connections of the browser `from` being set up (answered, channel
+    /// not open yet).
+    pub fn setting_up(&self, from: &str) -> usize {
+        self.routes.lock().setting_up.get(from).copied().unwrap_or(0)
+    }
+
     /// Takes a side datagram that belongs to a browser connection; false
     /// leaves it to the node's own STUN users.
     pub fn claim(&self, datagram: &SideDatagram, ufrag_of: impl FnOnce(&[u8]) -> Option<String>) -> bool {
@@ -189,6 +208,12 @@ impl RtcHost {
 
     /// Hands an answered browser connection to the task.
     pub(crate) async fn add(&self, agent: RtcAgent, pending: PendingBrowser) {
+        {
+            let mut table = self.routes.lock();
+            *table.setting_up.entry(pending.from.clone()).or_default() += 1;
+            table.by_ufrag.insert(agent.local_ufrag().to_string(), 0);
+        }
+        self.routes.agents.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Add(Box::new(agent), Box::new(pending))).await;
     }
 
@@ -285,7 +310,6 @@ impl HostTask {
                 self.next_key += 1;
                 let ufrag = agent.local_ufrag().to_string();
                 self.routes.lock().by_ufrag.insert(ufrag.clone(), key);
-                self.routes.agents.fetch_add(1, Ordering::Relaxed);
                 self.by_request.insert((pending.from.clone(), pending.request_id), key);
                 let (from, request_id) = (pending.from.clone(), pending.request_id);
                 let peer = Peer {
@@ -493,6 +517,7 @@ impl HostTask {
         if let Some(remote) = peer.agent.path().remote {
             meta.remote = remote;
         }
+        self.routes.lock().set_up_done(&peer.from);
         let (conn, outbound) = ConnShared::new(meta, Carrier::Rtc(peer.link.clone()), limits, owner);
         let (inbound, inbound_rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -506,6 +531,9 @@ impl HostTask {
         let mut table = self.routes.lock();
         table.by_ufrag.remove(&peer.ufrag);
         table.by_addr.retain(|_, k| *k != key);
+        if matches!(peer.state, PeerState::Pending(_)) {
+            table.set_up_done(&peer.from);
+        }
         drop(table);
         self.routes.agents.fetch_sub(1, Ordering::Relaxed);
         self.by_request.remove(&(peer.from.clone(), peer.request_id));
