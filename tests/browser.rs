@@ -168,7 +168,7 @@ const HELPERS: &str = r#"
         conn.send(text);
     });
     window.ended = (conn) => conn.closed
-        ? Promise.resolve({ error: false, reason: "already closed" })
+        ? Promise.resolve(conn.closeDetail)
         : new Promise((resolve) => conn.addEventListener("close", (e) => resolve(e.detail), { once: true }));
 "#;
 
@@ -253,7 +253,10 @@ async fn plugins_see_browsers_as_ordinary_connections() -> anyhow::Result<()> {
     let still = browser.eval(&page, "ask(window.echo, 'still')").await?;
     ensure!(still == "v2:still", "{still}");
 
+    // A node shutting down tells the browser why.
     device_a.shutdown().await;
+    let ended = browser.eval(&page, "ended(window.echo)").await?;
+    ensure!(ended["reason"] == "node shut down", "{ended}");
     Ok(())
 }
 

@@ -310,6 +310,7 @@ export class Connection extends EventTarget {
     this._pc = pc;
     this._channel = channel;
     this._closed = false;
+    this._closeDetail = null;
     channel.bufferedAmountLowThreshold = 256 * 1024;
     channel.onmessage = (event) => {
       if (typeof event.data === "string") {
@@ -367,6 +368,12 @@ export class Connection extends EventTarget {
     return this._closed;
   }
 
+  /** How it ended (`{error, reason}`, as the `close` event told), or
+   * `null` while open. */
+  get closeDetail() {
+    return this._closeDetail;
+  }
+
   /** Sends one message: a string (as UTF-8), an ArrayBuffer or a typed
    * array. Throws a `FogError` when closed or over the maximum size. */
   send(data) {
@@ -403,6 +410,7 @@ export class Connection extends EventTarget {
   _ended(error, reason, drain = false) {
     if (this._closed) return;
     this._closed = true;
+    this._closeDetail = { error, reason };
     const shut = () => this._pc.close();
     if (drain && this._channel.bufferedAmount > 0) {
       // Let the close message leave before the connection goes.

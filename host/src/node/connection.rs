@@ -128,6 +128,17 @@ impl Connection {
         self.shared.send(data.into())
     }
 
+    /// Queues one message, waiting while the send buffer is full (the
+    /// transport drains it as the remote side takes data): how a sender
+    /// keeps up with the path without polling.
+    ///
+    /// # Errors
+    /// [`SendError::TooLarge`] above the maximum message size,
+    /// [`SendError::Closed`] once the connection ended.
+    pub async fn send_when_ready(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.sender().send_when_ready(data).await
+    }
+
     /// The next message, or the reason the connection ended. Messages that
     /// arrived before the end are always yielded first. Network events are
     /// passed by (see [`Connection::next_activity`]).
@@ -206,6 +217,28 @@ impl ConnectionSender {
     /// As [`Connection::send`].
     pub fn send(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
         self.shared.send(data.into())
+    }
+
+    /// Queues one message, waiting while the send buffer is full, as
+    /// [`Connection::send_when_ready`] does.
+    ///
+    /// # Errors
+    /// As [`Connection::send_when_ready`].
+    pub async fn send_when_ready(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        let data = data.into();
+        loop {
+            match self.shared.send(data.clone()) {
+                Err(SendError::BufferFull { limit }) => {
+                    // Room for this message once the queue is below the
+                    // limit by its size (an empty queue takes any size).
+                    let below = limit.saturating_sub(data.len()).max(1);
+                    if !self.shared.wait_buffered_below(below).await {
+                        return Err(SendError::Closed);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Counters and measurements of the connection.

@@ -294,12 +294,18 @@ impl HostTask {
                 }
             }
         }
-        for (_, peer) in self.peers.drain() {
-            if let PeerState::Open { conn, inbound, .. } = peer.state {
-                let _ = inbound.send(Inbound::End(CloseReason::new(CloseKind::Local, "node shut down")));
-                conn.cancel();
+        // Browsers hear why (the close message goes out now; nobody waits
+        // for their acknowledgement), services that the node shut down.
+        let now = Instant::now();
+        let keys: Vec<u64> = self.peers.keys().copied().collect();
+        for key in keys {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                end_open(peer, CloseReason::new(CloseKind::Local, "node shut down"));
+                peer.agent.close(false, "node shut down");
             }
+            self.drive(key, now);
         }
+        self.peers.clear();
     }
 
     fn command(&mut self, command: Command) {
