@@ -24,11 +24,6 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 /// DataChannel (Chromium and Firefox announce 256 KiB).
 pub const MAX_RTC_MESSAGE: usize = 256 * 1024;
 
-/// Bytes the channel holds for sending, sent or not, until the browser
-/// acknowledges them: it caps the data in flight (str0m's default is
-/// 128 KiB).
-pub const SCTP_SEND_BUFFER: usize = 1024 * 1024;
-
 /// How often the agent samples its statistics (round-trip time, selected
 /// pair).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -274,7 +269,6 @@ impl RtcAgent {
             .set_dtls_cert(identity.cert.clone())
             .set_local_ice_credentials(IceCreds { ufrag: local_ufrag.clone(), pass: ice_token(24) })
             .set_stats_interval(Some(STATS_INTERVAL))
-            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER)
             .build(now);
         let mut agent = Self {
             rtc,
