@@ -336,6 +336,24 @@ impl fmt::Debug for FogSocket {
     }
 }
 
+/// The socket buffer size asked for, each way: bursts of transports that
+/// do not pace (SCTP under browsers' DataChannels) overflow the kernel's
+/// default of ~208 KiB, which holds ~90 full datagrams.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Asks for [`SOCKET_BUFFER`] each way; the kernel caps it at its maximum
+/// (`net.core.rmem_max`, `wmem_max`), and a refusal leaves the default.
+fn widen_buffers(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    for (name, result) in
+        [("receive", socket.set_recv_buffer_size(SOCKET_BUFFER)), ("send", socket.set_send_buffer_size(SOCKET_BUFFER))]
+    {
+        if let Err(e) = result {
+            tracing::debug!("socket {name} buffer left at its default: {e}");
+        }
+    }
+}
+
 /// Capacity of the side channel, in datagrams.
 const SIDE_CHANNEL_CAPACITY: usize = 1024;
 
@@ -347,6 +365,7 @@ impl FogSocket {
     /// I/O errors of configuring the socket.
     pub fn new(socket: std::net::UdpSocket) -> io::Result<(Arc<Self>, mpsc::Receiver<SideDatagram>)> {
         socket.set_nonblocking(true)?;
+        widen_buffers(&socket);
         let local = socket.local_addr()?;
         let (ipv6, port) = (local.is_ipv6(), local.port());
         let state = UdpSocketState::new((&socket).into())?;

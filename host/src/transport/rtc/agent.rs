@@ -24,6 +24,24 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 /// DataChannel (Chromium and Firefox announce 256 KiB).
 pub const MAX_RTC_MESSAGE: usize = 256 * 1024;
 
+/// Most bytes the channel holds for sending, sent or not, until the
+/// browser acknowledges them (str0m's own cap; see
+/// [`RtcAgent::send_window`] for the one the node applies).
+pub const MAX_IN_FLIGHT: usize = 1024 * 1024;
+
+/// The least data in flight the node allows: SCTP does not pace, so what
+/// is in flight leaves in one burst, and more than ~64 KiB at once
+/// overflows a browser's socket buffer (~90 datagrams at Linux's
+/// default) on fast paths; the losses then collapse SCTP's window
+/// (device → browser on loopback: 6.6 MB/s at str0m's default of 128 KiB,
+/// 24.8 MB/s at 64 KiB).
+pub const MIN_IN_FLIGHT: usize = 64 * 1024;
+
+/// The rate the in-flight window is sized for: the window is this rate ×
+/// the round trip (the bandwidth-delay product), within
+/// [`MIN_IN_FLIGHT`]..[`MAX_IN_FLIGHT`]; 100 Mbit/s.
+pub const TARGET_RATE: f64 = 12.5e6;
+
 /// How often the agent samples its statistics (round-trip time, selected
 /// pair).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -269,6 +287,7 @@ impl RtcAgent {
             .set_dtls_cert(identity.cert.clone())
             .set_local_ice_credentials(IceCreds { ufrag: local_ufrag.clone(), pass: ice_token(24) })
             .set_stats_interval(Some(STATS_INTERVAL))
+            .set_sctp_max_buffered_amount(MAX_IN_FLIGHT)
             .build(now);
         let mut agent = Self {
             rtc,
@@ -492,6 +511,16 @@ impl RtcAgent {
         channel.write(binary, data).map_err(|e| RtcAgentError::Rtc(e.to_string()))
     }
 
+    /// How much may be in flight now: the bandwidth-delay product of
+    /// [`TARGET_RATE`] at the measured round trip, within
+    /// [`MIN_IN_FLIGHT`]..[`MAX_IN_FLIGHT`] (the least until a round trip
+    /// is measured). Long paths get room for their round trip; short ones
+    /// get small bursts.
+    pub fn send_window(&self) -> usize {
+        let product = self.path.rtt.map_or(0.0, |rtt| TARGET_RATE * rtt.as_secs_f64());
+        (product as usize).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT)
+    }
+
     /// Bytes written to the channel and not yet acknowledged by the
     /// browser.
     pub fn buffered(&mut self) -> usize {
@@ -646,6 +675,18 @@ mod tests {
         assert!(pair.agent.write(b"I know!", true).expect("write"));
         pair.run_until(|p| !p.browser_got.is_empty());
         assert_eq!(pair.browser_got[0], (true, b"I know!".to_vec()));
+    }
+
+    #[test]
+    fn the_send_window_follows_the_round_trip_within_its_bounds() {
+        let mut pair = Pair::new();
+        assert_eq!(pair.agent.send_window(), MIN_IN_FLIGHT);
+        pair.agent.path.rtt = Some(Duration::from_millis(1));
+        assert_eq!(pair.agent.send_window(), MIN_IN_FLIGHT);
+        pair.agent.path.rtt = Some(Duration::from_millis(40));
+        assert_eq!(pair.agent.send_window(), 500_000);
+        pair.agent.path.rtt = Some(Duration::from_millis(400));
+        assert_eq!(pair.agent.send_window(), MAX_IN_FLIGHT);
     }
 
     #[test]

@@ -485,7 +485,14 @@ impl HostTask {
     /// then the owner's close, once they are out or its grace is over.
     fn flush(&mut self, _key: u64, peer: &mut Peer, now: Instant) {
         if let PeerState::Open { conn, .. } = &peer.state {
+            let window = peer.agent.send_window();
             while let Some(front) = peer.outbox.front() {
+                // Keep what is in flight within the window (an empty
+                // channel takes any message).
+                let buffered = peer.agent.buffered();
+                if buffered > 0 && buffered + front.len() > window {
+                    break;
+                }
                 match peer.agent.write(front, true) {
                     Ok(true) => {
                         let len = front.len();
