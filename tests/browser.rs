@@ -325,11 +325,7 @@ async fn bad_input_from_browsers_is_refused_and_the_node_keeps_serving() -> anyh
     let (code, message) = mallory.refused("dev-a", 0x70, media).await?;
     ensure!(code == 1 && message == "no such service: 7", "{code} {message}");
     // One browser id sets up at most 8 connections at once.
-    let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
-        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
-        a=ice-ufrag:bgK1\r\na=ice-pwd:f1Mb+oFYk6mx4Cbf8mXQ7twD\r\n\
-        a=fingerprint:sha-256 1A:A9:05:59:11:9C:4A:2D:61:55:A3:7C:31:2A:79:39:64:16:0C:9F:76:79:EB:64:F9:3B:69:CA:AE:2C:4E:4F\r\n\
-        a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+    let offer = include_str!("../host/src/transport/rtc/chromium_offer.sdp");
     for request_id in 100..108 {
         mallory
             .send(&ClientMessage::RtcConnect { request_id, to: "dev-a".into(), convention: 0, sdp: offer.into() })

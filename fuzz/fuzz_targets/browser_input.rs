@@ -12,13 +12,8 @@ use fogconnect::transport::rtc::agent::{
 };
 use libfuzzer_sys::fuzz_target;
 
-/// A data channel offer as Chromium 156 makes it.
-const CHROMIUM_OFFER: &str = "v=0\r\no=- 9017148853029627917 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
-a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
-m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:bgK1\r\na=ice-pwd:f1Mb+oFYk6mx4Cbf8mXQ7twD\r\na=ice-options:trickle\r\n\
-a=fingerprint:sha-256 1A:A9:05:59:11:9C:4A:2D:61:55:A3:7C:31:2A:79:39:64:16:0C:9F:76:79:EB:64:F9:3B:69:CA:AE:2C:4E:4F\r\n\
-a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+/// A data channel offer as Chromium 156 makes it (captured).
+const CHROMIUM_OFFER: &str = include_str!("../../host/src/transport/rtc/chromium_offer.sdp");
 
 fn identity() -> &'static RtcIdentity {
     static IDENTITY: OnceLock<RtcIdentity> = OnceLock::new();

@@ -1,5 +1,6 @@
 //! `fogconnect signal` and `fogconnect signal token`.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -190,8 +191,11 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let server = SignalServer::start(config).await.context("cannot start the signaling server")?;
     println!("signaling on {scheme}://{}/ws", server.local_addr());
+    // A reader that took only the first line (the URL) may have closed
+    // the pipe: this one is for people, and not worth dying for.
     let web = if scheme == "wss" { "https" } else { "http" };
-    println!("web app on {web}://{}/ (browser module at /fogconnect.js)", server.local_addr());
+    let _ =
+        writeln!(std::io::stdout(), "web app on {web}://{}/ (browser module at /fogconnect.js)", server.local_addr());
     super::node::wait_for_signal().await?;
     server.shutdown();
     Ok(())
