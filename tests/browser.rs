@@ -425,3 +425,26 @@ async fn a_stream_plugin_streams_to_a_browser_at_its_bitrate() -> anyhow::Result
     device_a.shutdown().await;
     Ok(())
 }
+
+/// Chromium as users run it hides its host addresses behind mDNS names;
+/// the node skips those candidates and learns the browser's address from
+/// its checks (peer-reflexive), and the connection opens all the same.
+#[tokio::test]
+async fn a_browser_hiding_its_addresses_behind_mdns_names_connects() -> anyhow::Result<()> {
+    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let device_a = device(&server.url(), "dev-a", &[(0, "echo")]).await?;
+    let mut browser = Browser::launch_hiding_addresses().await?;
+    let page = browser.open(&format!("http://{}/", server.local_addr())).await?;
+    let body = r#"
+        const conn = await session.connect("dev-a", 0);
+        const echo = await ask(conn, "behind a name");
+        const path = await conn.path();
+        conn.close("done");
+        return { echo, path };
+    "#;
+    let seen = browser.eval(&page, &script("web-5", body)?).await?;
+    ensure!(seen["echo"] == "behind a name", "{seen}");
+    ensure!(seen["path"]["relayed"] == false, "{seen}");
+    device_a.shutdown().await;
+    Ok(())
+}

@@ -64,8 +64,19 @@ pub struct Page {
 
 impl Browser {
     /// Starts Chromium. `wrapper` runs it through another command first
-    /// (e.g. `ip netns exec NS`).
+    /// (e.g. `ip netns exec NS`). Its host candidates are plain addresses
+    /// (see [`Browser::launch_hiding_addresses`]).
     pub async fn launch(wrapper: &[&str]) -> anyhow::Result<Browser> {
+        Self::start(wrapper, false).await
+    }
+
+    /// Starts Chromium as users run it: its host candidates are mDNS
+    /// names (`….local`) instead of its addresses.
+    pub async fn launch_hiding_addresses() -> anyhow::Result<Browser> {
+        Self::start(&[], true).await
+    }
+
+    async fn start(wrapper: &[&str], hide_addresses: bool) -> anyhow::Result<Browser> {
         let profile = tempfile::tempdir()?;
         let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
         args.push(CHROMIUM.into());
@@ -80,11 +91,13 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-quic",
-                "--disable-features=WebRtcHideLocalIpsWithMdns",
                 "--remote-debugging-pipe",
             ]
             .map(String::from),
         );
+        if !hide_addresses {
+            args.push("--disable-features=WebRtcHideLocalIpsWithMdns".into());
+        }
         args.push(format!("--user-data-dir={}", profile.path().display()));
         args.push("about:blank".into());
         let (their_commands, our_commands) = std::io::pipe()?;
