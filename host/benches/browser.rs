@@ -91,6 +91,9 @@ async fn serve_bench(mut conn: Connection) {
     }
 }
 
+/// A row of the table: name, the figure, its unit.
+type Row = (&'static str, fn(&Figures) -> f64, &'static str);
+
 /// One round's figures.
 #[derive(Debug, Clone, Copy)]
 struct Figures {
@@ -281,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
     let pick = |all: &[Figures], f: fn(&Figures) -> f64| median(all.iter().map(f).collect());
     println!("\n| measure | browser (RTC) | node (QUIC) | browser / QUIC |");
     println!("| --- | --- | --- | --- |");
-    let rows: [(&str, fn(&Figures) -> f64, &str); 4] = [
+    let rows: [Row; 4] = [
         ("connect by id, call → open", |f| f.connect_ms, "ms"),
         ("round trip, 64 B (mean of sequential)", |f| f.rtt_us, "µs"),
         ("device → browser/app, 16 KiB messages", |f| f.down_mbps, "MB/s"),
