@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use common::browser::{Browser, Page};
+use common::median;
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 use fogconnect::{Connection, ConnectionEvent, Node, Transport};
@@ -101,11 +102,6 @@ struct Figures {
     rtt_us: f64,
     down_mbps: f64,
     up_mbps: f64,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 async fn next_message(conn: &mut Connection) -> anyhow::Result<Bytes> {

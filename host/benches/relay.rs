@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use common::median;
 use common::turn::{drive, free_port, start_coturn, start_fogconnect_relay, test_client_config};
 use fogconnect::relay::client::{TurnClient, TurnEvent};
 use tokio::net::UdpSocket;
@@ -33,11 +34,6 @@ struct Figures {
     packets_per_s: f64,
     mbit_per_s: f64,
     loss: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 async fn direct_rtt(pings: usize) -> anyhow::Result<f64> {

@@ -23,6 +23,12 @@ impl Drop for Running {
     }
 }
 
+/// The median of `values` (NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Upper bound for any single wait in the tests.
 pub const WAIT: Duration = Duration::from_secs(10);
 
