@@ -25,11 +25,27 @@ fn token_for(id: &str) -> String {
     token::issue(SECRET, id, u64::MAX / 2)
 }
 
+/// A signaling server on loopback (it serves the web app and the module
+/// too).
+async fn signaling() -> anyhow::Result<SignalServer> {
+    Ok(SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?)
+}
+
 /// A device registered with the server, on every interface (the browser
 /// reaches it on the host's own address).
 async fn device(url: &str, id: &str, plugins: &[(u8, &str)]) -> anyhow::Result<Node> {
+    device_with(url, id, plugins, config()).await
+}
+
+/// Like [`device`], with the configuration `node_config`.
+async fn device_with(
+    url: &str,
+    id: &str,
+    plugins: &[(u8, &str)],
+    node_config: fogconnect::NodeConfig,
+) -> anyhow::Result<Node> {
     let listen: SocketAddr = "0.0.0.0:0".parse()?;
-    let mut builder = Node::builder().config(config()).listen(listen).node_id(id).signal(url, token_for(id));
+    let mut builder = Node::builder().config(node_config).listen(listen).node_id(id).signal(url, token_for(id));
     for (service, name) in plugins {
         builder = builder.plugin(*service, plugin(name));
     }
@@ -86,7 +102,7 @@ async fn set_value(browser: &mut Browser, page: &Page, id: &str, value: &str) ->
 /// be refused by a service nobody serves, and see devices come and go.
 #[tokio::test]
 async fn the_web_app_signs_in_sees_devices_and_talks_to_their_services() -> anyhow::Result<()> {
-    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let server = signaling().await?;
     let device_a = device(&server.url(), "dev-a", &[(0, "echo"), (1, "demo"), (5, "adaptive-source")]).await?;
     let mut browser = Browser::launch(&[]).await?;
     let page = app_page(&mut browser, &server, "web-1", "dev-a").await?;
@@ -131,7 +147,7 @@ async fn the_web_app_signs_in_sees_devices_and_talks_to_their_services() -> anyh
 /// messages through the echo service come back in order.
 #[tokio::test]
 async fn a_thousand_messages_are_echoed_in_order() -> anyhow::Result<()> {
-    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let server = signaling().await?;
     let device_a = device(&server.url(), "dev-a", &[(0, "echo")]).await?;
     let mut browser = Browser::launch(&[]).await?;
     let page = browser.open(&format!("http://{}/", server.local_addr())).await?;
@@ -193,20 +209,10 @@ fn script(id: &str, body: &str) -> anyhow::Result<String> {
 /// the reason, visible in the page.
 #[tokio::test]
 async fn plugins_see_browsers_as_ordinary_connections() -> anyhow::Result<()> {
-    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
-    let listen: SocketAddr = "0.0.0.0:0".parse()?;
+    let server = signaling().await?;
     let limited = fogconnect::NodeConfig { max_message_size: 64 * 1024, ..config() };
-    let device_a = Node::builder()
-        .config(limited)
-        .listen(listen)
-        .node_id("dev-a")
-        .signal(server.url(), token_for("dev-a"))
-        .plugin(2, plugin("test-probe"))
-        .plugin(3, plugin("test-events"))
-        .plugin(4, plugin("test-echo-v1"))
-        .start()
-        .await?;
-    device_a.registered(WAIT).await?;
+    let plugins = [(2, "test-probe"), (3, "test-events"), (4, "test-echo-v1")];
+    let device_a = device_with(&server.url(), "dev-a", &plugins, limited).await?;
     let mut browser = Browser::launch(&[]).await?;
     let page = browser.open(&format!("http://{}/", server.local_addr())).await?;
     let body = r#"
@@ -307,7 +313,7 @@ impl RawSession {
 /// refuse what they do not serve.
 #[tokio::test]
 async fn bad_input_from_browsers_is_refused_and_the_node_keeps_serving() -> anyhow::Result<()> {
-    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let server = signaling().await?;
     let device_a = device(&server.url(), "dev-a", &[(0, "echo")]).await?;
     let mut mallory = RawSession::register(&server.url(), "mallory").await?;
 
@@ -394,7 +400,7 @@ async fn bad_input_from_browsers_is_refused_and_the_node_keeps_serving() -> anyh
 /// ends the stream when the page stops it.
 #[tokio::test]
 async fn a_stream_plugin_streams_to_a_browser_at_its_bitrate() -> anyhow::Result<()> {
-    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let server = signaling().await?;
     let device_a = device(&server.url(), "camera", &[(5, "adaptive-source")]).await?;
     let mut browser = Browser::launch(&[]).await?;
     let page = browser.open(&format!("http://{}/", server.local_addr())).await?;
@@ -431,7 +437,7 @@ async fn a_stream_plugin_streams_to_a_browser_at_its_bitrate() -> anyhow::Result
 /// its checks (peer-reflexive), and the connection opens all the same.
 #[tokio::test]
 async fn a_browser_hiding_its_addresses_behind_mdns_names_connects() -> anyhow::Result<()> {
-    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let server = signaling().await?;
     let device_a = device(&server.url(), "dev-a", &[(0, "echo")]).await?;
     let mut browser = Browser::launch_hiding_addresses().await?;
     let page = browser.open(&format!("http://{}/", server.local_addr())).await?;

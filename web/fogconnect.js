@@ -77,6 +77,17 @@ function defaultUrl() {
   return `${scheme}//${location.host}/ws`;
 }
 
+/** A JSON message (of the server or a control message), or null for text
+ * that is not a JSON object. */
+function parseMessage(text) {
+  try {
+    const message = JSON.parse(text);
+    return message !== null && typeof message === "object" ? message : null;
+  } catch {
+    return null;
+  }
+}
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -104,13 +115,8 @@ export function signIn({ id, token, url = defaultUrl() }) {
     };
     ws.onopen = () => ws.send(JSON.stringify({ type: "register", version: PROTOCOL_VERSION, id, token }));
     ws.onmessage = (event) => {
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      if (settled) return;
+      const message = parseMessage(event.data);
+      if (!message || settled) return;
       settled = true;
       if (message.type === "registered") {
         resolve(new Session(ws, message));
@@ -247,12 +253,8 @@ export class Session extends EventTarget {
   }
 
   _receive(text) {
-    let message;
-    try {
-      message = JSON.parse(text);
-    } catch {
-      return;
-    }
+    const message = parseMessage(text);
+    if (!message) return;
     const pending = this._connects.get(message.request_id);
     switch (message.type) {
       case "peers": {
@@ -398,13 +400,8 @@ export class Connection extends EventTarget {
   }
 
   _control(text) {
-    let message;
-    try {
-      message = JSON.parse(text);
-    } catch {
-      return;
-    }
-    if (message.type === "close") this._ended(Boolean(message.error), message.message || "", false);
+    const message = parseMessage(text);
+    if (message && message.type === "close") this._ended(Boolean(message.error), message.message || "", false);
   }
 
   _ended(error, reason, drain = false) {

@@ -190,9 +190,9 @@ impl Drop for Session {
 
 /// The user fragment a STUN binding request is addressed to (the first
 /// part of its USERNAME), if it is one.
-fn request_ufrag(data: &[u8]) -> Option<String> {
-    match message::decode(data) {
-        Ok(Binding::Request { username: Some(username), .. }) => username.split(':').next().map(str::to_string),
+fn request_ufrag(binding: &Binding) -> Option<&str> {
+    match binding {
+        Binding::Request { username: Some(username), .. } => username.split(':').next(),
         _ => None,
     }
 }
@@ -230,19 +230,23 @@ impl Traversal {
     /// ids).
     pub(super) async fn run_mux(self: Arc<Self>, mut side: mpsc::Receiver<SideDatagram>, rtc: Option<RtcHost>) {
         while let Some(datagram) = side.recv().await {
+            // Decoded once, for the browsers' agents and the checks alike.
+            let binding = match datagram.kind {
+                PacketKind::Stun => message::decode(&datagram.data).ok(),
+                _ => None,
+            };
             if let Some(rtc) = &rtc
-                && rtc.claim(&datagram, request_ufrag)
+                && rtc.claim(&datagram, binding.as_ref().and_then(request_ufrag))
             {
                 continue;
             }
-            if datagram.kind != PacketKind::Stun {
+            let Some(binding) = binding else {
                 tracing::trace!(from = %datagram.from, kind = ?datagram.kind, "non-STUN side datagram ignored");
                 continue;
-            }
-            let Ok(binding) = message::decode(&datagram.data) else { continue };
+            };
             match &binding {
-                Binding::Request { username: Some(username), .. } => {
-                    let ufrag = username.split(':').next().unwrap_or_default();
+                Binding::Request { username: Some(_), .. } => {
+                    let ufrag = request_ufrag(&binding).unwrap_or_default();
                     let inbox = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).inboxes.get(ufrag).cloned();
                     if let Some(inbox) = inbox {
                         let _ = inbox.try_send(datagram);

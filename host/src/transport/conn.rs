@@ -485,13 +485,12 @@ impl ConnShared {
 
     /// Which way the connection's packets travel now, and to where.
     pub fn path(&self) -> PathInfo {
-        match &self.carrier {
-            Carrier::Quic { quic, socket } => socket.path_info(quic.remote_address()),
-            Carrier::Rtc(link) => {
-                link.path().unwrap_or(PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote })
-            }
-            Carrier::Detached => PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote },
-        }
+        let known = match &self.carrier {
+            Carrier::Quic { quic, socket } => return socket.path_info(quic.remote_address()),
+            Carrier::Rtc(link) => link.path(),
+            Carrier::Detached => None,
+        };
+        known.unwrap_or(PathInfo { kind: path_of(self.meta.remote), remote: self.meta.remote })
     }
 
     /// The smoothed round-trip time of the path (zero until measured).

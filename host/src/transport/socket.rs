@@ -611,9 +611,9 @@ impl FogSocket {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Hands a datagram that is not QUIC and came another way than the
-    /// node's socket (through the relay) to the side channel. Dropped
-    /// when the side channel is full.
+    /// Hands a datagram that is not QUIC to the side channel (from the
+    /// node's socket, or another way: through the relay). Dropped when the
+    /// side channel is full.
     pub fn deliver_side(&self, datagram: SideDatagram) {
         let counter = if self.side.try_send(datagram).is_ok() { &self.counters.side } else { &self.counters.dropped };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -622,8 +622,7 @@ impl FogSocket {
     /// Sends `data` to `peer` through the node's TURN allocation; false
     /// (a loss) when there is none or it is that far behind.
     pub fn send_through_relay(&self, peer: SocketAddr, data: Bytes) -> bool {
-        let to_peers = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.to_peers.clone());
-        let sent = to_peers.is_some_and(|tx| tx.try_send((canonical(peer), data)).is_ok());
+        let sent = self.to_relay_peers().is_some_and(|tx| tx.try_send((canonical(peer), data)).is_ok());
         if !sent {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -640,8 +639,14 @@ impl FogSocket {
         relay.as_ref().filter(|t| t.udp_server == Some(from)).map(|t| t.from_server.clone())
     }
 
+    /// Where datagrams for peers go to be wrapped by the TURN allocation,
+    /// while there is one.
+    fn to_relay_peers(&self) -> Option<mpsc::Sender<(SocketAddr, Bytes)>> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.to_peers.clone())
+    }
+
     fn send_relay(&self, peer: SocketAddr, transmit: &Transmit) {
-        let to_peers = self.relay.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.to_peers.clone());
+        let to_peers = self.to_relay_peers();
         let segment = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
         for datagram in transmit.contents.chunks(segment) {
             // No relay or no room: a loss QUIC recovers from.
@@ -763,13 +768,8 @@ impl FogSocket {
                     let stride = meta[i].stride.max(1);
                     let to = meta[i].dst_ip.map(|ip| canonical(SocketAddr::new(ip, self.port)));
                     for segment in bufs[i][..len].chunks(stride) {
-                        let datagram =
-                            SideDatagram { via: None, from, to, kind, data: Bytes::copy_from_slice(segment) };
-                        if self.side.try_send(datagram).is_ok() {
-                            self.counters.side.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
+                        let data = Bytes::copy_from_slice(segment);
+                        self.deliver_side(SideDatagram { via: None, from, to, kind, data });
                     }
                 }
             }

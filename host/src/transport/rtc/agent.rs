@@ -18,7 +18,7 @@ use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
 /// The largest message on a browser connection: what browsers accept on a
 /// DataChannel (Chromium and Firefox announce 256 KiB).
@@ -162,6 +162,15 @@ impl ControlMessage {
     pub fn decode(text: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(text).map_err(|e| format!("bad control message: {e}"))
     }
+}
+
+/// A candidate the browser trickled, as the agent took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteCandidate {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Whether it is on the browser's TURN server.
+    pub relayed: bool,
 }
 
 /// What the agent asks its driver to do, or tells it.
@@ -315,14 +324,14 @@ impl RtcAgent {
     }
 
     /// Adds a candidate the browser trickled (`candidate:…`, with or
-    /// without `a=`). Returns false for a candidate that cannot be used
-    /// and is skipped: a hostname (mDNS `.local`) candidate, or one over
-    /// TCP; the browser's address is then learned from its checks.
+    /// without `a=`) and returns it. `None` for a candidate that cannot be
+    /// used and is skipped: a hostname (mDNS `.local`) candidate, or one
+    /// over TCP; the browser's address is then learned from its checks.
     ///
     /// # Errors
     /// [`RtcAgentError::MalformedCandidate`] for a line that is not a
     /// candidate.
-    pub fn add_remote_candidate(&mut self, line: &str) -> Result<bool, RtcAgentError> {
+    pub fn add_remote_candidate(&mut self, line: &str) -> Result<Option<RemoteCandidate>, RtcAgentError> {
         let line = line.trim().trim_start_matches("a=");
         let fields: Vec<&str> = line.split_whitespace().collect();
         let malformed =
@@ -333,21 +342,12 @@ impl RtcAgent {
             ));
         }
         if fields[4].ends_with(".local") || !fields[2].eq_ignore_ascii_case("udp") {
-            return Ok(false);
+            return Ok(None);
         }
         let candidate = Candidate::from_sdp_string(line).map_err(|e| malformed(&e.to_string()))?;
+        let added = RemoteCandidate { addr: candidate.addr(), relayed: candidate.kind() == CandidateKind::Relayed };
         self.rtc.add_remote_candidate(candidate);
-        Ok(true)
-    }
-
-    /// Whether a received datagram belongs to this agent: a STUN message
-    /// for its ICE credentials, or anything from an address of a working
-    /// pair.
-    pub fn accepts(&self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
-        match Receive::new(Protocol::Udp, source, destination, data) {
-            Ok(receive) => self.rtc.accepts(&Input::Receive(now, receive)),
-            Err(_) => false,
-        }
+        Ok(Some(added))
     }
 
     /// Feeds a received datagram.
@@ -754,12 +754,16 @@ mod tests {
     fn trickled_candidates_are_parsed_or_skipped() {
         let mut pair = Pair::new();
         let host = "candidate:1 1 udp 2122260223 192.0.2.11 50001 typ host generation 0";
-        assert_eq!(pair.agent.add_remote_candidate(host), Ok(true));
-        assert_eq!(pair.agent.add_remote_candidate(&format!("a={host}")), Ok(true));
+        let taken = Some(RemoteCandidate { addr: addr("192.0.2.11:50001"), relayed: false });
+        assert_eq!(pair.agent.add_remote_candidate(host), Ok(taken));
+        assert_eq!(pair.agent.add_remote_candidate(&format!("a={host}")), Ok(taken));
+        let relay = "candidate:3 1 udp 41885439 203.0.113.10 50999 typ relay raddr 10.0.1.2 rport 5000";
+        let relayed = Some(RemoteCandidate { addr: addr("203.0.113.10:50999"), relayed: true });
+        assert_eq!(pair.agent.add_remote_candidate(relay), Ok(relayed));
         let mdns = "candidate:2 1 udp 2122260223 3f1c-aa.local 50001 typ host";
-        assert_eq!(pair.agent.add_remote_candidate(mdns), Ok(false));
+        assert_eq!(pair.agent.add_remote_candidate(mdns), Ok(None));
         let tcp = "candidate:3 1 tcp 1518280447 192.0.2.11 9 typ host tcptype active";
-        assert_eq!(pair.agent.add_remote_candidate(tcp), Ok(false));
+        assert_eq!(pair.agent.add_remote_candidate(tcp), Ok(None));
         for junk in ["", "candidate:", "hello world", "candidate:1 1 udp x 192.0.2.11 1 typ host"] {
             assert!(
                 matches!(pair.agent.add_remote_candidate(junk), Err(RtcAgentError::MalformedCandidate { .. })),

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::agent::{AgentOutput, AgentPath, AgentPoll, RtcAgent};
+use super::agent::{AgentOutput, AgentPath, AgentPoll, RemoteCandidate, RtcAgent};
 use crate::events::PathInfo;
 use crate::transport::conn::{
     Carrier, CloseKind, CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnShared, LiveGuard, Outbound, Owner, PathKind,
@@ -92,7 +92,7 @@ pub(crate) struct PendingBrowser {
 enum Command {
     Add(Box<RtcAgent>, Box<PendingBrowser>),
     Candidate { from: String, request_id: u64, line: String },
-    Datagram { from: SocketAddr, to: SocketAddr, data: Bytes, at: Instant },
+    Datagram { key: u64, from: SocketAddr, to: SocketAddr, data: Bytes, at: Instant },
     Outbound { key: u64, item: Outbound },
 }
 
@@ -138,6 +138,9 @@ const COMMAND_QUEUE: usize = 4096;
 /// has no way to make it wait once str0m took the data).
 pub const MAX_INBOUND_QUEUE: usize = 8 * 1024 * 1024;
 
+/// The key of an agent the task has not taken yet (keys start at 1).
+const UNKNOWN_KEY: u64 = 0;
+
 /// Trickled candidates taken per connection; more are ignored.
 const MAX_REMOTE_CANDIDATES: usize = 32;
 
@@ -177,30 +180,29 @@ impl RtcHost {
         self.routes.lock().setting_up.get(from).copied().unwrap_or(0)
     }
 
-    /// Takes a side datagram that belongs to a browser connection; false
-    /// leaves it to the node's own STUN users.
-    pub fn claim(&self, datagram: &SideDatagram, ufrag_of: impl FnOnce(&[u8]) -> Option<String>) -> bool {
+    /// Takes a side datagram that belongs to a browser connection: one
+    /// from an address an agent sends to, or a STUN request addressed to
+    /// an agent's user fragment (`request_ufrag`, the first part of its
+    /// USERNAME). False leaves it to the node's own STUN users.
+    pub fn claim(&self, datagram: &SideDatagram, request_ufrag: Option<&str>) -> bool {
         if self.routes.agents.load(Ordering::Relaxed) == 0
             || datagram.via.is_some()
             || datagram.kind == PacketKind::Quic
         {
             return false;
         }
-        let known = {
+        let key = {
             let table = self.routes.lock();
-            table.by_addr.contains_key(&datagram.from)
-                || (datagram.kind == PacketKind::Stun
-                    && ufrag_of(&datagram.data).is_some_and(|ufrag| table.by_ufrag.contains_key(&ufrag)))
+            table.by_addr.get(&datagram.from).or_else(|| request_ufrag.and_then(|u| table.by_ufrag.get(u))).copied()
         };
-        if !known {
-            return false;
-        }
+        let Some(key) = key else { return false };
         let Some(to) = datagram.to else {
             // Without the address it arrived at, ICE cannot tell the
             // candidate; the socket always reports it on Linux.
             return true;
         };
-        let command = Command::Datagram { from: datagram.from, to, data: datagram.data.clone(), at: Instant::now() };
+        let command =
+            Command::Datagram { key, from: datagram.from, to, data: datagram.data.clone(), at: Instant::now() };
         // A full queue drops the datagram like a loss.
         let _ = self.commands.try_send(command);
         true
@@ -211,7 +213,10 @@ impl RtcHost {
         {
             let mut table = self.routes.lock();
             *table.setting_up.entry(pending.from.clone()).or_default() += 1;
-            table.by_ufrag.insert(agent.local_ufrag().to_string(), 0);
+            // Claimed from now on; datagrams that come before the task
+            // knows the agent's key find no agent and are lost (ICE sends
+            // its checks again).
+            table.by_ufrag.insert(agent.local_ufrag().to_string(), UNKNOWN_KEY);
         }
         self.routes.agents.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Add(Box::new(agent), Box::new(pending))).await;
@@ -231,8 +236,6 @@ struct Peer {
     request_id: u64,
     ufrag: String,
     remote_candidates: usize,
-    /// The node's relayed candidate offered to this browser.
-    relayed: Option<SocketAddr>,
     wake: Instant,
     state: PeerState,
     /// Messages of the owner waiting for room in the channel.
@@ -320,7 +323,6 @@ impl HostTask {
                 let (from, request_id) = (pending.from.clone(), pending.request_id);
                 let peer = Peer {
                     agent: *agent,
-                    relayed: pending.relayed,
                     link: Arc::new(RtcLink { relayed_local: pending.relayed, ..RtcLink::default() }),
                     from,
                     request_id,
@@ -342,27 +344,17 @@ impl HostTask {
                 }
                 peer.remote_candidates += 1;
                 match peer.agent.add_remote_candidate(&line) {
-                    Ok(true) => {
-                        if let Some(relay) = relay_candidate(&line) {
-                            peer.link.remote_relays.lock().unwrap_or_else(|p| p.into_inner()).push(relay);
-                        }
+                    Ok(Some(RemoteCandidate { addr, relayed: true })) => {
+                        peer.link.remote_relays.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
                     }
-                    Ok(false) => {}
+                    Ok(_) => {}
                     Err(e) => tracing::debug!(peer = %peer.from, "browser candidate ignored: {e}"),
                 }
                 self.drive(key, now);
             }
-            Command::Datagram { from, to, data, at } => {
-                let key = {
-                    let table = self.routes.lock();
-                    table.by_addr.get(&from).copied()
-                };
-                let key = key
-                    .or_else(|| self.peers.iter().find(|(_, p)| p.agent.accepts(at, from, to, &data)).map(|(&k, _)| k));
-                let Some(key) = key else { return };
-                if let Some(peer) = self.peers.get_mut(&key) {
-                    peer.agent.receive(at, from, to, &data);
-                }
+            Command::Datagram { key, from, to, data, at } => {
+                let Some(peer) = self.peers.get_mut(&key) else { return };
+                peer.agent.receive(at, from, to, &data);
                 self.drive(key, now);
             }
             Command::Outbound { key, item } => {
@@ -403,7 +395,7 @@ impl HostTask {
         // new candidate or a write makes due) only on a timeout input.
         peer.agent.handle_timeout(now);
         loop {
-            self.flush(key, &mut peer, now);
+            self.flush(&mut peer, now);
             match peer.agent.poll() {
                 AgentPoll::Ended => {
                     self.forget(key, &peer);
@@ -428,7 +420,7 @@ impl HostTask {
         match output {
             AgentOutput::Transmit { source, destination, data } => {
                 self.routes.lock().by_addr.insert(destination, key);
-                if Some(source) == peer.relayed {
+                if Some(source) == peer.link.relayed_local {
                     self.socket.send_through_relay(destination, data.into());
                 } else if let Err(e) = self.socket.try_send_from(Some(source.ip()), &data, destination) {
                     tracing::trace!(%destination, "browser datagram not sent: {e}");
@@ -462,28 +454,26 @@ impl HostTask {
     fn inbound_message(&mut self, peer: &mut Peer, data: Vec<u8>) {
         let PeerState::Open { conn, inbound, queued } = &peer.state else { return };
         let max = conn.max_message_size();
-        if data.len() > max {
+        // Why the browser is cut off: what it hears, what the service hears.
+        let (message, reason) = if data.len() > max {
             let message = format!("message of {} bytes exceeds the maximum message size of {max} bytes", data.len());
-            conn.end(CloseCode::Error, message.clone());
-            let _ = inbound.send(Inbound::End(CloseReason::new(CloseKind::Error, format!("protocol: {message}"))));
-            peer.state = PeerState::Closing;
-            peer.agent.close(true, &message);
-            return;
-        }
-        if queued.fetch_add(data.len(), Ordering::AcqRel) + data.len() > MAX_INBOUND_QUEUE {
+            (message.clone(), format!("protocol: {message}"))
+        } else if queued.fetch_add(data.len(), Ordering::AcqRel) + data.len() > MAX_INBOUND_QUEUE {
             let message = "the browser sends faster than the service reads".to_string();
-            conn.end(CloseCode::Error, message.clone());
-            let _ = inbound.send(Inbound::End(CloseReason::new(CloseKind::Error, message.clone())));
-            peer.state = PeerState::Closing;
-            peer.agent.close(true, &message);
+            (message.clone(), message)
+        } else {
+            let _ = inbound.send(Inbound::Message(Bytes::from(data)));
             return;
-        }
-        let _ = inbound.send(Inbound::Message(Bytes::from(data)));
+        };
+        conn.end(CloseCode::Error, message.clone());
+        let _ = inbound.send(Inbound::End(CloseReason::new(CloseKind::Error, reason)));
+        peer.state = PeerState::Closing;
+        peer.agent.close(true, &message);
     }
 
     /// Writes the owner's queued messages while the channel takes them;
     /// then the owner's close, once they are out or its grace is over.
-    fn flush(&mut self, _key: u64, peer: &mut Peer, now: Instant) {
+    fn flush(&mut self, peer: &mut Peer, now: Instant) {
         if let PeerState::Open { conn, .. } = &peer.state {
             let window = peer.agent.send_window();
             while let Some(front) = peer.outbox.front() {
@@ -501,9 +491,7 @@ impl HostTask {
                     }
                     Ok(false) => break,
                     Err(_) => {
-                        for dropped in peer.outbox.drain(..) {
-                            conn.dequeued(dropped.len(), false);
-                        }
+                        drop_outbox(conn, &mut peer.outbox);
                         break;
                     }
                 }
@@ -513,9 +501,7 @@ impl HostTask {
             && (peer.outbox.is_empty() || now >= *deadline)
         {
             if let PeerState::Open { conn, .. } = &peer.state {
-                for dropped in peer.outbox.drain(..) {
-                    conn.dequeued(dropped.len(), false);
-                }
+                drop_outbox(conn, &mut peer.outbox);
                 conn.cancel();
             }
             peer.agent.close(*error, message);
@@ -557,29 +543,23 @@ impl HostTask {
     }
 }
 
-/// The address of a `typ relay` candidate line.
-fn relay_candidate(line: &str) -> Option<SocketAddr> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let kind = fields.iter().position(|f| *f == "typ").and_then(|i| fields.get(i + 1))?;
-    if *kind != "relay" {
-        return None;
-    }
-    let ip = fields.get(4)?.parse().ok()?;
-    let port = fields.get(5)?.parse().ok()?;
-    Some(SocketAddr::new(ip, port))
-}
-
 /// Reports the end of an open connection to its owner (through the
 /// reader, after the messages before it).
 fn end_open(peer: &mut Peer, reason: CloseReason) {
     if let PeerState::Open { conn, inbound, .. } = &peer.state {
         let _ = inbound.send(Inbound::End(reason));
-        for dropped in peer.outbox.drain(..) {
-            conn.dequeued(dropped.len(), false);
-        }
+        drop_outbox(conn, &mut peer.outbox);
         conn.cancel();
     }
     peer.state = PeerState::Closing;
+}
+
+/// Forgets the owner's messages that never reached the channel, taking
+/// them out of the connection's send-buffer accounting.
+fn drop_outbox(conn: &ConnShared, outbox: &mut VecDeque<Bytes>) {
+    for dropped in outbox.drain(..) {
+        conn.dequeued(dropped.len(), false);
+    }
 }
 
 /// Passes what the owner sends to the host task, in order; counts the
@@ -653,10 +633,7 @@ mod tests {
         link.update(AgentPath { local: Some(relayed), remote: Some(remote), rtt: None });
         assert_eq!(link.path(), Some(PathInfo { kind: PathKind::Relayed, remote }));
         let link = RtcLink::default();
-        let line = "candidate:3 1 udp 41885439 203.0.113.10 50999 typ relay raddr 10.0.1.2 rport 5000";
-        let browser_relay = relay_candidate(line).expect("relay candidate");
-        assert_eq!(browser_relay, "203.0.113.10:50999".parse::<SocketAddr>().expect("addr"));
-        assert_eq!(relay_candidate("candidate:1 1 udp 1 192.0.2.1 5 typ host"), None);
+        let browser_relay: SocketAddr = "203.0.113.10:50999".parse().expect("addr");
         link.remote_relays.lock().expect("lock").push(browser_relay);
         link.update(AgentPath { local: None, remote: Some(browser_relay), rtt: None });
         assert_eq!(link.path().map(|p| p.kind), Some(PathKind::Relayed));
