@@ -107,9 +107,6 @@ async fn wrong_password_and_unreachable_server_fail_clearly() -> anyhow::Result<
 /// nothing lost.
 #[test]
 fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
-    let relay_port = free_port()?;
-    let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret"])?;
-    let port = relay_port.to_string();
     let peer_port = free_port()?.to_string();
     let _peer = Running(
         Command::new("turnutils_peer")
@@ -119,7 +116,6 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
             .spawn()
             .context("turnutils_peer (coturn) missing")?,
     );
-    let base = ["-c", "-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
     for (what, extra) in [
         ("channels, 4 clients", &["-u", "dev", "-w", "secret", "-m", "4"][..]),
         ("send/data indications", &["-u", "dev", "-w", "secret", "-s"]),
@@ -127,6 +123,13 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         ("TCP, channels, 3 clients", &["-t", "-u", "dev", "-w", "secret", "-m", "3"]),
         ("TCP, send/data indications", &["-t", "-u", "dev", "-w", "secret", "-s"]),
     ] {
+        // A relay of its own per run: a run's allocations outlive its
+        // client, and the next client may get the same local port (an
+        // allocation of another user there is refused with 441).
+        let relay_port = free_port()?;
+        let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret"])?;
+        let port = relay_port.to_string();
+        let base = ["-c", "-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
         let out = Command::new("turnutils_uclient").args(base).args(extra).arg("127.0.0.1").output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         let summary: Vec<&str> = text.lines().filter(|l| l.contains("tot_send_msgs=") && !l.contains("msz=")).collect();
