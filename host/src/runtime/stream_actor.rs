@@ -22,9 +22,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use fogconnect_proto::stream::StreamMessage;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -41,27 +40,16 @@ use super::generation::{
 };
 use super::state::{PluginContext, PluginLimits};
 use super::stream_bindings::fogconnect::streaming::types;
-use super::stream_state::{HARD_BUFFER_LIMIT, StreamConn, StreamEntry, StreamKind, StreamState, wit_command_error};
+use super::stream_state::{StreamCore, StreamState, wit_command_error};
 use super::stream_world::StreamBindings;
 use super::supervisor::Supervisor;
-use crate::stream::command::MAX_COMMAND_BYTES;
-use crate::stream::mux::WireStream;
+use crate::metrics::ServiceCounters;
+use crate::stream::core::{CommandFailure, Pull, StreamKind};
 use crate::stream::pump::{MuxShared, pump};
-use crate::stream::status::SendMeter;
-use crate::stream::watermark::{WatermarkEvent, Watermarks};
-use crate::transport::conn::{ConnEvent, ConnShared, LINK_SEND_WINDOW};
-
-/// How often the send meters (rate, loss) are sampled.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-
-/// Most streams pulled in one `send-get` call: a tick with more streams
-/// makes several calls, so one call's work stays well inside the call
-/// deadline however many streams a plugin has.
-pub const PULL_BATCH: usize = 1024;
-
-/// Most streams (send and talk-back) open at once on one connection; more
-/// are refused, so one application cannot exhaust a device.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
+pub use crate::stream::serve::PULL_BATCH;
+use crate::stream::serve::{ServeNotice, StreamServer};
+use crate::stream::watermark::WatermarkEvent;
+use crate::transport::conn::{ConnEvent, ConnShared};
 
 /// An instance of a stream plugin.
 type StreamInstance = PluginInstance<StreamState, StreamBindings>;
@@ -72,17 +60,6 @@ const SWAP_END_REASON: &str = "service plugin swapped";
 /// Instantiates a stream plugin in a fresh store with the limits of `ctx`.
 fn instantiate(component: &StreamComponent, ctx: &Arc<PluginContext>) -> Result<StreamInstance, String> {
     StreamInstance::new(component, ctx, |indices, store, instance| indices.load(store, instance))
-}
-
-/// How a send stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopCause {
-    /// The application asked (its `End`): queued data is discarded.
-    Application,
-    /// The plugin returned `pull.end`: queued data is sent first.
-    Finished,
-    /// The connection ended or is being closed: nothing more is sent.
-    Gone,
 }
 
 pub(super) struct StreamActor {
@@ -97,7 +74,6 @@ pub(super) struct StreamActor {
     /// The node's runtime, where the pump tasks run; `None` in the
     /// harness, which takes the queued messages out itself.
     runtime: Option<tokio::runtime::Handle>,
-    last_sample: Instant,
     /// Most streams per `send-get` call.
     pub(super) pull_batch: usize,
 }
@@ -128,13 +104,8 @@ impl StreamActor {
             supervisor,
             instance: None,
             runtime,
-            last_sample: Instant::now(),
             pull_batch: PULL_BATCH,
         }
-    }
-
-    fn service(&self) -> u8 {
-        self.spec.ctx.service
     }
 
     pub(super) fn instantiate_now(&mut self) -> Result<(), String> {
@@ -321,19 +292,6 @@ impl StreamActor {
         self.status.connections.store(0, Ordering::Relaxed);
     }
 
-    /// The next pull tick or command timeout.
-    pub(super) fn next_wake(&self) -> Option<Instant> {
-        let core = &self.instance.as_ref()?.store.data().core;
-        match (core.schedule.poll_timeout(), core.commands.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    pub(super) fn core(&mut self) -> Option<&mut super::stream_state::StreamCore> {
-        self.instance.as_mut().map(|i| &mut i.store.data_mut().core)
-    }
-
     /// Calls the plugin under its deadline.
     fn call<R>(
         &mut self,
@@ -352,370 +310,11 @@ impl StreamActor {
             refuse_while_down(&self.status, event);
             return Ok(());
         }
-        match event {
-            ConnEvent::Opened(shared) => self.register(shared),
-            ConnEvent::Message(id, data) => {
-                self.spec.ctx.counters.received(data.len());
-                self.on_message(id.0, &data)?;
-            }
-            ConnEvent::Closed(id, _) => {
-                self.end_connection(id.0)?;
-            }
-            ConnEvent::Network(id, event) => {
-                let takes = self
-                    .instance
-                    .as_ref()
-                    .is_some_and(|i| i.bindings.takes_events() && i.store.data().core.conns.contains_key(&id.0));
-                if takes {
-                    self.call(|b, s| b.on_network_event(s, id.0, &event))?;
-                }
-            }
-            ConnEvent::Node(event) => {
-                let takes = self
-                    .instance
-                    .as_ref()
-                    .is_some_and(|i| i.bindings.takes_events() && i.store.data().subscriptions.wants(&event));
-                if takes {
-                    self.call(|b, s| b.on_node_event(s, &event))?;
-                }
-            }
-            // Stream plugins open no connections.
-            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload => {}
-            ConnEvent::Swap(request) => {
-                let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
-            }
-        }
-        self.flush_events()
-    }
-
-    fn register(&mut self, shared: Arc<ConnShared>) {
-        let queues = MuxShared::new(shared.max_message_size());
-        let stop = CancellationToken::new();
-        if let Some(runtime) = &self.runtime {
-            runtime.spawn(pump(shared.clone(), queues.clone(), stop.clone()));
-        }
-        let id = shared.meta().id.0;
-        if let Some(core) = self.core() {
-            core.conns.insert(id, StreamConn { shared, queues, stop, streams: Default::default() });
-        }
-    }
-
-    fn send_now(&mut self, conn: u64, message: &StreamMessage) {
-        if let Some(c) = self.core().and_then(|core| core.conns.get(&conn)) {
-            c.send_now(message);
-        }
-    }
-
-    fn on_message(&mut self, conn: u64, data: &Bytes) -> Result<(), String> {
-        let message = match StreamMessage::decode(data) {
-            Ok(message) => message,
-            Err(e) => {
-                if let Some(c) = self.core().and_then(|core| core.conns.get(&conn)) {
-                    c.shared.fail(format!("protocol: {e}"));
-                }
-                return self.end_connection(conn).map(drop);
-            }
-        };
-        match message {
-            StreamMessage::Open { stream, params } => self.open_stream(conn, stream, &params, true),
-            StreamMessage::Talk { stream, params } => self.open_stream(conn, stream, &params, false),
-            StreamMessage::Data { stream, data } => {
-                let Some(handle) = self.handle_of(conn, stream) else { return Ok(()) };
-                let is_recv = self
-                    .core()
-                    .and_then(|c| c.streams.get(&handle))
-                    .is_some_and(|e| matches!(e.kind, StreamKind::Recv));
-                // An empty chunk would read as the end: the end is `End`.
-                if is_recv && !data.is_empty() {
-                    self.call(|b, s| b.recv_data(s, handle, &data))?;
-                }
-                Ok(())
-            }
-            StreamMessage::End { stream, .. } => {
-                let Some(handle) = self.handle_of(conn, stream) else { return Ok(()) };
-                let is_send = self
-                    .core()
-                    .and_then(|c| c.streams.get(&handle))
-                    .is_some_and(|e| matches!(e.kind, StreamKind::Send { .. }));
-                if is_send { self.stop_send(handle, StopCause::Application) } else { self.end_recv(handle) }
-            }
-            StreamMessage::Command { id, data } => {
-                let reply = self.call(|b, s| b.on_command(s, conn, &data))?;
-                let message = match reply {
-                    Ok(reply) if reply.len() <= MAX_COMMAND_BYTES => StreamMessage::Reply { id, data: reply.into() },
-                    Ok(reply) => StreamMessage::ReplyError {
-                        id,
-                        reason: format!("the plugin's reply of {} bytes exceeds {MAX_COMMAND_BYTES}", reply.len()),
-                    },
-                    Err(reason) => StreamMessage::ReplyError { id, reason },
-                };
-                self.send_now(conn, &message);
-                Ok(())
-            }
-            StreamMessage::Reply { id, data } => self.command_reply(conn, id, Ok(data.to_vec())),
-            StreamMessage::ReplyError { id, reason } => {
-                self.command_reply(conn, id, Err(types::CommandError::Refused(reason)))
-            }
-            StreamMessage::Accepted { stream } | StreamMessage::Refused { stream, .. } => {
-                tracing::debug!(
-                    service = self.service(),
-                    conn,
-                    stream,
-                    "ignoring a device message from an application"
-                );
-                Ok(())
-            }
-        }
-    }
-
-    fn handle_of(&mut self, conn: u64, stream: WireStream) -> Option<u64> {
-        self.core()?.conns.get(&conn)?.streams.get(&stream).copied()
-    }
-
-    fn command_reply(&mut self, conn: u64, id: u32, reply: Result<Vec<u8>, types::CommandError>) -> Result<(), String> {
-        let Some(core) = self.core() else { return Ok(()) };
-        // Only the connection a command went to may answer it.
-        if core.commands.caller(u64::from(id)) != Some(&conn) {
+        if let ConnEvent::Swap(request) = event {
+            let _ = request.done.send(Err(PluginError::Actor("swap reached the event handler".into())));
             return Ok(());
         }
-        core.commands.reply(u64::from(id));
-        self.give_reply(u64::from(id), &reply)
-    }
-
-    /// `on-command-reply` for command `id`.
-    fn give_reply(&mut self, id: u64, reply: &Result<Vec<u8>, types::CommandError>) -> Result<(), String> {
-        let reply = reply.as_ref().map(Vec::as_slice);
-        self.call(|b, s| b.on_command_reply(s, id, reply))
-    }
-
-    /// An application opens a send stream (`send`) or a talk-back stream.
-    fn open_stream(&mut self, conn: u64, wire: WireStream, params: &str, send: bool) -> Result<(), String> {
-        let Some(core) = self.core() else { return Ok(()) };
-        let Some(c) = core.conns.get(&conn) else { return Ok(()) };
-        let refusal = if c.streams.contains_key(&wire) {
-            Some(format!("stream id {wire} is in use on this connection"))
-        } else if c.streams.len() >= MAX_STREAMS_PER_CONNECTION {
-            Some(format!("too many streams on this connection (at most {MAX_STREAMS_PER_CONNECTION})"))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            c.send_now(&StreamMessage::Refused { stream: wire, reason });
-            return Ok(());
-        }
-        let result = if send {
-            core.initializing = true;
-            let result = self.call(|b, s| b.send_init(s, conn, params));
-            if let Some(core) = self.core() {
-                core.initializing = false;
-            }
-            result?
-        } else {
-            self.call(|b, s| b.recv_init(s, conn, params))?
-        };
-        let Some(core) = self.core() else { return Ok(()) };
-        let handle = match result {
-            Ok(handle) if core.streams.contains_key(&handle) => {
-                core.early_marks.clear();
-                tracing::warn!(service = self.service(), handle, "plugin returned a stream handle already in use");
-                self.send_now(
-                    conn,
-                    &StreamMessage::Refused {
-                        stream: wire,
-                        reason: format!("plugin error: stream handle {handle} is already in use"),
-                    },
-                );
-                return Ok(());
-            }
-            Ok(handle) => handle,
-            Err(reason) => {
-                core.early_marks.clear();
-                self.send_now(conn, &StreamMessage::Refused { stream: wire, reason });
-                return Ok(());
-            }
-        };
-        let marks = core.early_marks.remove(&handle).unwrap_or(Watermarks::OFF);
-        core.early_marks.clear();
-        let Some(c) = core.conns.get_mut(&conn) else { return Ok(()) };
-        c.streams.insert(wire, handle);
-        let kind = if send {
-            c.queues.lock().open(wire);
-            core.schedule.add(handle, marks);
-            StreamKind::Send { meter: SendMeter::new(super::stream_state::STATUS_WINDOW) }
-        } else {
-            StreamKind::Recv
-        };
-        core.streams.insert(handle, StreamEntry { conn, wire, kind });
-        self.send_now(conn, &StreamMessage::Accepted { stream: wire });
-        Ok(())
-    }
-
-    /// Ends a send stream and calls `send-stop` (once: the entry is gone
-    /// before the call).
-    fn stop_send(&mut self, handle: u64, cause: StopCause) -> Result<(), String> {
-        let Some(core) = self.core() else { return Ok(()) };
-        let Some(entry) = core.streams.remove(&handle) else { return Ok(()) };
-        core.schedule.remove(handle);
-        if let Some(c) = core.conns.get_mut(&entry.conn) {
-            c.streams.remove(&entry.wire);
-            let mut mux = c.queues.lock();
-            match cause {
-                StopCause::Finished => mux.finish(entry.wire, "the stream finished"),
-                StopCause::Application => mux.stop(entry.wire, "stopped by the application"),
-                StopCause::Gone => mux.remove(entry.wire).is_some(),
-            };
-            drop(mux);
-            c.queues.queued.notify_one();
-        }
-        self.call(|b, s| b.send_stop(s, handle))
-    }
-
-    /// Ends a talk-back stream: `recv-data` with an empty chunk (once).
-    fn end_recv(&mut self, handle: u64) -> Result<(), String> {
-        let Some(core) = self.core() else { return Ok(()) };
-        let Some(entry) = core.streams.remove(&handle) else { return Ok(()) };
-        if let Some(c) = core.conns.get_mut(&entry.conn) {
-            c.streams.remove(&entry.wire);
-        }
-        self.call(|b, s| b.recv_data(s, handle, &[]))
-    }
-
-    /// A connection ended (or this side ends it): its streams end, then its
-    /// waiting commands get `closed`. The connection stays in the table
-    /// while its streams stop, so a plugin may still send a last command on
-    /// it from `send-stop` (delivered when the node is the one closing).
-    /// Returns the connection.
-    fn end_connection(&mut self, conn: u64) -> Result<Option<Arc<ConnShared>>, String> {
-        let Some(c) = self.core().and_then(|core| core.conns.get(&conn)) else { return Ok(None) };
-        c.stop.cancel();
-        let mut handles: Vec<(WireStream, u64)> = c.streams.iter().map(|(&w, &h)| (w, h)).collect();
-        handles.sort_unstable();
-        for (_, handle) in handles {
-            let is_send = self
-                .core()
-                .and_then(|core| core.streams.get(&handle))
-                .map(|e| matches!(e.kind, StreamKind::Send { .. }));
-            match is_send {
-                Some(true) => self.stop_send(handle, StopCause::Gone)?,
-                Some(false) => self.end_recv(handle)?,
-                None => {}
-            }
-        }
-        let Some(core) = self.core() else { return Ok(None) };
-        let Some(c) = core.conns.remove(&conn) else { return Ok(None) };
-        // The link goes back to the node's send window when no other stream
-        // connection of this plugin uses it.
-        let link = c.shared.link_id();
-        if link.is_some() && !core.conns.values().any(|other| other.shared.link_id() == link) {
-            c.shared.set_send_window(LINK_SEND_WINDOW);
-        }
-        let waiting = core.commands.drain_matching(|caller| *caller == conn);
-        for (id, _) in waiting {
-            self.give_reply(id, &Err(types::CommandError::Closed))?;
-        }
-        Ok(Some(c.shared))
-    }
-
-    /// Delivers the watermark events `set-watermarks` caused.
-    fn flush_events(&mut self) -> Result<(), String> {
-        loop {
-            let Some(core) = self.core() else { return Ok(()) };
-            let events = std::mem::take(&mut core.pending_events);
-            if events.is_empty() {
-                return Ok(());
-            }
-            self.deliver(events)?;
-        }
-    }
-
-    fn deliver(&mut self, events: Vec<(u64, WatermarkEvent)>) -> Result<(), String> {
-        for (handle, event) in events {
-            let live = self.core().is_some_and(|core| core.streams.contains_key(&handle));
-            if live {
-                let event = wit_event(event);
-                self.call(|b, s| b.on_event(s, handle, event))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Watermark events of every send stream at its current buffer level.
-    fn check_marks(&mut self, handles: &[u64]) -> Vec<(u64, WatermarkEvent)> {
-        let Some(core) = self.core() else { return Vec::new() };
-        let mut events = Vec::new();
-        for &handle in handles {
-            let Some(buffered) = core.buffered(handle) else { continue };
-            if let Ok(crossed) = core.schedule.buffered(handle, buffered) {
-                events.extend(crossed.into_iter().map(|e| (handle, e)));
-            }
-        }
-        events
-    }
-
-    /// Command timeouts and the pull tick due at `now`.
-    pub(super) fn on_timers(&mut self, now: Instant) -> Result<(), String> {
-        let expired = self.core().map(|core| core.commands.handle_timeout(now)).unwrap_or_default();
-        for (id, _, err) in expired {
-            self.give_reply(id, &Err(wit_command_error(&err)))?;
-        }
-        let sample = now.duration_since(self.last_sample) >= SAMPLE_EVERY;
-        let Some(core) = self.core() else { return Ok(()) };
-        if core.schedule.poll_timeout().is_none_or(|at| at > now) {
-            return Ok(());
-        }
-        if sample {
-            core.sample_meters(now);
-        }
-        let mut sending: Vec<u64> =
-            core.streams.iter().filter(|(_, e)| matches!(e.kind, StreamKind::Send { .. })).map(|(&h, _)| h).collect();
-        sending.sort_unstable();
-        if sample {
-            self.last_sample = now;
-        }
-        let events = self.check_marks(&sending);
-        self.deliver(events)?;
-        self.flush_events()?;
-        let Some(core) = self.core() else { return Ok(()) };
-        let due: Vec<u64> = core
-            .schedule
-            .handle_timeout(now)
-            .into_iter()
-            .filter(|&h| core.buffered(h).is_some_and(|b| b < HARD_BUFFER_LIMIT))
-            .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        let mut pulls = Vec::with_capacity(due.len());
-        for batch in due.chunks(self.pull_batch.max(1)) {
-            let mut pulled = self.call(|b, s| b.send_get(s, batch))?;
-            // Missing entries count as empty, extra ones are ignored.
-            pulled.resize_with(batch.len(), || types::Pull::Data(Vec::new()));
-            pulls.extend(pulled);
-        }
-        let mut finished = Vec::new();
-        let counters = self.spec.ctx.counters.clone();
-        if let Some(core) = self.core() {
-            for (&handle, pull) in due.iter().zip(pulls) {
-                match pull {
-                    types::Pull::Data(data) if data.is_empty() => {}
-                    types::Pull::Data(data) => {
-                        let Some(entry) = core.streams.get(&handle) else { continue };
-                        if let Some(c) = core.conns.get(&entry.conn) {
-                            c.queues.lock().push(entry.wire, &data);
-                            c.queues.queued.notify_one();
-                            counters.sent(data.len());
-                        }
-                    }
-                    types::Pull::End => finished.push(handle),
-                }
-            }
-        }
-        for handle in finished {
-            self.stop_send(handle, StopCause::Finished)?;
-        }
-        let events = self.check_marks(&due);
-        self.deliver(events)?;
-        self.flush_events()
+        self.serve_event(event)
     }
 
     /// Handles a failed call or instantiation: drops the store (its streams
@@ -765,24 +364,89 @@ impl StreamActor {
     /// talk-back end), waiting commands get `closed`, connections are
     /// closed locally.
     fn shutdown(&mut self, cause: ActorStop) {
-        let conns: Vec<u64> = self.core().map(|core| core.conns.keys().copied().collect()).unwrap_or_default();
-        for conn in conns {
-            match self.end_connection(conn) {
-                Ok(Some(shared)) => {
-                    shared.close_local(cause.remote_message());
-                }
-                Ok(None) => {}
-                Err(message) => {
-                    tracing::warn!(service = self.service(), "stream plugin failed while shutting down: {message}");
-                    if let Some(mut instance) = self.instance.take() {
-                        for (_, c) in instance.store.data_mut().core.conns.drain() {
-                            c.stop.cancel();
-                            c.shared.close_local(cause.remote_message());
-                        }
-                    }
-                    return;
-                }
+        self.end_all(cause.remote_message());
+    }
+}
+
+impl StreamServer for StreamActor {
+    fn core(&mut self) -> Option<&mut StreamCore> {
+        self.instance.as_mut().map(|i| &mut i.store.data_mut().core)
+    }
+
+    fn service(&self) -> u8 {
+        self.spec.ctx.service
+    }
+
+    fn counters(&self) -> Option<&Arc<ServiceCounters>> {
+        Some(&self.spec.ctx.counters)
+    }
+
+    fn spawn_pump(&self, shared: Arc<ConnShared>, queues: Arc<MuxShared>, stop: CancellationToken) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(pump(shared, queues, stop));
+        }
+    }
+
+    fn pull_batch(&self) -> usize {
+        self.pull_batch
+    }
+
+    fn send_init(&mut self, conn: u64, params: &str) -> Result<Result<u64, String>, String> {
+        self.call(|b, s| b.send_init(s, conn, params))
+    }
+
+    fn send_get(&mut self, handles: &[u64], pulls: &mut Vec<Pull>) -> Result<(), String> {
+        let pulled = self.call(|b, s| b.send_get(s, handles))?;
+        pulls.extend(pulled.into_iter().map(|pull| match pull {
+            types::Pull::Data(data) => Pull::Data(data.into()),
+            types::Pull::End => Pull::End,
+        }));
+        Ok(())
+    }
+
+    fn send_stop(&mut self, handle: u64) -> Result<(), String> {
+        self.call(|b, s| b.send_stop(s, handle))
+    }
+
+    fn on_watermark(&mut self, handle: u64, event: WatermarkEvent) -> Result<(), String> {
+        let event = wit_event(event);
+        self.call(|b, s| b.on_event(s, handle, event))
+    }
+
+    fn recv_init(&mut self, conn: u64, params: &str) -> Result<Result<u64, String>, String> {
+        self.call(|b, s| b.recv_init(s, conn, params))
+    }
+
+    fn recv_data(&mut self, handle: u64, data: &[u8]) -> Result<(), String> {
+        self.call(|b, s| b.recv_data(s, handle, data))
+    }
+
+    fn on_command(&mut self, conn: u64, message: &[u8]) -> Result<Result<Vec<u8>, String>, String> {
+        self.call(|b, s| b.on_command(s, conn, message))
+    }
+
+    fn on_command_reply(&mut self, id: u64, reply: Result<&[u8], &CommandFailure>) -> Result<(), String> {
+        let error;
+        let reply = match reply {
+            Ok(data) => Ok(data),
+            Err(failure) => {
+                error = wit_command_error(failure);
+                Err(&error)
             }
+        };
+        self.call(|b, s| b.on_command_reply(s, id, reply))
+    }
+
+    fn on_notice(&mut self, notice: ServeNotice<'_>) -> Result<(), String> {
+        let takes = self.instance.as_ref().is_some_and(|i| i.bindings.takes_events());
+        match notice {
+            ServeNotice::Network(conn, event) if takes => self.call(|b, s| b.on_network_event(s, conn, event)),
+            ServeNotice::Node(event)
+                if takes && self.instance.as_ref().is_some_and(|i| i.store.data().subscriptions.wants(event)) =>
+            {
+                self.call(|b, s| b.on_node_event(s, event))
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -19,6 +19,7 @@ use super::engine::{PluginEngine, PreparedWorld};
 use super::harness::{HarnessParts, harness_limits, passive_meta};
 use super::state::PluginLimits;
 use super::stream_actor::StreamActor;
+use crate::stream::serve::StreamServer;
 use crate::transport::conn::{ConnEvent, ConnectionId, Detached};
 
 /// One stream plugin instance driven synchronously.
@@ -78,7 +79,7 @@ impl StreamHarness {
     }
 
     /// When the next pull tick or command timeout is due.
-    pub fn next_wake(&self) -> Option<Instant> {
+    pub fn next_wake(&mut self) -> Option<Instant> {
         self.actor.next_wake()
     }
 

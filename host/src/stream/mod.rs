@@ -1,14 +1,18 @@
-//! Stream plugins: the device SDK's push model, where the host pulls data
-//! from a plugin every 10 ms and the plugin controls congestion with
+//! Stream services: the device SDK's push model, where the host pulls data
+//! from a server every 10 ms and the server controls congestion with
 //! send-buffer watermarks. The sans-IO cores (watermark state, pull
-//! schedule, send status meter, command table, send queues) and the task
-//! that pumps the queues into a connection; the plugin actor is
-//! [`crate::runtime::stream_actor`], the application side
-//! [`crate::StreamSession`].
+//! schedule, send status meter, command table, send queues), the
+//! bookkeeping of one service ([`core`]), the serving logic every kind of
+//! server shares ([`serve`]: Wasm plugins through
+//! [`crate::runtime::stream_actor`], native code through [`native`]), and
+//! the task that pumps the queues into a connection. The application side
+//! is [`crate::StreamSession`].
 
 pub mod command;
+pub mod core;
 pub mod mux;
 pub mod pump;
 pub mod schedule;
+pub mod serve;
 pub mod status;
 pub mod watermark;
