@@ -2,8 +2,9 @@
 //!
 //! Every incoming connect request names a service number (bits 4..11 of the
 //! convention number). The dispatcher holds what serves each number — a
-//! plugin actor (Wasm, [`crate::runtime`]) or a native handler of the
-//! embedding application ([`Incoming`]) — and a native default handler for
+//! plugin actor (Wasm, [`crate::runtime`]), a native stream service
+//! ([`crate::stream::native`]) or a native handler of the embedding
+//! application ([`Incoming`]) — and a native default handler for
 //! every number nobody serves on its own (the C API's passive callback).
 //! Order: the number's own server (plugin or native), then the default,
 //! else "no such service". One table, so a number is never served twice.
@@ -19,6 +20,7 @@ pub(crate) use native::NativeRoute;
 use crate::convention::{Convention, Transport};
 use crate::node::LoadedService;
 use crate::runtime::actor::PluginRunState;
+use crate::stream::native::NativeStreams;
 use crate::transport::conn::{ConnShared, Owner};
 use crate::transport::wire::RefuseCode;
 
@@ -38,6 +40,8 @@ pub(crate) enum NativeSlot {
 struct Table {
     plugins: HashMap<u8, Arc<LoadedService>>,
     native: HashMap<NativeSlot, native::NativeService>,
+    /// Native stream services ([`crate::stream::native`]).
+    streams: HashMap<u8, NativeStreams>,
 }
 
 impl Table {
@@ -45,13 +49,15 @@ impl Table {
     /// number also by a plugin.
     fn is_taken(&self, slot: NativeSlot) -> bool {
         self.native.get(&slot).is_some_and(|h| !h.is_closed())
-            || matches!(slot, NativeSlot::Service(n) if self.plugins.contains_key(&n))
+            || matches!(slot, NativeSlot::Service(n) if self.plugins.contains_key(&n) || self.streams.contains_key(&n))
     }
 }
 
 /// What serves a number.
 enum Server<'a> {
-    Plugin(&'a LoadedService),
+    /// An actor told of connections with `Opened`: a plugin's, or a
+    /// native stream service's.
+    Actor(&'a Owner),
     Native(&'a native::NativeService),
 }
 
@@ -79,8 +85,11 @@ fn locate(table: &Table, convention: Convention, carrier: Transport) -> Result<S
                 format!("service {service} is disabled after repeated plugin crashes"),
             )),
             PluginRunState::Stopped => Err((RefuseCode::ServiceUnavailable, format!("service {service} is stopping"))),
-            _ => Ok(Server::Plugin(plugin)),
+            _ => Ok(Server::Actor(&plugin.actor.tx)),
         };
+    }
+    if let Some(streams) = table.streams.get(&service).filter(|s| !s.owner.is_closed()) {
+        return Ok(Server::Actor(&streams.owner));
     }
     [NativeSlot::Service(service), NativeSlot::Default]
         .into_iter()
@@ -97,7 +106,8 @@ pub(crate) struct Dispatcher {
 
 /// The server a connect request was routed to.
 pub(crate) enum Route {
-    /// A plugin actor: it learns of the connection with `Opened`.
+    /// An actor (a plugin's, or a native stream service's): it learns of
+    /// the connection with `Opened`.
     Plugin(Owner),
     /// A native handler: the connection is handed to its [`Incoming`].
     Native(NativeRoute),
@@ -144,7 +154,7 @@ impl Dispatcher {
     pub(crate) fn check(&self, convention: Convention, carrier: Transport) -> Result<(), Refusal> {
         let table = self.table();
         match locate(&table, convention, carrier)? {
-            Server::Plugin(_) => Ok(()),
+            Server::Actor(_) => Ok(()),
             Server::Native(handler) => handler.has_room(convention.service()),
         }
     }
@@ -159,7 +169,7 @@ impl Dispatcher {
     pub(crate) fn route(&self, convention: Convention, carrier: Transport) -> Result<Route, Refusal> {
         let table = self.table();
         match locate(&table, convention, carrier)? {
-            Server::Plugin(plugin) => Ok(Route::Plugin(plugin.actor.tx.clone())),
+            Server::Actor(owner) => Ok(Route::Plugin(owner.clone())),
             Server::Native(handler) => handler.reserve(convention.service()).map(Route::Native),
         }
     }
@@ -227,8 +237,31 @@ impl Dispatcher {
     }
 
     /// Ends every native handler (at shutdown): their `accept` returns
-    /// `None`.
-    pub(crate) fn close_native(&self) {
-        self.table_mut().native.clear();
+    /// `None`. Returns the native stream services' event channels, which
+    /// are told to shut down by the caller.
+    pub(crate) fn close_native(&self) -> Vec<Owner> {
+        let mut table = self.table_mut();
+        table.native.clear();
+        table.streams.drain().map(|(_, streams)| streams.owner).collect()
+    }
+
+    /// Registers a native stream service for `service`; false when the
+    /// number is taken.
+    pub(crate) fn add_native_streams(&self, service: u8, streams: NativeStreams) -> bool {
+        let mut table = self.table_mut();
+        if table.is_taken(NativeSlot::Service(service)) {
+            return false;
+        }
+        table.streams.insert(service, streams);
+        true
+    }
+
+    /// Removes the native stream service of `service` if it is the one
+    /// with `token`.
+    pub(crate) fn remove_native_streams(&self, service: u8, token: u64) {
+        let mut table = self.table_mut();
+        if table.streams.get(&service).is_some_and(|s| s.token == token) {
+            table.streams.remove(&service);
+        }
     }
 }

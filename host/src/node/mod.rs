@@ -44,6 +44,7 @@ use crate::runtime::state::{HostServices, PluginLimits};
 use crate::runtime::subscriptions::{NodeEventFilter, NodeEventKinds, WatchFault};
 use crate::runtime::supervisor::CrashPolicy;
 use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
+use crate::stream::{StreamService, StreamServiceHandle};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
 use crate::transport::identity::{Fingerprint, Identity, IdentityError};
 use crate::transport::rtc::RtcHost;
@@ -368,6 +369,24 @@ impl NodeBuilder {
         native(&self.dispatcher, NativeSlot::Default)
     }
 
+    /// Serves `service` as a native stream service (see
+    /// [`Node::serve_streams`]) from the moment the node starts. Call it
+    /// inside the tokio runtime the node will run on.
+    ///
+    /// # Errors
+    /// [`NodeError::ServiceTaken`] when the number is already served;
+    /// [`NodeError::InvalidConfig`] outside a tokio runtime.
+    pub fn serve_streams(
+        &self,
+        service: u8,
+        implementation: impl StreamService,
+    ) -> Result<StreamServiceHandle, NodeError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| NodeError::InvalidConfig("serve_streams needs a tokio runtime to run in".into()))?;
+        crate::stream::native::start(service, implementation, &self.dispatcher, runtime)
+            .map_err(NodeError::ServiceTaken)
+    }
+
     /// The node's events (see [`Node::events`]) from the moment it starts,
     /// so the first registration and classification are not missed.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
@@ -678,6 +697,25 @@ impl Node {
         native(&self.inner.dispatcher, NativeSlot::Default)
     }
 
+    /// Serves `service` as a stream service with the application's own
+    /// code, with the semantics a stream plugin gets (pull every 10 ms,
+    /// watermarks, commands, talk-back): see [`crate::stream::native`].
+    /// The service runs until the returned handle's
+    /// [`StreamServiceHandle::stop`], the last handle is dropped, or the
+    /// node shuts down.
+    ///
+    /// # Errors
+    /// [`NodeError::ServiceTaken`] when a plugin or native handler serves
+    /// the number.
+    pub fn serve_streams(
+        &self,
+        service: u8,
+        implementation: impl StreamService,
+    ) -> Result<StreamServiceHandle, NodeError> {
+        crate::stream::native::start(service, implementation, &self.inner.dispatcher, self.inner.runtime.clone())
+            .map_err(NodeError::ServiceTaken)
+    }
+
     /// The node's id.
     pub fn id(&self) -> &str {
         &self.inner.config.node_id
@@ -872,7 +910,14 @@ impl Node {
         if let Some(signal) = &self.inner.signal {
             signal.shutdown();
         }
-        self.inner.dispatcher.close_native();
+        // Native stream services end their streams and connections first.
+        let native_streams = self.inner.dispatcher.close_native();
+        for owner in &native_streams {
+            let _ = owner.send(ConnEvent::Shutdown).await;
+        }
+        for owner in &native_streams {
+            owner.closed().await;
+        }
         let services = self.inner.dispatcher.take_plugins();
         for service in &services {
             service.actor.stop().await;

@@ -45,6 +45,10 @@ pub enum Pull {
     /// The stream is finished: what is buffered is sent, the stream ends
     /// for the application, then the server gets its `send_stop`.
     End,
+    /// The stream failed: what is buffered is sent, the stream ends for
+    /// the application with this reason, then the server gets its
+    /// `send_stop`.
+    Failed(String),
 }
 
 impl Pull {
@@ -311,8 +315,7 @@ impl StreamCore {
     /// # Errors
     /// [`StreamHostError::InvalidWatermarks`], [`StreamHostError::UnknownStream`].
     pub fn set_watermarks(&mut self, handle: u64, low: u64, warn: u64, high: u64) -> Result<(), StreamHostError> {
-        let marks =
-            Watermarks::new(low, warn, high).map_err(|e| StreamHostError::InvalidWatermarks(e.to_string()))?;
+        let marks = Watermarks::new(low, warn, high).map_err(|e| StreamHostError::InvalidWatermarks(e.to_string()))?;
         if self.initializing && !self.streams.contains_key(&handle) {
             self.early_marks.insert(handle, marks);
             return Ok(());
@@ -334,7 +337,8 @@ impl StreamCore {
             return Err(CommandFailure::UnknownConnection);
         };
         let timeout = if timeout.is_zero() { DEFAULT_TIMEOUT } else { timeout };
-        let id = self.commands.send(message.len(), conn, timeout, Instant::now()).map_err(|e| CommandFailure::from(&e))?;
+        let id =
+            self.commands.send(message.len(), conn, timeout, Instant::now()).map_err(|e| CommandFailure::from(&e))?;
         // Command ids count up from 1: they fit the wire's u32 for the
         // first 4 billion commands of an instance.
         let wire_id = u32::try_from(id).unwrap_or(u32::MAX);

@@ -11,8 +11,13 @@
 pub mod command;
 pub mod core;
 pub mod mux;
+pub mod native;
 pub mod pump;
 pub mod schedule;
 pub mod serve;
 pub mod status;
 pub mod watermark;
+
+pub use core::{CommandFailure, Pull, SendStatistics, StreamHostError};
+pub use native::{StreamHost, StreamService, StreamServiceError, StreamServiceEvent, StreamServiceHandle};
+pub use watermark::WatermarkEvent;

@@ -23,7 +23,9 @@ use fogconnect_proto::stream::StreamMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::command::MAX_COMMAND_BYTES;
-use super::core::{CommandFailure, HARD_BUFFER_LIMIT, Pull, STATUS_WINDOW, StreamConn, StreamCore, StreamEntry, StreamKind};
+use super::core::{
+    CommandFailure, HARD_BUFFER_LIMIT, Pull, STATUS_WINDOW, StreamConn, StreamCore, StreamEntry, StreamKind,
+};
 use super::mux::WireStream;
 use super::pump::MuxShared;
 use super::status::SendMeter;
@@ -45,12 +47,13 @@ pub const PULL_BATCH: usize = 1024;
 pub const MAX_STREAMS_PER_CONNECTION: usize = 256;
 
 /// How a send stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopCause {
     /// The application asked (its `End`): queued data is discarded.
     Application,
-    /// The server returned [`Pull::End`]: queued data is sent first.
-    Finished,
+    /// The server returned [`Pull::End`] or [`Pull::Failed`] (with the
+    /// reason the application sees): queued data is sent first.
+    Finished(Option<String>),
     /// The connection ended or is being closed: nothing more is sent.
     Gone,
 }
@@ -149,10 +152,7 @@ pub trait StreamServer {
                 }
             }
             ConnEvent::Node(event) => self.on_notice(ServeNotice::Node(&event))?,
-            ConnEvent::OpenFailed(..)
-            | ConnEvent::Shutdown
-            | ConnEvent::Unload
-            | ConnEvent::Swap(_) => {}
+            ConnEvent::OpenFailed(..) | ConnEvent::Shutdown | ConnEvent::Unload | ConnEvent::Swap(_) => {}
         }
         self.flush_events()
     }
@@ -335,7 +335,8 @@ pub trait StreamServer {
             c.streams.remove(&entry.wire);
             let mut mux = c.queues.lock();
             match cause {
-                StopCause::Finished => mux.finish(entry.wire, "the stream finished"),
+                StopCause::Finished(None) => mux.finish(entry.wire, "the stream finished"),
+                StopCause::Finished(Some(reason)) => mux.finish(entry.wire, &reason),
                 StopCause::Application => mux.stop(entry.wire, "stopped by the application"),
                 StopCause::Gone => mux.remove(entry.wire).is_some(),
             };
@@ -516,12 +517,13 @@ pub trait StreamServer {
                             }
                         }
                     }
-                    Pull::End => finished.push(handle),
+                    Pull::End => finished.push((handle, None)),
+                    Pull::Failed(reason) => finished.push((handle, Some(reason))),
                 }
             }
         }
-        for handle in finished {
-            self.stop_send(handle, StopCause::Finished)?;
+        for (handle, reason) in finished {
+            self.stop_send(handle, StopCause::Finished(reason))?;
         }
         let events = self.check_marks(&due);
         self.deliver_marks(events)?;
