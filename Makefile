@@ -79,7 +79,7 @@ build: build-deps plugins
 ## (make install PREFIX=/opt/fogconnect); run after make build
 install:
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
-	install -m 644 capi/include/fogconnect.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 capi/include/fogconnect.h capi/include/iv_av_p2p.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(TARGET_DIR)/release/libfogconnect.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(TARGET_DIR)/release/libfogconnect.a $(DESTDIR)$(PREFIX)/lib/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' capi/fogconnect.pc.in \
@@ -94,7 +94,7 @@ c-stage:
 ## install, warnings as errors
 c-examples: c-deps c-stage
 	mkdir -p $(C_EXAMPLES)
-	for example in device app; do \
+	for example in device app camera; do \
 		PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig gcc $(C_WARNINGS) -o $(C_EXAMPLES)/$$example \
 			capi/examples/c/$$example.c $$(PKG_CONFIG_PATH=$(C_STAGE)/lib/pkgconfig pkg-config --cflags --libs glib-2.0 fogconnect) \
 			-Wl,-rpath,$(C_STAGE)/lib || exit 1; \

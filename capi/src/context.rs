@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
-use fogconnect::{Incoming, Node, Transport};
+use fogconnect::stream::StreamServiceHandle;
+use fogconnect::{Incoming, Node, NodeError, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::avt::PendingStreams;
 use crate::callbacks::{self, Dispatch};
 use crate::connection::{self, ConnEntry, ConnState, ConnectCallback, EVENT_EOF};
 use crate::events::EventCallback;
@@ -46,6 +48,8 @@ struct Settings {
     identity: Option<PathBuf>,
     relays: Vec<(String, String, String)>,
     plugins: Vec<(u8, PathBuf)>,
+    /// The stream service `iv_avt_p2p_init` asked for before the start.
+    streams: Option<PendingStreams>,
 }
 
 /// The passive side: the callback and the accept loop serving it.
@@ -120,6 +124,7 @@ impl Context {
                 identity: std::env::var_os("FOGCONNECT_IDENTITY").filter(|s| !s.is_empty()).map(PathBuf::from),
                 relays: Vec::new(),
                 plugins: Vec::new(),
+                streams: None,
             }),
             node: OnceLock::new(),
             starting: Mutex::new(()),
@@ -268,8 +273,38 @@ impl Context {
         }
     }
 
+    /// `iv_avt_p2p_init`: serves the device's streams now (`Some`), or
+    /// from the start (`None`), when its keep-alive and address apply too.
+    /// `Err((taken, why))`.
+    pub(crate) fn serve_streams(&self, pending: PendingStreams) -> Result<Option<StreamServiceHandle>, (bool, String)> {
+        let _starting = lock(&self.starting);
+        match self.node.get() {
+            Some(node) => {
+                let service = pending.service;
+                node.serve_streams(service, pending.implementation).map(Some).map_err(|e| {
+                    (matches!(e, NodeError::ServiceTaken(_)), format!("cannot serve streams on service {service}: {e}"))
+                })
+            }
+            None => {
+                let mut settings = lock(&self.settings);
+                if let Some(listen) = pending.listen {
+                    settings.listen = listen;
+                }
+                settings.streams = Some(pending);
+                Ok(None)
+            }
+        }
+    }
+
+    /// `iv_avt_p2p_exit` before the start.
+    pub(crate) fn drop_pending_streams(&self) {
+        let _starting = lock(&self.starting);
+        lock(&self.settings).streams = None;
+    }
+
     fn start_node(&self, target: SignalTarget) -> Result<Node, String> {
-        let settings = lock(&self.settings);
+        let mut settings = lock(&self.settings);
+        let streams = settings.streams.take();
         let token = settings.token.clone().ok_or(
             "no signaling token: set FOGCONNECT_TOKEN or call pr_fogconnect_set_token (tokens come from `fogconnect signal token --id ID`)",
         )?;
@@ -293,6 +328,23 @@ impl Context {
             builder = builder.plugin(*service, path.clone());
         }
         drop(settings);
+        let serving = match streams {
+            Some(streams) => {
+                if let Some((interval, attempts)) = streams.keep_alive {
+                    builder = builder.configure(|c| {
+                        c.keep_alive_interval = interval;
+                        c.keep_alive_attempts = attempts;
+                    });
+                }
+                let _runtime = self.runtime.enter();
+                let service = streams.service;
+                let serving = builder
+                    .serve_streams(service, streams.implementation)
+                    .map_err(|e| format!("cannot serve streams on service {service}: {e}"))?;
+                Some(serving)
+            }
+            None => None,
+        };
         let mut passive = lock(&self.passive);
         let incoming = match passive.callback {
             Some(_) => Some(builder.incoming_default().map_err(|e| e.to_string())?),
@@ -302,6 +354,9 @@ impl Context {
         let node = self.runtime.block_on(builder.start()).map_err(|e| format!("cannot start: {e}"))?;
         self.forward_node_events(events);
         let _ = self.node.set(node.clone());
+        if let Some(serving) = serving {
+            crate::avt::started(self.handle, serving);
+        }
         if let Some(incoming) = incoming {
             passive.accepting = Some(self.accept(incoming));
         }

@@ -50,6 +50,13 @@ impl<T> Table<T> {
         self.entries.write().unwrap_or_else(|p| p.into_inner()).insert(handle, value);
     }
 
+    /// The one object of the table; `None` when there are none or
+    /// several.
+    pub(crate) fn only(&self) -> Option<Arc<T>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        if entries.len() == 1 { entries.values().next().cloned() } else { None }
+    }
+
     pub(crate) fn remove(&self, handle: usize) -> Option<Arc<T>> {
         self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(&handle)
     }

@@ -10,21 +10,25 @@
 //! - [`context`]: a context's node, runtime, settings and release.
 //! - [`connection`]: a connection's handle state and its event task.
 //! - [`callbacks`]: the one thread per context that runs C callbacks.
+//! - [`avt`]: the IoT Video SDK's stream API (`include/iv_av_p2p.h`) over
+//!   a native stream service.
+//! - [`logging`]: where the library's log goes.
 //!
 //! Every export below is documented in the header, which is the contract;
 //! the doc comments here say only what the Rust side does.
 
+mod avt;
 mod callbacks;
 mod connection;
 mod context;
 mod events;
 mod guard;
 mod handles;
+mod logging;
 
 use std::ffi::{c_char, c_int, c_uint, c_ushort, c_void};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Once;
 
 use bytes::Bytes;
 use fogconnect::{PathKind, Transport};
@@ -74,13 +78,7 @@ pub struct PrConnectStats {
 }
 
 fn init_logging() {
-    static LOGGING: Once = Once::new();
-    LOGGING.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("FOGCONNECT_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        // An application that installed its own subscriber keeps it.
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-    });
+    logging::init();
 }
 
 /// Runs `body` with the context of `ctx`; -1 and "invalid context" when
