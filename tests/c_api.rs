@@ -299,22 +299,25 @@ async fn c_and_rust_talk_both_ways() -> anyhow::Result<()> {
 }
 
 #[test]
-fn the_header_stands_alone_in_c_and_cpp() -> anyhow::Result<()> {
+fn the_headers_stand_alone_in_c_and_cpp() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let source = dir.path().join("only_the_header.c");
-    std::fs::write(
-        &source,
-        "#include <fogconnect.h>\nint main(void) { return PR_TRANSPORT_PROTOCOL_QUIC == 5 ? 0 : 1; }\n",
-    )?;
     let include = format!("-I{}", stage()?.join("include").display());
-    for (compiler, standard, language) in [("gcc", "-std=c99", "c"), ("g++", "-std=c++11", "c++")] {
+    let programs = [
+        ("fogconnect", "#include <fogconnect.h>\nint main(void) { return PR_TRANSPORT_PROTOCOL_QUIC == 5 ? 0 : 1; }\n"),
+        ("iv_av_p2p", "#include <iv_av_p2p.h>\nint main(void) { return IV_AVT_EVENT_P2P_CLI_SEND_CLOSE == 9 ? 0 : 1; }\n"),
+    ];
+    for ((compiler, standard, language), (name, program)) in
+        [("gcc", "-std=c99", "c"), ("g++", "-std=c++11", "c++")].into_iter().flat_map(|c| programs.map(|p| (c, p)))
+    {
+        let source = dir.path().join(format!("only_{name}.c"));
+        std::fs::write(&source, program)?;
         let out = std::process::Command::new(compiler)
             .args([standard, "-pedantic", "-Wall", "-Wextra", "-Werror", "-x", language, &include, "-c", "-o"])
             .arg(dir.path().join("out.o"))
             .arg(&source)
             .output()
             .with_context(|| format!("{compiler} (make c-deps installs it)"))?;
-        ensure!(out.status.success(), "{compiler} {standard}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.success(), "{compiler} {standard} {name}.h: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -359,9 +362,10 @@ async fn a_program_linked_with_the_static_library_runs() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The functions the header declares.
+/// The functions the headers declare (`fogconnect.h`, `iv_av_p2p.h`).
 fn header_functions() -> anyhow::Result<BTreeSet<String>> {
-    let header = std::fs::read_to_string(repo().join("capi/include/fogconnect.h"))?;
+    let mut header = std::fs::read_to_string(repo().join("capi/include/fogconnect.h"))?;
+    header += &std::fs::read_to_string(repo().join("capi/include/iv_av_p2p.h"))?;
     let mut names = BTreeSet::new();
     let declarations = header.lines().filter(|l| ![" ", "#", "/*", "typedef"].iter().any(|p| l.starts_with(p)));
     for line in declarations {
@@ -377,7 +381,7 @@ fn header_functions() -> anyhow::Result<BTreeSet<String>> {
 }
 
 #[test]
-fn the_library_exports_exactly_the_header() -> anyhow::Result<()> {
+fn the_library_exports_exactly_the_headers() -> anyhow::Result<()> {
     let stage = stage()?;
     let declared = header_functions()?;
     let out = std::process::Command::new("nm")
