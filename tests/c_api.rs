@@ -8,17 +8,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use common::c::{Running, compile, repo, stage};
 use common::{WAIT, ask, closed_within, config, message};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 use fogconnect::{CloseKind, ConnectionEvent, Node, Transport};
-use tokio::sync::mpsc;
 
 const SECRET: &[u8] = b"C API test secret, loopback only";
 
@@ -35,51 +34,9 @@ const SCENARIOS: [&str; 8] = [
     "identity",
 ];
 
-/// Where `make c-stage` installed the library, header and pkg-config file.
-fn stage() -> anyhow::Result<PathBuf> {
-    let stage = std::env::var_os("FOGCONNECT_C_STAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/c-install"));
-    ensure!(
-        stage.join("lib/libfogconnect.so").exists() && stage.join("include/fogconnect.h").exists(),
-        "no staged C install in {}: run `make c-stage` (make test does)",
-        stage.display()
-    );
-    Ok(stage)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `pkg-config --cflags --libs fogconnect` against the staged install.
-fn pkg_config(stage: &Path) -> anyhow::Result<Vec<String>> {
-    let out = std::process::Command::new("pkg-config")
-        .args(["--cflags", "--libs", "fogconnect"])
-        .env("PKG_CONFIG_PATH", stage.join("lib/pkgconfig"))
-        .output()
-        .context("pkg-config (make c-deps installs it)")?;
-    ensure!(out.status.success(), "pkg-config: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8(out.stdout)?.split_whitespace().map(str::to_owned).collect())
-}
-
-/// Compiles the suite with `extra` flags into `dir`.
-fn compile(dir: &Path, name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
-    let stage = stage()?;
-    let binary = dir.join(name);
-    let out = std::process::Command::new("gcc")
-        .args(["-Wall", "-Wextra", "-Werror", "-g", "-O1"])
-        .args(extra)
-        .arg(repo().join("capi/tests/c/suite.c"))
-        .arg("-o")
-        .arg(&binary)
-        .args(pkg_config(&stage)?)
-        .arg("-lpthread")
-        .arg(format!("-Wl,-rpath,{}", stage.join("lib").display()))
-        .output()
-        .context("gcc (make c-deps installs it)")?;
-    ensure!(out.status.success(), "the C suite does not build:\n{}", String::from_utf8_lossy(&out.stderr));
-    Ok(binary)
+/// The C suite's source.
+fn suite_source() -> PathBuf {
+    repo().join("capi/tests/c/suite.c")
 }
 
 /// A signaling server and the tokens of every id the scenarios use.
@@ -143,45 +100,6 @@ async fn output_within(mut command: Command, limit: Duration) -> anyhow::Result<
     }
 }
 
-/// A C program running beside the test, whose output lines are read as
-/// they come; killed when dropped.
-struct Running {
-    child: common::Running,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Running {
-    fn start(mut command: Command) -> anyhow::Result<Self> {
-        let mut child = command.stdout(Stdio::piped()).spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { child: common::Running(child), lines })
-    }
-
-    async fn next_line(&mut self) -> anyhow::Result<String> {
-        tokio::time::timeout(WAIT, self.lines.recv()).await.context("no line in time")?.context("the program ended")
-    }
-
-    /// Waits for the exit, at most [`WAIT`].
-    async fn exited(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.0.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(tokio::time::Instant::now() < deadline, "the program did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// Runs every scenario, each within `limit`; fails with the output of the
 /// first that fails.
 async fn run_all(binary: &Path, wrapper: &[&str], env: &[(&str, &str)], limit: Duration) -> anyhow::Result<()> {
@@ -205,14 +123,15 @@ async fn run_all(binary: &Path, wrapper: &[&str], env: &[(&str, &str)], limit: D
 #[tokio::test]
 async fn the_c_suite_passes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let binary = compile(dir.path(), "suite", &[])?;
+    let binary = compile(&suite_source(), dir.path(), "suite", &[])?;
     run_all(&binary, &[], &[], Duration::from_secs(60)).await
 }
 
 #[tokio::test]
 async fn the_c_suite_passes_under_address_sanitizer() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let binary = compile(dir.path(), "suite-asan", &["-fsanitize=address", "-fno-omit-frame-pointer"])?;
+    let binary =
+        compile(&suite_source(), dir.path(), "suite-asan", &["-fsanitize=address", "-fno-omit-frame-pointer"])?;
     let options = "detect_leaks=1:halt_on_error=1:exitcode=86";
     run_all(&binary, &[], &[("ASAN_OPTIONS", options)], Duration::from_secs(120)).await
 }
@@ -220,7 +139,7 @@ async fn the_c_suite_passes_under_address_sanitizer() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_c_suite_passes_under_valgrind() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let binary = compile(dir.path(), "suite-valgrind", &[])?;
+    let binary = compile(&suite_source(), dir.path(), "suite-valgrind", &[])?;
     let suppressions = format!("--suppressions={}", repo().join("capi/tests/c/valgrind.supp").display());
     let valgrind = [
         "valgrind",
@@ -237,7 +156,7 @@ async fn the_c_suite_passes_under_valgrind() -> anyhow::Result<()> {
 #[tokio::test]
 async fn c_and_rust_talk_both_ways() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let binary = compile(dir.path(), "suite", &[])?;
+    let binary = compile(&suite_source(), dir.path(), "suite", &[])?;
     let (server, tokens) = signaling().await?;
     let rust = Node::builder()
         .config(config())
@@ -304,7 +223,10 @@ fn the_headers_stand_alone_in_c_and_cpp() -> anyhow::Result<()> {
     let include = format!("-I{}", stage()?.join("include").display());
     let programs = [
         ("fogconnect", "#include <fogconnect.h>\nint main(void) { return PR_TRANSPORT_PROTOCOL_QUIC == 5 ? 0 : 1; }\n"),
-        ("iv_av_p2p", "#include <iv_av_p2p.h>\nint main(void) { return IV_AVT_EVENT_P2P_CLI_SEND_CLOSE == 9 ? 0 : 1; }\n"),
+        (
+            "iv_av_p2p",
+            "#include <iv_av_p2p.h>\nint main(void) { return IV_AVT_EVENT_P2P_CLI_SEND_CLOSE == 9 ? 0 : 1; }\n",
+        ),
     ];
     for ((compiler, standard, language), (name, program)) in
         [("gcc", "-std=c99", "c"), ("g++", "-std=c++11", "c++")].into_iter().flat_map(|c| programs.map(|p| (c, p)))

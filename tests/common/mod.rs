@@ -3,6 +3,7 @@
 
 pub mod attack;
 pub mod browser;
+pub mod c;
 pub mod server;
 pub mod turn;
 

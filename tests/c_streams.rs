@@ -1,0 +1,214 @@
+//! The C camera (`capi/examples/c/camera.c`, written against
+//! `iv_av_p2p.h`) serving a Rust `StreamSession` through a real signaling
+//! server: plain, under AddressSanitizer and under valgrind. Frames arrive
+//! whole and in order; commands go both ways (a reply, a reply larger than
+//! the camera's buffer, a timeout, a call from inside a callback);
+//! talk-back ends with its marker; the size -1 error path ends a stream;
+//! every stream stops once and every buffer is freed once (the camera's
+//! totals at exit).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use common::c::{Running, compile, repo};
+use common::{WAIT, config};
+use fogconnect::signal::server::{SignalServer, SignalServerConfig};
+use fogconnect::signal::token;
+use fogconnect::{MediaEvent, MediaStream, Node, StreamSession, Transport};
+
+const SECRET: &[u8] = b"C camera test secret, loopback only";
+const SERVICE: u8 = 2;
+
+/// Reads the camera's lines until one contains `needle`; returns it.
+async fn line_with(camera: &mut Running, needle: &str) -> anyhow::Result<String> {
+    loop {
+        let line = camera.next_line().await.with_context(|| format!("waiting for {needle:?}"))?;
+        if line.contains(needle) {
+            return Ok(line);
+        }
+    }
+}
+
+async fn frame(stream: &mut MediaStream) -> anyhow::Result<Bytes> {
+    match tokio::time::timeout(WAIT, stream.recv()).await {
+        Ok(MediaEvent::Data(data)) => Ok(data),
+        Ok(MediaEvent::Ended(reason)) => bail!("ended instead of data: {reason}"),
+        Err(_) => bail!("no frame within {WAIT:?}"),
+    }
+}
+
+fn number(frame: &[u8]) -> anyhow::Result<u64> {
+    Ok(u64::from_be_bytes(frame.get(..8).context("short frame")?.try_into()?))
+}
+
+/// One camera run at a time. Two runs side by side in this process have
+/// seen the second camera's registration take over 10 s (an open
+/// question, noted for the next session; each run alone registers in
+/// milliseconds).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One full run of the camera under `wrapper` (e.g. valgrind).
+async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
+    let port = server.local_addr().port().to_string();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    command
+        .args(["cam-1", "127.0.0.1", &port, &SERVICE.to_string()])
+        .env("FOGCONNECT_TOKEN", token::issue(SECRET, "cam-1", u64::MAX / 2))
+        .env("FOGCONNECT_LISTEN", "127.0.0.1:0")
+        .env("FOGCONNECT_LOG", "warn")
+        .envs(env.iter().copied());
+    let mut camera = Running::start(command)?;
+    line_with(&mut camera, "LOCAL_NET_READY").await?;
+    line_with(&mut camera, "registered as cam-1").await?;
+
+    let app = Node::builder()
+        .config(config())
+        .node_id("viewer")
+        .signal(server.url(), token::issue(SECRET, "viewer", u64::MAX / 2))
+        .start()
+        .await?;
+    app.registered(WAIT).await?;
+    let mut session = StreamSession::new(app.connect_peer("cam-1", Transport::Quic, SERVICE).await?);
+    line_with(&mut camera, "PEER_READY").await?;
+
+    // Numbered frames, whole and in order: 800 kbit/s is 1,000 bytes a tick.
+    let mut live = session.open("action=live&bitrate=800000").await?;
+    for expected in 0..30u64 {
+        let data = frame(&mut live).await?;
+        ensure!(data.len() == 1000, "frame {expected}: {} bytes", data.len());
+        ensure!(number(&data)? == expected, "frame {} where {expected} was due", number(&data)?);
+        ensure!(data[8..].iter().all(|&b| b == (expected % 251) as u8), "frame {expected} corrupted");
+    }
+
+    // Commands from the application.
+    let stats = session.command(&b"stats"[..], WAIT).await?;
+    ensure!(stats.starts_with(b"streams=1 "), "{}", String::from_utf8_lossy(&stats));
+    let inline = session.command(&b"inline"[..], WAIT).await?;
+    ensure!(&inline[..] == b"inline rc=-9", "a waiting call inside a callback: {}", String::from_utf8_lossy(&inline));
+
+    // Commands from the camera: answered, answered too large, unanswered.
+    for (text, reply) in [("fits", Some(&b"0123456789"[..])), ("big", Some(&[b'x'; 40][..])), ("silent", None)] {
+        session.command(format!("ask viewer {text}").into_bytes(), WAIT).await?;
+        let incoming = tokio::time::timeout(WAIT, session.next_command()).await?.context("no command")?;
+        ensure!(incoming.data() == text.as_bytes(), "{:?}", incoming.data());
+        match reply {
+            Some(reply) => incoming.reply(Ok(Bytes::copy_from_slice(reply)))?,
+            None => std::mem::forget(incoming),
+        }
+        let outcome = line_with(&mut camera, &format!("ask {text} ->")).await?;
+        let expected = match text {
+            "fits" => "rc=0 reply=0123456789",
+            "big" => "rc=-8 len=40",
+            _ => "rc=-7",
+        };
+        ensure!(outcome.contains(expected), "ask {text}: {outcome}");
+    }
+
+    // Talk-back with its end marker.
+    let talk = session.talk("codec=pcm").await?;
+    for size in [160usize, 320, 480] {
+        talk.send(&vec![7u8; size])?;
+    }
+    talk.finish();
+    line_with(&mut camera, "talk-back ended after 960 bytes").await?;
+
+    // The get callback's error path ends a stream after what it produced.
+    let mut failing = session.open("action=live&fail_after=5").await?;
+    let mut numbers = Vec::new();
+    let reason = loop {
+        match tokio::time::timeout(WAIT, failing.recv()).await {
+            Ok(MediaEvent::Data(data)) => numbers.push(number(&data)?),
+            Ok(MediaEvent::Ended(reason)) => break reason,
+            Err(_) => bail!("the failing stream did not end"),
+        }
+    };
+    ensure!(numbers == (0..5).collect::<Vec<_>>(), "{numbers:?}");
+    ensure!(reason.contains("the device failed the stream"), "{reason}");
+
+    // The application stops a stream: CLI_SEND_CLOSE, then send_stop.
+    live.stop();
+    line_with(&mut camera, "CLI_SEND_CLOSE").await?;
+    line_with(&mut camera, "stopped after").await?;
+
+    // Streams still running when the camera exits stop too.
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let mut stream = session.open("action=live&bitrate=400000").await?;
+        frame(&mut stream).await?;
+        running.push(stream);
+    }
+    let pid = camera.child.0.id();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let totals = line_with(&mut camera, "camera: exit").await?;
+    let status = camera.exited().await?;
+    ensure!(status.success(), "the camera exited with {status}: {totals}");
+    ensure!(totals.contains("rc=0 streams started=4 stopped=4"), "every stream stops once: {totals}");
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let at = totals.find(name).context("field")? + name.len();
+        Ok(totals[at..].split_whitespace().next().context("value")?.parse()?)
+    };
+    ensure!(field("handed=")? == field("freed=")?, "every buffer is freed once: {totals}");
+    ensure!(totals.contains("talk bytes=960 ends=1"), "{totals}");
+    for stream in &mut running {
+        loop {
+            match tokio::time::timeout(WAIT, stream.recv()).await {
+                Ok(MediaEvent::Data(_)) => {}
+                Ok(MediaEvent::Ended(_)) => break,
+                Err(_) => bail!("a stream of the exited camera did not end"),
+            }
+        }
+    }
+    app.shutdown().await;
+    server.shutdown();
+    Ok(())
+}
+
+fn camera_source() -> std::path::PathBuf {
+    repo().join("capi/examples/c/camera.c")
+}
+
+#[tokio::test]
+async fn the_c_camera_serves_a_rust_application() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(&camera_source(), dir.path(), "camera", &[])?;
+    camera_serves(&binary, &[], &[]).await
+}
+
+#[tokio::test]
+async fn the_c_camera_serves_under_address_sanitizer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary =
+        compile(&camera_source(), dir.path(), "camera-asan", &["-fsanitize=address", "-fno-omit-frame-pointer"])?;
+    camera_serves(&binary, &[], &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")]).await
+}
+
+#[tokio::test]
+async fn the_c_camera_serves_under_valgrind() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(&camera_source(), dir.path(), "camera-valgrind", &[])?;
+    let suppressions = format!("--suppressions={}", repo().join("capi/tests/c/valgrind.supp").display());
+    let valgrind = [
+        "valgrind",
+        "--quiet",
+        &suppressions,
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--show-leak-kinds=definite",
+        "--errors-for-leak-kinds=definite",
+    ];
+    camera_serves(&binary, &valgrind, &[]).await
+}
