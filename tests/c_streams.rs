@@ -33,6 +33,17 @@ async fn line_with(camera: &mut Running, needle: &str) -> anyhow::Result<String>
     }
 }
 
+/// Reads the camera's lines until each of `needles` was in one, in any
+/// order.
+async fn lines_with(camera: &mut Running, needles: &[&str]) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = needles.to_vec();
+    while !missing.is_empty() {
+        let line = camera.next_line().await.with_context(|| format!("waiting for {missing:?}"))?;
+        missing.retain(|needle| !line.contains(needle));
+    }
+    Ok(())
+}
+
 async fn frame(stream: &mut MediaStream) -> anyhow::Result<Bytes> {
     match tokio::time::timeout(WAIT, stream.recv()).await {
         Ok(MediaEvent::Data(data)) => Ok(data),
@@ -45,15 +56,8 @@ fn number(frame: &[u8]) -> anyhow::Result<u64> {
     Ok(u64::from_be_bytes(frame.get(..8).context("short frame")?.try_into()?))
 }
 
-/// One camera run at a time. Two runs side by side in this process have
-/// seen the second camera's registration take over 10 s (an open
-/// question, noted for the next session; each run alone registers in
-/// milliseconds).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// One full run of the camera under `wrapper` (e.g. valgrind).
 async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let _alone = ONE_AT_A_TIME.lock().await;
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
     let port = server.local_addr().port().to_string();
     let mut command = match wrapper.split_first() {
@@ -71,8 +75,8 @@ async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) ->
         .env("FOGCONNECT_LOG", "warn")
         .envs(env.iter().copied());
     let mut camera = Running::start(command)?;
-    line_with(&mut camera, "LOCAL_NET_READY").await?;
-    line_with(&mut camera, "registered as cam-1").await?;
+    // Two threads print these: in either order.
+    lines_with(&mut camera, &["LOCAL_NET_READY", "registered as cam-1"]).await?;
 
     let app = Node::builder()
         .config(config())
