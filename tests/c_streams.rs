@@ -56,8 +56,13 @@ fn number(frame: &[u8]) -> anyhow::Result<u64> {
     Ok(u64::from_be_bytes(frame.get(..8).context("short frame")?.try_into()?))
 }
 
-/// One full run of the camera under `wrapper` (e.g. valgrind).
-async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+/// A signaling server and the camera registered with it, under `wrapper`
+/// (e.g. valgrind).
+async fn start_camera(
+    binary: &Path,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(SignalServer, Running)> {
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
     let port = server.local_addr().port().to_string();
     let mut command = match wrapper.split_first() {
@@ -77,14 +82,43 @@ async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) ->
     let mut camera = Running::start(command)?;
     // Two threads print these: in either order.
     lines_with(&mut camera, &["LOCAL_NET_READY", "registered as cam-1"]).await?;
+    Ok((server, camera))
+}
 
+/// An application node registered as `id`.
+async fn application(server: &SignalServer, id: &str) -> anyhow::Result<Node> {
     let app = Node::builder()
         .config(config())
-        .node_id("viewer")
-        .signal(server.url(), token::issue(SECRET, "viewer", u64::MAX / 2))
+        .node_id(id)
+        .signal(server.url(), token::issue(SECRET, id, u64::MAX / 2))
         .start()
         .await?;
     app.registered(WAIT).await?;
+    Ok(app)
+}
+
+/// Stops the camera (SIGTERM) and returns its totals line once it exited
+/// successfully.
+async fn exit_totals(camera: &mut Running) -> anyhow::Result<String> {
+    let pid = camera.child.0.id();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let totals = line_with(camera, "camera: exit").await?;
+    let status = camera.exited().await?;
+    ensure!(status.success(), "the camera exited with {status}: {totals}");
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let at = totals.find(name).context("field")? + name.len();
+        Ok(totals[at..].split_whitespace().next().context("value")?.parse()?)
+    };
+    ensure!(field("started=")? == field("stopped=")?, "every stream stops once: {totals}");
+    ensure!(field("handed=")? == field("freed=")?, "every buffer is freed once: {totals}");
+    Ok(totals)
+}
+
+/// One full run of the camera under `wrapper` (e.g. valgrind).
+async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let (server, mut camera) = start_camera(binary, wrapper, env).await?;
+    let app = application(&server, "viewer").await?;
     let mut session = StreamSession::new(app.connect_peer("cam-1", Transport::Quic, SERVICE).await?);
     line_with(&mut camera, "PEER_READY").await?;
 
@@ -154,18 +188,8 @@ async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) ->
         frame(&mut stream).await?;
         running.push(stream);
     }
-    let pid = camera.child.0.id();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let totals = line_with(&mut camera, "camera: exit").await?;
-    let status = camera.exited().await?;
-    ensure!(status.success(), "the camera exited with {status}: {totals}");
-    ensure!(totals.contains("rc=0 streams started=4 stopped=4"), "every stream stops once: {totals}");
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let at = totals.find(name).context("field")? + name.len();
-        Ok(totals[at..].split_whitespace().next().context("value")?.parse()?)
-    };
-    ensure!(field("handed=")? == field("freed=")?, "every buffer is freed once: {totals}");
+    let totals = exit_totals(&mut camera).await?;
+    ensure!(totals.contains("rc=0 streams started=4 stopped=4"), "{totals}");
     ensure!(totals.contains("talk bytes=960 ends=1"), "{totals}");
     for stream in &mut running {
         loop {
@@ -215,4 +239,59 @@ async fn the_c_camera_serves_under_valgrind() -> anyhow::Result<()> {
         "--errors-for-leak-kinds=definite",
     ];
     camera_serves(&binary, &valgrind, &[]).await
+}
+
+#[tokio::test]
+async fn the_c_camera_streams_to_the_cli_and_stops_the_streams_of_a_vanished_app() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = compile(&camera_source(), dir.path(), "camera", &[])?;
+    let (server, mut camera) = start_camera(&binary, &[], &[]).await?;
+
+    // `fogconnect stream` shows the rate and gets the command's reply.
+    // Run from a blocking thread: the signaling server runs on this one.
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_fogconnect"));
+    cli.args(["stream", "--signal", &server.url(), "--id", "cli-viewer", "--peer", "cam-1"])
+        .args(["--service", &SERVICE.to_string(), "--params", "action=live&bitrate=800000", "--seconds", "2"])
+        .args(["--command", "stats", "--listen", "127.0.0.1:0"])
+        .env("FOGCONNECT_TOKEN", token::issue(SECRET, "cli-viewer", u64::MAX / 2));
+    let out = tokio::task::spawn_blocking(move || cli.output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "fogconnect stream: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("reply to stats: streams=0"), "{stdout}");
+    // The reports: "   1.0 s     0.800 Mbit/s    100 chunks ...".
+    let rates: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .collect();
+    ensure!(rates.iter().any(|r| (0.7..0.9).contains(r)), "about 0.8 Mbit/s a second: {rates:?} in {stdout}");
+    ensure!(stdout.contains("ended: stopped by the application"), "{stdout}");
+    line_with(&mut camera, "CLI_SEND_CLOSE").await?;
+
+    // An application that vanishes: the camera's keep-alive (1 s, 3
+    // attempts) ends its connection, and its streams stop.
+    let url = server.url();
+    common::vanish(move || async move {
+        let app = Node::builder()
+            .config(config())
+            .node_id("vanishing")
+            .signal(url, token::issue(SECRET, "vanishing", u64::MAX / 2))
+            .start()
+            .await?;
+        app.registered(WAIT).await?;
+        let session = StreamSession::new(app.connect_peer("cam-1", Transport::Quic, SERVICE).await?);
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let mut stream = session.open("action=live&bitrate=400000").await?;
+            frame(&mut stream).await?;
+            streams.push(stream);
+        }
+        anyhow::Ok((app, session, streams))
+    })
+    .await?;
+    line_with(&mut camera, "LINK_DISCONNECT").await?;
+    let totals = exit_totals(&mut camera).await?;
+    ensure!(totals.contains("streams started=3 stopped=3"), "{totals}");
+    server.shutdown();
+    Ok(())
 }

@@ -271,34 +271,20 @@ async fn streams_stop_once_when_the_application_vanishes() -> anyhow::Result<()>
         NodeConfig { keep_alive_interval: Duration::from_millis(100), keep_alive_attempts: 3, ..common::config() };
     let device = node_with_config("camera", &[(SERVICE, "adaptive-source")], quick).await?;
     let addr = device.local_addr();
-    // The vanishing application runs on its own runtime, dropped without
-    // any goodbye: no close reaches the device, only silence.
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (vanish_tx, vanish_rx) = std::sync::mpsc::channel::<()>();
-    let vanishing = std::thread::spawn(move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let kept = runtime.block_on(async move {
-            let app = node_with("vanishing", &[]).await?;
-            let session = StreamSession::new(app.connect(addr, Transport::Quic, SERVICE).await?);
-            let mut streams = Vec::new();
-            for _ in 0..2 {
-                let mut stream = session.open("action=live&bitrate=400000").await?;
-                chunk(&mut stream).await?;
-                streams.push(stream);
-            }
-            anyhow::Ok((app, session, streams))
-        });
-        let _ = ready_tx.send(kept.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        let _ = vanish_rx.recv_timeout(WAIT);
-        // Tasks stop where they are; the node objects go with the process
-        // memory of this thread, never closed.
-        std::mem::forget(kept);
-        drop(runtime);
-        Ok(())
-    });
-    ready_rx.await?.map_err(anyhow::Error::msg)?;
-    vanish_tx.send(())?;
-    vanishing.join().map_err(|_| anyhow::anyhow!("application thread panicked"))??;
+    // The vanishing application: no close reaches the device, only
+    // silence.
+    common::vanish(move || async move {
+        let app = node_with("vanishing", &[]).await?;
+        let session = StreamSession::new(app.connect(addr, Transport::Quic, SERVICE).await?);
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let mut stream = session.open("action=live&bitrate=400000").await?;
+            chunk(&mut stream).await?;
+            streams.push(stream);
+        }
+        anyhow::Ok((app, session, streams))
+    })
+    .await?;
     let app = node_with("phone", &[]).await?;
     let observer = session(&app, &device).await?;
     let stats = stats_until(&observer, |s| s.starts_with("inits=2 stops=2")).await?;

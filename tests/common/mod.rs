@@ -119,3 +119,30 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> anyhow::
     }
     Ok(())
 }
+
+/// An application that vanishes: `setup` runs on a runtime of its own in a
+/// thread of its own; once it is done, that runtime is dropped without a
+/// goodbye (what `setup` returned is never closed), so its peers see only
+/// silence, as from a device that lost power. Fails if `setup` does.
+pub async fn vanish<T, F, Fut>(setup: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: 'static,
+{
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let kept = runtime.block_on(setup());
+        let _ = ready_tx.send(kept.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+        // Tasks stop where they are; what setup made is never closed.
+        std::mem::forget(kept);
+        drop(runtime);
+        Ok(())
+    });
+    ready_rx.await?.map_err(anyhow::Error::msg)?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the vanishing application's thread panicked"))??;
+    Ok(())
+}
