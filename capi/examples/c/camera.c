@@ -12,7 +12,8 @@
  * path of the get callback).
  *
  * Commands (p2p_handle_command_cb):
- *   stats          streams, frames, bitrates, talk-back bytes
+ *   stats          streams, frames, talk-back bytes, the largest send
+ *                  buffer seen at a pull, bitrates
  *   bitrate N      every stream at N bit/s
  *   ask PEER TEXT  sends TEXT to the application PEER from another thread
  *                  (iv_avt_p2p_send_command, 16-byte reply buffer, 1 s)
@@ -69,6 +70,8 @@ static atomic_ullong streams_started, streams_stopped;
 static atomic_ullong frames_sent;
 static atomic_ullong talk_bytes, talk_ends;
 static atomic_uint live_streams;
+/* The largest send buffer seen at a pull, over every stream. */
+static size_t max_buffered;
 
 static void free_buffer(uint8_t* buf, size_t size)
 {
@@ -133,6 +136,10 @@ static iv_cm_memory_s send_get(void* handle)
 {
     struct stream* s = handle;
     iv_cm_memory_s none = { NULL, 0, NULL };
+    size_t buffered = iv_avt_p2p_get_send_buf(handle);
+    if (buffered > max_buffered) {
+        max_buffered = buffered;
+    }
     if (s->fail_after >= 0 && s->next_frame >= (uint64_t)s->fail_after) {
         none.size = (size_t)-1;
         return none;
@@ -268,9 +275,9 @@ static iv_cm_memory_s command(const char* cmd, size_t cmd_len, const char* peer)
     printf("camera: command from %s: %s\n", peer, text);
     fflush(stdout);
     if (strcmp(text, "stats") == 0) {
-        int at = snprintf(answer, sizeof answer, "streams=%u frames=%llu talk=%llu bitrates=",
+        int at = snprintf(answer, sizeof answer, "streams=%u frames=%llu talk=%llu max_buffered=%zu bitrates=",
                           atomic_load(&live_streams), (unsigned long long)atomic_load(&frames_sent),
-                          (unsigned long long)atomic_load(&talk_bytes));
+                          (unsigned long long)atomic_load(&talk_bytes), max_buffered);
         for (struct stream* s = streams; s != NULL && at > 0 && (size_t)at < sizeof answer; s = s->next) {
             at += snprintf(answer + at, sizeof answer - (size_t)at, "%u,", s->bitrate);
         }
