@@ -2,7 +2,8 @@
 //! `tc tbf` link, root only; `make test` runs them): the adaptive source
 //! settles below the link rate with its buffer under the high mark when
 //! the watermarks are on, and with them off no event fires while the
-//! buffer grows.
+//! buffer grows; the C camera (`iv_av_p2p.h`) steers by its watermarks
+//! the same way.
 
 mod common;
 mod natlab;
