@@ -127,7 +127,8 @@ lint: setup build-deps
 ## bench: plugin dispatch against native, QUIC echo round trip, signaling,
 ## relay against coturn, stream plugins' pull tick, live swap pause, what
 ## attacks cost legitimate users, the C API against Rust and a plugin,
-## event delivery to a plugin against a Rust subscriber
+## C streams against a stream plugin, event delivery to a plugin against a
+## Rust subscriber
 bench: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
@@ -138,6 +139,7 @@ bench: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) bench -p fogconnect --bench swap
 	$(CARGO) bench -p fogconnect --bench hardening
 	$(CARGO) bench -p fogconnect --bench c_api
+	$(CARGO) bench -p fogconnect --bench c_streams
 	$(CARGO) bench -p fogconnect --bench plugin_events
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by

@@ -12,10 +12,14 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{WAIT, eventually, node_with};
+use fogconnect::stream::harness::ServeHarness;
 use fogconnect::stream::{
-    CommandFailure, Pull, StreamHost, StreamService, StreamServiceError, StreamServiceEvent, WatermarkEvent,
+    CommandFailure, NativeStreamHarness, Pull, StreamHost, StreamService, StreamServiceError, StreamServiceEvent,
+    WatermarkEvent,
 };
+use fogconnect::transport::conn::DetachedOutput;
 use fogconnect::{MediaEvent, MediaStream, Node, NodeError, StreamSession, Transport};
+use fogconnect_proto::stream::StreamMessage;
 
 const SERVICE: u8 = 7;
 
@@ -343,30 +347,36 @@ async fn every_stream_stops_once_whichever_way_it_ends() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn watermark_events_come_warn_high_low_once_per_crossing() -> anyhow::Result<()> {
-    let (device, log_, _service) = camera().await?;
-    let app = node_with("viewer", &[]).await?;
-    let session = session(&app, &device).await?;
-    // 4 MB per tick against a 1 MB high mark: the first tick crosses warn
-    // and high at once, pulling pauses, and the buffer drains to below the
-    // low mark before the next pull.
-    let mut stream = session.open("action=live&frame=4000000&low=500000&warn=800000&high=1000000").await?;
-    for expected in 0..3u64 {
-        let mut got = 0usize;
-        while got < 4_000_000 {
-            let data = frame(&mut stream).await?;
-            if got == 0 {
-                ensure!(number(&data)? == expected, "frame {} where {expected} was due", number(&data)?);
-            }
-            got += data.len();
-        }
-    }
-    eventually("three rounds of events", || log(&log_).marks.len() >= 8).await?;
+#[test]
+fn watermark_events_come_warn_high_low_once_per_crossing_and_pulling_pauses_above_high() -> anyhow::Result<()> {
+    // In the harness: no pump drains the queue, the test does, so each
+    // tick's buffer level is known.
+    let log_ = SharedLog::default();
+    let camera =
+        Camera { log: log_.clone(), next_handle: 0, sources: HashMap::new(), handle: Arc::new(Mutex::new(None)) };
+    let mut harness: NativeStreamHarness<Camera> = ServeHarness::native(SERVICE, camera);
+    let (id, mut wire) = harness.open("viewer").map_err(anyhow::Error::msg)?;
+    let params = "action=live&frame=300000&low=500000&warn=800000&high=1000000";
+    harness.deliver(id, &StreamMessage::Open { stream: 1, params: params.into() }).map_err(anyhow::Error::msg)?;
+    ensure!(
+        matches!(wire.try_take(), Some(DetachedOutput::Message(m)) if StreamMessage::decode(&m)? == StreamMessage::Accepted { stream: 1 })
+    );
+    let mut tick = |harness: &mut NativeStreamHarness<Camera>| -> anyhow::Result<usize> {
+        let due = harness.next_wake().context("scheduled")?;
+        harness.tick(due).map_err(anyhow::Error::msg)?;
+        Ok(log(&log_).marks.len())
+    };
+    // 300 kB a tick, nothing drained: 900 kB crosses warn, 1.2 MB high.
+    let counts: Vec<usize> = (0..6).map(|_| tick(&mut harness)).collect::<anyhow::Result<_>>()?;
+    assert_eq!(counts, [0, 0, 1, 2, 2, 2], "warn at the third pull, high at the fourth, then no more");
+    let queued: usize = harness.take_queued(id).iter().map(|m| m.len()).sum();
+    assert!((1_200_000..1_300_000).contains(&queued), "pulling paused above high: {queued} bytes queued");
+    // Drained: the next tick hears low and pulls again.
+    tick(&mut harness)?;
     let marks: Vec<WatermarkEvent> = log(&log_).marks.iter().map(|&(_, e)| e).collect();
-    for round in marks.chunks(3).take(2) {
-        assert_eq!(round, [WatermarkEvent::Warn, WatermarkEvent::High, WatermarkEvent::Low], "{marks:?}");
-    }
+    assert_eq!(marks, [WatermarkEvent::Warn, WatermarkEvent::High, WatermarkEvent::Low]);
+    let queued: usize = harness.take_queued(id).iter().map(|m| m.len()).sum();
+    assert!((300_000..310_000).contains(&queued), "pulling resumed: {queued}");
     Ok(())
 }
 

@@ -81,7 +81,7 @@ impl HarnessParts {
 }
 
 /// The facts of a harness connection: passive, from `peer_id`, over QUIC.
-pub(super) fn passive_meta(id: ConnectionId, peer_id: &str, service: u8) -> ConnMeta {
+pub(crate) fn passive_meta(id: ConnectionId, peer_id: &str, service: u8) -> ConnMeta {
     ConnMeta {
         id,
         peer_id: peer_id.to_string(),

@@ -62,7 +62,9 @@ fn instantiate(component: &StreamComponent, ctx: &Arc<PluginContext>) -> Result<
     StreamInstance::new(component, ctx, |indices, store, instance| indices.load(store, instance))
 }
 
-pub(super) struct StreamActor {
+/// The actor of one stream plugin (opaque: driven by the node, or by a
+/// [`super::stream_harness::StreamHarness`]).
+pub struct StreamActor {
     /// The generation serving: its context (limits) is `spec.ctx`.
     spec: ActorSpec,
     component: StreamComponent,

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod core;
+pub mod harness;
 pub mod mux;
 pub mod native;
 pub mod pump;
@@ -19,5 +20,7 @@ pub mod status;
 pub mod watermark;
 
 pub use core::{CommandFailure, Pull, SendStatistics, StreamHostError};
-pub use native::{StreamHost, StreamService, StreamServiceError, StreamServiceEvent, StreamServiceHandle};
+pub use native::{
+    NativeStreamHarness, StreamHost, StreamService, StreamServiceError, StreamServiceEvent, StreamServiceHandle,
+};
 pub use watermark::WatermarkEvent;

@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::core::{CommandFailure, Pull, SendStatistics, StreamCore, StreamHostError};
+use super::harness::ServeHarness;
 use super::pump::{MuxShared, pump};
 use super::serve::{ServeNotice, StreamServer};
 use super::watermark::WatermarkEvent;
@@ -442,7 +443,7 @@ pub(crate) fn start<S: StreamService>(
         implementation,
         core: StreamCore::new(Instant::now()),
         waiters: HashMap::new(),
-        runtime,
+        runtime: Some(runtime),
     };
     let dispatcher_weak = Arc::downgrade(dispatcher);
     let stopping = stop.clone();
@@ -462,14 +463,38 @@ pub(crate) fn start<S: StreamService>(
     })
 }
 
-/// The thread of one native stream service.
-struct NativeStreamActor<S> {
+/// One native stream service as the serving logic sees it (opaque: run on
+/// its thread by the node, or driven by a [`NativeStreamHarness`]).
+pub struct NativeStreamActor<S> {
     service: u8,
     token: u64,
     implementation: S,
     core: StreamCore,
     waiters: HashMap<u64, oneshot::Sender<Result<Bytes, CommandFailure>>>,
-    runtime: tokio::runtime::Handle,
+    /// Where the pump tasks run; `None` in the harness, which takes the
+    /// queued messages out itself.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// A native stream service driven in-process, without threads, timers or
+/// network (see [`ServeHarness`]): for tests and benchmarks of a
+/// [`StreamService`].
+pub type NativeStreamHarness<S> = ServeHarness<NativeStreamActor<S>>;
+
+impl<S: StreamService> ServeHarness<NativeStreamActor<S>> {
+    /// A harness serving `service` with `implementation`.
+    pub fn native(service: u8, implementation: S) -> Self {
+        let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+        let actor = NativeStreamActor {
+            service,
+            token: NEXT_SERVICE.fetch_add(1, Ordering::Relaxed),
+            implementation,
+            core: StreamCore::new(Instant::now()),
+            waiters: HashMap::new(),
+            runtime: None,
+        };
+        Self::with_server(actor, service, owner, events)
+    }
 }
 
 /// What woke the service's thread.
@@ -605,7 +630,9 @@ impl<S: StreamService> StreamServer for NativeStreamActor<S> {
     }
 
     fn spawn_pump(&self, shared: Arc<ConnShared>, queues: Arc<MuxShared>, stop: CancellationToken) {
-        self.runtime.spawn(pump(shared, queues, stop));
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(pump(shared, queues, stop));
+        }
     }
 
     fn send_init(&mut self, conn: u64, params: &str) -> Result<Result<u64, String>, String> {
