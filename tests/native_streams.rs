@@ -361,7 +361,7 @@ fn watermark_events_come_warn_high_low_once_per_crossing_and_pulling_pauses_abov
     ensure!(
         matches!(wire.try_take(), Some(DetachedOutput::Message(m)) if StreamMessage::decode(&m)? == StreamMessage::Accepted { stream: 1 })
     );
-    let mut tick = |harness: &mut NativeStreamHarness<Camera>| -> anyhow::Result<usize> {
+    let tick = |harness: &mut NativeStreamHarness<Camera>| -> anyhow::Result<usize> {
         let due = harness.next_wake().context("scheduled")?;
         harness.tick(due).map_err(anyhow::Error::msg)?;
         Ok(log(&log_).marks.len())
