@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::c::{Running, compile, repo, stage};
+use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, stage, valgrind};
 use common::{WAIT, ask, closed_within, config, message};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
@@ -130,27 +130,17 @@ async fn the_c_suite_passes() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_c_suite_passes_under_address_sanitizer() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let binary =
-        compile(&suite_source(), dir.path(), "suite-asan", &["-fsanitize=address", "-fno-omit-frame-pointer"])?;
-    let options = "detect_leaks=1:halt_on_error=1:exitcode=86";
-    run_all(&binary, &[], &[("ASAN_OPTIONS", options)], Duration::from_secs(120)).await
+    let binary = compile(&suite_source(), dir.path(), "suite-asan", &ASAN_FLAGS)?;
+    run_all(&binary, &[], &[("ASAN_OPTIONS", ASAN_OPTIONS)], Duration::from_secs(120)).await
 }
 
 #[tokio::test]
 async fn the_c_suite_passes_under_valgrind() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let binary = compile(&suite_source(), dir.path(), "suite-valgrind", &[])?;
-    let suppressions = format!("--suppressions={}", repo().join("capi/tests/c/valgrind.supp").display());
-    let valgrind = [
-        "valgrind",
-        "--quiet",
-        &suppressions,
-        "--error-exitcode=99",
-        "--leak-check=full",
-        "--show-leak-kinds=definite",
-        "--errors-for-leak-kinds=definite",
-    ];
-    run_all(&binary, &valgrind, &[("FC_WAIT_S", "120")], Duration::from_secs(600)).await
+    let valgrind = valgrind();
+    let wrapper: Vec<&str> = valgrind.iter().map(String::as_str).collect();
+    run_all(&binary, &wrapper, &[("FC_WAIT_S", "120")], Duration::from_secs(600)).await
 }
 
 #[tokio::test]

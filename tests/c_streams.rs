@@ -14,11 +14,12 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use common::c::{Running, compile, repo};
+use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, valgrind};
+use common::media::{frame, number};
 use common::{WAIT, config};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
-use fogconnect::{MediaEvent, MediaStream, Node, StreamSession, Transport};
+use fogconnect::{MediaEvent, Node, StreamSession, Transport};
 
 const SECRET: &[u8] = b"C camera test secret, loopback only";
 const SERVICE: u8 = 2;
@@ -42,18 +43,6 @@ async fn lines_with(camera: &mut Running, needles: &[&str]) -> anyhow::Result<()
         missing.retain(|needle| !line.contains(needle));
     }
     Ok(())
-}
-
-async fn frame(stream: &mut MediaStream) -> anyhow::Result<Bytes> {
-    match tokio::time::timeout(WAIT, stream.recv()).await {
-        Ok(MediaEvent::Data(data)) => Ok(data),
-        Ok(MediaEvent::Ended(reason)) => bail!("ended instead of data: {reason}"),
-        Err(_) => bail!("no frame within {WAIT:?}"),
-    }
-}
-
-fn number(frame: &[u8]) -> anyhow::Result<u64> {
-    Ok(u64::from_be_bytes(frame.get(..8).context("short frame")?.try_into()?))
 }
 
 /// A signaling server and the camera registered with it, under `wrapper`
@@ -219,26 +208,17 @@ async fn the_c_camera_serves_a_rust_application() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_c_camera_serves_under_address_sanitizer() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let binary =
-        compile(&camera_source(), dir.path(), "camera-asan", &["-fsanitize=address", "-fno-omit-frame-pointer"])?;
-    camera_serves(&binary, &[], &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:exitcode=86")]).await
+    let binary = compile(&camera_source(), dir.path(), "camera-asan", &ASAN_FLAGS)?;
+    camera_serves(&binary, &[], &[("ASAN_OPTIONS", ASAN_OPTIONS)]).await
 }
 
 #[tokio::test]
 async fn the_c_camera_serves_under_valgrind() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let binary = compile(&camera_source(), dir.path(), "camera-valgrind", &[])?;
-    let suppressions = format!("--suppressions={}", repo().join("capi/tests/c/valgrind.supp").display());
-    let valgrind = [
-        "valgrind",
-        "--quiet",
-        &suppressions,
-        "--error-exitcode=99",
-        "--leak-check=full",
-        "--show-leak-kinds=definite",
-        "--errors-for-leak-kinds=definite",
-    ];
-    camera_serves(&binary, &valgrind, &[]).await
+    let valgrind = valgrind();
+    let wrapper: Vec<&str> = valgrind.iter().map(String::as_str).collect();
+    camera_serves(&binary, &wrapper, &[]).await
 }
 
 #[tokio::test]

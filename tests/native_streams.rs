@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use bytes::{BufMut, Bytes, BytesMut};
+use common::media::{frame, number, to_end};
 use common::{WAIT, eventually, node_with};
 use fogconnect::stream::harness::ServeHarness;
 use fogconnect::stream::{
@@ -18,7 +19,7 @@ use fogconnect::stream::{
     WatermarkEvent,
 };
 use fogconnect::transport::conn::DetachedOutput;
-use fogconnect::{MediaEvent, MediaStream, Node, NodeError, StreamSession, Transport};
+use fogconnect::{Node, NodeError, StreamSession, Transport};
 use fogconnect_proto::stream::StreamMessage;
 
 const SERVICE: u8 = 7;
@@ -58,6 +59,13 @@ struct Camera {
     sources: HashMap<u64, Source>,
     /// Filled in after the service starts, for the in-callback check.
     handle: Arc<Mutex<Option<fogconnect::stream::StreamServiceHandle>>>,
+}
+
+impl Camera {
+    /// A camera telling `log` what it hears.
+    fn new(log: SharedLog) -> Self {
+        Self { log, next_handle: 0, sources: HashMap::new(), handle: Arc::default() }
+    }
 }
 
 fn param(params: &str, key: &str) -> Option<u64> {
@@ -167,8 +175,8 @@ impl StreamService for Camera {
 async fn camera() -> anyhow::Result<(Node, SharedLog, fogconnect::stream::StreamServiceHandle)> {
     let device = node_with("native-camera", &[]).await?;
     let log = SharedLog::default();
-    let slot = Arc::new(Mutex::new(None));
-    let camera = Camera { log: log.clone(), next_handle: 0, sources: HashMap::new(), handle: slot.clone() };
+    let camera = Camera::new(log.clone());
+    let slot = camera.handle.clone();
     let handle = device.serve_streams(SERVICE, camera)?;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.clone());
     Ok((device, log, handle))
@@ -176,30 +184,6 @@ async fn camera() -> anyhow::Result<(Node, SharedLog, fogconnect::stream::Stream
 
 async fn session(app: &Node, device: &Node) -> anyhow::Result<StreamSession> {
     Ok(StreamSession::new(app.connect(device.local_addr(), Transport::Quic, SERVICE).await?))
-}
-
-async fn frame(stream: &mut MediaStream) -> anyhow::Result<Bytes> {
-    match tokio::time::timeout(WAIT, stream.recv()).await {
-        Ok(MediaEvent::Data(data)) => Ok(data),
-        Ok(MediaEvent::Ended(reason)) => bail!("ended instead of data: {reason}"),
-        Err(_) => bail!("no data within {WAIT:?}"),
-    }
-}
-
-fn number(frame: &[u8]) -> anyhow::Result<u64> {
-    Ok(u64::from_be_bytes(frame.get(..8).context("short frame")?.try_into()?))
-}
-
-/// Reads to the end: the frame numbers and the reason.
-async fn to_end(stream: &mut MediaStream) -> anyhow::Result<(Vec<u64>, String)> {
-    let mut numbers = Vec::new();
-    loop {
-        match tokio::time::timeout(WAIT, stream.recv()).await {
-            Ok(MediaEvent::Data(data)) => numbers.push(number(&data)?),
-            Ok(MediaEvent::Ended(reason)) => return Ok((numbers, reason)),
-            Err(_) => bail!("no end within {WAIT:?}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -352,9 +336,7 @@ fn watermark_events_come_warn_high_low_once_per_crossing_and_pulling_pauses_abov
     // In the harness: no pump drains the queue, the test does, so each
     // tick's buffer level is known.
     let log_ = SharedLog::default();
-    let camera =
-        Camera { log: log_.clone(), next_handle: 0, sources: HashMap::new(), handle: Arc::new(Mutex::new(None)) };
-    let mut harness: NativeStreamHarness<Camera> = ServeHarness::native(SERVICE, camera);
+    let mut harness: NativeStreamHarness<Camera> = ServeHarness::native(SERVICE, Camera::new(log_.clone()));
     let (id, mut wire) = harness.open("viewer").map_err(anyhow::Error::msg)?;
     let params = "action=live&frame=300000&low=500000&warn=800000&high=1000000";
     harness.deliver(id, &StreamMessage::Open { stream: 1, params: params.into() }).map_err(anyhow::Error::msg)?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use common::media::{frame, number};
 use common::{WAIT, node_with, node_with_config};
 use fogconnect::runtime::engine::PluginEngine;
 use fogconnect::runtime::stream_harness::StreamHarness;
@@ -27,14 +28,6 @@ async fn session(app: &Node, device: &Node) -> anyhow::Result<StreamSession> {
     Ok(StreamSession::new(conn))
 }
 
-async fn chunk(stream: &mut MediaStream) -> anyhow::Result<Bytes> {
-    match tokio::time::timeout(WAIT, stream.recv()).await {
-        Ok(MediaEvent::Data(data)) => Ok(data),
-        Ok(MediaEvent::Ended(reason)) => bail!("stream {} ended instead of data: {reason}", stream.id()),
-        Err(_) => bail!("no data on stream {} within {WAIT:?}", stream.id()),
-    }
-}
-
 /// Reads until the end; returns the reason and the chunks read before it.
 async fn until_end(stream: &mut MediaStream) -> anyhow::Result<(String, usize)> {
     let mut chunks = 0;
@@ -45,11 +38,6 @@ async fn until_end(stream: &mut MediaStream) -> anyhow::Result<(String, usize)> 
             Err(_) => bail!("stream {} did not end within {WAIT:?}", stream.id()),
         }
     }
-}
-
-fn frame_number(chunk: &[u8]) -> anyhow::Result<u64> {
-    let header: [u8; 8] = chunk.get(..8).context("chunk shorter than its header")?.try_into()?;
-    Ok(u64::from_be_bytes(header))
 }
 
 async fn stats(session: &StreamSession) -> anyhow::Result<String> {
@@ -80,8 +68,8 @@ async fn a_live_stream_delivers_numbered_frames_until_the_app_stops_it() -> anyh
     let mut live = session.open("action=live&bitrate=800000").await?;
     let mut last = 0;
     for _ in 0..20 {
-        let data = chunk(&mut live).await?;
-        let frame = frame_number(&data)?;
+        let data = frame(&mut live).await?;
+        let frame = number(&data)?;
         assert_eq!(frame, last + 1, "frames arrive whole, in order, none lost");
         last = frame;
     }
@@ -101,7 +89,7 @@ async fn the_send_status_tells_the_plugin_how_its_data_leaves() -> anyhow::Resul
     let started = std::time::Instant::now();
     let mut received = 0u64;
     while started.elapsed() < Duration::from_millis(1_500) {
-        received += chunk(&mut live).await?.len() as u64;
+        received += frame(&mut live).await?.len() as u64;
     }
     let stats = stats(&session).await?;
     let line = stats.lines().find(|l| l.starts_with("stream ")).context("no stream line")?;
@@ -146,7 +134,7 @@ async fn bad_parameters_are_refused_with_the_plugins_reason() -> anyhow::Result<
     }
     // The session goes on.
     let mut live = session.open("action=live").await?;
-    chunk(&mut live).await?;
+    frame(&mut live).await?;
     Ok(())
 }
 
@@ -163,7 +151,7 @@ async fn several_streams_on_several_connections_all_flow() -> anyhow::Result<()>
     }
     for stream in &mut streams {
         for expected in 1..=5 {
-            assert_eq!(frame_number(&chunk(stream).await?)?, expected);
+            assert_eq!(number(&frame(stream).await?)?, expected);
         }
     }
     let stats = stats(&first).await?;
@@ -253,7 +241,7 @@ async fn streams_stop_once_when_the_application_goes_away() -> anyhow::Result<()
         streams.push(leaving.open("action=live&bitrate=400000").await?);
     }
     for stream in &mut streams {
-        chunk(stream).await?;
+        frame(stream).await?;
     }
     drop(streams);
     drop(leaving);
@@ -279,7 +267,7 @@ async fn streams_stop_once_when_the_application_vanishes() -> anyhow::Result<()>
         let mut streams = Vec::new();
         for _ in 0..2 {
             let mut stream = session.open("action=live&bitrate=400000").await?;
-            chunk(&mut stream).await?;
+            frame(&mut stream).await?;
             streams.push(stream);
         }
         anyhow::Ok((app, session, streams))
@@ -301,7 +289,7 @@ async fn a_device_shutting_down_stops_every_stream_once() -> anyhow::Result<()> 
         streams.push(session.open("action=live&bitrate=400000&notify=stop").await?);
     }
     for stream in &mut streams {
-        chunk(stream).await?;
+        frame(stream).await?;
     }
     device.shutdown().await;
     let mut stopped = Vec::new();

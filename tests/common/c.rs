@@ -100,3 +100,28 @@ impl Running {
         }
     }
 }
+
+/// Compiler flags of an AddressSanitizer build.
+pub const ASAN_FLAGS: [&str; 2] = ["-fsanitize=address", "-fno-omit-frame-pointer"];
+
+/// AddressSanitizer's options for the runs: leaks checked, the first error
+/// fatal, exit code 86.
+pub const ASAN_OPTIONS: &str = "detect_leaks=1:halt_on_error=1:exitcode=86";
+
+/// The valgrind command C programs run under: an invalid access or a
+/// definite leak fails the run (exit 99); the reports in dependencies
+/// `capi/tests/c/valgrind.supp` explains are suppressed.
+pub fn valgrind() -> Vec<String> {
+    let suppressions = format!("--suppressions={}", repo().join("capi/tests/c/valgrind.supp").display());
+    [
+        "valgrind",
+        "--quiet",
+        &suppressions,
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--show-leak-kinds=definite",
+        "--errors-for-leak-kinds=definite",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}

@@ -4,6 +4,7 @@
 pub mod attack;
 pub mod browser;
 pub mod c;
+pub mod media;
 pub mod server;
 pub mod turn;
 
