@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, stage, valgrind};
+use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, stage, valgrind, wrapped};
 use common::{WAIT, ask, closed_within, config, message};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
@@ -57,14 +57,7 @@ async fn signaling() -> anyhow::Result<(SignalServer, String)> {
 /// The plugin cache goes beside the binary, not into the user's home, so
 /// each run compiles the plugin itself.
 fn suite(binary: &Path, wrapper: &[&str], scenario: &str, server: &SignalServer, tokens: &str) -> Command {
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
+    let mut command = wrapped(wrapper, binary);
     command
         .arg(scenario)
         .env("FC_SIGNAL_PORT", server.local_addr().port().to_string())

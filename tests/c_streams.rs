@@ -14,8 +14,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, valgrind};
-use common::media::{frame, number};
+use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, valgrind, wrapped};
+use common::media::{frame, number, open_flowing};
 use common::{WAIT, config};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
@@ -54,14 +54,7 @@ async fn start_camera(
 ) -> anyhow::Result<(SignalServer, Running)> {
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
     let port = server.local_addr().port().to_string();
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
+    let mut command = wrapped(wrapper, binary);
     command
         .args(["cam-1", "127.0.0.1", &port, &SERVICE.to_string()])
         .env("FOGCONNECT_TOKEN", token::issue(SECRET, "cam-1", u64::MAX / 2))
@@ -260,12 +253,7 @@ async fn the_c_camera_streams_to_the_cli_and_stops_the_streams_of_a_vanished_app
             .await?;
         app.registered(WAIT).await?;
         let session = StreamSession::new(app.connect_peer("cam-1", Transport::Quic, SERVICE).await?);
-        let mut streams = Vec::new();
-        for _ in 0..2 {
-            let mut stream = session.open("action=live&bitrate=400000").await?;
-            frame(&mut stream).await?;
-            streams.push(stream);
-        }
+        let streams = open_flowing(&session, "action=live&bitrate=400000", 2).await?;
         anyhow::Ok((app, session, streams))
     })
     .await?;

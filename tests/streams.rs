@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use common::media::{frame, number};
+use common::media::{frame, number, open_flowing};
 use common::{WAIT, node_with, node_with_config};
 use fogconnect::runtime::engine::PluginEngine;
 use fogconnect::runtime::stream_harness::StreamHarness;
@@ -264,12 +264,7 @@ async fn streams_stop_once_when_the_application_vanishes() -> anyhow::Result<()>
     common::vanish(move || async move {
         let app = node_with("vanishing", &[]).await?;
         let session = StreamSession::new(app.connect(addr, Transport::Quic, SERVICE).await?);
-        let mut streams = Vec::new();
-        for _ in 0..2 {
-            let mut stream = session.open("action=live&bitrate=400000").await?;
-            frame(&mut stream).await?;
-            streams.push(stream);
-        }
+        let streams = open_flowing(&session, "action=live&bitrate=400000", 2).await?;
         anyhow::Ok((app, session, streams))
     })
     .await?;

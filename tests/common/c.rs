@@ -125,3 +125,16 @@ pub fn valgrind() -> Vec<String> {
     .map(str::to_string)
     .to_vec()
 }
+
+/// The command that runs `binary` under `wrapper` (e.g. valgrind), or
+/// alone when `wrapper` is empty.
+pub fn wrapped(wrapper: &[&str], binary: &Path) -> Command {
+    match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}

@@ -33,3 +33,19 @@ pub async fn to_end(stream: &mut MediaStream) -> anyhow::Result<(Vec<u64>, Strin
         }
     }
 }
+
+/// Opens `count` streams with `params` on `session`, each with its first
+/// chunk read: they are flowing.
+pub async fn open_flowing(
+    session: &fogconnect::StreamSession,
+    params: &str,
+    count: usize,
+) -> anyhow::Result<Vec<MediaStream>> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = session.open(params).await?;
+        frame(&mut stream).await?;
+        streams.push(stream);
+    }
+    Ok(streams)
+}
