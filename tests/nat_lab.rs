@@ -701,3 +701,64 @@ fn a_node_notices_a_new_default_route_and_a_new_public_address() -> anyhow::Resu
     println!("{}", next("event: nat: port-restricted cone, public address 203.0.113.32:")?);
     Ok(())
 }
+
+/// The C camera (`iv_av_p2p.h`) behind a port-restricted NAT, its viewer
+/// behind another, the direct path blocked: the stream starts relayed,
+/// and when the path opens the camera hears PEER_ADDR_CHANGED while the
+/// stream goes on.
+#[test]
+fn the_c_camera_hears_its_viewer_move_from_relayed_to_direct() -> anyhow::Result<()> {
+    use std::time::Duration;
+    natlab::lab_available()?;
+    let dir = tempfile::tempdir()?;
+    let camera = common::c::compile(&common::c::repo().join("capi/examples/c/camera.c"), dir.path(), "camera", &[])?;
+    let mut lab = Lab::new(NatKind::PortRestricted, NatKind::PortRestricted)?;
+    lab.block_direct_path()?;
+    let url = lab.start_servers()?;
+    let (host, port) = natlab::SIGNAL.split_once(':').ok_or_else(|| anyhow::anyhow!("signal address"))?;
+    let token = lab.token("dev-b")?;
+    let env = [
+        ("FOGCONNECT_TOKEN", token.as_str()),
+        ("FOGCONNECT_STUN", STUN),
+        ("FOGCONNECT_LISTEN", "0.0.0.0:7700"),
+        ("FOGCONNECT_LOG", "info"),
+    ];
+    let camera = camera.to_string_lossy().into_owned();
+    let mut device = lab.spawn_program("host-b", &camera, &["dev-b", host, port, "2"], &env)?;
+    device.wait_line("camera: registered", Duration::from_secs(20))?;
+    device.wait_error_line("relay allocated", 1, Duration::from_secs(20))?;
+    let token = lab.token("dev-a")?;
+    let args = [
+        "stream",
+        "--peer",
+        "dev-b",
+        "--signal",
+        &url,
+        "--id",
+        "dev-a",
+        "--token",
+        &token,
+        "--stun",
+        STUN,
+        "--service",
+        "2",
+        "--params",
+        "action=live&bitrate=400000",
+        "--seconds",
+        "12",
+        "--punch-budget-ms",
+        "1000",
+        "--recheck-ms",
+        "300",
+    ];
+    let mut app = lab.spawn("host-a", &args, &[])?;
+    let first = app.wait_line("stream 1 from dev-b", Duration::from_secs(20))?;
+    ensure!(first.contains("path relayed"), "the stream should start relayed: {first}");
+    app.wait_line("   1.0 s", Duration::from_secs(10))?;
+    lab.unblock_direct_path()?;
+    device.wait_line("camera: event PEER_ADDR_CHANGED", Duration::from_secs(15))?;
+    let lines = app.rest(Duration::from_secs(30))?;
+    let summary = lines.iter().find(|l| l.starts_with("ended:")).cloned().unwrap_or_default();
+    ensure!(summary.starts_with("ended: stopped by the application"), "{lines:#?}");
+    Ok(())
+}

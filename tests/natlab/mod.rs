@@ -33,7 +33,7 @@ pub const SECRET: &str = "nat lab signaling secret 0123456789";
 /// STUN primary and alternate address, signaling address.
 pub const STUN: &str = "203.0.113.10:3478";
 const STUN_ALT: &str = "203.0.113.11:3479";
-const SIGNAL: &str = "203.0.113.10:7600";
+pub const SIGNAL: &str = "203.0.113.10:7600";
 /// The lab's TURN relay (UDP and TCP on one port).
 pub const RELAY: &str = "203.0.113.10:3480";
 /// The secret the signaling server shares with the relay.

@@ -341,15 +341,19 @@ impl StreamServiceHandle {
         rx.blocking_recv().map_err(|_| StreamServiceError::Stopped)
     }
 
-    /// Queues `f` for the service's thread without waiting for it.
+    /// Queues `f` for the service's thread without waiting for it (when
+    /// the queue is full: on a task of the current runtime, or, outside
+    /// any, this thread waits for room).
     ///
     /// # Errors
-    /// [`StreamServiceError::Stopped`]; a full queue counts as stopped
-    /// only when the service is gone (it waits otherwise).
+    /// [`StreamServiceError::Stopped`]; [`StreamServiceError::InCallback`]
+    /// when the queue is full and the caller is the service's own thread,
+    /// which would wait for itself.
     pub fn post(&self, f: impl FnOnce(&mut StreamHost<'_>) + Send + 'static) -> Result<(), StreamServiceError> {
         match self.shared.control.try_send(Box::new(f)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(StreamServiceError::Stopped),
+            Err(mpsc::error::TrySendError::Full(_)) if self.in_callback() => Err(StreamServiceError::InCallback),
             Err(mpsc::error::TrySendError::Full(job)) => {
                 let control = self.shared.control.clone();
                 match tokio::runtime::Handle::try_current() {
