@@ -136,7 +136,8 @@ fn fail(code: c_int, message: impl Into<String>) -> c_int {
     code
 }
 
-/// The context started the service `iv_avt_p2p_init` left pending.
+/// The service of `context` serves: its handle goes into the state
+/// `iv_avt_p2p_init` made, and LOCAL_NET_READY is raised.
 pub(crate) fn started(context: usize, serving: StreamServiceHandle) {
     let mut avt = lock(&AVT);
     let Some(state) = avt.as_mut().filter(|a| a.context == context) else { return };
@@ -245,8 +246,7 @@ pub unsafe extern "C" fn iv_avt_p2p_init(parm: *const IvP2pParm) -> c_int {
         let Some(parm) = (unsafe { parm.as_ref() }) else {
             return fail(err::INVALID_PARAM, "iv_avt_p2p_init: pstInitParm is NULL");
         };
-        let mut avt = lock(&AVT);
-        if avt.is_some() {
+        if lock(&AVT).is_some() {
             return fail(err::ALREADY_INIT, "iv_avt_p2p_init was called already (iv_avt_p2p_exit first)");
         }
         // SAFETY: the caller's contract on the strings.
@@ -265,16 +265,27 @@ pub unsafe extern "C" fn iv_avt_p2p_init(parm: *const IvP2pParm) -> c_int {
             );
         };
         let handles = SharedHandles::default();
-        let implementation = AvtService::new(callbacks, handles.clone(), MARKS.clone());
-        let pending = PendingStreams { service, implementation, keep_alive, listen };
-        let serving = match context.serve_streams(pending) {
-            Ok(serving) => serving,
-            Err((taken, message)) => return fail(if taken { err::SERVICE_TAKEN } else { err::INTERNAL }, message),
-        };
-        if let Some(serving) = &serving {
-            let _ = serving.post(move |host| service::local_net_ready(callbacks, host));
+        // The state is in place before the context may start the service
+        // (`started` fills it in), and AVT is not held while the context is
+        // asked: a start on another thread takes the context's lock, then
+        // AVT's.
+        {
+            let mut avt = lock(&AVT);
+            if avt.is_some() {
+                return fail(err::ALREADY_INIT, "iv_avt_p2p_init was called already (iv_avt_p2p_exit first)");
+            }
+            *avt = Some(Avt { context: context.handle, callbacks, handles: handles.clone(), serving: None });
         }
-        *avt = Some(Avt { context: context.handle, callbacks, handles, serving });
+        let implementation = AvtService::new(callbacks, handles, MARKS.clone());
+        let pending = PendingStreams { service, implementation, keep_alive, listen };
+        match context.serve_streams(pending) {
+            Ok(Some(serving)) => started(context.handle, serving),
+            Ok(None) => {}
+            Err((taken, message)) => {
+                *lock(&AVT) = None;
+                return fail(if taken { err::SERVICE_TAKEN } else { err::INTERNAL }, message);
+            }
+        }
         err::NONE
     })
 }
