@@ -827,12 +827,15 @@ impl RawTurn {
         password: &str,
     ) -> anyhow::Result<(fogconnect_proto::turn::TurnResponse, Vec<u8>)> {
         use fogconnect_proto::turn::{LongTermAuth, TurnRequest, TurnResponse};
-        let (challenge, _) = self.request(&TurnRequest::Allocate { lifetime: Some(600), family: None }).await?;
+        let (challenge, _) = self
+            .request(&TurnRequest::Allocate { lifetime: Some(600), family: None, even_port: None, reservation: None })
+            .await?;
         let TurnResponse::Error { code: 401, realm: Some(realm), nonce: Some(nonce), .. } = challenge else {
             bail!("expected a 401 challenge, got {challenge:?}");
         };
         self.auth = Some(LongTermAuth { username: username.into(), password: password.into(), realm, nonce });
-        self.request(&TurnRequest::Allocate { lifetime: Some(600), family: None }).await
+        self.request(&TurnRequest::Allocate { lifetime: Some(600), family: None, even_port: None, reservation: None })
+            .await
     }
 }
 
@@ -982,7 +985,12 @@ async fn idle_tcp_connections_cannot_exhaust_the_relay() -> anyhow::Result<()> {
     let mut tcp = tokio::net::TcpStream::connect(relay.addr).await?;
     let request = fogconnect_proto::turn::encode_request(
         rand_txid(),
-        &fogconnect_proto::turn::TurnRequest::Allocate { lifetime: None, family: None },
+        &fogconnect_proto::turn::TurnRequest::Allocate {
+            lifetime: None,
+            family: None,
+            even_port: None,
+            reservation: None,
+        },
         None,
     )?;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -102,9 +102,10 @@ async fn wrong_password_and_unreachable_server_fail_clearly() -> anyhow::Result<
 }
 
 /// coturn's own test client, `turnutils_uclient`, against `fogconnect
-/// relay`: static users and time-limited credentials, ChannelData and
-/// Send/Data indications, over UDP and TCP, several clients at once;
-/// nothing lost.
+/// relay`: its default RTP/RTCP pairs (EVEN-PORT with R, then
+/// RESERVATION-TOKEN), static users and time-limited credentials,
+/// ChannelData and Send/Data indications, over UDP and TCP, several
+/// clients at once; nothing lost.
 #[test]
 fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
     let peer_port = free_port()?.to_string();
@@ -117,11 +118,16 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
             .context("turnutils_peer (coturn) missing")?,
     );
     for (what, extra) in [
-        ("channels, 4 clients", &["-u", "dev", "-w", "secret", "-m", "4"][..]),
-        ("send/data indications", &["-u", "dev", "-w", "secret", "-s"]),
-        ("time-limited credentials", &["-u", "dev", "-W", "rest secret"]),
-        ("TCP, channels, 3 clients", &["-t", "-u", "dev", "-w", "secret", "-m", "3"]),
-        ("TCP, send/data indications", &["-t", "-u", "dev", "-w", "secret", "-s"]),
+        // The client's default: RTP/RTCP pairs, the RTP allocation with
+        // EVEN-PORT (R set), the RTCP one claiming the reserved port with
+        // its RESERVATION-TOKEN.
+        ("RTP/RTCP pairs, reserved ports, 2 clients", &["-u", "dev", "-w", "secret", "-m", "2"][..]),
+        // `-c`: no RTCP, one allocation per client.
+        ("channels, 4 clients", &["-c", "-u", "dev", "-w", "secret", "-m", "4"]),
+        ("send/data indications", &["-c", "-u", "dev", "-w", "secret", "-s"]),
+        ("time-limited credentials", &["-c", "-u", "dev", "-W", "rest secret"]),
+        ("TCP, channels, 3 clients", &["-c", "-t", "-u", "dev", "-w", "secret", "-m", "3"]),
+        ("TCP, send/data indications", &["-c", "-t", "-u", "dev", "-w", "secret", "-s"]),
     ] {
         // A relay of its own per run: a run's allocations outlive its
         // client, and the next client may get the same local port (an
@@ -129,7 +135,7 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         let relay_port = free_port()?;
         let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret"])?;
         let port = relay_port.to_string();
-        let base = ["-c", "-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
+        let base = ["-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
         let out = Command::new("turnutils_uclient").args(base).args(extra).arg("127.0.0.1").output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         let summary: Vec<&str> = text.lines().filter(|l| l.contains("tot_send_msgs=") && !l.contains("msz=")).collect();

@@ -151,6 +151,12 @@ pub enum TurnRequest {
         /// 8656 section 18.1, first in RFC 6156); `None`: the server's
         /// default, IPv4.
         family: Option<RelayFamily>,
+        /// EVEN-PORT: an even relayed port, and with `true` (R) the next
+        /// port reserved for a second allocation (RFC 8656 section 18.5).
+        even_port: Option<bool>,
+        /// RESERVATION-TOKEN: claim the port an earlier allocation
+        /// reserved (RFC 8656 section 18.9).
+        reservation: Option<[u8; 8]>,
     },
     /// Refresh the allocation; lifetime 0 deletes it.
     Refresh {
@@ -200,8 +206,14 @@ pub fn encode_request(
     let mut builder =
         StunMessageBuilder::new(method, MessageClass::Request).with_transaction_id(TransactionId::from(txid));
     match request {
-        TurnRequest::Allocate { lifetime, family } => {
+        TurnRequest::Allocate { lifetime, family, even_port, reservation } => {
             builder = builder.with_attribute(RequestedTrasport::default());
+            if let Some(reserve) = even_port {
+                builder = builder.with_attribute(stun_rs::attributes::turn::EvenPort::new(*reserve));
+            }
+            if let Some(token) = reservation {
+                builder = builder.with_attribute(stun_rs::attributes::turn::ReservationToken::from(*token));
+            }
             if let Some(lifetime) = lifetime {
                 builder = builder.with_attribute(LifeTime::from(*lifetime));
             }
@@ -258,13 +270,16 @@ pub fn encode_response(response: &TurnResponse, auth: Option<&LongTermAuth>) -> 
     let bad = |e: stun_rs::StunError| StunCodecError::Encode(format!("{e:?}"));
     let method_of = |m: u16| MessageMethod::try_from(m).map_err(bad);
     let builder = match response {
-        TurnResponse::Allocated { txid, relayed, mapped, lifetime } => {
+        TurnResponse::Allocated { txid, relayed, mapped, lifetime, reservation } => {
             let mut b = StunMessageBuilder::new(ALLOCATE, MessageClass::SuccessResponse)
                 .with_transaction_id(TransactionId::from(*txid))
                 .with_attribute(XorRelayedAddress::from(*relayed))
                 .with_attribute(LifeTime::from(*lifetime));
             if let Some(mapped) = mapped {
                 b = b.with_attribute(XorMappedAddress::from(*mapped));
+            }
+            if let Some(token) = reservation {
+                b = b.with_attribute(stun_rs::attributes::turn::ReservationToken::from(*token));
             }
             b
         }
@@ -318,6 +333,9 @@ pub enum TurnResponse {
         mapped: Option<SocketAddr>,
         /// Seconds until the allocation expires without a refresh.
         lifetime: u32,
+        /// RESERVATION-TOKEN: the next port is held for a second
+        /// allocation that presents this token (EVEN-PORT with R).
+        reservation: Option<[u8; 8]>,
     },
     /// A Refresh, CreatePermission or ChannelBind succeeded.
     Success {
@@ -388,7 +406,11 @@ pub fn decode_response(bytes: &[u8]) -> Result<TurnResponse, StunCodecError> {
                 .get::<XorMappedAddress>()
                 .and_then(|a| a.as_xor_mapped_address().ok())
                 .map(|a| *a.socket_address());
-            Ok(TurnResponse::Allocated { txid, relayed, mapped, lifetime: lifetime.unwrap_or(0) })
+            let reservation = message
+                .get::<stun_rs::attributes::turn::ReservationToken>()
+                .and_then(|a| a.as_reservation_token().ok())
+                .and_then(|t| <[u8; 8]>::try_from(t.token()).ok());
+            Ok(TurnResponse::Allocated { txid, relayed, mapped, lifetime: lifetime.unwrap_or(0), reservation })
         }
         MessageClass::SuccessResponse if [REFRESH, CREATE_PERMMISSION, CHANNEL_BIND].contains(&method) => {
             Ok(TurnResponse::Success { txid, method: method.as_u16(), lifetime })
@@ -429,6 +451,9 @@ pub struct IncomingRequest {
     pub data: Option<Vec<u8>>,
     /// EVEN-PORT, with its reserve-next-port flag.
     pub even_port: Option<bool>,
+    /// RESERVATION-TOKEN: allocate the port an earlier EVEN-PORT with R
+    /// reserved.
+    pub reservation_token: Option<[u8; 8]>,
     /// USERNAME.
     pub username: Option<String>,
     /// NONCE.
@@ -436,9 +461,8 @@ pub struct IncomingRequest {
     /// MESSAGE-INTEGRITY present (check it with [`long_term_integrity_ok`]
     /// once the key is known).
     pub has_integrity: bool,
-    /// Attributes a server must refuse (RESERVATION-TOKEN and
-    /// DONT-FRAGMENT are not supported; unknown comprehension-required
-    /// ones), for a 420.
+    /// Attributes a server must refuse (DONT-FRAGMENT is not supported;
+    /// unknown comprehension-required ones), for a 420.
     pub unsupported: Vec<u16>,
 }
 
@@ -484,6 +508,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
         channel: None,
         data: None,
         even_port: None,
+        reservation_token: None,
         username: None,
         nonce: None,
         has_integrity: false,
@@ -506,9 +531,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<IncomingRequest, StunCodecError> {
             StunAttribute::Nonce(n) => request.nonce = Some(n.as_str().to_string()),
             StunAttribute::MessageIntegrity(_) => request.has_integrity = true,
             StunAttribute::EvenPort(e) => request.even_port = Some(e.reserve()),
-            StunAttribute::ReservationToken(_) | StunAttribute::DontFragment(_) => {
-                request.unsupported.push(attribute.attribute_type().as_u16())
-            }
+            StunAttribute::ReservationToken(t) => request.reservation_token = <[u8; 8]>::try_from(t.token()).ok(),
+            StunAttribute::DontFragment(_) => request.unsupported.push(attribute.attribute_type().as_u16()),
             StunAttribute::Unknown(u) if u.attribute_type().is_comprehension_required() => {
                 request.unsupported.push(u.attribute_type().as_u16())
             }
@@ -582,7 +606,7 @@ mod tests {
             nonce: "abcdef".into(),
         };
         for request in [
-            TurnRequest::Allocate { lifetime: Some(600), family: None },
+            TurnRequest::Allocate { lifetime: Some(600), family: None, even_port: None, reservation: None },
             TurnRequest::Refresh { lifetime: 0 },
             TurnRequest::CreatePermission { peers: vec![a("203.0.113.5:1000"), a("198.51.100.7:2")] },
             TurnRequest::ChannelBind { channel: 0x4000, peer: a("203.0.113.5:1000") },
@@ -601,7 +625,13 @@ mod tests {
     fn encoded_answers_round_trip() {
         let auth = LongTermAuth { username: "u".into(), password: "p".into(), realm: "r".into(), nonce: "n".into() };
         for response in [
-            TurnResponse::Allocated { txid: [1; 12], relayed: a("198.51.100.1:50000"), mapped: None, lifetime: 600 },
+            TurnResponse::Allocated {
+                txid: [1; 12],
+                relayed: a("198.51.100.1:50000"),
+                mapped: None,
+                lifetime: 600,
+                reservation: Some([7; 8]),
+            },
             TurnResponse::Success { txid: [2; 12], method: REFRESH.as_u16(), lifetime: Some(0) },
             TurnResponse::Success { txid: [2; 12], method: CHANNEL_BIND.as_u16(), lifetime: None },
             TurnResponse::Error {
@@ -636,7 +666,8 @@ mod tests {
                 txid: [3; 12],
                 relayed: a("198.51.100.1:49152"),
                 mapped: Some(a("203.0.113.9:4000")),
-                lifetime: 600
+                lifetime: 600,
+                reservation: None,
             }
         );
         let unauthorized = StunMessageBuilder::new(ALLOCATE, MessageClass::ErrorResponse)
@@ -685,16 +716,31 @@ mod tests {
         assert_eq!((request.username.as_deref(), request.nonce.as_deref()), (Some("u"), Some("n")));
         assert!(request.has_integrity && !request.indication && request.unsupported.is_empty());
         let allocate = decode_request(
-            &encode_request([6; 12], &TurnRequest::Allocate { lifetime: Some(60), family: None }, None).expect("enc"),
+            &encode_request(
+                [6; 12],
+                &TurnRequest::Allocate { lifetime: Some(60), family: None, even_port: None, reservation: None },
+                None,
+            )
+            .expect("enc"),
         )
         .expect("decode");
         assert_eq!((allocate.method, allocate.transport, allocate.lifetime), (method::ALLOCATE, Some(17), Some(60)));
         assert_eq!(allocate.family, None);
         for family in [RelayFamily::V4, RelayFamily::V6] {
-            let request = TurnRequest::Allocate { lifetime: None, family: Some(family) };
+            let request =
+                TurnRequest::Allocate { lifetime: None, family: Some(family), even_port: None, reservation: None };
             let allocate = decode_request(&encode_request([8; 12], &request, None).expect("enc")).expect("decode");
             assert_eq!(allocate.family, Some(family), "REQUESTED-ADDRESS-FAMILY round trip");
         }
+        // EVEN-PORT with R, and RESERVATION-TOKEN.
+        let request = TurnRequest::Allocate { lifetime: None, family: None, even_port: Some(true), reservation: None };
+        let allocate = decode_request(&encode_request([9; 12], &request, None).expect("enc")).expect("decode");
+        assert_eq!((allocate.even_port, allocate.reservation_token), (Some(true), None));
+        let request =
+            TurnRequest::Allocate { lifetime: None, family: None, even_port: None, reservation: Some([5; 8]) };
+        let allocate = decode_request(&encode_request([9; 12], &request, None).expect("enc")).expect("decode");
+        assert_eq!((allocate.even_port, allocate.reservation_token), (None, Some([5; 8])));
+        assert!(allocate.unsupported.is_empty(), "RESERVATION-TOKEN is understood");
         let send = decode_request(&encode_send([7; 12], a("203.0.113.5:1"), b"x").expect("enc")).expect("decode");
         assert!(send.indication);
         assert_eq!(send.data.as_deref(), Some(&b"x"[..]));

@@ -131,7 +131,11 @@ impl TurnClient {
             events: VecDeque::new(),
         };
         let (lifetime, family) = (client.config.lifetime, client.config.family);
-        client.request(TurnRequest::Allocate { lifetime: Some(lifetime), family }, Purpose::Allocate, now);
+        client.request(
+            TurnRequest::Allocate { lifetime: Some(lifetime), family, even_port: None, reservation: None },
+            Purpose::Allocate,
+            now,
+        );
         client
     }
 
@@ -538,6 +542,7 @@ mod tests {
                     relayed: a(RELAYED),
                     mapped: Some(a("203.0.113.9:4000")),
                     lifetime: 600,
+                    reservation: None,
                 }
             } else {
                 let lifetime = (method == REFRESH.as_u16()).then_some(600);

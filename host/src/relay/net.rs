@@ -323,16 +323,23 @@ async fn serve(
                         send(&relay.io, &bytes, peer).await;
                     }
                 }
-                Output::OpenRelay { client, even, family } => {
+                Output::OpenRelay { client, even, reserve_next, family } => {
                     let opened = match relay_ips.of(family) {
-                        Some(ip) => open_relay(ip, even, peer_tx.clone()).await,
+                        Some(ip) if reserve_next => open_relay_pair(ip, peer_tx.clone()).await,
+                        Some(ip) => open_relay(ip, even, peer_tx.clone()).await.map(|relay| (relay, None)),
                         None => Err(format!("no relay address of family {family:?}")),
                     };
-                    let result = opened.map(|(addr, relay)| {
+                    let result = opened.map(|((addr, relay), next)| {
                         relays.insert(addr, relay);
-                        addr
+                        let next = next.map(|(next, socket)| {
+                            // Open from now on: what reaches it before the
+                            // allocation that claims it is dropped.
+                            relays.insert(next, socket);
+                            next
+                        });
+                        (addr, next)
                     });
-                    core.relay_opened(client, result);
+                    core.relay_opened_reserving(client, result, Instant::now());
                 }
                 Output::CloseRelay { relay } => {
                     relays.remove(&relay);
@@ -340,6 +347,23 @@ async fn serve(
             }
         }
     }
+}
+
+/// A relay socket on an even port of `ip` and one on the port after it,
+/// reserved (EVEN-PORT with R): pairs whose second port is taken are
+/// closed again, at most 64 times.
+async fn open_relay_pair(
+    ip: IpAddr,
+    to_core: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+) -> Result<((SocketAddr, RelaySocket), Option<(SocketAddr, RelaySocket)>), String> {
+    for _ in 0..64 {
+        let (addr, relay) = open_relay(ip, true, to_core.clone()).await?;
+        let Some(next_port) = addr.port().checked_add(1) else { continue };
+        if let Ok(next) = bind_relay(SocketAddr::new(ip, next_port), to_core.clone()).await {
+            return Ok(((addr, relay), Some(next)));
+        }
+    }
+    Err("no free pair of ports found".into())
 }
 
 /// Opens a relay socket on `ip` (an even port when `even`: the system
@@ -361,6 +385,24 @@ async fn open_relay(
             return Err("no even port found".into());
         }
     };
+    Ok((addr, relay_socket(io, addr, to_core)))
+}
+
+/// Opens a relay socket on exactly `addr`.
+async fn bind_relay(
+    addr: SocketAddr,
+    to_core: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+) -> Result<(SocketAddr, RelaySocket), String> {
+    let io = Arc::new(UdpSocket::bind(addr).await.map_err(|e| e.to_string())?);
+    Ok((addr, relay_socket(io, addr, to_core)))
+}
+
+/// A relay socket on `io` (bound to `addr`) whose datagrams go to the core.
+fn relay_socket(
+    io: Arc<UdpSocket>,
+    addr: SocketAddr,
+    to_core: mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+) -> RelaySocket {
     let reader_io = io.clone();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
@@ -375,7 +417,7 @@ async fn open_relay(
             }
         }
     });
-    Ok((addr, RelaySocket { io, reader }))
+    RelaySocket { io, reader }
 }
 
 /// Accepts TCP clients (TLS ones with `tls`) until stopped, within the

@@ -174,6 +174,10 @@ pub enum Output {
         client: Client,
         /// The client asked for an even port (EVEN-PORT).
         even: bool,
+        /// The client also asked for the next port to be reserved
+        /// (EVEN-PORT with R): open it too and report it with
+        /// [`TurnServerCore::relay_opened_reserving`].
+        reserve_next: bool,
         /// The relayed address's family.
         family: RelayFamily,
     },
@@ -197,6 +201,21 @@ struct Allocation {
     channel_of: HashMap<SocketAddr, u16>,
     to_peers: Option<TokenBucket>,
     to_client: Option<TokenBucket>,
+    /// The RESERVATION-TOKEN its answer carried (retransmissions get it
+    /// again).
+    reservation: Option<[u8; 8]>,
+}
+
+/// How long a port reserved by EVEN-PORT with R waits for the allocation
+/// that claims it (RFC 8656 section 7.2: about 30 seconds).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A relay socket held for a RESERVATION-TOKEN.
+#[derive(Debug)]
+struct Reservation {
+    relay: SocketAddr,
+    family: RelayFamily,
+    expires: Instant,
 }
 
 /// Counters of the server.
@@ -222,6 +241,8 @@ pub struct TurnServerCore {
     by_relay: HashMap<SocketAddr, Client>,
     /// Allocations per identity (see [`quota_identity`]).
     per_user: HashMap<String, usize>,
+    /// Ports reserved for a second allocation, by token.
+    reservations: HashMap<[u8; 8], Reservation>,
     /// Unauthenticated answers per source IP.
     unauthenticated: PerIpRate,
     outputs: VecDeque<Output>,
@@ -310,6 +331,7 @@ impl TurnServerCore {
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
+            reservations: HashMap::new(),
             unauthenticated: PerIpRate::new(
                 config.unauthenticated_rate,
                 config.unauthenticated_burst,
@@ -511,6 +533,7 @@ impl TurnServerCore {
                     relayed: relay,
                     mapped: Some(client.addr),
                     lifetime: allocation.lifetime,
+                    reservation: allocation.reservation,
                 };
                 return self.respond(client, &response, Some(&key));
             }
@@ -519,16 +542,8 @@ impl TurnServerCore {
             }
             return self.error(client, request, 437, "Allocation Mismatch", Some(&key));
         }
-        if request.even_port == Some(true) {
-            // Reserving the next port for a second allocation is not
-            // supported (RFC 8656 section 7.2: 508 when it cannot be done).
-            return self.error(
-                client,
-                request,
-                508,
-                "Insufficient Capacity: port reservation not supported",
-                Some(&key),
-            );
+        if request.even_port.is_some() && request.reservation_token.is_some() {
+            return self.error(client, request, 400, "Bad Request: EVEN-PORT with RESERVATION-TOKEN", Some(&key));
         }
         match request.transport {
             Some(17) => {}
@@ -547,9 +562,25 @@ impl TurnServerCore {
         if self.per_user.get(&identity).copied().unwrap_or(0) >= self.config.max_allocations_per_user {
             return self.error(client, request, 486, "Allocation Quota Reached", Some(&key));
         }
-        if self.allocations.len() >= self.config.max_allocations {
+        // A reserved port counts as an allocation until it is claimed.
+        if self.allocations.len() + self.reservations.len() >= self.config.max_allocations
+            && request.reservation_token.is_none()
+        {
             return self.error(client, request, 508, "Insufficient Capacity", Some(&key));
         }
+        let reserved = match request.reservation_token {
+            Some(token) => match self.reservations.remove(&token) {
+                Some(reserved) if reserved.expires > now && reserved.family == family => Some(reserved.relay),
+                Some(reserved) => {
+                    self.outputs.push_back(Output::CloseRelay { relay: reserved.relay });
+                    return self.error(client, request, 508, "Insufficient Capacity: reservation expired", Some(&key));
+                }
+                None => {
+                    return self.error(client, request, 508, "Insufficient Capacity: no such reservation", Some(&key));
+                }
+            },
+            None => None,
+        };
         let lifetime = self.lifetime(request.lifetime);
         let bucket = |rate: u32| (rate > 0).then(|| TokenBucket::new(rate, rate, now));
         *self.per_user.entry(identity).or_default() += 1;
@@ -566,9 +597,19 @@ impl TurnServerCore {
                 channel_of: HashMap::new(),
                 to_peers: bucket(self.config.bandwidth_per_allocation),
                 to_client: bucket(self.config.bandwidth_per_allocation),
+                reservation: None,
             },
         );
-        self.outputs.push_back(Output::OpenRelay { client, even: request.even_port.is_some(), family });
+        match reserved {
+            // The reserved socket is open already.
+            Some(relay) => self.relay_opened(client, Ok(relay)),
+            None => self.outputs.push_back(Output::OpenRelay {
+                client,
+                even: request.even_port.is_some(),
+                reserve_next: request.even_port == Some(true),
+                family,
+            }),
+        }
     }
 
     fn lifetime(&self, asked: Option<u32>) -> u32 {
@@ -578,22 +619,55 @@ impl TurnServerCore {
     /// The driver opened (or failed to open) the relay socket of
     /// `client`'s allocation.
     pub fn relay_opened(&mut self, client: Client, relay: Result<SocketAddr, String>) {
+        self.opened(client, relay.map(|relay| (relay, None)), None);
+    }
+
+    /// The driver opened (or failed to open) the relay socket of
+    /// `client`'s allocation, and with `Some(next)` the socket of the next
+    /// port, reserved for [`RESERVATION_LIFETIME`] from `now` under a
+    /// token the answer carries.
+    pub fn relay_opened_reserving(
+        &mut self,
+        client: Client,
+        relays: Result<(SocketAddr, Option<SocketAddr>), String>,
+        now: Instant,
+    ) {
+        self.opened(client, relays, Some(now));
+    }
+
+    fn opened(
+        &mut self,
+        client: Client,
+        relays: Result<(SocketAddr, Option<SocketAddr>), String>,
+        now: Option<Instant>,
+    ) {
         let Some(allocation) = self.allocations.get_mut(&client) else {
             // The allocation ended meanwhile.
-            if let Ok(relay) = relay {
+            if let Ok((relay, next)) = relays {
                 self.outputs.push_back(Output::CloseRelay { relay });
+                if let Some(next) = next {
+                    self.outputs.push_back(Output::CloseRelay { relay: next });
+                }
             }
             return;
         };
-        match relay {
-            Ok(relay) => {
+        match relays {
+            Ok((relay, next)) => {
                 allocation.relay = Some(relay);
+                if let (Some(next), Some(now)) = (next, now) {
+                    let token: [u8; 8] = rand::random();
+                    let family = if next.is_ipv4() { RelayFamily::V4 } else { RelayFamily::V6 };
+                    self.reservations
+                        .insert(token, Reservation { relay: next, family, expires: now + RESERVATION_LIFETIME });
+                    allocation.reservation = Some(token);
+                }
                 self.by_relay.insert(relay, client);
                 let response = TurnResponse::Allocated {
                     txid: allocation.allocate_txid,
                     relayed: relay,
                     mapped: Some(client.addr),
                     lifetime: allocation.lifetime,
+                    reservation: allocation.reservation,
                 };
                 let key = allocation.key.clone();
                 self.respond(client, &response, Some(&key));
@@ -768,8 +842,16 @@ impl TurnServerCore {
         self.remove(client);
     }
 
-    /// Expires allocations, permissions and channels due at `now`.
+    /// Expires allocations, permissions, channels and reservations due at
+    /// `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let lapsed: Vec<[u8; 8]> =
+            self.reservations.iter().filter(|(_, r)| r.expires <= now).map(|(token, _)| *token).collect();
+        for token in lapsed {
+            if let Some(reserved) = self.reservations.remove(&token) {
+                self.outputs.push_back(Output::CloseRelay { relay: reserved.relay });
+            }
+        }
         let expired: Vec<Client> = self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(c, _)| *c).collect();
         for client in expired {
             self.remove(client);
@@ -794,6 +876,7 @@ impl TurnServerCore {
                     .chain(a.permissions.values().copied())
                     .chain(a.channels.values().map(|c| c.1))
             })
+            .chain(self.reservations.values().map(|r| r.expires))
             .min()
     }
 }
@@ -886,6 +969,79 @@ mod tests {
                 _ => None,
             })
         }
+    }
+
+    /// Sends an Allocate from `from` (after the 401 that gives realm and
+    /// nonce) with EVEN-PORT `even_port` and RESERVATION-TOKEN
+    /// `reservation`; returns the outputs of the authenticated one.
+    fn raw_allocate(
+        server: &mut TurnServerCore,
+        from: &str,
+        even_port: Option<bool>,
+        reservation: Option<[u8; 8]>,
+        now: Instant,
+    ) -> Vec<Output> {
+        use fogconnect_proto::turn::{TurnRequest, decode_response, encode_request};
+        let client = Client::udp(a(from));
+        let request = TurnRequest::Allocate { lifetime: None, family: None, even_port, reservation };
+        server.handle_client(client, &encode_request([1; 12], &request, None).expect("encode"), now, UNIX);
+        let Some(Output::ToClient { bytes, .. }) = server.poll_output() else { panic!("no challenge") };
+        let Ok(TurnResponse::Error { code: 401, realm: Some(realm), nonce: Some(nonce), .. }) = decode_response(&bytes)
+        else {
+            panic!("not a 401")
+        };
+        let auth = LongTermAuth { username: "dev".into(), password: "secret".into(), realm, nonce };
+        server.handle_client(client, &encode_request([2; 12], &request, Some(&auth)).expect("encode"), now, UNIX);
+        std::iter::from_fn(|| server.poll_output()).collect()
+    }
+
+    /// The answer among `outputs`.
+    fn answer(outputs: &[Output]) -> TurnResponse {
+        outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::ToClient { bytes, .. } => fogconnect_proto::turn::decode_response(bytes).ok(),
+                _ => None,
+            })
+            .expect("an answer")
+    }
+
+    #[test]
+    fn even_port_with_r_reserves_the_next_port_for_the_token() {
+        let t0 = Instant::now();
+        let mut server = TurnServerCore::new(users(), b"nonce secret");
+        // RTP: an even port, the next one reserved.
+        let outputs = raw_allocate(&mut server, "203.0.113.7:5000", Some(true), None, t0);
+        assert!(matches!(outputs[..], [Output::OpenRelay { even: true, reserve_next: true, .. }]), "{outputs:?}");
+        let rtp = Client::udp(a("203.0.113.7:5000"));
+        server.relay_opened_reserving(rtp, Ok((a("198.51.100.1:50000"), Some(a("198.51.100.1:50001")))), t0);
+        let outputs: Vec<Output> = std::iter::from_fn(|| server.poll_output()).collect();
+        let TurnResponse::Allocated { relayed, reservation: Some(token), .. } = answer(&outputs) else {
+            panic!("no token: {outputs:?}")
+        };
+        assert_eq!(relayed, a("198.51.100.1:50000"));
+        // RTCP: the reserved port, at once, by the token; once only.
+        let outputs = raw_allocate(&mut server, "203.0.113.7:5001", None, Some(token), t0);
+        let TurnResponse::Allocated { relayed, reservation: None, .. } = answer(&outputs) else {
+            panic!("not allocated: {outputs:?}")
+        };
+        assert_eq!(relayed, a("198.51.100.1:50001"));
+        assert!(!outputs.iter().any(|o| matches!(o, Output::OpenRelay { .. })), "the reserved socket is used");
+        let again = raw_allocate(&mut server, "203.0.113.7:5003", None, Some(token), t0);
+        assert!(matches!(answer(&again), TurnResponse::Error { code: 508, .. }), "{again:?}");
+        // Both at once is a bad request.
+        let both = raw_allocate(&mut server, "203.0.113.7:5005", Some(true), Some(token), t0);
+        assert!(matches!(answer(&both), TurnResponse::Error { code: 400, .. }), "{both:?}");
+        // A reservation nobody claims is closed after its lifetime.
+        let outputs = raw_allocate(&mut server, "203.0.113.7:6000", Some(true), None, t0);
+        assert!(matches!(outputs[..], [Output::OpenRelay { .. }]));
+        let third = Client::udp(a("203.0.113.7:6000"));
+        server.relay_opened_reserving(third, Ok((a("198.51.100.1:50010"), Some(a("198.51.100.1:50011")))), t0);
+        while server.poll_output().is_some() {}
+        assert_eq!(server.poll_timeout(), Some(t0 + RESERVATION_LIFETIME));
+        server.handle_timeout(t0 + RESERVATION_LIFETIME);
+        let closed: Vec<Output> = std::iter::from_fn(|| server.poll_output()).collect();
+        assert_eq!(closed, [Output::CloseRelay { relay: a("198.51.100.1:50011") }]);
     }
 
     fn users() -> TurnServerConfig {
