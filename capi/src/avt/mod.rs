@@ -7,7 +7,7 @@ mod service;
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -123,8 +123,13 @@ struct Avt {
 static AVT: Mutex<Option<Avt>> = Mutex::new(None);
 /// `iv_avt_p2p_attach`'s context and service.
 static ATTACHED: Mutex<Option<(usize, u8)>> = Mutex::new(None);
-/// The watermarks of every stream.
-static MARKS: std::sync::LazyLock<Arc<Mutex<(u64, u64, u64)>>> = std::sync::LazyLock::new(Arc::default);
+/// The watermarks of every stream, current and future (low, warn, high).
+static MARKS: Mutex<(u64, u64, u64)> = Mutex::new((0, 0, 0));
+
+/// The marks a new stream starts with.
+fn marks() -> (u64, u64, u64) {
+    *lock(&MARKS)
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -276,7 +281,7 @@ pub unsafe extern "C" fn iv_avt_p2p_init(parm: *const IvP2pParm) -> c_int {
             }
             *avt = Some(Avt { context: context.handle, callbacks, handles: handles.clone(), serving: None });
         }
-        let implementation = AvtService::new(callbacks, handles, MARKS.clone());
+        let implementation = AvtService::new(callbacks, handles);
         let pending = PendingStreams { service, implementation, keep_alive, listen };
         match context.serve_streams(pending) {
             Ok(Some(serving)) => started(context.handle, serving),

@@ -173,15 +173,13 @@ fn c_text(text: &str) -> Option<CString> {
 pub struct AvtService {
     callbacks: Callbacks,
     handles: SharedHandles,
-    /// The marks every new stream starts with.
-    marks: Arc<Mutex<(u64, u64, u64)>>,
     /// Talk-back data is copied here: C gets a writable buffer.
     scratch: Vec<u8>,
 }
 
 impl AvtService {
-    pub fn new(callbacks: Callbacks, handles: SharedHandles, marks: Arc<Mutex<(u64, u64, u64)>>) -> Self {
-        Self { callbacks, handles, marks, scratch: Vec::new() }
+    pub fn new(callbacks: Callbacks, handles: SharedHandles) -> Self {
+        Self { callbacks, handles, scratch: Vec::new() }
     }
 
     fn event(&self, host: &mut StreamHost<'_>, code: c_int, handle: *mut c_void) {
@@ -231,7 +229,7 @@ impl StreamService for AvtService {
         handles.send.insert(id, c_handle);
         handles.send_ids.insert(c_handle, id);
         drop(handles);
-        let (low, warn, high) = *self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let (low, warn, high) = super::marks();
         // Checked when set: the marks are in order.
         let _ = host.set_watermarks(id, low, warn, high);
         Ok(id)

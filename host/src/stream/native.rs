@@ -423,8 +423,8 @@ pub(crate) struct NativeStreams {
     pub(crate) token: u64,
 }
 
-/// Starts serving `service` with `implementation` on a thread of its own;
-/// `register` puts it in the dispatcher (false: the number is taken).
+/// Starts serving `service` with `implementation` on a thread of its own,
+/// registered in `dispatcher`; `Err(service)` when the number is taken.
 pub(crate) fn start<S: StreamService>(
     service: u8,
     implementation: S,
@@ -441,14 +441,7 @@ pub(crate) fn start<S: StreamService>(
     let finished_blocking: Arc<Finished> = Arc::default();
     let done = finished_blocking.clone();
     let stop = CancellationToken::new();
-    let actor = NativeStreamActor {
-        service,
-        token,
-        implementation,
-        core: StreamCore::new(Instant::now()),
-        waiters: HashMap::new(),
-        runtime: Some(runtime),
-    };
+    let actor = NativeStreamActor::new(service, token, implementation, Some(runtime));
     let dispatcher_weak = Arc::downgrade(dispatcher);
     let stopping = stop.clone();
     let spawned = std::thread::Builder::new().name(format!("fogconnect-streams-{service}")).spawn(move || {
@@ -489,15 +482,8 @@ impl<S: StreamService> ServeHarness<NativeStreamActor<S>> {
     /// A harness serving `service` with `implementation`.
     pub fn native(service: u8, implementation: S) -> Self {
         let (owner, events) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-        let actor = NativeStreamActor {
-            service,
-            token: NEXT_SERVICE.fetch_add(1, Ordering::Relaxed),
-            implementation,
-            core: StreamCore::new(Instant::now()),
-            waiters: HashMap::new(),
-            runtime: None,
-        };
-        Self::with_server(actor, service, owner, events)
+        let token = NEXT_SERVICE.fetch_add(1, Ordering::Relaxed);
+        Self::with_server(NativeStreamActor::new(service, token, implementation, None), service, owner, events)
     }
 }
 
@@ -510,6 +496,10 @@ enum Wake {
 }
 
 impl<S: StreamService> NativeStreamActor<S> {
+    fn new(service: u8, token: u64, implementation: S, runtime: Option<tokio::runtime::Handle>) -> Self {
+        Self { service, token, implementation, core: StreamCore::new(Instant::now()), waiters: HashMap::new(), runtime }
+    }
+
     fn run(
         mut self,
         mut events: mpsc::Receiver<ConnEvent>,
@@ -592,17 +582,13 @@ impl<S: StreamService> NativeStreamActor<S> {
     /// streams get no further calls); the service serves new ones.
     fn failed(&mut self, message: &str) {
         tracing::error!(service = self.service, "native stream service failed: {message}");
-        for (_, c) in self.core.conns.drain() {
+        let lost = std::mem::replace(&mut self.core, StreamCore::new(Instant::now()));
+        for (_, c) in lost.conns {
             c.stop.cancel();
             c.shared.fail(format!("the stream service {} failed: {message}", self.service));
         }
-        self.core.streams.clear();
-        self.core.schedule = super::schedule::PullSchedule::new(super::schedule::DEFAULT_PERIOD, Instant::now());
-        for (id, _) in self.core.commands.drain() {
-            if let Some(waiter) = self.waiters.remove(&id) {
-                let _ = waiter.send(Err(CommandFailure::Closed));
-            }
-        }
+        // Callers waiting for a reply learn `Closed` as their channel drops.
+        self.waiters.clear();
     }
 
     /// Runs one callback of the implementation with its host; a panic is
