@@ -40,9 +40,10 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
-## lab-deps: what the NAT lab tests need (root): ip, nft, conntrack, and coturn's
+## lab-deps: what the NAT lab and cluster tests need (root): ip, nft, conntrack,
+## nats-server (the signaling cluster tests), and coturn's
 ## RFC 5780 server and client for the interoperability tests
-LAB_TOOLS := ip:iproute2 nft:nftables conntrack:conntrack turnserver:coturn turnutils_natdiscovery:coturn
+LAB_TOOLS := ip:iproute2 nft:nftables conntrack:conntrack turnserver:coturn turnutils_natdiscovery:coturn nats-server:nats-server
 lab-deps:
 	@missing=""; for tool in $(LAB_TOOLS); do \
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \

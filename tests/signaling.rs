@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use common::signal::Raw;
 use common::{WAIT, ask, closed_within, config};
 use fogconnect::signal::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
@@ -14,7 +15,7 @@ use fogconnect::signal::token;
 use fogconnect::{
     CloseKind, ConnectError, ConnectionActivity, NetworkEvent, Node, NodeConfig, NodeEvent, RefuseCode, Transport,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &[u8] = b"signaling test secret";
@@ -39,59 +40,6 @@ async fn node_with(server_url: &str, id: &str, plugins: &[(u8, &str)], config: N
     let node = builder.start().await?;
     node.registered(WAIT).await?;
     Ok(node)
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A raw protocol client, to check the wire behaviour.
-struct Raw(Ws);
-
-impl Raw {
-    async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Raw(ws))
-    }
-
-    async fn send(&mut self, message: &ClientMessage) -> anyhow::Result<()> {
-        self.send_text(message.encode()).await
-    }
-
-    async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
-        Ok(self.0.send(Message::text(text)).await?)
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<ServerMessage> {
-        loop {
-            match tokio::time::timeout(WAIT, self.0.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => return Ok(ServerMessage::decode(text.as_str())?),
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => bail!("unexpected {other:?}"),
-                Err(_) => bail!("no message within {WAIT:?}"),
-            }
-        }
-    }
-
-    async fn register(url: &str, id: &str, token: &str) -> anyhow::Result<(Self, ServerMessage)> {
-        let mut raw = Raw::connect(url).await?;
-        raw.send(&ClientMessage::Register { version: PROTOCOL_VERSION, id: id.into(), token: token.into() }).await?;
-        let reply = raw.recv().await?;
-        Ok((raw, reply))
-    }
-
-    async fn expect_error(&mut self, code: ErrorCode) -> anyhow::Result<String> {
-        match self.recv().await? {
-            ServerMessage::Error { code: got, message, .. } if got == code.code() => Ok(message),
-            other => bail!("expected error {code:?}, got {other:?}"),
-        }
-    }
-
-    async fn ping(&mut self, nonce: u64) -> anyhow::Result<()> {
-        self.send(&ClientMessage::Ping { nonce }).await?;
-        match self.recv().await? {
-            ServerMessage::Pong { nonce: n } if n == nonce => Ok(()),
-            other => bail!("expected pong, got {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]

@@ -137,7 +137,12 @@ typedef void pr_close_peer_t(void* pr_connect, void* cbarg);
  *   port        TCP port; 0 means 7600.
  *   ctx         the context (from pr_fogconnect_init) that joins.
  *   url         the server's host name or address (e.g. "127.0.0.1"), or a
- *               whole URL ("ws://host:port/ws", "wss://..."), used as given.
+ *               whole URL ("ws://host:port/ws", "wss://..."), used as given;
+ *               or several of these separated by commas
+ *               ("sig1.example,sig2.example"), servers of one signaling
+ *               cluster: the context registers with the first that
+ *               answers and moves to the next when its server is lost,
+ *               without touching its P2P connections.
  *   type        "/ws" (NULL too): ws://url:port/ws; "/wss": TLS,
  *               wss://url:port/ws; another path starting with '/' is used
  *               as the path.

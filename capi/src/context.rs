@@ -67,7 +67,7 @@ struct AcceptLoop {
 
 /// Where `pr_init_signal` connects.
 pub(crate) struct SignalTarget {
-    /// The WebSocket URL.
+    /// The WebSocket URL, or several separated by commas.
     pub(crate) url: String,
     /// A PEM file of a CA to trust.
     pub(crate) ca: Option<PathBuf>,

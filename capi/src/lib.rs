@@ -108,11 +108,9 @@ unsafe fn signal_target(info: &PrSignalServer) -> Result<SignalTarget, String> {
     let host = unsafe { text_arg(info.url, "pr_signal_server.url") }?;
     let kind = unsafe { optional_text_arg(info.r#type, "pr_signal_server.type") }?;
     let ca = unsafe { optional_text_arg(info.certificate, "pr_signal_server.certificate") }?.map(PathBuf::from);
-    if host.is_empty() {
+    let hosts: Vec<&str> = host.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+    if hosts.is_empty() {
         return Err("pr_signal_server.url is empty".into());
-    }
-    if host.contains("://") {
-        return Ok(SignalTarget { url: host, ca });
     }
     let tls = kind.as_deref() == Some("/wss") || ca.is_some();
     let path = match kind.as_deref() {
@@ -121,9 +119,22 @@ unsafe fn signal_target(info: &PrSignalServer) -> Result<SignalTarget, String> {
         Some(other) => return Err(format!("pr_signal_server.type {other:?} is neither \"/ws\", \"/wss\" nor a path")),
     };
     let port = if info.port == 0 { DEFAULT_SIGNAL_PORT } else { info.port };
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
     let scheme = if tls { "wss" } else { "ws" };
-    Ok(SignalTarget { url: format!("{scheme}://{host}:{port}{path}"), ca })
+    // Several servers, separated by commas: the device moves to the next
+    // when its server is lost.
+    let urls: Vec<String> = hosts
+        .into_iter()
+        .map(|host| {
+            if host.contains("://") {
+                host.to_string()
+            } else if host.contains(':') && !host.starts_with('[') {
+                format!("{scheme}://[{host}]:{port}{path}")
+            } else {
+                format!("{scheme}://{host}:{port}{path}")
+            }
+        })
+        .collect();
+    Ok(SignalTarget { url: urls.join(","), ca })
 }
 
 /// `pr_init_signal`: starts the context's node and waits for the

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     IdleTimeout = 9,
     /// The target peer cannot take more messages now.
     PeerBusy = 10,
+    /// The signaling server holding the target cannot be reached now (the
+    /// servers' cluster is down or slow); try again.
+    Unreachable = 11,
 }
 
 impl ErrorCode {
@@ -60,8 +63,26 @@ impl ErrorCode {
             8 => Self::VersionMismatch,
             9 => Self::IdleTimeout,
             10 => Self::PeerBusy,
+            11 => Self::Unreachable,
             _ => return None,
         })
+    }
+
+    /// The code's name as the protocol documents it (`unknown-peer`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::Unauthorized => "unauthorized",
+            Self::NotRegistered => "not-registered",
+            Self::TooLarge => "too-large",
+            Self::RateLimited => "rate-limited",
+            Self::UnknownPeer => "unknown-peer",
+            Self::ServerFull => "server-full",
+            Self::VersionMismatch => "version-mismatch",
+            Self::IdleTimeout => "idle-timeout",
+            Self::PeerBusy => "peer-busy",
+            Self::Unreachable => "unreachable",
+        }
     }
 }
 

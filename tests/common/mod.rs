@@ -5,7 +5,9 @@ pub mod attack;
 pub mod browser;
 pub mod c;
 pub mod media;
+pub mod nats;
 pub mod server;
+pub mod signal;
 pub mod turn;
 
 use std::path::PathBuf;

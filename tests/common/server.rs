@@ -57,6 +57,11 @@ impl ServerProcess {
         Ok(Self { _child: running, pid, addr })
     }
 
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(self) {
+        drop(self._child);
+    }
+
     /// `ws://ADDR/ws`, for a signaling server.
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)

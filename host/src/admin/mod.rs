@@ -5,7 +5,7 @@
 //! are documented in `host/src/admin/ADMIN.md`.
 
 pub mod client;
-mod server;
+pub(crate) mod server;
 
 pub use server::{AdminConfig, AdminServer};
 

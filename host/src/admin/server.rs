@@ -113,7 +113,7 @@ impl Drop for AdminServer {
 
 /// Accepts admin connections until `stop`, at most [`MAX_CONNECTIONS`]
 /// at once, each served by hyper with the header deadline.
-async fn serve_connections(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
+pub(crate) async fn serve_connections(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     while let Some((stream, peer)) = crate::limits::accept_with_backoff(&listener, &stop, "admin API").await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {

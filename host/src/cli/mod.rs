@@ -78,7 +78,8 @@ impl IdArgs {
 /// Joining a signaling server from a one-shot command.
 #[derive(Debug, Args)]
 pub struct SignalJoinArgs {
-    /// Signaling server URL, e.g. ws://host:7600/ws.
+    /// Signaling server URL, e.g. ws://host:7600/ws; servers of a cluster
+    /// separated by commas.
     #[arg(long, value_name = "URL")]
     signal: String,
     /// This command's node id at the signaling server.

@@ -24,7 +24,9 @@ pub struct NodeArgs {
     /// Time between two scans of --plugin-dir, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000), requires = "plugin_dir")]
     plugin_scan_ms: u64,
-    /// Signaling server to register with, e.g. ws://host:7600/ws.
+    /// Signaling server to register with, e.g. ws://host:7600/ws; servers
+    /// of a cluster separated by commas (the node moves to the next when
+    /// its server is lost).
     #[arg(long, value_name = "URL", requires = "token")]
     signal: Option<String>,
     /// The token for --id at the signaling server.

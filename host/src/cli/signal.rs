@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use fogconnect::metrics::exporter::MetricsExporter;
 use fogconnect::relay::url::TurnUrl;
+use fogconnect::signal::routes::cluster::ClusterConfig;
 use fogconnect::signal::server::{RelayGrant, SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 
@@ -78,6 +80,38 @@ pub struct SignalArgs {
     /// relays (--relay) with credentials.
     #[arg(long = "stun-url", value_name = "URL", value_parser = parse_stun_url)]
     stun_urls: Vec<String>,
+    /// Join a NATS cluster with every other signaling server given the
+    /// same cluster: NATS server URLs, comma-separated or repeated
+    /// (nats://host:4222, tls://host:4222; user:password@ or token@ in
+    /// the URL). Ids registered on any server are reached from all. Alone
+    /// when absent.
+    #[arg(long = "nats", value_name = "URL", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// Replicas of the directory bucket when this server makes it (the
+    /// first server to start makes it; do that with every NATS server up).
+    #[arg(long, default_value_t = 3, requires = "nats")]
+    nats_replicas: usize,
+    /// Namespace of the servers' NATS subjects and directory bucket:
+    /// servers of one deployment share it; another deployment on the same
+    /// NATS cluster takes another.
+    #[arg(long, default_value = "fogsig", requires = "nats", value_parser = parse_namespace)]
+    nats_namespace: String,
+    /// This server's name in the cluster (unique; default: random).
+    #[arg(long, requires = "nats")]
+    nats_name: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (sessions, messages,
+    /// refusals by code, NATS health).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+}
+
+/// A NATS subject token and bucket name: letters, digits, `-` and `_`.
+fn parse_namespace(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("{text:?}: 1 to 64 letters, digits, - or _"));
+    }
+    Ok(text.to_string())
 }
 
 /// A STUN URL (RFC 7064): `stun:host[:port]` (browsers take no `stuns:`).
@@ -188,16 +222,37 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
             ttl: Duration::from_secs(args.relay_ttl_s.max(60)),
         });
     }
+    if !args.nats.is_empty() {
+        let mut cluster = ClusterConfig::new(args.nats);
+        cluster.replicas = args.nats_replicas.max(1);
+        cluster.subject_prefix = args.nats_namespace.clone();
+        cluster.bucket = args.nats_namespace;
+        cluster.server_name = args.nats_name;
+        config.cluster = Some(cluster);
+    }
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let server = SignalServer::start(config).await.context("cannot start the signaling server")?;
     println!("signaling on {scheme}://{}/ws", server.local_addr());
+    let _exporter = match args.metrics {
+        Some(addr) => {
+            let exporter = MetricsExporter::start(addr, server.metrics_renderer())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            let _ = writeln!(std::io::stdout(), "metrics on http://{}/metrics", exporter.local_addr());
+            Some(exporter)
+        }
+        None => None,
+    };
+    if let Some(name) = server.cluster_name() {
+        let _ = writeln!(std::io::stdout(), "in the NATS cluster as {name}");
+    }
     // A reader that took only the first line (the URL) may have closed
     // the pipe: this one is for people, and not worth dying for.
     let web = if scheme == "wss" { "https" } else { "http" };
     let _ =
         writeln!(std::io::stdout(), "web app on {web}://{}/ (browser module at /fogconnect.js)", server.local_addr());
     super::node::wait_for_signal().await?;
-    server.shutdown();
+    server.close().await;
     Ok(())
 }
 

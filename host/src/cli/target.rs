@@ -18,7 +18,8 @@ pub struct TargetArgs {
     /// Id of the node to connect to, through the signaling server.
     #[arg(long, requires_all = ["signal", "id", "token"])]
     peer: Option<String>,
-    /// Signaling server URL, e.g. ws://host:7600/ws (with --peer).
+    /// Signaling server URL, e.g. ws://host:7600/ws (with --peer); servers
+    /// of a cluster separated by commas.
     #[arg(long, value_name = "URL")]
     signal: Option<String>,
     /// This command's node id at the signaling server (with --peer).

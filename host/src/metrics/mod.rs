@@ -2,6 +2,7 @@
 //! 0.0.4): lock-free counters and histograms the plugin actors update, and
 //! a pure renderer over a snapshot of them.
 
+pub mod exporter;
 pub mod histogram;
 pub mod render;
 

@@ -419,6 +419,10 @@ impl NodeBuilder {
 
     /// Registers with the signaling server at `url` (e.g.
     /// `ws://host:7600/ws`) using `token`, so peers can connect by id.
+    /// Several servers of one signaling cluster go in one string,
+    /// separated by commas: the node registers with the first that answers
+    /// and moves to the next when its server is lost, its P2P connections
+    /// untouched.
     pub fn signal(mut self, url: impl Into<String>, token: impl Into<String>) -> Self {
         self.config.signal = Some(SignalClientConfig::new(url, String::new(), token));
         self

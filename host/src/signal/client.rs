@@ -21,8 +21,11 @@ use super::protocol::{ClientMessage, ErrorCode, Offer, PROTOCOL_VERSION, RelayCr
 /// Configuration of a signaling client.
 #[derive(Debug, Clone)]
 pub struct SignalClientConfig {
-    /// `ws://host:port/ws` or `wss://...`.
-    pub url: String,
+    /// The signaling servers, `ws://host:port/ws` or `wss://...`: the
+    /// client registers with the first that answers and moves on to the
+    /// next when its server is lost or refuses to serve (servers of one
+    /// cluster, or any servers sharing the token secret).
+    pub urls: Vec<String>,
     /// The node id to register.
     pub id: String,
     /// The credential for `id`.
@@ -45,10 +48,11 @@ pub struct SignalClientConfig {
 }
 
 impl SignalClientConfig {
-    /// Defaults for `url`, `id` and `token`.
-    pub fn new(url: impl Into<String>, id: impl Into<String>, token: impl Into<String>) -> Self {
+    /// Defaults for `urls` (one URL, or several separated by commas), `id`
+    /// and `token`.
+    pub fn new(urls: impl Into<String>, id: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            urls: split_urls(&urls.into()),
             id: id.into(),
             token: token.into(),
             keep_alive_interval: Duration::from_secs(15),
@@ -59,6 +63,11 @@ impl SignalClientConfig {
             ca_file: None,
         }
     }
+}
+
+/// The URLs of a comma-separated list, trimmed, empty entries left out.
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
 }
 
 /// Where the client stands.
@@ -190,10 +199,14 @@ impl SignalClient {
     /// to `incoming`.
     ///
     /// # Errors
-    /// [`SignalError::InvalidUrl`] when the URL is not `ws://` or `wss://`.
+    /// [`SignalError::InvalidUrl`] when there is no URL or one is not
+    /// `ws://` or `wss://`.
     pub fn start(config: SignalClientConfig, incoming: mpsc::Sender<SignalRequest>) -> Result<Self, SignalError> {
-        if !(config.url.starts_with("ws://") || config.url.starts_with("wss://")) {
-            return Err(SignalError::InvalidUrl(config.url.clone(), "must start with ws:// or wss://".into()));
+        if config.urls.is_empty() {
+            return Err(SignalError::InvalidUrl(String::new(), "no signaling URL given".into()));
+        }
+        if let Some(url) = config.urls.iter().find(|u| !(u.starts_with("ws://") || u.starts_with("wss://"))) {
+            return Err(SignalError::InvalidUrl(url.clone(), "must start with ws:// or wss://".into()));
         }
         let (commands, commands_rx) = mpsc::channel(256);
         let (status_tx, status) = watch::channel(SignalStatus::Connecting);
@@ -385,17 +398,24 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 impl Actor {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        // The server in use; the next one after a loss or a failure, so
+        // the clients of a lost server spread over the others (each after
+        // its own jittered delay: a reconnect storm is damped, not
+        // synchronised).
+        let mut current = 0;
         loop {
             let _ = self.status.send(SignalStatus::Connecting);
-            let outcome = match self.open().await {
+            let url = self.config.urls[current % self.config.urls.len()].clone();
+            let outcome = match self.open(&url).await {
                 Ok(ws) => {
                     backoff.reset();
                     let _ = self.status.send(SignalStatus::Registered);
-                    tracing::info!(url = %self.config.url, id = %self.config.id, "registered with signaling");
+                    tracing::info!(%url, id = %self.config.id, "registered with signaling");
                     self.session(ws).await
                 }
                 Err(e) => Err(e),
             };
+            current = (current + 1) % self.config.urls.len();
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -423,10 +443,10 @@ impl Actor {
     }
 
     /// Connects and registers.
-    async fn open(&self) -> Result<Socket, SignalError> {
+    async fn open(&self, url: &str) -> Result<Socket, SignalError> {
         let timeout = self.config.request_timeout;
-        let connector = if self.config.url.starts_with("wss://") { Some(tls_connector(&self.config)?) } else { None };
-        let connect = tokio_tungstenite::connect_async_tls_with_config(self.config.url.as_str(), None, true, connector);
+        let connector = if url.starts_with("wss://") { Some(tls_connector(&self.config)?) } else { None };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
         let (mut ws, _) = tokio::select! {
             _ = self.shutdown.cancelled() => return Err(SignalError::Unavailable("stopped".into())),
             r = tokio::time::timeout(timeout, connect) => r

@@ -4,8 +4,10 @@
 
 pub mod backoff;
 pub mod client;
+pub mod metrics;
 pub use fogconnect_proto::signal as protocol;
 pub mod rate;
+pub mod routes;
 pub mod server;
 pub mod token;
 pub mod web;
@@ -46,6 +48,10 @@ pub enum SignalError {
         /// Reason.
         message: String,
     },
+    /// The NATS cluster cannot be joined (unreachable, refused, the
+    /// directory bucket missing and not makeable).
+    #[error("signaling cluster: {0}")]
+    Cluster(String),
     /// No answer within the request timeout, or the signaling connection
     /// was lost while waiting.
     #[error("signaling request timed out: {0}")]

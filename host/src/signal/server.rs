@@ -7,7 +7,6 @@
 //! message, memory queued for a client, registrations per id. A bad
 //! message gets an `error` with its code and never affects other clients.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,10 +23,13 @@ use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_util::sync::CancellationToken;
 
 use super::SignalError;
+use super::metrics::{SignalCounters, SignalSnapshot, render};
 use super::protocol::{
     ClientMessage, DecodeError, ErrorCode, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, RelayCredentials, ServerMessage,
 };
 use super::rate::TokenBucket;
+use super::routes::cluster::{ClusterConfig, NatsRoutes};
+use super::routes::{Alone, LocalSession, PeerRoutes, Undeliverable};
 use super::token;
 use super::web;
 use crate::limits::{DescriptorBudget, PerIpConnections, RateTable, accept_with_backoff};
@@ -58,10 +60,7 @@ const REGISTER_TRACKED: usize = 100_000;
 /// closed for not reading would hold the session for the whole send
 /// deadline.
 const FAREWELL_LIMIT: Duration = Duration::from_secs(1);
-/// How long an id's offline event waits: an id back within it was never
-/// reported gone (nor back), so a client that reconnects quickly, or in a
-/// loop, does not make every subscriber hear about it.
-pub const PRESENCE_GRACE: Duration = Duration::from_secs(2);
+pub use super::routes::PRESENCE_GRACE;
 /// Source addresses whose connection rate is tracked at once.
 const CONNECT_RATE_TRACKED: usize = 65_536;
 
@@ -105,6 +104,9 @@ pub struct SignalServerConfig {
     /// STUN servers (`stun:host:port`) handed to every client for
     /// browsers' ICE.
     pub stun_urls: Vec<String>,
+    /// The NATS cluster this server joins, with every other server of the
+    /// same cluster; alone when absent.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The TURN relays a signaling server hands out, and how it makes their
@@ -158,31 +160,37 @@ impl SignalServerConfig {
             tls: None,
             relays: None,
             stun_urls: Vec::new(),
+            cluster: None,
         }
     }
 }
 
-struct Session {
-    serial: u64,
-    tx: mpsc::Sender<ServerMessage>,
-    subscribed: bool,
-}
-
 struct Shared {
     config: SignalServerConfig,
-    sessions: Mutex<HashMap<String, Session>>,
+    /// Who holds which id: this server's sessions, or the cluster's.
+    routes: Arc<dyn PeerRoutes>,
+    /// The cluster routing, when in one (for its health and counters).
+    cluster: Option<Arc<NatsRoutes>>,
     /// Open TCP connections per source address and in total.
     connections: PerIpConnections,
     /// New TCP connections per source address.
     connect_rate: Mutex<RateTable<IpAddr>>,
     /// Registrations per id (an id a valid token admitted).
     registrations: Mutex<RateTable<String>>,
-    /// Ids whose offline event waits out [`PRESENCE_GRACE`], with the
-    /// serial of the session that left.
-    offline_pending: Mutex<HashMap<String, u64>>,
     connected: AtomicUsize,
     next_serial: AtomicU64,
-    forwarded: AtomicU64,
+    counters: SignalCounters,
+}
+
+impl Shared {
+    fn metrics(&self) -> String {
+        render(&SignalSnapshot {
+            sessions: self.routes.local().len(),
+            connections: self.connected.load(Ordering::Relaxed),
+            counters: &self.counters,
+            cluster: self.cluster.as_deref(),
+        })
+    }
 }
 
 /// A running signaling server.
@@ -230,6 +238,14 @@ impl SignalServer {
             descriptors = ?budget.limit,
             "signaling limits"
         );
+        let shutdown = CancellationToken::new();
+        let (routes, cluster): (Arc<dyn PeerRoutes>, _) = match config.cluster.clone() {
+            Some(cluster) => {
+                let routes = NatsRoutes::start(cluster, shutdown.clone()).await?;
+                (routes.clone(), Some(routes))
+            }
+            None => (Arc::new(Alone::default()), None),
+        };
         let shared = Arc::new(Shared {
             connections: PerIpConnections::new(config.max_clients_per_ip, max_connections),
             connect_rate: Mutex::new(RateTable::new(
@@ -238,14 +254,13 @@ impl SignalServer {
                 CONNECT_RATE_TRACKED,
             )),
             registrations: Mutex::new(RateTable::new(REGISTER_RATE, REGISTER_BURST, REGISTER_TRACKED)),
-            offline_pending: Mutex::new(HashMap::new()),
             config,
-            sessions: Mutex::new(HashMap::new()),
+            routes,
+            cluster,
             connected: AtomicUsize::new(0),
             next_serial: AtomicU64::new(1),
-            forwarded: AtomicU64::new(0),
+            counters: SignalCounters::default(),
         });
-        let shutdown = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), tls, shutdown.clone()));
         tracing::info!(%local_addr, "signaling server listening");
         Ok(Self { local_addr, shared, shutdown })
@@ -261,14 +276,51 @@ impl SignalServer {
         format!("ws://{}{WS_PATH}", self.local_addr)
     }
 
-    /// Registered sessions.
+    /// Sessions registered on this server.
     pub fn registered(&self) -> usize {
-        self.shared.sessions.lock().map(|s| s.len()).unwrap_or(0)
+        self.shared.routes.local().len()
     }
 
     /// Messages forwarded between clients since start.
     pub fn forwarded(&self) -> u64 {
-        self.shared.forwarded.load(Ordering::Relaxed)
+        self.shared.counters.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// The server's counters.
+    pub fn counters(&self) -> &SignalCounters {
+        &self.shared.counters
+    }
+
+    /// This server's name in its NATS cluster, if in one.
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.shared.cluster.as_deref().map(NatsRoutes::name)
+    }
+
+    /// Whether the server reaches every peer right now (alone: always; in
+    /// a cluster: while its NATS connection is up).
+    pub fn healthy(&self) -> bool {
+        self.shared.routes.healthy()
+    }
+
+    /// The Prometheus text exposition of the server's state.
+    pub fn metrics(&self) -> String {
+        self.shared.metrics()
+    }
+
+    /// A renderer of [`Self::metrics`] for a metrics endpoint.
+    pub fn metrics_renderer(&self) -> crate::metrics::exporter::Render {
+        let shared = self.shared.clone();
+        Arc::new(move || shared.metrics())
+    }
+
+    /// Stops accepting, closes every session and, in a cluster, removes
+    /// this server's ids from the directory (reporting them offline) so
+    /// the other servers need not wait for its heartbeat to lapse.
+    pub async fn close(&self) {
+        self.shutdown.cancel();
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.finished().await;
+        }
     }
 
     /// Stops accepting and closes every session.
@@ -413,7 +465,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let _guard = ConnectedGuard(shared.clone());
     if previous >= shared.config.max_clients {
         let refusal = ServerMessage::error(ErrorCode::ServerFull, "server full, try again later", None);
-        let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
+        let _ = send_within(&mut ws, &shared.counters, &refusal, FAREWELL_LIMIT).await;
         let _ = tokio::time::timeout(FAREWELL_LIMIT, ws.close(None)).await;
         return;
     }
@@ -439,7 +491,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             outgoing = rx.recv() => {
                 let Some(outgoing) = outgoing else { break "session dropped".into() };
                 let last = matches!(outgoing, ServerMessage::Replaced { .. });
-                if let Err(e) = send_within(&mut ws, &outgoing, send_limit).await {
+                if let Err(e) = send_within(&mut ws, &shared.counters, &outgoing, send_limit).await {
                     break e;
                 }
                 if last {
@@ -454,25 +506,25 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     None if !registered && tokio::time::Instant::now() >= register_by => {
                         let limit = shared.config.register_timeout;
                         let refusal = ServerMessage::error(ErrorCode::NotRegistered, format!("no registration within {limit:?}; closing"), None);
-                        let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
+                        let _ = send_within(&mut ws, &shared.counters, &refusal, FAREWELL_LIMIT).await;
                         break "no registration in time".into();
                     }
                     None => {
                         let refusal = ServerMessage::error(ErrorCode::IdleTimeout, "no message within the idle timeout", None);
-                        let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
+                        let _ = send_within(&mut ws, &shared.counters, &refusal, FAREWELL_LIMIT).await;
                         break "idle timeout".into();
                     }
                     Some(None) => break "client went away".into(),
                     Some(Some(Err(e))) => {
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             let refusal = ServerMessage::error(ErrorCode::TooLarge, format!("message exceeds {MAX_WS_MESSAGE} bytes; closing"), None);
-                            let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
+                            let _ = send_within(&mut ws, &shared.counters, &refusal, FAREWELL_LIMIT).await;
                         }
                         break format!("read failed: {e}");
                     }
                     Some(Some(Ok(Message::Text(text)))) => {
                         idle_deadline = tokio::time::Instant::now() + idle;
-                        session.handle(text.as_str())
+                        session.handle(text.as_str()).await
                     }
                     Some(Some(Ok(Message::Binary(_)))) => {
                         idle_deadline = tokio::time::Instant::now() + idle;
@@ -487,14 +539,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Some(Ok(_))) => {
                         if !session.bucket.take(Instant::now()) {
                             let refusal = ServerMessage::error(ErrorCode::RateLimited, "control frames over the rate limit; closing", None);
-                            let _ = send_within(&mut ws, &refusal, FAREWELL_LIMIT).await;
+                            let _ = send_within(&mut ws, &shared.counters, &refusal, FAREWELL_LIMIT).await;
                             break "control frames over the rate limit".into();
                         }
                         None
                     }
                 };
                 if let Some(reply) = reply
-                    && let Err(e) = send_within(&mut ws, &reply, send_limit).await
+                    && let Err(e) = send_within(&mut ws, &shared.counters, &reply, send_limit).await
                 {
                     break e;
                 }
@@ -510,9 +562,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// read (its TCP window and our bounded write buffer full) fails it.
 async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    counters: &SignalCounters,
     message: &ServerMessage,
     limit: Duration,
 ) -> Result<(), String> {
+    if let ServerMessage::Error { code, .. } = message {
+        counters.refused(*code);
+    }
     match tokio::time::timeout(limit, ws.send(Message::text(message.encode()))).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("send failed: {e}")),
@@ -539,8 +595,14 @@ impl ClientSession {
             .then(|| ServerMessage::error(ErrorCode::RateLimited, "rate limit exceeded; message dropped", None))
     }
 
-    /// Handles one text message; returns the direct reply, if any.
-    fn handle(&mut self, text: &str) -> Option<ServerMessage> {
+    /// Handles one text message; returns the direct reply, if any. Waits
+    /// on the cluster (bounded) for what needs it.
+    async fn handle(&mut self, text: &str) -> Option<ServerMessage> {
+        self.shared.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.answer(text).await
+    }
+
+    async fn answer(&mut self, text: &str) -> Option<ServerMessage> {
         if let Some(refusal) = self.limited() {
             return Some(refusal);
         }
@@ -556,23 +618,20 @@ impl ClientSession {
             Err(e) => return Some(ServerMessage::error(ErrorCode::BadRequest, e.to_string(), None)),
         };
         if let ClientMessage::Register { version, id, token } = message {
-            return Some(self.register(version, id, &token));
+            return Some(self.register(version, id, &token).await);
         }
         let Some(me) = self.id.clone() else {
             return Some(ServerMessage::error(ErrorCode::NotRegistered, "register first", None));
         };
         match message {
             ClientMessage::Register { .. } => None,
-            ClientMessage::List => {
-                let mut peers: Vec<String> = self.sessions().keys().cloned().collect();
-                peers.sort();
-                Some(ServerMessage::Peers { peers })
-            }
+            ClientMessage::List => match self.shared.routes.peers().await {
+                Ok(peers) => Some(ServerMessage::Peers { peers }),
+                Err(e) => Some(refusal(e, None)),
+            },
             ClientMessage::Relays => Some(ServerMessage::Relays { relays: self.relay_credentials(&me) }),
             ClientMessage::Subscribe => {
-                if let Some(s) = self.sessions().get_mut(&me) {
-                    s.subscribed = true;
-                }
+                self.shared.routes.local().subscribe(&me, self.serial);
                 None
             }
             ClientMessage::Connect { request_id, to, convention, offer } => {
@@ -582,32 +641,30 @@ impl ClientSession {
                     request_id,
                     ServerMessage::Incoming { request_id, from: me, convention, offer, observed },
                 )
+                .await
             }
             ClientMessage::Answer { request_id, to, offer } => {
                 let observed = Some(self.peer_ip);
-                self.forward(&to, request_id, ServerMessage::Answered { request_id, from: me, offer, observed })
+                self.forward(&to, request_id, ServerMessage::Answered { request_id, from: me, offer, observed }).await
             }
             ClientMessage::Reject { request_id, to, code, message } => {
-                self.forward(&to, request_id, ServerMessage::Rejected { request_id, from: me, code, message })
+                self.forward(&to, request_id, ServerMessage::Rejected { request_id, from: me, code, message }).await
             }
             ClientMessage::RtcConnect { request_id, to, convention, sdp } => {
                 self.forward(&to, request_id, ServerMessage::RtcIncoming { request_id, from: me, convention, sdp })
+                    .await
             }
             ClientMessage::RtcAnswer { request_id, to, sdp } => {
-                self.forward(&to, request_id, ServerMessage::RtcAnswered { request_id, from: me, sdp })
+                self.forward(&to, request_id, ServerMessage::RtcAnswered { request_id, from: me, sdp }).await
             }
             ClientMessage::RtcCandidate { request_id, to, candidate } => {
-                self.forward(&to, request_id, ServerMessage::RtcCandidate { request_id, from: me, candidate })
+                self.forward(&to, request_id, ServerMessage::RtcCandidate { request_id, from: me, candidate }).await
             }
             ClientMessage::Ping { nonce } => Some(ServerMessage::Pong { nonce }),
         }
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn register(&mut self, version: u32, id: String, token: &str) -> ServerMessage {
+    async fn register(&mut self, version: u32, id: String, token: &str) -> ServerMessage {
         if version != PROTOCOL_VERSION {
             return ServerMessage::error(
                 ErrorCode::VersionMismatch,
@@ -636,26 +693,9 @@ impl ClientSession {
                 None,
             );
         }
-        let mut sessions = self.sessions();
-        let replaced =
-            sessions.insert(id.clone(), Session { serial: self.serial, tx: self.tx.clone(), subscribed: false });
-        let newly_online = match replaced {
-            Some(old) if old.serial != self.serial => {
-                let _ = old.tx.try_send(ServerMessage::Replaced {
-                    message: "this id registered again from another session".into(),
-                });
-                false
-            }
-            Some(_) => false,
-            None => true,
-        };
-        // Back within the grace of its offline event: subscribers never
-        // heard it was gone.
-        let returned = self.shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id).is_some();
-        if newly_online && !returned {
-            broadcast_presence(&sessions, &id, true);
-        }
-        drop(sessions);
+        let session = LocalSession { serial: self.serial, tx: self.tx.clone(), subscribed: false, revision: None };
+        self.shared.routes.clone().claim(&id, session).await;
+        self.shared.counters.registrations.fetch_add(1, Ordering::Relaxed);
         self.id = Some(id.clone());
         tracing::debug!(id, "registered");
         let relays = self.relay_credentials(&id);
@@ -668,21 +708,13 @@ impl ClientSession {
         self.shared.config.relays.as_ref().map(|g| g.credentials(id, now_unix())).unwrap_or_default()
     }
 
-    fn forward(&self, to: &str, request_id: u64, message: ServerMessage) -> Option<ServerMessage> {
-        let sessions = self.sessions();
-        let Some(target) = sessions.get(to) else {
-            return Some(ServerMessage::error(ErrorCode::UnknownPeer, format!("{to} is not online"), Some(request_id)));
-        };
-        match target.tx.try_send(message) {
+    async fn forward(&self, to: &str, request_id: u64, message: ServerMessage) -> Option<ServerMessage> {
+        match self.shared.routes.deliver(to, message).await {
             Ok(()) => {
-                self.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            Err(_) => Some(ServerMessage::error(
-                ErrorCode::PeerBusy,
-                format!("{to} cannot take messages now"),
-                Some(request_id),
-            )),
+            Err(e) => Some(refusal(e, Some(request_id))),
         }
     }
 
@@ -690,38 +722,18 @@ impl ClientSession {
     /// offline event goes out after [`PRESENCE_GRACE`] unless the id is
     /// back by then.
     fn leave(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        let mut sessions = self.sessions();
-        if sessions.get(&id).is_some_and(|s| s.serial == self.serial) {
-            sessions.remove(&id);
-            let serial = self.serial;
-            // Recorded under the sessions lock, as `register` reads it: a
-            // registration cannot slip between the removal and the record
-            // and be announced as online to subscribers who never heard
-            // it was gone.
-            self.shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), serial);
-            drop(sessions);
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(PRESENCE_GRACE).await;
-                let sessions = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                let mut pending = shared.offline_pending.lock().unwrap_or_else(|p| p.into_inner());
-                if pending.get(&id) == Some(&serial) {
-                    pending.remove(&id);
-                    drop(pending);
-                    if !sessions.contains_key(&id) {
-                        broadcast_presence(&sessions, &id, false);
-                    }
-                }
-            });
+        if let Some(id) = self.id.take() {
+            self.shared.routes.clone().release(id, self.serial);
         }
     }
 }
 
-fn broadcast_presence(sessions: &HashMap<String, Session>, id: &str, online: bool) {
-    for (other, session) in sessions {
-        if session.subscribed && other != id {
-            let _ = session.tx.try_send(ServerMessage::Presence { id: id.to_string(), online });
-        }
-    }
+/// The error answer for an undeliverable message.
+fn refusal(e: Undeliverable, request_id: Option<u64>) -> ServerMessage {
+    let code = match e {
+        Undeliverable::Offline(_) => ErrorCode::UnknownPeer,
+        Undeliverable::Busy(_) => ErrorCode::PeerBusy,
+        Undeliverable::Unreachable { .. } => ErrorCode::Unreachable,
+    };
+    ServerMessage::error(code, e.to_string(), request_id)
 }
