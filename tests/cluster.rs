@@ -4,13 +4,15 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use common::nats::NatsCluster;
 use common::server::ServerProcess;
 use common::signal::Raw;
-use common::{WAIT, ask, config};
+use common::turn::free_port;
+use common::{WAIT, ask, config, http_get, sample};
 use fogconnect::signal::protocol::{ClientMessage, ErrorCode, ServerMessage};
 use fogconnect::signal::token;
 use fogconnect::{Node, NodeEvent, Transport};
@@ -21,18 +23,40 @@ fn token_for(id: &str) -> String {
     token::issue(SECRET.as_bytes(), id, u64::MAX / 2)
 }
 
-/// A signaling server of the cluster, as its own process.
-fn signal_server(nats: &NatsCluster, extra: &[&str]) -> anyhow::Result<ServerProcess> {
-    let urls = nats.urls();
-    let mut args = vec!["signal", "--listen", "127.0.0.1:0", "--nats", &urls, "--nats-replicas", "3"];
-    args.extend_from_slice(extra);
-    ServerProcess::start(&args, None, "signaling on ws://", &[("FOGCONNECT_SIGNAL_SECRET", SECRET)])
+/// A signaling server of the cluster, as its own process, with its
+/// metrics endpoint.
+struct Signal {
+    process: ServerProcess,
+    metrics: SocketAddr,
+}
+
+impl Signal {
+    fn start(nats: &NatsCluster) -> anyhow::Result<Self> {
+        let urls = nats.urls();
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let metrics_arg = metrics.to_string();
+        let args =
+            ["signal", "--listen", "127.0.0.1:0", "--nats", &urls, "--nats-replicas", "3", "--metrics", &metrics_arg];
+        let process = ServerProcess::start(&args, None, "signaling on ws://", &[("FOGCONNECT_SIGNAL_SECRET", SECRET)])?;
+        Ok(Self { process, metrics })
+    }
+
+    fn url(&self) -> String {
+        self.process.url()
+    }
+
+    /// The value of a metric sample, as written with its labels.
+    fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let (code, text) = http_get(self.metrics, "/metrics")?;
+        ensure!(code == 200, "metrics answered {code}");
+        sample(&text, name).with_context(|| format!("{name} missing from\n{text}"))
+    }
 }
 
 /// A cluster of three NATS servers and three signaling servers.
-async fn cluster() -> anyhow::Result<(NatsCluster, Vec<ServerProcess>)> {
+async fn cluster() -> anyhow::Result<(NatsCluster, Vec<Signal>)> {
     let nats = NatsCluster::start(3).await?;
-    let servers = (0..3).map(|_| signal_server(&nats, &[])).collect::<anyhow::Result<Vec<_>>>()?;
+    let servers = (0..3).map(|_| Signal::start(&nats)).collect::<anyhow::Result<Vec<_>>>()?;
     Ok((nats, servers))
 }
 
@@ -110,6 +134,18 @@ async fn ids_are_reached_across_servers_with_presence_and_one_peer_list() -> any
     device.shutdown().await;
     assert_eq!(presence(&mut watcher).await?, ("dev-1".into(), false));
     assert_eq!(peer_list(&mut watcher).await?, vec!["app-3", "watcher"]);
+    // Each server's metrics: NATS up, two other servers heard, the app's
+    // server delivered across and refused the unknown peer, the device's
+    // server received from across.
+    for server in &servers {
+        ensure!(server.metric("fogconnect_signal_nats_connected")? == 1.0);
+        ensure!(server.metric("fogconnect_signal_cluster_servers")? == 2.0);
+    }
+    ensure!(servers[2].metric("fogconnect_signal_cluster_messages_total{outcome=\"delivered\"}")? >= 1.0);
+    ensure!(servers[0].metric("fogconnect_signal_cluster_messages_total{outcome=\"delivered\"}")? >= 1.0);
+    ensure!(servers[2].metric("fogconnect_signal_refusals_total{code=\"unknown-peer\"}")? == 1.0);
+    ensure!(servers[0].metric("fogconnect_signal_cluster_messages_total{outcome=\"received\"}")? >= 1.0);
+    ensure!(servers[2].metric("fogconnect_signal_sessions")? == 1.0);
     Ok(())
 }
 
@@ -268,7 +304,7 @@ async fn the_peers_of_a_killed_server_move_to_another_and_their_links_carry_on()
     let mut events = device.events();
     let doomed = servers.remove(0);
     let killed = Instant::now();
-    doomed.kill();
+    doomed.process.kill();
     // The link carries numbered messages throughout, none lost.
     let mut sent = 0u32;
     let mut lost = false;

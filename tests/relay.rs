@@ -133,7 +133,9 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         // client, and the next client may get the same local port (an
         // allocation of another user there is refused with 441).
         let relay_port = free_port()?;
-        let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret"])?;
+        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let metrics_arg = metrics.to_string();
+        let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret", "--metrics", &metrics_arg])?;
         let port = relay_port.to_string();
         let base = ["-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
         let out = Command::new("turnutils_uclient").args(base).args(extra).arg("127.0.0.1").output()?;
@@ -146,6 +148,22 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
             count("tot_send_msgs=").is_some_and(|s| s != "0") && count("tot_send_msgs=") == count("tot_recv_msgs=")
         });
         ensure!(sent_and_received, "{what}: {summary:?}");
+        // The relay's metrics tell the same story (published every second).
+        let clients: f64 = extra.iter().skip_while(|a| **a != "-m").nth(1).map_or(Ok(1.0), |m| m.parse())?;
+        let per_client = if extra.contains(&"-c") { 1.0 } else { 2.0 };
+        let deadline = std::time::Instant::now() + common::WAIT;
+        loop {
+            let (code, text) = common::http_get(metrics, "/metrics")?;
+            ensure!(code == 200, "{what}: metrics answered {code}");
+            let granted = common::sample(&text, "fogconnect_relay_allocations_granted_total").unwrap_or(0.0);
+            let bytes = common::sample(&text, "fogconnect_relay_bytes_total{direction=\"to_peer\"}").unwrap_or(0.0);
+            let challenges = common::sample(&text, "fogconnect_relay_refusals_total{code=\"401\"}").unwrap_or(0.0);
+            if granted >= clients * per_client && bytes > 0.0 && challenges >= 1.0 {
+                break;
+            }
+            ensure!(std::time::Instant::now() < deadline, "{what}: metrics do not add up:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     Ok(())
 }

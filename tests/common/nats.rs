@@ -70,18 +70,10 @@ impl NatsCluster {
     /// Waits until server `i` reports itself healthy (JetStream included).
     async fn ready(&self, i: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("127.0.0.1:{}", self.monitor_ports[i]);
+        let monitor = std::net::SocketAddr::from(([127, 0, 0, 1], self.monitor_ports[i]));
         loop {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(&url).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let request = format!("GET /healthz HTTP/1.0\r\nHost: {url}\r\n\r\n");
-                let mut answer = String::new();
-                if stream.write_all(request.as_bytes()).await.is_ok()
-                    && stream.read_to_string(&mut answer).await.is_ok()
-                    && answer.starts_with("HTTP/1.0 200")
-                {
-                    return Ok(());
-                }
+            if matches!(super::http_get(monitor, "/healthz"), Ok((200, _))) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("nats-server n{i} not healthy within 30 s");

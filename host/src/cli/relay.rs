@@ -1,6 +1,7 @@
 //! `fogconnect relay`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -67,6 +68,10 @@ pub struct RelayArgs {
     /// PEM private key for --tls-listen.
     #[arg(long, value_name = "FILE", requires = "tls_listen")]
     key: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (allocations, bytes,
+    /// refusals by code).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the TURN server until Ctrl-C or SIGTERM.
@@ -106,6 +111,18 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let tls = server.tls_addr().map(|addr| format!(", TLS on {addr}")).unwrap_or_default();
     let relaying = relay_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ");
     println!("relay listening on {} (UDP and TCP){tls}, relaying on {relaying}, realm {}", server.addr(), args.realm);
+    let _exporter = match args.metrics {
+        Some(addr) => {
+            let exporter = fogconnect::metrics::exporter::MetricsExporter::start(addr, server.metrics_renderer())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            // A reader that took only the first line may have closed the
+            // pipe: not worth dying for.
+            let _ = writeln!(std::io::stdout(), "metrics on http://{}/metrics", exporter.local_addr());
+            Some(exporter)
+        }
+        None => None,
+    };
     super::node::wait_for_signal().await?;
     server.stop().await;
     Ok(())

@@ -10,6 +10,7 @@ mod network_watch;
 mod node_events;
 mod plugins;
 mod relay;
+mod relay_rank;
 mod signaling;
 mod stream_client;
 mod traversal;
@@ -97,7 +98,7 @@ pub struct NodeConfig {
     pub stun_retransmit: RetransmitPolicy,
     /// Connectivity checks: time budget, pacing, probe limits.
     pub checks: CheckConfig,
-    /// TURN relays to allocate on (the first that grants an allocation);
+    /// TURN relays to allocate on (the nearest that grants an allocation);
     /// when empty, the relays the signaling server hands out are used.
     pub relays: Vec<RelayServer>,
     /// PEM file of an extra certificate authority trusted for `turns:`

@@ -1,5 +1,6 @@
-//! The node's TURN allocation: one allocation on the first relay that
-//! grants one, kept up (refreshed, re-made after a loss with backoff), over
+//! The node's TURN allocation: one allocation on the nearest relay of the
+//! fleet that grants one (round trips measured at each start, see
+//! `relay_rank`), kept up (refreshed, re-made after a loss with backoff), over
 //! UDP from the node's own socket or over TCP/TLS for networks that block
 //! UDP. Its relayed address is offered to peers as a candidate, and the
 //! socket facade carries QUIC through it: peers that reach this node
@@ -109,9 +110,9 @@ pub(super) struct RelayAgent {
 }
 
 impl RelayAgent {
-    /// Starts the actor: it allocates on the first of `servers` that
-    /// grants one (the list may change, e.g. at re-registration) until
-    /// `shutdown`.
+    /// Starts the actor: it allocates on the nearest of `servers` that
+    /// grants one (the list may change, e.g. at re-registration), moving
+    /// to the next nearest when the allocation is lost, until `shutdown`.
     pub(super) fn start(
         socket: Arc<FogSocket>,
         servers: watch::Receiver<Vec<RelayServer>>,
@@ -233,9 +234,20 @@ impl Actor {
                     Err(_) => return,
                 },
             };
+            let ranked = super::relay_rank::nearest_first(&servers).await;
+            if ranked.len() > 1 {
+                let order: Vec<String> = ranked
+                    .iter()
+                    .map(|(s, rtt)| match rtt {
+                        Some(rtt) => format!("{} {:.1} ms", s.url, rtt.as_secs_f64() * 1e3),
+                        None => format!("{} no answer", s.url),
+                    })
+                    .collect();
+                tracing::info!("relays, nearest first: {}", order.join(", "));
+            }
             let mut failures = Vec::new();
             let mut lost = false;
-            for server in &servers {
+            for (server, _) in &ranked {
                 self.status.send_replace(RelayStatus::Allocating);
                 let (reason, lived) = self.allocation(server).await;
                 if self.shutdown.is_cancelled() {

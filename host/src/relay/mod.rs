@@ -4,6 +4,7 @@
 //! socket facade.
 
 pub mod client;
+pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod url;

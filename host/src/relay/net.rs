@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::RelayError;
-use super::server::{Client, ClientTransport, Output, TurnServerConfig, TurnServerCore};
+use super::server::{Client, ClientTransport, Output, ServerStats, TurnServerConfig, TurnServerCore};
 use crate::limits::{DescriptorBudget, PerIpConnections, accept_with_backoff};
 use crate::transport::socket::{canonical, in_family_of};
 use fogconnect_proto::turn::RelayFamily;
@@ -77,6 +77,8 @@ pub struct TurnServer {
     tls_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// The core's counters, published every [`SWEEP_INTERVAL`].
+    stats: tokio::sync::watch::Receiver<ServerStats>,
 }
 
 struct RelaySocket {
@@ -170,7 +172,8 @@ impl TurnServer {
         let accept_tls = tls.map(|(listener, acceptor, _)| {
             tokio::spawn(accept_tcp(listener, Some(acceptor), tcp_tx, connections, handshake_timeout, stop.clone()))
         });
-        let serving = tokio::spawn(serve(socket, relay_ips, core, stop.clone(), tcp_rx));
+        let (stats_tx, stats) = tokio::sync::watch::channel(ServerStats::default());
+        let serving = tokio::spawn(serve(socket, relay_ips, core, stop.clone(), tcp_rx, stats_tx));
         let task = tokio::spawn(async move {
             let _ = serving.await;
             accept.abort();
@@ -178,7 +181,19 @@ impl TurnServer {
                 accept_tls.abort();
             }
         });
-        Ok(Self { addr, tls_addr, stop, task })
+        Ok(Self { addr, tls_addr, stop, task, stats })
+    }
+
+    /// The server's counters (at most a second old).
+    pub fn stats(&self) -> ServerStats {
+        self.stats.borrow().clone()
+    }
+
+    /// A renderer of the server's Prometheus text exposition, for a
+    /// metrics endpoint.
+    pub fn metrics_renderer(&self) -> crate::metrics::exporter::Render {
+        let stats = self.stats.clone();
+        std::sync::Arc::new(move || super::metrics::render(&stats.borrow()))
     }
 
     /// The listening address (UDP and TCP).
@@ -246,6 +261,7 @@ async fn serve(
     mut core: TurnServerCore,
     stop: CancellationToken,
     mut tcp_rx: mpsc::Receiver<TcpEvent>,
+    stats: tokio::sync::watch::Sender<ServerStats>,
 ) {
     let (peer_tx, mut peer_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(PEER_QUEUE);
     let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
@@ -262,6 +278,7 @@ async fn serve(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = sweep.tick() => {
+                stats.send_replace(core.stats());
                 // TCP clients that have not authenticated (no allocation) in
                 // time are closed: dropping the writer ends the connection.
                 let limit = core.config().tcp_auth_timeout;

@@ -219,16 +219,24 @@ struct Reservation {
 }
 
 /// Counters of the server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerStats {
     /// Allocations now.
     pub allocations: usize,
+    /// Allocations granted since start.
+    pub allocations_granted: u64,
     /// Requests refused (any error answer).
     pub refused: u64,
+    /// Refusals by error code (401 challenges included).
+    pub refused_by_code: std::collections::BTreeMap<u16, u64>,
     /// Datagrams relayed client → peer.
     pub to_peers: u64,
+    /// Payload bytes relayed client → peer.
+    pub bytes_to_peers: u64,
     /// Datagrams relayed peer → client.
     pub to_clients: u64,
+    /// Payload bytes relayed peer → client.
+    pub bytes_to_clients: u64,
     /// Datagrams dropped: no permission, over bandwidth, garbage.
     pub dropped: u64,
 }
@@ -355,7 +363,7 @@ impl TurnServerCore {
 
     /// Counters.
     pub fn stats(&self) -> ServerStats {
-        ServerStats { allocations: self.allocations.len(), ..self.stats }
+        ServerStats { allocations: self.allocations.len(), ..self.stats.clone() }
     }
 
     /// The next thing to do.
@@ -394,8 +402,12 @@ impl TurnServerCore {
     }
 
     fn respond(&mut self, client: Client, response: &TurnResponse, key: Option<&LongTermAuth>) {
-        if matches!(response, TurnResponse::Error { .. }) {
-            self.stats.refused += 1;
+        match response {
+            TurnResponse::Error { code, .. } => {
+                self.stats.refused += 1;
+                *self.stats.refused_by_code.entry(*code).or_default() += 1;
+            }
+            _ => {}
         }
         match turn::encode_response(response, key) {
             Ok(bytes) => self.outputs.push_back(Output::ToClient { client, bytes }),
@@ -662,6 +674,7 @@ impl TurnServerCore {
                     allocation.reservation = Some(token);
                 }
                 self.by_relay.insert(relay, client);
+                self.stats.allocations_granted += 1;
                 let response = TurnResponse::Allocated {
                     txid: allocation.allocate_txid,
                     relayed: relay,
@@ -794,6 +807,7 @@ impl TurnServerCore {
             return self.stats.dropped += 1;
         }
         self.stats.to_peers += 1;
+        self.stats.bytes_to_peers += data.len() as u64;
         self.outputs.push_back(Output::ToPeer { relay, peer, bytes: data });
     }
 
@@ -829,8 +843,10 @@ impl TurnServerCore {
             None => turn::encode_response(&TurnResponse::Data { peer, data: bytes.to_vec() }, None),
         };
         match encoded {
-            Ok(bytes) => {
+            Ok(encoded) => {
                 self.stats.to_clients += 1;
+                self.stats.bytes_to_clients += bytes.len() as u64;
+                let bytes = encoded;
                 self.outputs.push_back(Output::ToClient { client, bytes });
             }
             Err(_) => self.stats.dropped += 1,

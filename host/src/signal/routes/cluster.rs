@@ -203,7 +203,9 @@ impl NatsRoutes {
         // Servers that ran before this one: a dead one among them is found
         // as any other.
         for (key, _) in routes.scan("l.").await.map_err(SignalError::Cluster)? {
-            routes.servers().entry(key).or_insert_with(Instant::now);
+            if key != name {
+                routes.servers().entry(key).or_insert_with(Instant::now);
+            }
         }
         tokio::spawn(routes.clone().serve_requests(requests, shutdown.clone()));
         tokio::spawn(routes.clone().serve_presence(presence, shutdown.clone()));
