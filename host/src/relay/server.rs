@@ -402,12 +402,9 @@ impl TurnServerCore {
     }
 
     fn respond(&mut self, client: Client, response: &TurnResponse, key: Option<&LongTermAuth>) {
-        match response {
-            TurnResponse::Error { code, .. } => {
-                self.stats.refused += 1;
-                *self.stats.refused_by_code.entry(*code).or_default() += 1;
-            }
-            _ => {}
+        if let TurnResponse::Error { code, .. } = response {
+            self.stats.refused += 1;
+            *self.stats.refused_by_code.entry(*code).or_default() += 1;
         }
         match turn::encode_response(response, key) {
             Ok(bytes) => self.outputs.push_back(Output::ToClient { client, bytes }),
