@@ -390,6 +390,32 @@ fn a_relayed_connection_survives_a_relay_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fleet of two relays, the farther (80 ms more round trip) handed out
+/// first: the node behind the symmetric NAT allocates on the nearer; when
+/// that relay dies under a relayed connection carrying numbered messages,
+/// the node allocates on the other, the caller follows it, and the
+/// connection goes on with none lost, none repeated, order kept.
+#[test]
+fn a_node_allocates_on_the_nearest_relay_and_moves_to_another_when_it_dies() -> anyhow::Result<()> {
+    natlab::lab_available()?;
+    let mut lab = Lab::new(NatKind::Symmetric, NatKind::Symmetric)?;
+    let url = lab.start_fleet()?;
+    // A dead relay answers nothing (a restarted one refuses at once): the
+    // node notices when its refresh goes unanswered, so both ends wait
+    // longer for each other than across a restart.
+    let keep_alive = ["--keep-alive-ms", "500", "--keep-alive-attempts", "30", "--reply-timeout-ms", "20000"];
+    let mut node = lab.start_echo_node("host-b", &url, &keep_alive[..4])?;
+    let first = node.wait_line("relay: allocated", std::time::Duration::from_secs(1))?;
+    println!("node: {first}");
+    ensure!(first.ends_with(&format!("on turn:{}", natlab::RELAY)), "the nearer relay should be chosen: {first}");
+    let (finished, _) = numbered_messages_across(&mut lab, &url, "relayed", &keep_alive, |lab| lab.kill_relay())?;
+    ensure!(finished.contains("path relayed"), "{finished}");
+    let moved = node.wait_line("event: relay: allocated", std::time::Duration::from_secs(10))?;
+    println!("node: {moved}");
+    ensure!(moved.ends_with(&format!("on turn:{}", natlab::FAR_RELAY)), "{moved}");
+    Ok(())
+}
+
 /// Two port-restricted NATs, a direct connection carrying numbered
 /// messages every 20 ms; the NAT of `side` rebinds (its UDP mappings
 /// dropped, the next packet leaves from a new public port). The connection

@@ -14,6 +14,7 @@
 //! appends the lab processes' logs to FILE.
 #![allow(dead_code)]
 
+pub mod delay;
 pub mod link;
 
 use std::io::{BufRead, BufReader};
@@ -36,6 +37,12 @@ const STUN_ALT: &str = "203.0.113.11:3479";
 pub const SIGNAL: &str = "203.0.113.10:7600";
 /// The lab's TURN relay (UDP and TCP on one port).
 pub const RELAY: &str = "203.0.113.10:3480";
+/// The farther relay of [`Lab::start_fleet`], as clients reach it (the
+/// delay stage), and where it listens behind the stage.
+pub const FAR_RELAY: &str = "203.0.113.10:3481";
+const FAR_RELAY_BEHIND: &str = "203.0.113.10:3482";
+/// The delay the stage adds each way.
+pub const FAR_DELAY: Duration = Duration::from_millis(40);
 /// The secret the signaling server shares with the relay.
 pub const RELAY_SECRET: &str = "nat lab relay secret 0123456789";
 
@@ -264,6 +271,8 @@ pub struct Lab {
     kinds: (NatKind, NatKind),
     stun_started: bool,
     relay_pid: Option<u32>,
+    /// Delay stages in the lab's namespaces (stopped before they go).
+    forwarders: Vec<delay::DelayForwarder>,
 }
 
 /// A line-reading child process.
@@ -357,6 +366,7 @@ impl Lab {
             kinds: (a, b),
             stun_started: false,
             relay_pid: None,
+            forwarders: Vec::new(),
         };
         lab.build().with_context(|| format!("building the NAT lab {} × {}", a.name(), b.name()))?;
         Ok(lab)
@@ -375,6 +385,7 @@ impl Lab {
             kinds: (NatKind::Open, NatKind::Open),
             stun_started: false,
             relay_pid: None,
+            forwarders: Vec::new(),
         };
         lab.build_link(rate).with_context(|| format!("building a {rate} link"))?;
         Ok(lab)
@@ -754,6 +765,33 @@ impl Lab {
         Ok(line.trim_start_matches("signaling on ").to_string())
     }
 
+    /// Starts the STUN server, two relays and signaling handing out both,
+    /// the farther first: the lab's relay ([`RELAY`]) and one on
+    /// [`FAR_RELAY`] reached through a stage that delays every datagram by
+    /// [`FAR_DELAY`] each way (UDP only); returns the signaling URL.
+    pub fn start_fleet(&mut self) -> anyhow::Result<String> {
+        self.start_stun()?;
+        self.start_relay()?;
+        let mut far =
+            self.spawn("srv", &["relay", "--listen", FAR_RELAY_BEHIND], &[("FOGCONNECT_TURN_SECRET", RELAY_SECRET)])?;
+        far.wait_line("relay listening", Duration::from_secs(10))?;
+        let forwarder =
+            delay::DelayForwarder::start(&self.ns("srv"), FAR_RELAY.parse()?, FAR_RELAY_BEHIND.parse()?, FAR_DELAY)?;
+        self.forwarders.push(forwarder);
+        let (far, near) = (format!("turn:{FAR_RELAY}"), format!("turn:{RELAY}"));
+        let args = ["signal", "--listen", SIGNAL, "--relay", &far, "--relay", &near];
+        let env = [("FOGCONNECT_SIGNAL_SECRET", SECRET), ("FOGCONNECT_TURN_SECRET", RELAY_SECRET)];
+        let mut signal = self.spawn("srv", &args, &env)?;
+        let line = signal.wait_line("signaling on ", Duration::from_secs(10))?;
+        Ok(line.trim_start_matches("signaling on ").to_string())
+    }
+
+    /// Kills the lab's relay ([`RELAY`]) for good.
+    pub fn kill_relay(&mut self) -> anyhow::Result<()> {
+        let pid = self.relay_pid.take().context("no relay running")?;
+        self.kill(pid)
+    }
+
     /// A registration token for `id`.
     pub fn token(&self, id: &str) -> anyhow::Result<String> {
         let out = run(Command::new(BIN).args(["signal", "token", "--id", id]).env("FOGCONNECT_SIGNAL_SECRET", SECRET))?;
@@ -763,6 +801,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.forwarders.clear();
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
