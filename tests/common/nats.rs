@@ -87,6 +87,11 @@ impl NatsCluster {
         self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
     }
 
+    /// The process ids of the running servers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().flatten().map(|s| s.0.id()).collect()
+    }
+
     /// Kills server `i` (SIGKILL).
     pub fn kill(&mut self, i: usize) {
         self.servers[i] = None;

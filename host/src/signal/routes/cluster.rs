@@ -302,15 +302,6 @@ impl NatsRoutes {
         Ok(previous)
     }
 
-    /// Whether the directory names a holder of `id` (false when it cannot
-    /// be read).
-    async fn held_in_directory(&self, id: &str) -> bool {
-        match within(NATS_LIMIT, "directory", self.kv.entry(format!("p.{}", encode(id)))).await {
-            Ok(Some(entry)) => entry.operation == kv::Operation::Put,
-            _ => false,
-        }
-    }
-
     async fn announce(&self, id: &str, online: bool) {
         let event = serde_json::json!({ "id": id, "online": online, "server": self.name });
         let subject = format!("{}.presence", self.prefix);
@@ -558,12 +549,17 @@ impl NatsRoutes {
         }
     }
 
-    async fn release_in_directory(&self, id: &str, revision: u64) {
+    /// Removes the entry this session wrote; whether it was still there
+    /// (no newer holder took the id over).
+    async fn release_in_directory(&self, id: &str, revision: u64) -> bool {
         let key = format!("p.{}", encode(id));
         // Only the revision this session wrote: a newer holder's entry stays.
-        if within(NATS_LIMIT, "directory", self.kv.delete_expect_revision(&key, Some(revision))).await.is_ok() {
+        let removed =
+            within(NATS_LIMIT, "directory", self.kv.delete_expect_revision(&key, Some(revision))).await.is_ok();
+        if removed {
             let _ = within(NATS_LIMIT, "directory", self.kv.delete(format!("h.{}.{}", self.name, encode(id)))).await;
         }
+        removed
     }
 
     async fn find_dead(&self) {
@@ -701,13 +697,20 @@ impl PeerRoutes for NatsRoutes {
     fn release(self: Arc<Self>, id: String, serial: u64) {
         let Some(revision) = self.peers.remove(&id, serial) else { return };
         tokio::spawn(async move {
-            if let Some(revision) = revision
-                && self.is_connected()
-            {
-                self.release_in_directory(&id, revision).await;
-            }
+            // The directory keeps naming this server through the grace: a
+            // server that dies meanwhile leaves the entry for the others
+            // to report; a session elsewhere takes it over (and the
+            // compare-and-swap below then fails: no offline event).
             tokio::time::sleep(PRESENCE_GRACE).await;
-            if self.peers.grace_over(&id, serial) && !self.held_in_directory(&id).await {
+            if !self.peers.grace_over(&id, serial) {
+                return;
+            }
+            let forgotten = match revision {
+                Some(revision) if self.is_connected() => self.release_in_directory(&id, revision).await,
+                // Never written, or NATS is down (`catch_up` removes it).
+                _ => !self.is_connected() || revision.is_none(),
+            };
+            if forgotten {
                 self.peers.broadcast_presence(&id, false);
                 if self.is_connected() {
                     self.announce(&id, false).await;
