@@ -118,6 +118,7 @@ test: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) test --release -p fogconnect --doc
 	$(CARGO) test --release -p fogconnect --benches
 	$(CARGO) test --release -p fogconnect-proto
+	$(CARGO) test --release -p fogconnect-c --lib
 	$(CARGO) test --release -p fogconnect --lib --bins --tests
 
 ## lint: formatting and clippy with warnings denied
@@ -135,6 +136,7 @@ bench: build-deps lab-deps c-deps browser-deps plugins
 	$(MAKE) --no-print-directory c-examples
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
+	$(CARGO) bench -p fogconnect --bench signal_cluster
 	$(CARGO) bench -p fogconnect --bench relay
 	$(CARGO) bench -p fogconnect --bench streams
 	$(CARGO) bench -p fogconnect --bench swap

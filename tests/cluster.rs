@@ -353,3 +353,50 @@ async fn the_peers_of_a_killed_server_move_to_another_and_their_links_carry_on()
     println!("re-registered after {moved:?}; stranded declared offline after {offline_after:?}");
     Ok(())
 }
+
+/// A web page signed in with two servers of the cluster (the one that
+/// served it first) reaches a device on the other; when its server is
+/// killed, the session registers again with the other, the open
+/// DataChannel connection carries on, and a new connect by id works.
+#[tokio::test]
+async fn a_browser_moves_to_another_server_and_keeps_its_connection() -> anyhow::Result<()> {
+    let (_nats, mut servers) = cluster().await?;
+    let device = node(&servers[1].url(), "dev-web", &[(0, "echo")]).await?;
+    let mut browser = common::browser::Browser::launch(&[]).await?;
+    let origin = servers[0].process.addr;
+    let page = browser.open(&format!("http://{origin}/")).await?;
+    let urls = serde_json::to_string(&[servers[0].url(), servers[1].url()])?;
+    let token = serde_json::to_string(&token_for("web-c"))?;
+    let setup = format!(
+        r#"(async () => {{
+            window.ask = (conn, text) => new Promise((resolve, reject) => {{
+                const timer = setTimeout(() => reject(new Error(`no reply to ${{text}}`)), 10000);
+                conn.addEventListener("message", (e) => {{ clearTimeout(timer); resolve(e.detail.text()); }}, {{ once: true }});
+                conn.send(text);
+            }});
+            const fog = await import("/fogconnect.js");
+            window.session = await fog.signIn({{ id: "web-c", token: {token}, url: {urls} }});
+            window.signaling = [];
+            window.session.addEventListener("signaling", (e) => window.signaling.push(e.detail));
+            window.conn = await window.session.connect("dev-web", 0);
+            return await window.ask(window.conn, "before");
+        }})()"#
+    );
+    ensure!(browser.eval(&page, &setup).await? == "before");
+    servers.remove(0).process.kill();
+    let after = r#"(async () => {
+        const deadline = Date.now() + 10000;
+        while (!window.signaling.some((s) => s.state === "up")) {
+            if (Date.now() > deadline) throw new Error(`not registered again: ${JSON.stringify(window.signaling)}`);
+            await new Promise((r) => setTimeout(r, 50));
+        }
+        const same = await window.ask(window.conn, "during");
+        const fresh = await window.session.connect("dev-web", 0);
+        const again = await window.ask(fresh, "after");
+        return [window.signaling.map((s) => s.state), same, again];
+    })()"#;
+    let result = browser.eval(&page, after).await?;
+    ensure!(result == serde_json::json!([["lost", "up"], "during", "after"]), "{result}");
+    device.shutdown().await;
+    Ok(())
+}

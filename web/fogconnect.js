@@ -91,35 +91,53 @@ function parseMessage(text) {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** Signs in to a signaling server. Resolves to a `Session` once
- * registered.
- *
- * @param {{id: string, token: string, url?: string}} options `url`
- *   defaults to the `/ws` endpoint of the server that served the page.
+/** The URLs of `url`: an array, or one string with URLs separated by
+ * commas. */
+function urlList(url) {
+  const list = Array.isArray(url) ? url : String(url).split(",");
+  return list.map((u) => String(u).trim()).filter((u) => u.length > 0);
+}
+
+/** First wait before reconnecting to signaling, and the longest. */
+const RECONNECT_INITIAL_MS = 200;
+const RECONNECT_MAX_MS = 10000;
+
+/** Opens a WebSocket to `url` and registers. Resolves to the socket and
+ * the `registered` message; rejects with a `FogError` (kind "refused",
+ * with the server's error code, when it answered with an error).
  */
-export function signIn({ id, token, url = defaultUrl() }) {
+function register(url, id, token) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      reject(new FogError(`bad signaling URL ${url}: ${e.message}`));
+      return;
+    }
     let settled = false;
-    ws.onerror = () => {
-      if (!settled) {
-        settled = true;
-        reject(new FogError(`cannot reach the signaling server at ${url}`));
-      }
+    const timer = setTimeout(() => {
+      if (settled) return;
+      settled = true;
+      ws.close();
+      reject(new FogError(`no answer from the signaling server at ${url}`));
+    }, REQUEST_TIMEOUT_MS);
+    const fail = (error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(error);
     };
-    ws.onclose = (event) => {
-      if (!settled) {
-        settled = true;
-        reject(new FogError(`the signaling server closed the session (${event.code})`));
-      }
-    };
+    ws.onerror = () => fail(new FogError(`cannot reach the signaling server at ${url}`));
+    ws.onclose = (event) => fail(new FogError(`the signaling server at ${url} closed the session (${event.code})`));
     ws.onopen = () => ws.send(JSON.stringify({ type: "register", version: PROTOCOL_VERSION, id, token }));
     ws.onmessage = (event) => {
       const message = parseMessage(event.data);
       if (!message || settled) return;
       settled = true;
+      clearTimeout(timer);
       if (message.type === "registered") {
-        resolve(new Session(ws, message));
+        resolve({ ws, registered: message });
       } else if (message.type === "error") {
         ws.close();
         reject(new FogError(message.message, message.code, "refused"));
@@ -131,29 +149,110 @@ export function signIn({ id, token, url = defaultUrl() }) {
   });
 }
 
+/** Whether a registration failure would be the same on every server: a
+ * bad or expired token, another protocol version. */
+function terminal(error) {
+  return error.kind === "refused" && (error.code === 2 || error.code === 8);
+}
+
+/** Signs in to a signaling server. Resolves to a `Session` once
+ * registered.
+ *
+ * @param {{id: string, token: string, url?: string | string[]}} options
+ *   `url` defaults to the `/ws` endpoint of the server that served the
+ *   page. Several servers of one signaling cluster are an array, or one
+ *   string with the URLs separated by commas: the first that answers is
+ *   used, and the session moves on to the next when its server is lost
+ *   (its connections are not touched).
+ */
+export async function signIn({ id, token, url = defaultUrl() }) {
+  const urls = urlList(url);
+  if (urls.length === 0) throw new FogError("no signaling URL given");
+  let last = null;
+  for (let i = 0; i < urls.length; i++) {
+    try {
+      const { ws, registered } = await register(urls[i], id, token);
+      return new Session(ws, registered, { urls, current: i, token });
+    } catch (error) {
+      if (terminal(error)) throw error;
+      last = error;
+    }
+  }
+  throw last;
+}
+
 /** A registered signaling session.
  *
- * Events: `presence` (detail `{id, online}`), `closed` (detail `{reason}`).
+ * Events: `presence` (detail `{id, online}`); `signaling` (detail
+ * `{state: "lost", reason}` when the server is lost, then `{state: "up",
+ * url}` once registered again with the next one; requests waiting when it
+ * was lost fail, open connections go on); `closed` (detail `{reason}`:
+ * signed out, or replaced by a newer session of the id).
  */
 export class Session extends EventTarget {
-  constructor(ws, registered) {
+  constructor(ws, registered, { urls = [], current = 0, token = "" } = {}) {
     super();
     this.id = registered.id;
+    this._urls = urls;
+    this._current = current;
+    this._token = token;
     /** ICE servers for connections: the server's STUN servers and its
      * TURN relays with credentials issued for this id. */
     this.iceServers = [
       ...(registered.stun || []).map((url) => ({ urls: url })),
       ...(registered.relays || []).map((r) => ({ urls: r.url, username: r.username, credential: r.password })),
     ];
-    this._ws = ws;
     this._lists = [];
     this._connects = new Map();
     this._closed = false;
-    ws.onmessage = (event) => this._receive(event.data);
-    ws.onclose = () => this._end("the signaling session closed");
-    ws.onerror = () => this._end("the signaling session failed");
+    this._attach(ws);
     this._ping = setInterval(() => this._send({ type: "ping", nonce: Date.now() }), PING_INTERVAL_MS);
+  }
+
+  /** Uses `ws` (registered) from now on. */
+  _attach(ws) {
+    this._ws = ws;
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = () => this._lost(ws, "the signaling session closed");
+    ws.onerror = () => this._lost(ws, "the signaling session failed");
     this._send({ type: "subscribe" });
+  }
+
+  /** The server of `ws` is lost: waiting requests fail, and the session
+   * registers again with the next server (each attempt after a jittered,
+   * growing delay) until it is closed. */
+  async _lost(ws, reason) {
+    if (this._closed || ws !== this._ws || this._reconnecting) return;
+    this._reconnecting = true;
+    this._failWaiting(reason);
+    this.dispatchEvent(new CustomEvent("signaling", { detail: { state: "lost", reason } }));
+    let delay = RECONNECT_INITIAL_MS;
+    while (!this._closed) {
+      await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random() / 2)));
+      if (this._closed) break;
+      this._current = (this._current + 1) % Math.max(this._urls.length, 1);
+      const url = this._urls[this._current];
+      if (url === undefined) break;
+      try {
+        const { ws: fresh } = await register(url, this.id, this._token);
+        if (this._closed) {
+          fresh.close();
+          break;
+        }
+        this._reconnecting = false;
+        this._attach(fresh);
+        this.dispatchEvent(new CustomEvent("signaling", { detail: { state: "up", url } }));
+        return;
+      } catch (error) {
+        if (terminal(error)) {
+          this._reconnecting = false;
+          this._end(`registration refused: ${error.message}`);
+          return;
+        }
+        delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+      }
+    }
+    this._reconnecting = false;
   }
 
   /** The ids online, sorted. */
@@ -236,19 +335,23 @@ export class Session extends EventTarget {
   /** Ends the session (open connections stay open). */
   close() {
     this._end("signed out");
-    this._ws.close();
   }
 
   _send(message) {
     if (this._ws.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(message));
   }
 
+  _failWaiting(reason) {
+    for (const waiter of this._lists.splice(0)) waiter(null, new FogError(reason));
+    for (const pending of [...this._connects.values()]) pending.failed(new FogError(reason));
+  }
+
   _end(reason) {
     if (this._closed) return;
     this._closed = true;
     clearInterval(this._ping);
-    for (const waiter of this._lists.splice(0)) waiter(null, new FogError(reason));
-    for (const pending of [...this._connects.values()]) pending.failed(new FogError(reason));
+    this._failWaiting(reason);
+    this._ws.close();
     this.dispatchEvent(new CustomEvent("closed", { detail: { reason } }));
   }
 

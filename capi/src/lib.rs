@@ -554,3 +554,40 @@ pub unsafe extern "C" fn pr_connect_get_peer_id(pr_connect: *mut c_void, buf: *m
         c_int::from(verified)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::*;
+
+    /// The URL(s) a `pr_signal_server` names.
+    fn target(host: &str, kind: Option<&str>, port: u16) -> Result<String, String> {
+        let host = CString::new(host).map_err(|e| e.to_string())?;
+        let kind = kind.map(|k| CString::new(k).map_err(|e| e.to_string())).transpose()?;
+        let info = PrSignalServer {
+            port,
+            ctx: std::ptr::null_mut(),
+            url: host.as_ptr().cast_mut(),
+            r#type: kind.as_ref().map_or(std::ptr::null_mut(), |k| k.as_ptr().cast_mut()),
+            certificate: std::ptr::null(),
+            privatekey: std::ptr::null(),
+        };
+        // SAFETY: the strings are NUL-terminated and outlive the call.
+        unsafe { signal_target(&info) }.map(|t| t.url)
+    }
+
+    #[test]
+    fn one_or_several_signaling_servers() {
+        assert_eq!(target("127.0.0.1", None, 0).as_deref(), Ok("ws://127.0.0.1:7600/ws"));
+        assert_eq!(
+            target("sig1.example, sig2.example,::1", Some("/wss"), 7601).as_deref(),
+            Ok("wss://sig1.example:7601/ws,wss://sig2.example:7601/ws,wss://[::1]:7601/ws")
+        );
+        assert_eq!(
+            target("ws://10.0.0.1:1/ws,10.0.0.2", None, 7602).as_deref(),
+            Ok("ws://10.0.0.1:1/ws,ws://10.0.0.2:7602/ws")
+        );
+        assert!(target(" , ", None, 0).is_err());
+    }
+}

@@ -16,7 +16,8 @@
 //!
 //! `make bench` (or `cargo bench -p fogconnect --bench signal_cluster`;
 //! needs `nats-server`). `FOGCONNECT_BENCH_CLIENTS` sets the client count
-//! (default 10,000).
+//! (default 10,000), `FOGCONNECT_BENCH_MEMORY_ONLY` stops after the
+//! memory figures.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -169,13 +170,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// `FORWARDED` connects from `sender` to `to` (held by `receiver`), at
-/// most 128 in flight; messages per second.
-async fn pump(sender: &mut Ws, receiver: &mut Ws, to: &str) -> anyhow::Result<f64> {
+/// Sender/receiver pairs pumping at once (a server forwards one client's
+/// messages in order, one after the other).
+const PAIRS: usize = 32;
+
+/// `count` connects from `sender` to `to` (held by `receiver`), at most
+/// 128 in flight.
+async fn pump(mut sender: Ws, mut receiver: Ws, to: String, count: usize) -> anyhow::Result<()> {
+    let (sender, receiver, to) = (&mut sender, &mut receiver, to.as_str());
     let window = tokio::sync::Semaphore::new(128);
-    let started = Instant::now();
     let send = async {
-        for i in 0..FORWARDED {
+        for i in 0..count {
             window.acquire().await?.forget();
             let m = ClientMessage::Connect { request_id: i as u64, to: to.into(), convention: 0x15, offer: offer() };
             sender.send(Message::text(m.encode())).await?;
@@ -183,7 +188,7 @@ async fn pump(sender: &mut Ws, receiver: &mut Ws, to: &str) -> anyhow::Result<f6
         anyhow::Ok(())
     };
     let receive = async {
-        for got in 0..FORWARDED {
+        for got in 0..count {
             match next_text(receiver).await {
                 Ok(ServerMessage::Incoming { .. }) => window.add_permits(1),
                 other => bail!("receiver ended after {got}: {other:?}"),
@@ -192,7 +197,28 @@ async fn pump(sender: &mut Ws, receiver: &mut Ws, to: &str) -> anyhow::Result<f6
         Ok(())
     };
     tokio::try_join!(send, receive)?;
-    Ok(FORWARDED as f64 / started.elapsed().as_secs_f64())
+    Ok(())
+}
+
+/// [`FORWARDED`] messages from [`PAIRS`] senders on `from` to as many
+/// receivers on `to`, all at once; messages per second.
+async fn pump_pairs(from: &str, to: &str, tag: &str) -> anyhow::Result<f64> {
+    let mut pairs = Vec::with_capacity(PAIRS);
+    for i in 0..PAIRS {
+        let receiver_id = format!("{tag}-rx-{i}");
+        let receiver = register(to, &receiver_id).await?;
+        let sender = register(from, &format!("{tag}-tx-{i}")).await?;
+        pairs.push((sender, receiver, receiver_id));
+    }
+    let started = Instant::now();
+    let mut pumps = tokio::task::JoinSet::new();
+    for (sender, receiver, to) in pairs {
+        pumps.spawn(pump(sender, receiver, to, FORWARDED / PAIRS));
+    }
+    while let Some(done) = pumps.join_next().await {
+        done??;
+    }
+    Ok((FORWARDED / PAIRS * PAIRS) as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn latency_and_rate(nats: &NatsCluster) -> anyhow::Result<()> {
@@ -212,9 +238,12 @@ async fn latency_and_rate(nats: &NatsCluster) -> anyhow::Result<()> {
         us(percentile(&same, 0.99)),
         percentile(&across, 0.5).as_secs_f64() / percentile(&same, 0.5).as_secs_f64()
     );
-    let same = pump(&mut near, &mut device, "rt-device").await?;
-    let across = pump(&mut far, &mut device, "rt-device").await?;
-    println!("messages forwarded: across servers {across:.0}/s, one server {same:.0}/s, ratio {:.2}", across / same);
+    let same = pump_pairs(&one, &one, "same").await?;
+    let across = pump_pairs(&other, &one, "across").await?;
+    println!(
+        "messages forwarded by {PAIRS} pairs at once: across servers {across:.0}/s, one server {same:.0}/s, ratio {:.2}",
+        across / same
+    );
     Ok(())
 }
 
@@ -299,6 +328,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let nats = NatsCluster::start(3).await.context("NATS cluster")?;
         memory(&nats, clients).await?;
+        if std::env::var_os("FOGCONNECT_BENCH_MEMORY_ONLY").is_some() {
+            return Ok(());
+        }
         if !smoke {
             latency_and_rate(&nats).await?;
         }

@@ -451,7 +451,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE))
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config));
@@ -469,7 +469,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = tokio::time::timeout(FAREWELL_LIMIT, ws.close(None)).await;
         return;
     }
-    let (tx, mut rx) = mpsc::channel::<ServerMessage>(CLIENT_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Box<ServerMessage>>(CLIENT_QUEUE);
     let mut session = ClientSession {
         shared: shared.clone(),
         tx,
@@ -490,7 +490,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             _ = shutdown.cancelled() => break "server shutting down".into(),
             outgoing = rx.recv() => {
                 let Some(outgoing) = outgoing else { break "session dropped".into() };
-                let last = matches!(outgoing, ServerMessage::Replaced { .. });
+                let last = matches!(*outgoing, ServerMessage::Replaced { .. });
                 if let Err(e) = send_within(&mut ws, &shared.counters, &outgoing, send_limit).await {
                     break e;
                 }
@@ -579,7 +579,7 @@ async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
 /// The state of one WebSocket session.
 struct ClientSession {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<ServerMessage>,
+    tx: mpsc::Sender<Box<ServerMessage>>,
     id: Option<String>,
     /// The address the client's connection comes from, vouched for to the
     /// peers it connects to.

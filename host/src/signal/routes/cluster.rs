@@ -60,6 +60,10 @@ const NATS_PING: Duration = Duration::from_secs(2);
 const SUBSCRIPTION_CAPACITY: usize = 65_536;
 /// Most ids a `list` answers with in a cluster.
 pub const MAX_LISTED: usize = 10_000;
+/// Holders of ids messages went to, remembered so that the next message
+/// skips the directory lookup (forgotten all at once when full; a wrong
+/// entry costs one "absent" answer and a fresh lookup).
+const OWNER_CACHE: usize = 65_536;
 
 /// How a signaling server joins a NATS cluster.
 #[derive(Debug, Clone)]
@@ -116,6 +120,8 @@ pub struct NatsRoutes {
     connected_since: Mutex<Instant>,
     connected: AtomicBool,
     counters: ClusterCounters,
+    /// Which server held an id when a message last went to it.
+    owners: Mutex<HashMap<String, String>>,
     /// Done leaving the cluster (after shutdown).
     finished: tokio::sync::watch::Sender<bool>,
 }
@@ -189,6 +195,7 @@ impl NatsRoutes {
             connected_since: Mutex::new(Instant::now()),
             connected: AtomicBool::new(true),
             counters: ClusterCounters::default(),
+            owners: Mutex::new(HashMap::new()),
             finished: tokio::sync::watch::channel(false).0,
         });
         routes.counters.connects.fetch_add(1, Ordering::Relaxed);
@@ -241,6 +248,10 @@ impl NatsRoutes {
     pub fn live_servers(&self) -> usize {
         let now = Instant::now();
         self.servers().values().filter(|heard| now.duration_since(**heard) < SERVER_DEAD_AFTER).count()
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
@@ -737,31 +748,60 @@ impl PeerRoutes for NatsRoutes {
         if !self.is_connected() {
             return Err(unreachable("the signaling cluster is unavailable (NATS connection lost)".into()));
         }
-        let owner = match within(NATS_LIMIT, "directory", self.kv.entry(format!("p.{}", encode(to)))).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry.value,
-            Ok(_) => return Err(offline()),
-            Err(e) => return Err(unreachable(e)),
-        };
-        let owner = String::from_utf8_lossy(&owner).into_owned();
-        if owner == self.name {
-            return Err(offline());
-        }
-        let payload = format!("{to}\n{}", message.encode());
-        match tokio::time::timeout(NATS_LIMIT, self.client.request(self.subject(&owner, "deliver"), payload.into()))
-            .await
-        {
-            Ok(Ok(reply)) => match &reply.payload[..] {
-                b"ok" => {
-                    self.counters.delivered_remote.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
+        let payload = Bytes::from(format!("{to}\n{}", message.encode()));
+        let cached = self.owners().get(to).cloned();
+        // A remembered holder first; when it no longer holds the id (or is
+        // gone), the directory's.
+        for owner in [cached.clone(), None] {
+            let from_cache = owner.is_some();
+            let owner = match owner {
+                Some(owner) => owner,
+                None => match within(NATS_LIMIT, "directory", self.kv.entry(format!("p.{}", encode(to)))).await {
+                    Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                        String::from_utf8_lossy(&entry.value).into_owned()
+                    }
+                    Ok(_) => return Err(offline()),
+                    Err(e) => return Err(unreachable(e)),
+                },
+            };
+            if owner == self.name {
+                self.owners().remove(to);
+                if from_cache {
+                    continue;
                 }
-                b"busy" => Err(Undeliverable::Busy(to.to_string())),
-                _ => Err(offline()),
-            },
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Err(offline()),
-            Ok(Err(e)) => Err(unreachable(format!("its signaling server did not answer: {e}"))),
-            Err(_) => Err(unreachable(format!("its signaling server did not answer within {NATS_LIMIT:?}"))),
+                return Err(offline());
+            }
+            let request = self.client.request(self.subject(&owner, "deliver"), payload.clone());
+            let gone = match tokio::time::timeout(NATS_LIMIT, request).await {
+                Ok(Ok(reply)) => match &reply.payload[..] {
+                    b"ok" => {
+                        self.counters.delivered_remote.fetch_add(1, Ordering::Relaxed);
+                        if !from_cache {
+                            let mut owners = self.owners();
+                            if owners.len() >= OWNER_CACHE {
+                                owners.clear();
+                            }
+                            owners.insert(to.to_string(), owner);
+                        }
+                        return Ok(());
+                    }
+                    b"busy" => return Err(Undeliverable::Busy(to.to_string())),
+                    _ => true,
+                },
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => true,
+                Ok(Err(e)) => return Err(unreachable(format!("its signaling server did not answer: {e}"))),
+                Err(_) => {
+                    return Err(unreachable(format!("its signaling server did not answer within {NATS_LIMIT:?}")));
+                }
+            };
+            if gone {
+                self.owners().remove(to);
+                if !from_cache {
+                    return Err(offline());
+                }
+            }
         }
+        Err(offline())
     }
 
     async fn peers(&self) -> Result<Vec<String>, Undeliverable> {

@@ -12,8 +12,10 @@ use super::super::protocol::ServerMessage;
 pub(crate) struct LocalSession {
     /// Tells this session apart from earlier and later ones of its id.
     pub serial: u64,
-    /// The session's outgoing queue.
-    pub tx: mpsc::Sender<ServerMessage>,
+    /// The session's outgoing queue (boxed: a queue allocates its slots
+    /// in blocks, and a message inline is ~200 bytes; a session holds
+    /// one block whatever it sends).
+    pub tx: mpsc::Sender<Box<ServerMessage>>,
     /// Whether it asked for presence events.
     pub subscribed: bool,
     /// The revision of its ownership record in the cluster directory, once
@@ -86,9 +88,9 @@ impl LocalPeers {
         let returned = self.pending().remove(id).is_some();
         match replaced {
             Some(old) if old.serial != serial => {
-                let _ = old.tx.try_send(ServerMessage::Replaced {
+                let _ = old.tx.try_send(Box::new(ServerMessage::Replaced {
                     message: "this id registered again from another session".into(),
-                });
+                }));
                 Inserted::Replaced
             }
             Some(_) => Inserted::Returned,
@@ -146,9 +148,9 @@ impl LocalPeers {
         let removed = self.sessions().remove(id);
         match removed {
             Some(old) => {
-                let _ = old.tx.try_send(ServerMessage::Replaced {
+                let _ = old.tx.try_send(Box::new(ServerMessage::Replaced {
                     message: "this id registered again on another signaling server".into(),
-                });
+                }));
                 true
             }
             None => false,
@@ -166,14 +168,14 @@ impl LocalPeers {
     pub fn deliver(&self, to: &str, message: ServerMessage) -> Result<(), LocalMiss> {
         let sessions = self.sessions();
         let target = sessions.get(to).ok_or(LocalMiss::Absent)?;
-        target.tx.try_send(message).map_err(|_| LocalMiss::Busy)
+        target.tx.try_send(Box::new(message)).map_err(|_| LocalMiss::Busy)
     }
 
     /// Tells every subscribed session but `id`'s own that `id` came or went.
     pub fn broadcast_presence(&self, id: &str, online: bool) {
         for (other, session) in self.sessions().iter() {
             if session.subscribed && other != id {
-                let _ = session.tx.try_send(ServerMessage::Presence { id: id.to_string(), online });
+                let _ = session.tx.try_send(Box::new(ServerMessage::Presence { id: id.to_string(), online }));
             }
         }
     }
