@@ -377,13 +377,16 @@ async fn accept_loop(
             let _slot = slot;
             let limit = shared.config.handshake_timeout;
             let deadline = tokio::time::Instant::now() + limit;
+            // Each variant boxed: inline, the task would be as large as
+            // the TLS variant (~16 KiB, its handshake and connection
+            // state) for every plain session too.
             match tls {
-                Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_http(stream, peer, deadline, shared, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
+                    Ok(Ok(stream)) => Box::pin(serve_http(stream, peer, deadline, shared, shutdown)).await,
                     Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake not done within {limit:?}"),
                 },
-                None => serve_http::<TcpStream>(stream, peer, deadline, shared, shutdown).await,
+                None => Box::pin(serve_http::<TcpStream>(stream, peer, deadline, shared, shutdown)).await,
             }
         });
     }
