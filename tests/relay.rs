@@ -149,8 +149,9 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         });
         ensure!(sent_and_received, "{what}: {summary:?}");
         // The relay's metrics tell the same story (published every second).
+        // At least one allocation per client (with RTP/RTCP pairs the
+        // client does not always make its second one before it is done).
         let clients: f64 = extra.iter().skip_while(|a| **a != "-m").nth(1).map_or(Ok(1.0), |m| m.parse())?;
-        let per_client = if extra.contains(&"-c") { 1.0 } else { 2.0 };
         let deadline = std::time::Instant::now() + common::WAIT;
         loop {
             let (code, text) = common::http_get(metrics, "/metrics")?;
@@ -158,7 +159,7 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
             let granted = common::sample(&text, "fogconnect_relay_allocations_granted_total").unwrap_or(0.0);
             let bytes = common::sample(&text, "fogconnect_relay_bytes_total{direction=\"to_peer\"}").unwrap_or(0.0);
             let challenges = common::sample(&text, "fogconnect_relay_refusals_total{code=\"401\"}").unwrap_or(0.0);
-            if granted >= clients * per_client && bytes > 0.0 && challenges >= 1.0 {
+            if granted >= clients && bytes > 0.0 && challenges >= 1.0 {
                 break;
             }
             ensure!(std::time::Instant::now() < deadline, "{what}: metrics do not add up:\n{text}");
