@@ -533,7 +533,7 @@ impl NatsRoutes {
                 for (token, _) in homes {
                     let Some(id) = decode(&token) else { continue };
                     if !(keep_held && self.peers.contains(&id)) {
-                        self.forget_if_mine(&id).await;
+                        let _ = self.forget_if_held_by(&id, &self.name).await;
                         let _ =
                             within(NATS_LIMIT, "directory", self.kv.delete(format!("h.{}.{token}", self.name))).await;
                     }
@@ -547,17 +547,26 @@ impl NatsRoutes {
         }
     }
 
-    /// Removes `p.<id>` if it names this server; reports it offline then.
-    async fn forget_if_mine(&self, id: &str) {
+    /// Removes `p.<id>` if it still names `holder`, and reports the id
+    /// offline then; whether it did (an error when the entry cannot be
+    /// read).
+    async fn forget_if_held_by(&self, id: &str, holder: &str) -> Result<bool, String> {
         let key = format!("p.{}", encode(id));
-        if let Ok(Some(entry)) = within(NATS_LIMIT, "directory", self.kv.entry(&key)).await
-            && entry.operation == kv::Operation::Put
-            && entry.value == self.name.as_bytes()
-            && within(NATS_LIMIT, "directory", self.kv.delete_expect_revision(&key, Some(entry.revision))).await.is_ok()
-        {
+        let forgotten = match within(NATS_LIMIT, "directory", self.kv.entry(&key)).await? {
+            Some(entry) => {
+                entry.operation == kv::Operation::Put
+                    && entry.value == holder.as_bytes()
+                    && within(NATS_LIMIT, "directory", self.kv.delete_expect_revision(&key, Some(entry.revision)))
+                        .await
+                        .is_ok()
+            }
+            None => false,
+        };
+        if forgotten {
             self.peers.broadcast_presence(id, false);
             self.announce(id, false).await;
         }
+        Ok(forgotten)
     }
 
     /// Removes the entry this session wrote; whether it was still there
@@ -616,19 +625,10 @@ impl NatsRoutes {
     async fn reap(&self, server: &str) -> Result<usize, String> {
         let mut offline = 0;
         for (token, _) in self.scan(&format!("h.{server}.")).await? {
-            if let Some(id) = decode(&token) {
-                let key = format!("p.{token}");
-                if let Some(entry) = within(NATS_LIMIT, "directory", self.kv.entry(&key)).await?
-                    && entry.operation == kv::Operation::Put
-                    && entry.value == server.as_bytes()
-                    && within(NATS_LIMIT, "directory", self.kv.delete_expect_revision(&key, Some(entry.revision)))
-                        .await
-                        .is_ok()
-                {
-                    offline += 1;
-                    self.peers.broadcast_presence(&id, false);
-                    self.announce(&id, false).await;
-                }
+            if let Some(id) = decode(&token)
+                && self.forget_if_held_by(&id, server).await?
+            {
+                offline += 1;
             }
             within(NATS_LIMIT, "directory", self.kv.delete(format!("h.{server}.{token}"))).await?;
         }
