@@ -7,6 +7,22 @@ use std::time::Duration;
 /// per step (plugin calls take microseconds; swaps up to a cold compile).
 pub const BUCKETS: [f64; 12] = [1e-5, 2.5e-5, 1e-4, 2.5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1.0, 5.0];
 
+/// [`BUCKETS`] in nanoseconds, for observations counted in nanoseconds.
+const BUCKET_NANOS: [u64; BUCKETS.len()] = [
+    10_000,
+    25_000,
+    100_000,
+    250_000,
+    1_000_000,
+    2_500_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    5_000_000_000,
+];
+
 /// Counts of durations per bucket, their sum and count.
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -38,6 +54,20 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds the observations gathered in `local` and empties it.
+    pub fn absorb(&self, local: &mut LocalHistogram) {
+        if local.count == 0 {
+            return;
+        }
+        for (shared, count) in self.buckets.iter().zip(local.buckets.iter_mut()) {
+            if *count > 0 {
+                shared.fetch_add(std::mem::take(count), Ordering::Relaxed);
+            }
+        }
+        self.sum_nanos.fetch_add(std::mem::take(&mut local.sum_nanos), Ordering::Relaxed);
+        self.count.fetch_add(std::mem::take(&mut local.count), Ordering::Relaxed);
+    }
+
     /// The values now.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut running = 0;
@@ -53,6 +83,32 @@ impl Histogram {
             sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             count: self.count.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Observations gathered by one thread without atomics, added to a
+/// [`Histogram`] in one go with [`Histogram::absorb`]: a plugin call takes
+/// well under a microsecond, and three atomic additions per call were a
+/// noticeable part of it.
+#[derive(Debug, Default)]
+pub struct LocalHistogram {
+    buckets: [u64; BUCKETS.len() + 1],
+    sum_nanos: u64,
+    count: u64,
+}
+
+impl LocalHistogram {
+    /// Records one duration of `nanos` nanoseconds.
+    pub fn observe_nanos(&mut self, nanos: u64) {
+        let index = BUCKET_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS.len());
+        self.buckets[index] += 1;
+        self.sum_nanos = self.sum_nanos.saturating_add(nanos);
+        self.count += 1;
+    }
+
+    /// Observations not yet absorbed.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 }
 
@@ -74,5 +130,31 @@ mod tests {
         assert_eq!(s.cumulative[6], 3);
         assert_eq!(*s.cumulative.last().expect("buckets"), 3, "9 s is only in +Inf (the count)");
         assert!((s.sum_seconds - 9.003_015).abs() < 1e-9, "{}", s.sum_seconds);
+    }
+
+    #[test]
+    fn local_observations_land_where_shared_ones_do() {
+        let durations = [5_000, 10_000, 10_001, 3_000_000, 9_000_000_000];
+        let shared = Histogram::default();
+        for nanos in durations {
+            shared.observe(Duration::from_nanos(nanos));
+        }
+        let absorbed = Histogram::default();
+        let mut local = LocalHistogram::default();
+        for nanos in durations {
+            local.observe_nanos(nanos);
+        }
+        assert_eq!(local.count(), 5);
+        absorbed.absorb(&mut local);
+        assert_eq!(local.count(), 0, "absorbing empties the local histogram");
+        absorbed.absorb(&mut local);
+        assert_eq!(absorbed.snapshot(), shared.snapshot());
+    }
+
+    #[test]
+    fn nanosecond_bounds_are_the_bounds_in_seconds() {
+        for (seconds, nanos) in BUCKETS.iter().zip(BUCKET_NANOS) {
+            assert_eq!((seconds * 1e9).round() as u64, nanos);
+        }
     }
 }

@@ -5,9 +5,11 @@
 pub mod exporter;
 pub mod histogram;
 pub mod render;
+pub mod tally;
 
-pub use histogram::{Histogram, HistogramSnapshot};
+pub use histogram::{Histogram, HistogramSnapshot, LocalHistogram};
 pub use render::{ServiceMetrics, render};
+pub use tally::{CallClock, ServiceTally};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +25,9 @@ pub struct ServiceCounters {
     pub messages_sent: AtomicU64,
     /// Payload bytes the plugin sent.
     pub bytes_sent: AtomicU64,
+    /// Plugin calls made (callbacks, and the snapshot and restore of
+    /// swaps).
+    pub calls: AtomicU64,
     /// Plugin call durations.
     pub call_seconds: Histogram,
     /// Live swaps made.

@@ -148,7 +148,7 @@ impl LoadedService {
             generation: s.generation.load(Ordering::Relaxed),
             state: s.state(),
             connections: s.connections.load(Ordering::Relaxed),
-            calls: s.calls.load(Ordering::Relaxed),
+            calls: self.counters.calls.load(Ordering::Relaxed),
             crashes: s.crashes.load(Ordering::Relaxed),
             restarts: s.restarts.load(Ordering::Relaxed),
         }

@@ -94,8 +94,6 @@ pub struct PluginIdentity {
 #[derive(Debug)]
 pub struct PluginStatus {
     state: AtomicU8,
-    /// Callbacks invoked.
-    pub calls: AtomicU64,
     /// Failed callbacks and instantiations.
     pub crashes: AtomicU64,
     /// Successful re-instantiations.
@@ -114,7 +112,6 @@ impl PluginStatus {
     pub(super) fn new() -> Self {
         Self {
             state: AtomicU8::new(PluginRunState::Running as u8),
-            calls: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -538,6 +535,9 @@ impl Actor {
                     if serve_swap(*request, &counters, |prepared, limits| self.swap(prepared, limits)) {
                         restart_at = None;
                     }
+                    if let Some(instance) = self.instance.as_mut() {
+                        instance.flush_tally();
+                    }
                     self.status.connections.store(self.open_connections(), Ordering::Relaxed);
                     continue;
                 }
@@ -545,6 +545,14 @@ impl Actor {
             };
             if let Err(message) = self.handle(event) {
                 restart_at = self.crashed(message);
+            }
+            // Counts reach the shared counters once the queue is drained
+            // (a scrape of a quiet service is exact), and every so often
+            // under load.
+            if let Some(instance) = self.instance.as_mut()
+                && (self.rx.is_empty() || instance.tally_is_due())
+            {
+                instance.flush_tally();
             }
             self.status.connections.store(self.open_connections(), Ordering::Relaxed);
         }
@@ -590,7 +598,7 @@ impl Actor {
             }
             ConnEvent::Message(ConnectionId(id), data) => {
                 if matches!(instance.store.data().conn(id), Some(ConnEntry::Open { .. })) {
-                    self.spec.ctx.counters.received(data.len());
+                    instance.store.data_mut().tally.received(data.len());
                     self.call(|b, s| b.on_recv(s, id, &data))?;
                 }
             }
@@ -646,7 +654,7 @@ impl Actor {
         f: impl FnOnce(&ServiceBindings, &mut Store<PluginState>) -> wasmtime::Result<()>,
     ) -> Result<(), String> {
         let Some(instance) = self.instance.as_mut() else { return Ok(()) };
-        instance.call(&self.status, &self.spec.ctx.counters, f)
+        instance.call(f)
     }
 
     /// Handles a failed call or instantiation: drops the store, ends the

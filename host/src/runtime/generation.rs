@@ -21,7 +21,7 @@ use super::handoff_bindings::Handoff;
 use super::state::{PluginContext, PluginLimiter, PluginLimits, PluginState};
 use super::stream_state::StreamState;
 use super::supervisor::Supervisor;
-use crate::metrics::ServiceCounters;
+use crate::metrics::{CallClock, ServiceCounters, ServiceTally};
 use crate::transport::conn::ConnEvent;
 
 /// The data of a plugin store of either world, as the generation code
@@ -33,6 +33,8 @@ pub(super) trait StoreData: Send + 'static {
     fn limiter(&mut self) -> &mut PluginLimiter;
     /// A human-readable account of a failed call of this store.
     fn describe(&self, err: &wasmtime::Error) -> String;
+    /// What the store's calls counted and has not flushed yet.
+    fn tally(&mut self) -> &mut ServiceTally;
 }
 
 impl StoreData for PluginState {
@@ -46,6 +48,10 @@ impl StoreData for PluginState {
 
     fn describe(&self, err: &wasmtime::Error) -> String {
         super::actor::describe_failure(err, &self.ctx, self.limiter.memory_refused, &self.stderr)
+    }
+
+    fn tally(&mut self) -> &mut ServiceTally {
+        &mut self.tally
     }
 }
 
@@ -61,6 +67,10 @@ impl StoreData for StreamState {
     fn describe(&self, err: &wasmtime::Error) -> String {
         super::actor::describe_failure(err, &self.ctx, self.limiter.memory_refused, &self.stderr)
     }
+
+    fn tally(&mut self) -> &mut ServiceTally {
+        &mut self.tally
+    }
 }
 
 /// One instance of a plugin (one generation, or a restart of it): its
@@ -71,6 +81,7 @@ pub(super) struct PluginInstance<T: 'static, B> {
     pub(super) bindings: B,
     pub(super) handoff: Option<Handoff>,
     pub(super) deadline_ticks: u64,
+    pub(super) clock: CallClock,
 }
 
 impl<T: StoreData, B> PluginInstance<T, B> {
@@ -92,24 +103,30 @@ impl<T: StoreData, B> PluginInstance<T, B> {
             Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| store.data().describe(&e))?),
             None => None,
         };
-        Ok(Self { store, bindings, handoff, deadline_ticks })
+        Ok(Self { store, bindings, handoff, deadline_ticks, clock: CallClock::get() })
     }
 
-    /// Calls into the plugin under its call deadline, counting the call in
-    /// `status` and its duration in `counters`; `f` gets the world's
-    /// bindings and the store. `Err` carries an account of the failure.
-    pub(super) fn call<R>(
-        &mut self,
-        status: &PluginStatus,
-        counters: &ServiceCounters,
-        f: impl FnOnce(&B, &mut Store<T>) -> wasmtime::Result<R>,
-    ) -> Result<R, String> {
-        status.calls.fetch_add(1, Ordering::Relaxed);
+    /// Calls into the plugin under its call deadline, counting the call
+    /// and its duration in the store's tally; `f` gets the world's bindings
+    /// and the store. `Err` carries an account of the failure.
+    pub(super) fn call<R>(&mut self, f: impl FnOnce(&B, &mut Store<T>) -> wasmtime::Result<R>) -> Result<R, String> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let started = Instant::now();
+        let started = self.clock.read();
         let result = f(&self.bindings, &mut self.store);
-        counters.call_seconds.observe(started.elapsed());
+        let nanos = self.clock.nanos_between(started, self.clock.read());
+        self.store.data_mut().tally().call(nanos);
         result.map_err(|e| self.store.data().describe(&e))
+    }
+
+    /// Adds what this instance counted to the service's counters: when the
+    /// actor's queue runs empty, or every so many calls under load.
+    pub(super) fn flush_tally(&mut self) {
+        self.store.data_mut().tally().flush();
+    }
+
+    /// Whether the tally should be flushed although more events wait.
+    pub(super) fn tally_is_due(&mut self) -> bool {
+        self.store.data_mut().tally().is_due()
     }
 }
 
@@ -129,8 +146,7 @@ pub(super) fn hand_state_over<T: StoreData, B>(
     // Cheap copies of the export handles, so the calls can borrow the
     // instances.
     let (snapshot, restore) = (snapshot.fogconnect_handoff_state().clone(), restore.fogconnect_handoff_state().clone());
-    let counters = &spec.ctx.counters;
-    let taken = old.call(status, counters, |_, store| snapshot.call_snapshot(store));
+    let taken = old.call(|_, store| snapshot.call_snapshot(store));
     let state = match taken {
         Ok(state) => state,
         Err(reason) => {
@@ -142,7 +158,7 @@ pub(super) fn hand_state_over<T: StoreData, B>(
             return Ok(StateHandoff::Lost { reason });
         }
     };
-    let restored = fresh.call(status, counters, |_, store| restore.call_restore(store, &state));
+    let restored = fresh.call(|_, store| restore.call_restore(store, &state));
     match restored {
         Ok(Ok(())) => Ok(StateHandoff::Handed { bytes: state.len() }),
         Ok(Err(reason)) => Err(PluginError::Handoff(reason)),

@@ -287,6 +287,11 @@ impl StreamActor {
             {
                 restart_at = self.crashed(message);
             }
+            if let Some(instance) = self.instance.as_mut()
+                && (self.rx.is_empty() || instance.tally_is_due())
+            {
+                instance.flush_tally();
+            }
             let conns = self.instance.as_ref().map_or(0, |i| i.store.data().core.conns.len());
             self.status.connections.store(conns as u64, Ordering::Relaxed);
         }
@@ -302,7 +307,7 @@ impl StreamActor {
         let Some(instance) = self.instance.as_mut() else {
             return Err("the plugin instance is gone".into());
         };
-        instance.call(&self.status, &self.spec.ctx.counters, f)
+        instance.call(f)
     }
 
     /// Handles one connection event. `Err` carries the failure of a plugin

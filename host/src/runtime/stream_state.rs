@@ -30,6 +30,8 @@ pub struct StreamState {
     pub core: StreamCore,
     /// The node events this instance chose (contract 0.2.0 on).
     pub subscriptions: super::subscriptions::Subscriptions,
+    /// Calls counted and not yet flushed into the service's counters.
+    pub tally: crate::metrics::ServiceTally,
 }
 
 impl StreamState {
@@ -41,9 +43,10 @@ impl StreamState {
             stderr,
             table: ResourceTable::new(),
             limiter,
-            ctx,
             core: StreamCore::new(Instant::now()),
             subscriptions: Default::default(),
+            tally: crate::metrics::ServiceTally::new(ctx.counters.clone()),
+            ctx,
         }
     }
 }
