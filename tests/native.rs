@@ -248,3 +248,50 @@ async fn hundreds_of_connections_share_one_link() -> anyhow::Result<()> {
     device.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_beyond_the_link_limit_fails_at_once_with_the_reason() -> anyhow::Result<()> {
+    // One link carries at most MAX_LINK_STREAMS connections at once: the
+    // next connect fails at once with the reason (it used to wait for a
+    // stream the peer never grants, and time out), and one more fits as
+    // soon as one closes.
+    let limit = fogconnect::MAX_LINK_STREAMS as usize;
+    let device = node_with("device", &[]).await?;
+    let _served = serve(device.incoming(1)?, "");
+    let app = node_with("app", &[]).await?;
+    let mut conns = Vec::with_capacity(limit);
+    while conns.len() < limit {
+        // Below the native handler's backlog of waiting connections.
+        let batch = (limit - conns.len()).min(100);
+        let connects = (0..batch).map(|_| app.connect(device.local_addr(), Transport::Quic, 1));
+        for result in futures_util::future::join_all(connects).await {
+            conns.push(result.with_context(|| format!("connect {} of {limit}", conns.len() + 1))?);
+        }
+    }
+    let started = std::time::Instant::now();
+    match app.connect(device.local_addr(), Transport::Quic, 1).await {
+        Err(ConnectError::LinkFull { limit: reported }) => ensure!(reported as usize == limit),
+        Err(other) => bail!("the connect beyond the limit failed otherwise: {other}"),
+        Ok(_) => bail!("a connect beyond the limit of {limit} succeeded"),
+    }
+    ensure!(started.elapsed() < std::time::Duration::from_secs(1), "refused after {:?}", started.elapsed());
+    let last = conns.len() - 1;
+    ensure!(ask(&mut conns[last], "still here").await? == "still here", "the open connections still talk");
+
+    let mut closed = conns.pop().context("a connection")?;
+    closed.close();
+    let mut next = tokio::time::timeout(WAIT, async {
+        loop {
+            match app.connect(device.local_addr(), Transport::Quic, 1).await {
+                Err(ConnectError::LinkFull { .. }) => tokio::task::yield_now().await,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .context("no connect fits after one closed")??;
+    ensure!(ask(&mut next, "fits").await? == "fits");
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}

@@ -38,8 +38,8 @@ pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{
     Commander, ConnectError, Connection, ConnectionActivity, ConnectionEvent, ConnectionSender, IncomingCommand,
-    MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig, NodeError, PluginBuild, RelayServer, RelayStatus,
-    ServiceInfo, StreamError, StreamSession, SwapReport, TalkBack, TraversalReport,
+    MAX_LINK_STREAMS, MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig, NodeError, PluginBuild, RelayServer,
+    RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport, TalkBack, TraversalReport,
 };
 pub use runtime::PluginError;
 pub use runtime::actor::{PluginEvent, PluginRunState, StateHandoff};

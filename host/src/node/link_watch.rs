@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 
 use crate::events::{NetworkEvent, NodeEvent, PathInfo};
+use crate::transport::conn::LiveConnections;
 use crate::transport::liveness::{Liveness, answer_eliciting, min_silence};
 use crate::transport::socket::FogSocket;
 
@@ -31,6 +32,8 @@ pub(super) struct LinkWatch {
     /// Asks the supervisor to look for a path now (the network changed).
     repair: Notify,
     silent: AtomicBool,
+    /// The connections this node opened on the link and still holds.
+    pub(super) opened: Arc<LiveConnections>,
 }
 
 impl LinkWatch {
@@ -83,6 +86,7 @@ impl LinkWatches {
                     supervised: AtomicBool::new(false),
                     repair: Notify::new(),
                     silent: AtomicBool::new(false),
+                    opened: Arc::default(),
                 })
             })
             .clone()

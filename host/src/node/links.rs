@@ -188,12 +188,24 @@ pub(super) async fn accept_loop(inner: Arc<NodeInner>) {
 
 /// Streams (connections) a peer may open on a link at once, at first; the
 /// limit doubles as the peer's connections near it, up to
-/// [`MAX_LINK_STREAMS`]. quinn keeps state for every stream the limit
+/// [`LINK_STREAM_CREDIT`]. quinn keeps state for every stream the limit
 /// allows, so a large fixed limit costs every link ~340 KiB (4,096).
 pub const INITIAL_LINK_STREAMS: u32 = 32;
 
-/// The most streams a peer may open on a link at once.
+/// The most connections one link carries at once each way: the streams a
+/// peer may open on it, and the connections this node opens on it (one
+/// more fails at once with [`ConnectError::LinkFull`]). A cap on what one
+/// peer can make this node keep; quinn's state for the streams allowed
+/// grows with the connections actually open.
 pub const MAX_LINK_STREAMS: u32 = 4096;
+
+/// The streams a peer may open on a link at most, in QUIC: a quarter more
+/// than [`MAX_LINK_STREAMS`], because quinn grants a closed stream's place
+/// again only once an eighth of the limit has closed. Without the margin a
+/// peer holding the most connections would wait, after closing one, until
+/// 512 had closed. Streams beyond [`MAX_LINK_STREAMS`] (a peer that does
+/// not count its own) are refused with the reason.
+const LINK_STREAM_CREDIT: u32 = MAX_LINK_STREAMS + MAX_LINK_STREAMS / 4;
 
 /// Accepts the streams (connect requests) the remote node opens on a link,
 /// and watches its path and liveness.
@@ -223,9 +235,16 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<L
                 let counted = open.enter();
                 // Raise the limit before the peer runs into it, so a burst
                 // of connects waits for no extra round trip.
-                if open.count() as u64 * 4 >= u64::from(limit) * 3 && limit < MAX_LINK_STREAMS {
-                    limit = (limit * 2).min(MAX_LINK_STREAMS);
+                if open.count() as u64 * 4 >= u64::from(limit) * 3 && limit < LINK_STREAM_CREDIT {
+                    limit = (limit * 2).min(LINK_STREAM_CREDIT);
                     quic.set_max_concurrent_bi_streams(limit.into());
+                }
+                if open.count() > MAX_LINK_STREAMS as usize {
+                    let why = format!(
+                        "this link already carries {MAX_LINK_STREAMS} connections, the most one link carries at once"
+                    );
+                    tokio::spawn(refuse(send, RefuseCode::Other, why));
+                    continue;
                 }
                 tokio::spawn(answer(inner.clone(), quic.clone(), send, recv, counted));
             }
@@ -421,6 +440,11 @@ pub(super) async fn open(
     let timeout = inner.config.connect_timeout;
     let handshake = async {
         let quic = link(inner, addr, expected).await?;
+        // The peer lets a link carry at most MAX_LINK_STREAMS connections
+        // at once; quinn would wait for a stream the peer never grants.
+        let Some(opened) = inner.links.watches.of(&quic).opened.try_enter(MAX_LINK_STREAMS as usize) else {
+            return Err(ConnectError::LinkFull { limit: MAX_LINK_STREAMS });
+        };
         let (mut send, mut recv) = quic.open_bi().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
         let request =
             Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
@@ -438,9 +462,9 @@ pub(super) async fn open(
         };
         let convention =
             convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
-        Ok((quic, send, recv, decoder, peer_id, convention))
+        Ok((quic, send, recv, decoder, peer_id, convention, opened))
     };
-    let (quic, send, recv, decoder, peer_id, convention) = tokio::select! {
+    let (quic, send, recv, decoder, peer_id, convention, opened) = tokio::select! {
         _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
@@ -448,7 +472,8 @@ pub(super) async fn open(
     let link_events = link_events(inner, &quic, &peer_id);
     let meta = ConnMeta { id, peer_id, peer_verified, passive: false, convention, remote: addr };
     let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events };
-    let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, inner.links.live.enter()).await;
+    let live = inner.links.live.enter().also(opened);
+    let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
     inner.links.register(&shared);
     Ok(shared)
 }

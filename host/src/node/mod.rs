@@ -6,6 +6,7 @@ mod connection;
 mod link_repair;
 mod link_watch;
 mod links;
+pub use links::MAX_LINK_STREAMS;
 mod network_watch;
 mod node_events;
 mod plugins;
@@ -224,6 +225,15 @@ pub enum ConnectError {
         code: RefuseCode,
         /// The peer's explanation, e.g. "no such service: 7".
         message: String,
+    },
+    /// The link to the peer carries the most connections one link
+    /// carries at once ([`MAX_LINK_STREAMS`]); one must close first.
+    #[error(
+        "the link to this peer already carries {limit} connections, the most one link carries at once: close one first"
+    )]
+    LinkFull {
+        /// The most connections one link carries at once.
+        limit: u32,
     },
     /// The connect did not complete within the connect timeout.
     #[error("timed out after {0:?}")]

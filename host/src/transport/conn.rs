@@ -221,6 +221,13 @@ impl LiveConnections {
         LiveGuard(self.clone(), None)
     }
 
+    /// Counts one more connection until the guard is dropped, unless
+    /// `max` are counted already.
+    pub fn try_enter(self: &Arc<Self>, max: usize) -> Option<LiveGuard> {
+        self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(LiveGuard(self.clone(), None))
+    }
+
     /// Connections counted now.
     pub fn count(&self) -> usize {
         self.live.load(Ordering::Acquire)
