@@ -13,12 +13,22 @@ export FOGCONNECT_PLUGIN_DIR := $(PLUGIN_DIR)
 PREFIX      ?= /usr/local
 VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 C_STAGE     := $(TARGET_DIR)/c-install
+# The device build's install: the C library without the Wasm runtime and
+# browsers, built with the size-optimised "device" profile.
+DEVICE_STAGE := $(TARGET_DIR)/c-install-device
+# Where the library to install was built (install from LIB_DIR).
+LIB_DIR     ?= $(TARGET_DIR)/release
+# What a static link of the library needs besides it (pkg-config): the
+# full build's browser connections use the system's OpenSSL; the device
+# build has none.
+PC_REQUIRES ?= libssl libcrypto
 C_EXAMPLES  := $(TARGET_DIR)/c-examples
 C_WARNINGS  := -Wall -Wextra -Werror
 export FOGCONNECT_C_STAGE := $(C_STAGE)
+export FOGCONNECT_C_DEVICE_STAGE := $(DEVICE_STAGE)
 export FOGCONNECT_C_EXAMPLES := $(C_EXAMPLES)
 
-.PHONY: setup build-deps lab-deps c-deps browser-deps plugins build install c-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
+.PHONY: setup build-deps lab-deps c-deps browser-deps plugins build device install c-stage device-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
 
 ## setup: install the toolchain pieces the build needs
 setup:
@@ -41,9 +51,10 @@ browser-deps:
 	fi
 
 ## lab-deps: what the NAT lab and cluster tests need (root): ip, nft, conntrack,
-## nats-server (the signaling cluster tests), and coturn's
-## RFC 5780 server and client for the interoperability tests
-LAB_TOOLS := ip:iproute2 nft:nftables conntrack:conntrack turnserver:coturn turnutils_natdiscovery:coturn nats-server:nats-server
+## nats-server (the signaling cluster tests), coturn's RFC 5780 server and
+## client for the interoperability tests, and iperf3 (the throughput
+## bench's baseline)
+LAB_TOOLS := ip:iproute2 nft:nftables conntrack:conntrack turnserver:coturn turnutils_natdiscovery:coturn nats-server:nats-server iperf3:iperf3
 lab-deps:
 	@missing=""; for tool in $(LAB_TOOLS); do \
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
@@ -81,15 +92,27 @@ build: build-deps plugins
 install:
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 capi/include/fogconnect.h capi/include/iv_av_p2p.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(TARGET_DIR)/release/libfogconnect.so $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(TARGET_DIR)/release/libfogconnect.a $(DESTDIR)$(PREFIX)/lib/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' capi/fogconnect.pc.in \
+	install -m 755 $(LIB_DIR)/libfogconnect.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(LIB_DIR)/libfogconnect.a $(DESTDIR)$(PREFIX)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@REQUIRES_PRIVATE@|$(PC_REQUIRES)|' capi/fogconnect.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/fogconnect.pc
 
 ## c-stage: an install under the target directory, which the C examples and
 ## tests build against exactly as a user's program would
 c-stage:
 	$(MAKE) --no-print-directory install PREFIX=$(C_STAGE)
+
+## device: the device build of the C library (and the node's Rust library
+## under it) without the WebAssembly runtime and browser connections, for
+## devices that serve native services; size-optimised ("device" profile).
+## Install it with: make install LIB_DIR=target/device PC_REQUIRES= PREFIX=...
+device:
+	$(CARGO) build --profile device -p fogconnect-c --no-default-features
+
+## device-stage: the device build installed under the target directory,
+## which the C tests build against
+device-stage: device
+	$(MAKE) --no-print-directory install PREFIX=$(DEVICE_STAGE) LIB_DIR=$(TARGET_DIR)/device PC_REQUIRES=
 
 ## c-examples: the C examples, built with pkg-config against the staged
 ## install, warnings as errors
@@ -115,6 +138,8 @@ demo-c: build c-examples
 test: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
+	$(MAKE) --no-print-directory device-stage
+	$(CARGO) test --release -p fogconnect --no-default-features --test device
 	$(CARGO) test --release -p fogconnect --doc
 	$(CARGO) test --release -p fogconnect --benches
 	$(CARGO) test --release -p fogconnect-proto
@@ -125,15 +150,18 @@ test: build-deps lab-deps c-deps browser-deps plugins
 lint: setup build-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p fogconnect -p fogconnect-c --no-default-features --lib --test device -- -D warnings
 
 ## bench: plugin dispatch against native, QUIC echo round trip, signaling,
 ## relay against coturn, stream plugins' pull tick, live swap pause, what
 ## attacks cost legitimate users, the C API against Rust and a plugin,
 ## C streams against a stream plugin, event delivery to a plugin against a
-## Rust subscriber
+## Rust subscriber, the device build's size and idle memory against the
+## full build
 bench: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
+	$(MAKE) --no-print-directory device-stage
 	$(CARGO) bench -p fogconnect --bench dispatch
 	$(CARGO) bench -p fogconnect --bench signal_server
 	$(CARGO) bench -p fogconnect --bench signal_cluster
@@ -142,13 +170,17 @@ bench: build-deps lab-deps c-deps browser-deps plugins
 	$(CARGO) bench -p fogconnect --bench swap
 	$(CARGO) bench -p fogconnect --bench hardening
 	$(CARGO) bench -p fogconnect --bench c_api
+	$(CARGO) bench -p fogconnect --bench device
+	$(CARGO) bench -p fogconnect --bench node_scale
 	$(CARGO) bench -p fogconnect --bench c_streams
 	$(CARGO) bench -p fogconnect --bench plugin_events
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
 ## birthday probing, the adaptive stream plugin's settle time on a
-## rate-limited link, and recovery from network changes (root)
+## rate-limited link, recovery from network changes, and throughput on a
+## veth link against iperf3 (root)
 bench-nat: build-deps lab-deps browser-deps plugins
+	$(CARGO) bench -p fogconnect --bench throughput
 	$(CARGO) bench -p fogconnect --bench nat_lab
 	$(CARGO) bench -p fogconnect --bench stream_lab
 	$(CARGO) bench -p fogconnect --bench recovery

@@ -2,8 +2,9 @@
 //! warnings as errors against the installed header and library (the
 //! staged install `make c-stage` makes, found with pkg-config), run against
 //! a real signaling server: plain, under AddressSanitizer and under
-//! valgrind; a C program and a Rust node talking both ways; and the
-//! exported symbols checked against the header.
+//! valgrind; a C program and a Rust node talking both ways; the exported
+//! symbols checked against the header; and the same suite against the
+//! device build of the library (`make device-stage`).
 
 mod common;
 
@@ -13,7 +14,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::c::{ASAN_FLAGS, ASAN_OPTIONS, Running, compile, repo, stage, valgrind, wrapped};
+use common::c::{
+    ASAN_FLAGS, ASAN_OPTIONS, Running, compile, compile_against, device_stage, repo, stage, valgrind, wrapped,
+};
 use common::{WAIT, ask, closed_within, config, message};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
@@ -34,6 +37,19 @@ const SCENARIOS: [&str; 8] = [
     "identity",
 ];
 
+/// The scenarios the device build runs (no WebAssembly runtime: loading a
+/// plugin fails with the reason instead).
+const DEVICE_SCENARIOS: [&str; 8] = [
+    "exchange",
+    "failures",
+    "handles",
+    "concurrent",
+    "release_in_callback",
+    "device_build",
+    "signal_unreachable",
+    "identity",
+];
+
 /// The C suite's source.
 fn suite_source() -> PathBuf {
     repo().join("capi/tests/c/suite.c")
@@ -43,7 +59,7 @@ fn suite_source() -> PathBuf {
 async fn signaling() -> anyhow::Result<(SignalServer, String)> {
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
     let mut tokens = Vec::new();
-    for scenario in SCENARIOS.iter().chain(&["serve_for_rust", "connect_rust"]) {
+    for scenario in SCENARIOS.iter().chain(&DEVICE_SCENARIOS).chain(&["serve_for_rust", "connect_rust"]) {
         for role in ["device", "app", "plain"] {
             let id = format!("{scenario}-{role}");
             tokens.push(format!("{id}={}", token::issue(SECRET, &id, u64::MAX / 2)));
@@ -96,8 +112,19 @@ async fn output_within(mut command: Command, limit: Duration) -> anyhow::Result<
 /// Runs every scenario, each within `limit`; fails with the output of the
 /// first that fails.
 async fn run_all(binary: &Path, wrapper: &[&str], env: &[(&str, &str)], limit: Duration) -> anyhow::Result<()> {
+    run_scenarios(&SCENARIOS, binary, wrapper, env, limit).await
+}
+
+/// Runs `scenarios` as [`run_all`] does.
+async fn run_scenarios(
+    scenarios: &[&str],
+    binary: &Path,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> anyhow::Result<()> {
     let (server, tokens) = signaling().await?;
-    for scenario in SCENARIOS {
+    for &scenario in scenarios {
         let mut command = suite(binary, wrapper, scenario, &server, &tokens);
         command.envs(env.iter().copied());
         let out = output_within(command, limit).await.with_context(|| scenario.to_string())?;
@@ -287,7 +314,28 @@ fn header_functions() -> anyhow::Result<BTreeSet<String>> {
 
 #[test]
 fn the_library_exports_exactly_the_headers() -> anyhow::Result<()> {
-    let stage = stage()?;
+    exports_exactly_the_headers(&stage()?)
+}
+
+#[test]
+fn the_device_library_exports_exactly_the_headers() -> anyhow::Result<()> {
+    exports_exactly_the_headers(&device_stage()?)
+}
+
+#[tokio::test]
+async fn the_device_library_passes_the_c_suite() -> anyhow::Result<()> {
+    // The device build (make device-stage): without the WebAssembly
+    // runtime and browsers, the C API behaves the same, except that
+    // loading a plugin fails with the reason.
+    let stage = device_stage()?;
+    let dir = tempfile::tempdir()?;
+    let binary = compile_against(&stage, &suite_source(), dir.path(), "suite-device", &[])?;
+    run_scenarios(&DEVICE_SCENARIOS, &binary, &[], &[], Duration::from_secs(60)).await
+}
+
+/// Whether the library staged in `stage` (shared and static) exports the
+/// functions the headers declare, and nothing else.
+fn exports_exactly_the_headers(stage: &Path) -> anyhow::Result<()> {
     let declared = header_functions()?;
     let out = std::process::Command::new("nm")
         .args(["-D", "--defined-only", "--format=posix"])

@@ -47,6 +47,7 @@ struct Settings {
     stun: Option<String>,
     identity: Option<PathBuf>,
     relays: Vec<(String, String, String)>,
+    #[cfg(feature = "plugins")]
     plugins: Vec<(u8, PathBuf)>,
     /// The stream service `iv_avt_p2p_init` asked for before the start.
     streams: Option<PendingStreams>,
@@ -123,6 +124,7 @@ impl Context {
                 stun: std::env::var("FOGCONNECT_STUN").ok().filter(|s| !s.is_empty()),
                 identity: std::env::var_os("FOGCONNECT_IDENTITY").filter(|s| !s.is_empty()).map(PathBuf::from),
                 relays: Vec::new(),
+                #[cfg(feature = "plugins")]
                 plugins: Vec::new(),
                 streams: None,
             }),
@@ -235,6 +237,7 @@ impl Context {
     }
 
     /// `pr_fogconnect_load_plugin`: now, or when the node starts.
+    #[cfg(feature = "plugins")]
     pub(crate) fn load_plugin(&self, service: u8, path: PathBuf) -> Result<(), String> {
         let _starting = lock(&self.starting);
         match self.node.get() {
@@ -324,6 +327,7 @@ impl Context {
         for (url, username, password) in &settings.relays {
             builder = builder.relay(url, username.clone(), password.clone()).map_err(|e| e.to_string())?;
         }
+        #[cfg(feature = "plugins")]
         for (service, path) in &settings.plugins {
             builder = builder.plugin(*service, path.clone());
         }

@@ -478,7 +478,15 @@ pub unsafe extern "C" fn pr_fogconnect_load_plugin(ctx: *mut c_void, service: c_
         // SAFETY: the caller's contract.
         let path = unsafe { text_arg(path, "path") }?;
         let service = u8::try_from(service).map_err(|_| format!("service {service} is not 0..255"))?;
-        context.load_plugin(service, PathBuf::from(path))
+        #[cfg(feature = "plugins")]
+        return context.load_plugin(service, PathBuf::from(path));
+        #[cfg(not(feature = "plugins"))]
+        {
+            let _ = (context, service);
+            Err(format!(
+                "{path}: this library is the device build, without the WebAssembly plugin runtime; serve the service natively (pr_event_setcb, iv_avt_p2p_init) or use the full build"
+            ))
+        }
     })
 }
 

@@ -1,5 +1,6 @@
 //! The library's log: to standard error at the level `FOGCONNECT_LOG`
-//! says (default warn), or as a device's `p2p_init_params` asks (another
+//! says (default warn; a level, or `target=level` pairs separated by
+//! commas, e.g. `warn,fogconnect::node=debug`), or as a device's `p2p_init_params` asks (another
 //! level; a file, capped in size, instead of standard error). An
 //! application that installed its own `tracing` subscriber keeps it (the
 //! device's settings then do not apply).
@@ -10,9 +11,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Mutex, Once, OnceLock};
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::{Registry, reload};
 
 /// A log file and its cap.
 struct LogFile {
@@ -41,7 +43,7 @@ impl LogFile {
 }
 
 static FILE: Mutex<Option<LogFile>> = Mutex::new(None);
-static LEVEL: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+static LEVEL: OnceLock<reload::Handle<Targets, Registry>> = OnceLock::new();
 
 /// Where each log line goes: the file when there is one, else standard
 /// error.
@@ -73,7 +75,10 @@ impl Write for Sink {
 pub(crate) fn init() {
     static LOGGING: Once = Once::new();
     LOGGING.call_once(|| {
-        let filter = EnvFilter::try_from_env("FOGCONNECT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        let filter = std::env::var("FOGCONNECT_LOG")
+            .ok()
+            .and_then(|value| value.parse::<Targets>().ok())
+            .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
         let (filter, level) = reload::Layer::new(filter);
         let lines = tracing_subscriber::fmt::layer().with_writer(|| Sink);
         if tracing_subscriber::registry().with(filter).with(lines).try_init().is_ok() {
@@ -90,13 +95,13 @@ pub(crate) fn init() {
 /// A level out of range, a file that cannot be opened.
 pub(crate) fn configure(level: c_int, path: Option<String>, cap: usize) -> Result<(), String> {
     init();
-    let directive = match level {
+    let level = match level {
         0 => None,
-        1 => Some("error"),
-        2 => Some("warn"),
-        3 => Some("info"),
-        4 => Some("debug"),
-        5 => Some("trace"),
+        1 => Some(tracing::Level::ERROR),
+        2 => Some(tracing::Level::WARN),
+        3 => Some(tracing::Level::INFO),
+        4 => Some(tracing::Level::DEBUG),
+        5 => Some(tracing::Level::TRACE),
         other => return Err(format!("p2p_init_params.log_level {other} is not 0..5")),
     };
     if let Some(path) = path {
@@ -109,8 +114,9 @@ pub(crate) fn configure(level: c_int, path: Option<String>, cap: usize) -> Resul
         let written = file.metadata().map_or(0, |m| m.len());
         *FILE.lock().unwrap_or_else(|p| p.into_inner()) = Some(LogFile { path, file, written, cap: cap as u64 });
     }
-    if let (Some(directive), Some(handle)) = (directive, LEVEL.get()) {
-        handle.reload(EnvFilter::new(directive)).map_err(|e| format!("cannot change the log level: {e}"))?;
+    if let (Some(level), Some(handle)) = (level, LEVEL.get()) {
+        let filter = Targets::new().with_default(level);
+        handle.reload(filter).map_err(|e| format!("cannot change the log level: {e}"))?;
     }
     Ok(())
 }

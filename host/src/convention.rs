@@ -72,10 +72,11 @@ impl Transport {
     }
 
     /// Whether nodes offer this transport today: QUIC between nodes, RTC
-    /// (WebRTC DataChannels) to browsers; a connect for another one is
+    /// (WebRTC DataChannels) to browsers, in a build with them (feature
+    /// `browsers`); a connect for another one is
     /// refused with "unsupported transport".
     pub fn is_offered(self) -> bool {
-        matches!(self, Transport::Quic | Transport::Rtc)
+        matches!(self, Transport::Quic) || (self == Transport::Rtc && cfg!(feature = "browsers"))
     }
 }
 

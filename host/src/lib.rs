@@ -5,7 +5,8 @@
 //! Layout:
 //! - [`convention`]: the convention number.
 //! - [`transport`]: socket facade, identity/TLS, framing, connection tasks.
-//! - [`runtime`]: the wasmtime plugin runtime and its supervisor.
+//! - `runtime`: the wasmtime plugin runtime and its supervisor (feature
+//!   `plugins`, on by default; off in the device build).
 //! - [`nat`]: STUN, NAT classification, punching strategy and checks.
 //! - [`relay`]: TURN (relay) client and server.
 //! - [`stream`]: stream plugins (watermark core so far).
@@ -16,6 +17,7 @@
 //!   NAT, relay, presence).
 //! - [`node`]: the node that ties them together, and its Rust API.
 
+#[cfg(feature = "plugins")]
 pub mod admin;
 pub mod convention;
 pub mod dispatch;
@@ -24,8 +26,10 @@ pub mod limits;
 pub mod metrics;
 pub mod nat;
 pub mod node;
+#[cfg(feature = "plugins")]
 pub mod plugin_dir;
 pub mod relay;
+#[cfg(feature = "plugins")]
 pub mod runtime;
 pub mod signal;
 pub mod stream;
@@ -38,13 +42,20 @@ pub use fogconnect_proto::manifest::PluginManifest;
 pub use nat::NatReport;
 pub use node::{
     Commander, ConnectError, Connection, ConnectionActivity, ConnectionEvent, ConnectionSender, IncomingCommand,
-    MAX_LINK_STREAMS, MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig, NodeError, PluginBuild, RelayServer,
-    RelayStatus, ServiceInfo, StreamError, StreamSession, SwapReport, TalkBack, TraversalReport,
+    MAX_LINK_STREAMS, MediaEvent, MediaStream, Node, NodeBuilder, NodeConfig, NodeError, RelayServer, RelayStatus,
+    StreamError, StreamSession, TalkBack, TraversalReport,
 };
+#[cfg(feature = "plugins")]
+pub use node::{PluginBuild, ServiceInfo, SwapReport};
+#[cfg(feature = "plugins")]
 pub use runtime::PluginError;
+#[cfg(feature = "plugins")]
 pub use runtime::actor::{PluginEvent, PluginRunState, StateHandoff};
+#[cfg(feature = "plugins")]
 pub use runtime::engine::PluginWorld;
+#[cfg(feature = "plugins")]
 pub use runtime::state::PluginLimits;
+#[cfg(feature = "plugins")]
 pub use runtime::supervisor::CrashPolicy;
 pub use transport::conn::{CloseKind, CloseReason, ConnStats, ConnectionId, PathKind, SendError};
 pub use transport::identity::Fingerprint;

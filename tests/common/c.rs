@@ -13,12 +13,22 @@ use super::WAIT;
 
 /// Where `make c-stage` installed the library, header and pkg-config file.
 pub fn stage() -> anyhow::Result<PathBuf> {
-    let stage = std::env::var_os("FOGCONNECT_C_STAGE")
+    staged("FOGCONNECT_C_STAGE", "c-install", "make c-stage")
+}
+
+/// Where `make device-stage` installed the device build of the library
+/// (no WebAssembly runtime, no browsers).
+pub fn device_stage() -> anyhow::Result<PathBuf> {
+    staged("FOGCONNECT_C_DEVICE_STAGE", "c-install-device", "make device-stage")
+}
+
+fn staged(variable: &str, default: &str, make: &str) -> anyhow::Result<PathBuf> {
+    let stage = std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/c-install"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(default));
     ensure!(
         stage.join("lib/libfogconnect.so").exists() && stage.join("include/fogconnect.h").exists(),
-        "no staged C install in {}: run `make c-stage` (make test does)",
+        "no staged C install in {}: run `{make}` (make test does)",
         stage.display()
     );
     Ok(stage)
@@ -42,7 +52,11 @@ pub fn pkg_config(stage: &Path) -> anyhow::Result<Vec<String>> {
 /// Compiles the C program `source` with `extra` flags into `dir`, warnings
 /// as errors, against the staged install.
 pub fn compile(source: &Path, dir: &Path, name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
-    let stage = stage()?;
+    compile_against(&stage()?, source, dir, name, extra)
+}
+
+/// [`compile`] against the install in `stage`.
+pub fn compile_against(stage: &Path, source: &Path, dir: &Path, name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
     let binary = dir.join(name);
     let out = std::process::Command::new("gcc")
         .args(["-Wall", "-Wextra", "-Werror", "-g", "-O1"])
@@ -50,9 +64,12 @@ pub fn compile(source: &Path, dir: &Path, name: &str, extra: &[&str]) -> anyhow:
         .arg(source)
         .arg("-o")
         .arg(&binary)
-        .args(pkg_config(&stage)?)
+        .args(pkg_config(stage)?)
         .arg("-lpthread")
-        .arg(format!("-Wl,-rpath,{}", stage.join("lib").display()))
+        // DT_RPATH rather than RUNPATH: it comes before LD_LIBRARY_PATH,
+        // which cargo points at its own target directory (where the other
+        // build's library may lie) when it runs tests.
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", stage.join("lib").display()))
         .output()
         .context("gcc (make c-deps installs it)")?;
     ensure!(out.status.success(), "{} does not build:\n{}", source.display(), String::from_utf8_lossy(&out.stderr));

@@ -68,7 +68,11 @@ pub fn plugin(name: &str) -> PathBuf {
 
 /// A configuration for test nodes: loopback, no artifact cache.
 pub fn config() -> NodeConfig {
-    NodeConfig { cache_dir: None, ..NodeConfig::default() }
+    NodeConfig {
+        #[cfg(feature = "plugins")]
+        cache_dir: None,
+        ..NodeConfig::default()
+    }
 }
 
 /// A node with the given plugins.
@@ -78,10 +82,15 @@ pub async fn node_with(id: &str, plugins: &[(u8, &str)]) -> anyhow::Result<Node>
 
 /// A node with the given plugins and configuration.
 pub async fn node_with_config(id: &str, plugins: &[(u8, &str)], config: NodeConfig) -> anyhow::Result<Node> {
-    let mut builder = Node::builder().config(config).node_id(id);
-    for (service, name) in plugins {
-        builder = builder.plugin(*service, plugin(name));
-    }
+    #[cfg(feature = "plugins")]
+    let builder = plugins.iter().fold(Node::builder().config(config).node_id(id), |builder, (service, name)| {
+        builder.plugin(*service, plugin(name))
+    });
+    #[cfg(not(feature = "plugins"))]
+    let builder = {
+        anyhow::ensure!(plugins.is_empty(), "node {id}: this build has no plugin runtime (feature plugins)");
+        Node::builder().config(config).node_id(id)
+    };
     builder.start().await.with_context(|| format!("start node {id}"))
 }
 

@@ -377,6 +377,16 @@ impl Lab {
     /// no NAT; the device side sends at most `rate` (a `tc` rate such as
     /// `4mbit`, token bucket with a 50 ms queue: this kernel has no netem).
     pub fn rate_limited_link(rate: &str) -> anyhow::Result<Self> {
+        Self::with_link(Some(rate))
+    }
+
+    /// Two namespaces, `dev` and `app`, joined by one plain veth link (MTU
+    /// 1500, no rate limit) on 198.51.100.0/24: the wire for throughput.
+    pub fn plain_link() -> anyhow::Result<Self> {
+        Self::with_link(None)
+    }
+
+    fn with_link(rate: Option<&str>) -> anyhow::Result<Self> {
         let prefix = format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
         let mut lab = Lab {
             prefix,
@@ -387,11 +397,11 @@ impl Lab {
             relay_pid: None,
             forwarders: Vec::new(),
         };
-        lab.build_link(rate).with_context(|| format!("building a {rate} link"))?;
+        lab.build_link(rate).with_context(|| format!("building a {} link", rate.unwrap_or("plain")))?;
         Ok(lab)
     }
 
-    fn build_link(&mut self, rate: &str) -> anyhow::Result<()> {
+    fn build_link(&mut self, rate: Option<&str>) -> anyhow::Result<()> {
         let dev = self.add_ns("dev")?;
         let app = self.add_ns("app")?;
         ip(&["-n", &dev, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &app])?;
@@ -399,10 +409,13 @@ impl Lab {
         ip(&["-n", &app, "addr", "add", &format!("{LINK_APP}/24"), "dev", "vb"])?;
         ip(&["-n", &dev, "link", "set", "va", "up"])?;
         ip(&["-n", &app, "link", "set", "vb", "up"])?;
-        let tbf = [
-            "-n", &dev, "qdisc", "add", "dev", "va", "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "50ms",
-        ];
-        run(Command::new("tc").args(tbf)).context("the link lab needs tc: apt-get install iproute2")?;
+        if let Some(rate) = rate {
+            let tbf = [
+                "-n", &dev, "qdisc", "add", "dev", "va", "root", "tbf", "rate", rate, "burst", "32kbit", "latency",
+                "50ms",
+            ];
+            run(Command::new("tc").args(tbf)).context("the link lab needs tc: apt-get install iproute2")?;
+        }
         Ok(())
     }
 

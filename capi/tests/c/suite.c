@@ -719,6 +719,29 @@ static void plugin(void)
     every_record_ended_once();
 }
 
+/* The device build (no WebAssembly runtime): loading a plugin fails at
+ * once with the reason, before and after the node starts, and the device
+ * serves its C services as usual. */
+static void device_build(void)
+{
+    void* fresh = pr_fogconnect_init();
+    CHECK(fresh != NULL, "init");
+    CHECK(pr_fogconnect_load_plugin(fresh, 0, "echo.wasm") == -1, "a plugin was accepted before start");
+    CHECK(strstr(pr_errno_mgs(NULL), "device build") != NULL, "%s", pr_errno_mgs(NULL));
+    pr_fogconnect_release(fresh);
+
+    void* device = start("device", device_connected, NULL);
+    void* app = start("app", NULL, NULL);
+    CHECK(pr_fogconnect_load_plugin(device, 2, "echo.wasm") == -1, "a plugin was loaded on the running device");
+    CHECK(strstr(pr_errno_mgs(NULL), "without the WebAssembly plugin runtime") != NULL, "%s", pr_errno_mgs(NULL));
+    struct record* c = open_to(app, "device", 1);
+    WAIT_FOR(c->messages == 1, "no welcome from C");
+    ask(c, "I am fog data!", 2, "I know!");
+    pr_fogconnect_release(app);
+    pr_fogconnect_release(device);
+    every_record_ended_once();
+}
+
 /* A signaling server nobody answers at: pr_init_signal gives up after its
  * documented 10 s with 1 and the reason; the context stays usable. */
 static void signal_unreachable(void)
@@ -862,6 +885,7 @@ int main(int argc, char** argv)
         { "concurrent", concurrent },
         { "release_in_callback", release_in_callback },
         { "plugin", plugin },
+        { "device_build", device_build },
         { "signal_unreachable", signal_unreachable },
         { "identity", identity },
         { "events", events },

@@ -3,12 +3,11 @@
 //!
 //! The token is checked from the headers before any byte of a body is
 //! read, and a refused request closes its connection. Headers must arrive
-//! within [`HEADER_TIMEOUT`], an upload within [`BODY_TIMEOUT`], and at
-//! most [`MAX_CONNECTIONS`] connections are open at once (more are closed
+//! within [`HEADER_TIMEOUT`](crate::limits::http::HEADER_TIMEOUT), an upload within [`BODY_TIMEOUT`], and at
+//! most [`MAX_CONNECTIONS`](crate::limits::http::MAX_CONNECTIONS) connections are open at once (more are closed
 //! at accept).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -30,14 +29,8 @@ use fogconnect_proto::manifest::PluginManifest;
 
 /// Largest plugin upload, in bytes.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
-/// Longest a client may take to send a request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a client may take to send a request's body (a plugin upload).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most admin connections open at once.
-pub const MAX_CONNECTIONS: usize = 16;
-/// Longest one admin connection stays open.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 
 /// How the admin API is offered.
 #[derive(Debug, Clone)]
@@ -90,7 +83,7 @@ impl AdminServer {
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
             .with_state(state);
         let stop = CancellationToken::new();
-        tokio::spawn(serve_connections(listener, router, stop.clone()));
+        tokio::spawn(crate::limits::http::serve_connections(listener, router, stop.clone(), "admin API"));
         Ok(Self { addr, stop })
     }
 
@@ -108,40 +101,6 @@ impl AdminServer {
 impl Drop for AdminServer {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// Accepts admin connections until `stop`, at most [`MAX_CONNECTIONS`]
-/// at once, each served by hyper with the header deadline.
-pub(crate) async fn serve_connections(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    while let Some((stream, peer)) = crate::limits::accept_with_backoff(&listener, &stop, "admin API").await {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} open already");
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, "admin connection: {e}");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
-                _ = lifetime => tracing::debug!(%peer, "admin connection open for {CONNECTION_LIFETIME:?}: closed"),
-            }
-        });
     }
 }
 

@@ -18,7 +18,9 @@ pub use native::Incoming;
 pub(crate) use native::NativeRoute;
 
 use crate::convention::{Convention, Transport};
+#[cfg(feature = "plugins")]
 use crate::node::LoadedService;
+#[cfg(feature = "plugins")]
 use crate::runtime::actor::PluginRunState;
 use crate::stream::native::NativeStreams;
 use crate::transport::conn::{ConnShared, Owner};
@@ -38,6 +40,7 @@ pub(crate) enum NativeSlot {
 
 #[derive(Default)]
 struct Table {
+    #[cfg(feature = "plugins")]
     plugins: HashMap<u8, Arc<LoadedService>>,
     native: HashMap<NativeSlot, native::NativeService>,
     /// Native stream services ([`crate::stream::native`]).
@@ -49,7 +52,33 @@ impl Table {
     /// number also by a plugin.
     fn is_taken(&self, slot: NativeSlot) -> bool {
         self.native.get(&slot).is_some_and(|h| !h.is_closed())
-            || matches!(slot, NativeSlot::Service(n) if self.plugins.contains_key(&n) || self.streams.contains_key(&n))
+            || matches!(slot, NativeSlot::Service(n) if self.has_plugin(n) || self.streams.contains_key(&n))
+    }
+
+    /// Whether a plugin serves `service`.
+    fn has_plugin(&self, service: u8) -> bool {
+        #[cfg(feature = "plugins")]
+        return self.plugins.contains_key(&service);
+        #[cfg(not(feature = "plugins"))]
+        {
+            let _ = service;
+            false
+        }
+    }
+
+    /// The actor of the plugin serving `service`, or why it is not
+    /// served; `None` when no plugin is loaded for it.
+    #[cfg(feature = "plugins")]
+    fn plugin_actor(&self, service: u8) -> Option<Result<Server<'_>, Refusal>> {
+        let plugin = self.plugins.get(&service)?;
+        Some(match plugin.actor.status.state() {
+            PluginRunState::Disabled => Err((
+                RefuseCode::ServiceUnavailable,
+                format!("service {service} is disabled after repeated plugin crashes"),
+            )),
+            PluginRunState::Stopped => Err((RefuseCode::ServiceUnavailable, format!("service {service} is stopping"))),
+            _ => Ok(Server::Actor(&plugin.actor.tx)),
+        })
     }
 }
 
@@ -78,15 +107,9 @@ fn locate(table: &Table, convention: Convention, carrier: Transport) -> Result<S
         ));
     }
     let service = convention.service();
-    if let Some(plugin) = table.plugins.get(&service) {
-        return match plugin.actor.status.state() {
-            PluginRunState::Disabled => Err((
-                RefuseCode::ServiceUnavailable,
-                format!("service {service} is disabled after repeated plugin crashes"),
-            )),
-            PluginRunState::Stopped => Err((RefuseCode::ServiceUnavailable, format!("service {service} is stopping"))),
-            _ => Ok(Server::Actor(&plugin.actor.tx)),
-        };
+    #[cfg(feature = "plugins")]
+    if let Some(served) = table.plugin_actor(service) {
+        return served;
     }
     if let Some(streams) = table.streams.get(&service).filter(|s| !s.owner.is_closed()) {
         return Ok(Server::Actor(&streams.owner));
@@ -175,6 +198,7 @@ impl Dispatcher {
     }
 
     /// Adds a plugin for `service`.
+    #[cfg(feature = "plugins")]
     ///
     /// # Errors
     /// The plugin back when the number is already served (by a plugin or
@@ -189,26 +213,31 @@ impl Dispatcher {
     }
 
     /// Whether `service` is served by a plugin or its own native handler.
+    #[cfg(feature = "plugins")]
     pub(crate) fn is_served(&self, service: u8) -> bool {
         self.table().is_taken(NativeSlot::Service(service))
     }
 
     /// The plugin of `service`.
+    #[cfg(feature = "plugins")]
     pub(crate) fn plugin(&self, service: u8) -> Option<Arc<LoadedService>> {
         self.table().plugins.get(&service).cloned()
     }
 
     /// Every plugin, by service number.
+    #[cfg(feature = "plugins")]
     pub(crate) fn plugins(&self) -> Vec<(u8, Arc<LoadedService>)> {
         self.table().plugins.iter().map(|(&service, plugin)| (service, plugin.clone())).collect()
     }
 
     /// Removes the plugin of `service`.
+    #[cfg(feature = "plugins")]
     pub(crate) fn remove_plugin(&self, service: u8) -> Option<Arc<LoadedService>> {
         self.table_mut().plugins.remove(&service)
     }
 
     /// Removes every plugin (at shutdown).
+    #[cfg(feature = "plugins")]
     pub(crate) fn take_plugins(&self) -> Vec<Arc<LoadedService>> {
         self.table_mut().plugins.drain().map(|(_, plugin)| plugin).collect()
     }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Dispatcher, NativeSlot, Refusal};
 use crate::node::Connection;
-use crate::runtime::actor::EVENT_CHANNEL_CAPACITY;
+use crate::transport::conn::EVENT_CHANNEL_CAPACITY;
 use crate::transport::conn::{ConnEvent, ConnShared, Owner};
 use crate::transport::wire::RefuseCode;
 

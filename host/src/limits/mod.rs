@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod descriptors;
+pub mod http;
 pub mod per_ip;
 
 pub use accept::accept_with_backoff;

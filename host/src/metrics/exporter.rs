@@ -1,6 +1,6 @@
 //! A Prometheus endpoint for the servers (`--metrics ADDR` of `fogconnect
 //! signal` and `fogconnect relay`): `GET /metrics` answers what the given
-//! function renders, with the admin API's connection limits and deadlines.
+//! function renders, within the bounds of [`crate::limits::http`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ impl MetricsExporter {
             }),
         );
         let stop = CancellationToken::new();
-        tokio::spawn(crate::admin::server::serve_connections(listener, router, stop.clone()));
+        tokio::spawn(crate::limits::http::serve_connections(listener, router, stop.clone(), "metrics"));
         Ok(Self { addr, stop })
     }
 

@@ -5,10 +5,12 @@
 pub mod exporter;
 pub mod histogram;
 pub mod render;
+#[cfg(feature = "plugins")]
 pub mod tally;
 
 pub use histogram::{Histogram, HistogramSnapshot, LocalHistogram};
 pub use render::{ServiceMetrics, render};
+#[cfg(feature = "plugins")]
 pub use tally::{CallClock, ServiceTally};
 
 use std::sync::atomic::{AtomicU64, Ordering};

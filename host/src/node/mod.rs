@@ -1,6 +1,7 @@
 //! The node: one UDP socket and QUIC endpoint, the plugins loaded per
 //! service number, and the dispatcher between them.
 
+#[cfg(feature = "browsers")]
 mod browsers;
 mod connection;
 mod link_repair;
@@ -9,6 +10,7 @@ mod links;
 pub use links::MAX_LINK_STREAMS;
 mod network_watch;
 mod node_events;
+#[cfg(feature = "plugins")]
 mod plugins;
 mod relay;
 mod relay_rank;
@@ -27,7 +29,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use connection::{Connection, ConnectionActivity, ConnectionEvent, ConnectionSender};
+#[cfg(feature = "plugins")]
 pub(crate) use plugins::LoadedService;
+#[cfg(feature = "plugins")]
 pub use plugins::{PluginBuild, ServiceInfo, SwapReport, manifest_path, plugin_name};
 pub use relay::{RelayServer, RelayStatus};
 pub use stream_client::{Commander, IncomingCommand, MediaEvent, MediaStream, StreamError, StreamSession, TalkBack};
@@ -39,17 +43,28 @@ use crate::events::NodeEvent;
 use crate::nat::checks::CheckConfig;
 use crate::nat::classify::NatReport;
 use crate::nat::transaction::RetransmitPolicy;
+#[cfg(feature = "plugins")]
 use crate::runtime::PluginError;
-use crate::runtime::actor::{EVENT_CHANNEL_CAPACITY, PluginEvent};
+#[cfg(feature = "plugins")]
+use crate::runtime::actor::PluginEvent;
+#[cfg(feature = "plugins")]
 use crate::runtime::engine::PluginEngine;
+#[cfg(feature = "plugins")]
 use crate::runtime::state::{HostServices, PluginLimits};
+#[cfg(feature = "plugins")]
 use crate::runtime::subscriptions::{NodeEventFilter, NodeEventKinds, WatchFault};
+#[cfg(feature = "plugins")]
 use crate::runtime::supervisor::CrashPolicy;
 use crate::signal::client::{PresenceEvent, SignalClient, SignalClientConfig, SignalStatus};
 use crate::stream::{StreamService, StreamServiceHandle};
-use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId, Owner};
+use crate::transport::conn::EVENT_CHANNEL_CAPACITY;
+#[cfg(feature = "plugins")]
+use crate::transport::conn::Owner;
+use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnLimits, ConnectionId};
 use crate::transport::identity::{Fingerprint, Identity, IdentityError};
+#[cfg(feature = "browsers")]
 use crate::transport::rtc::RtcHost;
+#[cfg(feature = "browsers")]
 use crate::transport::rtc::agent::RtcIdentity;
 use crate::transport::socket::{FogSocket, SocketCounters};
 use crate::transport::wire::RefuseCode;
@@ -81,10 +96,13 @@ pub struct NodeConfig {
     /// How long a closing side waits for the remote side to finish.
     pub close_grace: Duration,
     /// Limits for every plugin.
+    #[cfg(feature = "plugins")]
     pub plugin_limits: PluginLimits,
     /// Crash handling for every plugin.
+    #[cfg(feature = "plugins")]
     pub crash_policy: CrashPolicy,
     /// Directory of the precompiled plugin cache; `None` disables it.
+    #[cfg(feature = "plugins")]
     pub cache_dir: Option<PathBuf>,
     /// The signaling server to register with (its `id` is replaced by
     /// `node_id`); `None` for a node reachable by address only.
@@ -131,8 +149,11 @@ impl Default for NodeConfig {
             keep_alive_interval: Duration::from_secs(5),
             keep_alive_attempts: 6,
             close_grace: Duration::from_secs(5),
+            #[cfg(feature = "plugins")]
             plugin_limits: PluginLimits::default(),
+            #[cfg(feature = "plugins")]
             crash_policy: CrashPolicy::default(),
+            #[cfg(feature = "plugins")]
             cache_dir: default_cache_dir(),
             signal: None,
             stun: None,
@@ -184,6 +205,7 @@ pub enum NodeError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// A plugin could not be loaded.
+    #[cfg(feature = "plugins")]
     #[error("service {service}: {source}")]
     Plugin {
         /// The service number.
@@ -192,6 +214,7 @@ pub enum NodeError {
         source: PluginError,
     },
     /// The plugin engine could not start.
+    #[cfg(feature = "plugins")]
     #[error(transparent)]
     Engine(PluginError),
     /// The signaling client could not start.
@@ -287,10 +310,12 @@ pub(crate) struct NodeInner {
     identity: Identity,
     endpoint: quinn::Endpoint,
     transport: Arc<quinn::TransportConfig>,
+    #[cfg(feature = "plugins")]
     engine: PluginEngine,
     dispatcher: Arc<Dispatcher>,
     links: links::Links,
     next_id: AtomicU64,
+    #[cfg(feature = "plugins")]
     plugin_events: broadcast::Sender<PluginEvent>,
     /// Every network signal the node sees (see [`Node::events`]).
     events: broadcast::Sender<NodeEvent>,
@@ -316,10 +341,11 @@ pub(crate) struct NodeInner {
     measured_rtts: Mutex<HashMap<SocketAddr, Duration>>,
     /// Browser connections (only with signaling: browsers find nodes
     /// there).
+    #[cfg(feature = "browsers")]
     rtc: Option<RtcHost>,
     /// The node's DTLS certificate for browsers, made on first use.
+    #[cfg(feature = "browsers")]
     rtc_identity: tokio::sync::OnceCell<RtcIdentity>,
-    weak_self: Weak<NodeInner>,
 }
 
 /// A running fogconnect node.
@@ -346,6 +372,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
+#[cfg(feature = "plugins")]
 enum PluginSource {
     Path(PathBuf),
     Bytes { name: String, wasm: Vec<u8> },
@@ -354,6 +381,7 @@ enum PluginSource {
 /// Builds a [`Node`].
 pub struct NodeBuilder {
     config: NodeConfig,
+    #[cfg(feature = "plugins")]
     plugins: Vec<(u8, PluginSource)>,
     dispatcher: Arc<Dispatcher>,
     events: broadcast::Sender<NodeEvent>,
@@ -417,12 +445,14 @@ impl NodeBuilder {
     }
 
     /// Loads the plugin at `path` for `service` when the node starts.
+    #[cfg(feature = "plugins")]
     pub fn plugin(mut self, service: u8, path: impl Into<PathBuf>) -> Self {
         self.plugins.push((service, PluginSource::Path(path.into())));
         self
     }
 
     /// Loads a plugin from bytes for `service` when the node starts.
+    #[cfg(feature = "plugins")]
     pub fn plugin_bytes(mut self, service: u8, name: impl Into<String>, wasm: Vec<u8>) -> Self {
         self.plugins.push((service, PluginSource::Bytes { name: name.into(), wasm }));
         self
@@ -499,7 +529,10 @@ impl NodeBuilder {
     /// [`NodeError`] when the socket cannot be bound, the id is invalid or a
     /// plugin cannot be loaded.
     pub async fn start(self) -> Result<Node, NodeError> {
+        #[cfg(feature = "plugins")]
         let NodeBuilder { mut config, plugins, dispatcher, events } = self;
+        #[cfg(not(feature = "plugins"))]
+        let NodeBuilder { mut config, dispatcher, events } = self;
         let identity = match &config.identity_file {
             Some(path) => {
                 let (identity, source) = Identity::load_or_create(path)?;
@@ -545,12 +578,14 @@ impl NodeBuilder {
         )
         .map_err(bind_err)?;
 
+        #[cfg(feature = "plugins")]
         let engine = PluginEngine::new(config.cache_dir.clone()).map_err(NodeError::Engine)?;
         let conn_limits = ConnLimits {
             max_message_size: config.max_message_size,
             send_buffer: config.send_buffer,
             close_grace: config.close_grace,
         };
+        #[cfg(feature = "plugins")]
         let (plugin_events, _) = broadcast::channel(1024);
         let (incoming_tx, incoming_rx) = mpsc::channel(256);
         let signal = match config.signal.clone() {
@@ -563,19 +598,22 @@ impl NodeBuilder {
             None => None,
         };
         let shutdown = CancellationToken::new();
+        #[cfg(feature = "browsers")]
         let rtc = signal.as_ref().map(|_| RtcHost::start(socket.clone(), shutdown.clone()));
         let relay = relay_servers(&config, signal.as_ref()).map(|servers| {
             relay::RelayAgent::start(socket.clone(), servers, config.relay_ca.clone(), shutdown.clone())
         });
-        let inner = Arc::new_cyclic(|weak_self| NodeInner {
+        let inner = Arc::new(NodeInner {
             config,
             identity,
             endpoint,
             transport,
+            #[cfg(feature = "plugins")]
             engine,
             dispatcher,
             links: links::Links::default(),
             next_id: AtomicU64::new(1),
+            #[cfg(feature = "plugins")]
             plugin_events,
             events,
             shutdown,
@@ -591,9 +629,10 @@ impl NodeBuilder {
             dialing: Mutex::new(HashMap::new()),
             refusals: Mutex::new(signaling::refusal_budget()),
             measured_rtts: Mutex::new(HashMap::new()),
+            #[cfg(feature = "browsers")]
             rtc: rtc.clone(),
+            #[cfg(feature = "browsers")]
             rtc_identity: tokio::sync::OnceCell::new(),
-            weak_self: weak_self.clone(),
         });
         if inner.signal.is_some() {
             tokio::spawn(signaling::answer_requests(inner.clone(), incoming_rx));
@@ -601,9 +640,13 @@ impl NodeBuilder {
         tokio::spawn(links::accept_loop(inner.clone()));
         tokio::spawn(node_events::gather(inner.clone()));
         tokio::spawn(network_watch::watch(inner.clone()));
+        #[cfg(feature = "browsers")]
         tokio::spawn(traversal.clone().run_mux(side_rx, rtc));
+        #[cfg(not(feature = "browsers"))]
+        tokio::spawn(traversal.clone().run_mux(side_rx));
         traversal.classify();
         let node = Node { inner };
+        #[cfg(feature = "plugins")]
         for (service, source) in plugins {
             let result = match source {
                 PluginSource::Path(path) => node.load_plugin(service, &path).await,
@@ -683,6 +726,7 @@ impl Node {
     pub fn builder() -> NodeBuilder {
         NodeBuilder {
             config: NodeConfig::default(),
+            #[cfg(feature = "plugins")]
             plugins: Vec::new(),
             dispatcher: Arc::default(),
             events: broadcast::channel(node_events::NODE_EVENT_CAPACITY).0,
@@ -810,6 +854,7 @@ impl Node {
     }
 
     /// Subscribes to plugin crash, restart and disable events.
+    #[cfg(feature = "plugins")]
     pub fn plugin_events(&self) -> broadcast::Receiver<PluginEvent> {
         self.inner.plugin_events.subscribe()
     }
@@ -933,6 +978,21 @@ impl Node {
         for owner in &native_streams {
             owner.closed().await;
         }
+        #[cfg(feature = "plugins")]
+        self.stop_plugins().await;
+        // Connections not owned by plugins (the Rust API's) end too.
+        self.inner.links.close_all("peer node shutting down");
+        // Let the close frames leave, then close the endpoint.
+        self.inner.links.live.drained(Duration::from_millis(500)).await;
+        self.inner.endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Node {
+    /// Stops every plugin and waits for their threads (shutdown).
+    #[cfg(feature = "plugins")]
+    async fn stop_plugins(&self) {
         let services = self.inner.dispatcher.take_plugins();
         for service in &services {
             service.actor.stop().await;
@@ -943,12 +1003,6 @@ impl Node {
             }
         });
         let _ = joined.await;
-        // Connections not owned by plugins (the Rust API's) end too.
-        self.inner.links.close_all("peer node shutting down");
-        // Let the close frames leave, then close the endpoint.
-        self.inner.links.live.drained(Duration::from_millis(500)).await;
-        self.inner.endpoint.close(0u32.into(), b"node shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }
 
@@ -998,15 +1052,18 @@ impl NodeInner {
     }
 }
 
+#[cfg(feature = "plugins")]
 /// Where a plugin's `connect-peer` goes.
 enum Target {
     Address(SocketAddr),
     Id(String),
 }
 
+#[cfg(feature = "plugins")]
 /// The node as plugins see it; weak so plugins do not keep the node alive.
 struct NodeServices(Weak<NodeInner>);
 
+#[cfg(feature = "plugins")]
 impl HostServices for NodeServices {
     fn next_connection_id(&self) -> ConnectionId {
         match self.0.upgrade() {

@@ -7,10 +7,17 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::NodeInner;
-use crate::events::{NodeEvent, recv_skipping_lag};
+use crate::events::NodeEvent;
+#[cfg(feature = "plugins")]
+use crate::events::recv_skipping_lag;
+#[cfg(feature = "plugins")]
 use crate::node::RelayStatus;
+#[cfg(feature = "plugins")]
 use crate::runtime::subscriptions::{NodeEventFilter, NodeEventKinds};
-use crate::signal::client::{SignalClient, SignalStatus};
+#[cfg(feature = "plugins")]
+use crate::signal::client::SignalClient;
+use crate::signal::client::SignalStatus;
+#[cfg(feature = "plugins")]
 use crate::transport::conn::{ConnEvent, Owner};
 
 /// Events of the node not yet taken by a slow subscriber before the oldest
@@ -98,6 +105,7 @@ async fn next_presence(
     crate::events::recv_skipping_lag(presence).await
 }
 
+#[cfg(feature = "plugins")]
 /// What the node's state is now, as the events of `kinds` that made it:
 /// registered with signaling, the NAT classification, the relay
 /// allocation (none for a kind whose state has no event, e.g. not
@@ -125,6 +133,7 @@ pub(super) fn current_state(inner: &NodeInner, kinds: NodeEventKinds) -> Vec<Nod
     state
 }
 
+#[cfg(feature = "plugins")]
 /// Tells a plugin's channel the node's `state` now, then, unless another
 /// task does already, forwards the node's events that `filter` may want
 /// (from `events`, subscribed before the state was read) until the channel
@@ -158,10 +167,12 @@ pub(super) async fn forward_to_plugin(
     }
 }
 
+#[cfg(feature = "plugins")]
 /// How long a new watcher waits for the node to be registered before it
 /// is told a peer's presence.
 const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+#[cfg(feature = "plugins")]
 /// Subscribes the node to presence (once), then tells `owner` whether
 /// `peer` is online now. Without registration within [`PRESENCE_WAIT`]
 /// the first event waits for the peer's next change.

@@ -195,7 +195,7 @@ impl Node {
         let ctx = Arc::new(PluginContext {
             service,
             limits,
-            host: Arc::new(NodeServices(self.inner.weak_self.clone())),
+            host: Arc::new(NodeServices(Arc::downgrade(&self.inner))),
             owner: tx,
             epoch: self.inner.started,
             counters: counters.clone(),

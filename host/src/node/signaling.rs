@@ -145,11 +145,27 @@ pub(super) async fn answer_requests(inner: Arc<NodeInner>, mut requests: mpsc::R
             SignalRequest::Node(request) => {
                 tokio::spawn(answer_request(inner.clone(), request));
             }
+            #[cfg(feature = "browsers")]
             SignalRequest::Browser(request) => super::browsers::answer(&inner, request).await,
+            #[cfg(feature = "browsers")]
             SignalRequest::BrowserCandidate { from, request_id, candidate } => {
                 super::browsers::candidate(&inner, from, request_id, candidate).await;
             }
+            #[cfg(not(feature = "browsers"))]
+            SignalRequest::Browser(request) => refuse_browser(&inner, request).await,
+            #[cfg(not(feature = "browsers"))]
+            SignalRequest::BrowserCandidate { .. } => {}
         }
+    }
+}
+
+/// Refuses a browser's request: this build has no WebRTC (feature
+/// `browsers` off), so browsers cannot reach its services.
+#[cfg(not(feature = "browsers"))]
+async fn refuse_browser(inner: &NodeInner, request: crate::signal::client::BrowserRequest) {
+    if let Some(signal) = &inner.signal {
+        let message = "unsupported transport: this node is built without browser connections (WebRTC)".to_string();
+        refuse(inner, signal, (request.request_id, &request.from), RefuseCode::UnsupportedTransport, message).await;
     }
 }
 

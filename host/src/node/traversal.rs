@@ -17,6 +17,7 @@ use crate::nat::strategy::{self, Plan};
 use crate::nat::transaction::{RetransmitPolicy, Step, Transaction};
 use crate::nat::{NatError, discovery};
 use crate::signal::protocol::{Candidate, CandidateKind, CheckCredentials, NatInfo, Offer};
+#[cfg(feature = "browsers")]
 use crate::transport::rtc::RtcHost;
 use crate::transport::socket::{AuxId, FogSocket, PacketKind, SideDatagram};
 
@@ -228,13 +229,18 @@ impl Traversal {
     /// their USERNAME names, responses to the transaction waiting for
     /// them, else to every session (checks match their own transaction
     /// ids).
-    pub(super) async fn run_mux(self: Arc<Self>, mut side: mpsc::Receiver<SideDatagram>, rtc: Option<RtcHost>) {
+    pub(super) async fn run_mux(
+        self: Arc<Self>,
+        mut side: mpsc::Receiver<SideDatagram>,
+        #[cfg(feature = "browsers")] rtc: Option<RtcHost>,
+    ) {
         while let Some(datagram) = side.recv().await {
             // Decoded once, for the browsers' agents and the checks alike.
             let binding = match datagram.kind {
                 PacketKind::Stun => message::decode(&datagram.data).ok(),
                 _ => None,
             };
+            #[cfg(feature = "browsers")]
             if let Some(rtc) = &rtc
                 && rtc.claim(&datagram, binding.as_ref().and_then(request_ufrag))
             {

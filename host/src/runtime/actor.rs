@@ -25,9 +25,7 @@ use super::stream_actor::StreamActor;
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
 
-/// Capacity of a plugin's event channel; a full channel slows the senders
-/// down (QUIC flow control then reaches the remote side), nothing is dropped.
-pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
+pub use crate::transport::conn::EVENT_CHANNEL_CAPACITY;
 
 /// Lifecycle state of a loaded plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,8 @@
 //! plugin writing to standard error makes a blocking WASI call, which starts
 //! a runtime of its own.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
@@ -18,8 +17,10 @@ use super::engine::{PluginEngine, PreparedPlugin, PreparedWorld};
 use super::state::{HostServices, PluginContext, PluginLimits};
 use super::subscriptions::{NodeEventFilter, NodeEventKinds, WatchFault};
 use super::supervisor::CrashPolicy;
-use crate::convention::{Convention, Transport};
-use crate::transport::conn::{CloseReason, ConnEvent, ConnLimits, ConnMeta, ConnectionId, Detached, Owner};
+use crate::convention::Convention;
+pub use crate::transport::conn::harness_limits;
+pub(crate) use crate::transport::conn::passive_meta;
+use crate::transport::conn::{CloseReason, ConnEvent, ConnLimits, ConnectionId, Detached, Owner};
 
 /// Host services without a network: `connect-peer` is refused.
 pub(super) struct NoNetwork {
@@ -80,18 +81,6 @@ impl HarnessParts {
     }
 }
 
-/// The facts of a harness connection: passive, from `peer_id`, over QUIC.
-pub(crate) fn passive_meta(id: ConnectionId, peer_id: &str, service: u8) -> ConnMeta {
-    ConnMeta {
-        id,
-        peer_id: peer_id.to_string(),
-        peer_verified: true,
-        passive: true,
-        convention: Convention::new(Transport::Quic, service),
-        remote: SocketAddr::from(([127, 0, 0, 1], 0)),
-    }
-}
-
 /// One plugin instance driven synchronously.
 pub struct PluginHarness {
     actor: Actor,
@@ -146,14 +135,5 @@ impl PluginHarness {
     /// The failure message when the plugin call fails.
     pub fn close(&mut self, id: ConnectionId, reason: CloseReason) -> Result<(), String> {
         self.actor.handle(ConnEvent::Closed(id, reason))
-    }
-}
-
-/// Connection limits suitable for the harness.
-pub fn harness_limits() -> ConnLimits {
-    ConnLimits {
-        max_message_size: crate::node::DEFAULT_MAX_MESSAGE_SIZE,
-        send_buffer: 8 << 20,
-        close_grace: Duration::ZERO,
     }
 }

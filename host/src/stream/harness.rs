@@ -13,8 +13,7 @@ use fogconnect_proto::stream::StreamMessage;
 use tokio::sync::mpsc;
 
 use super::serve::StreamServer;
-use crate::runtime::harness::{harness_limits, passive_meta};
-use crate::transport::conn::{ConnEvent, ConnectionId, Detached};
+use crate::transport::conn::{ConnEvent, ConnectionId, Detached, harness_limits, passive_meta};
 
 /// One stream server driven synchronously.
 pub struct ServeHarness<S> {

@@ -56,7 +56,7 @@ use super::serve::{ServeNotice, StreamServer};
 use super::watermark::WatermarkEvent;
 use crate::dispatch::Dispatcher;
 use crate::events::{NetworkEvent, PathInfo};
-use crate::runtime::actor::EVENT_CHANNEL_CAPACITY;
+use crate::transport::conn::EVENT_CHANNEL_CAPACITY;
 use crate::transport::conn::{ConnEvent, ConnShared};
 
 /// Calls from other threads waiting for the service's thread; more wait

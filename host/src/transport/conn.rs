@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::convention::Convention;
+use crate::convention::{Convention, Transport};
 use crate::events::{NetworkEvent, PathInfo};
 use crate::transport::socket::FogSocket;
 use crate::transport::wire::{CloseCode, Decoder, Frame, data_header};
@@ -117,11 +117,26 @@ pub enum ConnEvent {
     /// through the same channel as the connection events, so the events
     /// before it go to the old generation and those after it, in order,
     /// to the new one.
-    Swap(Box<crate::runtime::actor::SwapRequest>),
+    Swap(Box<SwapRequest>),
 }
+
+/// A request to swap a plugin for a new generation.
+#[cfg(feature = "plugins")]
+pub type SwapRequest = crate::runtime::actor::SwapRequest;
+
+/// Without the plugin runtime nothing is swapped: no value of this type
+/// exists, so no [`ConnEvent::Swap`] is ever sent.
+#[cfg(not(feature = "plugins"))]
+#[derive(Debug)]
+pub enum SwapRequest {}
 
 /// Where a connection's events go.
 pub type Owner = mpsc::Sender<ConnEvent>;
+
+/// Capacity of a connection owner's event channel (a plugin actor's, a
+/// native service's); a full channel slows the senders down (QUIC flow
+/// control then reaches the remote side), nothing is dropped.
+pub const EVENT_CHANNEL_CAPACITY: usize = 1024;
 
 /// Which way a connection's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +306,7 @@ pub(crate) enum Carrier {
         socket: Arc<FogSocket>,
     },
     /// A browser's DataChannel.
+    #[cfg(feature = "browsers")]
     Rtc(Arc<crate::transport::rtc::RtcLink>),
     /// Nothing: a connection driven in-process (see [`Detached`]).
     Detached,
@@ -428,6 +444,7 @@ impl ConnShared {
     }
 
     /// How long a closing side waits for the remote side to finish too.
+    #[cfg(feature = "browsers")]
     pub(crate) fn close_grace(&self) -> Duration {
         self.limits.close_grace
     }
@@ -494,6 +511,7 @@ impl ConnShared {
     pub fn path(&self) -> PathInfo {
         let known = match &self.carrier {
             Carrier::Quic { quic, socket } => return socket.path_info(quic.remote_address()),
+            #[cfg(feature = "browsers")]
             Carrier::Rtc(link) => link.path(),
             Carrier::Detached => None,
         };
@@ -504,6 +522,7 @@ impl ConnShared {
     pub fn rtt(&self) -> Duration {
         match &self.carrier {
             Carrier::Quic { quic, .. } => quic.rtt(),
+            #[cfg(feature = "browsers")]
             Carrier::Rtc(link) => link.rtt().unwrap_or(Duration::ZERO),
             Carrier::Detached => Duration::ZERO,
         }
@@ -545,16 +564,19 @@ impl ConnShared {
     }
 
     /// Stops the connection's tasks.
+    #[cfg(feature = "browsers")]
     pub(crate) fn cancel(&self) {
         self.cancel.cancel();
     }
 
     /// Resolves when the connection's tasks are told to stop.
+    #[cfg(feature = "browsers")]
     pub(crate) async fn cancelled(&self) {
         self.cancel.cancelled().await;
     }
 
     /// The owner of the connection.
+    #[cfg(feature = "browsers")]
     pub(crate) fn owner(&self) -> &Owner {
         &self.owner
     }
@@ -836,5 +858,26 @@ async fn break_after_close(shared: &ConnShared) {
     tokio::select! {
         _ = shared.cancel.cancelled() => {}
         _ = tokio::time::sleep(shared.limits.close_grace) => shared.cancel.cancel(),
+    }
+}
+
+/// The facts of a harness connection: passive, from `peer_id`, over QUIC.
+pub(crate) fn passive_meta(id: ConnectionId, peer_id: &str, service: u8) -> ConnMeta {
+    ConnMeta {
+        id,
+        peer_id: peer_id.to_string(),
+        peer_verified: true,
+        passive: true,
+        convention: Convention::new(Transport::Quic, service),
+        remote: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// Connection limits suitable for the harnesses (plugins, stream services).
+pub fn harness_limits() -> ConnLimits {
+    ConnLimits {
+        max_message_size: crate::node::DEFAULT_MAX_MESSAGE_SIZE,
+        send_buffer: 8 << 20,
+        close_grace: Duration::ZERO,
     }
 }

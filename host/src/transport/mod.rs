@@ -6,6 +6,7 @@ pub mod conn;
 pub mod identity;
 pub mod identity_file;
 pub mod liveness;
+#[cfg(feature = "browsers")]
 pub mod rtc;
 pub mod socket;
 pub mod trust;
