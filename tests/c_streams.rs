@@ -67,18 +67,6 @@ async fn start_camera(
     Ok((server, camera))
 }
 
-/// An application node registered as `id`.
-async fn application(server: &SignalServer, id: &str) -> anyhow::Result<Node> {
-    let app = Node::builder()
-        .config(config())
-        .node_id(id)
-        .signal(server.url(), token::issue(SECRET, id, u64::MAX / 2))
-        .start()
-        .await?;
-    app.registered(WAIT).await?;
-    Ok(app)
-}
-
 /// Stops the camera (SIGTERM) and returns its totals line once it exited
 /// successfully.
 async fn exit_totals(camera: &mut Running) -> anyhow::Result<String> {
@@ -100,7 +88,7 @@ async fn exit_totals(camera: &mut Running) -> anyhow::Result<String> {
 /// One full run of the camera under `wrapper` (e.g. valgrind).
 async fn camera_serves(binary: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let (server, mut camera) = start_camera(binary, wrapper, env).await?;
-    let app = application(&server, "viewer").await?;
+    let app = common::registered_node(&server.url(), SECRET, "viewer").await?;
     let mut session = StreamSession::new(app.connect_peer("cam-1", Transport::Quic, SERVICE).await?);
     line_with(&mut camera, "PEER_READY").await?;
 

@@ -8,10 +8,9 @@
 mod common;
 
 use anyhow::{bail, ensure};
-use common::{WAIT, ask, config};
+use common::ask;
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
-use fogconnect::signal::token;
-use fogconnect::{ConnectError, ConnectionEvent, Incoming, Node, RefuseCode, Transport};
+use fogconnect::{ConnectError, ConnectionEvent, Incoming, RefuseCode, Transport};
 
 const SECRET: &[u8] = b"device build test secret";
 
@@ -32,24 +31,12 @@ fn echo(mut incoming: Incoming, prefix: &'static str) {
     });
 }
 
-/// A node registered with `server` as `id`.
-async fn registered(server: &SignalServer, id: &str) -> anyhow::Result<Node> {
-    let node = Node::builder()
-        .config(config())
-        .node_id(id)
-        .signal(server.url(), token::issue(SECRET, id, u64::MAX / 2))
-        .start()
-        .await?;
-    node.registered(WAIT).await?;
-    Ok(node)
-}
-
 #[tokio::test]
 async fn a_device_serves_a_native_service_by_id_and_refuses_the_rest() -> anyhow::Result<()> {
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
-    let device = registered(&server, "device").await?;
+    let device = common::registered_node(&server.url(), SECRET, "device").await?;
     echo(device.incoming(1)?, "device:");
-    let app = registered(&server, "app").await?;
+    let app = common::registered_node(&server.url(), SECRET, "app").await?;
 
     let mut conn = app.connect_peer("device", Transport::Quic, 1).await?;
     ensure!(conn.peer_verified() && conn.peer_id() == "device");
@@ -78,11 +65,13 @@ async fn a_device_serves_a_native_service_by_id_and_refuses_the_rest() -> anyhow
 #[cfg(not(feature = "browsers"))]
 #[tokio::test]
 async fn a_device_without_browsers_refuses_a_browser_with_the_reason() -> anyhow::Result<()> {
+    use common::WAIT;
     use fogconnect::Convention;
     use fogconnect::signal::protocol::{ClientMessage, ServerMessage};
+    use fogconnect::signal::token;
 
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
-    let device = registered(&server, "device").await?;
+    let device = common::registered_node(&server.url(), SECRET, "device").await?;
     echo(device.incoming(1)?, "device:");
     let (mut browser, welcome) =
         common::signal::Raw::register(&server.url(), "browser", &token::issue(SECRET, "browser", u64::MAX / 2)).await?;

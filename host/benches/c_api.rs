@@ -30,17 +30,6 @@ use fogconnect::{Connection, ConnectionEvent, Node, Transport};
 
 const SECRET: &[u8] = b"C API bench secret, loopback only";
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -48,7 +37,8 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Compiles the C echo device against the staged install.
 fn c_echo_device(dir: &Path) -> anyhow::Result<PathBuf> {
-    let stage = std::env::var_os("FOGCONNECT_C_STAGE").map(PathBuf::from).unwrap_or(target_dir().join("c-install"));
+    let stage =
+        std::env::var_os("FOGCONNECT_C_STAGE").map(PathBuf::from).unwrap_or(common::target_dir().join("c-install"));
     ensure!(
         stage.join("lib/libfogconnect.so").exists(),
         "no staged C install in {}: run make c-stage",
@@ -190,7 +180,7 @@ async fn run() -> anyhow::Result<()> {
     let url = server.url();
     let port = server.local_addr().port().to_string();
     let dir = tempfile::tempdir()?;
-    let release = target_dir().join("release");
+    let release = common::target_dir().join("release");
 
     let mut native = Command::new(release.join("examples/native_echo"));
     native.args([url.as_str(), "rust-echo"]);
@@ -226,8 +216,8 @@ async fn run() -> anyhow::Result<()> {
     for _ in 0..rounds {
         for (i, conn) in conns.iter_mut().enumerate() {
             let times = round_trips(conn, trips).await?;
-            medians[i].push(percentile(&times, 0.5).as_secs_f64() * 1e6);
-            tails[i].push(percentile(&times, 0.99).as_secs_f64() * 1e6);
+            medians[i].push(common::percentile(&times, 0.5).as_secs_f64() * 1e6);
+            tails[i].push(common::percentile(&times, 0.99).as_secs_f64() * 1e6);
             rates[i].push(throughput(conn, messages, 256).await?);
         }
     }

@@ -16,7 +16,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,12 +26,6 @@ use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
 
 const SECRET: &[u8] = b"device bench secret, loopback only";
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
 
 fn median(values: &mut [u64]) -> u64 {
     values.sort_unstable();
@@ -79,7 +73,7 @@ async fn run() -> anyhow::Result<()> {
     let source = repo().join("capi/benches/echo_device.c");
     let full_device = compile_against(&full, &source, dir.path(), "echo-full", &["-O2"])?;
     let small_device = compile_against(&device, &source, dir.path(), "echo-device", &["-O2"])?;
-    let fogconnect = target_dir().join("release/fogconnect");
+    let fogconnect = common::target_dir().join("release/fogconnect");
     ensure!(fogconnect.exists(), "{} missing: cargo build --release", fogconnect.display());
 
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;

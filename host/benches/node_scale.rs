@@ -19,7 +19,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,17 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use common::c::Running;
 use fogconnect::{Connection, ConnectionEvent, Node, Transport};
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
 
 /// Longest an echo may take before its message counts as lost.
 const ECHO_LIMIT: Duration = Duration::from_secs(5);
@@ -94,7 +82,7 @@ async fn run() -> anyhow::Result<()> {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let (peers, per_peer, hold) =
         if smoke { (10, 100, Duration::from_secs(3)) } else { (100, 100, Duration::from_secs(60)) };
-    let fogconnect = target_dir().join("release/fogconnect");
+    let fogconnect = common::target_dir().join("release/fogconnect");
     ensure!(fogconnect.exists(), "{} missing: cargo build --release", fogconnect.display());
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -175,8 +163,8 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let per_connection = loaded_kib.saturating_sub(idle_kib) as f64 / total as f64;
-    let (quiet_p50, quiet_p99) = (percentile(&quiet_trips, 0.5), percentile(&quiet_trips, 0.99));
-    let (p50, p99) = (percentile(&trips, 0.5), percentile(&trips, 0.99));
+    let (quiet_p50, quiet_p99) = (common::percentile(&quiet_trips, 0.5), common::percentile(&quiet_trips, 0.99));
+    let (p50, p99) = (common::percentile(&trips, 0.5), common::percentile(&trips, 0.99));
     let micros = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "{total} connections from {peers} peers to one node (echo plugin), one 64 B message per second each, {hold:?}"

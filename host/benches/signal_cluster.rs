@@ -166,10 +166,6 @@ async fn round_trips(caller: &mut Ws, device: &mut Ws, to: &str, from: &str) -> 
     Ok(times)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Sender/receiver pairs pumping at once (a server forwards one client's
 /// messages in order, one after the other).
 const PAIRS: usize = 32;
@@ -232,11 +228,11 @@ async fn latency_and_rate(nats: &NatsCluster) -> anyhow::Result<()> {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "connect-by-id signaling round trip: across servers median {:.0} us, p99 {:.0} us; one server median {:.0} us, p99 {:.0} us; ratio {:.2}",
-        us(percentile(&across, 0.5)),
-        us(percentile(&across, 0.99)),
-        us(percentile(&same, 0.5)),
-        us(percentile(&same, 0.99)),
-        percentile(&across, 0.5).as_secs_f64() / percentile(&same, 0.5).as_secs_f64()
+        us(common::percentile(&across, 0.5)),
+        us(common::percentile(&across, 0.99)),
+        us(common::percentile(&same, 0.5)),
+        us(common::percentile(&same, 0.99)),
+        common::percentile(&across, 0.5).as_secs_f64() / common::percentile(&same, 0.5).as_secs_f64()
     );
     let same = pump_pairs(&one, &one, "same").await?;
     let across = pump_pairs(&other, &one, "across").await?;

@@ -20,11 +20,6 @@ use fogconnect::{ConnectionEvent, Node, NodeConfig, Transport};
 
 const SERVICE: u8 = 3;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
-
 fn resident_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -95,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         round_trips.sort();
-        let rtt = percentile(&round_trips, 0.5);
+        let rtt = common::percentile(&round_trips, 0.5);
 
         // Precompiled: both builds are in the cache after the first two swaps.
         swaps(&device, 2).await?;
@@ -150,15 +145,15 @@ fn main() -> anyhow::Result<()> {
             ("cold compile", &cold_pauses, &cold_totals),
             ("with handoff", &handoff_pauses, &handoff_totals),
         ] {
-            let (p50, p99) = (percentile(pauses, 0.5), percentile(pauses, 0.99));
+            let (p50, p99) = (common::percentile(pauses, 0.5), common::percentile(pauses, 0.99));
             println!(
                 "{mode:12} ({} swaps): pause median {:.3} ms ({:.1}× the round trip), p99 {:.3} ms; whole swap median {:.2} ms, p99 {:.2} ms",
                 pauses.len(),
                 ms(p50),
                 p50.as_secs_f64() / rtt.as_secs_f64(),
                 ms(p99),
-                ms(percentile(totals, 0.5)),
-                ms(percentile(totals, 0.99))
+                ms(common::percentile(totals, 0.5)),
+                ms(common::percentile(totals, 0.99))
             );
         }
         let after: Vec<String> = after.iter().map(|kib| format!("{kib} KiB ({:+})", *kib as i64 - before as i64)).collect();

@@ -17,6 +17,19 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use fogconnect::{CloseReason, Connection, ConnectionEvent, Node, NodeConfig};
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else the workspace's).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The `p` quantile (0..=1) of sorted durations (zero when empty).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
 /// A child process, killed when dropped (also when a test fails).
 pub struct Running(pub std::process::Child);
 
@@ -92,6 +105,20 @@ pub async fn node_with_config(id: &str, plugins: &[(u8, &str)], config: NodeConf
         Node::builder().config(config).node_id(id)
     };
     builder.start().await.with_context(|| format!("start node {id}"))
+}
+
+/// A node with the test configuration registered as `id` with the
+/// signaling server at `url`, with a token under `secret`.
+pub async fn registered_node(url: &str, secret: &[u8], id: &str) -> anyhow::Result<Node> {
+    let node = Node::builder()
+        .config(config())
+        .node_id(id)
+        .signal(url, fogconnect::signal::token::issue(secret, id, u64::MAX / 2))
+        .start()
+        .await
+        .with_context(|| format!("start node {id}"))?;
+    node.registered(WAIT).await?;
+    Ok(node)
 }
 
 /// The next message, failing on close or after [`WAIT`].
