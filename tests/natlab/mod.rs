@@ -951,7 +951,12 @@ impl Lab {
         let mut node = self.spawn(ns, &args, &[])?;
         node.wait_line("registered with", Duration::from_secs(15))?;
         node.wait_line("nat:", Duration::from_secs(20))?;
-        node.wait_line("relay:", Duration::from_secs(20))?;
+        // The first word on the relay may be that the allocation is still
+        // being retried (over TCP for a side without UDP): wait for it, so
+        // a connect that needs it does not race it.
+        if !node.wait_line("relay:", Duration::from_secs(20))?.starts_with("relay: allocated") {
+            node.wait_line("event: relay: allocated", Duration::from_secs(20))?;
+        }
         Ok(node)
     }
 
