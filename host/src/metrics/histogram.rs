@@ -7,21 +7,22 @@ use std::time::Duration;
 /// per step (plugin calls take microseconds; swaps up to a cold compile).
 pub const BUCKETS: [f64; 12] = [1e-5, 2.5e-5, 1e-4, 2.5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1.0, 5.0];
 
-/// [`BUCKETS`] in nanoseconds, for observations counted in nanoseconds.
-const BUCKET_NANOS: [u64; BUCKETS.len()] = [
-    10_000,
-    25_000,
-    100_000,
-    250_000,
-    1_000_000,
-    2_500_000,
-    10_000_000,
-    25_000_000,
-    100_000_000,
-    250_000_000,
-    1_000_000_000,
-    5_000_000_000,
-];
+/// [`BUCKETS`] in nanoseconds, the bounds observations are placed by.
+const BUCKET_NANOS: [u64; BUCKETS.len()] = {
+    let mut nanos = [0; BUCKETS.len()];
+    let mut i = 0;
+    while i < BUCKETS.len() {
+        nanos[i] = (BUCKETS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    nanos
+};
+
+/// The bucket of an observation of `nanos` nanoseconds: the first bound at
+/// or above it, or the one above the last bound.
+fn bucket_of(nanos: u64) -> usize {
+    BUCKET_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS.len())
+}
 
 /// Counts of durations per bucket, their sum and count.
 #[derive(Debug, Default)]
@@ -47,11 +48,15 @@ pub struct HistogramSnapshot {
 impl Histogram {
     /// Records one duration.
     pub fn observe(&self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        let index = BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Adds the observations gathered in `local` and empties it.
@@ -100,8 +105,7 @@ pub struct LocalHistogram {
 impl LocalHistogram {
     /// Records one duration of `nanos` nanoseconds.
     pub fn observe_nanos(&mut self, nanos: u64) {
-        let index = BUCKET_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS.len());
-        self.buckets[index] += 1;
+        self.buckets[bucket_of(nanos)] += 1;
         self.sum_nanos = self.sum_nanos.saturating_add(nanos);
         self.count += 1;
     }

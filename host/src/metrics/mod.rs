@@ -27,10 +27,8 @@ pub struct ServiceCounters {
     pub messages_sent: AtomicU64,
     /// Payload bytes the plugin sent.
     pub bytes_sent: AtomicU64,
-    /// Plugin calls made (callbacks, and the snapshot and restore of
-    /// swaps).
-    pub calls: AtomicU64,
-    /// Plugin call durations.
+    /// Plugin call durations, one observation per call (callbacks, and the
+    /// snapshot and restore of swaps): its count is the calls made.
     pub call_seconds: Histogram,
     /// Live swaps made.
     pub swaps: AtomicU64,

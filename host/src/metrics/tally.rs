@@ -95,10 +95,12 @@ impl ServiceTally {
         self.pending += 1;
     }
 
-    /// Whether enough has been counted since the last flush that a busy
-    /// actor should flush now.
-    pub fn is_due(&self) -> bool {
-        self.pending >= FLUSH_EVERY
+    /// Flushes when the actor's queue is `idle` (so a scrape of a quiet
+    /// service is exact), or under load once [`FLUSH_EVERY`] counts wait.
+    pub fn settle(&mut self, idle: bool) {
+        if idle || self.pending >= FLUSH_EVERY {
+            self.flush();
+        }
     }
 
     /// Adds everything counted to the shared counters.
@@ -118,7 +120,6 @@ impl ServiceTally {
                 shared.fetch_add(std::mem::take(local), Ordering::Relaxed);
             }
         }
-        c.calls.fetch_add(self.call_seconds.count(), Ordering::Relaxed);
         c.call_seconds.absorb(&mut self.call_seconds);
     }
 }
@@ -147,26 +148,29 @@ mod tests {
         assert_eq!(counters.bytes_received.load(Ordering::Relaxed), 10);
         assert_eq!(counters.messages_sent.load(Ordering::Relaxed), 2);
         assert_eq!(counters.bytes_sent.load(Ordering::Relaxed), 10);
-        assert_eq!(counters.calls.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.call_seconds.snapshot().count, 1);
+        assert_eq!(counters.call_seconds.count(), 1);
 
         tally.call(600_000);
         drop(tally);
-        assert_eq!(counters.calls.load(Ordering::Relaxed), 2, "dropping flushes");
+        assert_eq!(counters.call_seconds.count(), 2, "dropping flushes");
         assert_eq!(counters.call_seconds.snapshot().cumulative[4], 2, "both at or below 1 ms");
     }
 
     #[test]
-    fn a_busy_tally_is_due_after_flush_every_counts() {
-        let mut tally = ServiceTally::new(Arc::default());
+    fn a_busy_tally_flushes_after_flush_every_counts_and_an_idle_one_at_once() {
+        let counters = Arc::new(ServiceCounters::default());
+        let mut tally = ServiceTally::new(counters.clone());
         for _ in 0..FLUSH_EVERY - 1 {
             tally.call(100);
         }
-        assert!(!tally.is_due());
+        tally.settle(false);
+        assert_eq!(counters.call_seconds.count(), 0, "not due yet");
         tally.received(1);
-        assert!(tally.is_due());
-        tally.flush();
-        assert!(!tally.is_due());
+        tally.settle(false);
+        assert_eq!(counters.call_seconds.count(), u64::from(FLUSH_EVERY) - 1, "due");
+        tally.call(100);
+        tally.settle(true);
+        assert_eq!(counters.call_seconds.count(), u64::from(FLUSH_EVERY), "idle");
     }
 
     #[test]

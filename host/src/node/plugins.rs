@@ -11,12 +11,10 @@ use tokio::sync::mpsc;
 
 use super::{Node, NodeError, NodeServices};
 use crate::runtime::PluginError;
-use crate::runtime::actor::{
-    ActorHandle, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginIdentity, PluginRunState, StateHandoff, SwapRequest,
-};
+use crate::runtime::actor::{ActorHandle, ActorSpec, PluginIdentity, PluginRunState, StateHandoff, SwapRequest};
 use crate::runtime::engine::{PluginWorld, PreparedPlugin};
 use crate::runtime::state::{PluginContext, PluginLimits};
-use crate::transport::conn::ConnEvent;
+use crate::transport::conn::{ConnEvent, EVENT_CHANNEL_CAPACITY};
 
 /// The name a plugin file is known by: its file stem ("plugin" without
 /// one).
@@ -148,7 +146,7 @@ impl LoadedService {
             generation: s.generation.load(Ordering::Relaxed),
             state: s.state(),
             connections: s.connections.load(Ordering::Relaxed),
-            calls: self.counters.calls.load(Ordering::Relaxed),
+            calls: self.counters.call_seconds.count(),
             crashes: s.crashes.load(Ordering::Relaxed),
             restarts: s.restarts.load(Ordering::Relaxed),
         }

@@ -25,8 +25,6 @@ use super::stream_actor::StreamActor;
 use super::supervisor::{CrashDecision, CrashPolicy, Supervisor};
 use crate::transport::conn::{CloseKind, CloseReason, ConnEvent, ConnectionId};
 
-pub use crate::transport::conn::EVENT_CHANNEL_CAPACITY;
-
 /// Lifecycle state of a loaded plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -534,7 +532,7 @@ impl Actor {
                         restart_at = None;
                     }
                     if let Some(instance) = self.instance.as_mut() {
-                        instance.flush_tally();
+                        instance.settle_tally(true);
                     }
                     self.status.connections.store(self.open_connections(), Ordering::Relaxed);
                     continue;
@@ -544,13 +542,8 @@ impl Actor {
             if let Err(message) = self.handle(event) {
                 restart_at = self.crashed(message);
             }
-            // Counts reach the shared counters once the queue is drained
-            // (a scrape of a quiet service is exact), and every so often
-            // under load.
-            if let Some(instance) = self.instance.as_mut()
-                && (self.rx.is_empty() || instance.tally_is_due())
-            {
-                instance.flush_tally();
+            if let Some(instance) = self.instance.as_mut() {
+                instance.settle_tally(self.rx.is_empty());
             }
             self.status.connections.store(self.open_connections(), Ordering::Relaxed);
         }

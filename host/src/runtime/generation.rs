@@ -118,15 +118,10 @@ impl<T: StoreData, B> PluginInstance<T, B> {
         result.map_err(|e| self.store.data().describe(&e))
     }
 
-    /// Adds what this instance counted to the service's counters: when the
-    /// actor's queue runs empty, or every so many calls under load.
-    pub(super) fn flush_tally(&mut self) {
-        self.store.data_mut().tally().flush();
-    }
-
-    /// Whether the tally should be flushed although more events wait.
-    pub(super) fn tally_is_due(&mut self) -> bool {
-        self.store.data_mut().tally().is_due()
+    /// Adds what this instance counted to the service's counters when the
+    /// actor's queue is `idle`, or every so many counts under load.
+    pub(super) fn settle_tally(&mut self, idle: bool) {
+        self.store.data_mut().tally().settle(idle);
     }
 }
 

@@ -12,15 +12,16 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
 use super::PluginError;
-use super::actor::{Actor, ActorSpec, EVENT_CHANNEL_CAPACITY, PluginStatus};
+use super::actor::{Actor, ActorSpec, PluginStatus};
 use super::engine::{PluginEngine, PreparedPlugin, PreparedWorld};
 use super::state::{HostServices, PluginContext, PluginLimits};
 use super::subscriptions::{NodeEventFilter, NodeEventKinds, WatchFault};
 use super::supervisor::CrashPolicy;
 use crate::convention::Convention;
 pub use crate::transport::conn::harness_limits;
-pub(crate) use crate::transport::conn::passive_meta;
-use crate::transport::conn::{CloseReason, ConnEvent, ConnLimits, ConnectionId, Detached, Owner};
+use crate::transport::conn::{
+    CloseReason, ConnEvent, ConnLimits, ConnectionId, Detached, EVENT_CHANNEL_CAPACITY, Owner, passive_meta,
+};
 
 /// Host services without a network: `connect-peer` is refused.
 pub(super) struct NoNetwork {

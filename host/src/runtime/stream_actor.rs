@@ -287,10 +287,8 @@ impl StreamActor {
             {
                 restart_at = self.crashed(message);
             }
-            if let Some(instance) = self.instance.as_mut()
-                && (self.rx.is_empty() || instance.tally_is_due())
-            {
-                instance.flush_tally();
+            if let Some(instance) = self.instance.as_mut() {
+                instance.settle_tally(self.rx.is_empty());
             }
             let conns = self.instance.as_ref().map_or(0, |i| i.store.data().core.conns.len());
             self.status.connections.store(conns as u64, Ordering::Relaxed);
