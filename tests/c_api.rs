@@ -24,31 +24,22 @@ use fogconnect::{CloseKind, ConnectionEvent, Node, Transport};
 
 const SECRET: &[u8] = b"C API test secret, loopback only";
 
-/// The scenarios every build runs (the two that pair with a Rust node run
+/// The scenarios both builds run (the two that pair with a Rust node run
 /// in [`c_and_rust_talk_both_ways`]).
-const SCENARIOS: [&str; 8] = [
-    "exchange",
-    "failures",
-    "handles",
-    "concurrent",
-    "release_in_callback",
-    "plugin",
-    "signal_unreachable",
-    "identity",
-];
+const SHARED_SCENARIOS: [&str; 7] =
+    ["exchange", "failures", "handles", "concurrent", "release_in_callback", "signal_unreachable", "identity"];
 
-/// The scenarios the device build runs (no WebAssembly runtime: loading a
-/// plugin fails with the reason instead).
-const DEVICE_SCENARIOS: [&str; 8] = [
-    "exchange",
-    "failures",
-    "handles",
-    "concurrent",
-    "release_in_callback",
-    "device_build",
-    "signal_unreachable",
-    "identity",
-];
+/// The scenario only the full build runs (a Wasm plugin beside C services).
+const FULL_ONLY: &str = "plugin";
+
+/// The scenario only the device build runs (no WebAssembly runtime: loading
+/// a plugin fails with the reason).
+const DEVICE_ONLY: &str = "device_build";
+
+/// The scenarios of a build: the shared ones and its own.
+fn scenarios(own: &'static str) -> Vec<&'static str> {
+    SHARED_SCENARIOS.iter().copied().chain([own]).collect()
+}
 
 /// The C suite's source.
 fn suite_source() -> PathBuf {
@@ -59,7 +50,7 @@ fn suite_source() -> PathBuf {
 async fn signaling() -> anyhow::Result<(SignalServer, String)> {
     let server = SignalServer::start(SignalServerConfig::new("127.0.0.1:0".parse()?, SECRET.to_vec())).await?;
     let mut tokens = Vec::new();
-    for scenario in SCENARIOS.iter().chain(&DEVICE_SCENARIOS).chain(&["serve_for_rust", "connect_rust"]) {
+    for scenario in SHARED_SCENARIOS.iter().chain(&[FULL_ONLY, DEVICE_ONLY, "serve_for_rust", "connect_rust"]) {
         for role in ["device", "app", "plain"] {
             let id = format!("{scenario}-{role}");
             tokens.push(format!("{id}={}", token::issue(SECRET, &id, u64::MAX / 2)));
@@ -112,7 +103,7 @@ async fn output_within(mut command: Command, limit: Duration) -> anyhow::Result<
 /// Runs every scenario, each within `limit`; fails with the output of the
 /// first that fails.
 async fn run_all(binary: &Path, wrapper: &[&str], env: &[(&str, &str)], limit: Duration) -> anyhow::Result<()> {
-    run_scenarios(&SCENARIOS, binary, wrapper, env, limit).await
+    run_scenarios(&scenarios(FULL_ONLY), binary, wrapper, env, limit).await
 }
 
 /// Runs `scenarios` as [`run_all`] does.
@@ -330,7 +321,7 @@ async fn the_device_library_passes_the_c_suite() -> anyhow::Result<()> {
     let stage = device_stage()?;
     let dir = tempfile::tempdir()?;
     let binary = compile_against(&stage, &suite_source(), dir.path(), "suite-device", &[])?;
-    run_scenarios(&DEVICE_SCENARIOS, &binary, &[], &[], Duration::from_secs(60)).await
+    run_scenarios(&scenarios(DEVICE_ONLY), &binary, &[], &[], Duration::from_secs(60)).await
 }
 
 /// Whether the library staged in `stage` (shared and static) exports the
