@@ -295,3 +295,62 @@ async fn a_connect_beyond_the_link_limit_fails_at_once_with_the_reason() -> anyh
     device.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_messages_arrive_whole_with_segmentation_offload_on_and_off() -> anyhow::Result<()> {
+    // 4 MiB of numbered 16 KiB messages, each filled with a pattern of its
+    // number, from one node to another: every one arrives, in order and
+    // intact, whether the sockets batch datagrams (GSO, GRO) or not; and
+    // the counters show which way they went.
+    const MESSAGES: u32 = 256;
+    const SIZE: usize = 16 * 1024;
+    fn body(number: u32) -> Vec<u8> {
+        let mut data: Vec<u8> = (0..SIZE).map(|i| (number as usize * 31 + i) as u8).collect();
+        data[..4].copy_from_slice(&number.to_be_bytes());
+        data
+    }
+    for offload in [true, false] {
+        let config = || fogconnect::NodeConfig { segmentation_offload: offload, ..config() };
+        let device = common::node_with_config("device", &[], config()).await?;
+        let mut incoming = device.incoming(1)?;
+        let checked = tokio::spawn(async move {
+            let mut conn = incoming.accept().await.context("no connection")?;
+            for number in 0..MESSAGES {
+                match conn.recv().await {
+                    ConnectionEvent::Message(data) => {
+                        ensure!(data[..] == body(number)[..], "message {number} arrived altered or out of order")
+                    }
+                    ConnectionEvent::Closed(reason) => bail!("closed after {number} messages: {reason}"),
+                }
+            }
+            conn.send(b"all here".to_vec())?;
+            anyhow::Ok(conn)
+        });
+        let app = common::node_with_config("app", &[], config()).await?;
+        let mut conn = app.connect(device.local_addr(), Transport::Quic, 1).await?;
+        for number in 0..MESSAGES {
+            conn.send_when_ready(body(number)).await?;
+        }
+        ensure!(message(&mut conn).await?[..] == b"all here"[..], "offload {offload}: the receiver did not confirm");
+        let _device_side = tokio::time::timeout(WAIT, checked).await.context("the receiver hung")???;
+        let batched = |node: &Node| {
+            let counters = node.socket_counters();
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            (load(&counters.offload_sends), load(&counters.offload_receives))
+        };
+        let ((app_sends, _), (_, device_receives)) = (batched(&app), batched(&device));
+        if offload {
+            ensure!(app_sends > 0, "offload on: the sender never handed the kernel a batch");
+            ensure!(device_receives > 0, "offload on: the receiver never took a batch from the kernel");
+        } else {
+            let ((app_sends, app_receives), (device_sends, device_receives)) = (batched(&app), batched(&device));
+            ensure!(
+                app_sends + app_receives + device_sends + device_receives == 0,
+                "offload off, yet batches passed: app {app_sends}/{app_receives}, device {device_sends}/{device_receives}"
+            );
+        }
+        app.shutdown().await;
+        device.shutdown().await;
+    }
+    Ok(())
+}

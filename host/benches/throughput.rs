@@ -9,7 +9,8 @@
 //! The nodes: one in each namespace (each a tokio runtime whose threads
 //! live there), the device side sending 16 KiB messages as fast as the
 //! connection takes them (`send_when_ready`) for the duration, the
-//! application side's native service counting them.
+//! application side's native service counting them; once with the sockets
+//! batching datagrams (GSO, GRO: the default) and once without.
 //!
 //! Needs root, `ip` and `iperf3` (`make bench-nat` installs them).
 //! `cargo bench -p fogconnect --bench throughput`; `cargo test --benches`
@@ -96,14 +97,16 @@ fn iperf3(lab: &mut Lab, seconds: u64, extra: &[&str]) -> anyhow::Result<Rate> {
 }
 
 /// Bulk messages from a node in `dev` to a native service of a node in
-/// `app`, for `seconds`.
-fn nodes(lab: &Lab, seconds: u64) -> anyhow::Result<Rate> {
+/// `app`, for `seconds`; `offload`: the nodes' sockets batch datagrams
+/// (GSO, GRO).
+fn nodes(lab: &Lab, seconds: u64, offload: bool) -> anyhow::Result<Rate> {
+    let config = move || fogconnect::NodeConfig { segmentation_offload: offload, ..common::config() };
     let (app_rt, dev_rt) = (runtime_in(&lab.ns("app"))?, runtime_in(&lab.ns("dev"))?);
     let listen: SocketAddr = format!("{LINK_APP}:7700").parse()?;
     // Spawned, not run by `block_on`: the runtime's own threads are in the
     // namespace, the calling thread is not.
     let (app, counted) = app_rt.block_on(app_rt.spawn(async move {
-        let builder = Node::builder().config(common::config()).node_id("app").listen(listen);
+        let builder = Node::builder().config(config()).node_id("app").listen(listen);
         let mut incoming = builder.incoming(1)?;
         let app = builder.start().await?;
         // Counts the bytes of one connection, from its first message to
@@ -129,8 +132,7 @@ fn nodes(lab: &Lab, seconds: u64) -> anyhow::Result<Rate> {
         anyhow::Ok((app, counted))
     }))??;
     let (sent, cpu) = dev_rt.block_on(dev_rt.spawn(async move {
-        let dev =
-            Node::builder().config(common::config()).node_id("dev").listen("198.51.100.1:0".parse()?).start().await?;
+        let dev = Node::builder().config(config()).node_id("dev").listen("198.51.100.1:0".parse()?).start().await?;
         let mut conn = dev.connect(listen, Transport::Quic, 1).await?;
         let payload = bytes::Bytes::from(vec![0x5A; MESSAGE]);
         let cpu_before = cpu_seconds()?;
@@ -167,23 +169,27 @@ fn main() -> anyhow::Result<()> {
     };
     let rounds = if smoke { 1 } else { 3 };
     let mut lab = Lab::plain_link()?;
-    let (mut tcp, mut udp, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tcp, mut udp, mut ours, mut unbatched) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         // Taking turns, so drift on this shared machine hits all alike.
         tcp.push(iperf3(&mut lab, seconds, &[])?);
         udp.push(iperf3(&mut lab, seconds, &["-u", "-b", "0", "-l", "1200"])?);
-        ours.push(nodes(&lab, seconds)?);
+        ours.push(nodes(&lab, seconds, true)?);
+        unbatched.push(nodes(&lab, seconds, false)?);
     }
     let median = |rates: &mut Vec<Rate>| {
         rates.sort_by(|a, b| a.gbit_per_s.total_cmp(&b.gbit_per_s));
         rates[rates.len() / 2]
     };
-    let (tcp, udp, ours) = (median(&mut tcp), median(&mut udp), median(&mut ours));
+    let (tcp, udp, ours, unbatched) = (median(&mut tcp), median(&mut udp), median(&mut ours), median(&mut unbatched));
     println!("veth between two namespaces, MTU 1500, {seconds} s per transfer, median of {rounds}");
     println!("{:<44} {:>8} {:>14}", "", "Gbit/s", "CPU s per Gbit");
-    for (name, rate) in
-        [("iperf3 TCP", tcp), ("iperf3 UDP, 1,200-byte datagrams", udp), ("nodes, 16 KiB messages (QUIC)", ours)]
-    {
+    for (name, rate) in [
+        ("iperf3 TCP", tcp),
+        ("iperf3 UDP, 1,200-byte datagrams", udp),
+        ("nodes, 16 KiB messages (QUIC)", ours),
+        ("nodes, without segmentation offload", unbatched),
+    ] {
         println!("{name:<44} {:>8.2} {:>14.3}", rate.gbit_per_s, rate.cpu_s_per_gbit);
     }
     println!(
@@ -191,5 +197,6 @@ fn main() -> anyhow::Result<()> {
         ours.gbit_per_s / tcp.gbit_per_s,
         ours.gbit_per_s / udp.gbit_per_s
     );
+    println!("nodes with / without segmentation offload: {:.2}x", ours.gbit_per_s / unbatched.gbit_per_s);
     Ok(())
 }

@@ -135,6 +135,11 @@ pub struct CommonNodeArgs {
     /// Connect timeout, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     connect_timeout_ms: u64,
+    /// Send and receive one datagram per system call: no segmentation or
+    /// receive offload (GSO, GRO), for an interface or middlebox that
+    /// mishandles them. Costs CPU on bulk transfers.
+    #[arg(long)]
+    no_segmentation_offload: bool,
     #[command(flatten)]
     keep_alive: KeepAliveArgs,
     #[command(flatten)]
@@ -252,6 +257,7 @@ impl CommonNodeArgs {
             ..PluginLimits::default()
         };
         config.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        config.segmentation_offload = !self.no_segmentation_offload;
         self.keep_alive.apply(&mut config);
         self.traversal.apply(&mut config)?;
         Ok(config)

@@ -136,6 +136,12 @@ pub struct NodeConfig {
     /// (created on first use, owner-only); `None`: a new identity, hence a
     /// new certificate fingerprint, at every start.
     pub identity_file: Option<PathBuf>,
+    /// Whether the node's socket passes several datagrams per system call
+    /// (segmentation and receive offload, GSO and GRO) where the kernel
+    /// offers them: far less CPU per byte on bulk transfers. Turn it off
+    /// for an interface or a middlebox that mishandles offloaded
+    /// datagrams.
+    pub segmentation_offload: bool,
 }
 
 impl Default for NodeConfig {
@@ -164,6 +170,7 @@ impl Default for NodeConfig {
             direct_recheck_interval: Duration::from_secs(15),
             public_address_check: Duration::from_secs(30),
             identity_file: None,
+            segmentation_offload: true,
         }
     }
 }
@@ -551,7 +558,7 @@ impl NodeBuilder {
         }
         let bind_err = |source| NodeError::Bind { addr: config.listen, source };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
-        let (socket, side_rx) = FogSocket::new(socket).map_err(bind_err)?;
+        let (socket, side_rx) = FogSocket::new(socket, config.segmentation_offload).map_err(bind_err)?;
         let socket_counters = socket.counters();
         let stun = match &config.stun {
             Some(servers) => traversal::StunServers::choose(
@@ -662,6 +669,10 @@ impl NodeBuilder {
     }
 }
 
+/// How many ack-eliciting packets a node may receive before it must
+/// acknowledge (QUIC ACK frequency extension).
+const ACK_ELICITING_THRESHOLD: u32 = 9;
+
 /// The QUIC transport settings of the node's links; `initial_rtt` for a
 /// dial whose path the connectivity checks measured (quinn's default
 /// otherwise).
@@ -675,6 +686,10 @@ fn transport_config(config: &NodeConfig, initial_rtt: Option<Duration>) -> Resul
     transport.max_concurrent_bidi_streams(links::INITIAL_LINK_STREAMS.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
+    transport.enable_segmentation_offload(config.segmentation_offload);
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
+    transport.ack_frequency_config(Some(acks));
     if let Some(rtt) = initial_rtt {
         transport.initial_rtt(rtt);
     }

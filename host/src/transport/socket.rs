@@ -87,6 +87,12 @@ pub struct SocketCounters {
     pub side: AtomicU64,
     /// Datagrams dropped: unknown first byte or side channel full.
     pub dropped: AtomicU64,
+    /// Sends that handed the kernel several datagrams at once (segmentation
+    /// offload, GSO).
+    pub offload_sends: AtomicU64,
+    /// Receives that took several datagrams from the kernel at once
+    /// (receive offload, GRO).
+    pub offload_receives: AtomicU64,
 }
 
 /// An extra socket and its receive task.
@@ -328,6 +334,9 @@ pub struct FogSocket {
     /// [`FogSocket::send_main`]); `gone_count` is read without the lock.
     gone_sources: Mutex<Vec<IpAddr>>,
     gone_count: AtomicUsize,
+    /// Whether several datagrams may pass between the kernel and quinn in
+    /// one call (GSO and GRO, where the kernel offers them).
+    offload: bool,
 }
 
 impl fmt::Debug for FogSocket {
@@ -354,21 +363,59 @@ fn widen_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
+/// Turns the kernel's receive offload (`UDP_GRO`) off for `socket`.
+/// Written by hand: neither socket2 nor quinn-udp offers turning it off.
+fn receive_offload_off(socket: &std::net::UdpSocket) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let off: libc::c_int = 0;
+        // SAFETY: a valid descriptor (borrowed for the call), and the
+        // option value is a c_int of the size passed.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // ENOPROTOOPT: a kernel without UDP GRO, where it is off anyway.
+        if result != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOPROTOOPT) {
+                return Err(error);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+    Ok(())
+}
+
 /// Capacity of the side channel, in datagrams.
 const SIDE_CHANNEL_CAPACITY: usize = 1024;
 
 impl FogSocket {
     /// Wraps a bound UDP socket. Returns the facade and the receiver of
     /// non-QUIC datagrams. Must be called inside a tokio runtime.
+    /// `offload`: send and receive several datagrams per system call with
+    /// segmentation and receive offload (GSO, GRO) where the kernel offers
+    /// them; off, every datagram is its own send and receive.
     ///
     /// # Errors
     /// I/O errors of configuring the socket.
-    pub fn new(socket: std::net::UdpSocket) -> io::Result<(Arc<Self>, mpsc::Receiver<SideDatagram>)> {
+    pub fn new(socket: std::net::UdpSocket, offload: bool) -> io::Result<(Arc<Self>, mpsc::Receiver<SideDatagram>)> {
         socket.set_nonblocking(true)?;
         widen_buffers(&socket);
         let local = socket.local_addr()?;
         let (ipv6, port) = (local.is_ipv6(), local.port());
+        // quinn-udp turns receive offload on where the kernel has it.
         let state = UdpSocketState::new((&socket).into())?;
+        if !offload {
+            receive_offload_off(&socket)?;
+        }
         let io = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let (side, side_rx) = mpsc::channel(SIDE_CHANNEL_CAPACITY);
         let (injected_tx, injected_rx) = mpsc::channel(INJECTED_QUEUE_CAPACITY);
@@ -388,6 +435,7 @@ impl FogSocket {
             relay_on_socket: AtomicBool::new(false),
             gone_sources: Mutex::new(Vec::new()),
             gone_count: AtomicUsize::new(0),
+            offload,
         };
         Ok((Arc::new(facade), side_rx))
     }
@@ -743,6 +791,9 @@ impl FogSocket {
         let mut kept = 0;
         for i in 0..count {
             let len = meta[i].len;
+            if meta[i].stride < len {
+                self.counters.offload_receives.fetch_add(1, Ordering::Relaxed);
+            }
             let from = canonical(meta[i].addr);
             if let Some(sink) = self.relay_sink(from) {
                 self.to_relay(&sink, &bufs[i][..len], meta[i].stride);
@@ -794,6 +845,9 @@ impl AsyncUdpSocket for FogSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if transmit.segment_size.is_some_and(|size| size < transmit.contents.len()) {
+            self.counters.offload_sends.fetch_add(1, Ordering::Relaxed);
+        }
         let destination = canonical(transmit.destination);
         match self.routes.get(&destination) {
             Some(Route::Aux(aux)) => self.try_send_aux(aux, transmit, destination),
@@ -844,11 +898,11 @@ impl AsyncUdpSocket for FogSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        if self.offload { self.state.max_gso_segments() } else { 1 }
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.state.gro_segments()
+        if self.offload { self.state.gro_segments() } else { 1 }
     }
 
     fn may_fragment(&self) -> bool {
@@ -922,7 +976,7 @@ mod tests {
     async fn facade() -> (Arc<FogSocket>, SocketAddr) {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let addr = socket.local_addr().expect("addr");
-        let (facade, _side) = FogSocket::new(socket).expect("facade");
+        let (facade, _side) = FogSocket::new(socket, true).expect("facade");
         // quinn waits for writability before its first send; so do we.
         facade.io.writable().await.expect("writable");
         (facade, addr)

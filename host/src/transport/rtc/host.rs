@@ -487,7 +487,7 @@ impl HostTask {
                     Ok(true) => {
                         let len = front.len();
                         peer.outbox.pop_front();
-                        conn.dequeued(len, true);
+                        conn.dequeued(len, 1, true);
                     }
                     Ok(false) => break,
                     Err(_) => {
@@ -558,7 +558,7 @@ fn end_open(peer: &mut Peer, reason: CloseReason) {
 /// them out of the connection's send-buffer accounting.
 fn drop_outbox(conn: &ConnShared, outbox: &mut VecDeque<Bytes>) {
     for dropped in outbox.drain(..) {
-        conn.dequeued(dropped.len(), false);
+        conn.dequeued(dropped.len(), 1, false);
     }
 }
 
