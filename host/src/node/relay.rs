@@ -146,14 +146,6 @@ impl RelayAgent {
         let _ = tokio::time::timeout(limit, settled).await;
     }
 
-    /// The transport of the allocation, when allocated.
-    pub(super) fn transport(&self) -> Option<TurnTransport> {
-        match &*self.status.borrow() {
-            RelayStatus::Allocated { url, .. } => Some(url.transport),
-            _ => None,
-        }
-    }
-
     /// Lets `ips` send to this node through the relay.
     pub(super) fn permit(&self, ips: Vec<IpAddr>) {
         if !ips.is_empty() {

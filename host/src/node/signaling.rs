@@ -343,7 +343,7 @@ pub(super) async fn open_by_id(
 /// The way to `peer` through a relay when the checks found no direct path
 /// (`reason`): its relayed address, reached from this node's socket, or
 /// through this node's own allocation when this node cannot send UDP
-/// itself (UDP blocked, or its relay is reached over TCP/TLS).
+/// itself (UDP blocked, or no address of the relay's family).
 async fn relay_path(
     inner: &Arc<NodeInner>,
     peer: &str,
@@ -371,7 +371,6 @@ pub(super) async fn route_through_relay(
 ) -> Result<(), String> {
     let udp_blocked = inner.traversal.udp_blocked();
     let own = inner.relay.as_ref().filter(|relay| relay.relayed().is_some());
-    let own_over_stream = own.and_then(RelayAgent::transport).is_some_and(|t| t.is_stream());
     // An IPv6-only node reaches an IPv4 peer's relay through its own
     // allocation, whose relayed address is IPv4 (RFC 6156).
     let other_family = !inner.socket.reaches(target) || !crate::transport::socket::host_has_family_of(target.ip());
@@ -379,7 +378,12 @@ pub(super) async fn route_through_relay(
         let own =
             own.ok_or_else(|| format!("this node has no address of {target}'s family and no relay allocation"))?;
         own.dial(target, named).await;
-    } else if udp_blocked || own_over_stream {
+    } else if udp_blocked {
+        // A node that can send UDP sends from its socket even when its own
+        // allocation is over TCP or TLS (chosen as the nearest): the peer's
+        // relay lets through the public addresses the offer named, while an
+        // allocation made after the offer left is not (and it is one hop
+        // fewer).
         let own = own.ok_or("UDP is blocked here and this node has no relay allocation")?;
         own.dial(target, named).await;
     } else if target == named {
