@@ -338,12 +338,11 @@ async fn bulk_messages_arrive_whole_with_segmentation_offload_on_and_off() -> an
             let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             (load(&counters.offload_sends), load(&counters.offload_receives))
         };
-        let ((app_sends, _), (_, device_receives)) = (batched(&app), batched(&device));
+        let ((app_sends, app_receives), (device_sends, device_receives)) = (batched(&app), batched(&device));
         if offload {
             ensure!(app_sends > 0, "offload on: the sender never handed the kernel a batch");
             ensure!(device_receives > 0, "offload on: the receiver never took a batch from the kernel");
         } else {
-            let ((app_sends, app_receives), (device_sends, device_receives)) = (batched(&app), batched(&device));
             ensure!(
                 app_sends + app_receives + device_sends + device_receives == 0,
                 "offload off, yet batches passed: app {app_sends}/{app_receives}, device {device_sends}/{device_receives}"

@@ -686,7 +686,6 @@ fn transport_config(config: &NodeConfig, initial_rtt: Option<Duration>) -> Resul
     transport.max_concurrent_bidi_streams(links::INITIAL_LINK_STREAMS.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
-    transport.enable_segmentation_offload(config.segmentation_offload);
     let mut acks = quinn::AckFrequencyConfig::default();
     acks.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
     transport.ack_frequency_config(Some(acks));
