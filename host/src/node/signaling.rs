@@ -379,11 +379,12 @@ pub(super) async fn route_through_relay(
             own.ok_or_else(|| format!("this node has no address of {target}'s family and no relay allocation"))?;
         own.dial(target, named).await;
     } else if udp_blocked {
-        // A node that can send UDP sends from its socket even when its own
-        // allocation is over TCP or TLS (chosen as the nearest): the peer's
-        // relay lets through the public addresses the offer named, while an
-        // allocation made after the offer left is not (and it is one hop
-        // fewer).
+        // Only a node that cannot send UDP goes through its own
+        // allocation. One that can sends from its socket even when its
+        // allocation is over TCP or TLS (a TCP-only relay that was
+        // nearer): the peer's relay lets through the public addresses the
+        // offer named, not an allocation made after the offer left (and
+        // that way is one hop fewer).
         let own = own.ok_or("UDP is blocked here and this node has no relay allocation")?;
         own.dial(target, named).await;
     } else if target == named {
