@@ -148,7 +148,7 @@ async fn transports_not_offered_are_refused_with_the_reason() -> anyhow::Result<
     let device = node_with("device", &[]).await?;
     let _default = serve(device.incoming_default()?, "");
     let app = node_with("app", &[]).await?;
-    for transport in [Transport::Rtc, Transport::Udp, Transport::Utp, Transport::Kcp, Transport::Sctp] {
+    for transport in [Transport::Rtc, Transport::Utp, Transport::Kcp, Transport::Sctp] {
         match app.connect(device.local_addr(), transport, 1).await {
             Err(e @ ConnectError::UnsupportedTransport(t)) if t == transport => {
                 ensure!(e.to_string().starts_with("unsupported transport"), "{e}");

@@ -34,7 +34,9 @@ pub enum Transport {
     /// WebRTC DataChannel (code 0): reserved; nodes refuse it until it is
     /// offered.
     Rtc,
-    /// Plain UDP datagrams (code 1): reserved.
+    /// Unreliable, unordered, encrypted datagrams (code 1): each message
+    /// one QUIC DATAGRAM frame (RFC 9221) on the link between the nodes;
+    /// offered by every node.
     Udp,
     /// uTP (code 2): reserved.
     Utp,
@@ -71,12 +73,22 @@ impl Transport {
         Transport::ALL.get(usize::from(code)).copied().ok_or(ConventionError::UnknownTransport(code))
     }
 
-    /// Whether nodes offer this transport today: QUIC between nodes, RTC
-    /// (WebRTC DataChannels) to browsers, in a build with them (feature
-    /// `browsers`); a connect for another one is
-    /// refused with "unsupported transport".
+    /// Whether nodes offer this transport today: QUIC and UDP between
+    /// nodes, RTC (WebRTC DataChannels) to browsers, in a build with them
+    /// (feature `browsers`); a connect for another one is refused with
+    /// "unsupported transport".
     pub fn is_offered(self) -> bool {
-        matches!(self, Transport::Quic) || (self == Transport::Rtc && cfg!(feature = "browsers"))
+        matches!(self, Transport::Quic | Transport::Udp) || (self == Transport::Rtc && cfg!(feature = "browsers"))
+    }
+
+    /// Whether a link of this transport carries connections of
+    /// `transport`: a link between nodes (QUIC) carries QUIC streams and
+    /// UDP datagrams, a browser's (RTC) its DataChannels.
+    pub fn carries(self, transport: Transport) -> bool {
+        match self {
+            Transport::Quic => matches!(transport, Transport::Quic | Transport::Udp),
+            other => other == transport,
+        }
     }
 }
 
@@ -172,7 +184,23 @@ mod tests {
         let codes: Vec<(String, u8)> = Transport::ALL.iter().map(|t| (t.to_string(), t.code())).collect();
         let expected = [("RTC", 0), ("UDP", 1), ("UTP", 2), ("KCP", 3), ("SCTP", 4), ("QUIC", 5)];
         assert_eq!(codes, expected.map(|(n, c)| (n.to_string(), c)));
-        assert!(Transport::ALL.iter().all(|t| t.is_offered() == matches!(t, Transport::Quic | Transport::Rtc)));
+        let browsers = cfg!(feature = "browsers");
+        let offered: Vec<Transport> = Transport::ALL.into_iter().filter(|t| t.is_offered()).collect();
+        let expected: &[Transport] = if browsers {
+            &[Transport::Rtc, Transport::Udp, Transport::Quic]
+        } else {
+            &[Transport::Udp, Transport::Quic]
+        };
+        assert_eq!(offered, expected);
+    }
+
+    #[test]
+    fn node_links_carry_quic_and_udp_and_browser_links_rtc() {
+        let carried =
+            |link: Transport| -> Vec<Transport> { Transport::ALL.into_iter().filter(|t| link.carries(*t)).collect() };
+        assert_eq!(carried(Transport::Quic), [Transport::Udp, Transport::Quic]);
+        assert_eq!(carried(Transport::Rtc), [Transport::Rtc]);
+        assert_eq!(carried(Transport::Kcp), [Transport::Kcp]);
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub struct SendArgs {
     /// Service number (selects the plugin on the remote node).
     #[arg(long, default_value_t = 0)]
     service: u8,
-    /// Transport: QUIC (5, the one nodes offer), or RTC 0, UDP 1, UTP 2,
-    /// KCP 3, SCTP 4 (refused with "unsupported transport" until offered).
+    /// Transport: QUIC (5: reliable, ordered), UDP (1: datagrams, which
+    /// may be lost; a reply that does not come is reported and the next
+    /// message sent), or RTC 0, UTP 2, KCP 3, SCTP 4 (refused with
+    /// "unsupported transport" until offered).
     #[arg(long, default_value = "QUIC")]
     transport: Transport,
     /// Send this raw convention number instead of --transport + --service.
@@ -71,6 +73,9 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
             stats.path,
             stats.rtt.as_secs_f64() * 1e3
         );
+        if let Some(max) = stats.max_datagram {
+            line.push_str(&format!(", datagrams up to {max} bytes"));
+        }
         if let Some(t) = conn.traversal() {
             line.push_str(&format!(
                 ", plan {}, checks {}, probes {}, checks took {:.1} ms",
@@ -84,13 +89,15 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
     }
     let timeout = Duration::from_millis(args.reply_timeout_ms);
     let numbered = args.repeat > 1;
+    let datagrams = fogconnect::Convention::from_raw(convention).is_ok_and(|c| c.transport() == Transport::Udp);
+    let mut unanswered = 0u64;
     for message in &args.messages {
         for i in 0..args.repeat {
             if args.interval_ms > 0 && (i > 0 || numbered) {
                 tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
             }
             let text = if numbered { format!("{message} #{i}") } else { message.clone() };
-            conn.send(text.into_bytes()).context("send failed")?;
+            conn.send(text.clone().into_bytes()).context("send failed")?;
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 match tokio::time::timeout_at(deadline, conn.next_activity()).await {
@@ -101,6 +108,11 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
                     Ok(ConnectionActivity::Network(event)) if args.info => println!("event: {event}"),
                     Ok(ConnectionActivity::Network(_)) => {}
                     Ok(ConnectionActivity::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
+                    Err(_) if datagrams => {
+                        eprintln!("no reply to {text:?} within {} ms", args.reply_timeout_ms);
+                        unanswered += 1;
+                        break;
+                    }
                     Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
                 }
             }
@@ -108,8 +120,9 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
     }
     if args.info && numbered {
         let stats = conn.stats();
+        let lost = if datagrams { format!(", {} datagrams lost", stats.datagrams_lost) } else { String::new() };
         println!(
-            "finished: path {}, rtt {:.2} ms, {} messages sent, {} received",
+            "finished: path {}, rtt {:.2} ms, {} messages sent, {} received{lost}",
             stats.path,
             stats.rtt.as_secs_f64() * 1e3,
             stats.messages_sent,
@@ -117,5 +130,9 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
         );
     }
     conn.close();
+    if unanswered > 0 {
+        let sent = args.messages.len() as u64 * u64::from(args.repeat);
+        bail!("{unanswered} of {sent} messages got no reply (UDP datagrams may be lost)");
+    }
     Ok(())
 }

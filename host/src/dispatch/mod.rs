@@ -90,13 +90,14 @@ enum Server<'a> {
     Native(&'a native::NativeService),
 }
 
-/// The server of `convention`, asked for over `carrier`, in `table`: the
-/// number's plugin, else its native handler, else the default handler.
-/// Nodes reach each other over QUIC and browsers over RTC: a convention
-/// naming another transport than the one it arrived on is refused.
+/// The server of `convention`, asked for over a link of `carrier`, in
+/// `table`: the number's plugin, else its native handler, else the
+/// default handler. Nodes reach each other over QUIC links (QUIC streams,
+/// UDP datagrams) and browsers over RTC: a convention naming a transport
+/// the link does not carry is refused.
 fn locate(table: &Table, convention: Convention, carrier: Transport) -> Result<Server<'_>, Refusal> {
     let transport = convention.transport();
-    if transport != carrier {
+    if !carrier.carries(transport) {
         let offered = if transport.is_offered() { format!(" over {carrier}") } else { String::new() };
         return Err((
             RefuseCode::UnsupportedTransport,

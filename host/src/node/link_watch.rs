@@ -12,6 +12,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::events::{NetworkEvent, NodeEvent, PathInfo};
 use crate::transport::conn::LiveConnections;
+use crate::transport::datagram::DatagramRoutes;
 use crate::transport::liveness::{Liveness, answer_eliciting, min_silence};
 use crate::transport::socket::FogSocket;
 
@@ -34,6 +35,9 @@ pub(super) struct LinkWatch {
     silent: AtomicBool,
     /// The connections this node opened on the link and still holds.
     pub(super) opened: Arc<LiveConnections>,
+    /// Which connection each of the link's datagrams is for (UDP
+    /// transport).
+    pub(super) datagrams: Arc<DatagramRoutes>,
 }
 
 impl LinkWatch {
@@ -87,6 +91,7 @@ impl LinkWatches {
                     repair: Notify::new(),
                     silent: AtomicBool::new(false),
                     opened: Arc::default(),
+                    datagrams: Arc::default(),
                 })
             })
             .clone()

@@ -16,6 +16,7 @@ use crate::convention::{Convention, Transport};
 use crate::transport::conn::{
     self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner, PathKind,
 };
+use crate::transport::datagram::Reservation;
 use crate::transport::identity::{Fingerprint, peer_fingerprint};
 use crate::transport::socket::canonical;
 use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError};
@@ -211,6 +212,7 @@ const LINK_STREAM_CREDIT: u32 = MAX_LINK_STREAMS + MAX_LINK_STREAMS / 4;
 /// and watches its path and liveness.
 async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<LinkWatch>) {
     let first = canonical(quic.remote_address());
+    let datagrams = watch.datagrams.clone();
     let open = Arc::new(conn::LiveConnections::default());
     let mut limit = INITIAL_LINK_STREAMS;
     let idle = inner.config.idle_timeout();
@@ -229,6 +231,14 @@ async fn serve_link(inner: Arc<NodeInner>, quic: quinn::Connection, watch: Arc<L
                 monitor.sample(&quic);
                 continue;
             }
+            // UDP transport: each datagram to the connection it names.
+            datagram = quic.read_datagram() => match datagram {
+                Ok(datagram) => {
+                    datagrams.deliver(datagram);
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
         };
         match stream {
             Ok((send, recv)) => {
@@ -394,6 +404,12 @@ async fn answer(
         Ok(route) => route,
         Err((code, message)) => return refuse(send, code, message).await,
     };
+    // Routed before the accept leaves: the caller's first datagrams may
+    // overtake it.
+    let datagrams = match reserve_datagrams(&inner, &quic, convention, &send) {
+        Ok(reserved) => reserved,
+        Err(why) => return refuse(send, RefuseCode::UnsupportedTransport, why).await,
+    };
     if send
         .write_all(&Frame::Accept { version: WIRE_VERSION, peer_id: inner.config.node_id.clone() }.encode())
         .await
@@ -408,7 +424,7 @@ async fn answer(
     let meta = ConnMeta { id: inner.next_connection_id(), peer_id, peer_verified, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let link_events = link_events(&inner, &quic, &meta.peer_id);
-    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams };
     let (owner, announce) = (route.owner(), route.announces());
     let live = inner.links.live.enter().also(counted);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
@@ -430,7 +446,7 @@ pub(super) async fn open(
 ) -> Result<Arc<ConnShared>, ConnectError> {
     let convention = Convention::from_raw(raw_convention);
     if let Ok(c) = convention
-        && c.transport() != Transport::Quic
+        && !Transport::Quic.carries(c.transport())
     {
         return Err(ConnectError::UnsupportedTransport(c.transport()));
     }
@@ -446,6 +462,12 @@ pub(super) async fn open(
             return Err(ConnectError::LinkFull { limit: MAX_LINK_STREAMS });
         };
         let (mut send, mut recv) = quic.open_bi().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        // Routed before the request leaves: the answering side's first
+        // datagrams may overtake its accept.
+        let datagrams = match convention {
+            Ok(c) => reserve_datagrams(inner, &quic, c, &send).map_err(ConnectError::Protocol)?,
+            Err(_) => None,
+        };
         let request =
             Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
         send.write_all(&request.encode()).await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
@@ -462,18 +484,38 @@ pub(super) async fn open(
         };
         let convention =
             convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
-        Ok((quic, send, recv, decoder, peer_id, convention, opened))
+        Ok((quic, send, recv, decoder, peer_id, convention, opened, datagrams))
     };
-    let (quic, send, recv, decoder, peer_id, convention, opened) = tokio::select! {
+    let (quic, send, recv, decoder, peer_id, convention, opened, datagrams) = tokio::select! {
         _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let (peer_id, peer_verified) = shown_peer_id(inner, peer_id, &quic);
     let link_events = link_events(inner, &quic, &peer_id);
     let meta = ConnMeta { id, peer_id, peer_verified, passive: false, convention, remote: addr };
-    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams };
     let live = inner.links.live.enter().also(opened);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
     inner.links.register(&shared);
     Ok(shared)
+}
+
+/// For a connection of the UDP transport, reserves its stream's tag on
+/// the link's datagram routes; nothing for other transports.
+///
+/// # Errors
+/// Why the link cannot carry the connection's datagrams.
+fn reserve_datagrams(
+    inner: &NodeInner,
+    quic: &quinn::Connection,
+    convention: Convention,
+    send: &quinn::SendStream,
+) -> Result<Option<Reservation>, String> {
+    if convention.transport() != Transport::Udp {
+        return Ok(None);
+    }
+    if quic.max_datagram_size().is_none() {
+        return Err("unsupported transport: UDP: the link between the nodes carries no datagrams".into());
+    }
+    Ok(Some(inner.links.watches.of(quic).datagrams.reserve(u64::from(send.id()))))
 }

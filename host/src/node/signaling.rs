@@ -267,7 +267,7 @@ pub(super) async fn open_by_id(
 ) -> Result<(Arc<ConnShared>, Option<TraversalReport>), ConnectError> {
     let signal = inner.signal.clone().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
     if let Ok(c) = Convention::from_raw(convention)
-        && c.transport() != Transport::Quic
+        && !Transport::Quic.carries(c.transport())
     {
         return Err(ConnectError::UnsupportedTransport(c.transport()));
     }

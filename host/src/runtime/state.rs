@@ -362,8 +362,9 @@ impl PluginState {
         if !self.ctx.limits.allow_connect {
             return Err(ConnectFault::NotAllowed);
         }
+        // Plugins reach other nodes: over what a link between nodes carries.
         let transport = match transport {
-            Some(Transport::Quic) => Transport::Quic,
+            Some(t) if Transport::Quic.carries(t) => t,
             _ => return Err(ConnectFault::UnsupportedTransport),
         };
         let id = self.ctx.host.next_connection_id();

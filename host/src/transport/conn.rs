@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::convention::{Convention, Transport};
 use crate::events::{NetworkEvent, PathInfo};
+use crate::transport::datagram::{DatagramPath, Reservation};
 use crate::transport::socket::FogSocket;
 use crate::transport::wire::{CloseCode, Decoder, Frame, data_header};
 
@@ -208,6 +209,13 @@ pub struct ConnStats {
     pub messages_sent: u64,
     /// Messages received.
     pub messages_received: u64,
+    /// UDP transport: messages the peer sent that this side's
+    /// application did not get (never arrived, or arrived while its
+    /// queue was full). Zero for other transports.
+    pub datagrams_lost: u64,
+    /// UDP transport: the largest message one datagram carries on the
+    /// path now (larger ones are refused); `None` for other transports.
+    pub max_datagram: Option<usize>,
 }
 
 /// Limits applied to every connection.
@@ -304,6 +312,9 @@ pub(crate) enum Carrier {
         /// The socket facade under the link: it knows which way the
         /// link's packets travel now.
         socket: Arc<FogSocket>,
+        /// UDP transport: the messages travel as the link's datagrams;
+        /// the stream carries the handshake and the close only.
+        datagrams: Option<DatagramPath>,
     },
     /// A browser's DataChannel.
     #[cfg(feature = "browsers")]
@@ -384,6 +395,9 @@ impl ConnShared {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
+        if let Carrier::Quic { quic, datagrams: Some(path), .. } = &self.carrier {
+            return self.send_datagram(quic, path, &data);
+        }
         let len = data.len();
         if len > self.limits.max_message_size {
             return Err(SendError::TooLarge { len, max: self.limits.max_message_size });
@@ -397,6 +411,28 @@ impl ConnShared {
             self.buffered.fetch_sub(len, Ordering::AcqRel);
             SendError::Closed
         })
+    }
+
+    /// Sends `data` as one datagram at once (quinn queues it; when its
+    /// queue is full it drops the oldest, which the peer counts lost).
+    fn send_datagram(&self, quic: &quinn::Connection, path: &DatagramPath, data: &[u8]) -> Result<(), SendError> {
+        let max = self.max_message_size();
+        if data.len() > max {
+            return Err(SendError::TooLarge { len: data.len(), max });
+        }
+        match quic.send_datagram(path.encode(data)) {
+            Ok(()) => {
+                self.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.messages_sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // The path's datagram size shrank between the check and the send.
+            Err(quinn::SendDatagramError::TooLarge) => {
+                let max = self.max_message_size();
+                Err(SendError::TooLarge { len: data.len(), max })
+            }
+            Err(_) => Err(SendError::Closed),
+        }
     }
 
     /// Closes the connection from this side in an orderly way: queued
@@ -450,9 +486,25 @@ impl ConnShared {
         self.limits.close_grace
     }
 
-    /// The largest message this connection sends or accepts.
+    /// The largest message this connection sends or accepts: the node's
+    /// limit, and for the UDP transport what one datagram carries on the
+    /// path now.
     pub fn max_message_size(&self) -> usize {
-        self.limits.max_message_size
+        match self.max_datagram() {
+            Some(max) => max.min(self.limits.max_message_size),
+            None => self.limits.max_message_size,
+        }
+    }
+
+    /// UDP transport: the largest message one datagram carries on the path
+    /// now (0 when the peer takes no datagrams); `None` for other transports.
+    pub fn max_datagram(&self) -> Option<usize> {
+        match &self.carrier {
+            Carrier::Quic { quic, datagrams: Some(path), .. } => {
+                Some(quic.max_datagram_size().map_or(0, |max| path.max_payload(max)))
+            }
+            _ => None,
+        }
     }
 
     /// Bytes queued but not yet written to QUIC.
@@ -511,7 +563,7 @@ impl ConnShared {
     /// Which way the connection's packets travel now, and to where.
     pub fn path(&self) -> PathInfo {
         let known = match &self.carrier {
-            Carrier::Quic { quic, socket } => return socket.path_info(quic.remote_address()),
+            Carrier::Quic { quic, socket, .. } => return socket.path_info(quic.remote_address()),
             #[cfg(feature = "browsers")]
             Carrier::Rtc(link) => link.path(),
             Carrier::Detached => None,
@@ -538,6 +590,11 @@ impl ConnShared {
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
             messages_received: self.messages_received.load(Ordering::Relaxed),
+            datagrams_lost: match &self.carrier {
+                Carrier::Quic { datagrams: Some(path), .. } => path.lost(),
+                _ => 0,
+            },
+            max_datagram: self.max_datagram(),
         }
     }
 
@@ -554,6 +611,30 @@ impl ConnShared {
             return false;
         }
         true
+    }
+
+    /// Hands one datagram of the UDP transport to the owner without
+    /// waiting: when the owner's queue is full the datagram is dropped
+    /// and counted lost (an unreliable message is not worth stalling the
+    /// link's other connections for). Only the link's datagram reader
+    /// calls this.
+    pub(crate) fn deliver_datagram(&self, sequence: u32, payload: Bytes) {
+        let Carrier::Quic { datagrams: Some(path), .. } = &self.carrier else { return };
+        if self.is_closed() {
+            return;
+        }
+        path.arrived(sequence);
+        let len = payload.len() as u64;
+        match self.owner.try_send(ConnEvent::Message(self.meta.id, payload)) {
+            Ok(()) => {
+                self.bytes_received.fetch_add(len, Ordering::Relaxed);
+                self.messages_received.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => path.dropped(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.fail("receiver gone");
+            }
+        }
     }
 
     /// Passes a network event of the transport to the owner, in order
@@ -610,6 +691,9 @@ pub struct HandshakenStream {
     /// The link's network events, passed on to the owner in order with
     /// the messages (`None`: the link has no monitor).
     pub link_events: Option<broadcast::Receiver<NetworkEvent>>,
+    /// UDP transport: the stream's tag, reserved on the link's datagram
+    /// routes (`None`: messages travel on the stream).
+    pub(crate) datagrams: Option<Reservation>,
 }
 
 /// Starts the reader and writer tasks of an established connection. With
@@ -623,10 +707,15 @@ pub async fn establish(
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
-    let HandshakenStream { quic, socket, send, recv, decoder, link_events } = stream;
-    let (shared, outbound_rx) = ConnShared::new(meta, Carrier::Quic { quic, socket }, limits, owner);
+    let HandshakenStream { quic, socket, send, recv, decoder, link_events, datagrams } = stream;
+    let path = datagrams.as_ref().map(|reserved| DatagramPath::new(reserved.tag()));
+    let (shared, outbound_rx) = ConnShared::new(meta, Carrier::Quic { quic, socket, datagrams: path }, limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
+    }
+    // After `Opened`: the owner knows the connection before its datagrams.
+    if let Some(reserved) = datagrams {
+        reserved.ready(&shared);
     }
     tokio::spawn(read_loop(shared.clone(), recv, decoder, link_events));
     tokio::spawn(write_loop(shared.clone(), send, outbound_rx, live));

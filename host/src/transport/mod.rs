@@ -3,6 +3,7 @@
 //! the per-connection tasks.
 
 pub mod conn;
+pub(crate) mod datagram;
 pub mod identity;
 pub mod identity_file;
 pub mod liveness;
