@@ -26,8 +26,16 @@ const SECRET: &[u8] = b"C API test secret, loopback only";
 
 /// The scenarios both builds run (the two that pair with a Rust node run
 /// in [`c_and_rust_talk_both_ways`]).
-const SHARED_SCENARIOS: [&str; 7] =
-    ["exchange", "failures", "handles", "concurrent", "release_in_callback", "signal_unreachable", "identity"];
+const SHARED_SCENARIOS: [&str; 8] = [
+    "exchange",
+    "failures",
+    "handles",
+    "concurrent",
+    "release_in_callback",
+    "signal_unreachable",
+    "identity",
+    "datagrams",
+];
 
 /// The scenario only the full build runs (a Wasm plugin beside C services).
 const FULL_ONLY: &str = "plugin";

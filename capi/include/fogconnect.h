@@ -90,7 +90,9 @@ extern "C" {
  */
 enum transport_protocol {
     PR_TRANSPORT_PROTOCOL_RTC = 0, /* WebRTC DataChannel (not offered yet) */
-    PR_TRANSPORT_PROTOCOL_UDP,     /* 1: plain UDP (not offered yet) */
+    PR_TRANSPORT_PROTOCOL_UDP,     /* 1: datagrams: encrypted, unreliable, unordered;
+                                      each pr_send_peer one datagram, refused (-1)
+                                      above pr_connect_get_datagram_stats' max_size */
     PR_TRANSPORT_PROTOCOL_UTP,     /* 2: uTP (not offered yet) */
     PR_TRANSPORT_PROTOCOL_KCP,     /* 3: KCP (not offered yet) */
     PR_TRANSPORT_PROTOCOL_SCTP,    /* 4: SCTP (not offered yet) */
@@ -405,6 +407,22 @@ struct pr_connect_stats {
  * handle, NULL, not connected yet).
  */
 int pr_connect_get_stats(void* pr_connect, struct pr_connect_stats* stats);
+
+/* The datagram side of a PR_TRANSPORT_PROTOCOL_UDP connection. */
+struct pr_connect_datagram_stats {
+    uint32_t max_size; /* the largest message one datagram carries on the
+                          path now; pr_send_peer refuses larger ones */
+    uint64_t lost;     /* datagrams the peer sent that this side's
+                          application did not get (never arrived, or
+                          arrived while its queue was full) */
+};
+
+/*
+ * Fills `stats` for an established connection of the UDP transport.
+ * Returns 0, or -1 (invalid handle, NULL, not connected yet, or another
+ * transport; pr_errno_mgs(pr_connect) says which).
+ */
+int pr_connect_get_datagram_stats(void* pr_connect, struct pr_connect_datagram_stats* stats);
 
 /*
  * Copies the peer's id, NUL-terminated, into `buf` of `size` bytes (256

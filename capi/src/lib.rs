@@ -77,6 +77,15 @@ pub struct PrConnectStats {
     pub messages_received: u64,
 }
 
+/// `struct pr_connect_datagram_stats`, field for field.
+#[repr(C)]
+pub struct PrConnectDatagramStats {
+    /// The largest message one datagram carries on the path now.
+    pub max_size: u32,
+    /// Datagrams the peer sent that this side's application did not get.
+    pub lost: u64,
+}
+
 fn init_logging() {
     logging::init();
 }
@@ -531,6 +540,38 @@ pub unsafe extern "C" fn pr_connect_get_stats(pr_connect: *mut c_void, stats: *m
             messages_sent: s.messages_sent,
             messages_received: s.messages_received,
         };
+        // SAFETY: non-NULL and writable, by the caller's contract.
+        unsafe { stats.write(filled) };
+        0
+    })
+}
+
+/// Extension `pr_connect_get_datagram_stats`.
+///
+/// # Safety
+/// `stats` is NULL or points to a writable `struct pr_connect_datagram_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_connect_get_datagram_stats(
+    pr_connect: *mut c_void,
+    stats: *mut PrConnectDatagramStats,
+) -> c_int {
+    guard(-1, || {
+        let Some(entry) = CONNECTIONS.get(pr_connect) else { return -1 };
+        let Some(sender) = entry.state().sender.clone() else {
+            entry.fail("not connected yet: wait for PR_EVENT_CONNECTED");
+            return -1;
+        };
+        if stats.is_null() {
+            entry.fail("stats is NULL");
+            return -1;
+        }
+        let s = sender.stats();
+        let Some(max) = s.max_datagram else {
+            entry.fail("not a connection of the UDP transport: it has no datagrams");
+            return -1;
+        };
+        let filled =
+            PrConnectDatagramStats { max_size: u32::try_from(max).unwrap_or(u32::MAX), lost: s.datagrams_lost };
         // SAFETY: non-NULL and writable, by the caller's contract.
         unsafe { stats.write(filled) };
         0
