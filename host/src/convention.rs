@@ -40,7 +40,9 @@ pub enum Transport {
     Udp,
     /// uTP (code 2): reserved.
     Utp,
-    /// KCP (code 3): reserved.
+    /// KCP (code 3): reliable, ordered messages with KCP's low-latency
+    /// retransmission, on the node's UDP socket, every datagram sealed
+    /// with keys of the link between the nodes; offered by every node.
     Kcp,
     /// SCTP (code 4): reserved.
     Sctp,
@@ -73,20 +75,22 @@ impl Transport {
         Transport::ALL.get(usize::from(code)).copied().ok_or(ConventionError::UnknownTransport(code))
     }
 
-    /// Whether nodes offer this transport today: QUIC and UDP between
+    /// Whether nodes offer this transport today: QUIC, UDP and KCP between
     /// nodes, RTC (WebRTC DataChannels) to browsers, in a build with them
     /// (feature `browsers`); a connect for another one is refused with
     /// "unsupported transport".
     pub fn is_offered(self) -> bool {
-        matches!(self, Transport::Quic | Transport::Udp) || (self == Transport::Rtc && cfg!(feature = "browsers"))
+        matches!(self, Transport::Quic | Transport::Udp | Transport::Kcp)
+            || (self == Transport::Rtc && cfg!(feature = "browsers"))
     }
 
     /// Whether a link of this transport carries connections of
-    /// `transport`: a link between nodes (QUIC) carries QUIC streams and
-    /// UDP datagrams, a browser's (RTC) its DataChannels.
+    /// `transport`: a link between nodes (QUIC) carries QUIC streams, UDP
+    /// datagrams and KCP sessions (made and watched over it), a browser's
+    /// (RTC) its DataChannels.
     pub fn carries(self, transport: Transport) -> bool {
         match self {
-            Transport::Quic => matches!(transport, Transport::Quic | Transport::Udp),
+            Transport::Quic => matches!(transport, Transport::Quic | Transport::Udp | Transport::Kcp),
             other => other == transport,
         }
     }
@@ -187,9 +191,9 @@ mod tests {
         let browsers = cfg!(feature = "browsers");
         let offered: Vec<Transport> = Transport::ALL.into_iter().filter(|t| t.is_offered()).collect();
         let expected: &[Transport] = if browsers {
-            &[Transport::Rtc, Transport::Udp, Transport::Quic]
+            &[Transport::Rtc, Transport::Udp, Transport::Kcp, Transport::Quic]
         } else {
-            &[Transport::Udp, Transport::Quic]
+            &[Transport::Udp, Transport::Kcp, Transport::Quic]
         };
         assert_eq!(offered, expected);
     }
@@ -198,7 +202,7 @@ mod tests {
     fn node_links_carry_quic_and_udp_and_browser_links_rtc() {
         let carried =
             |link: Transport| -> Vec<Transport> { Transport::ALL.into_iter().filter(|t| link.carries(*t)).collect() };
-        assert_eq!(carried(Transport::Quic), [Transport::Udp, Transport::Quic]);
+        assert_eq!(carried(Transport::Quic), [Transport::Udp, Transport::Kcp, Transport::Quic]);
         assert_eq!(carried(Transport::Rtc), [Transport::Rtc]);
         assert_eq!(carried(Transport::Kcp), [Transport::Kcp]);
     }

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod convention;
 pub mod dispatch;
 pub mod events;
+pub mod kcp;
 pub mod limits;
 pub mod metrics;
 pub mod nat;
@@ -39,6 +40,7 @@ pub use convention::{Convention, ConventionError, Transport};
 pub use dispatch::Incoming;
 pub use events::{NetworkEvent, NodeEvent, PathInfo};
 pub use fogconnect_proto::manifest::PluginManifest;
+pub use kcp::{KcpDrops, KcpStats};
 pub use nat::NatReport;
 pub use node::{
     Commander, ConnectError, Connection, ConnectionActivity, ConnectionEvent, ConnectionSender, IncomingCommand,

@@ -18,6 +18,7 @@ use crate::transport::conn::{
 };
 use crate::transport::datagram::Reservation;
 use crate::transport::identity::{Fingerprint, peer_fingerprint};
+use crate::transport::kcp_conn::KcpSetup;
 use crate::transport::socket::canonical;
 use crate::transport::wire::{Decoder, Frame, RefuseCode, WIRE_VERSION, WireError};
 
@@ -410,6 +411,12 @@ async fn answer(
         Ok(reserved) => reserved,
         Err(why) => return refuse(send, RefuseCode::UnsupportedTransport, why).await,
     };
+    // Registered before the accept leaves, so the caller's first KCP
+    // datagrams find the session (a lost one would be resent anyway).
+    let kcp = match kcp_setup(&inner, &quic, convention, &send, false) {
+        Ok(setup) => setup,
+        Err(why) => return refuse(send, RefuseCode::UnsupportedTransport, why).await,
+    };
     if send
         .write_all(&Frame::Accept { version: WIRE_VERSION, peer_id: inner.config.node_id.clone() }.encode())
         .await
@@ -424,7 +431,8 @@ async fn answer(
     let meta = ConnMeta { id: inner.next_connection_id(), peer_id, peer_verified, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let link_events = link_events(&inner, &quic, &meta.peer_id);
-    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams };
+    let stream =
+        HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams, kcp };
     let (owner, announce) = (route.owner(), route.announces());
     let live = inner.links.live.enter().also(counted);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
@@ -484,16 +492,18 @@ pub(super) async fn open(
         };
         let convention =
             convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
-        Ok((quic, send, recv, decoder, peer_id, convention, opened, datagrams))
+        let kcp = kcp_setup(inner, &quic, convention, &send, true).map_err(ConnectError::Protocol)?;
+        Ok((quic, send, recv, decoder, peer_id, convention, opened, datagrams, kcp))
     };
-    let (quic, send, recv, decoder, peer_id, convention, opened, datagrams) = tokio::select! {
+    let (quic, send, recv, decoder, peer_id, convention, opened, datagrams, kcp) = tokio::select! {
         _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let (peer_id, peer_verified) = shown_peer_id(inner, peer_id, &quic);
     let link_events = link_events(inner, &quic, &peer_id);
     let meta = ConnMeta { id, peer_id, peer_verified, passive: false, convention, remote: addr };
-    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams };
+    let stream =
+        HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams, kcp };
     let live = inner.links.live.enter().also(opened);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
     inner.links.register(&shared);
@@ -518,4 +528,24 @@ fn reserve_datagrams(
         return Err("unsupported transport: UDP: the link between the nodes carries no datagrams".into());
     }
     Ok(Some(inner.links.watches.of(quic).datagrams.reserve(u64::from(send.id()))))
+}
+
+/// For a connection of the KCP transport, its session (keys and
+/// conversation id exported from the link's TLS session, bound to the
+/// stream), registered on the node's socket; nothing for other transports.
+///
+/// # Errors
+/// Why the link cannot carry the session.
+fn kcp_setup(
+    inner: &NodeInner,
+    quic: &quinn::Connection,
+    convention: Convention,
+    send: &quinn::SendStream,
+    dialler: bool,
+) -> Result<Option<KcpSetup>, String> {
+    if convention.transport() != Transport::Kcp {
+        return Ok(None);
+    }
+    let stream = u64::from(send.id());
+    KcpSetup::new(quic, &inner.socket, stream, dialler, inner.config.max_message_size).map(Some)
 }

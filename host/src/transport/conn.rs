@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::convention::{Convention, Transport};
 use crate::events::{NetworkEvent, PathInfo};
 use crate::transport::datagram::{DatagramPath, Reservation};
+use crate::transport::kcp_conn::{KcpCounters, KcpSetup, KcpTask};
 use crate::transport::socket::FogSocket;
 use crate::transport::wire::{CloseCode, Decoder, Frame, data_header};
 
@@ -216,6 +217,9 @@ pub struct ConnStats {
     /// UDP transport: the largest message one datagram carries on the
     /// path now (larger ones are refused); `None` for other transports.
     pub max_datagram: Option<usize>,
+    /// KCP transport: the session and the datagrams it dropped; `None`
+    /// for other transports.
+    pub kcp: Option<crate::kcp::KcpStats>,
 }
 
 /// Limits applied to every connection.
@@ -315,6 +319,9 @@ pub(crate) enum Carrier {
         /// UDP transport: the messages travel as the link's datagrams;
         /// the stream carries the handshake and the close only.
         datagrams: Option<DatagramPath>,
+        /// KCP transport: the messages and the close travel in a KCP
+        /// session on the node's socket; the stream carries the handshake.
+        kcp: Option<Arc<KcpCounters>>,
     },
     /// A browser's DataChannel.
     #[cfg(feature = "browsers")]
@@ -595,6 +602,10 @@ impl ConnShared {
                 _ => 0,
             },
             max_datagram: self.max_datagram(),
+            kcp: match &self.carrier {
+                Carrier::Quic { kcp: Some(counters), .. } => Some(counters.stats()),
+                _ => None,
+            },
         }
     }
 
@@ -646,13 +657,11 @@ impl ConnShared {
     }
 
     /// Stops the connection's tasks.
-    #[cfg(feature = "browsers")]
     pub(crate) fn cancel(&self) {
         self.cancel.cancel();
     }
 
     /// Resolves when the connection's tasks are told to stop.
-    #[cfg(feature = "browsers")]
     pub(crate) async fn cancelled(&self) {
         self.cancel.cancelled().await;
     }
@@ -694,6 +703,8 @@ pub struct HandshakenStream {
     /// UDP transport: the stream's tag, reserved on the link's datagram
     /// routes (`None`: messages travel on the stream).
     pub(crate) datagrams: Option<Reservation>,
+    /// KCP transport: the session (`None`: messages travel on the stream).
+    pub(crate) kcp: Option<KcpSetup>,
 }
 
 /// Starts the reader and writer tasks of an established connection. With
@@ -707,15 +718,34 @@ pub async fn establish(
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
-    let HandshakenStream { quic, socket, send, recv, decoder, link_events, datagrams } = stream;
+    let HandshakenStream { quic, socket, send, recv, decoder, link_events, datagrams, kcp } = stream;
     let path = datagrams.as_ref().map(|reserved| DatagramPath::new(reserved.tag()));
-    let (shared, outbound_rx) = ConnShared::new(meta, Carrier::Quic { quic, socket, datagrams: path }, limits, owner);
+    let counters = kcp.as_ref().map(|setup| Arc::new(KcpCounters::new(setup.conversation())));
+    let carrier = Carrier::Quic { quic: quic.clone(), socket: socket.clone(), datagrams: path, kcp: counters.clone() };
+    let (shared, outbound_rx) = ConnShared::new(meta, carrier, limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
     }
     // After `Opened`: the owner knows the connection before its datagrams.
     if let Some(reserved) = datagrams {
         reserved.ready(&shared);
+    }
+    if let (Some(setup), Some(counters)) = (kcp, counters) {
+        let task = KcpTask {
+            shared: shared.clone(),
+            setup,
+            counters,
+            quic,
+            socket,
+            send,
+            recv,
+            outbound: outbound_rx,
+            link_events,
+            close_grace: limits.close_grace,
+            live,
+        };
+        tokio::spawn(task.run());
+        return shared;
     }
     tokio::spawn(read_loop(shared.clone(), recv, decoder, link_events));
     tokio::spawn(write_loop(shared.clone(), send, outbound_rx, live));
@@ -810,7 +840,7 @@ pub fn reason_of_connection_error(err: &quinn::ConnectionError) -> CloseReason {
     }
 }
 
-fn reason_of_read_error(err: &quinn::ReadError) -> CloseReason {
+pub(crate) fn reason_of_read_error(err: &quinn::ReadError) -> CloseReason {
     match err {
         quinn::ReadError::ConnectionLost(e) => reason_of_connection_error(e),
         quinn::ReadError::Reset(code) => {
@@ -868,7 +898,7 @@ async fn read_loop(
 
 /// The next event of the link, for as long as it has any; pends forever
 /// after (a lagging connection skips the events it missed).
-async fn next_link_event(events: &mut Option<broadcast::Receiver<NetworkEvent>>) -> NetworkEvent {
+pub(crate) async fn next_link_event(events: &mut Option<broadcast::Receiver<NetworkEvent>>) -> NetworkEvent {
     if let Some(receiver) = events {
         match crate::events::recv_skipping_lag(receiver).await {
             Some(event) => return event,

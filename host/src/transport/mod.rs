@@ -6,6 +6,7 @@ pub mod conn;
 pub(crate) mod datagram;
 pub mod identity;
 pub mod identity_file;
+pub(crate) mod kcp_conn;
 pub mod liveness;
 #[cfg(feature = "browsers")]
 pub mod rtc;

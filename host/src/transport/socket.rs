@@ -36,6 +36,9 @@ pub enum PacketKind {
     Dtls,
     /// QUIC short header (64..=127) or long header (192..=255) packet.
     Quic,
+    /// A sealed KCP datagram (128..=191, RTP's range in RFC 9443: the
+    /// node's socket carries no RTP).
+    Kcp,
     /// Anything else: dropped.
     Unknown,
 }
@@ -46,14 +49,41 @@ pub enum PacketKind {
 ///
 /// QUIC packets always have the fixed bit (0x40) set because nodes disable
 /// QUIC bit greasing (RFC 9287) on their endpoint; 128..=191 (RTP/RTCP in
-/// RFC 9443) is therefore never QUIC here.
+/// RFC 9443) is therefore never QUIC here, and carries KCP.
 pub fn classify(first_byte: u8, channels_bound: bool) -> PacketKind {
     match first_byte {
         0..=3 => PacketKind::Stun,
         20..=63 => PacketKind::Dtls,
         64..=79 if channels_bound => PacketKind::ChannelData,
         64..=127 | 192..=255 => PacketKind::Quic,
+        128..=191 => PacketKind::Kcp,
         _ => PacketKind::Unknown,
+    }
+}
+
+/// A KCP conversation's place on the node's socket: its datagrams arrive
+/// on `inbox` until this is dropped.
+pub struct KcpRegistration {
+    routes: Arc<KcpRoutes>,
+    conversation: u32,
+    /// The route's end, to tell it from a later registration's.
+    route: mpsc::Sender<Bytes>,
+    /// The conversation's datagrams, as they arrived.
+    pub inbox: mpsc::Receiver<Bytes>,
+}
+
+impl fmt::Debug for KcpRegistration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KcpRegistration").field("conversation", &self.conversation).finish()
+    }
+}
+
+impl Drop for KcpRegistration {
+    fn drop(&mut self) {
+        let mut routes = self.routes.lock();
+        if routes.get(&self.conversation).is_some_and(|route| route.same_channel(&self.route)) {
+            routes.remove(&self.conversation);
+        }
     }
 }
 
@@ -337,6 +367,26 @@ pub struct FogSocket {
     /// Whether several datagrams may pass between the kernel and quinn in
     /// one call (GSO and GRO, where the kernel offers them).
     offload: bool,
+    /// Where each KCP conversation's datagrams go.
+    kcp: Arc<KcpRoutes>,
+}
+
+/// The inbox of each KCP conversation on the node's sockets.
+#[derive(Default)]
+struct KcpRoutes(Mutex<HashMap<u32, mpsc::Sender<Bytes>>>);
+
+impl KcpRoutes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<Bytes>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a KCP datagram to its conversation's session, without
+    /// waiting (a full inbox loses it, which KCP recovers from).
+    fn deliver(&self, data: Bytes) -> bool {
+        let Some(conversation) = crate::kcp::envelope::conversation_of(&data) else { return false };
+        let inbox = self.lock().get(&conversation).cloned();
+        inbox.is_some_and(|inbox| inbox.try_send(data).is_ok())
+    }
 }
 
 impl fmt::Debug for FogSocket {
@@ -436,6 +486,7 @@ impl FogSocket {
             gone_sources: Mutex::new(Vec::new()),
             gone_count: AtomicUsize::new(0),
             offload,
+            kcp: Arc::default(),
         };
         Ok((Arc::new(facade), side_rx))
     }
@@ -453,6 +504,7 @@ impl FogSocket {
         let id = self.next_aux.fetch_add(1, Ordering::Relaxed);
         let (reader, side, quic, routes, counters) =
             (io.clone(), self.side.clone(), self.injected_tx.clone(), self.routes.clone(), self.counters.clone());
+        let kcp = self.kcp.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -471,6 +523,7 @@ impl FogSocket {
                         quic.try_send((presented, data)).is_ok()
                     }
                     PacketKind::Unknown => false,
+                    PacketKind::Kcp => kcp.deliver(data),
                     kind => side.try_send(SideDatagram { via: Some(id), from, to: None, kind, data }).is_ok(),
                 };
                 let counter = if sent { &counters.side } else { &counters.dropped };
@@ -663,8 +716,43 @@ impl FogSocket {
     /// node's socket, or another way: through the relay). Dropped when the
     /// side channel is full.
     pub fn deliver_side(&self, datagram: SideDatagram) {
-        let counter = if self.side.try_send(datagram).is_ok() { &self.counters.side } else { &self.counters.dropped };
+        let sent = match datagram.kind {
+            PacketKind::Kcp => self.kcp.deliver(datagram.data),
+            _ => self.side.try_send(datagram).is_ok(),
+        };
+        let counter = if sent { &self.counters.side } else { &self.counters.dropped };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Routes the KCP datagrams of `conversation` to the returned inbox
+    /// until the registration is dropped; `None` when the conversation is
+    /// taken.
+    pub fn register_kcp(&self, conversation: u32, capacity: usize) -> Option<KcpRegistration> {
+        let mut routes = self.kcp.lock();
+        if routes.get(&conversation).is_some_and(|inbox| !inbox.is_closed()) {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        routes.insert(conversation, tx.clone());
+        Some(KcpRegistration { routes: self.kcp.clone(), conversation, route: tx, inbox: rx })
+    }
+
+    /// Sends one datagram to `remote` as quinn names it (a relayed peer's
+    /// presented address, a moved one), the way the link's QUIC packets
+    /// go: a transport riding a link's path (KCP) follows its moves. A
+    /// full socket buffer drops it, like a loss.
+    ///
+    /// # Errors
+    /// I/O errors of the socket.
+    pub fn send_on_path(&self, data: &[u8], remote: SocketAddr) -> io::Result<()> {
+        let transmit = Transmit { destination: remote, ecn: None, contents: data, segment_size: None, src_ip: None };
+        match self.try_send(&transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Sends `data` to `peer` through the node's TURN allocation; false
@@ -954,8 +1042,8 @@ mod tests {
         assert_eq!(classify(79, true), PacketKind::ChannelData);
         assert_eq!(classify(80, true), PacketKind::Quic);
         assert_eq!(classify(127, false), PacketKind::Quic);
-        assert_eq!(classify(128, false), PacketKind::Unknown);
-        assert_eq!(classify(191, true), PacketKind::Unknown);
+        assert_eq!(classify(128, false), PacketKind::Kcp);
+        assert_eq!(classify(191, true), PacketKind::Kcp);
         assert_eq!(classify(192, false), PacketKind::Quic);
         assert_eq!(classify(255, true), PacketKind::Quic);
     }
