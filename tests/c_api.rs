@@ -34,7 +34,7 @@ const SHARED_SCENARIOS: [&str; 8] = [
     "release_in_callback",
     "signal_unreachable",
     "identity",
-    "datagrams",
+    "transports",
 ];
 
 /// The scenario only the full build runs (a Wasm plugin beside C services).

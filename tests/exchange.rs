@@ -195,8 +195,8 @@ async fn reserved_bits_and_unknown_transports_are_refused() -> anyhow::Result<()
         Err(ConnectError::Refused { code, .. }) => assert_eq!(code, RefuseCode::UnsupportedTransport),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    match client.connect(server.local_addr(), Transport::Kcp, 1).await {
-        Err(ConnectError::UnsupportedTransport(Transport::Kcp)) => {}
+    match client.connect(server.local_addr(), Transport::Utp, 1).await {
+        Err(ConnectError::UnsupportedTransport(Transport::Utp)) => {}
         other => panic!("expected unsupported transport, got {other:?}"),
     }
     // The server keeps serving after the refusals.

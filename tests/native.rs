@@ -148,7 +148,7 @@ async fn transports_not_offered_are_refused_with_the_reason() -> anyhow::Result<
     let device = node_with("device", &[]).await?;
     let _default = serve(device.incoming_default()?, "");
     let app = node_with("app", &[]).await?;
-    for transport in [Transport::Rtc, Transport::Utp, Transport::Kcp, Transport::Sctp] {
+    for transport in [Transport::Rtc, Transport::Utp, Transport::Sctp] {
         match app.connect(device.local_addr(), transport, 1).await {
             Err(e @ ConnectError::UnsupportedTransport(t)) if t == transport => {
                 ensure!(e.to_string().starts_with("unsupported transport"), "{e}");
@@ -197,9 +197,9 @@ async fn a_handler_made_before_start_serves_connects_by_id() -> anyhow::Result<(
         }
         other => bail!("service 2: {other:?}"),
     }
-    match app.connect_peer("device", Transport::Kcp, 1).await {
-        Err(ConnectError::UnsupportedTransport(Transport::Kcp)) => {}
-        other => bail!("KCP by id: {other:?}"),
+    match app.connect_peer("device", Transport::Sctp, 1).await {
+        Err(ConnectError::UnsupportedTransport(Transport::Sctp)) => {}
+        other => bail!("SCTP by id: {other:?}"),
     }
     drop(conn);
     // Many connects to one peer at once (more than a peer answers from one

@@ -94,7 +94,8 @@ enum transport_protocol {
                                       each pr_send_peer one datagram, refused (-1)
                                       above pr_connect_get_datagram_stats' max_size */
     PR_TRANSPORT_PROTOCOL_UTP,     /* 2: uTP (not offered yet) */
-    PR_TRANSPORT_PROTOCOL_KCP,     /* 3: KCP (not offered yet) */
+    PR_TRANSPORT_PROTOCOL_KCP,     /* 3: KCP: reliable, ordered, encrypted; low-latency
+                                      retransmission for lossy links */
     PR_TRANSPORT_PROTOCOL_SCTP,    /* 4: SCTP (not offered yet) */
     PR_TRANSPORT_PROTOCOL_QUIC     /* 5: QUIC: reliable, ordered, encrypted */
 };

@@ -534,8 +534,7 @@ static void failures(void)
     ask(open_to(app, "device", 1), "I am fog data!", 2, "I know!");
 
     /* Transports not offered: refused with the reason, never a hang. */
-    int transports[] = { PR_TRANSPORT_PROTOCOL_RTC, PR_TRANSPORT_PROTOCOL_UTP, PR_TRANSPORT_PROTOCOL_KCP,
-                         PR_TRANSPORT_PROTOCOL_SCTP };
+    int transports[] = { PR_TRANSPORT_PROTOCOL_RTC, PR_TRANSPORT_PROTOCOL_UTP, PR_TRANSPORT_PROTOCOL_SCTP };
     for (size_t i = 0; i < sizeof transports / sizeof transports[0]; i++) {
         struct record* r = connect_to(app, "device", transports[i], 1);
         WAIT_FOR(r->ended == 1, "transport %d not notified", transports[i]);
@@ -902,9 +901,10 @@ static void ask_datagram(struct record* r, const char* text)
     CHECK(0, "no echo of %s after three tries", text);
 }
 
-/* The UDP transport: each message one datagram, echoed; one above the
- * path's datagram size refused at once; the connection carries on. */
-static void datagrams(void)
+/* The transports besides QUIC. UDP: each message one datagram, echoed;
+ * one above the path's datagram size refused at once; the connection
+ * carries on. KCP: reliable and ordered like QUIC. */
+static void transports(void)
 {
     void* device = start("device", device_connected, NULL);
     void* app = start("app", NULL, NULL);
@@ -940,6 +940,19 @@ static void datagrams(void)
     struct record* q = open_to(app, "device", 1);
     CHECK(pr_connect_get_datagram_stats(q->handle, &stats) == -1, "QUIC connection");
     CHECK(strstr(pr_errno_mgs(q->handle), "UDP") != NULL, "%s", pr_errno_mgs(q->handle));
+
+    /* KCP: the welcome, then every answer, in order. */
+    struct record* k = connect_to(app, "device", PR_TRANSPORT_PROTOCOL_KCP, 1);
+    settled(k);
+    CHECK(k->connected == 1, "KCP connect: %s", k->error);
+    CHECK((pr_get_convention_number(k->handle) & 0xf) == PR_TRANSPORT_PROTOCOL_KCP, "transport %u",
+          pr_get_convention_number(k->handle) & 0xf);
+    ask(k, "I am fog data!", 2, "I know!");
+    for (int i = 0; i < 50; i++) {
+        char text[64];
+        snprintf(text, sizeof text, "kcp %d", i);
+        ask(k, text, 3 + i, text);
+    }
     pr_fogconnect_release(app);
     pr_fogconnect_release(device);
     every_record_ended_once();
@@ -963,7 +976,7 @@ int main(int argc, char** argv)
         { "events", events },
         { "serve_for_rust", serve_for_rust },
         { "connect_rust", connect_rust },
-        { "datagrams", datagrams },
+        { "transports", transports },
     };
     if (argc != 2) {
         fprintf(stderr, "usage: %s SCENARIO\n", argv[0]);

@@ -14,10 +14,11 @@ pub struct SendArgs {
     /// Service number (selects the plugin on the remote node).
     #[arg(long, default_value_t = 0)]
     service: u8,
-    /// Transport: QUIC (5: reliable, ordered), UDP (1: datagrams, which
-    /// may be lost; a reply that does not come is reported and the next
-    /// message sent), or RTC 0, UTP 2, KCP 3, SCTP 4 (refused with
-    /// "unsupported transport" until offered).
+    /// Transport: QUIC (5: reliable, ordered), KCP (3: reliable, ordered,
+    /// quicker to resend on lossy links), UDP (1: datagrams, which may be
+    /// lost; a reply that does not come is reported and the next message
+    /// sent), or RTC 0, UTP 2, SCTP 4 (refused with "unsupported
+    /// transport" until offered).
     #[arg(long, default_value = "QUIC")]
     transport: Transport,
     /// Send this raw convention number instead of --transport + --service.
@@ -75,6 +76,9 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
         );
         if let Some(max) = stats.max_datagram {
             line.push_str(&format!(", datagrams up to {max} bytes"));
+        }
+        if let Some(kcp) = stats.kcp {
+            line.push_str(&format!(", KCP session {:#010x}", kcp.conversation));
         }
         if let Some(t) = conn.traversal() {
             line.push_str(&format!(
