@@ -39,6 +39,10 @@ pub struct SendArgs {
     /// Pause between sends, in milliseconds.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     interval_ms: u64,
+    /// Keep up to this many messages sent and not yet answered (1: each
+    /// waits for the previous reply); replies are printed as they come.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pipeline: u32,
     /// The messages; each is sent and its reply printed on its own line.
     #[arg(required = true)]
     messages: Vec<String>,
@@ -95,30 +99,41 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
     let numbered = args.repeat > 1;
     let datagrams = fogconnect::Convention::from_raw(convention).is_ok_and(|c| c.transport() == Transport::Udp);
     let mut unanswered = 0u64;
-    for message in &args.messages {
-        for i in 0..args.repeat {
-            if args.interval_ms > 0 && (i > 0 || numbered) {
+    let mut texts = args.messages.iter().flat_map(|message| {
+        (0..args.repeat).map(move |i| if numbered { format!("{message} #{i}") } else { message.clone() })
+    });
+    // Sent and not answered yet, oldest first.
+    let mut waiting: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut sent = 0u64;
+    loop {
+        while waiting.len() < args.pipeline as usize {
+            let Some(text) = texts.next() else { break };
+            if args.interval_ms > 0 && (sent > 0 || numbered) {
                 tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
             }
-            let text = if numbered { format!("{message} #{i}") } else { message.clone() };
-            conn.send(text.clone().into_bytes()).context("send failed")?;
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                match tokio::time::timeout_at(deadline, conn.next_activity()).await {
-                    Ok(ConnectionActivity::Message(reply)) => {
-                        println!("{}", super::terminal_safe(&String::from_utf8_lossy(&reply)));
-                        break;
-                    }
-                    Ok(ConnectionActivity::Network(event)) if args.info => println!("event: {event}"),
-                    Ok(ConnectionActivity::Network(_)) => {}
-                    Ok(ConnectionActivity::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
-                    Err(_) if datagrams => {
-                        eprintln!("no reply to {text:?} within {} ms", args.reply_timeout_ms);
-                        unanswered += 1;
-                        break;
-                    }
-                    Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
+            conn.send_when_ready(text.clone().into_bytes()).await.context("send failed")?;
+            sent += 1;
+            waiting.push_back(text);
+        }
+        let Some(oldest) = waiting.front().cloned() else { break };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, conn.next_activity()).await {
+                Ok(ConnectionActivity::Message(reply)) => {
+                    println!("{}", super::terminal_safe(&String::from_utf8_lossy(&reply)));
+                    waiting.pop_front();
+                    break;
                 }
+                Ok(ConnectionActivity::Network(event)) if args.info => println!("event: {event}"),
+                Ok(ConnectionActivity::Network(_)) => {}
+                Ok(ConnectionActivity::Closed(reason)) => bail!("connection closed before a reply: {reason}"),
+                Err(_) if datagrams => {
+                    eprintln!("no reply to {oldest:?} within {} ms", args.reply_timeout_ms);
+                    unanswered += 1;
+                    waiting.pop_front();
+                    break;
+                }
+                Err(_) => bail!("no reply within {} ms", args.reply_timeout_ms),
             }
         }
     }
@@ -135,7 +150,6 @@ async fn exchange(node: &Node, args: &SendArgs) -> anyhow::Result<()> {
     }
     conn.close();
     if unanswered > 0 {
-        let sent = args.messages.len() as u64 * u64::from(args.repeat);
         bail!("{unanswered} of {sent} messages got no reply (UDP datagrams may be lost)");
     }
     Ok(())

@@ -497,9 +497,10 @@ impl Session {
                 }
                 TurnEvent::Data { peer, data } => {
                     // QUIC goes to quinn; STUN and DTLS (browsers reaching
-                    // this node's relayed candidate) to the side channel.
+                    // this node's relayed candidate) to the side channel,
+                    // KCP to its session.
                     match classify(data.first().copied().unwrap_or(0), false) {
-                        kind @ (PacketKind::Stun | PacketKind::Dtls) => {
+                        kind @ (PacketKind::Stun | PacketKind::Dtls | PacketKind::Kcp) => {
                             let to = self.relayed;
                             self.socket.deliver_side(SideDatagram {
                                 via: None,
