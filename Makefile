@@ -190,7 +190,7 @@ bench-nat: build-deps lab-deps browser-deps plugins
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for target in browser_input frame_decoder offer_checks plugin_manifest signal_messages stream_messages stun_messages turn_messages; do \
+	cd fuzz && for target in browser_input frame_decoder kcp_datagrams offer_checks plugin_manifest signal_messages stream_messages stun_messages turn_messages; do \
 		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

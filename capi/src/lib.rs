@@ -511,6 +511,27 @@ pub extern "C" fn pr_connect_close(pr_connect: *mut c_void) -> c_int {
     })
 }
 
+/// The counters of the established connection `pr_connect`, for a call
+/// whose out-pointer is NULL when `out_is_null`; `None` (with the reason
+/// set on the connection) for an invalid handle, one not connected yet or
+/// a NULL out-pointer.
+fn connected_stats(
+    pr_connect: *mut c_void,
+    out_is_null: bool,
+) -> Option<(std::sync::Arc<connection::ConnEntry>, fogconnect::ConnStats)> {
+    let entry = CONNECTIONS.get(pr_connect)?;
+    let Some(sender) = entry.state().sender.clone() else {
+        entry.fail("not connected yet: wait for PR_EVENT_CONNECTED");
+        return None;
+    };
+    if out_is_null {
+        entry.fail("stats is NULL");
+        return None;
+    }
+    let stats = sender.stats();
+    Some((entry, stats))
+}
+
 /// Extension `pr_connect_get_stats`.
 ///
 /// # Safety
@@ -518,16 +539,7 @@ pub extern "C" fn pr_connect_close(pr_connect: *mut c_void) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pr_connect_get_stats(pr_connect: *mut c_void, stats: *mut PrConnectStats) -> c_int {
     guard(-1, || {
-        let Some(entry) = CONNECTIONS.get(pr_connect) else { return -1 };
-        let Some(sender) = entry.state().sender.clone() else {
-            entry.fail("not connected yet: wait for PR_EVENT_CONNECTED");
-            return -1;
-        };
-        if stats.is_null() {
-            entry.fail("stats is NULL");
-            return -1;
-        }
-        let s = sender.stats();
+        let Some((_, s)) = connected_stats(pr_connect, stats.is_null()) else { return -1 };
         let filled = PrConnectStats {
             path: match s.path {
                 PathKind::Lan => 0,
@@ -556,16 +568,7 @@ pub unsafe extern "C" fn pr_connect_get_datagram_stats(
     stats: *mut PrConnectDatagramStats,
 ) -> c_int {
     guard(-1, || {
-        let Some(entry) = CONNECTIONS.get(pr_connect) else { return -1 };
-        let Some(sender) = entry.state().sender.clone() else {
-            entry.fail("not connected yet: wait for PR_EVENT_CONNECTED");
-            return -1;
-        };
-        if stats.is_null() {
-            entry.fail("stats is NULL");
-            return -1;
-        }
-        let s = sender.stats();
+        let Some((entry, s)) = connected_stats(pr_connect, stats.is_null()) else { return -1 };
         let Some(max) = s.max_datagram else {
             entry.fail("not a connection of the UDP transport: it has no datagrams");
             return -1;

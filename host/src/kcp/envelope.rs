@@ -18,17 +18,17 @@
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
 /// First byte of every KCP datagram.
-pub(crate) const FIRST_BYTE: u8 = 0x80;
+pub const FIRST_BYTE: u8 = 0x80;
 /// Bytes before the ciphertext.
-pub(crate) const HEADER_LEN: usize = 1 + 4 + 8;
+pub const HEADER_LEN: usize = 1 + 4 + 8;
 /// Bytes of the authentication tag after it.
-pub(crate) const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram adds to its KCP packet.
-pub(crate) const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 /// Bytes of keying material a session needs: a key and an IV per
 /// direction.
-pub(crate) const KEYING_MATERIAL_LEN: usize = 2 * (KEY_LEN + NONCE_LEN);
+pub const KEYING_MATERIAL_LEN: usize = 2 * (KEY_LEN + NONCE_LEN);
 const KEY_LEN: usize = 32;
 
 /// Packet numbers tracked behind the highest one seen.
@@ -36,7 +36,7 @@ const REPLAY_WINDOW: u64 = 1024;
 
 /// Why an incoming datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Rejected {
+pub enum Rejected {
     /// Too short for the header and tag, or not a KCP datagram.
     #[error("not a KCP datagram")]
     Malformed,
@@ -52,7 +52,7 @@ pub(crate) enum Rejected {
 }
 
 /// The conversation id a datagram names, if it is a KCP datagram at all.
-pub(crate) fn conversation_of(datagram: &[u8]) -> Option<u32> {
+pub fn conversation_of(datagram: &[u8]) -> Option<u32> {
     match datagram {
         [FIRST_BYTE, a, b, c, d, ..] if datagram.len() >= OVERHEAD => Some(u32::from_be_bytes([*a, *b, *c, *d])),
         _ => None,
@@ -84,7 +84,7 @@ impl Direction {
 }
 
 /// Seals this side's datagrams and opens the peer's, for one session.
-pub(crate) struct Envelope {
+pub struct Envelope {
     conversation: u32,
     seal: Direction,
     open: Direction,
@@ -103,7 +103,7 @@ impl Envelope {
     /// sides exported alike; the side that opened the connection
     /// (`dialler`) seals with the first half, the other with the second.
     /// `None` when the material is not [`KEYING_MATERIAL_LEN`] bytes.
-    pub(crate) fn new(conversation: u32, material: &[u8], dialler: bool) -> Option<Self> {
+    pub fn new(conversation: u32, material: &[u8], dialler: bool) -> Option<Self> {
         if material.len() != KEYING_MATERIAL_LEN {
             return None;
         }
@@ -119,7 +119,7 @@ impl Envelope {
     }
 
     /// `packet` sealed as the next datagram.
-    pub(crate) fn seal(&mut self, packet: &[u8]) -> Vec<u8> {
+    pub fn seal(&mut self, packet: &[u8]) -> Vec<u8> {
         let number = self.next_number;
         self.next_number += 1;
         let mut out = Vec::with_capacity(OVERHEAD + packet.len());
@@ -137,7 +137,7 @@ impl Envelope {
     }
 
     /// The KCP packet inside `datagram`, if it is authentic and new.
-    pub(crate) fn open<'a>(&mut self, datagram: &'a mut [u8]) -> Result<&'a [u8], Rejected> {
+    pub fn open<'a>(&mut self, datagram: &'a mut [u8]) -> Result<&'a [u8], Rejected> {
         if conversation_of(datagram) != Some(self.conversation) {
             return Err(if datagram.len() >= OVERHEAD { Rejected::Forged } else { Rejected::Malformed });
         }

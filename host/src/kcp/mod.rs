@@ -7,8 +7,8 @@
 //! - `session`: one session as a sans-IO state machine around the `kcp`
 //!   crate's core, carrying the same frames as a QUIC stream.
 
-pub(crate) mod envelope;
-pub(crate) mod session;
+pub mod envelope;
+pub mod session;
 
 pub use session::{KcpDrops, KcpError};
 

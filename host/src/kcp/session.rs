@@ -24,9 +24,9 @@ use super::envelope::{Envelope, OVERHEAD, Rejected};
 /// Largest sealed datagram: QUIC's minimum path size, so a KCP session
 /// goes wherever its link goes (a relay adds its 4-byte ChannelData
 /// header on top, as it does for QUIC).
-pub(crate) const MAX_DATAGRAM: usize = 1200;
+pub const MAX_DATAGRAM: usize = 1200;
 /// KCP's send and receive windows, in packets.
-pub(crate) const WINDOW: u16 = 256;
+pub const WINDOW: u16 = 256;
 /// KCP's internal clock.
 const INTERVAL_MS: i32 = 10;
 /// Duplicate acknowledgements that resend a packet at once.
@@ -75,14 +75,13 @@ pub enum KcpError {
     /// The peer sent what the framing does not allow.
     #[error("KCP stream: {0}")]
     Protocol(String),
-    /// KCP refused the message (it queues at most its window's worth of
-    /// packets beyond what is in flight... and nothing after an error).
+    /// KCP's core refused a message or a step of its clock.
     #[error("KCP send: {0}")]
     Send(String),
 }
 
 /// One KCP session.
-pub(crate) struct KcpSession {
+pub struct KcpSession {
     kcp: Kcp<Outbox>,
     outbox: Outbox,
     envelope: Envelope,
@@ -102,7 +101,7 @@ impl std::fmt::Debug for KcpSession {
 impl KcpSession {
     /// Session `conversation` sealed with `material` (see
     /// [`Envelope::new`]); messages up to `max_message_size`.
-    pub(crate) fn new(
+    pub fn new(
         conversation: u32,
         material: &[u8],
         dialler: bool,
@@ -137,12 +136,12 @@ impl KcpSession {
     }
 
     /// Queues one message; it leaves at once as far as the window allows.
-    pub(crate) fn send(&mut self, payload: &[u8], now: Instant) -> Result<(), KcpError> {
+    pub fn send(&mut self, payload: &[u8], now: Instant) -> Result<(), KcpError> {
         self.send_frame(&data_header(payload.len()), payload, now)
     }
 
     /// Queues a control frame (the close) behind the messages.
-    pub(crate) fn send_control(&mut self, frame: &Frame, now: Instant) -> Result<(), KcpError> {
+    pub fn send_control(&mut self, frame: &Frame, now: Instant) -> Result<(), KcpError> {
         self.send_frame(&[], &frame.encode(), now)
     }
 
@@ -163,12 +162,19 @@ impl KcpSession {
     ///
     /// # Errors
     /// The peer's stream broke the framing: the session cannot go on.
-    pub(crate) fn handle_datagram(&mut self, datagram: &mut [u8], now: Instant) -> Result<(), KcpError> {
+    pub fn handle_datagram(&mut self, datagram: &mut [u8], now: Instant) -> Result<(), KcpError> {
         self.kcp.update(self.clock(now)).map_err(|e| KcpError::Send(e.to_string()))?;
         let accepted = match self.envelope.open(datagram) {
             // The length check is KCP's own (shorter input is refused,
-            // never read).
-            Ok(packet) => self.kcp.input(packet).map(drop).map_err(|_| Rejected::Refused),
+            // never read). An authentic peer may still send anything: a
+            // panic of KCP's core on it ends this session, not the node.
+            Ok(packet) => {
+                let kcp = &mut self.kcp;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kcp.input(packet))) {
+                    Ok(result) => result.map(drop).map_err(|_| Rejected::Refused),
+                    Err(_) => return Err(KcpError::Protocol("KCP's core failed on the peer's packet".into())),
+                }
+            }
             Err(rejected) => Err(rejected),
         };
         match accepted {
@@ -178,8 +184,18 @@ impl KcpSession {
             Err(Rejected::Malformed | Rejected::Refused) => self.drops.malformed += 1,
         }
         self.kcp.flush().map_err(|e| KcpError::Send(e.to_string()))?;
-        while let Ok(n) = self.kcp.recv(&mut self.scratch) {
-            self.decoder.push(&self.scratch[..n]);
+        // Stream mode hands out a segment at a time; a peer's fragment
+        // flags may join up to a receive window's worth.
+        while let Ok(size) = self.kcp.peeksize() {
+            if size > self.scratch.len() {
+                self.scratch.resize(size, 0);
+            }
+            let (kcp, scratch) = (&mut self.kcp, &mut self.scratch);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kcp.recv(scratch))) {
+                Ok(Ok(n)) => self.decoder.push(&self.scratch[..n]),
+                Ok(Err(_)) => break,
+                Err(_) => return Err(KcpError::Protocol("KCP's core failed reading the peer's data".into())),
+            }
         }
         while let Some(frame) = self.decoder.next_frame().map_err(|e| KcpError::Protocol(e.to_string()))? {
             self.received.push_back(frame);
@@ -188,19 +204,19 @@ impl KcpSession {
     }
 
     /// The next frame received (a message, or the peer's close).
-    pub(crate) fn poll_frame(&mut self) -> Option<Frame> {
+    pub fn poll_frame(&mut self) -> Option<Frame> {
         self.received.pop_front()
     }
 
     /// The next sealed datagram to send to the peer.
-    pub(crate) fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let packet = self.outbox.take()?;
         Some(self.envelope.seal(&packet))
     }
 
     /// When [`KcpSession::handle_timeout`] must run next: only while data
     /// is unacknowledged (an idle session needs no timer).
-    pub(crate) fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         if self.kcp.wait_snd() == 0 {
             return None;
         }
@@ -209,17 +225,17 @@ impl KcpSession {
     }
 
     /// Resends what is due.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), KcpError> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), KcpError> {
         self.kcp.update(self.clock(now)).map_err(|e| KcpError::Send(e.to_string()))
     }
 
     /// Packets sent and not yet acknowledged, or not yet sent.
-    pub(crate) fn unacknowledged(&self) -> usize {
+    pub fn unacknowledged(&self) -> usize {
         self.kcp.wait_snd()
     }
 
     /// Datagrams dropped so far.
-    pub(crate) fn drops(&self) -> KcpDrops {
+    pub fn drops(&self) -> KcpDrops {
         self.drops
     }
 }

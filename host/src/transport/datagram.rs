@@ -192,7 +192,17 @@ impl DatagramRoutes {
     /// (a few) until [`Reservation::ready`]; dropping the reservation
     /// first frees the tag.
     pub(crate) fn reserve(self: &Arc<Self>, tag: u64) -> Reservation {
-        self.lock().insert(tag, Slot::Early(Vec::new()));
+        let mut slots = self.lock();
+        // Ended connections leave their slot behind: sweep them as the
+        // table doubles, so a long-lived link's table does not grow.
+        if slots.len() >= 64 && slots.len().is_power_of_two() {
+            slots.retain(|_, slot| match slot {
+                Slot::Ready(weak) => weak.strong_count() > 0,
+                Slot::Early(_) => true,
+            });
+        }
+        slots.insert(tag, Slot::Early(Vec::new()));
+        drop(slots);
         Reservation { routes: self.clone(), tag, done: false }
     }
 
