@@ -14,9 +14,8 @@ use super::link_watch::{LinkMonitor, LinkWatch, LinkWatches, sample_interval};
 use super::{ConnectError, NodeInner};
 use crate::convention::{Convention, Transport};
 use crate::transport::conn::{
-    self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, Owner, PathKind,
+    self, ConnMeta, ConnShared, ConnectionId, HandshakenStream, LiveConnections, MessageWay, Owner, PathKind,
 };
-use crate::transport::datagram::Reservation;
 use crate::transport::identity::{Fingerprint, peer_fingerprint};
 use crate::transport::kcp_conn::KcpSetup;
 use crate::transport::socket::canonical;
@@ -405,16 +404,8 @@ async fn answer(
         Ok(route) => route,
         Err((code, message)) => return refuse(send, code, message).await,
     };
-    // Routed before the accept leaves: the caller's first datagrams may
-    // overtake it.
-    let datagrams = match reserve_datagrams(&inner, &quic, convention, &send) {
-        Ok(reserved) => reserved,
-        Err(why) => return refuse(send, RefuseCode::UnsupportedTransport, why).await,
-    };
-    // Registered before the accept leaves, so the caller's first KCP
-    // datagrams find the session (a lost one would be resent anyway).
-    let kcp = match kcp_setup(&inner, &quic, convention, &send, false) {
-        Ok(setup) => setup,
+    let messages = match message_way(&inner, &quic, convention, &send, false) {
+        Ok(messages) => messages,
         Err(why) => return refuse(send, RefuseCode::UnsupportedTransport, why).await,
     };
     if send
@@ -431,8 +422,7 @@ async fn answer(
     let meta = ConnMeta { id: inner.next_connection_id(), peer_id, peer_verified, passive: true, convention, remote };
     tracing::debug!(id = meta.id.0, peer = %meta.peer_id, %convention, "connection accepted");
     let link_events = link_events(&inner, &quic, &meta.peer_id);
-    let stream =
-        HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams, kcp };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, messages };
     let (owner, announce) = (route.owner(), route.announces());
     let live = inner.links.live.enter().also(counted);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
@@ -470,11 +460,9 @@ pub(super) async fn open(
             return Err(ConnectError::LinkFull { limit: MAX_LINK_STREAMS });
         };
         let (mut send, mut recv) = quic.open_bi().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
-        // Routed before the request leaves: the answering side's first
-        // datagrams may overtake its accept.
-        let datagrams = match convention {
-            Ok(c) => reserve_datagrams(inner, &quic, c, &send).map_err(ConnectError::Protocol)?,
-            Err(_) => None,
+        let messages = match convention {
+            Ok(c) => message_way(inner, &quic, c, &send, true).map_err(ConnectError::Protocol)?,
+            Err(_) => MessageWay::Stream,
         };
         let request =
             Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
@@ -492,60 +480,46 @@ pub(super) async fn open(
         };
         let convention =
             convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
-        let kcp = kcp_setup(inner, &quic, convention, &send, true).map_err(ConnectError::Protocol)?;
-        Ok((quic, send, recv, decoder, peer_id, convention, opened, datagrams, kcp))
+        Ok((quic, send, recv, decoder, peer_id, convention, opened, messages))
     };
-    let (quic, send, recv, decoder, peer_id, convention, opened, datagrams, kcp) = tokio::select! {
+    let (quic, send, recv, decoder, peer_id, convention, opened, messages) = tokio::select! {
         _ = inner.shutdown.cancelled() => return Err(ConnectError::ShuttingDown),
         result = tokio::time::timeout(timeout, handshake) => result.map_err(|_| ConnectError::Timeout(timeout))??,
     };
     let (peer_id, peer_verified) = shown_peer_id(inner, peer_id, &quic);
     let link_events = link_events(inner, &quic, &peer_id);
     let meta = ConnMeta { id, peer_id, peer_verified, passive: false, convention, remote: addr };
-    let stream =
-        HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, datagrams, kcp };
+    let stream = HandshakenStream { quic, socket: inner.socket.clone(), send, recv, decoder, link_events, messages };
     let live = inner.links.live.enter().also(opened);
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
     inner.links.register(&shared);
     Ok(shared)
 }
 
-/// For a connection of the UDP transport, reserves its stream's tag on
-/// the link's datagram routes; nothing for other transports.
-///
-/// # Errors
-/// Why the link cannot carry the connection's datagrams.
-fn reserve_datagrams(
-    inner: &NodeInner,
-    quic: &quinn::Connection,
-    convention: Convention,
-    send: &quinn::SendStream,
-) -> Result<Option<Reservation>, String> {
-    if convention.transport() != Transport::Udp {
-        return Ok(None);
-    }
-    if quic.max_datagram_size().is_none() {
-        return Err("unsupported transport: UDP: the link between the nodes carries no datagrams".into());
-    }
-    Ok(Some(inner.links.watches.of(quic).datagrams.reserve(u64::from(send.id()))))
-}
-
-/// For a connection of the KCP transport, its session (keys and
+/// How the connection on the stream `send` carries its messages, set up
+/// before this side's request or accept leaves (the other side's first
+/// datagrams may overtake the answer): for UDP its stream's tag reserved
+/// on the link's datagram routes, for KCP its session (keys and
 /// conversation id exported from the link's TLS session, bound to the
-/// stream), registered on the node's socket; nothing for other transports.
+/// stream) registered on the node's socket.
 ///
 /// # Errors
-/// Why the link cannot carry the session.
-fn kcp_setup(
+/// Why the link cannot carry the connection's transport.
+fn message_way(
     inner: &NodeInner,
     quic: &quinn::Connection,
     convention: Convention,
     send: &quinn::SendStream,
     dialler: bool,
-) -> Result<Option<KcpSetup>, String> {
-    if convention.transport() != Transport::Kcp {
-        return Ok(None);
-    }
+) -> Result<MessageWay, String> {
     let stream = u64::from(send.id());
-    KcpSetup::new(quic, &inner.socket, stream, dialler, inner.config.max_message_size).map(Some)
+    match convention.transport() {
+        Transport::Udp if quic.max_datagram_size().is_none() => {
+            Err("unsupported transport: UDP: the link between the nodes carries no datagrams".into())
+        }
+        Transport::Udp => Ok(MessageWay::Datagrams(inner.links.watches.of(quic).datagrams.reserve(stream))),
+        Transport::Kcp => KcpSetup::new(quic, &inner.socket, stream, dialler, inner.config.max_message_size)
+            .map(|setup| MessageWay::Kcp(Box::new(setup))),
+        _ => Ok(MessageWay::Stream),
+    }
 }

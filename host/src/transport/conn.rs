@@ -700,11 +700,21 @@ pub struct HandshakenStream {
     /// The link's network events, passed on to the owner in order with
     /// the messages (`None`: the link has no monitor).
     pub link_events: Option<broadcast::Receiver<NetworkEvent>>,
-    /// UDP transport: the stream's tag, reserved on the link's datagram
-    /// routes (`None`: messages travel on the stream).
-    pub(crate) datagrams: Option<Reservation>,
-    /// KCP transport: the session (`None`: messages travel on the stream).
-    pub(crate) kcp: Option<KcpSetup>,
+    /// How the connection's messages travel.
+    pub(crate) messages: MessageWay,
+}
+
+/// How a connection's messages travel, set up before its handshake ends.
+#[derive(Debug)]
+pub(crate) enum MessageWay {
+    /// On its stream (QUIC).
+    Stream,
+    /// As the link's datagrams, under the stream's tag reserved on the
+    /// link's datagram routes (UDP).
+    Datagrams(Reservation),
+    /// In a KCP session on the node's socket (KCP); boxed, as the
+    /// session's state is large beside the other ways.
+    Kcp(Box<KcpSetup>),
 }
 
 /// Starts the reader and writer tasks of an established connection. With
@@ -718,34 +728,38 @@ pub async fn establish(
     announce: bool,
     live: LiveGuard,
 ) -> Arc<ConnShared> {
-    let HandshakenStream { quic, socket, send, recv, decoder, link_events, datagrams, kcp } = stream;
-    let path = datagrams.as_ref().map(|reserved| DatagramPath::new(reserved.tag()));
-    let counters = kcp.as_ref().map(|setup| Arc::new(KcpCounters::new(setup.conversation())));
-    let carrier = Carrier::Quic { quic: quic.clone(), socket: socket.clone(), datagrams: path, kcp: counters.clone() };
+    let HandshakenStream { quic, socket, send, recv, decoder, link_events, messages } = stream;
+    let (path, counters) = match &messages {
+        MessageWay::Stream => (None, None),
+        MessageWay::Datagrams(reserved) => (Some(DatagramPath::new(reserved.tag())), None),
+        MessageWay::Kcp(setup) => (None, Some(setup.counters())),
+    };
+    let carrier = Carrier::Quic { quic: quic.clone(), socket: socket.clone(), datagrams: path, kcp: counters };
     let (shared, outbound_rx) = ConnShared::new(meta, carrier, limits, owner);
     if announce && shared.owner.send(ConnEvent::Opened(shared.clone())).await.is_err() {
         shared.fail("service stopped");
     }
-    // After `Opened`: the owner knows the connection before its datagrams.
-    if let Some(reserved) = datagrams {
-        reserved.ready(&shared);
-    }
-    if let (Some(setup), Some(counters)) = (kcp, counters) {
-        let task = KcpTask {
-            shared: shared.clone(),
-            setup,
-            counters,
-            quic,
-            socket,
-            send,
-            recv,
-            outbound: outbound_rx,
-            link_events,
-            close_grace: limits.close_grace,
-            live,
-        };
-        tokio::spawn(task.run());
-        return shared;
+    match messages {
+        MessageWay::Stream => {}
+        // After `Opened`: the owner knows the connection before its
+        // datagrams.
+        MessageWay::Datagrams(reserved) => reserved.ready(&shared),
+        MessageWay::Kcp(setup) => {
+            let task = KcpTask {
+                shared: shared.clone(),
+                setup: *setup,
+                quic,
+                socket,
+                send,
+                recv,
+                outbound: outbound_rx,
+                link_events,
+                close_grace: limits.close_grace,
+                live,
+            };
+            tokio::spawn(task.run());
+            return shared;
+        }
     }
     tokio::spawn(read_loop(shared.clone(), recv, decoder, link_events));
     tokio::spawn(write_loop(shared.clone(), send, outbound_rx, live));

@@ -37,7 +37,7 @@ const MAX_QUEUED_PACKETS: usize = 2 * WINDOW as usize;
 pub(crate) struct KcpSetup {
     session: KcpSession,
     registration: KcpRegistration,
-    conversation: u32,
+    counters: Arc<KcpCounters>,
 }
 
 impl KcpSetup {
@@ -65,12 +65,12 @@ impl KcpSetup {
             .ok_or_else(|| format!("KCP conversation {conversation:#010x} is in use on this node; connect again"))?;
         let session = KcpSession::new(conversation, keys, dialler, max_message_size, Instant::now())
             .map_err(|e| e.to_string())?;
-        Ok(Self { session, registration, conversation })
+        Ok(Self { session, registration, counters: Arc::new(KcpCounters::new(conversation)) })
     }
 
-    /// The session's conversation id.
-    pub(crate) fn conversation(&self) -> u32 {
-        self.conversation
+    /// The session's counters, which the connection's `stats` reads.
+    pub(crate) fn counters(&self) -> Arc<KcpCounters> {
+        self.counters.clone()
     }
 }
 
@@ -84,7 +84,7 @@ pub(crate) struct KcpCounters {
 }
 
 impl KcpCounters {
-    pub(crate) fn new(conversation: u32) -> Self {
+    fn new(conversation: u32) -> Self {
         Self { conversation, forged: AtomicU64::new(0), replayed: AtomicU64::new(0), malformed: AtomicU64::new(0) }
     }
 
@@ -111,7 +111,6 @@ impl KcpCounters {
 pub(crate) struct KcpTask {
     pub(crate) shared: Arc<ConnShared>,
     pub(crate) setup: KcpSetup,
-    pub(crate) counters: Arc<KcpCounters>,
     pub(crate) quic: quinn::Connection,
     pub(crate) socket: Arc<FogSocket>,
     pub(crate) send: quinn::SendStream,
@@ -205,7 +204,7 @@ impl KcpTask {
     /// Takes one datagram from the socket and delivers what it completed.
     async fn received(&mut self, mut datagram: Vec<u8>) -> Step {
         let handled = self.setup.session.handle_datagram(&mut datagram, Instant::now());
-        self.counters.store(self.setup.session.drops());
+        self.setup.counters.store(self.setup.session.drops());
         if let Err(e) = handled {
             let reason = e.to_string();
             self.shared.fail(reason.clone());

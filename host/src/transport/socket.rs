@@ -389,6 +389,16 @@ impl KcpRoutes {
     }
 }
 
+/// Where a datagram that is not QUIC goes, from any of the node's sockets
+/// or its relay: KCP to its conversation's session, the rest to the side
+/// channel. False when it was dropped.
+fn deliver_not_quic(side: &mpsc::Sender<SideDatagram>, kcp: &KcpRoutes, datagram: SideDatagram) -> bool {
+    match datagram.kind {
+        PacketKind::Kcp => kcp.deliver(datagram.data),
+        _ => side.try_send(datagram).is_ok(),
+    }
+}
+
 impl fmt::Debug for FogSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FogSocket").field("local", &self.io.local_addr().ok()).finish_non_exhaustive()
@@ -523,8 +533,7 @@ impl FogSocket {
                         quic.try_send((presented, data)).is_ok()
                     }
                     PacketKind::Unknown => false,
-                    PacketKind::Kcp => kcp.deliver(data),
-                    kind => side.try_send(SideDatagram { via: Some(id), from, to: None, kind, data }).is_ok(),
+                    kind => deliver_not_quic(&side, &kcp, SideDatagram { via: Some(id), from, to: None, kind, data }),
                 };
                 let counter = if sent { &counters.side } else { &counters.dropped };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -716,10 +725,7 @@ impl FogSocket {
     /// node's socket, or another way: through the relay). Dropped when the
     /// side channel is full.
     pub fn deliver_side(&self, datagram: SideDatagram) {
-        let sent = match datagram.kind {
-            PacketKind::Kcp => self.kcp.deliver(datagram.data),
-            _ => self.side.try_send(datagram).is_ok(),
-        };
+        let sent = deliver_not_quic(&self.side, &self.kcp, datagram);
         let counter = if sent { &self.counters.side } else { &self.counters.dropped };
         counter.fetch_add(1, Ordering::Relaxed);
     }
