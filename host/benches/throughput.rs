@@ -23,30 +23,15 @@ mod common;
 mod natlab;
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use fogconnect::{ConnectionEvent, Node, Transport};
+use natlab::inprocess::runtime_in;
 use natlab::{LINK_APP, Lab};
 
 /// Size of each bulk message.
 const MESSAGE: usize = 16 * 1024;
-
-/// A multi-thread tokio runtime whose threads live in network namespace
-/// `ns` (threads inherit the namespace of the thread that starts them), so
-/// the sockets its nodes bind are on that namespace's link.
-fn runtime_in(ns: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with an open namespace
-        // descriptor; the runtime's threads start from this one.
-        anyhow::ensure!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns");
-        Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
-}
 
 /// This process's CPU time (user and system), in seconds.
 fn cpu_seconds() -> anyhow::Result<f64> {

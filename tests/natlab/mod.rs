@@ -15,6 +15,8 @@
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod impair;
+pub mod inprocess;
 pub mod link;
 
 use std::io::{BufRead, BufReader};
@@ -273,6 +275,9 @@ pub struct Lab {
     relay_pid: Option<u32>,
     /// Delay stages in the lab's namespaces (stopped before they go).
     forwarders: Vec<delay::DelayForwarder>,
+    /// The impairment stage of [`Lab::impaired_link`] (stopped before the
+    /// namespaces go, so its TAP devices go with it).
+    stage: Option<impair::ImpairedWire>,
 }
 
 /// A line-reading child process.
@@ -355,19 +360,24 @@ impl Proc {
 }
 
 impl Lab {
-    /// Builds the namespaces, links and routers for a side A behind `a` and
-    /// a side B behind `b`.
-    pub fn new(a: NatKind, b: NatKind) -> anyhow::Result<Self> {
-        let prefix = format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
-        let mut lab = Lab {
-            prefix,
+    /// A lab with nothing in it yet, under a prefix of its own.
+    fn empty(kinds: (NatKind, NatKind)) -> Self {
+        Lab {
+            prefix: format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed)),
             namespaces: Vec::new(),
             children: Vec::new(),
-            kinds: (a, b),
+            kinds,
             stun_started: false,
             relay_pid: None,
             forwarders: Vec::new(),
-        };
+            stage: None,
+        }
+    }
+
+    /// Builds the namespaces, links and routers for a side A behind `a` and
+    /// a side B behind `b`.
+    pub fn new(a: NatKind, b: NatKind) -> anyhow::Result<Self> {
+        let mut lab = Lab::empty((a, b));
         lab.build().with_context(|| format!("building the NAT lab {} × {}", a.name(), b.name()))?;
         Ok(lab)
     }
@@ -387,18 +397,30 @@ impl Lab {
     }
 
     fn with_link(rate: Option<&str>) -> anyhow::Result<Self> {
-        let prefix = format!("fcl{}x{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
-        let mut lab = Lab {
-            prefix,
-            namespaces: Vec::new(),
-            children: Vec::new(),
-            kinds: (NatKind::Open, NatKind::Open),
-            stun_started: false,
-            relay_pid: None,
-            forwarders: Vec::new(),
-        };
+        let mut lab = Lab::empty((NatKind::Open, NatKind::Open));
         lab.build_link(rate).with_context(|| format!("building a {} link", rate.unwrap_or("plain")))?;
         Ok(lab)
+    }
+
+    /// Two namespaces, `dev` and `app`, joined on 198.51.100.0/24 by a wire
+    /// through the impairment stage ([`impair::ImpairedWire`], MTU 1500),
+    /// which delays, jitters and drops frames each way as `impairment`
+    /// says ([`Lab::stage`] changes it).
+    pub fn impaired_link(impairment: impair::Impairment) -> anyhow::Result<Self> {
+        let mut lab = Lab::empty((NatKind::Open, NatKind::Open));
+        let (dev, app) = (lab.add_ns("dev")?, lab.add_ns("app")?);
+        let stage = impair::ImpairedWire::start((&dev, "va"), (&app, "vb"), impairment).context("impairment stage")?;
+        lab.stage = Some(stage);
+        for (ns, dev, addr) in [(&dev, "va", LINK_DEVICE), (&app, "vb", LINK_APP)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(lab)
+    }
+
+    /// The impairment stage of a lab made by [`Lab::impaired_link`].
+    pub fn stage(&self) -> anyhow::Result<&impair::ImpairedWire> {
+        self.stage.as_ref().context("this lab has no impairment stage")
     }
 
     fn build_link(&mut self, rate: Option<&str>) -> anyhow::Result<()> {
@@ -815,6 +837,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.forwarders.clear();
+        self.stage = None;
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();

@@ -130,7 +130,9 @@ impl Connection {
 
     /// Queues one message, waiting while the send buffer is full (the
     /// transport drains it as the remote side takes data): how a sender
-    /// keeps up with the path without polling.
+    /// keeps up with the path without polling. On a UDP connection it
+    /// waits for room in the queue of datagrams not yet sent, where
+    /// [`Connection::send`] would drop the oldest queued one.
     ///
     /// # Errors
     /// [`SendError::TooLarge`] above the maximum message size,
@@ -226,6 +228,9 @@ impl ConnectionSender {
     /// As [`Connection::send_when_ready`].
     pub async fn send_when_ready(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
         let data = data.into();
+        if let Some(sent) = self.shared.send_datagram_when_ready(&data).await {
+            return sent;
+        }
         loop {
             match self.shared.send(data.clone()) {
                 Err(SendError::BufferFull { limit }) => {

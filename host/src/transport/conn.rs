@@ -423,21 +423,44 @@ impl ConnShared {
     /// Sends `data` as one datagram at once (quinn queues it; when its
     /// queue is full it drops the oldest, which the peer counts lost).
     fn send_datagram(&self, quic: &quinn::Connection, path: &DatagramPath, data: &[u8]) -> Result<(), SendError> {
-        let max = self.max_message_size();
-        if data.len() > max {
-            return Err(SendError::TooLarge { len: data.len(), max });
+        self.check_datagram_size(data.len())?;
+        self.datagram_queued(data.len(), quic.send_datagram(path.encode(data)))
+    }
+
+    /// For a connection carried in datagrams: sends `data` as one datagram
+    /// once quinn's datagram queue has room for it, rather than dropping
+    /// the oldest queued one; how `ConnectionSender::send_when_ready` keeps a
+    /// datagram sender to the path's pace. `None` for other carriers.
+    pub(crate) async fn send_datagram_when_ready(&self, data: &[u8]) -> Option<Result<(), SendError>> {
+        let Carrier::Quic { quic, datagrams: Some(path), .. } = &self.carrier else { return None };
+        if self.is_closed() {
+            return Some(Err(SendError::Closed));
         }
-        match quic.send_datagram(path.encode(data)) {
+        if let Err(e) = self.check_datagram_size(data.len()) {
+            return Some(Err(e));
+        }
+        let queued = tokio::select! {
+            queued = quic.send_datagram_wait(path.encode(data)) => queued,
+            _ = self.cancel.cancelled() => return Some(Err(SendError::Closed)),
+        };
+        Some(self.datagram_queued(data.len(), queued))
+    }
+
+    fn check_datagram_size(&self, len: usize) -> Result<(), SendError> {
+        let max = self.max_message_size();
+        if len > max { Err(SendError::TooLarge { len, max }) } else { Ok(()) }
+    }
+
+    /// Counts a datagram of `len` bytes quinn took, or says why it did not.
+    fn datagram_queued(&self, len: usize, queued: Result<(), quinn::SendDatagramError>) -> Result<(), SendError> {
+        match queued {
             Ok(()) => {
-                self.bytes_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
                 self.messages_sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             // The path's datagram size shrank between the check and the send.
-            Err(quinn::SendDatagramError::TooLarge) => {
-                let max = self.max_message_size();
-                Err(SendError::TooLarge { len: data.len(), max })
-            }
+            Err(quinn::SendDatagramError::TooLarge) => Err(SendError::TooLarge { len, max: self.max_message_size() }),
             Err(_) => Err(SendError::Closed),
         }
     }
