@@ -177,10 +177,12 @@ bench: build-deps lab-deps c-deps browser-deps plugins
 
 ## bench-nat: time to connect per NAT pair in the NAT lab, probes used by
 ## birthday probing, the adaptive stream plugin's settle time on a
-## rate-limited link, recovery from network changes, and throughput on a
-## veth link against iperf3 (root)
+## rate-limited link, recovery from network changes, throughput on a
+## veth link against iperf3, and QUIC, KCP and UDP compared under loss
+## through the lab's impairment stage (root)
 bench-nat: build-deps lab-deps browser-deps plugins
 	$(CARGO) bench -p fogconnect --bench throughput
+	$(CARGO) bench -p fogconnect --bench transports
 	$(CARGO) bench -p fogconnect --bench nat_lab
 	$(CARGO) bench -p fogconnect --bench stream_lab
 	$(CARGO) bench -p fogconnect --bench recovery

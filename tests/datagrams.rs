@@ -147,3 +147,66 @@ async fn a_plugin_serves_the_udp_transport_through_its_usual_callbacks() -> anyh
     device.shutdown().await;
     Ok(())
 }
+
+/// Asks the probe plugin for its transport counters ("transport N") until
+/// an answer comes (the question or the answer may be lost), two seconds
+/// per try, at most five tries; returns the question's number and the
+/// answer.
+async fn ask_transport(conn: &mut Connection) -> anyhow::Result<(u64, String)> {
+    for number in 1..=5u64 {
+        conn.send(format!("transport {number}").into_bytes())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(event) = tokio::time::timeout_at(deadline, conn.recv()).await {
+            match event {
+                ConnectionEvent::Message(answer) => {
+                    let answer = String::from_utf8_lossy(&answer).into_owned();
+                    if answer.starts_with("answer=") {
+                        return Ok((number, answer));
+                    }
+                }
+                ConnectionEvent::Closed(reason) => bail!("closed: {reason}"),
+            }
+        }
+    }
+    bail!("no answer to five questions")
+}
+
+/// A number after `key=` in `text`.
+fn number_after(text: &str, key: &str) -> anyhow::Result<u64> {
+    let prefix = format!("{key}=");
+    let word =
+        text.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).with_context(|| format!("{key} in {text}"))?;
+    Ok(word.parse()?)
+}
+
+/// A plugin reads its UDP connection's counters: what one datagram
+/// carries, as the caller sees it, and the datagrams it did not get out of
+/// a burst larger than its queue and the link's, which with the ones it
+/// got make up every datagram sent before the question it answers.
+#[tokio::test]
+async fn a_plugin_reads_the_datagrams_lost_to_it() -> anyhow::Result<()> {
+    let device = node_with("device", &[(3, "test-probe")]).await?;
+    let app = node_with("app", &[]).await?;
+    let mut conn = app.connect(device.local_addr(), Transport::Udp, 3).await?;
+    let burst = 5_000u64;
+    for i in 0..burst {
+        let mut datagram = format!("{i:08}").into_bytes();
+        datagram.resize(100, b'.');
+        conn.send(datagram)?;
+    }
+    let (question, answer) = ask_transport(&mut conn).await?;
+    println!("{answer}");
+    ensure!(answer.contains(" datagrams max="), "{answer}");
+    let (received, lost) = (number_after(&answer, "received")?, number_after(&answer, "lost")?);
+    ensure!(lost > 0, "nothing lost of {burst}: {answer}");
+    ensure!(received + lost == burst + question, "{received} received + {lost} lost ≠ {burst} + {question} sent");
+    let max = number_after(&answer, "max")?;
+    ensure!((1_000..=1_500).contains(&max), "max datagram {max}");
+    // On a QUIC connection there is nothing more to count.
+    let mut stream = app.connect(device.local_addr(), Transport::Quic, 3).await?;
+    let (_, answer) = ask_transport(&mut stream).await?;
+    ensure!(answer.ends_with(" stream"), "{answer}");
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}

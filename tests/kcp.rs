@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::{WAIT, ask, closed_within, config, message, node_with, node_with_config};
+use common::{WAIT, ask, ask_until, closed_within, config, message, node_with, node_with_config};
 use fogconnect::{CloseKind, ConnectionEvent, Incoming, KcpDrops, NodeConfig, Transport};
 use tokio::net::UdpSocket;
 
@@ -217,6 +217,26 @@ async fn a_peer_that_vanished_ends_the_session_with_a_timeout() -> anyhow::Resul
         Ok(ConnectionEvent::Message(m)) => bail!("a message from a vanished peer: {m:?}"),
         Err(_) => bail!("no close within {WAIT:?}"),
     }
+    app.shutdown().await;
+    device.shutdown().await;
+    Ok(())
+}
+
+/// A plugin reads its KCP connection's counters: the session's
+/// conversation id, the caller's, and a replayed datagram it was spared.
+#[tokio::test]
+async fn a_plugin_reads_its_kcp_sessions_counters() -> anyhow::Result<()> {
+    let device = node_with("device", &[(3, "test-probe")]).await?;
+    let app = node_with("app", &[]).await?;
+    let forwarder = Forwarder::start(device.local_addr()).await?;
+    let mut conn = app.connect(forwarder.addr()?, Transport::Kcp, 3).await?;
+    let conversation = conn.stats().kcp.context("stats")?.conversation;
+    let first = ask(&mut conn, "transport 1").await?;
+    let expected = format!("answer=1 received=1 kcp conversation={conversation} forged=0 replayed=0 malformed=0");
+    ensure!(first == expected, "{first}");
+    let original = forwarder.kept().last().context("a KCP datagram passed the forwarder")?.clone();
+    forwarder.inject(&original).await?;
+    ask_until(&mut conn, "transport 2", |answer| answer.ends_with("forged=0 replayed=1 malformed=0")).await?;
     app.shutdown().await;
     device.shutdown().await;
     Ok(())

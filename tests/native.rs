@@ -8,7 +8,9 @@ use anyhow::{Context, bail, ensure};
 use common::{WAIT, ask, closed_within, config, message, node_with};
 use fogconnect::signal::server::{SignalServer, SignalServerConfig};
 use fogconnect::signal::token;
-use fogconnect::{CloseKind, ConnectError, ConnectionEvent, Incoming, Node, NodeError, RefuseCode, Transport};
+use fogconnect::{
+    CloseKind, ConnectError, ConnectionEvent, Convention, Incoming, Node, NodeError, RefuseCode, Transport,
+};
 
 /// Accepts connections and answers each message with `prefix` + message,
 /// until the connection ends; returns how each one ended.
@@ -157,13 +159,25 @@ async fn transports_not_offered_are_refused_with_the_reason() -> anyhow::Result<
             other => bail!("{transport}: {other:?}"),
         }
     }
-    // An unknown code reaches the device, which refuses it.
+    // Sent as given, each reaches the device, which refuses it the same way.
+    for transport in [Transport::Rtc, Transport::Utp, Transport::Sctp] {
+        match app.connect_raw(device.local_addr(), Convention::new(transport, 1).raw(), None).await {
+            Err(ConnectError::Refused { code: RefuseCode::UnsupportedTransport, message }) => {
+                let expected = format!("unsupported transport: {transport} (code {})", transport.code());
+                ensure!(message.starts_with(&expected), "{message}")
+            }
+            other => bail!("{transport} sent as given: {other:?}"),
+        }
+    }
+    // So is an unknown code.
     match app.connect_raw(device.local_addr(), 0x17, None).await {
         Err(ConnectError::Refused { code: RefuseCode::UnsupportedTransport, message }) => {
             ensure!(message.starts_with("unsupported transport"), "{message}")
         }
         other => bail!("code 7: {other:?}"),
     }
+    // The device serves on.
+    ensure!(app.connect(device.local_addr(), Transport::Quic, 1).await.is_ok(), "QUIC after the refusals");
     app.shutdown().await;
     device.shutdown().await;
     Ok(())

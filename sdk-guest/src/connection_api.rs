@@ -101,6 +101,19 @@ macro_rules! connection_api {
             pub fn stats(self) -> Result<ConnectionStats, ConnError> {
                 host::stats(self.0)
             }
+
+            /// What the connection's transport counts beyond
+            /// [`stats`](Self::stats): a UDP connection's datagram size and
+            /// datagrams lost, a KCP session's drops (see
+            /// [`crate::transport`]; the plugin then imports
+            /// `fogconnect:transport/stats@0.1.0`).
+            ///
+            /// # Errors
+            /// [`crate::transport::StatsError::UnknownConnection`] when the
+            /// connection has ended.
+            pub fn transport_stats(self) -> Result<$crate::transport::TransportStats, $crate::transport::StatsError> {
+                $crate::transport::stats(self.0)
+            }
         }
 
         /// Starts a connection to `peer` (a `host:port` address or a peer

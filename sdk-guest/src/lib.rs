@@ -43,6 +43,7 @@ mod connection_api;
 mod stream_api;
 pub mod handoff;
 pub mod stream;
+pub mod transport;
 pub mod v0_2;
 
 /// Generated bindings of the `fogconnect:plugin/service` world. Plugins do not

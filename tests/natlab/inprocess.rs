@@ -41,6 +41,16 @@ pub fn join<T>(thread: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Re
     thread.join().map_err(|_| anyhow::anyhow!("a namespace thread panicked"))?
 }
 
+/// The nodes' send buffer per connection: small, so the backlog a
+/// transfer leaves drains in seconds even on a slow, lossy path (the
+/// default, 8 MiB, takes a minute and more at 1 Mbit/s).
+pub const SEND_BUFFER: usize = 256 << 10;
+
+/// The configuration of both nodes.
+fn config() -> fogconnect::NodeConfig {
+    fogconnect::NodeConfig { send_buffer: SEND_BUFFER, ..crate::common::config() }
+}
+
 /// A multi-thread tokio runtime whose threads live in network namespace
 /// `ns` (threads inherit the namespace of the thread that starts them), so
 /// the sockets its nodes bind are on that namespace's link.
@@ -49,7 +59,8 @@ pub fn runtime_in(ns: &str) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The two nodes of a link lab: `app` serving [`ECHO`] and [`COUNT`], and
-/// `dev` connecting to it.
+/// `dev` connecting to it. Each has a send buffer of [`SEND_BUFFER`] per
+/// connection.
 pub struct LinkNodes {
     app_rt: tokio::runtime::Runtime,
     dev_rt: tokio::runtime::Runtime,
@@ -67,7 +78,7 @@ impl LinkNodes {
         // Spawned, not run by `block_on`: the runtime's own threads are in
         // the namespace, the calling thread is not.
         let app = app_rt.block_on(app_rt.spawn(async move {
-            let builder = Node::builder().config(crate::common::config()).node_id("app").listen(app_addr);
+            let builder = Node::builder().config(config()).node_id("app").listen(app_addr);
             let mut echo = builder.incoming(ECHO)?;
             let mut count = builder.incoming(COUNT)?;
             let app = builder.start().await?;
@@ -85,7 +96,7 @@ impl LinkNodes {
         }))??;
         let dev = dev_rt.block_on(dev_rt.spawn(async move {
             let listen: SocketAddr = format!("{LINK_DEVICE}:0").parse()?;
-            anyhow::Ok(Node::builder().config(crate::common::config()).node_id("dev").listen(listen).start().await?)
+            anyhow::Ok(Node::builder().config(config()).node_id("dev").listen(listen).start().await?)
         }))??;
         Ok(Self { app_rt, dev_rt, app, dev: Arc::new(dev), app_addr })
     }
@@ -217,9 +228,12 @@ pub struct Transfer {
 }
 
 /// Sends messages of `size` bytes on `conn` (to [`COUNT`]) as fast as it
-/// takes them for `length`, then asks for the count (again every `ask`
-/// until answered, since on UDP the question may be lost).
-pub async fn transfer(conn: &mut Connection, size: usize, length: Duration, ask: Duration) -> anyhow::Result<Transfer> {
+/// takes them for `length`, then asks for the count: on a reliable
+/// transport once, the answer coming when what was sent has arrived (at
+/// most 2 minutes); on UDP again every 500 ms until answered (at most 20
+/// times), since the question or the answer may be lost.
+pub async fn transfer(conn: &mut Connection, size: usize, length: Duration) -> anyhow::Result<Transfer> {
+    let reliable = conn.convention().transport() != Transport::Udp;
     let payload = bytes::Bytes::from(vec![0x5A; size]);
     let until = Instant::now() + length;
     let mut sent = 0u64;
@@ -227,9 +241,10 @@ pub async fn transfer(conn: &mut Connection, size: usize, length: Duration, ask:
         conn.send_when_ready(payload.clone()).await.context("transfer")?;
         sent += size as u64;
     }
-    for _ in 0..100 {
+    let (questions, wait) = if reliable { (1, Duration::from_secs(120)) } else { (20, Duration::from_millis(500)) };
+    for _ in 0..questions {
         conn.send_when_ready(bytes::Bytes::new()).await.context("asking for the count")?;
-        match tokio::time::timeout(ask, conn.recv()).await {
+        match tokio::time::timeout(wait, conn.recv()).await {
             Ok(ConnectionEvent::Message(answer)) if answer.len() == 16 => {
                 let arrived = u64::from_be_bytes(answer[..8].try_into()?);
                 let micros = u64::from_be_bytes(answer[8..].try_into()?);
@@ -241,5 +256,5 @@ pub async fn transfer(conn: &mut Connection, size: usize, length: Duration, ask:
             Err(_) => {}
         }
     }
-    bail!("no count after 100 questions")
+    bail!("no count after {questions} question(s), {wait:?} each")
 }

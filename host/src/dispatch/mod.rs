@@ -295,3 +295,35 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refusal for `transport` asked for over a `carrier` link, if the
+    /// refusal is for the transport.
+    fn transport_refusal(carrier: Transport, transport: Transport) -> Option<String> {
+        match locate(&Table::default(), Convention::new(transport, 1), carrier) {
+            Err((RefuseCode::UnsupportedTransport, message)) => Some(message),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_transport_code_is_served_or_refused_by_the_link_it_comes_over() {
+        for transport in Transport::ALL {
+            let over_quic = transport_refusal(Transport::Quic, transport);
+            let over_rtc = transport_refusal(Transport::Rtc, transport);
+            match transport {
+                // Past the transport check: refused only for the empty table.
+                Transport::Quic | Transport::Udp | Transport::Kcp => assert_eq!(over_quic, None, "{transport}"),
+                _ => {
+                    let message = over_quic.unwrap_or_default();
+                    let expected = format!("unsupported transport: {transport} (code {})", transport.code());
+                    assert!(message.starts_with(&expected), "{transport}: {message}");
+                }
+            }
+            assert_eq!(over_rtc.is_none(), transport == Transport::Rtc, "{transport} over RTC");
+        }
+    }
+}

@@ -442,12 +442,9 @@ pub(super) async fn open(
     owner: Owner,
     announce: bool,
 ) -> Result<Arc<ConnShared>, ConnectError> {
+    // A number this node cannot carry is sent as given all the same (see
+    // `Node::connect_raw`); the peer refuses it.
     let convention = Convention::from_raw(raw_convention);
-    if let Ok(c) = convention
-        && !Transport::Quic.carries(c.transport())
-    {
-        return Err(ConnectError::UnsupportedTransport(c.transport()));
-    }
     if inner.shutdown.is_cancelled() {
         return Err(ConnectError::ShuttingDown);
     }
@@ -461,8 +458,10 @@ pub(super) async fn open(
         };
         let (mut send, mut recv) = quic.open_bi().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
         let messages = match convention {
-            Ok(c) => message_way(inner, &quic, c, &send, true).map_err(ConnectError::Protocol)?,
-            Err(_) => MessageWay::Stream,
+            Ok(c) if Transport::Quic.carries(c.transport()) => {
+                message_way(inner, &quic, c, &send, true).map_err(ConnectError::Protocol)?
+            }
+            _ => MessageWay::Stream,
         };
         let request =
             Frame::Open { version: WIRE_VERSION, convention: raw_convention, peer_id: inner.config.node_id.clone() };
@@ -480,6 +479,12 @@ pub(super) async fn open(
         };
         let convention =
             convention.map_err(|e| ConnectError::Protocol(format!("peer accepted an invalid convention: {e}")))?;
+        if !Transport::Quic.carries(convention.transport()) {
+            return Err(ConnectError::Protocol(format!(
+                "peer accepted transport {}, which a link between nodes does not carry",
+                convention.transport()
+            )));
+        }
         Ok((quic, send, recv, decoder, peer_id, convention, opened, messages))
     };
     let (quic, send, recv, decoder, peer_id, convention, opened, messages) = tokio::select! {
@@ -494,6 +499,19 @@ pub(super) async fn open(
     let shared = conn::establish(meta, stream, inner.conn_limits, owner, announce, live).await;
     inner.links.register(&shared);
     Ok(shared)
+}
+
+/// Refuses, before anything is sent, a connect for a transport links
+/// between nodes do not carry (the caller side of "unsupported
+/// transport"; the peer refuses the same numbers).
+///
+/// # Errors
+/// [`ConnectError::UnsupportedTransport`] for such a transport.
+pub(super) fn check_carried(raw_convention: u32) -> Result<(), ConnectError> {
+    match Convention::from_raw(raw_convention) {
+        Ok(c) if !Transport::Quic.carries(c.transport()) => Err(ConnectError::UnsupportedTransport(c.transport())),
+        _ => Ok(()),
+    }
 }
 
 /// How the connection on the stream `send` carries its messages, set up

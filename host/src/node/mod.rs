@@ -686,6 +686,7 @@ fn transport_config(config: &NodeConfig, initial_rtt: Option<Duration>) -> Resul
     transport.max_concurrent_bidi_streams(links::INITIAL_LINK_STREAMS.into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.send_window(crate::transport::conn::LINK_SEND_WINDOW);
+    transport.datagram_send_buffer_size(crate::transport::datagram::LINK_DATAGRAM_SEND_BUFFER);
     let mut acks = quinn::AckFrequencyConfig::default();
     acks.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
     transport.ack_frequency_config(Some(acks));
@@ -885,14 +886,16 @@ impl Node {
         transport: Transport,
         service: u8,
     ) -> Result<Connection, ConnectError> {
-        let convention = Convention::new(transport, service);
-        self.connect_raw(addr, convention.raw(), None).await
+        let convention = Convention::new(transport, service).raw();
+        links::check_carried(convention)?;
+        self.connect_raw(addr, convention, None).await
     }
 
     /// Like [`Node::connect`] with the raw convention number and an optional
-    /// pinned certificate fingerprint. The raw number is sent as given so
-    /// that the passive side's validation can be exercised; only the
-    /// transport must be one this node offers.
+    /// pinned certificate fingerprint. The raw number is sent as given, also
+    /// one naming a transport this node does not offer, so that the passive
+    /// side's validation can be exercised (should a peer accept such a
+    /// transport, the connect fails with [`ConnectError::Protocol`]).
     ///
     /// # Errors
     /// As [`Node::connect`], plus [`ConnectError::Identity`] when the peer's

@@ -266,11 +266,7 @@ pub(super) async fn open_by_id(
     announce: bool,
 ) -> Result<(Arc<ConnShared>, Option<TraversalReport>), ConnectError> {
     let signal = inner.signal.clone().ok_or_else(|| ConnectError::Signal("no signaling server configured".into()))?;
-    if let Ok(c) = Convention::from_raw(convention)
-        && !Transport::Quic.carries(c.transport())
-    {
-        return Err(ConnectError::UnsupportedTransport(c.transport()));
-    }
+    links::check_carried(convention)?;
     // Connects to one peer made together wait for the one that makes the
     // link, then ride it (a peer answers only a few connect requests from
     // one caller at a time); the wait is bounded by the connect timeout.

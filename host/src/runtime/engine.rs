@@ -22,6 +22,7 @@ use super::stream_bindings::StreamPlugin;
 use super::stream_bindings_0_2::EventedStreamPlugin;
 use super::stream_state::StreamState;
 use super::stream_world::StreamIndices;
+use super::transport_bindings::TransportStats;
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -150,6 +151,8 @@ impl PluginEngine {
         Service::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         EventedService::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        TransportStats::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let mut stream_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut stream_linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;

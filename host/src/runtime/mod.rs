@@ -16,6 +16,7 @@ pub mod stream_state;
 mod stream_world;
 pub mod subscriptions;
 pub mod supervisor;
+mod transport_stats;
 
 /// Bindings of the `fogconnect:plugin/service` world generated from `wit/`
 /// (documented there).
@@ -34,6 +35,17 @@ pub mod bindings_0_2 {
     wasmtime::component::bindgen!({
         world: "evented-service",
         path: "../wit/plugin-0.2.0",
+    });
+}
+
+/// Bindings of the optional `fogconnect:transport/transport-stats` world
+/// generated from `wit/transport-stats` (documented there): a service
+/// plugin's reading of its connections' transport counters.
+#[allow(missing_docs)]
+pub mod transport_bindings {
+    wasmtime::component::bindgen!({
+        world: "transport-stats",
+        path: "../wit/transport-stats",
     });
 }
 

@@ -29,6 +29,14 @@ const SEQUENCE_BYTES: usize = 4;
 /// Datagrams kept for a reserved tag until its connection exists.
 const EARLY_DATAGRAMS: usize = 64;
 
+/// The most bytes of datagrams a link holds that are not sent yet (quinn
+/// drops the oldest beyond it, or `send_when_ready` waits): quinn's default
+/// is 1 MiB, which on a path carrying 1 Mbit/s holds datagrams 8 s old,
+/// against the point of a transport whose messages should rather be
+/// dropped than late. 64 KiB is half a second at 1 Mbit/s and 5 ms at
+/// 100 Mbit/s.
+pub const LINK_DATAGRAM_SEND_BUFFER: usize = 64 << 10;
+
 /// Encodes `value` as a QUIC variable-length integer (RFC 9000 section
 /// 16) into `out`; values of 2⁶² and above, which no stream id reaches,
 /// are cut to 62 bits.

@@ -7,10 +7,13 @@
 //! - `dialed`: what happened to the dialled connections,
 //! - `poke <first> <last>`: tries to send on every handle in the range except
 //!   its own and reports whether all were refused as unknown,
-//! - `stats`: the connection's stats.
+//! - `stats`: the connection's stats,
+//! - `transport <n>`: `answer=<n>`, the messages received so far and the
+//!   connection's transport counters.
 
 use std::collections::BTreeMap;
 
+use fogconnect_guest::transport::TransportStats;
 use fogconnect_guest::{
     CloseKind, CloseReason, ConnError, ConnectInfo, Connection, Service, Transport, connect_peer, export_service,
 };
@@ -89,6 +92,20 @@ impl Probe {
                     s.path, s.messages_received, s.bytes_received
                 )
             }),
+            "transport" => {
+                let number = words.next().unwrap_or_default();
+                let received = conn.stats().map(|s| s.messages_received).unwrap_or(0);
+                let counters = match conn.transport_stats() {
+                    Ok(TransportStats::QuicStream) => "stream".to_string(),
+                    Ok(TransportStats::Datagrams(d)) => format!("datagrams max={} lost={}", d.max_datagram, d.lost),
+                    Ok(TransportStats::Kcp(k)) => format!(
+                        "kcp conversation={} forged={} replayed={} malformed={}",
+                        k.conversation, k.forged, k.replayed, k.malformed
+                    ),
+                    Err(e) => format!("error {e:?}"),
+                };
+                Some(format!("answer={number} received={received} {counters}"))
+            }
             other => Some(format!("unknown command {other:?}")),
         }
     }
