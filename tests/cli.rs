@@ -133,12 +133,69 @@ fn help_is_available_everywhere() -> anyhow::Result<()> {
         &["stun", "--help"],
         &["nat", "--help"],
         &["relay", "--help"],
+        &["completions", "--help"],
     ] {
         let output = Command::new(BIN).args(args).output()?;
         if !output.status.success() || output.stdout.is_empty() {
             bail!("{args:?} --help failed");
         }
     }
+    Ok(())
+}
+
+/// `--version` names the build: the version, the commit it was built
+/// from (this checkout's, when it is one), the profile and the features.
+#[test]
+fn the_version_names_the_build() -> anyhow::Result<()> {
+    let output = Command::new(BIN).arg("--version").output()?;
+    ensure!(output.status.success(), "--version failed");
+    let line = String::from_utf8(output.stdout)?;
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".to_string(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let expected = format!(
+        "fogconnect {} (commit {commit}, {profile} build, features: plugins, browsers)\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    ensure!(line == expected, "{line:?}, expected {expected:?}");
+    // Each command says the same.
+    let node = Command::new(BIN).args(["node", "--version"]).output()?;
+    ensure!(String::from_utf8(node.stdout)? == format!("fogconnect-node {}", &expected["fogconnect ".len()..]));
+    Ok(())
+}
+
+/// Completions for every shell clap knows, each naming the commands; the
+/// bash ones load into bash and register the completion.
+#[test]
+fn completions_are_printed_for_each_shell() -> anyhow::Result<()> {
+    for (shell, marker) in [
+        ("bash", "complete -F _fogconnect"),
+        ("zsh", "#compdef fogconnect"),
+        ("fish", "complete -c fogconnect"),
+        ("elvish", "edit:completion:arg-completer[fogconnect]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let output = Command::new(BIN).args(["completions", shell]).output()?;
+        let text = String::from_utf8(output.stdout)?;
+        ensure!(output.status.success() && text.contains(marker), "{shell}: no {marker:?}");
+        ensure!(["node", "send", "signal", "relay", "completions"].iter().all(|c| text.contains(c)), "{shell}");
+    }
+    let script = tempfile::NamedTempFile::new()?;
+    let output = Command::new(BIN).args(["completions", "bash"]).output()?;
+    std::fs::write(script.path(), &output.stdout)?;
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p fogconnect", script.path().display()))
+        .output()?;
+    let spec = String::from_utf8_lossy(&loaded.stdout);
+    ensure!(loaded.status.success() && spec.contains("_fogconnect"), "bash: {spec}");
+    let refused = Command::new(BIN).args(["completions", "tcsh"]).output()?;
+    ensure!(!refused.status.success(), "an unknown shell is refused");
     Ok(())
 }
 

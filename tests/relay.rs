@@ -129,17 +129,31 @@ fn coturn_client_relays_through_our_server() -> anyhow::Result<()> {
         ("TCP, channels, 3 clients", &["-c", "-t", "-u", "dev", "-w", "secret", "-m", "3"]),
         ("TCP, send/data indications", &["-c", "-t", "-u", "dev", "-w", "secret", "-s"]),
     ] {
-        // A relay of its own per run: a run's allocations outlive its
-        // client, and the next client may get the same local port (an
-        // allocation of another user there is refused with 441).
-        let relay_port = free_port()?;
-        let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let metrics_arg = metrics.to_string();
-        let _relay = start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret", "--metrics", &metrics_arg])?;
-        let port = relay_port.to_string();
-        let base = ["-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
-        let out = Command::new("turnutils_uclient").args(base).args(extra).arg("127.0.0.1").output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        // The client binds a first channel to the peer's port + 1, then a
+        // random one of 4,096 to the peer's port: one time in 4,096 it
+        // draws the number it already bound, which RFC 8656 (section 12)
+        // has the server refuse, as coturn does. Only that run is made
+        // again, at most twice.
+        let mut attempts = 0;
+        let (_relay, metrics, text) = loop {
+            attempts += 1;
+            // A relay of its own per run: a run's allocations outlive its
+            // client, and the next client may get the same local port (an
+            // allocation of another user there is refused with 441).
+            let relay_port = free_port()?;
+            let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let metrics_arg = metrics.to_string();
+            let relay =
+                start_fogconnect_relay(relay_port, &["--auth-secret", "rest secret", "--metrics", &metrics_arg])?;
+            let port = relay_port.to_string();
+            let base = ["-e", "127.0.0.1", "-r", &peer_port, "-n", "50", "-p", &port];
+            let out = Command::new("turnutils_uclient").args(base).args(extra).arg("127.0.0.1").output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            if attempts < 3 && text.contains("channel bind: error 400 (Bad Request: channel or peer bound otherwise)") {
+                continue;
+            }
+            break (relay, metrics, text);
+        };
         let summary: Vec<&str> = text.lines().filter(|l| l.contains("tot_send_msgs=") && !l.contains("msz=")).collect();
         ensure!(text.contains("Total lost packets 0 (0.000000%)"), "{what}: {text}");
         let sent_and_received = summary.iter().any(|l| {

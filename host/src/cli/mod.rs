@@ -20,9 +20,22 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fogconnect::{NodeConfig, PluginLimits};
 
+/// What `fogconnect --version` prints after the name: the version, the
+/// commit, profile and optional features of the build (see `build.rs`).
+const BUILD: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FOGCONNECT_BUILD_COMMIT"),
+    ", ",
+    env!("FOGCONNECT_BUILD_PROFILE"),
+    " build, features: ",
+    env!("FOGCONNECT_BUILD_FEATURES"),
+    ")"
+);
+
 /// fogconnect: P2P transport host with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
-#[command(name = "fogconnect", version, about, propagate_version = true)]
+#[command(name = "fogconnect", version = BUILD, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +66,26 @@ enum Command {
     /// Print the certificate fingerprint of a node identity file (made
     /// when it does not exist), the value peers pin.
     Id(IdArgs),
+    /// Print shell completions for bash, zsh, fish, elvish or PowerShell,
+    /// e.g. `fogconnect completions bash > /etc/bash_completion.d/fogconnect`.
+    Completions(CompletionsArgs),
+}
+
+/// `fogconnect completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+impl CompletionsArgs {
+    fn run(&self) -> anyhow::Result<()> {
+        use clap::CommandFactory;
+        let mut out = std::io::stdout().lock();
+        clap_complete::generate(self.shell, &mut Cli::command(), "fogconnect", &mut out);
+        std::io::Write::flush(&mut out).context("writing the completions")
+    }
 }
 
 /// `fogconnect id`.
@@ -277,6 +310,7 @@ impl Cli {
             | Command::Demo(_)
             | Command::Peers(_)
             | Command::Id(_)
+            | Command::Completions(_)
             | Command::Nat(_) => "error",
         }
     }
@@ -322,6 +356,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nat(args) => nat::run(args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Id(args) => args.run(),
+        Command::Completions(args) => args.run(),
     }
 }
 
