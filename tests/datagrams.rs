@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use common::{WAIT, node_with};
+use common::{WAIT, key_value, node_with};
 use fogconnect::{Connection, ConnectionEvent, Incoming, SendError, Transport};
 
 /// Sends `request` until its echo comes back (a datagram may be lost; a
@@ -171,14 +171,6 @@ async fn ask_transport(conn: &mut Connection) -> anyhow::Result<(u64, String)> {
     bail!("no answer to five questions")
 }
 
-/// A number after `key=` in `text`.
-fn number_after(text: &str, key: &str) -> anyhow::Result<u64> {
-    let prefix = format!("{key}=");
-    let word =
-        text.split_whitespace().find_map(|w| w.strip_prefix(&prefix)).with_context(|| format!("{key} in {text}"))?;
-    Ok(word.parse()?)
-}
-
 /// A plugin reads its UDP connection's counters: what one datagram
 /// carries, as the caller sees it, and the datagrams it did not get out of
 /// a burst larger than its queue and the link's, which with the ones it
@@ -197,10 +189,10 @@ async fn a_plugin_reads_the_datagrams_lost_to_it() -> anyhow::Result<()> {
     let (question, answer) = ask_transport(&mut conn).await?;
     println!("{answer}");
     ensure!(answer.contains(" datagrams max="), "{answer}");
-    let (received, lost) = (number_after(&answer, "received")?, number_after(&answer, "lost")?);
+    let (received, lost) = (key_value(&answer, "received")?, key_value(&answer, "lost")?);
     ensure!(lost > 0, "nothing lost of {burst}: {answer}");
     ensure!(received + lost == burst + question, "{received} received + {lost} lost ≠ {burst} + {question} sent");
-    let max = number_after(&answer, "max")?;
+    let max = key_value(&answer, "max")?;
     ensure!((1_000..=1_500).contains(&max), "max datagram {max}");
     // On a QUIC connection there is nothing more to count.
     let mut stream = app.connect(device.local_addr(), Transport::Quic, 3).await?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use fogconnect::Transport;
 use natlab::impair::Impairment;
-use natlab::inprocess::{ECHO, LinkNodes, join, request_response, thread_in};
+use natlab::inprocess::{ECHO, LinkNodes, join, quantile, request_response, thread_in};
 use natlab::{LINK_APP, LINK_DEVICE, Lab};
 
 /// Datagrams sent through the stage in the fidelity test.
@@ -97,9 +97,9 @@ fn probe(lab: &Lab, first: u32, count: u32) -> anyhow::Result<Vec<Probe>> {
     Ok(probes)
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values.get(values.len() / 2).copied().unwrap_or_default()
+/// How long each probe that arrived took from `dev` to `app`.
+fn forward_times(probes: &[Probe]) -> Vec<Duration> {
+    probes.iter().filter_map(|p| Some(p.arrived?.duration_since(p.sent?))).collect()
 }
 
 /// The stage delays every datagram by at least the delay each way, adds
@@ -111,7 +111,7 @@ fn the_impairment_stage_delays_jitters_and_drops_each_way() -> anyhow::Result<()
     let (delay, jitter) = (Duration::from_millis(20), Duration::from_millis(5));
     let lab = Lab::impaired_link(Impairment { delay, jitter, loss_percent: 20.0 })?;
     let probes = probe(&lab, 0, PROBES)?;
-    let forward: Vec<Duration> = probes.iter().filter_map(|p| Some(p.arrived?.duration_since(p.sent?))).collect();
+    let forward = forward_times(&probes);
     let back: Vec<Duration> = probes.iter().filter_map(|p| Some(p.returned?.duration_since(p.arrived?))).collect();
     let [to_app, to_dev] = lab.stage()?.counts();
     println!(
@@ -127,22 +127,21 @@ fn the_impairment_stage_delays_jitters_and_drops_each_way() -> anyhow::Result<()
     ensure!((0.72..=0.88).contains(&back_share), "{} of {} echoes came back", back.len(), forward.len());
     ensure!(to_app.dropped >= 293 && to_dev.dropped >= 200, "the stage's counts: {to_app:?} {to_dev:?}");
     for (way, times) in [("forward", &forward), ("back", &back)] {
-        let (least, typical) = (times.iter().min().copied().unwrap_or_default(), median(times.clone()));
+        let (least, typical) = (quantile(times, 0.0), quantile(times, 0.5));
         println!("{way}: least {least:?}, median {typical:?}");
         ensure!(least >= delay, "{way}: a datagram took {least:?}, under the delay");
         ensure!(typical <= delay + jitter + Duration::from_millis(15), "{way}: median {typical:?}");
     }
-    let mut sorted = forward.clone();
-    sorted.sort();
-    let spread = sorted[sorted.len() * 9 / 10] - sorted[sorted.len() / 10];
+    let spread = quantile(&forward, 0.9) - quantile(&forward, 0.1);
     ensure!(spread >= Duration::from_millis(1), "no jitter: the middle 80% within {spread:?}");
 
     lab.stage()?.set(Impairment::NONE);
     let probes = probe(&lab, PROBES, 200)?;
-    let forward: Vec<Duration> = probes.iter().filter_map(|p| Some(p.arrived?.duration_since(p.sent?))).collect();
+    let forward = forward_times(&probes);
     let back = probes.iter().filter(|p| p.returned.is_some()).count();
     ensure!(forward.len() == 200 && back == 200, "unimpaired: {} arrived, {back} came back", forward.len());
-    ensure!(median(forward.clone()) < Duration::from_millis(10), "unimpaired: median {:?}", median(forward));
+    let typical = quantile(&forward, 0.5);
+    ensure!(typical < Duration::from_millis(10), "unimpaired: median {typical:?}");
     Ok(())
 }
 

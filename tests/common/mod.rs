@@ -79,6 +79,17 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// The number of the word `key=N` in `line` (lines the CLI and the test
+/// plugins print).
+pub fn key_value(line: &str, key: &str) -> anyhow::Result<u64> {
+    let prefix = format!("{key}=");
+    let word = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .with_context(|| format!("no {key} in {line:?}"))?;
+    Ok(word.parse()?)
+}
+
 /// A configuration for test nodes: loopback, no artifact cache.
 pub fn config() -> NodeConfig {
     NodeConfig {

@@ -5,17 +5,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use tokio::net::UdpSocket;
+
+use super::inprocess::{join, thread_in};
 
 /// A running forwarder; stops when dropped.
 pub struct DelayForwarder {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl DelayForwarder {
@@ -23,17 +24,13 @@ impl DelayForwarder {
     /// `delay` late, from inside the network namespace `netns` (its name
     /// under /var/run/netns).
     pub fn start(netns: &str, listen: SocketAddr, target: SocketAddr, delay: Duration) -> anyhow::Result<Self> {
-        let file = std::fs::File::open(format!("/var/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with an open namespace
-            // descriptor; sockets made on this thread afterwards live in it.
-            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+        let thread = thread_in(netns, move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            let (true, Ok(runtime)) = (entered, runtime) else {
-                let _ = ready_tx.send(Err("cannot enter the namespace".to_string()));
-                return;
+            let Ok(runtime) = runtime else {
+                let _ = ready_tx.send(Err("cannot start a runtime".to_string()));
+                return Ok(());
             };
             runtime.block_on(async move {
                 let front = match UdpSocket::bind(listen).await {
@@ -49,11 +46,18 @@ impl DelayForwarder {
                     _ = forward(front, target, delay) => {}
                 }
             });
-        });
+            Ok(())
+        })?;
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => Ok(Self { stop: Some(stop), thread: Some(thread) }),
             Ok(Err(e)) => bail!("delay forwarder: {e}"),
-            Err(_) => bail!("delay forwarder did not start"),
+            // The thread ended without a word: it could not enter the
+            // namespace.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match join(thread) {
+                Err(e) => bail!("delay forwarder: {e:#}"),
+                Ok(()) => bail!("delay forwarder ended before it started"),
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!("delay forwarder did not start"),
         }
     }
 }

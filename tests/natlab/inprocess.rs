@@ -164,16 +164,21 @@ pub struct RoundTrips {
 }
 
 impl RoundTrips {
-    /// The `q` quantile (0..=1) of the round trips, nearest rank.
+    /// The `q` quantile (0..=1) of the round trips.
     pub fn quantile(&self, q: f64) -> Duration {
-        let mut sorted = self.times.clone();
-        sorted.sort();
-        if sorted.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-        sorted[rank - 1]
+        quantile(&self.times, q)
     }
+}
+
+/// The `q` quantile (0..=1) of `times`, nearest rank; zero for none.
+pub fn quantile(times: &[Duration], q: f64) -> Duration {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// Sends `count` requests of `size` bytes on `conn` (to [`ECHO`]) one at a

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 
 use super::{LINK_DEVICE, Lab, lab_available};
+use crate::common::key_value;
 
 /// The link's rate: `tc` rate and bits per second.
 pub const LINK: (&str, f64) = ("4mbit", 4e6);
@@ -31,13 +32,6 @@ pub struct Stats {
     /// Milliseconds from the start until the buffer first fell below the
     /// low mark after an overshoot, if it did.
     pub settled_ms: Option<u64>,
-}
-
-fn field(line: &str, key: &str) -> anyhow::Result<u64> {
-    let prefix = format!("{key}=");
-    let word =
-        line.split_whitespace().find(|w| w.starts_with(&prefix)).with_context(|| format!("no {key} in {line:?}"))?;
-    Ok(word[prefix.len()..].parse()?)
 }
 
 /// Streams from the device to the application over the link for
@@ -78,13 +72,13 @@ pub fn stream_over_link(params: &str, seconds: u64) -> anyhow::Result<(Vec<Repor
             let secs = reports.last().map_or(0.0, |r: &Report| r.secs);
             stats.push(Stats {
                 secs,
-                bitrate: field(line, "bitrate")?,
-                buffered: field(line, "buffered")?,
-                max_buffered: field(line, "max_buffered")?,
-                warn: field(line, "warn")?,
-                high: field(line, "high")?,
-                low: field(line, "low")?,
-                settled_ms: field(line, "settled_ms").ok(),
+                bitrate: key_value(line, "bitrate")?,
+                buffered: key_value(line, "buffered")?,
+                max_buffered: key_value(line, "max_buffered")?,
+                warn: key_value(line, "warn")?,
+                high: key_value(line, "high")?,
+                low: key_value(line, "low")?,
+                settled_ms: key_value(line, "settled_ms").ok(),
             });
         } else if let [secs, "s", mbit, "Mbit/s", ..] = words[..] {
             reports.push(Report { secs: secs.parse()?, mbit: mbit.parse()? });
