@@ -28,7 +28,12 @@ export FOGCONNECT_C_STAGE := $(C_STAGE)
 export FOGCONNECT_C_DEVICE_STAGE := $(DEVICE_STAGE)
 export FOGCONNECT_C_EXAMPLES := $(C_EXAMPLES)
 
-.PHONY: setup build-deps lab-deps c-deps browser-deps plugins build device install c-stage device-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
+# The Debian package (make deb).
+DEB_STAGE   := $(TARGET_DIR)/deb/stage
+DEB         := $(TARGET_DIR)/deb/fogconnect_$(VERSION)_$(shell dpkg --print-architecture 2>/dev/null || echo unknown).deb
+export FOGCONNECT_DEB := $(DEB)
+
+.PHONY: setup build-deps lab-deps c-deps browser-deps deb-deps plugins build device install deb c-stage device-stage c-examples demo demo-c test lint bench bench-nat fuzz clean
 
 ## setup: install the toolchain pieces the build needs
 setup:
@@ -73,6 +78,18 @@ c-deps:
 		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
 	done; \
 	pkg-config --exists glib-2.0 2>/dev/null || missing="$$missing libglib2.0-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## deb-deps: what building and checking the Debian package needs (root):
+## dpkg-shlibdeps (its dependencies), strip, systemd-analyze (the units)
+DEB_TOOLS := dpkg-shlibdeps:dpkg-dev strip:binutils systemd-analyze:systemd
+deb-deps:
+	@missing=""; for tool in $(DEB_TOOLS); do \
+		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -124,6 +141,14 @@ c-examples: c-deps c-stage
 			-Wl,-rpath,$(C_STAGE)/lib || exit 1; \
 	done
 
+## deb: the Debian package, $(DEB): the binary, the systemd units, the
+## example configs (as conffiles in /etc/fogconnect), the C library, header
+## and pkg-config file, the SDK's WIT files and shell completions
+deb: build deb-deps
+	rm -rf $(DEB_STAGE)
+	$(MAKE) --no-print-directory install DESTDIR=$(DEB_STAGE) PREFIX=/usr
+	dist/deb/build.sh $(CURDIR) $(TARGET_DIR) $(DEB_STAGE) $(VERSION) $(DEB)
+
 ## demo: two nodes on loopback, the demo plugins answering
 demo: build
 	$(TARGET_DIR)/release/fogconnect demo --plugins-dir $(PLUGIN_DIR)
@@ -135,9 +160,10 @@ demo-c: build c-examples
 
 ## test: build everything and run every test (the integration tests last, so
 ## the run ends on their summary)
-test: build-deps lab-deps c-deps browser-deps plugins
+test: build-deps lab-deps c-deps browser-deps deb-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c --lib --bins --examples
 	$(MAKE) --no-print-directory c-examples
+	$(MAKE) --no-print-directory deb
 	$(MAKE) --no-print-directory device-stage
 	$(CARGO) test --release -p fogconnect --no-default-features --test device
 	$(CARGO) test --release -p fogconnect --doc

@@ -5,7 +5,17 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    // A server's --config FILE becomes arguments before its own.
+    let argv = match cli::config_file::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("fogconnect: {}", cli::terminal_safe(&problem.to_string()));
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let args = cli::Cli::parse_from(argv);
     cli::init_tracing(args.default_log_level());
     // Servers hold a descriptor per client: use what the hard limit allows.
     fogconnect::limits::raise_descriptor_limit();

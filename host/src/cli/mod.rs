@@ -1,5 +1,7 @@
 //! Command-line interface.
 
+mod config;
+pub mod config_file;
 mod demo;
 mod nat;
 mod node;
@@ -66,6 +68,8 @@ enum Command {
     /// Print the certificate fingerprint of a node identity file (made
     /// when it does not exist), the value peers pin.
     Id(IdArgs),
+    /// Check config files (`fogconnect config check FILE`).
+    Config(config::ConfigArgs),
     /// Print shell completions for bash, zsh, fish, elvish or PowerShell,
     /// e.g. `fogconnect completions bash > /etc/bash_completion.d/fogconnect`.
     Completions(CompletionsArgs),
@@ -105,6 +109,26 @@ impl IdArgs {
         }
         println!("{fingerprint}");
         Ok(())
+    }
+}
+
+/// `--config FILE` of a server command.
+#[derive(Debug, Args)]
+pub struct ConfigFileArg {
+    /// Read settings from this TOML file first: its table named after
+    /// this command ([node], [signal], [relay] or [stun]) holds one key
+    /// per long flag, spelled the same. Flags and environment variables
+    /// given as well win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigFileArg {
+    /// Says in the log which file the settings came from.
+    pub fn log(&self) {
+        if let Some(path) = &self.config {
+            tracing::info!(file = %path.display(), "settings read from the config file");
+        }
     }
 }
 
@@ -311,6 +335,7 @@ impl Cli {
             | Command::Peers(_)
             | Command::Id(_)
             | Command::Completions(_)
+            | Command::Config(_)
             | Command::Nat(_) => "error",
         }
     }
@@ -357,6 +382,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => relay::run(args).await,
         Command::Id(args) => args.run(),
         Command::Completions(args) => args.run(),
+        Command::Config(args) => config::run(args),
     }
 }
 

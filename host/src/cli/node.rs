@@ -48,6 +48,8 @@ pub struct NodeArgs {
     admin_allow_remote: bool,
     #[command(flatten)]
     common: super::CommonNodeArgs,
+    #[command(flatten)]
+    config: super::ConfigFileArg,
 }
 
 fn parse_plugin(text: &str) -> Result<(u8, PathBuf), String> {
@@ -62,6 +64,7 @@ fn parse_plugin(text: &str) -> Result<(u8, PathBuf), String> {
 
 /// Runs a node until Ctrl-C or SIGTERM.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    args.config.log();
     let mut seen = std::collections::HashSet::new();
     for (service, _) in &args.plugins {
         if !seen.insert(*service) {

@@ -72,10 +72,13 @@ pub struct RelayArgs {
     /// refusals by code).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    config: super::ConfigFileArg,
 }
 
 /// Runs the TURN server until Ctrl-C or SIGTERM.
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    args.config.log();
     let mut users = HashMap::new();
     for user in &args.users {
         let Some((name, password)) = user.split_once(':').filter(|(n, p)| !n.is_empty() && !p.is_empty()) else {

@@ -103,6 +103,8 @@ pub struct SignalArgs {
     /// refusals by code, NATS health).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    config: super::ConfigFileArg,
 }
 
 /// A NATS subject token and bucket name: letters, digits, `-` and `_`.
@@ -199,6 +201,7 @@ pub async fn run(args: SignalArgs) -> anyhow::Result<()> {
         println!("{}", token::issue(&secret, &t.id, now + t.valid_days * 86_400));
         return Ok(());
     }
+    args.config.log();
     let mut config = SignalServerConfig::new(args.listen, args.secret.load()?);
     config.max_clients = args.max_clients;
     config.max_clients_per_ip = args.max_clients_per_ip;

@@ -19,10 +19,13 @@ pub struct StunArgs {
     /// Requests per second answered per client IP.
     #[arg(long, default_value_t = 200)]
     rate: u32,
+    #[command(flatten)]
+    config: super::ConfigFileArg,
 }
 
 /// Runs the STUN server until Ctrl-C or SIGTERM.
 pub async fn run(args: StunArgs) -> anyhow::Result<()> {
+    args.config.log();
     let responder = StunResponder::new(args.listen, args.alt_addr)?;
     let limits =
         StunServerLimits { per_ip_rate: args.rate.max(1), per_ip_burst: args.rate.max(1) * 2, ..Default::default() };
