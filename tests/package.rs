@@ -100,7 +100,13 @@ fn the_installed_binary_runs_and_its_configs_are_valid() -> anyhow::Result<()> {
     ensure!(unpacked.root.join("etc/fogconnect/plugins").is_dir());
     // The contracts plugin authors build against, as in the source.
     let source_wit = common::c::repo().join("wit");
-    for relative in ["service.wit", "plugin-0.2.0/service.wit", "stream/stream.wit", "handoff/handoff.wit"] {
+    for relative in [
+        "service.wit",
+        "plugin-0.2.0/service.wit",
+        "stream/stream.wit",
+        "handoff/handoff.wit",
+        "stream-0.2.0/deps/plugin-0.2.0/service.wit",
+    ] {
         let installed = std::fs::read(unpacked.root.join("usr/share/fogconnect/wit").join(relative))?;
         ensure!(installed == std::fs::read(source_wit.join(relative))?, "{relative} differs");
     }

@@ -30,8 +30,9 @@ done
 # node.toml's plugin-dir: the node watches it from its first start.
 install -d -m 755 "$stage/etc/fogconnect/plugins"
 
-# The WIT contracts plugin authors build against.
-(cd "$source_dir/wit" && find . -type f -name '*.wit') | while read -r wit; do
+# The WIT contracts plugin authors build against (a package's deps/ links
+# to the packages it imports: copied as files).
+(cd "$source_dir/wit" && find -L . -type f -name '*.wit') | while read -r wit; do
 	install -D -m 644 "$source_dir/wit/$wit" "$stage/usr/share/fogconnect/wit/$wit"
 done
 

@@ -7,6 +7,7 @@ mod nat;
 mod node;
 mod peers;
 mod plugin;
+mod plugin_new;
 mod relay;
 mod send;
 mod signal;

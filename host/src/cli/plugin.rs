@@ -33,6 +33,10 @@ enum PluginAction {
     Swap(UploadArgs),
     /// Print the node's metrics (Prometheus text format).
     Metrics,
+    /// Create a new plugin crate (a service, or a stream plugin with
+    /// --stream) outside any fogconnect checkout, ready to build with
+    /// `cargo build --release` and load on a node.
+    New(super::plugin_new::NewArgs),
     /// Unload the plugin of a service (its connections close with "service unloaded").
     Unload {
         /// Service number.
@@ -120,30 +124,33 @@ fn header() {
 
 /// Runs one plugin command.
 pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
-    let token = args.token.context("give the node's admin token (--token or FOGCONNECT_ADMIN_TOKEN)")?;
-    let client = AdminClient::new(args.node, token);
-    match args.action {
+    let admin = || -> anyhow::Result<AdminClient> {
+        let token = args.token.clone().context("give the node's admin token (--token or FOGCONNECT_ADMIN_TOKEN)")?;
+        Ok(AdminClient::new(args.node, token))
+    };
+    match &args.action {
+        PluginAction::New(new) => return super::plugin_new::run(new),
         PluginAction::List => {
-            let services = client.list().await?;
+            let services = admin()?.list().await?;
             header();
             services.iter().for_each(print_entry);
         }
         PluginAction::Load(upload) => {
-            let entry = client.load(upload.service, upload.build().await?).await?;
+            let entry = admin()?.load(upload.service, upload.build().await?).await?;
             header();
             print_entry(&entry);
         }
         PluginAction::Swap(upload) => {
-            let entry = client.swap(upload.service, upload.build().await?).await?;
+            let entry = admin()?.swap(upload.service, upload.build().await?).await?;
             if let Some(swap) = &entry.swap {
                 println!("swapped: {swap}");
             }
             header();
             print_entry(&entry);
         }
-        PluginAction::Metrics => print!("{}", client.metrics().await?),
+        PluginAction::Metrics => print!("{}", admin()?.metrics().await?),
         PluginAction::Unload { service } => {
-            client.unload(service).await?;
+            admin()?.unload(*service).await?;
             println!("service {service} unloaded");
         }
     }
