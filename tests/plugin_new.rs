@@ -156,6 +156,43 @@ fn a_service_plugin_on_a_checkouts_sdk_starts_anew_after_a_live_swap() -> anyhow
 }
 
 #[test]
+fn a_service_plugin_on_the_sdk_of_a_git_repository_builds_and_answers() -> anyhow::Result<()> {
+    // A repository holding the SDK as fogconnect's does (the workspace
+    // manifest, sdk-guest, wit), at a commit, reached over file://.
+    let dir = tempfile::tempdir()?;
+    let repository = dir.path().join("fogconnect.git");
+    std::fs::create_dir(&repository)?;
+    let repo = common::c::repo();
+    let git = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@fogconnect.invalid"])
+            .args(args)
+            .current_dir(&repository)
+            .output()
+            .context("git")?;
+        ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    git(&["init", "-q"])?;
+    for part in ["Cargo.toml", "sdk-guest", "wit"] {
+        let out = Command::new("cp").arg("-R").arg(repo.join(part)).arg(&repository).output()?;
+        ensure!(out.status.success(), "cp {part}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "-m", "the guest SDK"])?;
+    let commit = git(&["rev-parse", "HEAD"])?;
+    let url = format!("file://{}", repository.display());
+
+    let crate_dir = plugin_new(dir.path(), "from-git", &["--sdk-git", &url, "--sdk-rev", &commit])?;
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml"))?;
+    ensure!(manifest.contains(&format!("fogconnect-guest = {{ git = \"{url}\", rev = \"{commit}\" }}")), "{manifest}");
+    let wasm = build(&crate_dir, "from-git")?;
+    let (_node, addr, _admin) = node_serving(&wasm)?;
+    assert_eq!(send(addr, "over git")?, "from-git #1: over git");
+    Ok(())
+}
+
+#[test]
 fn a_stream_plugin_streams_and_swaps_live_to_its_second_build() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let crate_dir = plugin_new(dir.path(), "ticker", &["--stream"])?;
