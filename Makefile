@@ -55,45 +55,40 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 
+# $(call install-missing,TOOL:PACKAGE ...,CHECKS): installs (as root, from
+# Debian's packages) the package of every tool that is not on the PATH, and
+# those the shell CHECKS add to $$missing.
+define install-missing
+	@missing=""; for tool in $(1); do \
+		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
+	done; \
+	$(2) \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
 ## lab-deps: what the NAT lab and cluster tests need (root): ip, nft, conntrack,
 ## nats-server (the signaling cluster tests), coturn's RFC 5780 server and
 ## client for the interoperability tests, and iperf3 (the throughput
 ## bench's baseline)
 LAB_TOOLS := ip:iproute2 nft:nftables conntrack:conntrack turnserver:coturn turnutils_natdiscovery:coturn nats-server:nats-server iperf3:iperf3
 lab-deps:
-	@missing=""; for tool in $(LAB_TOOLS); do \
-		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call install-missing,$(LAB_TOOLS),)
 
 ## c-deps: what building and checking C programs needs (root): C and C++
 ## compilers (the header is checked as both), pkg-config, GLib's headers
 ## (the original examples use GLib), valgrind
 C_TOOLS := gcc:gcc g++:g++ pkg-config:pkg-config valgrind:valgrind
 c-deps:
-	@missing=""; for tool in $(C_TOOLS); do \
-		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
-	done; \
-	pkg-config --exists glib-2.0 2>/dev/null || missing="$$missing libglib2.0-dev"; \
-	if [ -n "$$missing" ]; then \
-		echo "installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call install-missing,$(C_TOOLS),pkg-config --exists glib-2.0 2>/dev/null || missing="$$missing libglib2.0-dev";)
 
 ## deb-deps: what building and checking the Debian package needs (root):
 ## dpkg-shlibdeps (its dependencies), strip, systemd-analyze (the units)
 DEB_TOOLS := dpkg-shlibdeps:dpkg-dev strip:binutils systemd-analyze:systemd
 deb-deps:
-	@missing=""; for tool in $(DEB_TOOLS); do \
-		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call install-missing,$(DEB_TOOLS),)
 
 ## plugins: build every plugin to $(PLUGIN_DIR)
 plugins: setup

@@ -95,6 +95,13 @@ fn swap(admin: &str, wasm: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// A second build of the crate, greeting "NAME v2", swapped in on the node
+/// whose admin API is `admin`: what the swap printed.
+fn second_build_swapped_in(crate_dir: &Path, name: &str, admin: &str) -> anyhow::Result<String> {
+    set_greeting(crate_dir, name, &format!("{name} v2"))?;
+    swap(admin, &build(crate_dir, name)?)
+}
+
 /// `fogconnect send` of one message to [`SERVICE`]: the reply.
 fn send(addr: SocketAddr, message: &str) -> anyhow::Result<String> {
     let out = Command::new(BIN).args(["send", "--addr", &addr.to_string(), "--service", SERVICE, message]).output()?;
@@ -126,9 +133,7 @@ fn a_service_plugin_with_handoff_answers_and_keeps_its_count_across_a_live_swap(
     assert_eq!(send(addr, "hello")?, "greeter #1: hello");
     assert_eq!(send(addr, "again")?, "greeter #2: again");
 
-    set_greeting(&crate_dir, "greeter", "greeter v2")?;
-    let wasm = build(&crate_dir, "greeter")?;
-    let swapped = swap(&admin, &wasm)?;
+    let swapped = second_build_swapped_in(&crate_dir, "greeter", &admin)?;
     ensure!(swapped.contains("swapped: generation 2") && swapped.contains("state handed over (8 bytes)"), "{swapped}");
     assert_eq!(send(addr, "after")?, "greeter v2 #3: after");
     Ok(())
@@ -148,8 +153,7 @@ fn a_service_plugin_on_a_checkouts_sdk_starts_anew_after_a_live_swap() -> anyhow
     assert_eq!(send(addr, "one")?, "plain-echo #1: one");
     assert_eq!(send(addr, "two")?, "plain-echo #2: two");
 
-    set_greeting(&crate_dir, "plain-echo", "plain-echo v2")?;
-    let swapped = swap(&admin, &build(&crate_dir, "plain-echo")?)?;
+    let swapped = second_build_swapped_in(&crate_dir, "plain-echo", &admin)?;
     ensure!(swapped.contains("swapped: generation 2") && swapped.contains("no state handoff"), "{swapped}");
     assert_eq!(send(addr, "three")?, "plain-echo v2 #1: three");
     Ok(())
@@ -202,8 +206,7 @@ fn a_stream_plugin_streams_and_swaps_live_to_its_second_build() -> anyhow::Resul
     ensure!(first.contains("reply to hello: ticker: 0 streams started"), "{first}");
     ensure!(first.contains("ended: the stream finished;") && first.contains(" in 50 chunks"), "{first}");
 
-    set_greeting(&crate_dir, "ticker", "ticker v2")?;
-    let swapped = swap(&admin, &build(&crate_dir, "ticker")?)?;
+    let swapped = second_build_swapped_in(&crate_dir, "ticker", &admin)?;
     ensure!(swapped.contains("swapped: generation 2"), "{swapped}");
     let second = stream(addr, "count=20")?;
     ensure!(second.contains("reply to hello: ticker v2: 0 streams started"), "{second}");

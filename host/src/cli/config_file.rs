@@ -63,6 +63,15 @@ impl fmt::Display for Problem {
     }
 }
 
+/// One server's table of a config file.
+struct ServerTable<'a> {
+    /// The server's name, which is the table's.
+    name: String,
+    /// Where the table's name is in the file.
+    span: Range<usize>,
+    table: DeTable<'a>,
+}
+
 /// A config file, read.
 pub struct ConfigFile {
     /// The path as given, for messages.
@@ -107,7 +116,7 @@ impl ConfigFile {
     }
 
     /// The file parsed, its top level checked: only server tables.
-    fn tables(&self) -> Result<Vec<(String, Range<usize>, DeTable<'_>)>, Vec<Problem>> {
+    fn tables(&self) -> Result<Vec<ServerTable<'_>>, Vec<Problem>> {
         let document = DeTable::parse(&self.text).map_err(|e| {
             let reason = e.message().trim_end().replace('\n', "; ");
             vec![self.problem(e.span(), None, format!("not valid TOML: {reason}"))]
@@ -118,7 +127,9 @@ impl ConfigFile {
             let name = key.get_ref().to_string();
             let span = key.span();
             match value.into_inner() {
-                DeValue::Table(table) if SERVERS.contains(&name.as_str()) => tables.push((name, span, table)),
+                DeValue::Table(table) if SERVERS.contains(&name.as_str()) => {
+                    tables.push(ServerTable { name, span, table })
+                }
                 DeValue::Table(_) => problems.push(self.problem(
                     Some(span),
                     Some(name),
@@ -147,8 +158,8 @@ impl ConfigFile {
     pub fn arguments(&self, server: &Command, given: impl Fn(&Arg) -> bool) -> Result<Vec<OsString>, Vec<Problem>> {
         let tables = self.tables()?;
         let name = server.get_name();
-        let Some((_, _, table)) = tables.iter().find(|(table, _, _)| table == name) else {
-            let present: Vec<String> = tables.iter().map(|(table, _, _)| format!("[{table}]")).collect();
+        let Some(ServerTable { table, .. }) = tables.iter().find(|table| table.name == name) else {
+            let present: Vec<String> = tables.iter().map(|table| format!("[{}]", table.name)).collect();
             let has = if present.is_empty() { "no table".to_string() } else { present.join(", ") };
             return Err(vec![self.problem(None, None, format!("no [{name}] table (the file has {has})"))]);
         };
@@ -198,7 +209,7 @@ impl ConfigFile {
         let cli = Cli::command();
         let mut checked = Vec::new();
         let mut problems = Vec::new();
-        for (name, span, table) in self.tables()? {
+        for ServerTable { name, span, table } in self.tables()? {
             let Some(server) = cli.find_subcommand(&name) else { continue };
             match self.table_arguments(server, &table, |_| false) {
                 Ok(arguments) => {
