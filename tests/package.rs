@@ -1,7 +1,8 @@
-//! The Debian package (`make deb`, which `make test` runs first): unpacked
-//! into a throwaway root, its binary runs, its configs pass `fogconnect
-//! config check`, its units pass `systemd-analyze verify`, and a C program
-//! builds with its header, library and pkg-config file.
+//! The Debian package (`make deb`, which `make test` runs first),
+//! installed with `dpkg -i` into a throwaway root: its binary runs, its
+//! configs pass `fogconnect config check`, its units pass `systemd-analyze
+//! verify`, a C program builds with its header, library and pkg-config
+//! file, and a purge leaves nothing behind.
 
 mod common;
 
@@ -46,18 +47,43 @@ fn text(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The unpacked package (`dpkg-deb -x`) in a directory removed when the
-/// test ends.
-struct Unpacked {
+/// The package installed into a root of its own, removed when the test
+/// ends.
+struct Installed {
     _dir: tempfile::TempDir,
     root: PathBuf,
 }
 
-fn unpack(deb: &Path) -> anyhow::Result<Unpacked> {
+/// `dpkg --root ROOT -i DEB` into a new, empty root. Its dpkg database
+/// holds this host's records of the packages ours depends on, so dpkg
+/// checks our Depends against real versions; the maintainer scripts run
+/// outside a chroot (the root has no shell) with `DPKG_ROOT` set, which
+/// they honour.
+fn install(deb: &Path) -> anyhow::Result<Installed> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");
-    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
-    Ok(Unpacked { _dir: dir, root })
+    let database = root.join("var/lib/dpkg");
+    for sub in ["info", "updates"] {
+        std::fs::create_dir_all(database.join(sub))?;
+    }
+    std::fs::write(database.join("available"), "")?;
+    let depends = text(&run(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"))?);
+    // "libc6 (>= 2.34), libssl3 (>= 3.0.0)": the first of each alternative.
+    let names: Vec<&str> =
+        depends.split(',').filter_map(|dependency| dependency.split('|').next()?.split_whitespace().next()).collect();
+    ensure!(!names.is_empty(), "no dependencies in {depends:?}");
+    let status = run(Command::new("dpkg-query").arg("-s").args(&names))?;
+    std::fs::write(database.join("status"), &status.stdout)?;
+    dpkg(&root, &["-i".as_ref(), deb.as_os_str()])?;
+    Ok(Installed { _dir: dir, root })
+}
+
+/// `dpkg --root ROOT ARGS`, scripts outside a chroot, no log.
+fn dpkg(root: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Output> {
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--log=/dev/null"])
+        .args(args))
 }
 
 #[test]
@@ -85,19 +111,19 @@ fn the_package_describes_itself_and_its_conffiles() -> anyhow::Result<()> {
 
 #[test]
 fn the_installed_binary_runs_and_its_configs_are_valid() -> anyhow::Result<()> {
-    let unpacked = unpack(&package()?)?;
-    let binary = unpacked.root.join("usr/bin/fogconnect");
+    let installed = install(&package()?)?;
+    let binary = installed.root.join("usr/bin/fogconnect");
     let version = text(&run(Command::new(&binary).arg("--version"))?);
     ensure!(version.starts_with(&format!("fogconnect {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
     ensure!(version.contains("release build"), "{version}");
     // Every example config, as installed, and the directory node.toml names.
     let configs: Vec<PathBuf> =
-        SERVERS.iter().map(|s| unpacked.root.join(format!("etc/fogconnect/{s}.toml"))).collect();
+        SERVERS.iter().map(|s| installed.root.join(format!("etc/fogconnect/{s}.toml"))).collect();
     let checked = text(&run(Command::new(&binary).args(["config", "check"]).args(&configs))?);
     for server in SERVERS {
         ensure!(checked.contains(&format!("{server}.toml: valid: [{server}]")), "{checked}");
     }
-    ensure!(unpacked.root.join("etc/fogconnect/plugins").is_dir());
+    ensure!(installed.root.join("etc/fogconnect/plugins").is_dir());
     // The contracts plugin authors build against, as in the source.
     let source_wit = common::c::repo().join("wit");
     for relative in [
@@ -107,7 +133,7 @@ fn the_installed_binary_runs_and_its_configs_are_valid() -> anyhow::Result<()> {
         "handoff/handoff.wit",
         "stream-0.2.0/deps/plugin-0.2.0/service.wit",
     ] {
-        let installed = std::fs::read(unpacked.root.join("usr/share/fogconnect/wit").join(relative))?;
+        let installed = std::fs::read(installed.root.join("usr/share/fogconnect/wit").join(relative))?;
         ensure!(installed == std::fs::read(source_wit.join(relative))?, "{relative} differs");
     }
     // Shell completions where bash, zsh and fish look for them.
@@ -116,7 +142,7 @@ fn the_installed_binary_runs_and_its_configs_are_valid() -> anyhow::Result<()> {
         ("usr/share/zsh/vendor-completions/_fogconnect", "#compdef fogconnect"),
         ("usr/share/fish/vendor_completions.d/fogconnect.fish", "complete -c fogconnect"),
     ] {
-        let script = std::fs::read_to_string(unpacked.root.join(path)).with_context(|| path.to_string())?;
+        let script = std::fs::read_to_string(installed.root.join(path)).with_context(|| path.to_string())?;
         ensure!(script.contains(marker), "{path} has no {marker:?}");
     }
     Ok(())
@@ -124,7 +150,7 @@ fn the_installed_binary_runs_and_its_configs_are_valid() -> anyhow::Result<()> {
 
 #[test]
 fn the_units_pass_systemd_analyze_verify() -> anyhow::Result<()> {
-    let unpacked = unpack(&package()?)?;
+    let installed = install(&package()?)?;
     // systemd-analyze resolves what the units name (targets, the binary)
     // inside --root: give it the host's own units beside ours.
     let host_units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
@@ -132,12 +158,12 @@ fn the_units_pass_systemd_analyze_verify() -> anyhow::Result<()> {
         .map(Path::new)
         .find(|dir| dir.join("sysinit.target").exists())
         .context("no systemd units on this host (make deb-deps installs systemd)")?;
-    let target = unpacked.root.join("usr/lib/systemd");
+    let target = installed.root.join("usr/lib/systemd");
     std::fs::create_dir_all(&target)?;
     run(Command::new("cp").arg("-a").arg(host_units).arg(&target))?;
     let units: Vec<String> = SERVERS.iter().map(|s| format!("fogconnect-{s}.service")).collect();
     for unit in &units {
-        let text = std::fs::read_to_string(unpacked.root.join("lib/systemd/system").join(unit))?;
+        let text = std::fs::read_to_string(installed.root.join("lib/systemd/system").join(unit))?;
         let server = unit.trim_start_matches("fogconnect-").trim_end_matches(".service");
         let exec = format!("ExecStart=/usr/bin/fogconnect {server} --config /etc/fogconnect/{server}.toml\n");
         ensure!(text.contains(&exec), "{unit} does not start {server} with its config");
@@ -148,7 +174,7 @@ fn the_units_pass_systemd_analyze_verify() -> anyhow::Result<()> {
     }
     let output = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(format!("--root={}", unpacked.root.display()))
+        .arg(format!("--root={}", installed.root.display()))
         .args(&units)
         .output()
         .context("systemd-analyze (make deb-deps installs systemd)")?;
@@ -159,8 +185,8 @@ fn the_units_pass_systemd_analyze_verify() -> anyhow::Result<()> {
 
 #[test]
 fn a_c_program_builds_with_the_installed_header_library_and_pkg_config_file() -> anyhow::Result<()> {
-    let unpacked = unpack(&package()?)?;
-    let root = &unpacked.root;
+    let installed = install(&package()?)?;
+    let root = &installed.root;
     let flags = text(&run(Command::new("pkg-config")
         .args(["--cflags", "--libs", "fogconnect"])
         .env("PKG_CONFIG_SYSROOT_DIR", root)
@@ -187,5 +213,26 @@ fn a_c_program_builds_with_the_installed_header_library_and_pkg_config_file() ->
         .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", root.join("usr/lib").display())))?;
     let output = run(&mut Command::new(&binary))?;
     assert_eq!(text(&output), "initialised and released\n");
+    Ok(())
+}
+
+#[test]
+fn a_purge_removes_the_package_its_configs_and_the_nodes_state() -> anyhow::Result<()> {
+    let installed = install(&package()?)?;
+    let root = &installed.root;
+    let status = text(&dpkg(root, &["-s".as_ref(), "fogconnect".as_ref()])?);
+    ensure!(status.contains("Status: install ok installed"), "{status}");
+    // What the node's unit would have made under its state directory.
+    let state = root.join("var/lib/fogconnect-node");
+    std::fs::create_dir_all(&state)?;
+    std::fs::write(state.join("identity.pem"), "a node identity")?;
+    // A remove keeps the configs an operator edited, a purge does not.
+    dpkg(root, &["--remove".as_ref(), "fogconnect".as_ref()])?;
+    ensure!(!root.join("usr/bin/fogconnect").exists(), "the binary stayed");
+    ensure!(root.join("etc/fogconnect/node.toml").exists(), "a remove took the configs");
+    dpkg(root, &["--purge".as_ref(), "fogconnect".as_ref()])?;
+    for gone in ["etc/fogconnect", "var/lib/fogconnect-node", "lib/systemd/system/fogconnect-node.service"] {
+        ensure!(!root.join(gone).exists(), "{gone} is left after the purge");
+    }
     Ok(())
 }
