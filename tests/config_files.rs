@@ -179,6 +179,15 @@ fn a_flag_wins_over_its_key_and_the_environment_over_a_secret_key() -> anyhow::R
     let signal = ServerProcess::start(&["signal", "--config", &signal_file], None, "signaling on ws://", &env)?;
     ensure!(peers(&signal.url(), &env_token)?.status.success(), "the environment's secret is not used");
     ensure!(!peers(&signal.url(), &file_token)?.status.success(), "the file's secret won over the environment");
+    // So does a secret-file key, which cannot go with the secret the
+    // environment gives (as a unit's environment file would).
+    let secret_file = private_file(dir.path(), "signal.secret", file_secret)?;
+    let with_secret_file = format!("[signal]\nlisten = \"127.0.0.1:0\"\nsecret-file = \"{}\"\n", secret_file.display());
+    let with_secret_file = private_file(dir.path(), "signal-file.toml", &with_secret_file)?.display().to_string();
+    let signal = ServerProcess::start(&["signal", "--config", &with_secret_file], None, "signaling on ws://", &[])?;
+    ensure!(peers(&signal.url(), &file_token)?.status.success(), "the secret file is not used");
+    let signal = ServerProcess::start(&["signal", "--config", &with_secret_file], None, "signaling on ws://", &env)?;
+    ensure!(peers(&signal.url(), &env_token)?.status.success(), "the environment's secret is not used");
     Ok(())
 }
 

@@ -191,7 +191,9 @@ impl ConfigFile {
                 continue;
             }
             match setting(server, arg, value) {
-                Ok(_) if given(arg) => {}
+                // The command line or the environment sets it, or an
+                // option that cannot go with it: theirs wins.
+                Ok(_) if given(arg) || conflicting(server, arg).into_iter().any(&given) => {}
                 Ok(mut flags) => arguments.append(&mut flags),
                 Err(reason) => problems.push(self.problem(Some(value.span()), Some(path.clone()), reason)),
             }
@@ -256,6 +258,18 @@ fn unknown_key_reason(server: &Command, key: &str) -> String {
         return "a config file cannot name another".into();
     }
     format!("unknown key (the keys are the long flags of `fogconnect {}`, see --help)", server.get_name())
+}
+
+/// The options of `server` that cannot be given with `arg`, whichever of
+/// the two declares the conflict.
+fn conflicting<'a>(server: &'a Command, arg: &Arg) -> Vec<&'a Arg> {
+    let mut found = server.get_arg_conflicts_with(arg);
+    for other in server.get_arguments() {
+        if server.get_arg_conflicts_with(other).iter().any(|a| a.get_id() == arg.get_id()) {
+            found.push(other);
+        }
+    }
+    found
 }
 
 /// Options whose values are secrets: those hidden from `--help`'s
@@ -460,6 +474,19 @@ mod tests {
         let file = ConfigFile::from_text("t.toml", "[stun]\nlisten = \"127.0.0.1:1\"\nrate = 5\n");
         let given = file.arguments(&server("stun"), |arg| arg.get_long() == Some("listen"));
         assert_eq!(given, Ok(vec![OsString::from("--rate=5")]));
+    }
+
+    #[test]
+    fn a_setting_gives_way_to_a_given_option_it_conflicts_with() {
+        // The unit's environment file sets the secret: the file's
+        // secret-file, which cannot go with it, is left out; and the other
+        // way round.
+        let file = ConfigFile::from_text("t.toml", "[signal]\nsecret-file = \"/s\"\nmax-clients = 9\n");
+        let with_env = file.arguments(&server("signal"), |arg| arg.get_long() == Some("secret"));
+        assert_eq!(with_env, Ok(vec![OsString::from("--max-clients=9")]));
+        let file = ConfigFile::from_text("t.toml", "[signal]\nsecret = \"s\"\n");
+        let with_flag = file.arguments(&server("signal"), |arg| arg.get_long() == Some("secret-file"));
+        assert_eq!(with_flag, Ok(vec![]));
     }
 
     #[test]
