@@ -120,23 +120,33 @@ fn stream(addr: SocketAddr, params: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// Checks a service crate from `plugin new` whose manifest names the SDK
+/// with `dependency`: it builds, answers twice on a node, and swaps live
+/// to its second build, which goes on counting with `handoff` and starts
+/// anew without.
+fn serves_and_swaps(crate_dir: &Path, name: &str, dependency: &str, handoff: bool) -> anyhow::Result<()> {
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml"))?;
+    ensure!(manifest.contains(&format!("fogconnect-guest = {dependency}\n")), "{manifest}");
+    let wasm = build(crate_dir, name)?;
+    let (_node, addr, admin) = node_serving(&wasm)?;
+    assert_eq!(send(addr, "hello")?, format!("{name} #1: hello"));
+    assert_eq!(send(addr, "again")?, format!("{name} #2: again"));
+
+    let swapped = second_build_swapped_in(crate_dir, name, &admin)?;
+    let state = if handoff { "state handed over (8 bytes)" } else { "no state handoff" };
+    ensure!(swapped.contains("swapped: generation 2") && swapped.contains(state), "{swapped}");
+    let count = if handoff { 3 } else { 1 };
+    assert_eq!(send(addr, "after")?, format!("{name} v2 #{count}: after"));
+    Ok(())
+}
+
 #[test]
 fn a_service_plugin_with_handoff_answers_and_keeps_its_count_across_a_live_swap() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let crate_dir = plugin_new(dir.path(), "greeter", &["--handoff"])?;
     // The SDK is a copy in the crate: nothing points back at our tree.
-    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml"))?;
-    ensure!(manifest.contains("fogconnect-guest = { path = \"vendor/fogconnect-guest\" }"), "{manifest}");
     ensure!(crate_dir.join("vendor/wit/service.wit").exists());
-    let wasm = build(&crate_dir, "greeter")?;
-    let (_node, addr, admin) = node_serving(&wasm)?;
-    assert_eq!(send(addr, "hello")?, "greeter #1: hello");
-    assert_eq!(send(addr, "again")?, "greeter #2: again");
-
-    let swapped = second_build_swapped_in(&crate_dir, "greeter", &admin)?;
-    ensure!(swapped.contains("swapped: generation 2") && swapped.contains("state handed over (8 bytes)"), "{swapped}");
-    assert_eq!(send(addr, "after")?, "greeter v2 #3: after");
-    Ok(())
+    serves_and_swaps(&crate_dir, "greeter", "{ path = \"vendor/fogconnect-guest\" }", true)
 }
 
 #[test]
@@ -144,19 +154,9 @@ fn a_service_plugin_on_a_checkouts_sdk_starts_anew_after_a_live_swap() -> anyhow
     let dir = tempfile::tempdir()?;
     let sdk = common::c::repo().join("sdk-guest");
     let crate_dir = plugin_new(dir.path(), "plain-echo", &["--sdk-path", &sdk.display().to_string()])?;
-    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml"))?;
-    let expected = format!("fogconnect-guest = {{ path = \"{}\" }}", std::fs::canonicalize(&sdk)?.display());
-    ensure!(manifest.contains(&expected), "{manifest}");
     ensure!(!crate_dir.join("vendor").exists());
-    let wasm = build(&crate_dir, "plain-echo")?;
-    let (_node, addr, admin) = node_serving(&wasm)?;
-    assert_eq!(send(addr, "one")?, "plain-echo #1: one");
-    assert_eq!(send(addr, "two")?, "plain-echo #2: two");
-
-    let swapped = second_build_swapped_in(&crate_dir, "plain-echo", &admin)?;
-    ensure!(swapped.contains("swapped: generation 2") && swapped.contains("no state handoff"), "{swapped}");
-    assert_eq!(send(addr, "three")?, "plain-echo v2 #1: three");
-    Ok(())
+    let dependency = format!("{{ path = \"{}\" }}", std::fs::canonicalize(&sdk)?.display());
+    serves_and_swaps(&crate_dir, "plain-echo", &dependency, false)
 }
 
 #[test]
