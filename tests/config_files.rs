@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
@@ -112,20 +111,7 @@ fn the_node_example_serves_its_plugin_directory_as_the_node_with_flags() -> anyh
 /// `fogconnect ARGS` (a node), once it says it serves `service`: the
 /// process (killed when dropped) and its address.
 fn node_serving(args: &[&str], service: u8) -> anyhow::Result<(common::Running, SocketAddr)> {
-    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let node = common::Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().context("the node printed nothing")??;
-    let addr = first.strip_prefix("listening on ").with_context(|| format!("first line {first:?}"))?.parse()?;
-    let serving = format!("service {service} -> ");
-    loop {
-        let line = lines.next().with_context(|| format!("the node ended before serving {service}"))??;
-        if line.starts_with(&serving) {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let (node, addr, _) = common::server::node_until(args, &[], &format!("service {service} -> "))?;
     Ok((node, addr))
 }
 

@@ -62,26 +62,9 @@ fn set_greeting(crate_dir: &Path, name: &str, greeting: &str) -> anyhow::Result<
 /// A node serving `wasm` on [`SERVICE`], with its admin API: the process
 /// (killed when dropped), its address and its admin API's.
 fn node_serving(wasm: &Path) -> anyhow::Result<(common::Running, SocketAddr, String)> {
-    let mut child = Command::new(BIN)
-        .args(["node", "--listen", "127.0.0.1:0", "--no-cache", "--admin", "127.0.0.1:0", "--plugin"])
-        .arg(format!("{SERVICE}={}", wasm.display()))
-        .env("FOGCONNECT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let node = common::Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().context("the node printed nothing")??;
-    let addr = first.strip_prefix("listening on ").with_context(|| format!("first line {first:?}"))?.parse()?;
-    let admin = loop {
-        let line = lines.next().context("the node ended before its admin API started")??;
-        if let Some(admin) = line.strip_prefix("admin API on ") {
-            break admin.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((node, addr, admin))
+    let plugin = format!("{SERVICE}={}", wasm.display());
+    let args = ["node", "--listen", "127.0.0.1:0", "--no-cache", "--admin", "127.0.0.1:0", "--plugin", &plugin];
+    common::server::node_until(&args, &[("FOGCONNECT_ADMIN_TOKEN", ADMIN_TOKEN)], "admin API on ")
 }
 
 /// `fogconnect plugin swap` of [`SERVICE`] to `wasm`: what it printed.

@@ -79,3 +79,29 @@ pub fn resident_kib(pid: u32) -> anyhow::Result<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
     Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
 }
+
+/// `fogconnect ARGS` (a node) with `env`, once it has printed a line that
+/// starts with `prefix`: the process (killed when dropped), the address of
+/// its first line (`listening on ADDR`) and the rest of that line.
+pub fn node_until(args: &[&str], env: &[(&str, &str)], prefix: &str) -> anyhow::Result<(Running, SocketAddr, String)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fogconnect"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn the node")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let node = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().context("the node printed nothing")??;
+    let addr = first.strip_prefix("listening on ").with_context(|| format!("first line {first:?}"))?.parse()?;
+    let rest = loop {
+        let line = lines.next().with_context(|| format!("the node ended before printing {prefix:?}"))??;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            break rest.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((node, addr, rest))
+}

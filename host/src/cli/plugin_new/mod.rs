@@ -13,20 +13,6 @@ use clap::Args;
 
 use sdk::SdkSource;
 
-/// Every placeholder the templates may name.
-const PLACEHOLDERS: [&str; 10] = [
-    "name",
-    "crate",
-    "kind",
-    "edition",
-    "sdk_version",
-    "sdk_how",
-    "sdk_dependency",
-    "sdk_where",
-    "try_it",
-    "swap_state",
-];
-
 /// The service number the generated README and hints use.
 const EXAMPLE_SERVICE: u8 = 10;
 
@@ -61,8 +47,9 @@ pub struct NewArgs {
     sdk_rev: Option<String>,
 }
 
-/// Rust's keywords and the crates every Rust program has: not crate names.
-const RESERVED: [&str; 44] = [
+/// Rust's keywords, the crates every Rust program has and the SDK's own:
+/// not crate names (cargo takes - and _ as the same).
+const RESERVED: [&str; 43] = [
     "as",
     "async",
     "await",
@@ -105,8 +92,7 @@ const RESERVED: [&str; 44] = [
     "core",
     "alloc",
     "proc_macro",
-    "proc-macro",
-    "fogconnect-guest",
+    "fogconnect_guest",
 ];
 
 fn parse_name(text: &str) -> Result<String, String> {
@@ -116,10 +102,27 @@ fn parse_name(text: &str) -> Result<String, String> {
     if !valid {
         return Err(format!("{text:?}: 1 to 64 lower-case letters, digits, - or _, starting with a letter"));
     }
-    if RESERVED.contains(&text) || text.replace('-', "_") == "fogconnect_guest" {
+    if RESERVED.contains(&text.replace('-', "_").as_str()) {
         return Err(format!("{text:?} is reserved in Rust: choose another name"));
     }
     Ok(text.to_string())
+}
+
+impl NewArgs {
+    /// The crate's name as Rust and the `.wasm` file spell it.
+    fn crate_name(&self) -> String {
+        self.name.replace('-', "_")
+    }
+
+    /// What the crate is.
+    fn kind(&self) -> &'static str {
+        match (self.stream, self.handoff) {
+            (false, false) => "service plugin",
+            (false, true) => "service plugin that hands its state to the next build",
+            (true, false) => "stream plugin",
+            (true, true) => "stream plugin that hands its streams to the next build",
+        }
+    }
 }
 
 /// Creates the crate.
@@ -141,13 +144,6 @@ pub fn run(args: &NewArgs) -> anyhow::Result<()> {
 
 /// Every file of the new crate, by path in it.
 fn crate_files(args: &NewArgs, source: &SdkSource) -> anyhow::Result<Vec<(String, String)>> {
-    let crate_name = args.name.replace('-', "_");
-    let kind = match (args.stream, args.handoff) {
-        (false, false) => "service plugin",
-        (false, true) => "service plugin that hands its state to the next build",
-        (true, false) => "stream plugin",
-        (true, true) => "stream plugin that hands its streams to the next build",
-    };
     let (dependency, how) = sdk::dependency(source);
     let sdk_where = match source {
         SdkSource::Vendored => "vendor/fogconnect-guest/src".to_string(),
@@ -168,17 +164,16 @@ fn crate_files(args: &NewArgs, source: &SdkSource) -> anyhow::Result<Vec<(String
     };
     let values: BTreeMap<&str, String> = BTreeMap::from([
         ("name", args.name.clone()),
-        ("crate", crate_name),
-        ("kind", kind.to_string()),
+        ("crate", args.crate_name()),
+        ("kind", args.kind().to_string()),
         ("edition", sdk::package_field("edition")?),
-        ("sdk_version", sdk::package_field("version")?),
+        ("sdk_version", env!("CARGO_PKG_VERSION").to_string()),
         ("sdk_how", how),
         ("sdk_dependency", dependency),
         ("sdk_where", sdk_where),
         ("try_it", try_it),
         ("swap_state", swap_state.to_string()),
     ]);
-    debug_assert!(PLACEHOLDERS.iter().all(|key| values.contains_key(key)));
     let flags: &[&str] = if args.handoff { &["handoff"] } else { &[] };
     let source_template = if args.stream { template::STREAM } else { template::SERVICE };
     let mut files = vec![
@@ -219,23 +214,14 @@ fn write_atomically(parent: &Path, destination: &Path, files: &[(String, String)
 }
 
 fn print_next_steps(args: &NewArgs, source: &SdkSource, destination: &Path) {
-    let crate_name = args.name.replace('-', "_");
-    let how = match source {
-        SdkSource::Vendored => "the guest SDK copied into vendor/",
-        SdkSource::Path(_) => "the guest SDK of a fogconnect checkout",
-        SdkSource::Git { .. } => "the guest SDK from git",
-    };
-    let kind = if args.stream { "stream plugin" } else { "service plugin" };
-    let handoff = if args.handoff { ", state handed over on a live swap" } else { "" };
-    println!("created {} ({kind}{handoff}; {how})", destination.display());
+    let (_, how) = sdk::dependency(source);
+    println!("created {}: a {}, the guest SDK {how}", destination.display(), args.kind());
     println!("build it:");
     println!("  rustup target add wasm32-wasip2   # once");
     println!("  cd {} && cargo build --release", destination.display());
     println!("run it on a node:");
-    println!(
-        "  fogconnect node --plugin {EXAMPLE_SERVICE}={}",
-        destination.join("target/wasm32-wasip2/release").join(format!("{crate_name}.wasm")).display()
-    );
+    let wasm = destination.join("target/wasm32-wasip2/release").join(format!("{}.wasm", args.crate_name()));
+    println!("  fogconnect node --plugin {EXAMPLE_SERVICE}={}", wasm.display());
     println!("its README says how to try it and swap it live");
 }
 
@@ -251,5 +237,28 @@ mod tests {
         for bad in ["", "Greeter", "2cam", "-x", "a b", "ünï", "fn", "test", "fogconnect_guest", &"x".repeat(65)] {
             assert!(parse_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_kind_of_crate_is_filled_in_whole() -> anyhow::Result<()> {
+        for (stream, handoff) in [(false, false), (false, true), (true, false), (true, true)] {
+            let args = NewArgs {
+                name: "my-plugin".into(),
+                stream,
+                handoff,
+                dir: ".".into(),
+                sdk_path: None,
+                sdk_git: None,
+                sdk_rev: None,
+            };
+            let files = crate_files(&args, &SdkSource::Vendored)?;
+            for (path, text) in &files {
+                assert!(!text.contains("{{") && !text.contains("//#"), "{path} of {}: {text}", args.kind());
+            }
+            let source = &files.iter().find(|(path, _)| path == "src/lib.rs").context("src/lib.rs")?.1;
+            assert_eq!(source.contains("impl Handoff for Plugin"), handoff, "{}", args.kind());
+            assert_eq!(source.contains("impl StreamPlugin for Plugin"), stream, "{}", args.kind());
+        }
+        Ok(())
     }
 }

@@ -41,7 +41,8 @@ fn workspace() -> anyhow::Result<toml::Table> {
     embedded("Cargo.toml")?.parse().context("the embedded workspace manifest")
 }
 
-/// A string of the workspace manifest's `[workspace.package]`.
+/// A string of the workspace manifest's `[workspace.package]` (the version
+/// and licence are this crate's too: `CARGO_PKG_*` has them).
 pub fn package_field(field: &str) -> anyhow::Result<String> {
     let workspace = workspace()?;
     workspace
@@ -110,10 +111,10 @@ pub fn vendored_files() -> anyhow::Result<Vec<(String, String)>> {
          # Its bindings read the WIT contracts in ../wit.\n\
          [package]\nname = \"fogconnect-guest\"\nversion = \"{version}\"\nedition = \"{edition}\"\n\
          license = \"{license}\"\npublish = false\n\n[dependencies]\nwit-bindgen = {wit_bindgen}\n",
-        version = package_field("version")?,
+        version = env!("CARGO_PKG_VERSION"),
         commit = env!("FOGCONNECT_BUILD_COMMIT"),
         edition = package_field("edition")?,
-        license = package_field("license")?,
+        license = env!("CARGO_PKG_LICENSE"),
     );
     files.push(("vendor/fogconnect-guest/Cargo.toml".into(), manifest));
     Ok(files)

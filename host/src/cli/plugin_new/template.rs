@@ -97,15 +97,4 @@ mod tests {
         assert_eq!(render("//#if a\n", &[], &values()), Err(TemplateError::Unbalanced(1)));
         assert_eq!(render("//#if a\n//#if b\n", &[], &values()), Err(TemplateError::Unbalanced(2)));
     }
-
-    #[test]
-    fn every_template_renders_with_the_values_the_command_gives() {
-        let values: BTreeMap<&str, String> = super::super::PLACEHOLDERS.iter().map(|k| (*k, "v".to_string())).collect();
-        for template in [SERVICE, STREAM, MANIFEST, CARGO_CONFIG, GITIGNORE, README] {
-            for flags in [&[][..], &["handoff"]] {
-                let text = render(template, flags, &values).map_err(|e| e.to_string());
-                assert!(text.is_ok_and(|t| !t.contains("//#") && !t.contains("{{")), "{template}");
-            }
-        }
-    }
 }
