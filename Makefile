@@ -100,11 +100,18 @@ build: build-deps plugins
 	$(CARGO) build --release -p fogconnect -p fogconnect-c
 
 ## install: the C library, header and pkg-config file under PREFIX
-## (make install PREFIX=/opt/fogconnect); run after make build
+## (make install PREFIX=/opt/fogconnect); run after make build. The shared
+## library goes in as libfogconnect.so.$(VERSION), with links from its
+## SONAME (libfogconnect.so.0, what programs load) and from
+## libfogconnect.so (what -lfogconnect finds)
 install:
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 capi/include/fogconnect.h capi/include/iv_av_p2p.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(LIB_DIR)/libfogconnect.so $(DESTDIR)$(PREFIX)/lib/
+	soname=$$(objdump -p $(LIB_DIR)/libfogconnect.so | sed -n 's/^ *SONAME *//p'); \
+	[ -n "$$soname" ] || { echo "$(LIB_DIR)/libfogconnect.so: no SONAME read (objdump, from binutils, reads it)" >&2; exit 1; }; \
+	install -m 755 $(LIB_DIR)/libfogconnect.so $(DESTDIR)$(PREFIX)/lib/libfogconnect.so.$(VERSION) && \
+	ln -sfn libfogconnect.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$$soname && \
+	ln -sfn $$soname $(DESTDIR)$(PREFIX)/lib/libfogconnect.so
 	install -m 644 $(LIB_DIR)/libfogconnect.a $(DESTDIR)$(PREFIX)/lib/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@REQUIRES_PRIVATE@|$(PC_REQUIRES)|' capi/fogconnect.pc.in \
 		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/fogconnect.pc

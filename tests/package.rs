@@ -106,6 +106,12 @@ fn the_package_describes_itself_and_its_conffiles() -> anyhow::Result<()> {
         e
     };
     assert_eq!(listed, expected);
+    // The C library's entry for programs packaged against it, and the
+    // ld.so cache refreshed when it comes or goes.
+    let shlibs = text(&run(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("shlibs"))?);
+    assert_eq!(shlibs, format!("libfogconnect 0 fogconnect (>= {})\n", env!("CARGO_PKG_VERSION")));
+    let triggers = text(&run(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("triggers"))?);
+    assert_eq!(triggers, "activate-noawait ldconfig\n");
     Ok(())
 }
 
@@ -213,6 +219,16 @@ fn a_c_program_builds_with_the_installed_header_library_and_pkg_config_file() ->
         .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", root.join("usr/lib").display())))?;
     let output = run(&mut Command::new(&binary))?;
     assert_eq!(text(&output), "initialised and released\n");
+    // The program loads the library by its SONAME, which links to the
+    // versioned file; -lfogconnect found it through libfogconnect.so.
+    let needed = text(&run(Command::new("objdump").arg("-p").arg(&binary))?);
+    ensure!(needed.lines().any(|l| l.split_whitespace().eq(["NEEDED", "libfogconnect.so.0"])), "{needed}");
+    let lib = root.join("usr/lib");
+    let versioned = format!("libfogconnect.so.{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(std::fs::read_link(lib.join("libfogconnect.so.0"))?, Path::new(&versioned));
+    assert_eq!(std::fs::read_link(lib.join("libfogconnect.so"))?, Path::new("libfogconnect.so.0"));
+    let soname = text(&run(Command::new("objdump").arg("-p").arg(lib.join(&versioned)))?);
+    ensure!(soname.lines().any(|l| l.split_whitespace().eq(["SONAME", "libfogconnect.so.0"])), "{soname}");
     Ok(())
 }
 

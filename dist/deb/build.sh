@@ -1,9 +1,9 @@
 #!/bin/sh
 # Builds the Debian package of fogconnect from what `make build` made
-# (run through `make deb`): the binary, the C library with its header and
-# pkg-config file (installed into STAGE by `make install` beforehand), the
-# systemd units, the example configs as conffiles, the SDK's WIT files,
-# shell completions and the README.
+# (run through `make deb`): the binary, the C library (libfogconnect.so.0)
+# with its header and pkg-config file (installed into STAGE by `make
+# install` beforehand), the systemd units, the example configs as
+# conffiles, the SDK's WIT files, shell completions and the README.
 #
 #   build.sh SOURCE_DIR TARGET_DIR STAGE VERSION OUTPUT.deb
 set -eu
@@ -19,7 +19,13 @@ binary="$target_dir/release/fogconnect"
 [ -x "$binary" ] || { echo "build.sh: no $binary: run make build first" >&2; exit 1; }
 
 install -D -m 755 "$binary" "$stage/usr/bin/fogconnect"
-strip --strip-unneeded "$stage/usr/bin/fogconnect" "$stage/usr/lib/libfogconnect.so"
+# The library as `make install` put it: libfogconnect.so.VERSION, linked
+# from its SONAME and from libfogconnect.so.
+library="$stage/usr/lib/libfogconnect.so.$version"
+soname=$(objdump -p "$library" | sed -n 's/^ *SONAME *//p')
+[ "$(readlink "$stage/usr/lib/$soname")" = "libfogconnect.so.$version" ] ||
+	{ echo "build.sh: $stage/usr/lib/$soname does not link to $library" >&2; exit 1; }
+strip --strip-unneeded "$stage/usr/bin/fogconnect" "$library"
 
 for unit in "$source_dir"/dist/systemd/*.service; do
 	install -D -m 644 "$unit" "$stage/lib/systemd/system/$(basename "$unit")"
@@ -51,7 +57,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/debian"
 printf 'Source: fogconnect\n\nPackage: fogconnect\nArchitecture: any\n' > "$work/debian/control"
-depends=$(cd "$work" && dpkg-shlibdeps -O "$stage/usr/bin/fogconnect" "$stage/usr/lib/libfogconnect.so" 2>/dev/null |
+depends=$(cd "$work" && dpkg-shlibdeps -O "$stage/usr/bin/fogconnect" "$library" 2>/dev/null |
 	sed -n 's/^shlibs:Depends=//p')
 [ -n "$depends" ] || { echo "build.sh: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
 
@@ -63,6 +69,11 @@ sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@DEPENDS@/$depends/" -
 for script in postinst prerm postrm; do
 	install -m 755 "$source_dir/dist/deb/$script" "$stage/DEBIAN/$script"
 done
+# The library's entry for the packages built against it (their
+# dpkg-shlibdeps reads it: "libfogconnect 0" needs fogconnect >= this
+# version), and the ld.so cache refreshed after an install or removal.
+printf '%s %s fogconnect (>= %s)\n' "${soname%.so.*}" "${soname##*.so.}" "$version" > "$stage/DEBIAN/shlibs"
+printf 'activate-noawait ldconfig\n' > "$stage/DEBIAN/triggers"
 
 mkdir -p "$(dirname "$output")"
 # zstd: a second where xz takes a minute on two cores (dpkg reads it
