@@ -221,15 +221,27 @@ fn a_c_program_builds_with_the_installed_header_library_and_pkg_config_file() ->
     assert_eq!(text(&output), "initialised and released\n");
     // The program loads the library by its SONAME, which links to the
     // versioned file; -lfogconnect found it through libfogconnect.so.
-    let needed = text(&run(Command::new("objdump").arg("-p").arg(&binary))?);
-    ensure!(needed.lines().any(|l| l.split_whitespace().eq(["NEEDED", "libfogconnect.so.0"])), "{needed}");
+    let needed = dynamic_entries(&binary, "NEEDED")?;
+    ensure!(needed.iter().any(|n| n == "libfogconnect.so.0"), "{needed:?}");
     let lib = root.join("usr/lib");
     let versioned = format!("libfogconnect.so.{}", env!("CARGO_PKG_VERSION"));
     assert_eq!(std::fs::read_link(lib.join("libfogconnect.so.0"))?, Path::new(&versioned));
     assert_eq!(std::fs::read_link(lib.join("libfogconnect.so"))?, Path::new("libfogconnect.so.0"));
-    let soname = text(&run(Command::new("objdump").arg("-p").arg(lib.join(&versioned)))?);
-    ensure!(soname.lines().any(|l| l.split_whitespace().eq(["SONAME", "libfogconnect.so.0"])), "{soname}");
+    assert_eq!(dynamic_entries(&lib.join(&versioned), "SONAME")?, ["libfogconnect.so.0"]);
     Ok(())
+}
+
+/// The values of an ELF file's dynamic entries named `tag` (`NEEDED`,
+/// `SONAME`), as `objdump -p` prints them.
+fn dynamic_entries(file: &Path, tag: &str) -> anyhow::Result<Vec<String>> {
+    let dump = text(&run(Command::new("objdump").arg("-p").arg(file))?);
+    Ok(dump
+        .lines()
+        .filter_map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [name, value] if name == tag => Some(value.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 #[test]
